@@ -1,0 +1,9 @@
+//! twill-shared: what every Twill component agrees on.
+//!
+//! - [`selector`]: Calico's label selector language.
+//!
+//! Layers: everything outside `datastore::{sqlite, etcd}` and `syncer::driver` is pure (no
+//! sockets, files, clocks or tasks) and builds with `--no-default-features`; the backends and
+//! the async syncer driver sit behind the `runtime` feature.
+
+pub mod selector;
