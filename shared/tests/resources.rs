@@ -96,7 +96,7 @@ fn bad_documents_name_document_path_and_reason() {
     let cases: &[(String, &str)] = &[
         (format!("{POLICY_HEAD}  selector: all()\n---\n{POLICY_HEAD}  types: [Ingress\n  order: 1\nfoo: \"x\n"), "document 2, line 16 column 8: invalid YAML"),
         (format!("{POLICY_HEAD}  selector: app = 'x'\n"), "document 1 (NetworkPolicy default/p): spec.selector: \"app = 'x'\" is not a valid selector: at column 5"),
-        (format!("{POLICY_HEAD}  bogus: 1\n"), "spec: unknown field `bogus`"),
+        (format!("{POLICY_HEAD}  bogus: 1\n"), "spec.bogus: unknown field `bogus`, expected one of"),
         (format!("{POLICY_HEAD}  ingress:\n  - action: Allow\n    protocol: TCPX\n"), "spec.ingress[0].protocol: \"TCPX\" is not a valid protocol"),
         (format!("{POLICY_HEAD}  ingress:\n  - action: Allow\n    protocol: TCP\n    destination:\n      ports: [70000]\n"), "spec.ingress[0].destination.ports[0]: 70000 is not a valid port"),
         (format!("{POLICY_HEAD}  ingress:\n  - action: Allow\n    source:\n      nets: [10.0.0.0/33]\n"), "spec.ingress[0].source.nets[0]: \"10.0.0.0/33\" is not a CIDR: the prefix length must be 0 to 32"),
@@ -116,7 +116,7 @@ fn bad_documents_name_document_path_and_reason() {
         ("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: k\nspec:\n  ingress:\n  - ports:\n    - port: 70000\n".into(), "spec.ingress[0].ports[0].port: 70000 is not a valid port (expected 1 to 65535)"),
         ("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: k\nspec:\n  podSelector:\n    matchExpressions:\n    - key: app\n      operator: In\n".into(), "spec.podSelector.matchExpressions[0].values: In needs at least one value"),
         ("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: k\nspec:\n  egress:\n  - to:\n    - ipBlock:\n        cidr: 10.0.0.0/8\n        except: [192.168.0.0/16]\n".into(), "spec.egress[0].to[0].ipBlock.except[0]: 192.168.0.0/16 is not strictly inside 10.0.0.0/8"),
-        ("apiVersion: v1\nkind: Pod\nmetadata:\n  name: x\nspec:\n  containers:\n  - name: c\n    ports:\n    - containerPort: 80\n      colour: red\n".into(), "spec.containers[0].ports[0]: unknown field `colour`"),
+        ("apiVersion: v1\nkind: Pod\nmetadata:\n  name: x\nspec:\n  containers:\n  - name: c\n    ports:\n    - containerPort: 80\n      colour: red\n".into(), "spec.containers[0].ports[0].colour: unknown field `colour`"),
         ("- just\n- a list\n".into(), "document 1: a document must be a mapping"),
         ("apiVersion: projectcalico.org/v3\nmetadata:\n  name: x\n".into(), "document 1: kind: required"),
     ];
