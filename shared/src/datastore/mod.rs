@@ -1,0 +1,333 @@
+//! The datastore: one async trait over three backends (SQLite, etcd v3, and later the
+//! Kubernetes API), with the same revision semantics everywhere. See
+//! `docs/design/datastore.md`.
+//!
+//! - Every write gets a revision from one counter that only grows; each object remembers the
+//!   revision of its last write (`mod_revision`).
+//! - Updates and deletes may be conditional on that revision (compare-and-swap); a mismatch
+//!   is [`DatastoreError::Conflict`].
+//! - [`Datastore::txn`] applies several operations atomically, under one revision.
+//! - A list returns the revision it was taken at; a watch from that revision delivers exactly
+//!   the later changes, in order, in batches of one revision each. A watch from a revision
+//!   that has been compacted away fails with [`DatastoreError::RevisionTooOld`]: the caller
+//!   must list again (the [`crate::syncer`] does).
+
+#[cfg(feature = "runtime")]
+pub mod etcd;
+#[cfg(feature = "runtime")]
+pub mod sqlite;
+
+use crate::resource::{Key, Kind};
+
+/// A datastore revision. Revisions only grow; 0 is "before any write".
+pub type Revision = i64;
+
+/// An object as stored, with the revision of its last write.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stored {
+    /// Where it is.
+    pub key: Key,
+    /// The object (a resource's JSON form).
+    pub value: serde_json::Value,
+    /// Revision of its last write.
+    pub revision: Revision,
+}
+
+/// The result of a list.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Listing {
+    /// The objects, ordered by key.
+    pub items: Vec<Stored>,
+    /// The store's revision when the list was taken: watch from here.
+    pub revision: Revision,
+}
+
+/// What happened to an object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventType {
+    /// It was created.
+    Added,
+    /// It was updated.
+    Modified,
+    /// It was deleted.
+    Deleted,
+}
+
+/// One change seen by a watch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    /// Added, modified or deleted.
+    pub event_type: EventType,
+    /// The object's key.
+    pub key: Key,
+    /// The revision of the change.
+    pub revision: Revision,
+    /// The new value; for a delete, the last value when the backend knows it.
+    pub value: Option<serde_json::Value>,
+}
+
+/// One operation of a transaction.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TxnOp {
+    /// Create; fails with AlreadyExists if the key exists.
+    Create {
+        /// Where.
+        key: Key,
+        /// What.
+        value: serde_json::Value,
+    },
+    /// Update an existing object, only if its revision is `expected` (when given).
+    Update {
+        /// Where.
+        key: Key,
+        /// What.
+        value: serde_json::Value,
+        /// The revision the object must have.
+        expected: Option<Revision>,
+    },
+    /// Delete an existing object, only if its revision is `expected` (when given).
+    Delete {
+        /// Where.
+        key: Key,
+        /// The revision the object must have.
+        expected: Option<Revision>,
+    },
+}
+
+impl TxnOp {
+    /// The key the operation touches.
+    pub fn key(&self) -> &Key {
+        match self {
+            TxnOp::Create { key, .. } | TxnOp::Update { key, .. } | TxnOp::Delete { key, .. } => key,
+        }
+    }
+}
+
+/// Why a datastore operation failed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum DatastoreError {
+    /// The object does not exist.
+    #[error("{key} not found")]
+    NotFound {
+        /// The missing object.
+        key: Key,
+    },
+    /// The object exists already.
+    #[error("{key} already exists")]
+    AlreadyExists {
+        /// The existing object.
+        key: Key,
+    },
+    /// Compare-and-swap failed: the object changed since it was read.
+    #[error("{key} was modified concurrently (expected revision {expected}, found {actual})")]
+    Conflict {
+        /// The object.
+        key: Key,
+        /// The revision the write was conditional on.
+        expected: Revision,
+        /// The revision it has now.
+        actual: Revision,
+    },
+    /// A watch asked for history that has been compacted away: list again.
+    #[error("revision {requested} has been compacted (oldest available is after {compacted}); list again")]
+    RevisionTooOld {
+        /// The revision asked for.
+        requested: Revision,
+        /// The compaction point.
+        compacted: Revision,
+    },
+    /// The transaction is malformed (e.g. it touches one key twice).
+    #[error("invalid transaction: {reason}")]
+    InvalidTxn {
+        /// Why.
+        reason: String,
+    },
+    /// The URL does not name a datastore Twill knows.
+    #[error("bad datastore URL {url:?}: {reason}")]
+    BadUrl {
+        /// The URL given.
+        url: String,
+        /// Why it is wrong.
+        reason: String,
+    },
+    /// The datastore cannot be reached or opened.
+    #[error("cannot reach the datastore at {url}: {reason}")]
+    Unavailable {
+        /// The datastore.
+        url: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The datastore's content is not what Twill wrote.
+    #[error("the datastore at {url} is corrupt: {reason}")]
+    Corrupt {
+        /// The datastore.
+        url: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Any other backend failure.
+    #[error("datastore error at {url}: {reason}")]
+    Backend {
+        /// The datastore.
+        url: String,
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+/// A parsed datastore URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DatastoreUrl {
+    /// `sqlite:PATH`: the embedded store, one file shared by the processes of a machine.
+    Sqlite {
+        /// The database file.
+        path: std::path::PathBuf,
+    },
+    /// `etcd://HOST:PORT[,HOST:PORT…]`: etcd v3.
+    Etcd {
+        /// `http://HOST:PORT` endpoints.
+        endpoints: Vec<String>,
+    },
+    /// `kubernetes`: the Kubernetes API (KUBECONFIG or in-cluster).
+    Kubernetes,
+}
+
+/// The default datastore of a machine.
+pub const DEFAULT_URL: &str = "sqlite:/var/lib/twill/twill.db";
+
+impl DatastoreUrl {
+    /// Parses `sqlite:PATH`, `etcd://HOST:PORT[,HOST:PORT…]` or `kubernetes`.
+    pub fn parse(url: &str) -> Result<DatastoreUrl, DatastoreError> {
+        let bad = |reason: &str| DatastoreError::BadUrl { url: url.to_string(), reason: reason.to_string() };
+        if let Some(path) = url.strip_prefix("sqlite:") {
+            let path = path.strip_prefix("//").unwrap_or(path);
+            if path.is_empty() {
+                return Err(bad("sqlite: needs a file path, e.g. sqlite:/var/lib/twill/twill.db"));
+            }
+            return Ok(DatastoreUrl::Sqlite { path: path.into() });
+        }
+        if let Some(hosts) = url.strip_prefix("etcd://") {
+            let mut endpoints = Vec::new();
+            for host in hosts.trim_end_matches('/').split(',') {
+                let valid = host.rsplit_once(':').is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
+                if !valid {
+                    return Err(bad(&format!("{host:?} is not HOST:PORT")));
+                }
+                endpoints.push(format!("http://{host}"));
+            }
+            return Ok(DatastoreUrl::Etcd { endpoints });
+        }
+        if url == "kubernetes" {
+            return Ok(DatastoreUrl::Kubernetes);
+        }
+        Err(bad("expected sqlite:PATH, etcd://HOST:PORT[,HOST:PORT...] or kubernetes"))
+    }
+}
+
+/// Checks that a transaction touches each key at most once.
+pub fn check_txn(ops: &[TxnOp]) -> Result<(), DatastoreError> {
+    let mut seen = std::collections::BTreeSet::new();
+    for op in ops {
+        if !seen.insert(op.key()) {
+            return Err(DatastoreError::InvalidTxn { reason: format!("{} appears twice", op.key()) });
+        }
+    }
+    Ok(())
+}
+
+/// The kind whose plural is `plural`.
+pub fn kind_from_plural(plural: &str) -> Option<Kind> {
+    Kind::ALL.iter().copied().find(|k| k.plural() == plural)
+}
+
+#[cfg(feature = "runtime")]
+pub use self::runtime::*;
+
+#[cfg(feature = "runtime")]
+mod runtime {
+    use std::sync::Arc;
+
+    use super::*;
+
+    /// A live watch: batches of events, one revision per batch, in revision order. It ends
+    /// (`None`) or yields an error when the backend drops it; the caller then watches again
+    /// from the last revision it saw, or lists again after [`DatastoreError::RevisionTooOld`].
+    #[derive(Debug)]
+    pub struct Watch {
+        receiver: tokio::sync::mpsc::Receiver<Result<Vec<Event>, DatastoreError>>,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    impl Watch {
+        pub(crate) fn new(
+            receiver: tokio::sync::mpsc::Receiver<Result<Vec<Event>, DatastoreError>>,
+            task: tokio::task::JoinHandle<()>,
+        ) -> Watch {
+            Watch { receiver, task }
+        }
+
+        /// The next batch; `None` when the watch has ended.
+        pub async fn next(&mut self) -> Option<Result<Vec<Event>, DatastoreError>> {
+            self.receiver.recv().await
+        }
+    }
+
+    impl Drop for Watch {
+        fn drop(&mut self) {
+            self.task.abort();
+        }
+    }
+
+    /// The datastore contract every backend meets (checked by one conformance suite).
+    ///
+    /// Multi-key transactions are atomic on SQLite and etcd; a backend without them (the
+    /// Kubernetes API) must refuse transactions of more than one operation.
+    #[async_trait::async_trait]
+    pub trait Datastore: Send + Sync + std::fmt::Debug {
+        /// The URL the store was opened with.
+        fn url(&self) -> &str;
+
+        /// Reads one object.
+        async fn get(&self, key: &Key) -> Result<Option<Stored>, DatastoreError>;
+
+        /// Lists the objects of one kind (or all kinds), optionally in one namespace.
+        async fn list(&self, kind: Option<Kind>, namespace: Option<&str>) -> Result<Listing, DatastoreError>;
+
+        /// Applies operations atomically; returns the revision of the write.
+        async fn txn(&self, ops: Vec<TxnOp>) -> Result<Revision, DatastoreError>;
+
+        /// Watches one kind (or all kinds) for changes after revision `after`.
+        async fn watch(&self, kind: Option<Kind>, after: Revision) -> Result<Watch, DatastoreError>;
+
+        /// Forgets the history up to and including `revision`.
+        async fn compact(&self, revision: Revision) -> Result<(), DatastoreError>;
+
+        /// Creates an object; fails with AlreadyExists.
+        async fn create(&self, key: &Key, value: serde_json::Value) -> Result<Revision, DatastoreError> {
+            self.txn(vec![TxnOp::Create { key: key.clone(), value }]).await
+        }
+
+        /// Updates an object whose revision is `expected`; fails with Conflict or NotFound.
+        async fn update(&self, key: &Key, value: serde_json::Value, expected: Revision) -> Result<Revision, DatastoreError> {
+            self.txn(vec![TxnOp::Update { key: key.clone(), value, expected: Some(expected) }]).await
+        }
+
+        /// Deletes an object, if its revision is `expected` when given.
+        async fn delete(&self, key: &Key, expected: Option<Revision>) -> Result<Revision, DatastoreError> {
+            self.txn(vec![TxnOp::Delete { key: key.clone(), expected }]).await
+        }
+    }
+
+    /// Opens the datastore a URL names.
+    pub async fn connect(url: &str) -> Result<Arc<dyn Datastore>, DatastoreError> {
+        match DatastoreUrl::parse(url)? {
+            DatastoreUrl::Sqlite { path } => Ok(Arc::new(sqlite::SqliteStore::open(url, &path).await?)),
+            DatastoreUrl::Etcd { endpoints } => Ok(Arc::new(etcd::EtcdStore::connect(url, endpoints).await?)),
+            DatastoreUrl::Kubernetes => Err(DatastoreError::BadUrl {
+                url: url.to_string(),
+                reason: "the Kubernetes API backend is not available yet; use sqlite:PATH or etcd://HOST:PORT".into(),
+            }),
+        }
+    }
+}
