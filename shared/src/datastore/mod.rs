@@ -260,7 +260,9 @@ mod runtime {
     }
 
     impl Watch {
-        pub(crate) fn new(
+        /// Builds a watch from the channel a task feeds (for backends and wrappers); dropping
+        /// the watch stops the task.
+        pub fn new(
             receiver: tokio::sync::mpsc::Receiver<Result<Vec<Event>, DatastoreError>>,
             task: tokio::task::JoinHandle<()>,
         ) -> Watch {

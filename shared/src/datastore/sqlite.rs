@@ -132,7 +132,8 @@ impl SqliteStore {
 #[allow(clippy::disallowed_methods)] // This edge thread paces itself with a sleep.
 fn poll_data_version(connection: &Connection, changes: &tokio::sync::watch::Sender<u64>, stop: &AtomicBool) {
     let mut last: Option<i64> = None;
-    while !stop.load(Ordering::Relaxed) && !changes.is_closed() {
+    // Runs until the store is dropped (receivers come and go with watches).
+    while !stop.load(Ordering::Relaxed) {
         if let Ok(version) = connection.query_row("PRAGMA data_version", [], |row| row.get::<_, i64>(0)) {
             if last.is_some_and(|l| l != version) {
                 changes.send_modify(|n| *n += 1);
