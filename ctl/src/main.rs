@@ -1,1 +1,154 @@
-fn main() {}
+//! twillctl: Twill's command line.
+//!
+//! Exit codes: 0 success, 1 failure (the datastore refused, an object is missing, a document
+//! is invalid), 2 usage (bad flags, unknown resource kind).
+
+mod resources;
+mod table;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Twill's command line: manage resources in a Twill datastore.
+#[derive(Debug, Parser)]
+#[command(name = "twillctl", version, about)]
+struct Cli {
+    /// Datastore URL: sqlite:PATH, etcd://HOST:PORT[,HOST:PORT...] or kubernetes.
+    #[arg(long, global = true, env = "TWILL_DATASTORE", default_value = twill_shared::datastore::DEFAULT_URL)]
+    datastore: String,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Output formats of `get`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    /// A table of the main fields.
+    Table,
+    /// A table with more fields.
+    Wide,
+    /// YAML documents, applicable again.
+    Yaml,
+    /// JSON, applicable again.
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create or update the resources of a file (all or nothing).
+    Apply(FileArgs),
+    /// Create the resources of a file; fails if any exists (all or nothing).
+    Create(FileArgs),
+    /// Replace the resources of a file; fails if any is missing (all or nothing).
+    Replace(FileArgs),
+    /// Show resources.
+    Get(GetArgs),
+    /// Delete resources, by kind and name or by file (all or nothing).
+    Delete(DeleteArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct FileArgs {
+    /// File of YAML or JSON documents; `-` reads standard input.
+    #[arg(short = 'f', long = "filename", required = true)]
+    file: String,
+    /// Namespace for namespaced documents that name none.
+    #[arg(short, long, default_value = "default")]
+    namespace: String,
+}
+
+#[derive(Debug, clap::Args)]
+struct GetArgs {
+    /// Resource kind: e.g. networkpolicy, globalnetworkpolicy, ippool, node, knp, pod.
+    kind: String,
+    /// Only this object.
+    name: Option<String>,
+    /// Namespace of namespaced kinds.
+    #[arg(short, long, default_value = "default", conflicts_with = "all_namespaces")]
+    namespace: String,
+    /// Every namespace.
+    #[arg(short = 'A', long)]
+    all_namespaces: bool,
+    /// Output format.
+    #[arg(short, long, value_enum, default_value = "table")]
+    output: Output,
+}
+
+#[derive(Debug, clap::Args)]
+struct DeleteArgs {
+    /// Resource kind (with NAME).
+    #[arg(required_unless_present = "file", conflicts_with = "file")]
+    kind: Option<String>,
+    /// Object name.
+    #[arg(required_unless_present = "file")]
+    name: Option<String>,
+    /// Delete the objects a file names instead.
+    #[arg(short = 'f', long = "filename")]
+    file: Option<String>,
+    /// Namespace of namespaced kinds.
+    #[arg(short, long, default_value = "default")]
+    namespace: String,
+    /// Do not fail for objects that do not exist.
+    #[arg(long)]
+    skip_not_exists: bool,
+}
+
+/// A failure, and whether it is a usage error (exit 2) or not (exit 1).
+#[derive(Debug)]
+pub struct Failure {
+    usage: bool,
+    error: anyhow::Error,
+}
+
+impl<E: Into<anyhow::Error>> From<E> for Failure {
+    fn from(error: E) -> Failure {
+        Failure { usage: false, error: error.into() }
+    }
+}
+
+/// A usage error: exit code 2.
+pub fn usage(message: String) -> Failure {
+    Failure { usage: true, error: anyhow::anyhow!(message) }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("TWILL_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime starts");
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            eprintln!("error: {:#}", failure.error);
+            ExitCode::from(if failure.usage { 2 } else { 1 })
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), Failure> {
+    use twill_shared::client::WriteMode;
+    match cli.command {
+        Command::Apply(args) => resources::write(&cli.datastore, &args.file, &args.namespace, WriteMode::Apply).await,
+        Command::Create(args) => resources::write(&cli.datastore, &args.file, &args.namespace, WriteMode::Create).await,
+        Command::Replace(args) => resources::write(&cli.datastore, &args.file, &args.namespace, WriteMode::Replace).await,
+        Command::Get(args) => {
+            let namespace = (!args.all_namespaces).then_some(args.namespace.as_str());
+            resources::get(&cli.datastore, &args.kind, args.name.as_deref(), namespace, args.output).await
+        }
+        Command::Delete(args) => match (&args.file, &args.kind, &args.name) {
+            (Some(file), _, _) => resources::delete_file(&cli.datastore, file, &args.namespace, args.skip_not_exists).await,
+            (None, Some(kind), Some(name)) => {
+                resources::delete_one(&cli.datastore, kind, name, &args.namespace, args.skip_not_exists).await
+            }
+            _ => Err(usage("delete needs KIND NAME or -f FILE".into())),
+        },
+    }
+}

@@ -62,8 +62,13 @@ impl fmt::Display for DocumentErrors {
 }
 
 /// Parses every document of `text`, applies defaults and validates. Returns all resources or
-/// all problems.
+/// all problems. Namespaced objects that name no namespace go to `default`.
 pub fn parse_documents(text: &str) -> Result<Vec<Resource>, DocumentErrors> {
+    parse_documents_in(text, super::DEFAULT_NAMESPACE)
+}
+
+/// As [`parse_documents`], putting namespaced objects that name no namespace in `namespace`.
+pub fn parse_documents_in(text: &str, namespace: &str) -> Result<Vec<Resource>, DocumentErrors> {
     let mut values = Vec::new();
     let mut errors = Vec::new();
     for document in serde_yaml::Deserializer::from_str(text) {
@@ -81,7 +86,7 @@ pub fn parse_documents(text: &str) -> Result<Vec<Resource>, DocumentErrors> {
     let mut seen: BTreeMap<Key, usize> = BTreeMap::new();
     for (offset, value) in values.into_iter().enumerate() {
         let index = offset + 1;
-        match parse_one(index, value) {
+        match parse_one(index, value, namespace) {
             Ok(resource) => {
                 let key = resource.key();
                 if let Some(first) = seen.insert(key.clone(), index) {
@@ -142,7 +147,7 @@ fn describe(value: &serde_yaml::Value) -> Option<String> {
     })
 }
 
-fn parse_one(index: usize, value: serde_yaml::Value) -> Result<Resource, Vec<DocumentError>> {
+fn parse_one(index: usize, value: serde_yaml::Value, namespace: &str) -> Result<Resource, Vec<DocumentError>> {
     let object = describe(&value);
     let fail = |path: Option<String>, reason: String| DocumentError {
         index,
@@ -167,7 +172,7 @@ fn parse_one(index: usize, value: serde_yaml::Value) -> Result<Resource, Vec<Doc
         let reason = err.inner().to_string();
         vec![fail(Some(if path == "." { "(document)".into() } else { path }), reason)]
     })?;
-    resource.apply_defaults();
+    resource.apply_defaults(namespace);
     let problems = validate(&resource);
     if problems.is_empty() {
         Ok(resource)

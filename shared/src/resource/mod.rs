@@ -240,8 +240,13 @@ impl Kind {
 }
 
 impl fmt::Display for Kind {
+    /// The kind name, qualified with its group where two kinds share a name
+    /// (`NetworkPolicy.networking.k8s.io`).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
+        match self {
+            Kind::KubernetesNetworkPolicy => f.write_str("NetworkPolicy.networking.k8s.io"),
+            kind => f.write_str(kind.name()),
+        }
     }
 }
 
@@ -297,11 +302,11 @@ impl Resource {
         }
     }
 
-    /// Fills in what Calico and Kubernetes fill in on create: the default namespace, and a
-    /// policy's directions when it names none.
-    pub fn apply_defaults(&mut self) {
+    /// Fills in what Calico and Kubernetes fill in on create: the namespace (`namespace` when
+    /// the object names none), and a policy's directions when it names none.
+    pub fn apply_defaults(&mut self, namespace: &str) {
         if self.kind().namespaced() && self.meta().namespace.is_none() {
-            self.meta_mut().namespace = Some(DEFAULT_NAMESPACE.to_string());
+            self.meta_mut().namespace = Some(namespace.to_string());
         }
         match self {
             Resource::NetworkPolicy(o) => {
