@@ -66,7 +66,12 @@ struct GetArgs {
     /// Only this object.
     name: Option<String>,
     /// Namespace of namespaced kinds.
-    #[arg(short, long, default_value = "default", conflicts_with = "all_namespaces")]
+    #[arg(
+        short,
+        long,
+        default_value = "default",
+        conflicts_with = "all_namespaces"
+    )]
     namespace: String,
     /// Every namespace.
     #[arg(short = 'A', long)]
@@ -104,19 +109,28 @@ pub struct Failure {
 
 impl<E: Into<anyhow::Error>> From<E> for Failure {
     fn from(error: E) -> Failure {
-        Failure { usage: false, error: error.into() }
+        Failure {
+            usage: false,
+            error: error.into(),
+        }
     }
 }
 
 /// A usage error: exit code 2.
 pub fn usage(message: String) -> Failure {
-    Failure { usage: true, error: anyhow::anyhow!(message) }
+    Failure {
+        usage: true,
+        error: anyhow::anyhow!(message),
+    }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("TWILL_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("TWILL_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -136,17 +150,58 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> Result<(), Failure> {
     use twill_shared::client::WriteMode;
     match cli.command {
-        Command::Apply(args) => resources::write(&cli.datastore, &args.file, &args.namespace, WriteMode::Apply).await,
-        Command::Create(args) => resources::write(&cli.datastore, &args.file, &args.namespace, WriteMode::Create).await,
-        Command::Replace(args) => resources::write(&cli.datastore, &args.file, &args.namespace, WriteMode::Replace).await,
+        Command::Apply(args) => {
+            resources::write(
+                &cli.datastore,
+                &args.file,
+                &args.namespace,
+                WriteMode::Apply,
+            )
+            .await
+        }
+        Command::Create(args) => {
+            resources::write(
+                &cli.datastore,
+                &args.file,
+                &args.namespace,
+                WriteMode::Create,
+            )
+            .await
+        }
+        Command::Replace(args) => {
+            resources::write(
+                &cli.datastore,
+                &args.file,
+                &args.namespace,
+                WriteMode::Replace,
+            )
+            .await
+        }
         Command::Get(args) => {
             let namespace = (!args.all_namespaces).then_some(args.namespace.as_str());
-            resources::get(&cli.datastore, &args.kind, args.name.as_deref(), namespace, args.output).await
+            resources::get(
+                &cli.datastore,
+                &args.kind,
+                args.name.as_deref(),
+                namespace,
+                args.output,
+            )
+            .await
         }
         Command::Delete(args) => match (&args.file, &args.kind, &args.name) {
-            (Some(file), _, _) => resources::delete_file(&cli.datastore, file, &args.namespace, args.skip_not_exists).await,
+            (Some(file), _, _) => {
+                resources::delete_file(&cli.datastore, file, &args.namespace, args.skip_not_exists)
+                    .await
+            }
             (None, Some(kind), Some(name)) => {
-                resources::delete_one(&cli.datastore, kind, name, &args.namespace, args.skip_not_exists).await
+                resources::delete_one(
+                    &cli.datastore,
+                    kind,
+                    name,
+                    &args.namespace,
+                    args.skip_not_exists,
+                )
+                .await
             }
             _ => Err(usage("delete needs KIND NAME or -f FILE".into())),
         },

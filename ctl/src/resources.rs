@@ -18,7 +18,9 @@ async fn client(url: &str) -> Result<Client, Failure> {
 fn read_input(file: &str) -> Result<String, Failure> {
     if file == "-" {
         let mut text = String::new();
-        std::io::stdin().read_to_string(&mut text).context("cannot read standard input")?;
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .context("cannot read standard input")?;
         Ok(text)
     } else {
         Ok(std::fs::read_to_string(file).with_context(|| format!("cannot read {file}"))?)
@@ -54,8 +56,15 @@ pub async fn write(url: &str, file: &str, namespace: &str, mode: WriteMode) -> R
         WriteMode::Create => "created",
         WriteMode::Replace => "replaced",
     };
-    let unchanged = outcomes.iter().filter(|(_, o)| *o == Outcome::Unchanged).count();
-    let note = if unchanged > 0 { format!(" ({unchanged} unchanged)") } else { String::new() };
+    let unchanged = outcomes
+        .iter()
+        .filter(|(_, o)| *o == Outcome::Unchanged)
+        .count();
+    let note = if unchanged > 0 {
+        format!(" ({unchanged} unchanged)")
+    } else {
+        String::new()
+    };
     println!(
         "Successfully {verb} {}{} resource(s){note}",
         outcomes.len(),
@@ -68,7 +77,10 @@ pub async fn write(url: &str, file: &str, namespace: &str, mode: WriteMode) -> R
 pub fn resolve_kind(name: &str) -> Result<Kind, Failure> {
     Kind::from_cli_name(name).ok_or_else(|| {
         let known: Vec<&str> = Kind::ALL.iter().map(|k| k.plural()).collect();
-        usage(format!("unknown resource kind {name:?}; known kinds: {}", known.join(", ")))
+        usage(format!(
+            "unknown resource kind {name:?}; known kinds: {}",
+            known.join(", ")
+        ))
     })
 }
 
@@ -81,27 +93,55 @@ fn key_of(kind: Kind, name: &str, namespace: &str) -> Key {
 }
 
 /// get KIND [NAME].
-pub async fn get(url: &str, kind: &str, name: Option<&str>, namespace: Option<&str>, output: Output) -> Result<(), Failure> {
+pub async fn get(
+    url: &str,
+    kind: &str,
+    name: Option<&str>,
+    namespace: Option<&str>,
+    output: Output,
+) -> Result<(), Failure> {
     let kind = resolve_kind(kind)?;
     let client = client(url).await?;
     let all_namespaces = namespace.is_none();
     let resources = match name {
         Some(name) => {
-            let key = key_of(kind, name, namespace.unwrap_or(twill_shared::resource::DEFAULT_NAMESPACE));
+            let key = key_of(
+                kind,
+                name,
+                namespace.unwrap_or(twill_shared::resource::DEFAULT_NAMESPACE),
+            );
             match client.get(&key).await? {
                 Some(resource) => vec![resource],
                 None => return Err(DatastoreError::NotFound { key }.into()),
             }
         }
-        None => client.list(kind, namespace.filter(|_| kind.namespaced())).await?,
+        None => {
+            client
+                .list(kind, namespace.filter(|_| kind.namespaced()))
+                .await?
+        }
     };
     let single = name.is_some();
     match output {
         Output::Table | Output::Wide => {
-            print!("{}", table::render(kind, &resources, output == Output::Wide, all_namespaces && kind.namespaced()))
+            print!(
+                "{}",
+                table::render(
+                    kind,
+                    &resources,
+                    output == Output::Wide,
+                    all_namespaces && kind.namespaced()
+                )
+            )
         }
-        Output::Yaml => print!("{}", serde_yaml::to_string(&document(kind, &resources, single))?),
-        Output::Json => println!("{}", serde_json::to_string_pretty(&document(kind, &resources, single))?),
+        Output::Yaml => print!(
+            "{}",
+            serde_yaml::to_string(&document(kind, &resources, single))?
+        ),
+        Output::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&document(kind, &resources, single))?
+        ),
     }
     Ok(())
 }
@@ -119,15 +159,31 @@ fn document(kind: Kind, resources: &[Resource], single: bool) -> serde_json::Val
 }
 
 /// delete KIND NAME.
-pub async fn delete_one(url: &str, kind: &str, name: &str, namespace: &str, skip_missing: bool) -> Result<(), Failure> {
+pub async fn delete_one(
+    url: &str,
+    kind: &str,
+    name: &str,
+    namespace: &str,
+    skip_missing: bool,
+) -> Result<(), Failure> {
     let kind = resolve_kind(kind)?;
     delete_keys(url, vec![key_of(kind, name, namespace)], skip_missing).await
 }
 
 /// delete -f FILE.
-pub async fn delete_file(url: &str, file: &str, namespace: &str, skip_missing: bool) -> Result<(), Failure> {
+pub async fn delete_file(
+    url: &str,
+    file: &str,
+    namespace: &str,
+    skip_missing: bool,
+) -> Result<(), Failure> {
     let resources = parse_file(file, namespace)?;
-    delete_keys(url, resources.iter().map(Resource::key).collect(), skip_missing).await
+    delete_keys(
+        url,
+        resources.iter().map(Resource::key).collect(),
+        skip_missing,
+    )
+    .await
 }
 
 async fn delete_keys(url: &str, keys: Vec<Key>, skip_missing: bool) -> Result<(), Failure> {

@@ -24,11 +24,22 @@ pub fn render(kind: Kind, resources: &[Resource], wide: bool, with_namespace: bo
 fn columns(kind: Kind, wide: bool) -> Vec<&'static str> {
     match (kind, wide) {
         (Kind::IpPool, false) => vec!["NAME", "CIDR", "SELECTOR"],
-        (Kind::IpPool, true) => vec!["NAME", "CIDR", "NAT", "IPIPMODE", "VXLANMODE", "DISABLED", "DISABLEBGPEXPORT", "SELECTOR"],
+        (Kind::IpPool, true) => vec![
+            "NAME",
+            "CIDR",
+            "NAT",
+            "IPIPMODE",
+            "VXLANMODE",
+            "DISABLED",
+            "DISABLEBGPEXPORT",
+            "SELECTOR",
+        ],
         (Kind::Node, false) => vec!["NAME"],
         (Kind::Node, true) => vec!["NAME", "ASN", "IPV4", "IPV6"],
         (Kind::BgpPeer, _) => vec!["NAME", "PEERIP", "NODE", "ASN"],
-        (Kind::NetworkPolicy | Kind::GlobalNetworkPolicy, true) => vec!["NAME", "TIER", "ORDER", "TYPES", "SELECTOR"],
+        (Kind::NetworkPolicy | Kind::GlobalNetworkPolicy, true) => {
+            vec!["NAME", "TIER", "ORDER", "TYPES", "SELECTOR"]
+        }
         (Kind::KubernetesNetworkPolicy, _) => vec!["NAME", "POD-SELECTOR", "TYPES"],
         (Kind::WorkloadEndpoint, _) => vec!["WORKLOAD", "NODE", "NETWORKS", "INTERFACE"],
         (Kind::HostEndpoint, false) => vec!["NAME", "NODE"],
@@ -45,11 +56,23 @@ fn text<T: ToString>(value: Option<T>) -> String {
 }
 
 fn joined<T: ToString>(values: Option<&Vec<T>>) -> String {
-    values.map(|list| list.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")).unwrap_or_default()
+    values
+        .map(|list| {
+            list.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .unwrap_or_default()
 }
 
 fn labels(resource: &Resource) -> String {
-    let labels = resource.meta().labels.iter().flatten().map(|(k, v)| format!("{k}={v}"));
+    let labels = resource
+        .meta()
+        .labels
+        .iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={v}"));
     labels.collect::<Vec<_>>().join(",")
 }
 
@@ -57,7 +80,11 @@ fn cells(resource: &Resource, wide: bool) -> Vec<String> {
     let name = resource.name().to_string();
     match (resource, wide) {
         (Resource::IpPool(o), false) => {
-            vec![name, text(o.spec.cidr), text(o.spec.node_selector.as_ref().map(|s| s.as_str())).if_empty("all()")]
+            vec![
+                name,
+                text(o.spec.cidr),
+                text(o.spec.node_selector.as_ref().map(|s| s.as_str())).if_empty("all()"),
+            ]
         }
         (Resource::IpPool(o), true) => vec![
             name,
@@ -80,8 +107,11 @@ fn cells(resource: &Resource, wide: bool) -> Vec<String> {
         }
         (Resource::BgpPeer(o), _) => vec![
             name,
-            text(o.spec.peer_ip.as_deref()).if_empty(&text(o.spec.peer_selector.as_ref().map(|s| s.as_str()))),
-            text(o.spec.node.as_deref()).if_empty(&text(o.spec.node_selector.as_ref().map(|s| s.as_str()))).if_empty("(global)"),
+            text(o.spec.peer_ip.as_deref())
+                .if_empty(&text(o.spec.peer_selector.as_ref().map(|s| s.as_str()))),
+            text(o.spec.node.as_deref())
+                .if_empty(&text(o.spec.node_selector.as_ref().map(|s| s.as_str())))
+                .if_empty("(global)"),
             text(o.spec.as_number.map(|a| a.0)),
         ],
         (Resource::NetworkPolicy(o), true) => vec![
@@ -114,10 +144,18 @@ fn cells(resource: &Resource, wide: bool) -> Vec<String> {
             name,
             text(o.spec.node.as_deref()),
             text(o.spec.interface_name.as_deref()),
-            joined(o.spec.expected_ips.as_ref().map(|ips| ips.iter().map(|ip| ip.0).collect::<Vec<_>>()).as_ref()),
+            joined(
+                o.spec
+                    .expected_ips
+                    .as_ref()
+                    .map(|ips| ips.iter().map(|ip| ip.0).collect::<Vec<_>>())
+                    .as_ref(),
+            ),
             joined(o.spec.profiles.as_ref()),
         ],
-        (Resource::NetworkSet(o) | Resource::GlobalNetworkSet(o), true) => vec![name, joined(o.spec.nets.as_ref())],
+        (Resource::NetworkSet(o) | Resource::GlobalNetworkSet(o), true) => {
+            vec![name, joined(o.spec.nets.as_ref())]
+        }
         (Resource::Pod(_) | Resource::Namespace(_), _) => vec![name, labels(resource)],
         _ => vec![name],
     }
@@ -140,8 +178,15 @@ impl IfEmpty for String {
 /// Pads columns to their widest cell plus three spaces.
 fn layout(rows: &[Vec<String>]) -> String {
     let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
-    let widths: Vec<usize> =
-        (0..columns).map(|c| rows.iter().filter_map(|r| r.get(c)).map(String::len).max().unwrap_or(0)).collect();
+    let widths: Vec<usize> = (0..columns)
+        .map(|c| {
+            rows.iter()
+                .filter_map(|r| r.get(c))
+                .map(String::len)
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
     let mut out = String::new();
     for row in rows {
         let mut line = String::new();

@@ -26,10 +26,19 @@ fn twillctl(datastore: &str, args: &[&str], stdin: Option<&str>) -> Run {
         .spawn()
         .expect("twillctl runs");
     if let Some(text) = stdin {
-        child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
     }
     drop(child.stdin.take());
-    let Output { status, stdout, stderr } = child.wait_with_output().unwrap();
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = child.wait_with_output().unwrap();
     Run {
         code: status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&stdout).into_owned(),
@@ -64,7 +73,10 @@ struct Sqlite {
 }
 
 fn sqlite() -> Sqlite {
-    let dir = tempfile::Builder::new().prefix("twillctl-").tempdir().unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("twillctl-")
+        .tempdir()
+        .unwrap();
     let url = format!("sqlite:{}", dir.path().join("state/twill.db").display());
     Sqlite { _dir: dir, url }
 }
@@ -79,12 +91,24 @@ fn seeds_round_trip(url: &str) {
         for original in originals {
             let kind = original.kind().plural();
             let namespace = original.namespace().unwrap_or("default").to_string();
-            let yaml = ok(url, &["get", kind, original.name(), "-n", &namespace, "-o", "yaml"]);
+            let yaml = ok(
+                url,
+                &["get", kind, original.name(), "-n", &namespace, "-o", "yaml"],
+            );
             let back = parse_documents(&yaml).unwrap_or_else(|e| panic!("{yaml}\n{e}"));
             assert_eq!(back.len(), 1);
             let meta = back[0].meta();
-            assert!(meta.resource_version.is_some() && meta.uid.is_some() && meta.creation_timestamp.is_some());
-            assert_eq!(back[0].without_server_fields(), original, "{}: get -o yaml differs", file.display());
+            assert!(
+                meta.resource_version.is_some()
+                    && meta.uid.is_some()
+                    && meta.creation_timestamp.is_some()
+            );
+            assert_eq!(
+                back[0].without_server_fields(),
+                original,
+                "{}: get -o yaml differs",
+                file.display()
+            );
         }
     }
     // A listing applies back, changing nothing.
@@ -94,9 +118,15 @@ fn seeds_round_trip(url: &str) {
     assert!(again.stdout.contains("(9 unchanged)"), "{}", again.stdout);
     let table = ok(url, &["get", "knp", "-A"]);
     assert!(table.starts_with("NAMESPACE"), "{table}");
-    assert!(table.contains("default      deny-all-ingress-to-backend   app == 'backend'     Ingress"), "{table}");
+    assert!(
+        table.contains("default      deny-all-ingress-to-backend   app == 'backend'     Ingress"),
+        "{table}"
+    );
     let pods = ok(url, &["get", "pods"]);
-    assert_eq!(pods, "NAME       LABELS\nbackend    app=backend\nfrontend   app=frontend\n");
+    assert_eq!(
+        pods,
+        "NAME       LABELS\nbackend    app=backend\nfrontend   app=frontend\n"
+    );
 }
 
 #[test]
@@ -109,7 +139,9 @@ fn seeds_apply_unchanged_and_come_back_from_sqlite() {
 async fn seeds_apply_unchanged_and_come_back_from_etcd() {
     let etcd = Etcd::start().await;
     let url = etcd.url();
-    tokio::task::spawn_blocking(move || seeds_round_trip(&url)).await.unwrap();
+    tokio::task::spawn_blocking(move || seeds_round_trip(&url))
+        .await
+        .unwrap();
 }
 
 const GOOD_SET: &str =
@@ -123,10 +155,22 @@ fn policy(spec: &str) -> String {
 fn refused(url: &str, document: &str, expected: &str) {
     let before = ok(url, &["get", "globalnetworksets", "-o", "json"]);
     let run = twillctl(url, &["apply", "-f", "-"], Some(document));
-    assert_eq!(run.code, 1, "should fail:\n{document}\nstdout: {}", run.stdout);
-    assert!(run.stderr.contains(expected), "expected {expected:?} in:\n{}", run.stderr);
+    assert_eq!(
+        run.code, 1,
+        "should fail:\n{document}\nstdout: {}",
+        run.stdout
+    );
+    assert!(
+        run.stderr.contains(expected),
+        "expected {expected:?} in:\n{}",
+        run.stderr
+    );
     assert!(run.stderr.contains("nothing was applied"), "{}", run.stderr);
-    assert_eq!(ok(url, &["get", "globalnetworksets", "-o", "json"]), before, "nothing may change");
+    assert_eq!(
+        ok(url, &["get", "globalnetworksets", "-o", "json"]),
+        before,
+        "nothing may change"
+    );
 }
 
 #[test]
@@ -189,17 +233,37 @@ fn exit_codes_and_messages() {
     let store = sqlite();
     let url = store.url.as_str();
     let missing = twillctl(url, &["get", "networkpolicy", "nope"], None);
-    assert_eq!((missing.code, missing.stderr.trim()), (1, "error: NetworkPolicy default/nope not found"));
+    assert_eq!(
+        (missing.code, missing.stderr.trim()),
+        (1, "error: NetworkPolicy default/nope not found")
+    );
     let missing = twillctl(url, &["get", "knp", "nope", "-n", "prod"], None);
-    assert_eq!(missing.stderr.trim(), "error: NetworkPolicy.networking.k8s.io prod/nope not found");
+    assert_eq!(
+        missing.stderr.trim(),
+        "error: NetworkPolicy.networking.k8s.io prod/nope not found"
+    );
     let unknown = twillctl(url, &["get", "widgets"], None);
     assert_eq!(unknown.code, 2);
-    assert!(unknown.stderr.contains("unknown resource kind \"widgets\""), "{}", unknown.stderr);
-    assert_eq!(twillctl(url, &["apply"], None).code, 2, "missing -f is a usage error");
+    assert!(
+        unknown.stderr.contains("unknown resource kind \"widgets\""),
+        "{}",
+        unknown.stderr
+    );
+    assert_eq!(
+        twillctl(url, &["apply"], None).code,
+        2,
+        "missing -f is a usage error"
+    );
     assert_eq!(twillctl(url, &["frobnicate"], None).code, 2);
     let no_file = twillctl(url, &["apply", "-f", "/nonexistent/twill.yaml"], None);
     assert_eq!(no_file.code, 1);
-    assert!(no_file.stderr.contains("cannot read /nonexistent/twill.yaml"), "{}", no_file.stderr);
+    assert!(
+        no_file
+            .stderr
+            .contains("cannot read /nonexistent/twill.yaml"),
+        "{}",
+        no_file.stderr
+    );
 }
 
 #[test]
@@ -207,28 +271,70 @@ fn create_replace_and_delete_follow_their_contracts() {
     let store = sqlite();
     let url = store.url.as_str();
     let created = twillctl(url, &["create", "-f", "-"], Some(GOOD_SET));
-    assert_eq!(created.stdout, "Successfully created 1 'GlobalNetworkSet' resource(s)\n");
+    assert_eq!(
+        created.stdout,
+        "Successfully created 1 'GlobalNetworkSet' resource(s)\n"
+    );
     let again = twillctl(url, &["create", "-f", "-"], Some(GOOD_SET));
     assert_eq!(again.code, 1);
-    assert!(again.stderr.contains("GlobalNetworkSet good already exists"), "{}", again.stderr);
-    let absent = twillctl(url, &["replace", "-f", "-"], Some(&GOOD_SET.replace("good", "other")));
-    assert!(absent.code == 1 && absent.stderr.contains("GlobalNetworkSet other not found"), "{}", absent.stderr);
+    assert!(
+        again
+            .stderr
+            .contains("GlobalNetworkSet good already exists"),
+        "{}",
+        again.stderr
+    );
+    let absent = twillctl(
+        url,
+        &["replace", "-f", "-"],
+        Some(&GOOD_SET.replace("good", "other")),
+    );
+    assert!(
+        absent.code == 1 && absent.stderr.contains("GlobalNetworkSet other not found"),
+        "{}",
+        absent.stderr
+    );
     // replace with the revision read works; with a stale one it is a conflict.
     let read = ok(url, &["get", "globalnetworkset", "good", "-o", "yaml"]);
     let changed = read.replace("198.18.0.0/24", "198.18.5.0/24");
-    assert_eq!(twillctl(url, &["replace", "-f", "-"], Some(&changed)).code, 0);
-    let stale = twillctl(url, &["replace", "-f", "-"], Some(&changed.replace("198.18.5.0/24", "198.18.6.0/24")));
+    assert_eq!(
+        twillctl(url, &["replace", "-f", "-"], Some(&changed)).code,
+        0
+    );
+    let stale = twillctl(
+        url,
+        &["replace", "-f", "-"],
+        Some(&changed.replace("198.18.5.0/24", "198.18.6.0/24")),
+    );
     assert_eq!(stale.code, 1);
-    assert!(stale.stderr.contains("was modified concurrently"), "{}", stale.stderr);
+    assert!(
+        stale.stderr.contains("was modified concurrently"),
+        "{}",
+        stale.stderr
+    );
     assert!(ok(url, &["get", "globalnetworkset", "good", "-o", "yaml"]).contains("198.18.5.0/24"));
     // delete: by name; a missing object fails unless skipped; by file, all or nothing.
     let gone = twillctl(url, &["delete", "globalnetworkset", "nope"], None);
     assert!(gone.code == 1 && gone.stderr.contains("not found"));
-    assert_eq!(twillctl(url, &["delete", "globalnetworkset", "nope", "--skip-not-exists"], None).code, 0);
+    assert_eq!(
+        twillctl(
+            url,
+            &["delete", "globalnetworkset", "nope", "--skip-not-exists"],
+            None
+        )
+        .code,
+        0
+    );
     let both = format!("{GOOD_SET}---\n{}", GOOD_SET.replace("good", "absent"));
     assert_eq!(twillctl(url, &["delete", "-f", "-"], Some(&both)).code, 1);
-    assert!(ok(url, &["get", "globalnetworksets"]).contains("good"), "nothing deleted");
-    assert_eq!(ok(url, &["delete", "globalnetworkset", "good"]), "Successfully deleted 1 'GlobalNetworkSet' resource(s)\n");
+    assert!(
+        ok(url, &["get", "globalnetworksets"]).contains("good"),
+        "nothing deleted"
+    );
+    assert_eq!(
+        ok(url, &["delete", "globalnetworkset", "good"]),
+        "Successfully deleted 1 'GlobalNetworkSet' resource(s)\n"
+    );
     assert_eq!(ok(url, &["get", "globalnetworksets"]), "NAME\n");
 }
 
@@ -237,9 +343,15 @@ fn namespaces_scope_listings() {
     let store = sqlite();
     let url = store.url.as_str();
     let two = "apiVersion: projectcalico.org/v3\nkind: NetworkSet\nmetadata:\n  name: a\n  namespace: prod\n---\napiVersion: projectcalico.org/v3\nkind: NetworkSet\nmetadata:\n  name: a\n";
-    assert_eq!(twillctl(url, &["apply", "-f", "-", "-n", "dev"], Some(two)).code, 0);
+    assert_eq!(
+        twillctl(url, &["apply", "-f", "-", "-n", "dev"], Some(two)).code,
+        0
+    );
     assert_eq!(ok(url, &["get", "networksets", "-n", "prod"]), "NAME\na\n");
-    assert_eq!(ok(url, &["get", "networksets", "-A"]), "NAMESPACE   NAME\ndev         a\nprod        a\n");
+    assert_eq!(
+        ok(url, &["get", "networksets", "-A"]),
+        "NAMESPACE   NAME\ndev         a\nprod        a\n"
+    );
     assert_eq!(ok(url, &["get", "networksets"]), "NAME\n");
 }
 
@@ -257,30 +369,57 @@ async fn an_unreachable_etcd_is_named_within_five_seconds() {
     let took = started.elapsed();
     assert_eq!(run.code, 1);
     assert!(took < Duration::from_secs(5), "took {took:?}");
-    assert!(run.stderr.contains(&format!("cannot reach the datastore at {url}")), "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains(&format!("cannot reach the datastore at {url}")),
+        "{}",
+        run.stderr
+    );
 }
 
 #[test]
 fn unwritable_and_corrupt_sqlite_files_are_explained() {
-    let dir = tempfile::Builder::new().prefix("twillctl-bad-").tempdir().unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("twillctl-bad-")
+        .tempdir()
+        .unwrap();
     // The parent "directory" is a file.
     let blocker = dir.path().join("blocker");
     std::fs::write(&blocker, "not a directory").unwrap();
     let url = format!("sqlite:{}", blocker.join("twill.db").display());
     let run = twillctl(&url, &["apply", "-f", "-"], Some(GOOD_SET));
     assert_eq!(run.code, 1);
-    assert!(run.stderr.contains(&format!("cannot reach the datastore at {url}: cannot create directory")), "{}", run.stderr);
+    assert!(
+        run.stderr.contains(&format!(
+            "cannot reach the datastore at {url}: cannot create directory"
+        )),
+        "{}",
+        run.stderr
+    );
     // The path is a directory.
     let url = format!("sqlite:{}", dir.path().display());
     let run = twillctl(&url, &["get", "ippools"], None);
     assert_eq!(run.code, 1);
-    assert!(run.stderr.contains("cannot reach the datastore") && run.stderr.contains("unable to open"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("cannot reach the datastore") && run.stderr.contains("unable to open"),
+        "{}",
+        run.stderr
+    );
     // A file that is not a database.
     let corrupt = dir.path().join("corrupt.db");
     std::fs::write(&corrupt, vec![0x5a_u8; 8192]).unwrap();
     let url = format!("sqlite:{}", corrupt.display());
     let run = twillctl(&url, &["get", "ippools"], None);
     assert_eq!(run.code, 1);
-    assert!(run.stderr.contains(&format!("the datastore at {url} is corrupt")), "{}", run.stderr);
-    assert_eq!(std::fs::read(&corrupt).unwrap(), vec![0x5a_u8; 8192], "the corrupt file is left as it was");
+    assert!(
+        run.stderr
+            .contains(&format!("the datastore at {url} is corrupt")),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(
+        std::fs::read(&corrupt).unwrap(),
+        vec![0x5a_u8; 8192],
+        "the corrupt file is left as it was"
+    );
 }

@@ -21,8 +21,16 @@ pub struct Etcd {
 impl Etcd {
     /// Starts etcd and waits until it answers.
     pub async fn start() -> Etcd {
-        let data = tempfile::Builder::new().prefix("twill-etcd-").tempdir().expect("a temporary directory");
-        let mut etcd = Etcd { child: None, data, client_port: free_port(), peer_port: free_port() };
+        let data = tempfile::Builder::new()
+            .prefix("twill-etcd-")
+            .tempdir()
+            .expect("a temporary directory");
+        let mut etcd = Etcd {
+            child: None,
+            data,
+            client_port: free_port(),
+            peer_port: free_port(),
+        };
         etcd.launch().await;
         etcd
     }
@@ -67,22 +75,41 @@ impl Etcd {
         let child = Command::new(etcd_binary())
             .args(["--name", "twill-test", "--data-dir"])
             .arg(self.data.path().join("member-data"))
-            .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
-            .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
+            .args([
+                "--listen-client-urls",
+                &client,
+                "--advertise-client-urls",
+                &client,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer,
+                "--initial-advertise-peer-urls",
+                &peer,
+            ])
             .args(["--initial-cluster", &format!("twill-test={peer}")])
             .args(["--logger", "zap", "--log-level", "warn"])
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log handle"))
             .stderr(log)
             .spawn()
-            .unwrap_or_else(|err| panic!("cannot start {}: {err} (apt-get install etcd-server)", etcd_binary().display()));
+            .unwrap_or_else(|err| {
+                panic!(
+                    "cannot start {}: {err} (apt-get install etcd-server)",
+                    etcd_binary().display()
+                )
+            });
         self.child = Some(child);
         let url = self.url();
         let log_path = self.data.path().join("etcd.log");
-        eventually(Duration::from_secs(20), &format!("etcd at {url} (log: {})", log_path.display()), || {
-            let url = url.clone();
-            async move { connect(&url).await.ok() }
-        })
+        eventually(
+            Duration::from_secs(20),
+            &format!("etcd at {url} (log: {})", log_path.display()),
+            || {
+                let url = url.clone();
+                async move { connect(&url).await.ok() }
+            },
+        )
         .await;
     }
 }
@@ -94,5 +121,7 @@ impl Drop for Etcd {
 }
 
 fn etcd_binary() -> PathBuf {
-    std::env::var_os("TWILL_ETCD").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/usr/bin/etcd"))
+    std::env::var_os("TWILL_ETCD")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/bin/etcd"))
 }

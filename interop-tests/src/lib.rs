@@ -28,7 +28,10 @@ where
         if let Some(value) = check().await {
             return value;
         }
-        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -36,7 +39,10 @@ where
 /// Path of a binary of this workspace, built next to the test executables.
 pub fn workspace_binary(name: &str) -> std::path::PathBuf {
     let exe = std::env::current_exe().expect("the test knows its own path");
-    let mut dir = exe.parent().expect("test executables live in a directory").to_path_buf();
+    let mut dir = exe
+        .parent()
+        .expect("test executables live in a directory")
+        .to_path_buf();
     if dir.ends_with("deps") {
         dir.pop();
     }

@@ -19,7 +19,10 @@ pub struct Severable {
 impl Severable {
     /// Wraps `inner`; watches flow normally.
     pub fn new(inner: Arc<dyn Datastore>) -> Arc<Severable> {
-        Arc::new(Severable { inner, cut: signal::channel(false).0 })
+        Arc::new(Severable {
+            inner,
+            cut: signal::channel(false).0,
+        })
     }
 
     /// Ends every live watch and holds new ones back until [`Severable::release`].
@@ -43,7 +46,11 @@ impl Datastore for Severable {
         self.inner.get(key).await
     }
 
-    async fn list(&self, kind: Option<Kind>, namespace: Option<&str>) -> Result<Listing, DatastoreError> {
+    async fn list(
+        &self,
+        kind: Option<Kind>,
+        namespace: Option<&str>,
+    ) -> Result<Listing, DatastoreError> {
         self.inner.list(kind, namespace).await
     }
 

@@ -23,7 +23,12 @@ enum Backend {
 
 impl Backend {
     async fn sqlite() -> Backend {
-        Backend::Sqlite(tempfile::Builder::new().prefix("twill-sqlite-").tempdir().unwrap())
+        Backend::Sqlite(
+            tempfile::Builder::new()
+                .prefix("twill-sqlite-")
+                .tempdir()
+                .unwrap(),
+        )
     }
 
     async fn etcd() -> Backend {
@@ -56,28 +61,62 @@ async fn crud(backend: Backend) {
     let created = store.create(&key, value.clone()).await.unwrap();
     let got = store.get(&key).await.unwrap().unwrap();
     assert_eq!((got.value.clone(), got.revision), (value.clone(), created));
-    assert!(matches!(store.create(&key, value.clone()).await, Err(DatastoreError::AlreadyExists { .. })));
+    assert!(matches!(
+        store.create(&key, value.clone()).await,
+        Err(DatastoreError::AlreadyExists { .. })
+    ));
     let (_, changed) = set("a", "198.18.1.0/24");
     let updated = store.update(&key, changed.clone(), created).await.unwrap();
     assert!(updated > created);
     assert_eq!(store.get(&key).await.unwrap().unwrap().value, changed);
     // Namespaced objects list per namespace and across namespaces.
-    let policy = |ns: &str, name: &str| (Key::namespaced(Kind::NetworkPolicy, ns, name), json!({"n": name}));
+    let policy = |ns: &str, name: &str| {
+        (
+            Key::namespaced(Kind::NetworkPolicy, ns, name),
+            json!({"n": name}),
+        )
+    };
     for (key, value) in [policy("prod", "x"), policy("prod", "y"), policy("dev", "x")] {
         store.create(&key, value).await.unwrap();
     }
-    let prod = store.list(Some(Kind::NetworkPolicy), Some("prod")).await.unwrap();
-    assert_eq!(prod.items.iter().map(|s| s.key.name.as_str()).collect::<Vec<_>>(), ["x", "y"]);
-    assert_eq!(store.list(Some(Kind::NetworkPolicy), None).await.unwrap().items.len(), 3);
+    let prod = store
+        .list(Some(Kind::NetworkPolicy), Some("prod"))
+        .await
+        .unwrap();
+    assert_eq!(
+        prod.items
+            .iter()
+            .map(|s| s.key.name.as_str())
+            .collect::<Vec<_>>(),
+        ["x", "y"]
+    );
+    assert_eq!(
+        store
+            .list(Some(Kind::NetworkPolicy), None)
+            .await
+            .unwrap()
+            .items
+            .len(),
+        3
+    );
     let everything = store.list(None, None).await.unwrap();
     assert_eq!(everything.items.len(), 4);
     assert!(everything.revision >= updated);
     // Deletes: conditional on a stale revision fails, then plain delete works, then NotFound.
-    assert!(matches!(store.delete(&key, Some(created)).await, Err(DatastoreError::Conflict { .. })));
+    assert!(matches!(
+        store.delete(&key, Some(created)).await,
+        Err(DatastoreError::Conflict { .. })
+    ));
     store.delete(&key, Some(updated)).await.unwrap();
     assert_eq!(store.get(&key).await.unwrap(), None);
-    assert!(matches!(store.delete(&key, None).await, Err(DatastoreError::NotFound { .. })));
-    assert!(matches!(store.update(&key, value, updated).await, Err(DatastoreError::NotFound { .. })));
+    assert!(matches!(
+        store.delete(&key, None).await,
+        Err(DatastoreError::NotFound { .. })
+    ));
+    assert!(matches!(
+        store.update(&key, value, updated).await,
+        Err(DatastoreError::NotFound { .. })
+    ));
 }
 
 async fn cas_conflict_and_atomic_transactions(backend: Backend) {
@@ -86,7 +125,9 @@ async fn cas_conflict_and_atomic_transactions(backend: Backend) {
     let first = store.create(&key, value.clone()).await.unwrap();
     let second = store.update(&key, value.clone(), first).await.unwrap();
     match store.update(&key, value.clone(), first).await {
-        Err(DatastoreError::Conflict { expected, actual, .. }) => assert_eq!((expected, actual), (first, second)),
+        Err(DatastoreError::Conflict {
+            expected, actual, ..
+        }) => assert_eq!((expected, actual), (first, second)),
         other => panic!("expected a conflict, got {other:?}"),
     }
     // A transaction with one failing precondition changes nothing.
@@ -94,17 +135,34 @@ async fn cas_conflict_and_atomic_transactions(backend: Backend) {
     let before = store.list(None, None).await.unwrap();
     let failed = store
         .txn(vec![
-            TxnOp::Create { key: other.clone(), value: other_value.clone() },
-            TxnOp::Update { key: key.clone(), value: json!({"stale": true}), expected: Some(first) },
+            TxnOp::Create {
+                key: other.clone(),
+                value: other_value.clone(),
+            },
+            TxnOp::Update {
+                key: key.clone(),
+                value: json!({"stale": true}),
+                expected: Some(first),
+            },
         ])
         .await;
-    assert!(matches!(failed, Err(DatastoreError::Conflict { .. })), "{failed:?}");
+    assert!(
+        matches!(failed, Err(DatastoreError::Conflict { .. })),
+        "{failed:?}"
+    );
     assert_eq!(store.list(None, None).await.unwrap().items, before.items);
     // The same transaction with the right revision applies both, under one revision.
     let revision = store
         .txn(vec![
-            TxnOp::Create { key: other.clone(), value: other_value },
-            TxnOp::Update { key: key.clone(), value: json!({"fresh": true}), expected: Some(second) },
+            TxnOp::Create {
+                key: other.clone(),
+                value: other_value,
+            },
+            TxnOp::Update {
+                key: key.clone(),
+                value: json!({"fresh": true}),
+                expected: Some(second),
+            },
         ])
         .await
         .unwrap();
@@ -132,13 +190,26 @@ async fn concurrent_writers(backend: Backend) {
         .collect();
     let mut conflicts = 0u64;
     for worker in workers {
-        let output = tokio::task::spawn_blocking(move || worker.wait_with_output()).await.unwrap().unwrap();
+        let output = tokio::task::spawn_blocking(move || worker.wait_with_output())
+            .await
+            .unwrap()
+            .unwrap();
         assert!(output.status.success(), "a writer failed: {output:?}");
-        conflicts += String::from_utf8_lossy(&output.stdout).trim().parse::<u64>().unwrap();
+        conflicts += String::from_utf8_lossy(&output.stdout)
+            .trim()
+            .parse::<u64>()
+            .unwrap();
     }
     let value = store.get(&key).await.unwrap().unwrap().value;
-    assert_eq!(value["metadata"]["labels"]["count"], json!((WRITERS as u64 * INCREMENTS).to_string()));
-    println!("{}: {} increments, {conflicts} CAS conflicts retried", backend.url(), WRITERS as u64 * INCREMENTS);
+    assert_eq!(
+        value["metadata"]["labels"]["count"],
+        json!((WRITERS as u64 * INCREMENTS).to_string())
+    );
+    println!(
+        "{}: {} increments, {conflicts} CAS conflicts retried",
+        backend.url(),
+        WRITERS as u64 * INCREMENTS
+    );
 }
 
 async fn watch_from_revision(backend: Backend) {
@@ -149,34 +220,78 @@ async fn watch_from_revision(backend: Backend) {
     let r2 = store.create(&b, value.clone()).await.unwrap();
     let r3 = store.update(&a, json!({"v": 3}), r1).await.unwrap();
     let r4 = store.delete(&b, None).await.unwrap();
-    let _other_kind = store.create(&Key::cluster(Kind::Tier, "t"), json!({})).await.unwrap();
+    let _other_kind = store
+        .create(&Key::cluster(Kind::Tier, "t"), json!({}))
+        .await
+        .unwrap();
     let r5 = store.create(&b, json!({"v": 5})).await.unwrap();
     // From r2: exactly r3, r4, r5 for this kind, in order, nothing else.
     let mut watch = store.watch(Some(Kind::GlobalNetworkSet), r2).await.unwrap();
     let mut seen = Vec::new();
     while seen.len() < 3 {
-        let batch = tokio::time::timeout(Duration::from_secs(5), watch.next()).await.unwrap().unwrap().unwrap();
-        seen.extend(batch.into_iter().map(|e| (e.event_type, e.key.name, e.revision, e.value)));
+        let batch = tokio::time::timeout(Duration::from_secs(5), watch.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        seen.extend(
+            batch
+                .into_iter()
+                .map(|e| (e.event_type, e.key.name, e.revision, e.value)),
+        );
     }
     assert_eq!(
         seen,
         vec![
-            (EventType::Modified, "a".to_string(), r3, Some(json!({"v": 3}))),
+            (
+                EventType::Modified,
+                "a".to_string(),
+                r3,
+                Some(json!({"v": 3}))
+            ),
             (EventType::Deleted, "b".to_string(), r4, Some(value)),
             (EventType::Added, "b".to_string(), r5, Some(json!({"v": 5}))),
         ]
     );
     // Later writes arrive live.
     let r6 = store.delete(&a, None).await.unwrap();
-    let batch = tokio::time::timeout(Duration::from_secs(5), watch.next()).await.unwrap().unwrap().unwrap();
-    assert_eq!(batch.iter().map(|e| (e.event_type, e.revision)).collect::<Vec<_>>(), [(EventType::Deleted, r6)]);
-    assert!(tokio::time::timeout(Duration::from_millis(200), watch.next()).await.is_err(), "nothing more");
+    let batch = tokio::time::timeout(Duration::from_secs(5), watch.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        batch
+            .iter()
+            .map(|e| (e.event_type, e.revision))
+            .collect::<Vec<_>>(),
+        [(EventType::Deleted, r6)]
+    );
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), watch.next())
+            .await
+            .is_err(),
+        "nothing more"
+    );
     // A transaction arrives as one batch.
     let (c, cv) = set("c", "198.18.3.0/24");
     let (d, dv) = set("d", "198.18.4.0/24");
-    let r7 = store.txn(vec![TxnOp::Create { key: c, value: cv }, TxnOp::Create { key: d, value: dv }]).await.unwrap();
-    let batch = tokio::time::timeout(Duration::from_secs(5), watch.next()).await.unwrap().unwrap().unwrap();
-    assert_eq!(batch.iter().map(|e| e.revision).collect::<Vec<_>>(), [r7, r7]);
+    let r7 = store
+        .txn(vec![
+            TxnOp::Create { key: c, value: cv },
+            TxnOp::Create { key: d, value: dv },
+        ])
+        .await
+        .unwrap();
+    let batch = tokio::time::timeout(Duration::from_secs(5), watch.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        batch.iter().map(|e| e.revision).collect::<Vec<_>>(),
+        [r7, r7]
+    );
 }
 
 /// Collects syncer updates into the consumer's view until `done` holds.
@@ -189,7 +304,12 @@ struct Consumer {
 
 impl Consumer {
     fn start(store: Arc<dyn Datastore>) -> Consumer {
-        Consumer { updates: driver::spawn(store, vec![]), view: BTreeMap::new(), log: Vec::new(), status: None }
+        Consumer {
+            updates: driver::spawn(store, vec![]),
+            view: BTreeMap::new(),
+            log: Vec::new(),
+            status: None,
+        }
     }
 
     /// Applies updates until the view equals the store's content (keys and revisions).
@@ -197,13 +317,22 @@ impl Consumer {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
             let listing = store.list(None, None).await.unwrap();
-            let truth: BTreeMap<Key, Revision> = listing.items.into_iter().map(|s| (s.key, s.revision)).collect();
+            let truth: BTreeMap<Key, Revision> = listing
+                .items
+                .into_iter()
+                .map(|s| (s.key, s.revision))
+                .collect();
             if self.view == truth && self.status == Some(SyncStatus::InSync) {
                 return;
             }
             let update = tokio::time::timeout_at(deadline, self.updates.recv())
                 .await
-                .unwrap_or_else(|_| panic!("syncer did not converge: view {:?} store {:?}", self.view, truth))
+                .unwrap_or_else(|_| {
+                    panic!(
+                        "syncer did not converge: view {:?} store {:?}",
+                        self.view, truth
+                    )
+                })
                 .expect("the syncer runs");
             self.apply(update);
         }
@@ -212,10 +341,16 @@ impl Consumer {
     fn apply(&mut self, update: Update) {
         match &update {
             Update::Status(status) => self.status = Some(*status),
-            Update::Changed { key, revision, value: Some(_) } => {
+            Update::Changed {
+                key,
+                revision,
+                value: Some(_),
+            } => {
                 self.view.insert(key.clone(), *revision);
             }
-            Update::Changed { key, value: None, .. } => {
+            Update::Changed {
+                key, value: None, ..
+            } => {
                 self.view.remove(key);
             }
         }
@@ -238,7 +373,10 @@ async fn compaction_forces_a_resync_that_loses_and_repeats_nothing(backend: Back
     // history is compacted away.
     severable.cut();
     let b = store.get(&set("b", "").0).await.unwrap().unwrap();
-    store.update(&b.key, json!({"b": 2}), b.revision).await.unwrap();
+    store
+        .update(&b.key, json!({"b": 2}), b.revision)
+        .await
+        .unwrap();
     store.delete(&set("c", "").0, None).await.unwrap();
     let (f, fv) = set("f", "198.18.9.0/24");
     let r = store.create(&f, fv).await.unwrap();
@@ -259,11 +397,20 @@ async fn compaction_forces_a_resync_that_loses_and_repeats_nothing(backend: Back
     sorted.sort_by(|x, y| x.0.cmp(&y.0));
     assert_eq!(
         sorted,
-        vec![("b".into(), Some(json!({"b": 2}))), ("c".into(), None), ("f".into(), Some(json!({"f": 3})))],
+        vec![
+            ("b".into(), Some(json!({"b": 2}))),
+            ("c".into(), None),
+            ("f".into(), Some(json!({"f": 3})))
+        ],
         "exactly the differences, each once: {:?}",
         consumer.log
     );
-    assert!(consumer.log.contains(&Update::Status(SyncStatus::ResyncInProgress)), "a resync happened");
+    assert!(
+        consumer
+            .log
+            .contains(&Update::Status(SyncStatus::ResyncInProgress)),
+        "a resync happened"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -335,7 +482,10 @@ async fn etcd_watch_survives_etcd_being_killed_and_restarted() {
     let (d, dv) = set("d", "198.18.4.0/24");
     store_after.create(&d, dv).await.unwrap();
     let b = store_after.get(&set("b", "").0).await.unwrap().unwrap();
-    store_after.update(&b.key, json!({"b": 2}), b.revision).await.unwrap();
+    store_after
+        .update(&b.key, json!({"b": 2}), b.revision)
+        .await
+        .unwrap();
     consumer.converge(&store_after).await;
     assert!(consumer.view.contains_key(&d) && !consumer.view.contains_key(&set("a", "").0));
 }
@@ -346,8 +496,11 @@ async fn sqlite_watch_sees_writes_from_another_process() {
     let store = backend.store().await;
     let key = Key::cluster(Kind::Profile, "counter");
     store
-        .create(&key, json!({"apiVersion": "projectcalico.org/v3", "kind": "Profile",
-                             "metadata": {"name": "counter", "labels": {"count": "0"}}}))
+        .create(
+            &key,
+            json!({"apiVersion": "projectcalico.org/v3", "kind": "Profile",
+                             "metadata": {"name": "counter", "labels": {"count": "0"}}}),
+        )
         .await
         .unwrap();
     let mut consumer = Consumer::start(store.clone());
@@ -359,6 +512,14 @@ async fn sqlite_watch_sees_writes_from_another_process() {
         .unwrap();
     assert!(status.success());
     consumer.converge(&store).await;
-    let changes = consumer.log.iter().filter(|u| matches!(u, Update::Changed { key: k, .. } if *k == key)).count();
-    assert_eq!(changes, 1 + 5, "the create, then each of the other process's five writes");
+    let changes = consumer
+        .log
+        .iter()
+        .filter(|u| matches!(u, Update::Changed { key: k, .. } if *k == key))
+        .count();
+    assert_eq!(
+        changes,
+        1 + 5,
+        "the create, then each of the other process's five writes"
+    );
 }

@@ -67,8 +67,11 @@ pub struct Client {
 
 /// Decodes a stored object and reports its revision as `resourceVersion`.
 pub fn decode(stored: Stored) -> Result<Resource, ClientError> {
-    let mut resource = Resource::decode(stored.key.kind, stored.value)
-        .map_err(|err| ClientError::Decode { key: stored.key.clone(), reason: err.to_string() })?;
+    let mut resource =
+        Resource::decode(stored.key.kind, stored.value).map_err(|err| ClientError::Decode {
+            key: stored.key.clone(),
+            reason: err.to_string(),
+        })?;
     resource.meta_mut().resource_version = Some(stored.revision.to_string());
     Ok(resource)
 }
@@ -96,19 +99,30 @@ impl Client {
     }
 
     /// Lists objects of a kind, in one namespace or all.
-    pub async fn list(&self, kind: Kind, namespace: Option<&str>) -> Result<Vec<Resource>, ClientError> {
+    pub async fn list(
+        &self,
+        kind: Kind,
+        namespace: Option<&str>,
+    ) -> Result<Vec<Resource>, ClientError> {
         let listing = self.store.list(Some(kind), namespace).await?;
         listing.items.into_iter().map(decode).collect()
     }
 
     /// Writes every resource in one transaction; returns what happened to each.
-    pub async fn write_all(&self, resources: &[Resource], mode: WriteMode) -> Result<Vec<(Key, Outcome)>, ClientError> {
+    pub async fn write_all(
+        &self,
+        resources: &[Resource],
+        mode: WriteMode,
+    ) -> Result<Vec<(Key, Outcome)>, ClientError> {
         let mut attempt = 0;
         loop {
             attempt += 1;
             match self.try_write_all(resources, mode).await {
                 Err(ClientError::Datastore(DatastoreError::Conflict { .. }))
-                    if attempt < APPLY_ATTEMPTS && resources.iter().all(|r| r.meta().resource_version.is_none()) =>
+                    if attempt < APPLY_ATTEMPTS
+                        && resources
+                            .iter()
+                            .all(|r| r.meta().resource_version.is_none()) =>
                 {
                     continue
                 }
@@ -117,40 +131,57 @@ impl Client {
         }
     }
 
-    async fn try_write_all(&self, resources: &[Resource], mode: WriteMode) -> Result<Vec<(Key, Outcome)>, ClientError> {
+    async fn try_write_all(
+        &self,
+        resources: &[Resource],
+        mode: WriteMode,
+    ) -> Result<Vec<(Key, Outcome)>, ClientError> {
         let mut ops = Vec::new();
         let mut outcomes = Vec::new();
         for resource in resources {
             let key = resource.key();
-            let expected = match &resource.meta().resource_version {
-                Some(text) => Some(text.parse::<Revision>().map_err(|_| ClientError::BadResourceVersion {
-                    key: key.clone(),
-                    value: text.clone(),
-                })?),
-                None => None,
-            };
+            let expected =
+                match &resource.meta().resource_version {
+                    Some(text) => Some(text.parse::<Revision>().map_err(|_| {
+                        ClientError::BadResourceVersion {
+                            key: key.clone(),
+                            value: text.clone(),
+                        }
+                    })?),
+                    None => None,
+                };
             let current = self.store.get(&key).await?;
             let outcome = match (mode, current) {
-                (WriteMode::Create, Some(_)) => return Err(DatastoreError::AlreadyExists { key }.into()),
+                (WriteMode::Create, Some(_)) => {
+                    return Err(DatastoreError::AlreadyExists { key }.into())
+                }
                 (WriteMode::Replace, None) => return Err(DatastoreError::NotFound { key }.into()),
                 (_, None) => {
                     let mut fresh = resource.clone();
                     stamp_new(&mut fresh);
-                    ops.push(TxnOp::Create { key: key.clone(), value: stored_form(&fresh) });
+                    ops.push(TxnOp::Create {
+                        key: key.clone(),
+                        value: stored_form(&fresh),
+                    });
                     Outcome::Created
                 }
                 (_, Some(stored)) => {
                     let existing = decode(stored.clone())?;
                     let mut updated = resource.clone();
                     updated.meta_mut().uid = existing.meta().uid.clone();
-                    updated.meta_mut().creation_timestamp = existing.meta().creation_timestamp.clone();
+                    updated.meta_mut().creation_timestamp =
+                        existing.meta().creation_timestamp.clone();
                     let precondition = expected.unwrap_or(stored.revision);
                     if expected.is_none_or(|e| e == stored.revision)
                         && updated.without_server_fields() == existing.without_server_fields()
                     {
                         Outcome::Unchanged
                     } else {
-                        ops.push(TxnOp::Update { key: key.clone(), value: stored_form(&updated), expected: Some(precondition) });
+                        ops.push(TxnOp::Update {
+                            key: key.clone(),
+                            value: stored_form(&updated),
+                            expected: Some(precondition),
+                        });
                         Outcome::Configured
                     }
                 }
@@ -164,8 +195,17 @@ impl Client {
     }
 
     /// Deletes every object in one transaction; each must exist.
-    pub async fn delete_all(&self, keys: &[(Key, Option<Revision>)]) -> Result<Revision, ClientError> {
-        let ops = keys.iter().map(|(key, expected)| TxnOp::Delete { key: key.clone(), expected: *expected }).collect();
+    pub async fn delete_all(
+        &self,
+        keys: &[(Key, Option<Revision>)],
+    ) -> Result<Revision, ClientError> {
+        let ops = keys
+            .iter()
+            .map(|(key, expected)| TxnOp::Delete {
+                key: key.clone(),
+                expected: *expected,
+            })
+            .collect();
         Ok(self.store.txn(ops).await?)
     }
 }
@@ -186,13 +226,23 @@ fn new_uid() -> String {
     if random.is_err() {
         // Without /dev/urandom, fall back to the clock and pid: unique enough for an id.
         #[allow(clippy::disallowed_methods)] // The client is an edge.
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-        bytes[..16].copy_from_slice(&(now.as_nanos() ^ u128::from(std::process::id())).to_le_bytes());
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        bytes[..16]
+            .copy_from_slice(&(now.as_nanos() ^ u128::from(std::process::id())).to_le_bytes());
     }
     bytes[6] = (bytes[6] & 0x0f) | 0x40;
     bytes[8] = (bytes[8] & 0x3f) | 0x80;
     let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    format!("{}-{}-{}-{}-{}", &hex[0..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..32])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    )
 }
 
 /// Now, as RFC 3339 UTC with seconds.
@@ -212,13 +262,23 @@ pub fn rfc3339(seconds: u64) -> String {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let day_of_era = z.rem_euclid(146_097);
-    let year_of_era = (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
     let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
     let month_index = (5 * day_of_year + 2) / 153;
     let day = day_of_year - (153 * month_index + 2) / 5 + 1;
-    let month = if month_index < 10 { month_index + 3 } else { month_index - 9 };
+    let month = if month_index < 10 {
+        month_index + 3
+    } else {
+        month_index - 9
+    };
     let year = year_of_era + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", rest / 3600, rest % 3600 / 60, rest % 60)
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60
+    )
 }
 
 #[cfg(test)]

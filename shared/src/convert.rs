@@ -12,7 +12,9 @@
 //! - `policyTypes` carry over; absent means Ingress.
 
 use crate::resource::fields::{Action, Cidr, KubePort, PolicyType, Port, Protocol, SelectorText};
-use crate::resource::kube::{KubeNetworkPolicySpec, LabelSelector, NetworkPolicyPeer, NetworkPolicyPort};
+use crate::resource::kube::{
+    KubeNetworkPolicySpec, LabelSelector, NetworkPolicyPeer, NetworkPolicyPort,
+};
 use crate::resource::policy::{EntityRule, NetworkPolicySpec, Rule};
 use crate::resource::{Object, ObjectMeta};
 
@@ -31,21 +33,33 @@ fn quote_value(value: &str) -> String {
 }
 
 /// Converts a Kubernetes NetworkPolicy (already defaulted and validated).
-pub fn kubernetes_policy_to_calico(policy: &Object<KubeNetworkPolicySpec>) -> Object<NetworkPolicySpec> {
+pub fn kubernetes_policy_to_calico(
+    policy: &Object<KubeNetworkPolicySpec>,
+) -> Object<NetworkPolicySpec> {
     let spec = &policy.spec;
     let ingress = spec.ingress.iter().flatten().flat_map(|rule| {
-        convert_rule(rule.from.as_deref(), rule.ports.as_deref(), Direction::Ingress)
+        convert_rule(
+            rule.from.as_deref(),
+            rule.ports.as_deref(),
+            Direction::Ingress,
+        )
     });
     let egress = spec.egress.iter().flatten().flat_map(|rule| {
         convert_rule(rule.to.as_deref(), rule.ports.as_deref(), Direction::Egress)
     });
-    let types = spec.policy_types.clone().unwrap_or_else(|| vec![PolicyType::Ingress]);
+    let types = spec
+        .policy_types
+        .clone()
+        .unwrap_or_else(|| vec![PolicyType::Ingress]);
     let pod_selector = spec.pod_selector.clone().unwrap_or_default();
     Object {
         api_version: "projectcalico.org/v3".into(),
         kind: "NetworkPolicy".into(),
         metadata: ObjectMeta {
-            name: Some(format!("{KUBERNETES_POLICY_PREFIX}{}", policy.metadata.name.as_deref().unwrap_or(""))),
+            name: Some(format!(
+                "{KUBERNETES_POLICY_PREFIX}{}",
+                policy.metadata.name.as_deref().unwrap_or("")
+            )),
             namespace: policy.metadata.namespace.clone(),
             ..ObjectMeta::default()
         },
@@ -79,7 +93,12 @@ pub fn label_selector_to_calico(selector: &LabelSelector, pods: bool) -> String 
     }
     for requirement in selector.match_expressions.iter().flatten() {
         let values = || {
-            let quoted: Vec<String> = requirement.values.iter().flatten().map(|v| quote_value(v)).collect();
+            let quoted: Vec<String> = requirement
+                .values
+                .iter()
+                .flatten()
+                .map(|v| quote_value(v))
+                .collect();
             format!("{{{}}}", quoted.join(", "))
         };
         terms.push(match requirement.operator.as_str() {
@@ -137,7 +156,10 @@ fn port_groups(ports: Option<&[NetworkPolicyPort]>) -> Vec<(Option<Protocol>, Op
             (None, Some(_)) => {}
         }
     }
-    groups.into_iter().map(|(protocol, ports)| (Some(protocol), ports)).collect()
+    groups
+        .into_iter()
+        .map(|(protocol, ports)| (Some(protocol), ports))
+        .collect()
 }
 
 fn peer_entity(peer: &NetworkPolicyPeer) -> EntityRule {
@@ -145,7 +167,10 @@ fn peer_entity(peer: &NetworkPolicyPeer) -> EntityRule {
         let masked = |cidr: &Cidr| Cidr(cidr.0.trunc());
         return EntityRule {
             nets: Some(vec![masked(&block.cidr)]),
-            not_nets: block.except.as_ref().map(|list| list.iter().map(masked).collect()),
+            not_nets: block
+                .except
+                .as_ref()
+                .map(|list| list.iter().map(masked).collect()),
             ..EntityRule::default()
         };
     }
@@ -163,7 +188,11 @@ fn peer_entity(peer: &NetworkPolicyPeer) -> EntityRule {
     entity
 }
 
-fn convert_rule(peers: Option<&[NetworkPolicyPeer]>, ports: Option<&[NetworkPolicyPort]>, direction: Direction) -> Vec<Rule> {
+fn convert_rule(
+    peers: Option<&[NetworkPolicyPeer]>,
+    ports: Option<&[NetworkPolicyPort]>,
+    direction: Direction,
+) -> Vec<Rule> {
     let peers: Vec<Option<EntityRule>> = match peers {
         Some(list) if !list.is_empty() => list.iter().map(|p| Some(peer_entity(p))).collect(),
         _ => vec![None],
@@ -171,12 +200,18 @@ fn convert_rule(peers: Option<&[NetworkPolicyPeer]>, ports: Option<&[NetworkPoli
     let mut rules = Vec::new();
     for peer in &peers {
         for (protocol, ports) in port_groups(ports) {
-            let mut destination = EntityRule { ports: ports.filter(|p| !p.is_empty()), ..EntityRule::default() };
+            let mut destination = EntityRule {
+                ports: ports.filter(|p| !p.is_empty()),
+                ..EntityRule::default()
+            };
             let mut source = None;
             match (direction, peer) {
                 (Direction::Ingress, Some(entity)) => source = Some(entity.clone()),
                 (Direction::Egress, Some(entity)) => {
-                    destination = EntityRule { ports: destination.ports, ..entity.clone() };
+                    destination = EntityRule {
+                        ports: destination.ports,
+                        ..entity.clone()
+                    };
                 }
                 (_, None) => {}
             }

@@ -8,7 +8,10 @@ use twill_shared::resource::document::parse_documents;
 use twill_shared::resource::{Kind, Resource};
 
 fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("shared/ is in the workspace").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("shared/ is in the workspace")
+        .to_path_buf()
 }
 
 /// The seeds the project started from live in `shared/seeds` beside the repository.
@@ -16,7 +19,11 @@ fn seeds_dir() -> PathBuf {
     let dir = std::env::var_os("TWILL_SEEDS_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace().join("../shared/seeds"));
-    assert!(dir.is_dir(), "the seed articles are expected at {} (set TWILL_SEEDS_DIR)", dir.display());
+    assert!(
+        dir.is_dir(),
+        "the seed articles are expected at {} (set TWILL_SEEDS_DIR)",
+        dir.display()
+    );
     dir
 }
 
@@ -42,12 +49,20 @@ fn example_files(folder: &str) -> Vec<PathBuf> {
 #[test]
 fn every_yaml_block_of_the_second_article_is_kept_verbatim_and_parses() {
     let article = seed("001");
-    let blocks: Vec<&str> = article.split("```yaml\n").skip(1).map(|b| b.split("```").next().unwrap()).collect();
+    let blocks: Vec<&str> = article
+        .split("```yaml\n")
+        .skip(1)
+        .map(|b| b.split("```").next().unwrap())
+        .collect();
     assert_eq!(blocks.len(), 11);
     for block in blocks {
         let name = block.lines().next().unwrap().trim_start_matches("# ");
-        let copy = std::fs::read_to_string(workspace().join("examples/calico-policies").join(name)).unwrap();
-        assert_eq!(copy, block, "examples/calico-policies/{name} differs from the article");
+        let copy = std::fs::read_to_string(workspace().join("examples/calico-policies").join(name))
+            .unwrap();
+        assert_eq!(
+            copy, block,
+            "examples/calico-policies/{name} differs from the article"
+        );
         let resources = parse_documents(block).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert!(!resources.is_empty());
     }
@@ -56,16 +71,30 @@ fn every_yaml_block_of_the_second_article_is_kept_verbatim_and_parses() {
 #[test]
 fn the_first_articles_yaml_only_regains_its_indentation() {
     let article = seed("000");
-    let article_lines: Vec<&str> = article.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    let article_lines: Vec<&str> = article
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
     let mut position = 0;
     for file in example_files("seed-walkthrough") {
         let text = std::fs::read_to_string(&file).unwrap();
-        let resources = parse_documents(&text).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        let resources =
+            parse_documents(&text).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
         assert!(!resources.is_empty());
-        for line in text.lines().map(str::trim).filter(|l| !l.is_empty() && *l != "---") {
+        for line in text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && *l != "---")
+        {
             // Each line appears in the article, in order, with only its indentation lost.
             let found = article_lines[position..].iter().position(|l| *l == line);
-            let found = found.unwrap_or_else(|| panic!("{}: {line:?} is not in the article (in order)", file.display()));
+            let found = found.unwrap_or_else(|| {
+                panic!(
+                    "{}: {line:?} is not in the article (in order)",
+                    file.display()
+                )
+            });
             position += found + 1;
         }
     }
@@ -86,7 +115,9 @@ fn documents_round_trip_through_json() {
 }
 
 fn error_of(text: &str) -> String {
-    parse_documents(text).expect_err("the document should be refused").to_string()
+    parse_documents(text)
+        .expect_err("the document should be refused")
+        .to_string()
 }
 
 const POLICY_HEAD: &str = "apiVersion: projectcalico.org/v3\nkind: NetworkPolicy\nmetadata:\n  name: p\n  namespace: default\nspec:\n";
@@ -122,7 +153,10 @@ fn bad_documents_name_document_path_and_reason() {
     ];
     for (text, expected) in cases {
         let message = error_of(text);
-        assert!(message.contains(expected), "for:\n{text}\nexpected {expected:?} in:\n{message}");
+        assert!(
+            message.contains(expected),
+            "for:\n{text}\nexpected {expected:?} in:\n{message}"
+        );
     }
 }
 
@@ -132,7 +166,10 @@ fn one_bad_document_refuses_the_whole_file_and_duplicates_are_caught() {
     let bad = "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkSet\nmetadata:\n  name: b\nspec:\n  nets: [198.18.0.0/40]\n";
     let errors = parse_documents(&format!("{good}---\n{bad}---\n{good}")).unwrap_err();
     let text = errors.to_string();
-    assert!(text.contains("document 2 (GlobalNetworkSet b): spec.nets[0]"), "{text}");
+    assert!(
+        text.contains("document 2 (GlobalNetworkSet b): spec.nets[0]"),
+        "{text}"
+    );
     assert!(text.contains("document 3 (GlobalNetworkSet a): metadata.name: document 1 already defines GlobalNetworkSet a"), "{text}");
     assert_eq!(errors.0.len(), 2);
 }
@@ -144,21 +181,31 @@ fn lists_and_json_are_accepted_and_defaults_fill_in() {
         {"apiVersion":"v1","kind":"Namespace","metadata":{"name":"prod","labels":{"name":"prod"}}}]}"#;
     let resources = parse_documents(json).unwrap();
     assert_eq!(resources.len(), 2);
-    let Resource::NetworkPolicy(policy) = &resources[0] else { panic!("a NetworkPolicy") };
+    let Resource::NetworkPolicy(policy) = &resources[0] else {
+        panic!("a NetworkPolicy")
+    };
     assert_eq!(policy.metadata.namespace.as_deref(), Some("default"));
-    assert_eq!(serde_json::to_value(&policy.spec.types).unwrap(), serde_json::json!(["Egress"]));
+    assert_eq!(
+        serde_json::to_value(&policy.spec.types).unwrap(),
+        serde_json::json!(["Egress"])
+    );
     assert_eq!(resources[1].kind(), Kind::Namespace);
 }
 
 fn converted(yaml: &str) -> serde_json::Value {
     let resources = parse_documents(yaml).unwrap();
-    let Resource::KubernetesNetworkPolicy(policy) = &resources[0] else { panic!("a Kubernetes policy") };
+    let Resource::KubernetesNetworkPolicy(policy) = &resources[0] else {
+        panic!("a Kubernetes policy")
+    };
     serde_json::to_value(kubernetes_policy_to_calico(policy)).unwrap()
 }
 
 #[test]
 fn seed_policies_convert_with_calicos_semantics() {
-    let text = std::fs::read_to_string(workspace().join("examples/seed-walkthrough/03-allow-frontend-to-backend.yaml")).unwrap();
+    let text = std::fs::read_to_string(
+        workspace().join("examples/seed-walkthrough/03-allow-frontend-to-backend.yaml"),
+    )
+    .unwrap();
     let calico = converted(&text);
     assert_eq!(
         calico,
@@ -181,7 +228,10 @@ fn seed_policies_convert_with_calicos_semantics() {
             }
         })
     );
-    let deny = std::fs::read_to_string(workspace().join("examples/seed-walkthrough/02-deny-all-ingress-to-backend.yaml")).unwrap();
+    let deny = std::fs::read_to_string(
+        workspace().join("examples/seed-walkthrough/02-deny-all-ingress-to-backend.yaml"),
+    )
+    .unwrap();
     let calico = converted(&deny);
     assert_eq!(calico["spec"]["ingress"], serde_json::json!([]));
     assert_eq!(calico["spec"]["types"], serde_json::json!(["Ingress"]));
@@ -198,19 +248,35 @@ fn conversion_merges_ports_per_protocol_and_maps_every_peer() {
     // 2 peers × 2 protocols; the empty port entry makes TCP "all ports" and swallows 5432.
     assert_eq!(egress.len(), 4, "{egress:#?}");
     assert_eq!(egress[0]["protocol"], "UDP");
-    assert_eq!(egress[0]["destination"]["ports"], serde_json::json!([53, "1000:2000"]));
+    assert_eq!(
+        egress[0]["destination"]["ports"],
+        serde_json::json!([53, "1000:2000"])
+    );
     assert_eq!(
         egress[0]["destination"]["selector"],
         "projectcalico.org/orchestrator == 'k8s' && tier in {'db', 'cache'} && ! has(legacy)"
     );
     assert_eq!(egress[0]["destination"]["namespaceSelector"], "all()");
     assert_eq!(egress[1]["protocol"], "TCP");
-    assert!(egress[1]["destination"].get("ports").is_none(), "{:?}", egress[1]);
-    assert_eq!(egress[2]["destination"]["nets"], serde_json::json!(["10.1.0.0/16"]));
-    assert_eq!(egress[2]["destination"]["notNets"], serde_json::json!(["10.1.9.0/24"]));
+    assert!(
+        egress[1]["destination"].get("ports").is_none(),
+        "{:?}",
+        egress[1]
+    );
+    assert_eq!(
+        egress[2]["destination"]["nets"],
+        serde_json::json!(["10.1.0.0/16"])
+    );
+    assert_eq!(
+        egress[2]["destination"]["notNets"],
+        serde_json::json!(["10.1.9.0/24"])
+    );
     // No `to` and no ports: allow everything.
     let open = converted("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: k\nspec:\n  podSelector: {}\n  ingress:\n  - {}\n");
-    assert_eq!(open["spec"]["ingress"], serde_json::json!([{"action": "Allow"}]));
+    assert_eq!(
+        open["spec"]["ingress"],
+        serde_json::json!([{"action": "Allow"}])
+    );
 }
 
 #[test]
@@ -227,5 +293,8 @@ fn converted_selectors_select_what_kubernetes_would() {
     assert!(selector.matches(pod(&[("app", "api")]).as_slice()));
     assert!(selector.matches(pod(&[("app", "api"), ("env", "prod")]).as_slice()));
     assert!(!selector.matches(pod(&[("app", "api"), ("env", "dev")]).as_slice()));
-    assert!(!selector.matches([("app", "api")].as_slice()), "only Kubernetes pods");
+    assert!(
+        !selector.matches([("app", "api")].as_slice()),
+        "only Kubernetes pods"
+    );
 }

@@ -24,7 +24,8 @@ async fn main() -> anyhow::Result<()> {
                 .and_then(|text| text.parse().ok())
                 .context("the counter holds a number")?;
             let mut next = current.value.clone();
-            next["metadata"]["labels"]["count"] = serde_json::Value::String((value + 1).to_string());
+            next["metadata"]["labels"]["count"] =
+                serde_json::Value::String((value + 1).to_string());
             match store.update(&key, next, current.revision).await {
                 Ok(_) => break,
                 Err(DatastoreError::Conflict { .. }) => conflicts += 1,

@@ -9,12 +9,13 @@
 use std::time::Duration;
 
 use etcd_client::{
-    Client, Compare, CompareOp, CompactionOptions, ConnectOptions, EventType as EtcdEventType, GetOptions, Txn,
-    TxnOp as EtcdTxnOp, WatchOptions,
+    Client, CompactionOptions, Compare, CompareOp, ConnectOptions, EventType as EtcdEventType,
+    GetOptions, Txn, TxnOp as EtcdTxnOp, WatchOptions,
 };
 
 use super::{
-    check_txn, kind_from_plural, DatastoreError, Event, EventType, Listing, Revision, Stored, TxnOp, Watch,
+    check_txn, kind_from_plural, DatastoreError, Event, EventType, Listing, Revision, Stored,
+    TxnOp, Watch,
 };
 use crate::resource::{Key, Kind};
 
@@ -36,7 +37,9 @@ pub struct EtcdStore {
 
 impl std::fmt::Debug for EtcdStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EtcdStore").field("url", &self.url).finish_non_exhaustive()
+        f.debug_struct("EtcdStore")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
     }
 }
 
@@ -51,7 +54,9 @@ pub fn etcd_key(key: &Key) -> String {
 fn prefix_of(kind: Option<Kind>, namespace: Option<&str>) -> String {
     match (kind, namespace) {
         (None, _) => PREFIX.to_string(),
-        (Some(kind), Some(namespace)) if kind.namespaced() => format!("{PREFIX}{}/{namespace}/", kind.plural()),
+        (Some(kind), Some(namespace)) if kind.namespaced() => {
+            format!("{PREFIX}{}/{namespace}/", kind.plural())
+        }
         (Some(kind), _) => format!("{PREFIX}{}/", kind.plural()),
     }
 }
@@ -63,16 +68,25 @@ impl EtcdStore {
             .with_connect_timeout(CALL_TIMEOUT)
             .with_timeout(CALL_TIMEOUT)
             .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5));
-        let unavailable = |reason: String| DatastoreError::Unavailable { url: url.to_string(), reason };
+        let unavailable = |reason: String| DatastoreError::Unavailable {
+            url: url.to_string(),
+            reason,
+        };
         let connecting = async {
             let mut client = Client::connect(&endpoints, Some(options)).await?;
             client.status().await?;
             Ok::<_, etcd_client::Error>(client)
         };
         match tokio::time::timeout(CALL_TIMEOUT, connecting).await {
-            Ok(Ok(client)) => Ok(EtcdStore { url: url.to_string(), client }),
+            Ok(Ok(client)) => Ok(EtcdStore {
+                url: url.to_string(),
+                client,
+            }),
             Ok(Err(err)) => Err(unavailable(describe(&err))),
-            Err(_) => Err(unavailable(format!("no answer within {}s", CALL_TIMEOUT.as_secs()))),
+            Err(_) => Err(unavailable(format!(
+                "no answer within {}s",
+                CALL_TIMEOUT.as_secs()
+            ))),
         }
     }
 
@@ -80,13 +94,21 @@ impl EtcdStore {
         // gRPC status codes: 1 cancelled, 4 deadline exceeded, 14 unavailable.
         let unreachable = match err {
             etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
-            etcd_client::Error::GRpcStatus(status) => matches!(i32::from(status.code()), 1 | 4 | 14),
+            etcd_client::Error::GRpcStatus(status) => {
+                matches!(i32::from(status.code()), 1 | 4 | 14)
+            }
             _ => false,
         };
         if unreachable {
-            DatastoreError::Unavailable { url: self.url.clone(), reason: describe(err) }
+            DatastoreError::Unavailable {
+                url: self.url.clone(),
+                reason: describe(err),
+            }
         } else {
-            DatastoreError::Backend { url: self.url.clone(), reason: describe(err) }
+            DatastoreError::Backend {
+                url: self.url.clone(),
+                reason: describe(err),
+            }
         }
     }
 
@@ -112,7 +134,10 @@ impl EtcdStore {
         let text = std::str::from_utf8(raw).map_err(|_| corrupt())?;
         let rest = text.strip_prefix(PREFIX).ok_or_else(corrupt)?;
         let mut parts = rest.split('/');
-        let kind = parts.next().and_then(kind_from_plural).ok_or_else(corrupt)?;
+        let kind = parts
+            .next()
+            .and_then(kind_from_plural)
+            .ok_or_else(corrupt)?;
         let key = match (kind.namespaced(), parts.next(), parts.next(), parts.next()) {
             (true, Some(namespace), Some(name), None) => Key::namespaced(kind, namespace, name),
             (false, Some(name), None, None) => Key::cluster(kind, name),
@@ -138,18 +163,36 @@ impl EtcdStore {
             let key = op.key().clone();
             match (op, current) {
                 (TxnOp::Create { .. }, Some(_)) => return DatastoreError::AlreadyExists { key },
-                (TxnOp::Update { .. } | TxnOp::Delete { .. }, None) => return DatastoreError::NotFound { key },
-                (TxnOp::Update { expected: Some(expected), .. } | TxnOp::Delete { expected: Some(expected), .. }, Some(actual))
-                    if *expected != actual =>
-                {
-                    return DatastoreError::Conflict { key, expected: *expected, actual }
+                (TxnOp::Update { .. } | TxnOp::Delete { .. }, None) => {
+                    return DatastoreError::NotFound { key }
+                }
+                (
+                    TxnOp::Update {
+                        expected: Some(expected),
+                        ..
+                    }
+                    | TxnOp::Delete {
+                        expected: Some(expected),
+                        ..
+                    },
+                    Some(actual),
+                ) if *expected != actual => {
+                    return DatastoreError::Conflict {
+                        key,
+                        expected: *expected,
+                        actual,
+                    }
                 }
                 _ => {}
             }
         }
         // Everything holds now: it changed in between; report it as a conflict on the first key.
         let key = ops[0].key().clone();
-        DatastoreError::Conflict { key, expected: -1, actual: -1 }
+        DatastoreError::Conflict {
+            key,
+            expected: -1,
+            actual: -1,
+        }
     }
 
     async fn get_inner(&self, key: &Key) -> Result<Option<Stored>, DatastoreError> {
@@ -157,7 +200,11 @@ impl EtcdStore {
         let response = self.call(client.get(etcd_key(key), None)).await?;
         match response.kvs().first() {
             None => Ok(None),
-            Some(kv) => Ok(Some(Stored { key: key.clone(), value: self.parse_value(kv.value())?, revision: kv.mod_revision() })),
+            Some(kv) => Ok(Some(Stored {
+                key: key.clone(),
+                value: self.parse_value(kv.value())?,
+                revision: kv.mod_revision(),
+            })),
         }
     }
 }
@@ -192,7 +239,11 @@ impl super::Datastore for EtcdStore {
         self.get_inner(key).await
     }
 
-    async fn list(&self, kind: Option<Kind>, namespace: Option<&str>) -> Result<Listing, DatastoreError> {
+    async fn list(
+        &self,
+        kind: Option<Kind>,
+        namespace: Option<&str>,
+    ) -> Result<Listing, DatastoreError> {
         let prefix = prefix_of(kind, namespace);
         let end = range_end(&prefix);
         let mut client = self.client.clone();
@@ -211,7 +262,11 @@ impl super::Datastore for EtcdStore {
             for kv in response.kvs() {
                 let key = self.parse_key(kv.key())?;
                 if kind.is_none() || namespace.is_none() || key.namespace.as_deref() == namespace {
-                    items.push(Stored { key, value: self.parse_value(kv.value())?, revision: kv.mod_revision() });
+                    items.push(Stored {
+                        key,
+                        value: self.parse_value(kv.value())?,
+                        revision: kv.mod_revision(),
+                    });
                 }
             }
             match (response.more(), response.kvs().last()) {
@@ -232,7 +287,9 @@ impl super::Datastore for EtcdStore {
     async fn txn(&self, ops: Vec<TxnOp>) -> Result<Revision, DatastoreError> {
         check_txn(&ops)?;
         if ops.is_empty() {
-            return Err(DatastoreError::InvalidTxn { reason: "no operations".into() });
+            return Err(DatastoreError::InvalidTxn {
+                reason: "no operations".into(),
+            });
         }
         let mut compares = Vec::new();
         let mut writes = Vec::new();
@@ -243,16 +300,22 @@ impl super::Datastore for EtcdStore {
                     compares.push(Compare::version(key.clone(), CompareOp::Equal, 0));
                     writes.push(EtcdTxnOp::put(key, value.to_string(), None));
                 }
-                TxnOp::Update { value, expected, .. } => {
+                TxnOp::Update {
+                    value, expected, ..
+                } => {
                     compares.push(match expected {
-                        Some(revision) => Compare::mod_revision(key.clone(), CompareOp::Equal, *revision),
+                        Some(revision) => {
+                            Compare::mod_revision(key.clone(), CompareOp::Equal, *revision)
+                        }
                         None => Compare::version(key.clone(), CompareOp::Greater, 0),
                     });
                     writes.push(EtcdTxnOp::put(key, value.to_string(), None));
                 }
                 TxnOp::Delete { expected, .. } => {
                     compares.push(match expected {
-                        Some(revision) => Compare::mod_revision(key.clone(), CompareOp::Equal, *revision),
+                        Some(revision) => {
+                            Compare::mod_revision(key.clone(), CompareOp::Equal, *revision)
+                        }
                         None => Compare::version(key.clone(), CompareOp::Greater, 0),
                     });
                     writes.push(EtcdTxnOp::delete(key, None));
@@ -260,7 +323,9 @@ impl super::Datastore for EtcdStore {
             }
         }
         let mut client = self.client.clone();
-        let response = self.call(client.txn(Txn::new().when(compares).and_then(writes))).await?;
+        let response = self
+            .call(client.txn(Txn::new().when(compares).and_then(writes)))
+            .await?;
         if response.succeeded() {
             Ok(response.header().map_or(0, |h| h.revision()))
         } else {
@@ -270,13 +335,21 @@ impl super::Datastore for EtcdStore {
 
     async fn watch(&self, kind: Option<Kind>, after: Revision) -> Result<Watch, DatastoreError> {
         let mut client = self.client.clone();
-        let options = WatchOptions::new().with_prefix().with_start_revision(after + 1).with_prev_key();
-        let mut stream = self.call(client.watch(prefix_of(kind, None), Some(options))).await?;
+        let options = WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(after + 1)
+            .with_prev_key();
+        let mut stream = self
+            .call(client.watch(prefix_of(kind, None), Some(options)))
+            .await?;
         // The first answer says whether the watch was created or refused (compacted).
         let first = self.call(stream.message()).await?;
         if let Some(response) = &first {
             if response.compact_revision() > 0 || response.canceled() {
-                return Err(DatastoreError::RevisionTooOld { requested: after, compacted: response.compact_revision() });
+                return Err(DatastoreError::RevisionTooOld {
+                    requested: after,
+                    compacted: response.compact_revision(),
+                });
             }
         }
         let (sender, receiver) = tokio::sync::mpsc::channel(64);
@@ -294,12 +367,22 @@ impl super::Datastore for EtcdStore {
                 };
                 if message.compact_revision() > 0 {
                     let compacted = message.compact_revision();
-                    let _ = sender.send(Err(DatastoreError::RevisionTooOld { requested: after, compacted })).await;
+                    let _ = sender
+                        .send(Err(DatastoreError::RevisionTooOld {
+                            requested: after,
+                            compacted,
+                        }))
+                        .await;
                     return;
                 }
                 if message.canceled() {
                     let reason = format!("watch canceled: {}", message.cancel_reason());
-                    let _ = sender.send(Err(DatastoreError::Unavailable { url: store.url.clone(), reason })).await;
+                    let _ = sender
+                        .send(Err(DatastoreError::Unavailable {
+                            url: store.url.clone(),
+                            reason,
+                        }))
+                        .await;
                     return;
                 }
                 match store.convert_events(&message) {
@@ -322,27 +405,41 @@ impl super::Datastore for EtcdStore {
 
     async fn compact(&self, revision: Revision) -> Result<(), DatastoreError> {
         let mut client = self.client.clone();
-        self.call(client.compact(revision, Some(CompactionOptions::new().with_physical()))).await?;
+        self.call(client.compact(revision, Some(CompactionOptions::new().with_physical())))
+            .await?;
         Ok(())
     }
 }
 
 impl EtcdStore {
     /// Turns one watch response into batches, one per revision.
-    fn convert_events(&self, message: &etcd_client::WatchResponse) -> Result<Vec<Vec<Event>>, DatastoreError> {
+    fn convert_events(
+        &self,
+        message: &etcd_client::WatchResponse,
+    ) -> Result<Vec<Vec<Event>>, DatastoreError> {
         let mut batches: Vec<Vec<Event>> = Vec::new();
         for event in message.events() {
             let Some(kv) = event.kv() else { continue };
             let key = self.parse_key(kv.key())?;
             let (event_type, value) = match event.event_type() {
-                EtcdEventType::Put if kv.create_revision() == kv.mod_revision() => (EventType::Added, Some(self.parse_value(kv.value())?)),
+                EtcdEventType::Put if kv.create_revision() == kv.mod_revision() => {
+                    (EventType::Added, Some(self.parse_value(kv.value())?))
+                }
                 EtcdEventType::Put => (EventType::Modified, Some(self.parse_value(kv.value())?)),
                 EtcdEventType::Delete => {
-                    let last = event.prev_kv().map(|prev| self.parse_value(prev.value())).transpose()?;
+                    let last = event
+                        .prev_kv()
+                        .map(|prev| self.parse_value(prev.value()))
+                        .transpose()?;
                     (EventType::Deleted, last)
                 }
             };
-            let event = Event { event_type, key, revision: kv.mod_revision(), value };
+            let event = Event {
+                event_type,
+                key,
+                revision: kv.mod_revision(),
+                value,
+            };
             match batches.last_mut() {
                 Some(batch) if batch[0].revision == event.revision => batch.push(event),
                 _ => batches.push(vec![event]),

@@ -98,7 +98,9 @@ impl TxnOp {
     /// The key the operation touches.
     pub fn key(&self) -> &Key {
         match self {
-            TxnOp::Create { key, .. } | TxnOp::Update { key, .. } | TxnOp::Delete { key, .. } => key,
+            TxnOp::Create { key, .. } | TxnOp::Update { key, .. } | TxnOp::Delete { key, .. } => {
+                key
+            }
         }
     }
 }
@@ -199,18 +201,25 @@ pub const DEFAULT_URL: &str = "sqlite:/var/lib/twill/twill.db";
 impl DatastoreUrl {
     /// Parses `sqlite:PATH`, `etcd://HOST:PORT[,HOST:PORT…]` or `kubernetes`.
     pub fn parse(url: &str) -> Result<DatastoreUrl, DatastoreError> {
-        let bad = |reason: &str| DatastoreError::BadUrl { url: url.to_string(), reason: reason.to_string() };
+        let bad = |reason: &str| DatastoreError::BadUrl {
+            url: url.to_string(),
+            reason: reason.to_string(),
+        };
         if let Some(path) = url.strip_prefix("sqlite:") {
             let path = path.strip_prefix("//").unwrap_or(path);
             if path.is_empty() {
-                return Err(bad("sqlite: needs a file path, e.g. sqlite:/var/lib/twill/twill.db"));
+                return Err(bad(
+                    "sqlite: needs a file path, e.g. sqlite:/var/lib/twill/twill.db",
+                ));
             }
             return Ok(DatastoreUrl::Sqlite { path: path.into() });
         }
         if let Some(hosts) = url.strip_prefix("etcd://") {
             let mut endpoints = Vec::new();
             for host in hosts.trim_end_matches('/').split(',') {
-                let valid = host.rsplit_once(':').is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
+                let valid = host
+                    .rsplit_once(':')
+                    .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
                 if !valid {
                     return Err(bad(&format!("{host:?} is not HOST:PORT")));
                 }
@@ -221,7 +230,9 @@ impl DatastoreUrl {
         if url == "kubernetes" {
             return Ok(DatastoreUrl::Kubernetes);
         }
-        Err(bad("expected sqlite:PATH, etcd://HOST:PORT[,HOST:PORT...] or kubernetes"))
+        Err(bad(
+            "expected sqlite:PATH, etcd://HOST:PORT[,HOST:PORT...] or kubernetes",
+        ))
     }
 }
 
@@ -230,7 +241,9 @@ pub fn check_txn(ops: &[TxnOp]) -> Result<(), DatastoreError> {
     let mut seen = std::collections::BTreeSet::new();
     for op in ops {
         if !seen.insert(op.key()) {
-            return Err(DatastoreError::InvalidTxn { reason: format!("{} appears twice", op.key()) });
+            return Err(DatastoreError::InvalidTxn {
+                reason: format!("{} appears twice", op.key()),
+            });
         }
     }
     Ok(())
@@ -242,94 +255,6 @@ pub fn kind_from_plural(plural: &str) -> Option<Kind> {
 }
 
 #[cfg(feature = "runtime")]
-pub use self::runtime::*;
-
+mod runtime;
 #[cfg(feature = "runtime")]
-mod runtime {
-    use std::sync::Arc;
-
-    use super::*;
-
-    /// A live watch: batches of events, one revision per batch, in revision order. It ends
-    /// (`None`) or yields an error when the backend drops it; the caller then watches again
-    /// from the last revision it saw, or lists again after [`DatastoreError::RevisionTooOld`].
-    #[derive(Debug)]
-    pub struct Watch {
-        receiver: tokio::sync::mpsc::Receiver<Result<Vec<Event>, DatastoreError>>,
-        task: tokio::task::JoinHandle<()>,
-    }
-
-    impl Watch {
-        /// Builds a watch from the channel a task feeds (for backends and wrappers); dropping
-        /// the watch stops the task.
-        pub fn new(
-            receiver: tokio::sync::mpsc::Receiver<Result<Vec<Event>, DatastoreError>>,
-            task: tokio::task::JoinHandle<()>,
-        ) -> Watch {
-            Watch { receiver, task }
-        }
-
-        /// The next batch; `None` when the watch has ended.
-        pub async fn next(&mut self) -> Option<Result<Vec<Event>, DatastoreError>> {
-            self.receiver.recv().await
-        }
-    }
-
-    impl Drop for Watch {
-        fn drop(&mut self) {
-            self.task.abort();
-        }
-    }
-
-    /// The datastore contract every backend meets (checked by one conformance suite).
-    ///
-    /// Multi-key transactions are atomic on SQLite and etcd; a backend without them (the
-    /// Kubernetes API) must refuse transactions of more than one operation.
-    #[async_trait::async_trait]
-    pub trait Datastore: Send + Sync + std::fmt::Debug {
-        /// The URL the store was opened with.
-        fn url(&self) -> &str;
-
-        /// Reads one object.
-        async fn get(&self, key: &Key) -> Result<Option<Stored>, DatastoreError>;
-
-        /// Lists the objects of one kind (or all kinds), optionally in one namespace.
-        async fn list(&self, kind: Option<Kind>, namespace: Option<&str>) -> Result<Listing, DatastoreError>;
-
-        /// Applies operations atomically; returns the revision of the write.
-        async fn txn(&self, ops: Vec<TxnOp>) -> Result<Revision, DatastoreError>;
-
-        /// Watches one kind (or all kinds) for changes after revision `after`.
-        async fn watch(&self, kind: Option<Kind>, after: Revision) -> Result<Watch, DatastoreError>;
-
-        /// Forgets the history up to and including `revision`.
-        async fn compact(&self, revision: Revision) -> Result<(), DatastoreError>;
-
-        /// Creates an object; fails with AlreadyExists.
-        async fn create(&self, key: &Key, value: serde_json::Value) -> Result<Revision, DatastoreError> {
-            self.txn(vec![TxnOp::Create { key: key.clone(), value }]).await
-        }
-
-        /// Updates an object whose revision is `expected`; fails with Conflict or NotFound.
-        async fn update(&self, key: &Key, value: serde_json::Value, expected: Revision) -> Result<Revision, DatastoreError> {
-            self.txn(vec![TxnOp::Update { key: key.clone(), value, expected: Some(expected) }]).await
-        }
-
-        /// Deletes an object, if its revision is `expected` when given.
-        async fn delete(&self, key: &Key, expected: Option<Revision>) -> Result<Revision, DatastoreError> {
-            self.txn(vec![TxnOp::Delete { key: key.clone(), expected }]).await
-        }
-    }
-
-    /// Opens the datastore a URL names.
-    pub async fn connect(url: &str) -> Result<Arc<dyn Datastore>, DatastoreError> {
-        match DatastoreUrl::parse(url)? {
-            DatastoreUrl::Sqlite { path } => Ok(Arc::new(sqlite::SqliteStore::open(url, &path).await?)),
-            DatastoreUrl::Etcd { endpoints } => Ok(Arc::new(etcd::EtcdStore::connect(url, endpoints).await?)),
-            DatastoreUrl::Kubernetes => Err(DatastoreError::BadUrl {
-                url: url.to_string(),
-                reason: "the Kubernetes API backend is not available yet; use sqlite:PATH or etcd://HOST:PORT".into(),
-            }),
-        }
-    }
-}
+pub use self::runtime::{connect, Datastore, Watch};

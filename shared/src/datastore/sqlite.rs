@@ -15,7 +15,8 @@ use std::time::Duration;
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension, TransactionBehavior};
 
 use super::{
-    check_txn, kind_from_plural, DatastoreError, Event, EventType, Listing, Revision, Stored, TxnOp, Watch,
+    check_txn, kind_from_plural, DatastoreError, Event, EventType, Listing, Revision, Stored,
+    TxnOp, Watch,
 };
 use crate::resource::{Key, Kind};
 
@@ -104,7 +105,9 @@ impl SqliteStore {
     ) -> Result<T, DatastoreError> {
         let (connection, url) = (connection.clone(), self.url.clone());
         tokio::task::spawn_blocking(move || {
-            let mut guard = connection.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut guard = connection
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
             work(&mut guard, &url)
         })
         .await
@@ -130,11 +133,17 @@ impl SqliteStore {
 
 /// Watches `PRAGMA data_version`, which changes when another connection commits.
 #[allow(clippy::disallowed_methods)] // This edge thread paces itself with a sleep.
-fn poll_data_version(connection: &Connection, changes: &tokio::sync::watch::Sender<u64>, stop: &AtomicBool) {
+fn poll_data_version(
+    connection: &Connection,
+    changes: &tokio::sync::watch::Sender<u64>,
+    stop: &AtomicBool,
+) {
     let mut last: Option<i64> = None;
     // Runs until the store is dropped (receivers come and go with watches).
     while !stop.load(Ordering::Relaxed) {
-        if let Ok(version) = connection.query_row("PRAGMA data_version", [], |row| row.get::<_, i64>(0)) {
+        if let Ok(version) =
+            connection.query_row("PRAGMA data_version", [], |row| row.get::<_, i64>(0))
+        {
             if last.is_some_and(|l| l != version) {
                 changes.send_modify(|n| *n += 1);
             }
@@ -145,26 +154,32 @@ fn poll_data_version(connection: &Connection, changes: &tokio::sync::watch::Send
 }
 
 fn backend(url: &str, err: impl std::fmt::Display) -> DatastoreError {
-    DatastoreError::Backend { url: url.to_string(), reason: err.to_string() }
+    DatastoreError::Backend {
+        url: url.to_string(),
+        reason: err.to_string(),
+    }
 }
 
 /// Maps a SQLite error to what it means for the user.
 fn sqlite_error(url: &str, err: rusqlite::Error) -> DatastoreError {
     let reason = err.to_string();
     match err.sqlite_error_code() {
-        Some(ErrorCode::NotADatabase | ErrorCode::DatabaseCorrupt) => {
-            DatastoreError::Corrupt { url: url.to_string(), reason: format!("{reason} (not a Twill database, or damaged)") }
-        }
+        Some(ErrorCode::NotADatabase | ErrorCode::DatabaseCorrupt) => DatastoreError::Corrupt {
+            url: url.to_string(),
+            reason: format!("{reason} (not a Twill database, or damaged)"),
+        },
         Some(ErrorCode::CannotOpen) => DatastoreError::Unavailable {
             url: url.to_string(),
             reason: format!("{reason} (does the directory exist and is it writable?)"),
         },
-        Some(ErrorCode::ReadOnly | ErrorCode::PermissionDenied) => {
-            DatastoreError::Unavailable { url: url.to_string(), reason: format!("{reason} (the file is not writable)") }
-        }
-        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => {
-            DatastoreError::Unavailable { url: url.to_string(), reason: format!("{reason} (another process holds the lock)") }
-        }
+        Some(ErrorCode::ReadOnly | ErrorCode::PermissionDenied) => DatastoreError::Unavailable {
+            url: url.to_string(),
+            reason: format!("{reason} (the file is not writable)"),
+        },
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => DatastoreError::Unavailable {
+            url: url.to_string(),
+            reason: format!("{reason} (another process holds the lock)"),
+        },
         _ => backend(url, reason),
     }
 }
@@ -179,18 +194,27 @@ fn open_connection(url: &str, path: &Path, create: bool) -> Result<Connection, D
         }
     }
     let connection = Connection::open(path).map_err(|err| sqlite_error(url, err))?;
-    connection.busy_timeout(Duration::from_secs(10)).map_err(|err| sqlite_error(url, err))?;
+    connection
+        .busy_timeout(Duration::from_secs(10))
+        .map_err(|err| sqlite_error(url, err))?;
     let setup = |connection: &Connection| -> rusqlite::Result<i64> {
         connection.pragma_update(None, "journal_mode", "WAL")?;
         connection.pragma_update(None, "synchronous", "NORMAL")?;
         if create {
             connection.execute_batch(&format!("BEGIN IMMEDIATE; {SCHEMA} COMMIT;"))?;
         }
-        connection.query_row("SELECT value FROM twill_meta WHERE name = 'schema'", [], |row| row.get(0))
+        connection.query_row(
+            "SELECT value FROM twill_meta WHERE name = 'schema'",
+            [],
+            |row| row.get(0),
+        )
     };
     let schema = setup(&connection).map_err(|err| match err {
         rusqlite::Error::SqliteFailure(_, _) => sqlite_error(url, err),
-        other => DatastoreError::Corrupt { url: url.to_string(), reason: other.to_string() },
+        other => DatastoreError::Corrupt {
+            url: url.to_string(),
+            reason: other.to_string(),
+        },
     })?;
     if schema != SCHEMA_VERSION {
         return Err(DatastoreError::Corrupt {
@@ -202,7 +226,11 @@ fn open_connection(url: &str, path: &Path, create: bool) -> Result<Connection, D
 }
 
 fn meta(connection: &Connection, name: &str) -> rusqlite::Result<i64> {
-    connection.query_row("SELECT value FROM twill_meta WHERE name = ?1", [name], |row| row.get(0))
+    connection.query_row(
+        "SELECT value FROM twill_meta WHERE name = ?1",
+        [name],
+        |row| row.get(0),
+    )
 }
 
 fn namespace_column(key: &Key) -> &str {
@@ -210,14 +238,22 @@ fn namespace_column(key: &Key) -> &str {
 }
 
 fn parse_value(url: &str, text: &str) -> Result<serde_json::Value, DatastoreError> {
-    serde_json::from_str(text)
-        .map_err(|err| DatastoreError::Corrupt { url: url.to_string(), reason: format!("stored value is not JSON: {err}") })
+    serde_json::from_str(text).map_err(|err| DatastoreError::Corrupt {
+        url: url.to_string(),
+        reason: format!("stored value is not JSON: {err}"),
+    })
 }
 
 fn row_key(url: &str, kind: &str, namespace: String, name: String) -> Result<Key, DatastoreError> {
-    let kind = kind_from_plural(kind)
-        .ok_or_else(|| DatastoreError::Corrupt { url: url.to_string(), reason: format!("unknown kind {kind:?} in the store") })?;
-    Ok(Key { kind, namespace: (!namespace.is_empty()).then_some(namespace), name })
+    let kind = kind_from_plural(kind).ok_or_else(|| DatastoreError::Corrupt {
+        url: url.to_string(),
+        reason: format!("unknown kind {kind:?} in the store"),
+    })?;
+    Ok(Key {
+        kind,
+        namespace: (!namespace.is_empty()).then_some(namespace),
+        name,
+    })
 }
 
 /// The current revision of `key`, if it exists.
@@ -237,20 +273,38 @@ fn check_op(op: &TxnOp, current: Option<Revision>) -> Result<EventType, Datastor
     match (op, current) {
         (TxnOp::Create { .. }, None) => Ok(EventType::Added),
         (TxnOp::Create { .. }, Some(_)) => Err(DatastoreError::AlreadyExists { key }),
-        (TxnOp::Update { .. } | TxnOp::Delete { .. }, None) => Err(DatastoreError::NotFound { key }),
-        (TxnOp::Update { expected: Some(expected), .. } | TxnOp::Delete { expected: Some(expected), .. }, Some(actual))
-            if *expected != actual =>
-        {
-            Err(DatastoreError::Conflict { key, expected: *expected, actual })
+        (TxnOp::Update { .. } | TxnOp::Delete { .. }, None) => {
+            Err(DatastoreError::NotFound { key })
         }
+        (
+            TxnOp::Update {
+                expected: Some(expected),
+                ..
+            }
+            | TxnOp::Delete {
+                expected: Some(expected),
+                ..
+            },
+            Some(actual),
+        ) if *expected != actual => Err(DatastoreError::Conflict {
+            key,
+            expected: *expected,
+            actual,
+        }),
         (TxnOp::Update { .. }, Some(_)) => Ok(EventType::Modified),
         (TxnOp::Delete { .. }, Some(_)) => Ok(EventType::Deleted),
     }
 }
 
-fn apply_txn(connection: &mut Connection, url: &str, ops: &[TxnOp]) -> Result<Revision, DatastoreError> {
+fn apply_txn(
+    connection: &mut Connection,
+    url: &str,
+    ops: &[TxnOp],
+) -> Result<Revision, DatastoreError> {
     let sql = |err| sqlite_error(url, err);
-    let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql)?;
+    let tx = connection
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(sql)?;
     let revision = meta(&tx, "revision").map_err(sql)? + 1;
     for op in ops {
         let key = op.key();
@@ -281,8 +335,11 @@ fn apply_txn(connection: &mut Connection, url: &str, ops: &[TxnOp]) -> Result<Re
                 let last: String = tx
                     .query_row("SELECT value FROM objects WHERE kind = ?1 AND namespace = ?2 AND name = ?3", key_params, |r| r.get(0))
                     .map_err(sql)?;
-                tx.execute("DELETE FROM objects WHERE kind = ?1 AND namespace = ?2 AND name = ?3", key_params)
-                    .map_err(sql)?;
+                tx.execute(
+                    "DELETE FROM objects WHERE kind = ?1 AND namespace = ?2 AND name = ?3",
+                    key_params,
+                )
+                .map_err(sql)?;
                 Some(last)
             }
         };
@@ -292,7 +349,11 @@ fn apply_txn(connection: &mut Connection, url: &str, ops: &[TxnOp]) -> Result<Re
         )
         .map_err(sql)?;
     }
-    tx.execute("UPDATE twill_meta SET value = ?1 WHERE name = 'revision'", [revision]).map_err(sql)?;
+    tx.execute(
+        "UPDATE twill_meta SET value = ?1 WHERE name = 'revision'",
+        [revision],
+    )
+    .map_err(sql)?;
     if revision % TRIM_EVERY == 0 && revision > HISTORY {
         compact_in(&tx, revision - HISTORY).map_err(sql)?;
     }
@@ -302,7 +363,10 @@ fn apply_txn(connection: &mut Connection, url: &str, ops: &[TxnOp]) -> Result<Re
 
 fn compact_in(connection: &Connection, revision: Revision) -> rusqlite::Result<()> {
     connection.execute("DELETE FROM events WHERE rev <= ?1", [revision])?;
-    connection.execute("UPDATE twill_meta SET value = max(value, ?1) WHERE name = 'compacted'", [revision])?;
+    connection.execute(
+        "UPDATE twill_meta SET value = max(value, ?1) WHERE name = 'compacted'",
+        [revision],
+    )?;
     Ok(())
 }
 
@@ -316,7 +380,10 @@ fn read_events(
     let tx = connection.transaction().map_err(sql)?;
     let compacted = meta(&tx, "compacted").map_err(sql)?;
     if after < compacted {
-        return Err(DatastoreError::RevisionTooOld { requested: after, compacted });
+        return Err(DatastoreError::RevisionTooOld {
+            requested: after,
+            compacted,
+        });
     }
     let mut statement = tx
         .prepare_cached(
@@ -329,16 +396,19 @@ fn read_events(
         )
         .map_err(sql)?;
     let rows = statement
-        .query_map(params![after, kind.map(Kind::plural), WATCH_BATCH - 1], |row| {
-            Ok((
-                row.get::<_, i64>(0)?,
-                row.get::<_, i64>(1)?,
-                row.get::<_, String>(2)?,
-                row.get::<_, String>(3)?,
-                row.get::<_, String>(4)?,
-                row.get::<_, Option<String>>(5)?,
-            ))
-        })
+        .query_map(
+            params![after, kind.map(Kind::plural), WATCH_BATCH - 1],
+            |row| {
+                Ok((
+                    row.get::<_, i64>(0)?,
+                    row.get::<_, i64>(1)?,
+                    row.get::<_, String>(2)?,
+                    row.get::<_, String>(3)?,
+                    row.get::<_, String>(4)?,
+                    row.get::<_, Option<String>>(5)?,
+                ))
+            },
+        )
         .map_err(sql)?;
     let mut events = Vec::new();
     for row in rows {
@@ -349,7 +419,12 @@ fn read_events(
             _ => EventType::Deleted,
         };
         let value = value.map(|text| parse_value(url, &text)).transpose()?;
-        events.push(Event { event_type, key: row_key(url, &kind, namespace, name)?, revision, value });
+        events.push(Event {
+            event_type,
+            key: row_key(url, &kind, namespace, name)?,
+            revision,
+            value,
+        });
     }
     Ok(events)
 }
@@ -388,7 +463,11 @@ impl super::Datastore for SqliteStore {
         .await
     }
 
-    async fn list(&self, kind: Option<Kind>, namespace: Option<&str>) -> Result<Listing, DatastoreError> {
+    async fn list(
+        &self,
+        kind: Option<Kind>,
+        namespace: Option<&str>,
+    ) -> Result<Listing, DatastoreError> {
         let namespace = namespace.map(str::to_string);
         self.with(&self.reader, move |connection, url| {
             let sql = |err| sqlite_error(url, err);
@@ -403,13 +482,23 @@ impl super::Datastore for SqliteStore {
                 .map_err(sql)?;
             let rows = statement
                 .query_map(params![kind.map(Kind::plural), namespace], |row| {
-                    Ok((row.get::<_, String>(0)?, row.get(1)?, row.get(2)?, row.get::<_, String>(3)?, row.get(4)?))
+                    Ok((
+                        row.get::<_, String>(0)?,
+                        row.get(1)?,
+                        row.get(2)?,
+                        row.get::<_, String>(3)?,
+                        row.get(4)?,
+                    ))
                 })
                 .map_err(sql)?;
             let mut items = Vec::new();
             for row in rows {
                 let (kind, namespace, name, text, revision) = row.map_err(sql)?;
-                items.push(Stored { key: row_key(url, &kind, namespace, name)?, value: parse_value(url, &text)?, revision });
+                items.push(Stored {
+                    key: row_key(url, &kind, namespace, name)?,
+                    value: parse_value(url, &text)?,
+                    revision,
+                });
             }
             items.sort_by(|a, b| a.key.cmp(&b.key));
             Ok(Listing { items, revision })
@@ -419,7 +508,11 @@ impl super::Datastore for SqliteStore {
 
     async fn txn(&self, ops: Vec<TxnOp>) -> Result<Revision, DatastoreError> {
         check_txn(&ops)?;
-        let revision = self.with(&self.writer, move |connection, url| apply_txn(connection, url, &ops)).await?;
+        let revision = self
+            .with(&self.writer, move |connection, url| {
+                apply_txn(connection, url, &ops)
+            })
+            .await?;
         self.changes.send_modify(|n| *n += 1);
         Ok(revision)
     }

@@ -118,7 +118,13 @@ fn syntax_error(index: usize, err: &serde_yaml::Error) -> DocumentError {
         Some(cut) if location.is_some() => message[..cut].to_string(),
         _ => message,
     };
-    DocumentError { index, object: None, location, path: None, reason: format!("invalid YAML: {reason}") }
+    DocumentError {
+        index,
+        object: None,
+        location,
+        path: None,
+        reason: format!("invalid YAML: {reason}"),
+    }
 }
 
 /// Adds `value` to `out`, or its items if it is a List.
@@ -127,7 +133,9 @@ fn expand_list(value: serde_yaml::Value, out: &mut Vec<serde_yaml::Value>) {
         .get("kind")
         .and_then(serde_yaml::Value::as_str)
         .is_some_and(|kind| kind.ends_with("List"))
-        && value.get("items").is_some_and(serde_yaml::Value::is_sequence);
+        && value
+            .get("items")
+            .is_some_and(serde_yaml::Value::is_sequence);
     if !is_list {
         out.push(value);
         return;
@@ -140,14 +148,25 @@ fn expand_list(value: serde_yaml::Value, out: &mut Vec<serde_yaml::Value>) {
 fn describe(value: &serde_yaml::Value) -> Option<String> {
     let kind = value.get("kind")?.as_str()?;
     let metadata = value.get("metadata");
-    let name = metadata.and_then(|m| m.get("name")).and_then(serde_yaml::Value::as_str)?;
-    Some(match metadata.and_then(|m| m.get("namespace")).and_then(serde_yaml::Value::as_str) {
-        Some(namespace) => format!("{kind} {namespace}/{name}"),
-        None => format!("{kind} {name}"),
-    })
+    let name = metadata
+        .and_then(|m| m.get("name"))
+        .and_then(serde_yaml::Value::as_str)?;
+    Some(
+        match metadata
+            .and_then(|m| m.get("namespace"))
+            .and_then(serde_yaml::Value::as_str)
+        {
+            Some(namespace) => format!("{kind} {namespace}/{name}"),
+            None => format!("{kind} {name}"),
+        },
+    )
 }
 
-fn parse_one(index: usize, value: serde_yaml::Value, namespace: &str) -> Result<Resource, Vec<DocumentError>> {
+fn parse_one(
+    index: usize,
+    value: serde_yaml::Value,
+    namespace: &str,
+) -> Result<Resource, Vec<DocumentError>> {
     let object = describe(&value);
     let fail = |path: Option<String>, reason: String| DocumentError {
         index,
@@ -157,11 +176,23 @@ fn parse_one(index: usize, value: serde_yaml::Value, namespace: &str) -> Result<
         reason,
     };
     if !value.is_mapping() {
-        return Err(vec![fail(None, "a document must be a mapping with apiVersion, kind, metadata and spec".into())]);
+        return Err(vec![fail(
+            None,
+            "a document must be a mapping with apiVersion, kind, metadata and spec".into(),
+        )]);
     }
-    let text_of = |field: &str| value.get(field).and_then(serde_yaml::Value::as_str).map(str::to_string);
+    let text_of = |field: &str| {
+        value
+            .get(field)
+            .and_then(serde_yaml::Value::as_str)
+            .map(str::to_string)
+    };
     let (Some(api_version), Some(kind_name)) = (text_of("apiVersion"), text_of("kind")) else {
-        let missing = if text_of("apiVersion").is_none() { "apiVersion" } else { "kind" };
+        let missing = if text_of("apiVersion").is_none() {
+            "apiVersion"
+        } else {
+            "kind"
+        };
         return Err(vec![fail(Some(missing.into()), "required".into())]);
     };
     let Some(kind) = Kind::from_type(&api_version, &kind_name) else {
@@ -170,14 +201,24 @@ fn parse_one(index: usize, value: serde_yaml::Value, namespace: &str) -> Result<
     let mut resource = Resource::decode(kind, value).map_err(|err| {
         let path = err.path().to_string();
         let reason = err.inner().to_string();
-        vec![fail(Some(if path == "." { "(document)".into() } else { path }), reason)]
+        vec![fail(
+            Some(if path == "." {
+                "(document)".into()
+            } else {
+                path
+            }),
+            reason,
+        )]
     })?;
     resource.apply_defaults(namespace);
     let problems = validate(&resource);
     if problems.is_empty() {
         Ok(resource)
     } else {
-        Err(problems.into_iter().map(|p| fail(Some(p.path), p.reason)).collect())
+        Err(problems
+            .into_iter()
+            .map(|p| fail(Some(p.path), p.reason))
+            .collect())
     }
 }
 

@@ -59,7 +59,9 @@ impl Cidr {
     }
 
     fn from_u64(value: u64) -> Result<Self, String> {
-        Err(format!("{value} is not a CIDR (expected ADDRESS/PREFIX, e.g. 10.0.0.0/8)"))
+        Err(format!(
+            "{value} is not a CIDR (expected ADDRESS/PREFIX, e.g. 10.0.0.0/8)"
+        ))
     }
 
     fn serialize_form<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
@@ -74,18 +76,20 @@ impl FromStr for Cidr {
         let Some((addr, prefix)) = text.split_once('/') else {
             return match IpAddr::from_str(text) {
                 Ok(addr) => Ok(Cidr(IpNet::from(addr))),
-                Err(_) => Err(format!("{text:?} is not a CIDR (expected ADDRESS/PREFIX, e.g. 10.0.0.0/8)")),
+                Err(_) => Err(format!(
+                    "{text:?} is not a CIDR (expected ADDRESS/PREFIX, e.g. 10.0.0.0/8)"
+                )),
             };
         };
         let addr = IpAddr::from_str(addr)
             .map_err(|_| format!("{text:?} is not a CIDR: {addr:?} is not an IP address"))?;
         let max = if addr.is_ipv4() { 32 } else { 128 };
-        let prefix: u8 = prefix
-            .parse()
-            .ok()
-            .filter(|p| *p <= max)
-            .ok_or_else(|| format!("{text:?} is not a CIDR: the prefix length must be 0 to {max}"))?;
-        Ok(Cidr(IpNet::new(addr, prefix).expect("prefix length was checked against the family")))
+        let prefix: u8 = prefix.parse().ok().filter(|p| *p <= max).ok_or_else(|| {
+            format!("{text:?} is not a CIDR: the prefix length must be 0 to {max}")
+        })?;
+        Ok(Cidr(
+            IpNet::new(addr, prefix).expect("prefix length was checked against the family"),
+        ))
     }
 }
 
@@ -115,7 +119,9 @@ impl FromStr for Ip {
     type Err = String;
 
     fn from_str(text: &str) -> Result<Self, String> {
-        IpAddr::from_str(text).map(Ip).map_err(|_| format!("{text:?} is not an IP address"))
+        IpAddr::from_str(text)
+            .map(Ip)
+            .map_err(|_| format!("{text:?} is not an IP address"))
     }
 }
 
@@ -164,7 +170,9 @@ impl Protocol {
     fn from_u64(value: u64) -> Result<Self, String> {
         match u8::try_from(value) {
             Ok(n) if n >= 1 => Ok(Protocol::Number(n)),
-            _ => Err(format!("{value} is not a valid protocol (expected {PROTOCOL_NAMES})")),
+            _ => Err(format!(
+                "{value} is not a valid protocol (expected {PROTOCOL_NAMES})"
+            )),
         }
     }
 
@@ -187,7 +195,11 @@ impl FromStr for Protocol {
             "ICMPv6" | "icmpv6" => Protocol::IcmpV6,
             "SCTP" | "sctp" => Protocol::Sctp,
             "UDPLite" | "udplite" => Protocol::UdpLite,
-            _ => return Err(format!("{text:?} is not a valid protocol (expected {PROTOCOL_NAMES})")),
+            _ => {
+                return Err(format!(
+                    "{text:?} is not a valid protocol (expected {PROTOCOL_NAMES})"
+                ))
+            }
         })
     }
 }
@@ -235,7 +247,9 @@ impl Port {
 }
 
 fn parse_port_number(text: &str, whole: &str) -> Result<u16, String> {
-    let value: u64 = text.parse().map_err(|_| format!("{whole:?} is not a valid port range"))?;
+    let value: u64 = text
+        .parse()
+        .map_err(|_| format!("{whole:?} is not a valid port range"))?;
     u16::try_from(value).map_err(|_| format!("{value} is not a valid port (expected 0 to 65535)"))
 }
 
@@ -244,9 +258,14 @@ impl FromStr for Port {
 
     fn from_str(text: &str) -> Result<Self, String> {
         if let Some((low, high)) = text.split_once(':') {
-            let (low, high) = (parse_port_number(low, text)?, parse_port_number(high, text)?);
+            let (low, high) = (
+                parse_port_number(low, text)?,
+                parse_port_number(high, text)?,
+            );
             if low > high {
-                return Err(format!("{text:?} is not a valid port range: {low} is above {high}"));
+                return Err(format!(
+                    "{text:?} is not a valid port range: {low} is above {high}"
+                ));
             }
             return Ok(Port::Range(low, high));
         }
@@ -262,7 +281,9 @@ impl FromStr for Port {
 pub fn validate_port_name(text: &str) -> Result<(), String> {
     let valid = !text.is_empty()
         && text.len() <= 15
-        && text.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && text.bytes().any(|b| b.is_ascii_lowercase())
         && !text.starts_with('-')
         && !text.ends_with('-')
@@ -344,7 +365,8 @@ impl FromStr for AsNumber {
     type Err = String;
 
     fn from_str(text: &str) -> Result<Self, String> {
-        let bad = || format!("{text:?} is not a valid AS number (expected 0 to 4294967295 or asdot A.B)");
+        let bad =
+            || format!("{text:?} is not a valid AS number (expected 0 to 4294967295 or asdot A.B)");
         if let Some((high, low)) = text.split_once('.') {
             let high: u16 = high.parse().map_err(|_| bad())?;
             let low: u16 = low.parse().map_err(|_| bad())?;
@@ -368,7 +390,10 @@ impl SelectorText {
     /// Parses `text`; the error explains where and why it does not parse.
     pub fn new(text: &str) -> Result<Self, String> {
         match Selector::parse(text) {
-            Ok(parsed) => Ok(SelectorText { text: text.to_string(), parsed }),
+            Ok(parsed) => Ok(SelectorText {
+                text: text.to_string(),
+                parsed,
+            }),
             Err(err) => Err(format!("{text:?} is not a valid selector: {err}")),
         }
     }
@@ -384,7 +409,9 @@ impl SelectorText {
     }
 
     fn from_u64(value: u64) -> Result<Self, String> {
-        Err(format!("{value} is not a selector (selectors are strings such as \"app == 'web'\")"))
+        Err(format!(
+            "{value} is not a selector (selectors are strings such as \"app == 'web'\")"
+        ))
     }
 
     fn serialize_form<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
@@ -412,7 +439,9 @@ pub struct Duration {
 
 impl Duration {
     fn from_u64(value: u64) -> Result<Self, String> {
-        Err(format!("{value} is not a duration (write it with a unit, e.g. \"{value}s\")"))
+        Err(format!(
+            "{value} is not a duration (write it with a unit, e.g. \"{value}s\")"
+        ))
     }
 
     fn serialize_form<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
@@ -426,15 +455,24 @@ impl FromStr for Duration {
     fn from_str(text: &str) -> Result<Self, String> {
         let bad = || format!("{text:?} is not a duration (e.g. \"90s\", \"1m30s\", \"500ms\")");
         if text == "0" {
-            return Ok(Duration { text: text.into(), nanos: 0 });
+            return Ok(Duration {
+                text: text.into(),
+                nanos: 0,
+            });
         }
         let mut rest = text;
         let mut nanos: u128 = 0;
         while !rest.is_empty() {
-            let digits = rest.bytes().take_while(|b| b.is_ascii_digit() || *b == b'.').count();
+            let digits = rest
+                .bytes()
+                .take_while(|b| b.is_ascii_digit() || *b == b'.')
+                .count();
             let number: f64 = rest[..digits].parse().map_err(|_| bad())?;
             rest = &rest[digits..];
-            let unit_len = rest.bytes().take_while(|b| b.is_ascii_alphabetic() || *b == 0xC2 || *b == 0xB5).count();
+            let unit_len = rest
+                .bytes()
+                .take_while(|b| b.is_ascii_alphabetic() || *b == 0xC2 || *b == 0xB5)
+                .count();
             let unit = match &rest[..unit_len] {
                 "ns" => 1.0,
                 "us" | "µs" => 1e3,
@@ -447,7 +485,10 @@ impl FromStr for Duration {
             rest = &rest[unit_len..];
             nanos += (number * unit) as u128;
         }
-        Ok(Duration { text: text.into(), nanos })
+        Ok(Duration {
+            text: text.into(),
+            nanos,
+        })
     }
 }
 
@@ -495,7 +536,6 @@ macro_rules! name_enum {
     };
 }
 
-
 name_enum!(
     /// What a rule does when it matches.
     Action {
@@ -538,10 +578,22 @@ mod tests {
 
     #[test]
     fn cidrs() {
-        assert_eq!("10.0.0.0/8".parse::<Cidr>().unwrap().to_string(), "10.0.0.0/8");
-        assert_eq!("10.0.0.1".parse::<Cidr>().unwrap().to_string(), "10.0.0.1/32");
-        assert_eq!("fd00::/64".parse::<Cidr>().unwrap().to_string(), "fd00::/64");
-        assert!("10.0.0.0/33".parse::<Cidr>().unwrap_err().contains("0 to 32"));
+        assert_eq!(
+            "10.0.0.0/8".parse::<Cidr>().unwrap().to_string(),
+            "10.0.0.0/8"
+        );
+        assert_eq!(
+            "10.0.0.1".parse::<Cidr>().unwrap().to_string(),
+            "10.0.0.1/32"
+        );
+        assert_eq!(
+            "fd00::/64".parse::<Cidr>().unwrap().to_string(),
+            "fd00::/64"
+        );
+        assert!("10.0.0.0/33"
+            .parse::<Cidr>()
+            .unwrap_err()
+            .contains("0 to 32"));
         assert!("fd00::/129".parse::<Cidr>().is_err());
         assert!("10.0.0/8".parse::<Cidr>().is_err());
         assert!(!"10.0.0.1/8".parse::<Cidr>().unwrap().is_masked());
@@ -561,7 +613,10 @@ mod tests {
     #[test]
     fn protocols_and_as_numbers() {
         assert_eq!("tcp".parse::<Protocol>(), Ok(Protocol::Tcp));
-        assert!("TCPX".parse::<Protocol>().unwrap_err().contains("not a valid protocol"));
+        assert!("TCPX"
+            .parse::<Protocol>()
+            .unwrap_err()
+            .contains("not a valid protocol"));
         assert!(Protocol::from_u64(0).is_err());
         assert_eq!("1.10".parse::<AsNumber>(), Ok(AsNumber(65546)));
         assert!(AsNumber::from_u64(1 << 32).is_err());

@@ -26,7 +26,9 @@ use self::endpoint::{HostEndpointSpec, WorkloadEndpointSpec};
 use self::fields::PolicyType;
 use self::ipam::{IpPoolSpec, IpReservationSpec};
 use self::kube::{KubeNetworkPolicySpec, NamespaceSpec, PodSpec};
-use self::policy::{GlobalNetworkPolicySpec, NetworkPolicySpec, NetworkSetSpec, ProfileSpec, TierSpec};
+use self::policy::{
+    GlobalNetworkPolicySpec, NetworkPolicySpec, NetworkSetSpec, ProfileSpec, TierSpec,
+};
 
 /// The namespace of namespaced objects that name none.
 pub const DEFAULT_NAMESPACE: &str = "default";
@@ -56,7 +58,14 @@ pub struct ObjectMeta {
 
 /// A whole object: type, metadata and spec.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase", bound(deserialize = "S: Deserialize<'de> + Default", serialize = "S: Serialize + Default + PartialEq"))]
+#[serde(
+    deny_unknown_fields,
+    rename_all = "camelCase",
+    bound(
+        deserialize = "S: Deserialize<'de> + Default",
+        serialize = "S: Serialize + Default + PartialEq"
+    )
+)]
 pub struct Object<S> {
     /// API group and version.
     pub api_version: String,
@@ -229,7 +238,8 @@ impl Kind {
         Kind::ALL.iter().copied().find(|kind| {
             kind.plural() == wanted
                 || kind.aliases().contains(&wanted.as_str())
-                || (kind.name().eq_ignore_ascii_case(&wanted) && kind.api_version() != "networking.k8s.io/v1")
+                || (kind.name().eq_ignore_ascii_case(&wanted)
+                    && kind.api_version() != "networking.k8s.io/v1")
         })
     }
 
@@ -264,12 +274,20 @@ pub struct Key {
 impl Key {
     /// A key of a cluster-wide kind.
     pub fn cluster(kind: Kind, name: &str) -> Key {
-        Key { kind, namespace: None, name: name.to_string() }
+        Key {
+            kind,
+            namespace: None,
+            name: name.to_string(),
+        }
     }
 
     /// A key of a namespaced kind.
     pub fn namespaced(kind: Kind, namespace: &str, name: &str) -> Key {
-        Key { kind, namespace: Some(namespace.to_string()), name: name.to_string() }
+        Key {
+            kind,
+            namespace: Some(namespace.to_string()),
+            name: name.to_string(),
+        }
     }
 }
 
@@ -297,7 +315,11 @@ impl Resource {
     pub fn key(&self) -> Key {
         Key {
             kind: self.kind(),
-            namespace: self.meta().namespace.clone().filter(|_| self.kind().namespaced()),
+            namespace: self
+                .meta()
+                .namespace
+                .clone()
+                .filter(|_| self.kind().namespaced()),
             name: self.name().to_string(),
         }
     }
@@ -309,22 +331,24 @@ impl Resource {
             self.meta_mut().namespace = Some(namespace.to_string());
         }
         match self {
-            Resource::NetworkPolicy(o) => {
-                default_types(&mut o.spec.types, o.spec.ingress.is_some(), o.spec.egress.is_some())
-            }
-            Resource::GlobalNetworkPolicy(o) => {
-                default_types(&mut o.spec.types, o.spec.ingress.is_some(), o.spec.egress.is_some())
-            }
-            Resource::KubernetesNetworkPolicy(o) => {
-                // The Kubernetes API server's defaulting: Ingress always, Egress when the
-                // policy has egress rules.
-                if o.spec.policy_types.is_none() {
-                    let mut types = vec![PolicyType::Ingress];
-                    if o.spec.egress.is_some() {
-                        types.push(PolicyType::Egress);
-                    }
-                    o.spec.policy_types = Some(types);
+            Resource::NetworkPolicy(o) => default_types(
+                &mut o.spec.types,
+                o.spec.ingress.is_some(),
+                o.spec.egress.is_some(),
+            ),
+            Resource::GlobalNetworkPolicy(o) => default_types(
+                &mut o.spec.types,
+                o.spec.ingress.is_some(),
+                o.spec.egress.is_some(),
+            ),
+            // The Kubernetes API server's defaulting: Ingress always, Egress when the policy
+            // has egress rules.
+            Resource::KubernetesNetworkPolicy(o) if o.spec.policy_types.is_none() => {
+                let mut types = vec![PolicyType::Ingress];
+                if o.spec.egress.is_some() {
+                    types.push(PolicyType::Egress);
                 }
+                o.spec.policy_types = Some(types);
             }
             _ => {}
         }

@@ -33,7 +33,10 @@ struct Checker {
 
 impl Checker {
     fn fail(&mut self, path: impl Into<String>, reason: impl Into<String>) {
-        self.errors.push(FieldError { path: path.into(), reason: reason.into() });
+        self.errors.push(FieldError {
+            path: path.into(),
+            reason: reason.into(),
+        });
     }
 }
 
@@ -51,7 +54,10 @@ pub fn validate(resource: &Resource) -> Vec<FieldError> {
             check_rules(&mut checker, "spec.ingress", o.spec.ingress.as_deref());
             check_rules(&mut checker, "spec.egress", o.spec.egress.as_deref());
             check_not_global(&mut checker, "spec.selector", o.spec.selector.as_ref());
-            let (pre_dnat, untracked) = (o.spec.pre_dnat == Some(true), o.spec.do_not_track == Some(true));
+            let (pre_dnat, untracked) = (
+                o.spec.pre_dnat == Some(true),
+                o.spec.do_not_track == Some(true),
+            );
             if pre_dnat && untracked {
                 checker.fail("spec.preDNAT", "preDNAT and doNotTrack cannot both be true");
             }
@@ -59,7 +65,10 @@ pub fn validate(resource: &Resource) -> Vec<FieldError> {
                 checker.fail("spec.egress", "a preDNAT policy cannot have egress rules");
             }
             if (pre_dnat || untracked) && o.spec.apply_on_forward != Some(true) {
-                checker.fail("spec.applyOnForward", "must be true when preDNAT or doNotTrack is true");
+                checker.fail(
+                    "spec.applyOnForward",
+                    "must be true when preDNAT or doNotTrack is true",
+                );
             }
         }
         Resource::Profile(o) => {
@@ -69,12 +78,17 @@ pub fn validate(resource: &Resource) -> Vec<FieldError> {
         Resource::Tier(o) => {
             if let Some(action) = o.spec.default_action {
                 if !matches!(action, Action::Deny | Action::Pass) {
-                    checker.fail("spec.defaultAction", format!("{action:?} is not Deny or Pass"));
+                    checker.fail(
+                        "spec.defaultAction",
+                        format!("{action:?} is not Deny or Pass"),
+                    );
                 }
             }
         }
         Resource::HostEndpoint(o) => {
-            if o.spec.interface_name.is_none() && o.spec.expected_ips.as_ref().is_none_or(Vec::is_empty) {
+            if o.spec.interface_name.is_none()
+                && o.spec.expected_ips.as_ref().is_none_or(Vec::is_empty)
+            {
                 checker.fail("spec", "a host endpoint needs interfaceName or expectedIPs");
             }
             if o.spec.node.is_none() {
@@ -84,7 +98,10 @@ pub fn validate(resource: &Resource) -> Vec<FieldError> {
         Resource::IpPool(o) => check_ip_pool(&mut checker, &o.spec),
         Resource::BgpPeer(o) => {
             if o.spec.peer_ip.is_some() == o.spec.peer_selector.is_some() {
-                checker.fail("spec", "set exactly one of peerIP (with asNumber) or peerSelector");
+                checker.fail(
+                    "spec",
+                    "set exactly one of peerIP (with asNumber) or peerSelector",
+                );
             }
             if o.spec.peer_ip.is_some() && o.spec.as_number.is_none() {
                 checker.fail("spec.asNumber", "required with peerIP");
@@ -95,7 +112,10 @@ pub fn validate(resource: &Resource) -> Vec<FieldError> {
                 }
             }
             if o.spec.node.is_some() && o.spec.node_selector.is_some() {
-                checker.fail("spec.nodeSelector", "node and nodeSelector cannot both be set");
+                checker.fail(
+                    "spec.nodeSelector",
+                    "node and nodeSelector cannot both be set",
+                );
             }
         }
         Resource::KubernetesNetworkPolicy(o) => check_kube_policy(&mut checker, &o.spec),
@@ -152,7 +172,9 @@ fn check_name(name: &str) -> Result<(), String> {
 
 fn no_dots(name: &str) -> Result<(), String> {
     if name.contains('.') || name.len() > 63 {
-        Err(format!("{name:?} is not a valid namespace (no '.', at most 63 characters)"))
+        Err(format!(
+            "{name:?} is not a valid namespace (no '.', at most 63 characters)"
+        ))
     } else {
         Ok(())
     }
@@ -164,7 +186,8 @@ fn check_label(key: &str, value: &str) -> Result<(), String> {
     let segment_ok = |s: &str, allow_empty: bool| {
         (allow_empty && s.is_empty())
             || (s.len() <= 63
-                && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
                 && s.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
                 && s.bytes().last().is_some_and(|b| b.is_ascii_alphanumeric()))
     };
@@ -180,7 +203,10 @@ fn check_label(key: &str, value: &str) -> Result<(), String> {
 
 fn check_not_global(checker: &mut Checker, path: &str, selector: Option<&SelectorText>) {
     if selector.is_some_and(|s| mentions_global(s.selector())) {
-        checker.fail(path, "global() is only allowed in a rule's namespaceSelector");
+        checker.fail(
+            path,
+            "global() is only allowed in a rule's namespaceSelector",
+        );
     }
 }
 
@@ -201,11 +227,17 @@ fn check_rules(checker: &mut Checker, path: &str, rules: Option<&[Rule]>) {
 
 fn check_rule(checker: &mut Checker, path: &str, rule: &Rule) {
     if rule.action.is_none() {
-        checker.fail(format!("{path}.action"), "required (Allow, Deny, Log or Pass)");
+        checker.fail(
+            format!("{path}.action"),
+            "required (Allow, Deny, Log or Pass)",
+        );
     }
     if let Some(version) = rule.ip_version {
         if version != 4 && version != 6 {
-            checker.fail(format!("{path}.ipVersion"), format!("{version} is not 4 or 6"));
+            checker.fail(
+                format!("{path}.ipVersion"),
+                format!("{version} is not 4 or 6"),
+            );
         }
     }
     for (field, icmp) in [("icmp", &rule.icmp), ("notICMP", &rule.not_icmp)] {
@@ -217,11 +249,17 @@ fn check_rule(checker: &mut Checker, path: &str, rule: &Rule) {
             checker.fail(format!("{path}.{field}.code"), "an ICMP code needs a type");
         }
         if icmp.icmp_type == Some(255) {
-            checker.fail(format!("{path}.{field}.type"), "255 is not a valid ICMP type (0 to 254)");
+            checker.fail(
+                format!("{path}.{field}.type"),
+                "255 is not a valid ICMP type (0 to 254)",
+            );
         }
     }
     if rule.http.is_some() && rule.action != Some(Action::Allow) {
-        checker.fail(format!("{path}.http"), "HTTP matches are only allowed on Allow rules");
+        checker.fail(
+            format!("{path}.http"),
+            "HTTP matches are only allowed on Allow rules",
+        );
     }
     for (side, entity) in [("source", &rule.source), ("destination", &rule.destination)] {
         if let Some(entity) = entity {
@@ -234,7 +272,10 @@ fn check_entity(checker: &mut Checker, path: &str, entity: &EntityRule, rule: &R
     let has_ports = |ports: &Option<Vec<Port>>| ports.as_ref().is_some_and(|p| !p.is_empty());
     for (field, ports) in [("ports", &entity.ports), ("notPorts", &entity.not_ports)] {
         if has_ports(ports) && !rule.protocol.is_some_and(Protocol::has_ports) {
-            checker.fail(format!("{path}.{field}"), "ports need protocol TCP, UDP or SCTP");
+            checker.fail(
+                format!("{path}.{field}"),
+                "ports need protocol TCP, UDP or SCTP",
+            );
         }
     }
     for (field, nets) in [("nets", &entity.nets), ("notNets", &entity.not_nets)] {
@@ -249,12 +290,23 @@ fn check_entity(checker: &mut Checker, path: &str, entity: &EntityRule, rule: &R
             }
         }
     }
-    check_not_global(checker, &format!("{path}.selector"), entity.selector.as_ref());
-    check_not_global(checker, &format!("{path}.notSelector"), entity.not_selector.as_ref());
+    check_not_global(
+        checker,
+        &format!("{path}.selector"),
+        entity.selector.as_ref(),
+    );
+    check_not_global(
+        checker,
+        &format!("{path}.notSelector"),
+        entity.not_selector.as_ref(),
+    );
     if entity.services.is_some()
         && (entity.selector.is_some() || entity.nets.is_some() || entity.service_accounts.is_some())
     {
-        checker.fail(format!("{path}.services"), "services cannot be combined with selector, nets or serviceAccounts");
+        checker.fail(
+            format!("{path}.services"),
+            "services cannot be combined with selector, nets or serviceAccounts",
+        );
     }
 }
 
@@ -272,38 +324,65 @@ fn check_ip_pool(checker: &mut Checker, spec: &super::ipam::IpPoolSpec) {
         return;
     };
     if !cidr.is_masked() {
-        checker.fail("spec.cidr", format!("{cidr} has host bits set; did you mean {}?", cidr.0.trunc()));
+        checker.fail(
+            "spec.cidr",
+            format!("{cidr} has host bits set; did you mean {}?", cidr.0.trunc()),
+        );
     }
-    let (low, high, v4) = if cidr.0.addr().is_ipv4() { (20, 32, true) } else { (116, 128, false) };
+    let (low, high, v4) = if cidr.0.addr().is_ipv4() {
+        (20, 32, true)
+    } else {
+        (116, 128, false)
+    };
     let block_size = spec.block_size.unwrap_or(if v4 { 26 } else { 122 });
     if !(low..=high).contains(&block_size) {
         checker.fail(
             "spec.blockSize",
-            format!("{block_size} is outside {low}-{high}, the block sizes allowed for an IPv{} pool", if v4 { 4 } else { 6 }),
+            format!(
+                "{block_size} is outside {low}-{high}, the block sizes allowed for an IPv{} pool",
+                if v4 { 4 } else { 6 }
+            ),
         );
     } else if block_size < cidr.0.prefix_len() {
-        checker.fail("spec.blockSize", format!("a /{block_size} block does not fit in the pool {cidr}"));
+        checker.fail(
+            "spec.blockSize",
+            format!("a /{block_size} block does not fit in the pool {cidr}"),
+        );
     }
-    let link_local: Cidr = if v4 { "169.254.0.0/16" } else { "fe80::/10" }.parse().expect("constant CIDR");
+    let link_local: Cidr = if v4 { "169.254.0.0/16" } else { "fe80::/10" }
+        .parse()
+        .expect("constant CIDR");
     if link_local.0.contains(&cidr.0.network()) || cidr.0.contains(&link_local.0.network()) {
-        checker.fail("spec.cidr", format!("{cidr} overlaps link-local addresses ({link_local})"));
+        checker.fail(
+            "spec.cidr",
+            format!("{cidr} overlaps link-local addresses ({link_local})"),
+        );
     }
     let ipip = spec.ipip_mode.is_some_and(|m| m != EncapMode::Never);
     let vxlan = spec.vxlan_mode.is_some_and(|m| m != EncapMode::Never);
     if ipip && vxlan {
-        checker.fail("spec.ipipMode", "ipipMode and vxlanMode cannot both be enabled");
+        checker.fail(
+            "spec.ipipMode",
+            "ipipMode and vxlanMode cannot both be enabled",
+        );
     }
     if ipip && !v4 {
         checker.fail("spec.ipipMode", "IP-in-IP is IPv4 only");
     }
     for (index, using) in spec.allowed_uses.iter().flatten().enumerate() {
         if !matches!(using.as_str(), "Workload" | "Tunnel" | "LoadBalancer") {
-            checker.fail(format!("spec.allowedUses[{index}]"), format!("{using:?} is not Workload, Tunnel or LoadBalancer"));
+            checker.fail(
+                format!("spec.allowedUses[{index}]"),
+                format!("{using:?} is not Workload, Tunnel or LoadBalancer"),
+            );
         }
     }
     if let Some(mode) = &spec.assignment_mode {
         if !matches!(mode.as_str(), "Automatic" | "Manual") {
-            checker.fail("spec.assignmentMode", format!("{mode:?} is not Automatic or Manual"));
+            checker.fail(
+                "spec.assignmentMode",
+                format!("{mode:?} is not Automatic or Manual"),
+            );
         }
     }
 }
@@ -340,7 +419,10 @@ fn check_kube_peers(checker: &mut Checker, path: &str, peers: Option<&[NetworkPo
         let selectors = peer.pod_selector.is_some() || peer.namespace_selector.is_some();
         if let Some(block) = &peer.ip_block {
             if selectors {
-                checker.fail(&path, "ipBlock cannot be combined with podSelector or namespaceSelector");
+                checker.fail(
+                    &path,
+                    "ipBlock cannot be combined with podSelector or namespaceSelector",
+                );
             }
             for (at, except) in block.except.iter().flatten().enumerate() {
                 if !block.cidr.0.contains(&except.0) || except.0 == block.cidr.0 {
@@ -351,9 +433,15 @@ fn check_kube_peers(checker: &mut Checker, path: &str, peers: Option<&[NetworkPo
                 }
             }
         } else if !selectors {
-            checker.fail(&path, "a peer needs podSelector, namespaceSelector or ipBlock");
+            checker.fail(
+                &path,
+                "a peer needs podSelector, namespaceSelector or ipBlock",
+            );
         }
-        for (field, selector) in [("podSelector", &peer.pod_selector), ("namespaceSelector", &peer.namespace_selector)] {
+        for (field, selector) in [
+            ("podSelector", &peer.pod_selector),
+            ("namespaceSelector", &peer.namespace_selector),
+        ] {
             if let Some(selector) = selector {
                 check_label_selector(checker, &format!("{path}.{field}"), selector);
             }
@@ -367,15 +455,19 @@ fn check_kube_ports(checker: &mut Checker, path: &str, ports: Option<&[NetworkPo
         let path = format!("{path}[{index}]");
         if let Some(protocol) = &port.protocol {
             if !matches!(protocol.as_str(), "TCP" | "UDP" | "SCTP") {
-                checker.fail(format!("{path}.protocol"), format!("{protocol:?} is not TCP, UDP or SCTP"));
+                checker.fail(
+                    format!("{path}.protocol"),
+                    format!("{protocol:?} is not TCP, UDP or SCTP"),
+                );
             }
         }
         if let Some(end) = port.end_port {
             match &port.port {
                 Some(KubePort::Number(start)) if end >= *start => {}
-                Some(KubePort::Number(start)) => {
-                    checker.fail(format!("{path}.endPort"), format!("{end} is below port {start}"))
-                }
+                Some(KubePort::Number(start)) => checker.fail(
+                    format!("{path}.endPort"),
+                    format!("{end} is below port {start}"),
+                ),
                 _ => checker.fail(format!("{path}.endPort"), "needs a numeric port"),
             }
         }
@@ -392,12 +484,14 @@ fn check_label_selector(checker: &mut Checker, path: &str, selector: &LabelSelec
         let path = format!("{path}.matchExpressions[{index}]");
         let values = requirement.values.as_ref().map_or(0, Vec::len);
         match requirement.operator.as_str() {
-            "In" | "NotIn" if values == 0 => {
-                checker.fail(format!("{path}.values"), format!("{} needs at least one value", requirement.operator))
-            }
-            "Exists" | "DoesNotExist" if values > 0 => {
-                checker.fail(format!("{path}.values"), format!("{} takes no values", requirement.operator))
-            }
+            "In" | "NotIn" if values == 0 => checker.fail(
+                format!("{path}.values"),
+                format!("{} needs at least one value", requirement.operator),
+            ),
+            "Exists" | "DoesNotExist" if values > 0 => checker.fail(
+                format!("{path}.values"),
+                format!("{} takes no values", requirement.operator),
+            ),
             "In" | "NotIn" | "Exists" | "DoesNotExist" => {}
             other => checker.fail(
                 format!("{path}.operator"),
@@ -405,7 +499,10 @@ fn check_label_selector(checker: &mut Checker, path: &str, selector: &LabelSelec
             ),
         }
         if check_label(&requirement.key, "").is_err() {
-            checker.fail(format!("{path}.key"), format!("{:?} is not a valid label key", requirement.key));
+            checker.fail(
+                format!("{path}.key"),
+                format!("{:?} is not a valid label key", requirement.key),
+            );
         }
     }
 }

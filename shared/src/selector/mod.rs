@@ -119,11 +119,15 @@ impl Selector {
             Selector::NotEqual(key, value) => labels.label(key) != Some(value.as_str()),
             Selector::In(key, set) => labels.label(key).is_some_and(|v| set.contains(v)),
             Selector::NotIn(key, set) => !labels.label(key).is_some_and(|v| set.contains(v)),
-            Selector::Contains(key, value) => labels.label(key).is_some_and(|v| v.contains(value.as_str())),
-            Selector::StartsWith(key, value) => {
-                labels.label(key).is_some_and(|v| v.starts_with(value.as_str()))
-            }
-            Selector::EndsWith(key, value) => labels.label(key).is_some_and(|v| v.ends_with(value.as_str())),
+            Selector::Contains(key, value) => labels
+                .label(key)
+                .is_some_and(|v| v.contains(value.as_str())),
+            Selector::StartsWith(key, value) => labels
+                .label(key)
+                .is_some_and(|v| v.starts_with(value.as_str())),
+            Selector::EndsWith(key, value) => labels
+                .label(key)
+                .is_some_and(|v| v.ends_with(value.as_str())),
             Selector::Not(inner) => !inner.matches(labels),
             Selector::And(operands) => operands.iter().all(|s| s.matches(labels)),
             Selector::Or(operands) => operands.iter().any(|s| s.matches(labels)),
@@ -139,7 +143,10 @@ impl Selector {
     /// derives IP set names.
     pub fn unique_id(&self) -> String {
         let digest = Sha224::digest(format!("s:{self}").as_bytes());
-        format!("s:{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest))
+        format!(
+            "s:{}",
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest)
+        )
     }
 }
 

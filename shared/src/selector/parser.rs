@@ -15,7 +15,12 @@ pub(super) fn parse(input: &str) -> Result<Selector, SelectorError> {
     if tokens.is_empty() {
         return Ok(Selector::All);
     }
-    let mut parser = Parser { tokens, pos: 0, end: input.len(), depth: 0 };
+    let mut parser = Parser {
+        tokens,
+        pos: 0,
+        end: input.len(),
+        depth: 0,
+    };
     let selector = parser.or()?;
     match parser.tokens.get(parser.pos) {
         None => Ok(selector),
@@ -60,7 +65,11 @@ impl Parser {
             self.pos += 1;
             operands.push(self.and()?);
         }
-        Ok(if operands.len() == 1 { operands.remove(0) } else { Selector::Or(operands) })
+        Ok(if operands.len() == 1 {
+            operands.remove(0)
+        } else {
+            Selector::Or(operands)
+        })
     }
 
     fn and(&mut self) -> Result<Selector, SelectorError> {
@@ -69,7 +78,11 @@ impl Parser {
             self.pos += 1;
             operands.push(self.operation()?);
         }
-        Ok(if operands.len() == 1 { operands.remove(0) } else { Selector::And(operands) })
+        Ok(if operands.len() == 1 {
+            operands.remove(0)
+        } else {
+            Selector::And(operands)
+        })
     }
 
     fn operation(&mut self) -> Result<Selector, SelectorError> {
@@ -79,7 +92,11 @@ impl Parser {
             negated = !negated;
         }
         let inner = self.primary()?;
-        Ok(if negated { Selector::Not(Box::new(inner)) } else { inner })
+        Ok(if negated {
+            Selector::Not(Box::new(inner))
+        } else {
+            inner
+        })
     }
 
     fn primary(&mut self) -> Result<Selector, SelectorError> {
@@ -101,7 +118,11 @@ impl Parser {
     fn group(&mut self, offset: usize) -> Result<Selector, SelectorError> {
         self.depth += 1;
         if self.depth > MAX_DEPTH {
-            return Err(SelectorError::at(offset, "at most 128 nested groups", "deeper nesting"));
+            return Err(SelectorError::at(
+                offset,
+                "at most 128 nested groups",
+                "deeper nesting",
+            ));
         }
         let inner = self.or()?;
         self.depth -= 1;
@@ -128,7 +149,11 @@ impl Parser {
     fn string(&mut self) -> Result<String, SelectorError> {
         match self.expect_any("a quoted string")? {
             (_, Token::Str(value)) => Ok(value),
-            (offset, other) => Err(SelectorError::at(offset, "a quoted string", &other.describe())),
+            (offset, other) => Err(SelectorError::at(
+                offset,
+                "a quoted string",
+                &other.describe(),
+            )),
         }
     }
 
@@ -146,13 +171,19 @@ impl Parser {
                     values.insert(value);
                 }
                 (offset, other) => {
-                    return Err(SelectorError::at(offset, "a quoted string or `}`", &other.describe()))
+                    return Err(SelectorError::at(
+                        offset,
+                        "a quoted string or `}`",
+                        &other.describe(),
+                    ))
                 }
             }
             match self.expect_any("`,` or `}`")? {
                 (_, Token::Comma) => {}
                 (_, Token::RBrace) => return Ok(values),
-                (offset, other) => return Err(SelectorError::at(offset, "`,` or `}`", &other.describe())),
+                (offset, other) => {
+                    return Err(SelectorError::at(offset, "`,` or `}`", &other.describe()))
+                }
             }
         }
     }

@@ -46,13 +46,41 @@ const CASES: &[(&str, &[&str], &[&str])] = &[
     ("a startswith 'he'", &["a=he"], &["a=h"]),
     ("a ends with 'lo'", &["a=hello"], &["-", "a=lot"]),
     ("a endswith 'lo'", &["a=lo"], &["a=l"]),
-    ("a == 'b' && c == 'd'", &["a=b c=d", "a=b c=d e=f"], &["a=b", "c=d", "a=x c=d"]),
-    ("a == 'b' || c == 'd'", &["a=b", "c=d", "a=b c=d"], &["-", "a=d c=b"]),
-    ("a == 'b' && c == 'd' || e == 'f'", &["a=b c=d", "e=f"], &["a=b", "c=d e=g"]),
-    ("a == 'b' || c == 'd' && e == 'f'", &["a=b", "c=d e=f"], &["c=d", "e=f"]),
-    ("(a == 'b' || c == 'd') && e == 'f'", &["a=b e=f", "c=d e=f"], &["a=b", "c=d"]),
-    ("!(a == 'b' || c == 'd')", &["-", "a=x c=y"], &["a=b", "c=d"]),
-    ("!a == 'b' && c == 'd'", &["c=d", "a=x c=d"], &["a=b c=d", "-"]),
+    (
+        "a == 'b' && c == 'd'",
+        &["a=b c=d", "a=b c=d e=f"],
+        &["a=b", "c=d", "a=x c=d"],
+    ),
+    (
+        "a == 'b' || c == 'd'",
+        &["a=b", "c=d", "a=b c=d"],
+        &["-", "a=d c=b"],
+    ),
+    (
+        "a == 'b' && c == 'd' || e == 'f'",
+        &["a=b c=d", "e=f"],
+        &["a=b", "c=d e=g"],
+    ),
+    (
+        "a == 'b' || c == 'd' && e == 'f'",
+        &["a=b", "c=d e=f"],
+        &["c=d", "e=f"],
+    ),
+    (
+        "(a == 'b' || c == 'd') && e == 'f'",
+        &["a=b e=f", "c=d e=f"],
+        &["a=b", "c=d"],
+    ),
+    (
+        "!(a == 'b' || c == 'd')",
+        &["-", "a=x c=y"],
+        &["a=b", "c=d"],
+    ),
+    (
+        "!a == 'b' && c == 'd'",
+        &["c=d", "a=x c=d"],
+        &["a=b c=d", "-"],
+    ),
     ("!(a == 'b') && !(c == 'd')", &["-"], &["a=b", "c=d"]),
     ("((a == 'b'))", &["a=b"], &["a=c"]),
     ("has(a) && !has(b)", &["a=1"], &["a=1 b=1", "b=1"]),
@@ -61,14 +89,42 @@ const CASES: &[(&str, &[&str], &[&str])] = &[
     ("all() || a == 'b'", &["-"], &[]),
     ("!all()", &[], &["-", "a=b"]),
     ("app == 'frontend'", &["app=frontend"], &["app=backend"]),
-    ("environment == 'production'", &["environment=production"], &["environment=staging"]),
-    ("isolation == 'enabled'", &["isolation=enabled"], &["isolation=disabled", "-"]),
+    (
+        "environment == 'production'",
+        &["environment=production"],
+        &["environment=staging"],
+    ),
+    (
+        "isolation == 'enabled'",
+        &["isolation=enabled"],
+        &["isolation=disabled", "-"],
+    ),
     ("role == 'reader'", &["role=reader"], &["role=admin"]),
-    ("app == 'payment-service'", &["app=payment-service"], &["app=payment"]),
-    ("projectcalico.org/namespace == 'default'", &["projectcalico.org/namespace=default"], &["projectcalico.org/namespace=kube-system"]),
-    ("k8s-app in {'kube-dns', 'coredns'}", &["k8s-app=coredns"], &["k8s-app=dns"]),
-    ("has(projectcalico.org/namespace)", &["projectcalico.org/namespace=x"], &["-"]),
-    ("tier == 'db' && env in {'prod', 'staging'} && !has(quarantine)", &["tier=db env=prod"], &["tier=db env=prod quarantine=1", "tier=db env=dev"]),
+    (
+        "app == 'payment-service'",
+        &["app=payment-service"],
+        &["app=payment"],
+    ),
+    (
+        "projectcalico.org/namespace == 'default'",
+        &["projectcalico.org/namespace=default"],
+        &["projectcalico.org/namespace=kube-system"],
+    ),
+    (
+        "k8s-app in {'kube-dns', 'coredns'}",
+        &["k8s-app=coredns"],
+        &["k8s-app=dns"],
+    ),
+    (
+        "has(projectcalico.org/namespace)",
+        &["projectcalico.org/namespace=x"],
+        &["-"],
+    ),
+    (
+        "tier == 'db' && env in {'prod', 'staging'} && !has(quarantine)",
+        &["tier=db env=prod"],
+        &["tier=db env=prod quarantine=1", "tier=db env=dev"],
+    ),
     ("a_b.c/d-e == 'v'", &["a_b.c/d-e=v"], &["a_b.c/d-e=w"]),
     ("in == 'x'", &["in=x"], &["in=y"]),
     ("has(in)", &["in=1"], &["-"]),
@@ -80,11 +136,27 @@ const CASES: &[(&str, &[&str], &[&str])] = &[
     ("a != ''", &["a=x", "-"], &["a="]),
     ("1 == '2'", &["1=2"], &["1=1"]),
     ("a\t==\t'b'", &["a=b"], &["a=c"]),
-    ("(has(a) || has(b)) && (has(c) || has(d))", &["a=1 c=1", "b=1 d=1"], &["a=1 b=1", "c=1 d=1"]),
+    (
+        "(has(a) || has(b)) && (has(c) || has(d))",
+        &["a=1 c=1", "b=1 d=1"],
+        &["a=1 b=1", "c=1 d=1"],
+    ),
     ("!(has(a) && has(b))", &["a=1", "b=1", "-"], &["a=1 b=1"]),
-    ("a in {'x'} || a not in {'x', 'y'}", &["a=x", "a=z", "-"], &["a=y"]),
-    ("x starts with 'a' && x ends with 'z'", &["x=abcz", "x=az"], &["x=abc", "x=bz"]),
-    ("a == 'b' && (c == 'd' || (e == 'f' && !has(g)))", &["a=b c=d", "a=b e=f"], &["a=b e=f g=1", "c=d"]),
+    (
+        "a in {'x'} || a not in {'x', 'y'}",
+        &["a=x", "a=z", "-"],
+        &["a=y"],
+    ),
+    (
+        "x starts with 'a' && x ends with 'z'",
+        &["x=abcz", "x=az"],
+        &["x=abc", "x=bz"],
+    ),
+    (
+        "a == 'b' && (c == 'd' || (e == 'f' && !has(g)))",
+        &["a=b c=d", "a=b e=f"],
+        &["a=b e=f g=1", "c=d"],
+    ),
 ];
 
 #[test]
@@ -94,16 +166,31 @@ fn table_of_selectors() {
         let selector =
             Selector::parse(text).unwrap_or_else(|err| panic!("{text:?} should parse: {err}"));
         for set in *matching {
-            let labels = if *set == "-" { BTreeMap::new() } else { labels(set) };
+            let labels = if *set == "-" {
+                BTreeMap::new()
+            } else {
+                labels(set)
+            };
             assert!(selector.matches(&labels), "{text:?} should match {set:?}");
         }
         for set in *non_matching {
-            let labels = if *set == "-" { BTreeMap::new() } else { labels(set) };
-            assert!(!selector.matches(&labels), "{text:?} should not match {set:?}");
+            let labels = if *set == "-" {
+                BTreeMap::new()
+            } else {
+                labels(set)
+            };
+            assert!(
+                !selector.matches(&labels),
+                "{text:?} should not match {set:?}"
+            );
         }
         // The canonical form parses back to the same selector.
         let canonical = selector.canonical();
-        assert_eq!(Selector::parse(&canonical).as_ref(), Ok(&selector), "{text:?} -> {canonical:?}");
+        assert_eq!(
+            Selector::parse(&canonical).as_ref(),
+            Ok(&selector),
+            "{text:?} -> {canonical:?}"
+        );
     }
 }
 
@@ -144,7 +231,10 @@ fn bad_selectors_name_the_column() {
         assert_eq!(err.column, *column, "{text:?}: {err}");
     }
     let err = Selector::parse("app = 'x'").unwrap_err();
-    assert!(err.to_string().contains("equality is written `==`"), "{err}");
+    assert!(
+        err.to_string().contains("equality is written `==`"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -158,20 +248,30 @@ fn canonical_forms_follow_calico() {
         ("a startswith 'x'", "a starts with \"x\""),
         ("a endswith 'x'", "a ends with \"x\""),
         ("b == 'y' && a == 'x'", "(b == \"y\" && a == \"x\")"),
-        ("a == 'x' || b == 'y' && c == 'z'", "(a == \"x\" || (b == \"y\" && c == \"z\"))"),
+        (
+            "a == 'x' || b == 'y' && c == 'z'",
+            "(a == \"x\" || (b == \"y\" && c == \"z\"))",
+        ),
         ("!(a == 'x' && b == 'y')", "!(a == \"x\" && b == \"y\")"),
         ("!!has(a)", "has(a)"),
         ("has( a )", "has(a)"),
         ("((a == 'x'))", "a == \"x\""),
     ];
     for (input, canonical) in cases {
-        assert_eq!(Selector::parse(input).unwrap().canonical(), canonical, "{input:?}");
+        assert_eq!(
+            Selector::parse(input).unwrap().canonical(),
+            canonical,
+            "{input:?}"
+        );
     }
 }
 
 #[test]
 fn unique_id_matches_calicos_vector() {
-    assert_eq!(Selector::parse("").unwrap().unique_id(), "s:5y5I3VdRZfDU01O--xXAPx2yxCQQqMf0M6IWug");
+    assert_eq!(
+        Selector::parse("").unwrap().unique_id(),
+        "s:5y5I3VdRZfDU01O--xXAPx2yxCQQqMf0M6IWug"
+    );
     // Operand order is part of the identity, as in Calico.
     let ab = Selector::parse("a == 'x' && b == 'y'").unwrap().unique_id();
     let ba = Selector::parse("b == 'y' && a == 'x'").unwrap().unique_id();

@@ -167,7 +167,11 @@ fn punctuation(rest: &str, pos: usize) -> Result<(Token, usize), SelectorError> 
     if is_label_byte(first) {
         let len = rest.bytes().take_while(|&b| is_label_byte(b)).count();
         if len > MAX_LABEL_LEN {
-            return Err(SelectorError::at(pos, "a label of at most 512 characters", "a longer label"));
+            return Err(SelectorError::at(
+                pos,
+                "a label of at most 512 characters",
+                "a longer label",
+            ));
         }
         return Ok((Token::Label(rest[..len].to_string()), len));
     }
@@ -178,7 +182,11 @@ fn punctuation(rest: &str, pos: usize) -> Result<(Token, usize), SelectorError> 
         b'\n' | b'\r' => "a line break".to_string(),
         _ => format!("{:?}", rest.chars().next().unwrap_or('?')),
     };
-    Err(SelectorError::at(pos, "a label, an operator or a parenthesis", &found))
+    Err(SelectorError::at(
+        pos,
+        "a label, an operator or a parenthesis",
+        &found,
+    ))
 }
 
 /// A quoted string: `"…"` or `'…'`, without escapes.
@@ -200,7 +208,11 @@ fn function(rest: &str, pos: usize) -> Result<Option<(Token, usize)>, SelectorEr
         if let Some(after) = rest.strip_prefix(name) {
             let inner = after.len() - after.trim_start_matches([' ', '\t']).len();
             if !after[inner..].starts_with(')') {
-                return Err(SelectorError::at(pos + name.len() + inner, "`)`", "something else"));
+                return Err(SelectorError::at(
+                    pos + name.len() + inner,
+                    "`)`",
+                    "something else",
+                ));
             }
             return Ok(Some((token, name.len() + inner + 1)));
         }
@@ -209,16 +221,30 @@ fn function(rest: &str, pos: usize) -> Result<Option<(Token, usize)>, SelectorEr
         return Ok(None);
     };
     let lead = after.len() - after.trim_start_matches([' ', '\t']).len();
-    let label_len = after[lead..].bytes().take_while(|&b| is_label_byte(b)).count();
+    let label_len = after[lead..]
+        .bytes()
+        .take_while(|&b| is_label_byte(b))
+        .count();
     let label_pos = pos + 4 + lead;
     if label_len == 0 {
-        return Err(SelectorError::at(label_pos, "a label inside has()", "something else"));
+        return Err(SelectorError::at(
+            label_pos,
+            "a label inside has()",
+            "something else",
+        ));
     }
     let label = &after[lead..lead + label_len];
     let tail = &after[lead + label_len..];
     let trail = tail.len() - tail.trim_start_matches([' ', '\t']).len();
     if !tail[trail..].starts_with(')') {
-        return Err(SelectorError::at(label_pos + label_len + trail, "`)` closing has(", "something else"));
+        return Err(SelectorError::at(
+            label_pos + label_len + trail,
+            "`)` closing has(",
+            "something else",
+        ));
     }
-    Ok(Some((Token::Has(label.to_string()), 4 + lead + label_len + trail + 1)))
+    Ok(Some((
+        Token::Has(label.to_string()),
+        4 + lead + label_len + trail + 1,
+    )))
 }

@@ -65,7 +65,11 @@ async fn run(store: Arc<dyn Datastore>, kinds: Vec<Kind>, sender: mpsc::Sender<U
         let mut watch = match store.watch(single_kind, state.revision()).await {
             Ok(watch) => watch,
             Err(DatastoreError::RevisionTooOld { .. }) => {
-                tracing::info!(url = store.url(), rev = state.revision(), "watch revision compacted; resyncing");
+                tracing::info!(
+                    url = store.url(),
+                    rev = state.revision(),
+                    "watch revision compacted; resyncing"
+                );
                 need_list = true;
                 continue;
             }
@@ -84,7 +88,11 @@ async fn run(store: Arc<dyn Datastore>, kinds: Vec<Kind>, sender: mpsc::Sender<U
                     }
                 }
                 Some(Err(DatastoreError::RevisionTooOld { .. })) => {
-                    tracing::info!(url = store.url(), rev = state.revision(), "watch fell behind compaction; resyncing");
+                    tracing::info!(
+                        url = store.url(),
+                        rev = state.revision(),
+                        "watch fell behind compaction; resyncing"
+                    );
                     need_list = true;
                     break;
                 }

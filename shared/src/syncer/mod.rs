@@ -53,7 +53,12 @@ pub struct SyncerState {
 impl SyncerState {
     /// A syncer for these kinds (empty: all kinds).
     pub fn new(kinds: Vec<Kind>) -> SyncerState {
-        SyncerState { kinds, cache: BTreeMap::new(), revision: 0, status: SyncStatus::WaitForDatastore }
+        SyncerState {
+            kinds,
+            cache: BTreeMap::new(),
+            revision: 0,
+            status: SyncStatus::WaitForDatastore,
+        }
     }
 
     /// Whether the syncer follows objects of `kind`.
@@ -85,18 +90,38 @@ impl SyncerState {
     pub fn on_listed(&mut self, listing: Listing) -> Vec<Update> {
         let mut updates = Vec::new();
         let mut listed = BTreeMap::new();
-        for item in listing.items.into_iter().filter(|item| self.wants(item.key.kind)) {
+        for item in listing
+            .items
+            .into_iter()
+            .filter(|item| self.wants(item.key.kind))
+        {
             listed.insert(item.key, (item.revision, item.value));
         }
-        let vanished: Vec<Key> = self.cache.keys().filter(|key| !listed.contains_key(*key)).cloned().collect();
+        let vanished: Vec<Key> = self
+            .cache
+            .keys()
+            .filter(|key| !listed.contains_key(*key))
+            .cloned()
+            .collect();
         for key in vanished {
             self.cache.remove(&key);
-            updates.push(Update::Changed { key, revision: listing.revision, value: None });
+            updates.push(Update::Changed {
+                key,
+                revision: listing.revision,
+                value: None,
+            });
         }
         for (key, (revision, value)) in listed {
-            let unchanged = self.cache.get(&key).is_some_and(|(known, _)| *known == revision);
+            let unchanged = self
+                .cache
+                .get(&key)
+                .is_some_and(|(known, _)| *known == revision);
             if !unchanged {
-                updates.push(Update::Changed { key: key.clone(), revision, value: Some(value.clone()) });
+                updates.push(Update::Changed {
+                    key: key.clone(),
+                    revision,
+                    value: Some(value.clone()),
+                });
                 self.cache.insert(key, (revision, value));
             }
         }
@@ -116,14 +141,26 @@ impl SyncerState {
             match (event.event_type, event.value) {
                 (EventType::Deleted, _) | (_, None) => {
                     if self.cache.remove(&event.key).is_some() {
-                        updates.push(Update::Changed { key: event.key, revision: event.revision, value: None });
+                        updates.push(Update::Changed {
+                            key: event.key,
+                            revision: event.revision,
+                            value: None,
+                        });
                     }
                 }
                 (_, Some(value)) => {
-                    let seen = self.cache.get(&event.key).is_some_and(|(known, _)| *known >= event.revision);
+                    let seen = self
+                        .cache
+                        .get(&event.key)
+                        .is_some_and(|(known, _)| *known >= event.revision);
                     if !seen {
-                        self.cache.insert(event.key.clone(), (event.revision, value.clone()));
-                        updates.push(Update::Changed { key: event.key, revision: event.revision, value: Some(value) });
+                        self.cache
+                            .insert(event.key.clone(), (event.revision, value.clone()));
+                        updates.push(Update::Changed {
+                            key: event.key,
+                            revision: event.revision,
+                            value: Some(value),
+                        });
                     }
                 }
             }
@@ -152,24 +189,46 @@ mod tests {
     }
 
     fn stored(name: &str, revision: Revision) -> Stored {
-        Stored { key: key(name), value: json!({ "rev": revision }), revision }
+        Stored {
+            key: key(name),
+            value: json!({ "rev": revision }),
+            revision,
+        }
     }
 
     #[test]
     fn resync_reports_only_differences_and_synthetic_deletes() {
         let mut state = SyncerState::new(vec![Kind::GlobalNetworkSet]);
         state.on_resync_started();
-        let first = state.on_listed(Listing { items: vec![stored("a", 1), stored("b", 2), stored("c", 3)], revision: 3 });
+        let first = state.on_listed(Listing {
+            items: vec![stored("a", 1), stored("b", 2), stored("c", 3)],
+            revision: 3,
+        });
         assert_eq!(first.len(), 4, "three objects, then InSync");
         // Meanwhile: b changed, c deleted, d created; a untouched.
         state.on_resync_started();
-        let second = state.on_listed(Listing { items: vec![stored("a", 1), stored("b", 5), stored("d", 6)], revision: 7 });
+        let second = state.on_listed(Listing {
+            items: vec![stored("a", 1), stored("b", 5), stored("d", 6)],
+            revision: 7,
+        });
         assert_eq!(
             second,
             vec![
-                Update::Changed { key: key("c"), revision: 7, value: None },
-                Update::Changed { key: key("b"), revision: 5, value: Some(json!({"rev": 5})) },
-                Update::Changed { key: key("d"), revision: 6, value: Some(json!({"rev": 6})) },
+                Update::Changed {
+                    key: key("c"),
+                    revision: 7,
+                    value: None
+                },
+                Update::Changed {
+                    key: key("b"),
+                    revision: 5,
+                    value: Some(json!({"rev": 5}))
+                },
+                Update::Changed {
+                    key: key("d"),
+                    revision: 6,
+                    value: Some(json!({"rev": 6}))
+                },
                 Update::Status(SyncStatus::InSync),
             ]
         );
@@ -179,15 +238,45 @@ mod tests {
     #[test]
     fn events_after_a_list_are_not_repeated_and_other_kinds_are_ignored() {
         let mut state = SyncerState::new(vec![Kind::GlobalNetworkSet]);
-        state.on_listed(Listing { items: vec![stored("a", 4)], revision: 4 });
-        let stale = Event { event_type: EventType::Modified, key: key("a"), revision: 4, value: Some(json!({})) };
+        state.on_listed(Listing {
+            items: vec![stored("a", 4)],
+            revision: 4,
+        });
+        let stale = Event {
+            event_type: EventType::Modified,
+            key: key("a"),
+            revision: 4,
+            value: Some(json!({})),
+        };
         assert!(state.on_events(vec![stale]).is_empty());
-        let other = Event { event_type: EventType::Added, key: Key::cluster(Kind::Tier, "t"), revision: 5, value: Some(json!({})) };
+        let other = Event {
+            event_type: EventType::Added,
+            key: Key::cluster(Kind::Tier, "t"),
+            revision: 5,
+            value: Some(json!({})),
+        };
         assert!(state.on_events(vec![other]).is_empty());
         assert_eq!(state.revision(), 5);
-        let gone = Event { event_type: EventType::Deleted, key: key("a"), revision: 6, value: None };
-        assert_eq!(state.on_events(vec![gone]), vec![Update::Changed { key: key("a"), revision: 6, value: None }]);
-        let twice = Event { event_type: EventType::Deleted, key: key("a"), revision: 6, value: None };
+        let gone = Event {
+            event_type: EventType::Deleted,
+            key: key("a"),
+            revision: 6,
+            value: None,
+        };
+        assert_eq!(
+            state.on_events(vec![gone]),
+            vec![Update::Changed {
+                key: key("a"),
+                revision: 6,
+                value: None
+            }]
+        );
+        let twice = Event {
+            event_type: EventType::Deleted,
+            key: key("a"),
+            revision: 6,
+            value: None,
+        };
         assert!(state.on_events(vec![twice]).is_empty());
     }
 }
