@@ -523,3 +523,22 @@ async fn sqlite_watch_sees_writes_from_another_process() {
         "the create, then each of the other process's five writes"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_watch_on_one_handle_sees_writes_through_another() {
+    let backend = Backend::sqlite().await;
+    let writer = backend.store().await;
+    let watcher = backend.store().await;
+    let key = Key::cluster(Kind::Profile, "p");
+    let mut revision = writer.create(&key, json!({"n": 0})).await.unwrap();
+    let mut watch = watcher.watch(Some(Kind::Profile), revision).await.unwrap();
+    for n in 1..=20 {
+        revision = writer.update(&key, json!({"n": n}), revision).await.unwrap();
+        let batch = tokio::time::timeout(Duration::from_secs(2), watch.next())
+            .await
+            .unwrap_or_else(|_| panic!("write {n} (revision {revision}) not seen within 2 s"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(batch[0].revision, revision);
+    }
+}

@@ -120,11 +120,14 @@ impl SqliteStore {
             return Ok(());
         }
         let connection = open_connection(&self.url, &self.path, false)?;
+        // The baseline is read here, before any watch reads the log: a commit that lands
+        // after this point changes data_version and is noticed.
+        let baseline = data_version(&connection).map_err(|err| sqlite_error(&self.url, err))?;
         let (changes, stop) = (self.changes.clone(), self.stop.clone());
         if self.poller.set(()).is_ok() {
             std::thread::Builder::new()
                 .name("twill-sqlite-poll".into())
-                .spawn(move || poll_data_version(&connection, &changes, &stop))
+                .spawn(move || poll_data_version(&connection, baseline, &changes, &stop))
                 .map_err(|err| backend(&self.url, err))?;
         }
         Ok(())
@@ -135,22 +138,25 @@ impl SqliteStore {
 #[allow(clippy::disallowed_methods)] // This edge thread paces itself with a sleep.
 fn poll_data_version(
     connection: &Connection,
+    baseline: i64,
     changes: &tokio::sync::watch::Sender<u64>,
     stop: &AtomicBool,
 ) {
-    let mut last: Option<i64> = None;
+    let mut last = baseline;
     // Runs until the store is dropped (receivers come and go with watches).
     while !stop.load(Ordering::Relaxed) {
-        if let Ok(version) =
-            connection.query_row("PRAGMA data_version", [], |row| row.get::<_, i64>(0))
-        {
-            if last.is_some_and(|l| l != version) {
+        if let Ok(version) = data_version(connection) {
+            if version != last {
                 changes.send_modify(|n| *n += 1);
+                last = version;
             }
-            last = Some(version);
         }
         std::thread::sleep(Duration::from_millis(1));
     }
+}
+
+fn data_version(connection: &Connection) -> rusqlite::Result<i64> {
+    connection.query_row("PRAGMA data_version", [], |row| row.get(0))
 }
 
 fn backend(url: &str, err: impl std::fmt::Display) -> DatastoreError {
@@ -577,4 +583,9 @@ impl super::Datastore for SqliteStore {
         })
         .await
     }
+}
+
+/// The version of the bundled SQLite library.
+pub fn library_version() -> &'static str {
+    rusqlite::version()
 }
