@@ -27,10 +27,36 @@ fn read_input(file: &str) -> Result<String, Failure> {
     }
 }
 
+/// The resources of a file, of standard input (`-`), or of every `.yaml`/`.yml`/`.json` file
+/// of a directory. All or nothing: any bad document fails the whole input.
 fn parse_file(file: &str, namespace: &str) -> Result<Vec<Resource>, Failure> {
-    let text = read_input(file)?;
-    let resources = parse_documents_in(&text, namespace)
-        .map_err(|errors| anyhow::anyhow!("{file}: nothing was applied:\n{errors}"))?;
+    let path = std::path::Path::new(file);
+    let sources: Vec<(String, String)> = if file != "-" && path.is_dir() {
+        let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(path)
+            .with_context(|| format!("cannot read {file}"))?
+            .filter_map(|entry| entry.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml" || e == "json"))
+            .collect();
+        files.sort();
+        files
+            .iter()
+            .map(|p| Ok((p.display().to_string(), read_input(&p.display().to_string())?)))
+            .collect::<Result<_, Failure>>()?
+    } else {
+        let source = if file == "-" { "standard input" } else { file };
+        vec![(source.to_string(), read_input(file)?)]
+    };
+    let mut resources = Vec::new();
+    let mut problems = Vec::new();
+    for (source, text) in &sources {
+        match parse_documents_in(text, namespace) {
+            Ok(mut parsed) => resources.append(&mut parsed),
+            Err(errors) => problems.push(format!("{source}:\n{errors}")),
+        }
+    }
+    if !problems.is_empty() {
+        return Err(anyhow::anyhow!("nothing was applied:\n{}", problems.join("\n")).into());
+    }
     if resources.is_empty() {
         return Err(anyhow::anyhow!("{file}: no documents").into());
     }
