@@ -36,8 +36,11 @@ lint: deps
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
+# Ends with one line that totals every test binary ("summary: N passed, N failed").
 test: build check
-	$(CARGO) test --workspace
+	@set -o pipefail; $(CARGO) test --workspace 2>&1 | tee target/test.log; status=$$?; \
+	awk '/^test result:/ { p += $$4; f += $$6 } END { printf "summary: %d passed, %d failed\n", p, f }' target/test.log; \
+	exit $$status
 
 demo: deps
 	$(CARGO) build -q -p twillctl

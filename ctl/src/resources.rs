@@ -35,12 +35,20 @@ fn parse_file(file: &str, namespace: &str) -> Result<Vec<Resource>, Failure> {
         let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(path)
             .with_context(|| format!("cannot read {file}"))?
             .filter_map(|entry| entry.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml" || e == "json"))
+            .filter(|p| {
+                p.extension()
+                    .is_some_and(|e| e == "yaml" || e == "yml" || e == "json")
+            })
             .collect();
         files.sort();
         files
             .iter()
-            .map(|p| Ok((p.display().to_string(), read_input(&p.display().to_string())?)))
+            .map(|p| {
+                Ok((
+                    p.display().to_string(),
+                    read_input(&p.display().to_string())?,
+                ))
+            })
             .collect::<Result<_, Failure>>()?
     } else {
         let source = if file == "-" { "standard input" } else { file };

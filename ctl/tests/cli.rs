@@ -429,18 +429,39 @@ fn a_directory_applies_all_or_nothing() {
     let store = sqlite();
     let url = store.url.as_str();
     let seeds = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/seed-walkthrough");
-    let dir = tempfile::Builder::new().prefix("twillctl-dir-").tempdir().unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("twillctl-dir-")
+        .tempdir()
+        .unwrap();
     for entry in std::fs::read_dir(&seeds).unwrap() {
         let path = entry.unwrap().path();
         std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
     }
     let bad = dir.path().join("04-bad.yaml");
-    std::fs::write(&bad, "apiVersion: v1\nkind: Pod\nmetadata:\n  name: x\nspec:\n  containers: []\n  nodeNam: a\n").unwrap();
+    std::fs::write(
+        &bad,
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: x\nspec:\n  containers: []\n  nodeNam: a\n",
+    )
+    .unwrap();
     let run = twillctl(url, &["apply", "-f", dir.path().to_str().unwrap()], None);
     assert_eq!(run.code, 1);
-    assert!(run.stderr.contains(&format!("{}:\ndocument 1 (Pod x): spec.nodeNam: unknown field", bad.display())), "{}", run.stderr);
-    assert_eq!(ok(url, &["get", "pods"]), "NAME   LABELS\n", "nothing applied");
+    assert!(
+        run.stderr.contains(&format!(
+            "{}:\ndocument 1 (Pod x): spec.nodeNam: unknown field",
+            bad.display()
+        )),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(
+        ok(url, &["get", "pods"]),
+        "NAME   LABELS\n",
+        "nothing applied"
+    );
     std::fs::remove_file(&bad).unwrap();
-    assert_eq!(ok(url, &["apply", "-f", dir.path().to_str().unwrap()]), "Successfully applied 4 resource(s)\n");
+    assert_eq!(
+        ok(url, &["apply", "-f", dir.path().to_str().unwrap()]),
+        "Successfully applied 4 resource(s)\n"
+    );
     assert_eq!(ok(url, &["get", "knp"]).lines().count(), 3);
 }

@@ -533,7 +533,10 @@ async fn sqlite_watch_on_one_handle_sees_writes_through_another() {
     let mut revision = writer.create(&key, json!({"n": 0})).await.unwrap();
     let mut watch = watcher.watch(Some(Kind::Profile), revision).await.unwrap();
     for n in 1..=20 {
-        revision = writer.update(&key, json!({"n": n}), revision).await.unwrap();
+        revision = writer
+            .update(&key, json!({"n": n}), revision)
+            .await
+            .unwrap();
         let batch = tokio::time::timeout(Duration::from_secs(2), watch.next())
             .await
             .unwrap_or_else(|_| panic!("write {n} (revision {revision}) not seen within 2 s"))

@@ -28,7 +28,10 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 pub fn run(output: Option<&str>) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
     let mut report = String::new();
     writeln!(report, "# Benchmarks\n")?;
     writeln!(report, "Written by `make bench` (`cargo run --release -p xtask -- bench`). Each figure is the median of {RUNS} runs.\n")?;
@@ -54,13 +57,31 @@ fn command_output(program: &str, args: &[&str]) -> String {
 fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|text| text.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .and_then(|text| {
+            text.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
         .unwrap_or_else(|| "unknown".into());
     let memory = std::fs::read_to_string("/proc/meminfo")
         .ok()
-        .and_then(|text| text.lines().next().map(|l| l.split_whitespace().nth(1).unwrap_or("0").parse::<u64>().unwrap_or(0)))
-        .map_or("unknown".into(), |kb| format!("{:.1} GiB", kb as f64 / 1024.0 / 1024.0));
-    let etcd = command_output("etcd", &["--version"]).lines().next().unwrap_or("").to_string();
+        .and_then(|text| {
+            text.lines().next().map(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .unwrap_or("0")
+                    .parse::<u64>()
+                    .unwrap_or(0)
+            })
+        })
+        .map_or("unknown".into(), |kb| {
+            format!("{:.1} GiB", kb as f64 / 1024.0 / 1024.0)
+        });
+    let etcd = command_output("etcd", &["--version"])
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_string();
     format!(
         "## Machine\n\n| | |\n|---|---|\n| date (UTC) | {} |\n| CPU | {cpu} × {} cores |\n| memory | {memory} |\n| kernel | {} |\n| rustc | {} |\n| etcd | {etcd} |\n| SQLite | {} (bundled) |\n",
         command_output("date", &["-u", "+%Y-%m-%d %H:%M"]),
@@ -73,7 +94,9 @@ fn machine() -> String {
 
 /// ns per evaluation of a 3-term selector over 10 labels, matching and not matching.
 fn selector_bench() -> String {
-    let selector = Selector::parse("app == 'web' && tier in {'frontend', 'backend'} && !has(quarantine)").expect("valid");
+    let selector =
+        Selector::parse("app == 'web' && tier in {'frontend', 'backend'} && !has(quarantine)")
+            .expect("valid");
     let mut labels = BTreeMap::new();
     for (k, v) in [
         ("app", "web"),
@@ -111,7 +134,12 @@ fn selector_bench() -> String {
             .map(|_| {
                 let start = Instant::now();
                 for _ in 0..20_000 {
-                    black_box(Selector::parse(black_box("app == 'web' && tier in {'frontend', 'backend'} && !has(quarantine)")).ok());
+                    black_box(
+                        Selector::parse(black_box(
+                            "app == 'web' && tier in {'frontend', 'backend'} && !has(quarantine)",
+                        ))
+                        .ok(),
+                    );
                 }
                 start.elapsed().as_nanos() as f64 / 20_000.0
             })
@@ -138,7 +166,12 @@ fn object(name: &str, n: u64) -> serde_json::Value {
 
 /// Operations per second with `clients` stores, each doing `per_client` creates of its own
 /// keys, then as many CAS updates of its own object.
-async fn throughput(url: &str, clients: usize, per_client: u64, round: usize) -> anyhow::Result<(f64, f64)> {
+async fn throughput(
+    url: &str,
+    clients: usize,
+    per_client: u64,
+    round: usize,
+) -> anyhow::Result<(f64, f64)> {
     let mut stores = Vec::new();
     for _ in 0..clients {
         stores.push(connect(url).await?);
@@ -149,7 +182,12 @@ async fn throughput(url: &str, clients: usize, per_client: u64, round: usize) ->
         tasks.push(tokio::spawn(async move {
             for n in 0..per_client {
                 let name = format!("r{round}-c{client}-{n}");
-                store.create(&Key::cluster(Kind::GlobalNetworkSet, &name), object(&name, n)).await?;
+                store
+                    .create(
+                        &Key::cluster(Kind::GlobalNetworkSet, &name),
+                        object(&name, n),
+                    )
+                    .await?;
             }
             Ok::<_, anyhow::Error>(())
         }));
@@ -228,7 +266,9 @@ async fn backend_figures(url: &str) -> anyhow::Result<Figures> {
         p50.push(percentile(&samples, 0.50));
         p99.push(percentile(&samples, 0.99));
         let store: Arc<dyn Datastore> = connect(url).await?;
-        store.delete(&Key::cluster(Kind::Profile, "latency"), None).await?;
+        store
+            .delete(&Key::cluster(Kind::Profile, "latency"), None)
+            .await?;
     }
     Ok(Figures {
         creates_1: median(creates_1),
@@ -247,8 +287,14 @@ async fn datastore_bench() -> anyhow::Result<String> {
     let etcd_server = Etcd::start().await;
     let etcd = backend_figures(&etcd_server.url()).await?;
     drop(etcd_server);
-    let row = |name: &str, s: f64, e: f64, unit: &str| format!("| {name} | {s:.0} {unit} | {e:.0} {unit} | {:.2} |\n", s / e);
-    let row_ms = |name: &str, s: f64, e: f64| format!("| {name} | {s:.2} ms | {e:.2} ms | {:.2} |\n", s / e);
+    let row = |name: &str, s: f64, e: f64, unit: &str| {
+        format!(
+            "| {name} | {s:.0} {unit} | {e:.0} {unit} | {:.2} |\n",
+            s / e
+        )
+    };
+    let row_ms =
+        |name: &str, s: f64, e: f64| format!("| {name} | {s:.2} ms | {e:.2} ms | {:.2} |\n", s / e);
     let mut out = String::from(
         "## Datastore (target: watch p99 < 10 ms on both)\n\nSQLite (`sqlite:` file in WAL mode on local disk) and etcd 3.4 (one member on loopback) in one run. \
          Throughput: each client has its own connection; creates of distinct keys, then compare-and-swap updates of the client's own object \
@@ -256,8 +302,18 @@ async fn datastore_bench() -> anyhow::Result<String> {
          connection (for SQLite a second store handle, which learns of commits the way another process does, through `PRAGMA data_version`), \
          500 sequential writes per run.\n\n| measure | SQLite | etcd | SQLite / etcd |\n|---|---|---|---|\n",
     );
-    out += &row("creates/s, 1 client", sqlite.creates_1, etcd.creates_1, "/s");
-    out += &row("creates/s, 8 clients", sqlite.creates_8, etcd.creates_8, "/s");
+    out += &row(
+        "creates/s, 1 client",
+        sqlite.creates_1,
+        etcd.creates_1,
+        "/s",
+    );
+    out += &row(
+        "creates/s, 8 clients",
+        sqlite.creates_8,
+        etcd.creates_8,
+        "/s",
+    );
     out += &row("CAS updates/s, 1 client", sqlite.cas_1, etcd.cas_1, "/s");
     out += &row("CAS updates/s, 8 clients", sqlite.cas_8, etcd.cas_8, "/s");
     out += &row_ms("watch latency p50", sqlite.watch_p50_ms, etcd.watch_p50_ms);
