@@ -72,7 +72,7 @@ bench: deps
 FUZZ_SECONDS ?= 60
 fuzz:
 	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
-	cd fuzz && for t in selector_parse documents_parse; do \
+	cd fuzz && for t in selector_parse documents_parse bgp_message; do \
 		mkdir -p corpus/$$t && cp -n corpus-seed/$$t/* corpus/$$t/ ; \
 		RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run $$t corpus/$$t -- -max_total_time=$(FUZZ_SECONDS) -max_len=4096 || exit 1; \
 	done

@@ -1,7 +1,11 @@
 //! twill-bgpd: Twill's BGP-4 speaker.
 //!
-//! This crate will own the BGP wire codec (`wire/`), the RFC 4271 §8 session state machine
-//! (`fsm/`), the RIB with the §9.1 decision process (`rib/`), import/export policy
-//! (`policy/`), and, behind the `runtime` feature, the I/O edges: TCP with MD5 and TTL
-//! security, the control socket, rtnetlink route sync and the driver loop of the standalone
-//! `twill-bgpd` daemon. Nothing is implemented yet; see the project's issues.
+//! Layers (pure cores first; I/O behind the `runtime` feature):
+//! - [`wire`]: the message codec (RFC 4271, 4760, 2545, 6793, 2918, 7313, 4724, 7911, 8654,
+//!   1997, 4360, 8092, 4456) with RFC 7606 error handling. Done.
+//! - `fsm/` (the RFC 4271 §8 session), `rib/` (Adj-RIB-In, Loc-RIB with the §9.1 decision
+//!   process, Adj-RIB-Out), `policy/` (import/export filters), and the `io/` edges (TCP with
+//!   MD5 and TTL security, control socket, rtnetlink route sync, the `twill-bgpd` daemon):
+//!   to come.
+
+pub mod wire;
