@@ -5,9 +5,11 @@
 
 SHELL := /bin/bash
 CARGO ?= cargo
-# Debian packages the build and the tests need: protoc for etcd-client's build, etcd as a
-# real peer, and the kernel tools later issues use.
-DEB_PACKAGES := protobuf-compiler etcd-server etcd-client iproute2 iptables ipset
+# Package scripts are kept from starting services (policy-rc.d): the peers run only inside
+# the namespaces tests make.
+# Debian packages the build and the tests need: protoc for etcd-client's build, etcd and the
+# BGP peers (gobgpd, bird2, frr) as real peers, and the kernel tools.
+DEB_PACKAGES := protobuf-compiler etcd-server etcd-client gobgpd bird2 frr iproute2 iptables ipset
 DEMO_DIR ?= /tmp/twill-demo
 TWILLCTL := target/debug/twillctl
 
@@ -20,7 +22,10 @@ deps:
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
 		if [ "$$(id -u)" != 0 ]; then echo "run as root to install:$$missing" >&2; exit 1; fi; \
+		guard=""; if [ ! -e /usr/sbin/policy-rc.d ]; then \
+			printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d && guard=1; fi; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+		status=$$?; [ -n "$$guard" ] && rm -f /usr/sbin/policy-rc.d; [ $$status = 0 ] || exit $$status; \
 	fi
 	@command -v $(CARGO) >/dev/null || { echo "cargo is needed (a Rust toolchain)" >&2; exit 1; }
 
