@@ -8,4 +8,5 @@
 //!   MD5 and TTL security, control socket, rtnetlink route sync, the `twill-bgpd` daemon):
 //!   to come.
 
+pub mod fsm;
 pub mod wire;
