@@ -9,4 +9,5 @@
 //!   to come.
 
 pub mod fsm;
+pub mod rib;
 pub mod wire;

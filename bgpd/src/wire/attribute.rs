@@ -262,7 +262,7 @@ impl AsPath {
 }
 
 /// MP_REACH_NLRI (RFC 4760 §3).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct MpReach {
     /// The family.
     pub family: Family,
@@ -273,7 +273,7 @@ pub struct MpReach {
 }
 
 /// MP_UNREACH_NLRI (RFC 4760 §4).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct MpUnreach {
     /// The family.
     pub family: Family,
@@ -294,7 +294,7 @@ pub struct RawAttribute {
 }
 
 /// The path attributes of an UPDATE.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct PathAttributes {
     /// ORIGIN.
     pub origin: Option<Origin>,

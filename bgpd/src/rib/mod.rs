@@ -1,0 +1,586 @@
+//! The routing information bases (RFC 4271 §3.2, §9), pure.
+//!
+//! - Adj-RIB-In (after import checks) and Loc-RIB are one table: per prefix, every usable
+//!   path, kept sorted best first by the §9.1.2 decision process; the first `max_paths`
+//!   paths that tie up to the multipath point form the ECMP set.
+//! - [`Rib::update`], [`Rib::originate`], [`Rib::peer_down`] and friends return
+//!   [`BestChange`]s: the prefixes whose best path or ECMP set changed, for the kernel and
+//!   for Adj-RIB-Out.
+//! - [`Rib::export`] applies the advertisement rules for one peer (split horizon, route
+//!   reflection per RFC 4456, eBGP AS prepend and next hop, NO_EXPORT, NO_ADVERTISE).
+//! - Attributes are interned: paths with equal attributes share one allocation.
+
+#[cfg(test)]
+mod tests;
+
+use std::cmp::Ordering;
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+
+use ipnet::IpNet;
+
+use crate::wire::attribute::{community, Origin, PathAttributes};
+
+/// Identifies where a path came from. [`PeerId::LOCAL`] is this speaker's own origination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PeerId(pub u32);
+
+impl PeerId {
+    /// Routes this speaker originates.
+    pub const LOCAL: PeerId = PeerId(0);
+}
+
+/// What the RIB needs to know about a peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerInfo {
+    /// The peer's address (the last tie-breaker).
+    pub address: IpAddr,
+    /// The peer's BGP identifier.
+    pub router_id: Ipv4Addr,
+    /// The peer's AS.
+    pub remote_as: u32,
+    /// Internal (same AS) peer.
+    pub ibgp: bool,
+    /// A route reflector client of ours (RFC 4456).
+    pub rr_client: bool,
+    /// Our address on the session: the next hop we announce as "self".
+    pub local_address: IpAddr,
+    /// Always announce ourselves as next hop, also to iBGP peers.
+    pub next_hop_self: bool,
+}
+
+/// Speaker-wide RIB settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RibConfig {
+    /// Our AS.
+    pub local_as: u32,
+    /// Our BGP identifier.
+    pub router_id: Ipv4Addr,
+    /// Route reflector cluster ID (RFC 4456); our router ID unless set.
+    pub cluster_id: Ipv4Addr,
+    /// Paths per prefix in the ECMP set (1: no ECMP).
+    pub max_paths: usize,
+}
+
+/// One path to a prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Path {
+    /// Where it came from.
+    pub peer: PeerId,
+    /// The sender's add-path identifier (0 without add-path).
+    pub path_id: u32,
+    /// Next hop.
+    pub next_hop: IpAddr,
+    /// Attributes (without NEXT_HOP and MP attributes), shared.
+    pub attributes: Arc<PathAttributes>,
+    /// Kept from a restarting peer until End-of-RIB or the restart timer (RFC 4724).
+    pub stale: bool,
+}
+
+/// A prefix whose best path or ECMP set changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BestChange {
+    /// The prefix.
+    pub prefix: IpNet,
+    /// The ECMP set, best first; empty when the prefix is gone.
+    pub paths: Vec<Path>,
+}
+
+/// Why an announced path was not taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RejectReason {
+    /// Our AS is in the AS_PATH (RFC 4271 §9.1.2).
+    AsPathLoop,
+    /// ORIGINATOR_ID is our router ID (RFC 4456 §8).
+    OriginatorLoop,
+    /// CLUSTER_LIST holds our cluster ID (RFC 4456 §8).
+    ClusterLoop,
+}
+
+#[derive(Debug, Default)]
+struct Entry {
+    /// Usable paths, best first.
+    paths: Vec<Path>,
+}
+
+/// Shares equal attribute sets.
+#[derive(Debug, Default)]
+struct Interner {
+    set: HashSet<Arc<PathAttributes>>,
+}
+
+impl Interner {
+    fn intern(&mut self, attributes: PathAttributes) -> Arc<PathAttributes> {
+        if let Some(shared) = self.set.get(&attributes) {
+            return shared.clone();
+        }
+        let shared = Arc::new(attributes);
+        self.set.insert(shared.clone());
+        shared
+    }
+
+    /// Forgets sets no path uses any more.
+    fn collect(&mut self) {
+        self.set.retain(|a| Arc::strong_count(a) > 1);
+    }
+}
+
+/// The Loc-RIB with its Adj-RIBs-In.
+#[derive(Debug)]
+pub struct Rib {
+    config: RibConfig,
+    peers: HashMap<PeerId, PeerInfo>,
+    table: HashMap<IpNet, Entry>,
+    interner: Interner,
+    /// Writes since the interner was last collected.
+    churn: usize,
+}
+
+/// LOCAL_PREF when absent (RFC 4271 leaves it to the implementation; 100 is universal).
+pub const DEFAULT_LOCAL_PREF: u32 = 100;
+
+impl Rib {
+    /// An empty RIB.
+    pub fn new(config: RibConfig) -> Rib {
+        Rib {
+            config,
+            peers: HashMap::new(),
+            table: HashMap::new(),
+            interner: Interner::default(),
+            churn: 0,
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &RibConfig {
+        &self.config
+    }
+
+    /// Registers (or updates) a peer. When what ranks its paths changed (router ID, address,
+    /// internal or external), its prefixes are ranked again.
+    pub fn set_peer(&mut self, peer: PeerId, info: PeerInfo) -> Vec<BestChange> {
+        let rank_changed = self.peers.get(&peer).is_some_and(|old| {
+            (old.router_id, old.address, old.ibgp) != (info.router_id, info.address, info.ibgp)
+        });
+        self.peers.insert(peer, info);
+        let mut changes = Vec::new();
+        if !rank_changed {
+            return changes;
+        }
+        for (prefix, entry) in &mut self.table {
+            if !entry.paths.iter().any(|p| p.peer == peer) {
+                continue;
+            }
+            let before = Rib::ecmp_of(&self.config, &self.peers, &entry.paths);
+            entry
+                .paths
+                .sort_by(|a, b| compare(&self.config, &self.peers, a, b));
+            let after = Rib::ecmp_of(&self.config, &self.peers, &entry.paths);
+            if before != after {
+                changes.push(BestChange {
+                    prefix: *prefix,
+                    paths: after,
+                });
+            }
+        }
+        changes
+    }
+
+    /// Forgets a peer and its paths.
+    pub fn remove_peer(&mut self, peer: PeerId) -> Vec<BestChange> {
+        let changes = self.peer_down(peer, false);
+        self.peers.remove(&peer);
+        changes
+    }
+
+    /// Prefixes in the table.
+    pub fn len(&self) -> usize {
+        self.table.len()
+    }
+
+    /// Whether the table is empty.
+    pub fn is_empty(&self) -> bool {
+        self.table.is_empty()
+    }
+
+    /// Distinct attribute sets in use.
+    pub fn attribute_sets(&self) -> usize {
+        self.interner.set.len()
+    }
+
+    /// Every path of a prefix, best first.
+    pub fn paths(&self, prefix: &IpNet) -> &[Path] {
+        self.table.get(prefix).map_or(&[], |e| &e.paths)
+    }
+
+    /// Every prefix with its paths, best first (unordered across prefixes).
+    pub fn iter(&self) -> impl Iterator<Item = (&IpNet, &[Path])> {
+        self.table
+            .iter()
+            .map(|(prefix, entry)| (prefix, entry.paths.as_slice()))
+    }
+
+    /// The ECMP set of a prefix, best first.
+    pub fn best(&self, prefix: &IpNet) -> Vec<Path> {
+        self.table
+            .get(prefix)
+            .map_or_else(Vec::new, |entry| self.ecmp_set(&entry.paths))
+    }
+
+    /// Checks the loop rules for a path from `peer` (RFC 4271 §9.1.2, RFC 4456 §8).
+    pub fn check_import(&self, attributes: &PathAttributes) -> Result<(), RejectReason> {
+        if attributes
+            .as_path
+            .as_ref()
+            .is_some_and(|p| p.asns().any(|asn| asn == self.config.local_as))
+        {
+            return Err(RejectReason::AsPathLoop);
+        }
+        if attributes.originator_id == Some(self.config.router_id) {
+            return Err(RejectReason::OriginatorLoop);
+        }
+        if attributes.cluster_list.contains(&self.config.cluster_id) {
+            return Err(RejectReason::ClusterLoop);
+        }
+        Ok(())
+    }
+
+    /// Applies what `peer` announced and withdrew. Announced paths that fail the loop checks
+    /// are treated as withdrawn. Returns the prefixes whose ECMP set changed.
+    pub fn update(
+        &mut self,
+        peer: PeerId,
+        announced: &[(IpNet, u32)],
+        next_hop: IpAddr,
+        attributes: PathAttributes,
+        withdrawn: &[(IpNet, u32)],
+    ) -> Vec<BestChange> {
+        let mut changes = Vec::new();
+        for (prefix, path_id) in withdrawn {
+            self.remove_path(*prefix, peer, *path_id, &mut changes);
+        }
+        if announced.is_empty() {
+            return changes;
+        }
+        let mut attributes = attributes;
+        attributes.next_hop = None;
+        attributes.mp_reach = None;
+        attributes.mp_unreach = None;
+        if self.peers.get(&peer).is_some_and(|p| !p.ibgp) {
+            // RFC 4271 §5.1.5: LOCAL_PREF from an external peer is ignored.
+            attributes.local_pref = None;
+        }
+        if self.check_import(&attributes).is_err() {
+            for (prefix, path_id) in announced {
+                self.remove_path(*prefix, peer, *path_id, &mut changes);
+            }
+            return changes;
+        }
+        let attributes = self.interner.intern(attributes);
+        for (prefix, path_id) in announced {
+            let path = Path {
+                peer,
+                path_id: *path_id,
+                next_hop,
+                attributes: attributes.clone(),
+                stale: false,
+            };
+            self.insert_path(prefix.trunc(), path, &mut changes);
+        }
+        self.maybe_collect(announced.len());
+        changes
+    }
+
+    /// Originates a prefix from this speaker (next hop: ourselves, i.e. unspecified).
+    pub fn originate(&mut self, prefix: IpNet, mut attributes: PathAttributes) -> Vec<BestChange> {
+        attributes.origin.get_or_insert(Origin::Igp);
+        attributes.as_path.get_or_insert_with(Default::default);
+        let next_hop = if prefix.addr().is_ipv4() {
+            IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+        } else {
+            IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)
+        };
+        self.update(PeerId::LOCAL, &[(prefix, 0)], next_hop, attributes, &[])
+    }
+
+    /// Stops originating a prefix.
+    pub fn withdraw_local(&mut self, prefix: IpNet) -> Vec<BestChange> {
+        self.update(
+            PeerId::LOCAL,
+            &[],
+            IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            PathAttributes::default(),
+            &[(prefix, 0)],
+        )
+    }
+
+    /// The peer's session went down: its paths are removed, or with `keep_stale` (graceful
+    /// restart helper) kept and marked stale.
+    pub fn peer_down(&mut self, peer: PeerId, keep_stale: bool) -> Vec<BestChange> {
+        let prefixes: Vec<IpNet> = self
+            .table
+            .iter()
+            .filter(|(_, e)| e.paths.iter().any(|p| p.peer == peer))
+            .map(|(p, _)| *p)
+            .collect();
+        let mut changes = Vec::new();
+        for prefix in prefixes {
+            if keep_stale {
+                if let Some(entry) = self.table.get_mut(&prefix) {
+                    entry
+                        .paths
+                        .iter_mut()
+                        .filter(|p| p.peer == peer)
+                        .for_each(|p| p.stale = true);
+                }
+            } else {
+                let ids: Vec<u32> = self
+                    .paths(&prefix)
+                    .iter()
+                    .filter(|p| p.peer == peer)
+                    .map(|p| p.path_id)
+                    .collect();
+                for path_id in ids {
+                    self.remove_path(prefix, peer, path_id, &mut changes);
+                }
+            }
+        }
+        changes
+    }
+
+    /// Removes the peer's paths still stale (End-of-RIB for a family, or restart timer):
+    /// IPv4 prefixes when `ipv4`, IPv6 ones otherwise.
+    pub fn sweep_stale(&mut self, peer: PeerId, ipv4: bool) -> Vec<BestChange> {
+        let stale: Vec<(IpNet, u32)> = self
+            .table
+            .iter()
+            .filter(|(prefix, _)| prefix.addr().is_ipv4() == ipv4)
+            .flat_map(|(prefix, e)| {
+                e.paths
+                    .iter()
+                    .filter(|p| p.peer == peer && p.stale)
+                    .map(|p| (*prefix, p.path_id))
+            })
+            .collect();
+        let mut changes = Vec::new();
+        for (prefix, path_id) in stale {
+            self.remove_path(prefix, peer, path_id, &mut changes);
+        }
+        changes
+    }
+
+    fn maybe_collect(&mut self, writes: usize) {
+        self.churn += writes;
+        if self.churn > 100_000 {
+            self.interner.collect();
+            self.churn = 0;
+        }
+    }
+
+    fn insert_path(&mut self, prefix: IpNet, path: Path, changes: &mut Vec<BestChange>) {
+        let entry = self.table.entry(prefix).or_default();
+        let before = Rib::ecmp_of(&self.config, &self.peers, &entry.paths);
+        entry
+            .paths
+            .retain(|p| !(p.peer == path.peer && p.path_id == path.path_id));
+        let position = entry
+            .paths
+            .iter()
+            .position(|existing| {
+                compare(&self.config, &self.peers, &path, existing) == Ordering::Less
+            })
+            .unwrap_or(entry.paths.len());
+        entry.paths.insert(position, path);
+        let after = Rib::ecmp_of(&self.config, &self.peers, &entry.paths);
+        if before != after {
+            changes.push(BestChange {
+                prefix,
+                paths: after,
+            });
+        }
+    }
+
+    fn remove_path(
+        &mut self,
+        prefix: IpNet,
+        peer: PeerId,
+        path_id: u32,
+        changes: &mut Vec<BestChange>,
+    ) {
+        let prefix = prefix.trunc();
+        let Some(entry) = self.table.get_mut(&prefix) else {
+            return;
+        };
+        let before = Rib::ecmp_of(&self.config, &self.peers, &entry.paths);
+        let count = entry.paths.len();
+        entry
+            .paths
+            .retain(|p| !(p.peer == peer && p.path_id == path_id));
+        if entry.paths.len() == count {
+            return;
+        }
+        let after = Rib::ecmp_of(&self.config, &self.peers, &entry.paths);
+        if entry.paths.is_empty() {
+            self.table.remove(&prefix);
+        }
+        if before != after {
+            changes.push(BestChange {
+                prefix,
+                paths: after,
+            });
+        }
+    }
+
+    fn ecmp_set(&self, paths: &[Path]) -> Vec<Path> {
+        Rib::ecmp_of(&self.config, &self.peers, paths)
+    }
+
+    /// The best path and those that tie with it up to the multipath point, at most
+    /// `max_paths`.
+    fn ecmp_of(config: &RibConfig, peers: &HashMap<PeerId, PeerInfo>, paths: &[Path]) -> Vec<Path> {
+        let Some(best) = paths.first() else {
+            return Vec::new();
+        };
+        let mut set = vec![best.clone()];
+        for path in &paths[1..] {
+            if set.len() >= config.max_paths.max(1)
+                || compare_multipath(peers, best, path) != Ordering::Equal
+            {
+                break;
+            }
+            // Equal paths through a next hop already in the set add nothing to forwarding.
+            if set.iter().all(|p| p.next_hop != path.next_hop) {
+                set.push(path.clone());
+            }
+        }
+        set
+    }
+
+    /// What to advertise to peer `to` for a path: `None` when the rules forbid it, else the
+    /// attributes and next hop to send. Next hop `None` means "our session address".
+    pub fn export(&self, to: PeerId, path: &Path) -> Option<(Option<IpAddr>, PathAttributes)> {
+        let target = self.peers.get(&to)?;
+        if path.peer == to {
+            return None; // Never back to where it came from.
+        }
+        let attributes = &path.attributes;
+        if attributes.communities.contains(&community::NO_ADVERTISE) {
+            return None;
+        }
+        let source = self.peers.get(&path.peer);
+        let source_ibgp = source.is_some_and(|s| s.ibgp);
+        let source_client = source.is_some_and(|s| s.rr_client);
+        let mut out = (**attributes).clone();
+        if target.ibgp {
+            if source_ibgp && !source_client && !target.rr_client {
+                return None; // iBGP split horizon; a reflector reflects only to or from clients.
+            }
+            if source_ibgp {
+                // Reflecting (RFC 4456 §8).
+                out.originator_id
+                    .get_or_insert(source.map_or(self.config.router_id, |s| s.router_id));
+                out.cluster_list.insert(0, self.config.cluster_id);
+            }
+            out.local_pref.get_or_insert(DEFAULT_LOCAL_PREF);
+            let next_hop = if target.next_hop_self || path.peer == PeerId::LOCAL {
+                None
+            } else {
+                Some(path.next_hop)
+            };
+            return Some((next_hop, out));
+        }
+        if attributes.communities.contains(&community::NO_EXPORT)
+            || attributes
+                .communities
+                .contains(&community::NO_EXPORT_SUBCONFED)
+        {
+            return None;
+        }
+        let mut as_path = out.as_path.take().unwrap_or_default();
+        as_path.prepend(self.config.local_as);
+        out.as_path = Some(as_path);
+        out.local_pref = None;
+        out.originator_id = None;
+        out.cluster_list.clear();
+        if source.is_some_and(|s| !s.ibgp) {
+            out.med = None; // RFC 4271 §5.1.4: a MED from one AS is not passed to another.
+        }
+        Some((None, out))
+    }
+}
+
+fn local_pref(path: &Path) -> u32 {
+    path.attributes.local_pref.unwrap_or(DEFAULT_LOCAL_PREF)
+}
+
+fn as_path_len(path: &Path) -> usize {
+    path.attributes.as_path.as_ref().map_or(0, |p| p.len())
+}
+
+fn origin_rank(path: &Path) -> u8 {
+    match path.attributes.origin {
+        Some(Origin::Igp) => 0,
+        Some(Origin::Egp) => 1,
+        _ => 2,
+    }
+}
+
+fn neighbor_as(path: &Path) -> Option<u32> {
+    path.attributes.as_path.as_ref().and_then(|p| p.first_as())
+}
+
+fn is_ebgp(peers: &HashMap<PeerId, PeerInfo>, path: &Path) -> bool {
+    peers.get(&path.peer).is_some_and(|p| !p.ibgp)
+}
+
+/// Compares up to the multipath point: LOCAL_PREF, AS_PATH length, ORIGIN, MED (same
+/// neighbouring AS), eBGP over iBGP.
+fn compare_multipath(peers: &HashMap<PeerId, PeerInfo>, a: &Path, b: &Path) -> Ordering {
+    // Our own originations first, then the steps of RFC 4271 §9.1.2.2.
+    (b.peer == PeerId::LOCAL)
+        .cmp(&(a.peer == PeerId::LOCAL))
+        .then_with(|| (a.stale).cmp(&b.stale))
+        .then_with(|| local_pref(b).cmp(&local_pref(a)))
+        .then_with(|| as_path_len(a).cmp(&as_path_len(b)))
+        .then_with(|| origin_rank(a).cmp(&origin_rank(b)))
+        .then_with(|| {
+            if neighbor_as(a) == neighbor_as(b) {
+                a.attributes
+                    .med
+                    .unwrap_or(0)
+                    .cmp(&b.attributes.med.unwrap_or(0))
+            } else {
+                Ordering::Equal
+            }
+        })
+        .then_with(|| is_ebgp(peers, b).cmp(&is_ebgp(peers, a)))
+}
+
+/// The full decision process: the multipath steps, then lowest router ID (ORIGINATOR_ID when
+/// present), shortest CLUSTER_LIST, lowest peer address, lowest path ID.
+pub fn compare(
+    config: &RibConfig,
+    peers: &HashMap<PeerId, PeerInfo>,
+    a: &Path,
+    b: &Path,
+) -> Ordering {
+    let router_id = |path: &Path| {
+        path.attributes.originator_id.unwrap_or_else(|| {
+            peers
+                .get(&path.peer)
+                .map_or(config.router_id, |p| p.router_id)
+        })
+    };
+    let address = |path: &Path| peers.get(&path.peer).map(|p| p.address);
+    compare_multipath(peers, a, b)
+        .then_with(|| router_id(a).cmp(&router_id(b)))
+        .then_with(|| {
+            a.attributes
+                .cluster_list
+                .len()
+                .cmp(&b.attributes.cluster_list.len())
+        })
+        .then_with(|| address(a).cmp(&address(b)))
+        .then_with(|| a.path_id.cmp(&b.path_id))
+}
