@@ -9,5 +9,6 @@
 //!   to come.
 
 pub mod fsm;
+pub mod policy;
 pub mod rib;
 pub mod wire;
