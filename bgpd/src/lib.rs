@@ -11,4 +11,5 @@
 pub mod fsm;
 pub mod policy;
 pub mod rib;
+pub mod speaker;
 pub mod wire;

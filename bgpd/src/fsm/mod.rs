@@ -287,6 +287,11 @@ impl Session {
             .filter(|_| self.state == State::Established)
     }
 
+    /// The peer's BGP identifier, once its OPEN has been accepted (OpenConfirm on).
+    pub fn remote_id(&self) -> Option<Ipv4Addr> {
+        self.negotiated.as_ref().map(|n| n.remote_id)
+    }
+
     /// The codec context in force (negotiated once OPENs are exchanged).
     pub fn context(&self) -> &Context {
         &self.context

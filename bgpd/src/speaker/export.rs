@@ -1,0 +1,357 @@
+//! The speaker's route flow: UPDATEs in through import policy to the RIB, and RIB changes out
+//! through the export rules and policy to every peer's Adj-RIB-Out, packed into UPDATEs.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::BytesMut;
+use ipnet::IpNet;
+
+use super::{Action, Speaker};
+use crate::fsm::State;
+use crate::policy::Filter;
+use crate::rib::{BestChange, PeerId};
+use crate::wire::attribute::{MpReach, MpUnreach, PathAttributes};
+use crate::wire::{Context, Family, Nlri, UpdateMsg};
+
+/// Paths per prefix announced with add-path.
+const ADD_PATH_LIMIT: usize = 8;
+
+fn family_of(prefix: &IpNet) -> Family {
+    if prefix.addr().is_ipv4() {
+        Family::Ipv4Unicast
+    } else {
+        Family::Ipv6Unicast
+    }
+}
+
+/// The path identifier we announce for a path under add-path: stable per source.
+fn path_id_for(peer: PeerId, path_id: u32) -> u32 {
+    (peer.0 << 16) ^ path_id ^ 1
+}
+
+/// Our next hop for a family, from our address on the session: an IPv4 session announces
+/// IPv6 routes with the IPv4-mapped address, as FRR does.
+fn self_next_hop(local: IpAddr, family: Family) -> Option<IpAddr> {
+    match (local, family) {
+        (IpAddr::V4(_), Family::Ipv4Unicast) | (IpAddr::V6(_), Family::Ipv6Unicast) => Some(local),
+        (IpAddr::V4(v4), Family::Ipv6Unicast) => Some(IpAddr::V6(v4.to_ipv6_mapped())),
+        _ => None,
+    }
+}
+
+/// The announcements and withdrawals for one peer, grouped for packing.
+#[derive(Default)]
+struct Outbox {
+    announce: HashMap<(IpAddr, Arc<PathAttributes>), Vec<Nlri>>,
+    withdraw: HashMap<Family, Vec<Nlri>>,
+}
+
+impl Speaker {
+    pub(super) fn on_update(&mut self, now: Instant, address: IpAddr, update: UpdateMsg) {
+        let Some(peer) = self.peers.get_mut(&address) else {
+            return;
+        };
+        if let Some(family) = update.end_of_rib() {
+            if peer.restart_deadline.is_some() {
+                self.sweep_stale(now, address, Some(family));
+            }
+            return;
+        }
+        let id = peer.id;
+        // RFC 7606 treat-as-withdraw: what the UPDATE announces is withdrawn instead.
+        let treat_as_withdraw = update.treat_as_withdraw();
+        let mut withdrawn: Vec<(IpNet, u32)> = update
+            .withdrawn
+            .iter()
+            .map(|n| (n.prefix, n.path_id.unwrap_or(0)))
+            .collect();
+        let mut attributes = update.attributes;
+        if let Some(unreach) = attributes.mp_unreach.take() {
+            withdrawn.extend(
+                unreach
+                    .withdrawn
+                    .iter()
+                    .map(|n| (n.prefix, n.path_id.unwrap_or(0))),
+            );
+        }
+        let mut announced: Vec<(IpAddr, Vec<Nlri>)> = Vec::new();
+        if let Some(next_hop) = attributes.next_hop {
+            announced.push((IpAddr::V4(next_hop), update.nlri));
+        } else if !update.nlri.is_empty() {
+            withdrawn.extend(
+                update
+                    .nlri
+                    .iter()
+                    .map(|n| (n.prefix, n.path_id.unwrap_or(0))),
+            );
+        }
+        if let Some(reach) = attributes.mp_reach.take() {
+            match reach.next_hops.first() {
+                Some(next_hop) => announced.push((*next_hop, reach.nlri)),
+                None => withdrawn.extend(
+                    reach
+                        .nlri
+                        .iter()
+                        .map(|n| (n.prefix, n.path_id.unwrap_or(0))),
+                ),
+            }
+        }
+        if treat_as_withdraw {
+            for (_, nlri) in announced.drain(..) {
+                withdrawn.extend(nlri.iter().map(|n| (n.prefix, n.path_id.unwrap_or(0))));
+            }
+        }
+        let mut changes = Vec::new();
+        let mut touched: Vec<IpNet> = withdrawn.iter().map(|(p, _)| *p).collect();
+        for key in &withdrawn {
+            peer.rejected.remove(key);
+        }
+        changes.extend(self.rib.update(
+            id,
+            &[],
+            IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+            PathAttributes::default(),
+            &withdrawn,
+        ));
+        let import = peer.config.import.clone();
+        for (next_hop, nlri) in announced {
+            touched.extend(nlri.iter().map(|n| n.prefix));
+            if import.is_empty() {
+                let keys: Vec<(IpNet, u32)> = nlri
+                    .iter()
+                    .map(|n| (n.prefix, n.path_id.unwrap_or(0)))
+                    .collect();
+                changes.extend(
+                    self.rib
+                        .update(id, &keys, next_hop, attributes.clone(), &[]),
+                );
+                continue;
+            }
+            for n in nlri {
+                let key = (n.prefix, n.path_id.unwrap_or(0));
+                let mut filtered = attributes.clone();
+                let peer = self.peers.get_mut(&address).expect("present above");
+                if Filter::apply_all(&import, &n.prefix, &mut filtered) {
+                    peer.rejected.remove(&key);
+                    changes.extend(self.rib.update(id, &[key], next_hop, filtered, &[]));
+                } else {
+                    peer.rejected.insert(key);
+                    changes.extend(self.rib.update(
+                        id,
+                        &[],
+                        next_hop,
+                        PathAttributes::default(),
+                        &[key],
+                    ));
+                }
+            }
+        }
+        self.after_rib_change(now, Some(address), changes, &touched);
+    }
+
+    /// Programs the kernel and tells every other established peer.
+    pub(super) fn after_rib_change(
+        &mut self,
+        now: Instant,
+        source: Option<IpAddr>,
+        changes: Vec<BestChange>,
+        touched: &[IpNet],
+    ) {
+        self.emit_routes(changes);
+        if touched.is_empty() {
+            return;
+        }
+        let targets: Vec<IpAddr> = self
+            .peers
+            .iter()
+            .filter(|(address, peer)| Some(**address) != source || peer.config.session.is_ibgp())
+            .filter(|(_, peer)| peer.session.state() == State::Established)
+            .map(|(address, _)| *address)
+            .collect();
+        for address in targets {
+            self.export_to(now, address, touched, false);
+        }
+    }
+
+    /// Route changes for the kernel: our own originations are not installed.
+    pub(super) fn emit_routes(&mut self, changes: Vec<BestChange>) {
+        for mut change in changes {
+            if change
+                .paths
+                .first()
+                .is_some_and(|p| p.peer == PeerId::LOCAL)
+            {
+                change.paths.clear();
+            }
+            change.paths.retain(|p| p.peer != PeerId::LOCAL);
+            self.actions.push_back(Action::Route(change));
+        }
+    }
+
+    /// Sends a peer the table again: everything of `family` (or every family), re-sending what
+    /// it already has (route refresh) and fixing what policy now decides differently.
+    pub(super) fn readvertise(&mut self, now: Instant, address: IpAddr, family: Option<Family>) {
+        let mut prefixes: Vec<IpNet> = self.rib.iter().map(|(p, _)| *p).collect();
+        if let Some(peer) = self.peers.get(&address) {
+            prefixes.extend(peer.adj_out.keys().map(|(p, _)| *p));
+        }
+        prefixes.retain(|p| family.is_none_or(|f| f == family_of(p)));
+        prefixes.sort();
+        prefixes.dedup();
+        self.export_to(now, address, &prefixes, family.is_some());
+    }
+
+    /// Brings the peer's Adj-RIB-Out for `prefixes` in line with the RIB; `force` re-sends
+    /// announcements that did not change.
+    fn export_to(&mut self, now: Instant, address: IpAddr, prefixes: &[IpNet], force: bool) {
+        let Some(peer) = self.peers.get(&address) else {
+            return;
+        };
+        let Some(negotiated) = peer.session.negotiated() else {
+            return;
+        };
+        let (families, context) = (negotiated.families.clone(), negotiated.context.clone());
+        let (id, local, export) = (peer.id, peer.local_address, peer.config.export.clone());
+        let mut outbox = Outbox::default();
+        let mut shared: HashMap<PathAttributes, Arc<PathAttributes>> = HashMap::new();
+        let mut adj_updates = Vec::new();
+        for prefix in prefixes {
+            let family = family_of(prefix);
+            if !families.contains(&family) {
+                continue;
+            }
+            let add_path = context.add_path_send.contains(&family);
+            let paths = self.rib.paths(prefix);
+            let chosen = if add_path {
+                &paths[..paths.len().min(ADD_PATH_LIMIT)]
+            } else {
+                &paths[..paths.len().min(1)]
+            };
+            let mut desired = Vec::new();
+            for path in chosen {
+                let Some((next_hop, mut attributes)) = self.rib.export(id, path) else {
+                    continue;
+                };
+                if !Filter::apply_all(&export, prefix, &mut attributes) {
+                    continue;
+                }
+                let Some(next_hop) =
+                    next_hop.or_else(|| local.and_then(|l| self_next_hop(l, family)))
+                else {
+                    continue;
+                };
+                let path_id = if add_path {
+                    path_id_for(path.peer, path.path_id)
+                } else {
+                    0
+                };
+                let attributes = shared
+                    .entry(attributes.clone())
+                    .or_insert_with(|| Arc::new(attributes))
+                    .clone();
+                desired.push((path_id, next_hop, attributes));
+            }
+            let peer = self.peers.get(&address).expect("present above");
+            let current: Vec<(u32, IpAddr, Arc<PathAttributes>)> = peer
+                .adj_out
+                .range((*prefix, 0)..=(*prefix, u32::MAX))
+                .map(|((_, pid), (nh, a))| (*pid, *nh, a.clone()))
+                .collect();
+            for (path_id, next_hop, attributes) in &desired {
+                let unchanged = current
+                    .iter()
+                    .any(|(p, nh, a)| p == path_id && nh == next_hop && a == attributes);
+                if force || !unchanged {
+                    let nlri = Nlri {
+                        path_id: add_path.then_some(*path_id),
+                        prefix: *prefix,
+                    };
+                    outbox
+                        .announce
+                        .entry((*next_hop, attributes.clone()))
+                        .or_default()
+                        .push(nlri);
+                    adj_updates.push(((*prefix, *path_id), Some((*next_hop, attributes.clone()))));
+                }
+            }
+            for (path_id, _, _) in current
+                .iter()
+                .filter(|(p, _, _)| !desired.iter().any(|(d, _, _)| d == p))
+            {
+                let nlri = Nlri {
+                    path_id: add_path.then_some(*path_id),
+                    prefix: *prefix,
+                };
+                outbox.withdraw.entry(family).or_default().push(nlri);
+                adj_updates.push(((*prefix, *path_id), None));
+            }
+        }
+        let peer = self.peers.get_mut(&address).expect("present above");
+        for (key, value) in adj_updates {
+            match value {
+                Some(entry) => peer.adj_out.insert(key, entry),
+                None => peer.adj_out.remove(&key),
+            };
+        }
+        for update in pack(outbox, &context) {
+            if peer.session.send_update(now, update) {
+                peer.updates_out += 1;
+            }
+        }
+    }
+}
+
+/// Packs announcements and withdrawals into UPDATEs that fit the message size.
+fn pack(outbox: Outbox, context: &Context) -> Vec<UpdateMsg> {
+    let mut updates = Vec::new();
+    let budget = context.max_message_len() - 19 - 4 - 64;
+    for (family, nlri) in outbox.withdraw {
+        let per_prefix = if family == Family::Ipv4Unicast { 9 } else { 21 };
+        for chunk in nlri.chunks((budget / per_prefix).max(1)) {
+            let mut update = UpdateMsg::default();
+            if family == Family::Ipv4Unicast {
+                update.withdrawn = chunk.to_vec();
+            } else {
+                update.attributes.mp_unreach = Some(MpUnreach {
+                    family,
+                    withdrawn: chunk.to_vec(),
+                });
+            }
+            updates.push(update);
+        }
+    }
+    for ((next_hop, attributes), nlri) in outbox.announce {
+        let mut encoded = BytesMut::new();
+        attributes.encode(&mut encoded, context);
+        let room = budget.saturating_sub(encoded.len() + 40).max(64);
+        let family = family_of(&nlri[0].prefix);
+        let per_prefix = if family == Family::Ipv4Unicast { 9 } else { 21 };
+        for chunk in nlri.chunks((room / per_prefix).max(1)) {
+            let mut attrs = (*attributes).clone();
+            let mut update = UpdateMsg::default();
+            match (family, next_hop) {
+                (Family::Ipv4Unicast, IpAddr::V4(v4)) => {
+                    attrs.next_hop = Some(v4);
+                    update.nlri = chunk.to_vec();
+                }
+                _ => {
+                    let next_hop = match next_hop {
+                        IpAddr::V4(v4) => IpAddr::V6(v4.to_ipv6_mapped()),
+                        v6 => v6,
+                    };
+                    attrs.mp_reach = Some(MpReach {
+                        family,
+                        next_hops: vec![next_hop],
+                        nlri: chunk.to_vec(),
+                    });
+                }
+            }
+            update.attributes = attrs;
+            updates.push(update);
+        }
+    }
+    updates
+}

@@ -1,0 +1,680 @@
+//! The speaker: sessions, RIB and policy composed into the one sans-IO object a daemon drives.
+//!
+//! The driver owns sockets and the clock. It tells the speaker about connections
+//! ([`Speaker::handle_connected`], [`Speaker::handle_closed`]), bytes
+//! ([`Speaker::handle_bytes`]) and time ([`Speaker::handle_timeout`]), and carries out
+//! [`Action`]s from [`Speaker::poll_action`]: connect, send, close, and route changes for the
+//! kernel. Each connection has a driver-chosen [`ConnectionId`]; during a collision (RFC 4271
+//! §6.8) a neighbour has two, and the speaker keeps the one the BGP identifiers choose.
+
+mod export;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use ipnet::IpNet;
+
+use crate::fsm::{self, DownReason, Input, Output, Session, State};
+use crate::policy::Filter;
+use crate::rib::{BestChange, PeerId, PeerInfo, Rib, RibConfig};
+use crate::wire::attribute::PathAttributes;
+use crate::wire::{ErrorCode, Family, NotificationMsg, UpdateMsg};
+
+/// A connection, as numbered by the driver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnectionId(pub u64);
+
+/// One neighbour's configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NeighborConfig {
+    /// The neighbour's address.
+    pub address: IpAddr,
+    /// Session parameters (AS numbers, timers, capabilities, passive).
+    pub session: fsm::Config,
+    /// A route reflector client of ours.
+    pub rr_client: bool,
+    /// Announce ourselves as next hop also to iBGP peers.
+    pub next_hop_self: bool,
+    /// Import filters, in order.
+    pub import: Vec<Filter>,
+    /// Export filters, in order.
+    pub export: Vec<Filter>,
+}
+
+/// Speaker-wide configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SpeakerConfig {
+    /// Our AS.
+    pub local_as: u32,
+    /// Our BGP identifier.
+    pub router_id: Ipv4Addr,
+    /// Route reflector cluster ID (default: the router ID).
+    pub cluster_id: Option<Ipv4Addr>,
+    /// Paths per prefix installed for ECMP.
+    pub max_paths: usize,
+}
+
+/// What the speaker asks of its driver.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Open a TCP connection to this neighbour and report it with `handle_connected`.
+    Connect(IpAddr),
+    /// Write bytes to a connection.
+    Send(ConnectionId, Bytes),
+    /// Close a connection.
+    Close(ConnectionId),
+    /// The ECMP set of a prefix changed: program the kernel.
+    Route(BestChange),
+    /// A session came up.
+    PeerUp(IpAddr),
+    /// A session went down.
+    PeerDown(IpAddr, String),
+}
+
+/// What `twillctl bgp peers` shows for one neighbour.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerStatus {
+    /// The neighbour's address.
+    pub address: IpAddr,
+    /// Its AS.
+    pub remote_as: u32,
+    /// RFC 4271 state name.
+    pub state: &'static str,
+    /// Seconds since Established (0 when not).
+    pub uptime_s: u64,
+    /// Prefixes the neighbour announces (before import policy).
+    pub received: usize,
+    /// Prefixes accepted by import policy.
+    pub accepted: usize,
+    /// Prefixes we announce to it.
+    pub advertised: usize,
+    /// The last error.
+    pub last_error: Option<String>,
+    /// UPDATE messages received.
+    pub updates_in: u64,
+    /// UPDATE messages sent.
+    pub updates_out: u64,
+}
+
+/// A neighbour's live state.
+#[derive(Debug)]
+struct Peer {
+    id: PeerId,
+    config: NeighborConfig,
+    session: Session,
+    /// The connection the session runs on.
+    connection: Option<ConnectionId>,
+    /// Our address on that connection.
+    local_address: Option<IpAddr>,
+    /// A second, incoming connection during a collision, with its own session.
+    contender: Option<(ConnectionId, IpAddr, Session)>,
+    /// What we announced: (prefix, path id) → (next hop, attributes).
+    adj_out: BTreeMap<(IpNet, u32), (IpAddr, Arc<PathAttributes>)>,
+    /// Announced prefixes that import policy rejected (received = accepted + these).
+    rejected: HashSet<(IpNet, u32)>,
+    established_at: Option<Instant>,
+    /// Stale paths are dropped at this instant (graceful restart helper).
+    restart_deadline: Option<Instant>,
+    /// The restart time the peer announced in its last session (RFC 4724), if any.
+    peer_restart_time: Option<u16>,
+    updates_in: u64,
+    updates_out: u64,
+}
+
+/// The sans-IO BGP speaker.
+#[derive(Debug)]
+pub struct Speaker {
+    config: SpeakerConfig,
+    rib: Rib,
+    peers: BTreeMap<IpAddr, Peer>,
+    originated: BTreeMap<IpNet, PathAttributes>,
+    actions: VecDeque<Action>,
+    next_peer_id: u32,
+}
+
+impl Speaker {
+    /// A speaker with no neighbours.
+    pub fn new(config: SpeakerConfig) -> Speaker {
+        let rib = Rib::new(RibConfig {
+            local_as: config.local_as,
+            router_id: config.router_id,
+            cluster_id: config.cluster_id.unwrap_or(config.router_id),
+            max_paths: config.max_paths.max(1),
+        });
+        Speaker {
+            config,
+            rib,
+            peers: BTreeMap::new(),
+            originated: BTreeMap::new(),
+            actions: VecDeque::new(),
+            next_peer_id: 1,
+        }
+    }
+
+    /// The RIB, for display.
+    pub fn rib(&self) -> &Rib {
+        &self.rib
+    }
+
+    /// The next action; call until `None` after every `handle_*`/`set_*` call.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// When [`Speaker::handle_timeout`] must be called next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.peers
+            .values()
+            .flat_map(|p| {
+                [
+                    p.session.poll_timeout(),
+                    p.contender.as_ref().and_then(|c| c.2.poll_timeout()),
+                    p.restart_deadline,
+                ]
+            })
+            .flatten()
+            .min()
+    }
+
+    /// Sets the neighbours: new ones start, missing ones stop (their routes go), changed ones
+    /// restart only when their session parameters changed. Others are not touched.
+    pub fn set_neighbors(&mut self, now: Instant, neighbors: Vec<NeighborConfig>) {
+        let wanted: BTreeMap<IpAddr, NeighborConfig> =
+            neighbors.into_iter().map(|n| (n.address, n)).collect();
+        let gone: Vec<IpAddr> = self
+            .peers
+            .keys()
+            .filter(|a| !wanted.contains_key(a))
+            .copied()
+            .collect();
+        for address in gone {
+            self.remove_peer(now, address);
+        }
+        for (address, config) in wanted {
+            match self.peers.get_mut(&address) {
+                Some(peer) if peer.config == config => {}
+                Some(peer)
+                    if peer.config.session == config.session
+                        && peer.config.address == config.address =>
+                {
+                    // Only filters or RR/next-hop roles changed: re-run policy, keep the session.
+                    peer.config = config;
+                    self.refresh_rib_info(address);
+                    self.readvertise(now, address, None);
+                }
+                Some(_) => {
+                    self.remove_peer(now, address);
+                    self.add_peer(now, config);
+                }
+                None => self.add_peer(now, config),
+            }
+        }
+        self.flush(now);
+    }
+
+    /// Sets the prefixes we originate, with their attributes (communities etc.).
+    pub fn set_originated(&mut self, now: Instant, originated: BTreeMap<IpNet, PathAttributes>) {
+        let mut touched = Vec::new();
+        let mut changes = Vec::new();
+        for prefix in self
+            .originated
+            .keys()
+            .filter(|p| !originated.contains_key(p))
+            .copied()
+            .collect::<Vec<_>>()
+        {
+            changes.extend(self.rib.withdraw_local(prefix));
+            touched.push(prefix);
+        }
+        for (prefix, attributes) in &originated {
+            if self.originated.get(prefix) != Some(attributes) {
+                changes.extend(self.rib.originate(*prefix, attributes.clone()));
+                touched.push(prefix.trunc());
+            }
+        }
+        self.originated = originated;
+        self.after_rib_change(now, None, changes, &touched);
+        self.flush(now);
+    }
+
+    /// Whether an incoming connection from `address` is wanted.
+    pub fn accepts(&self, address: &IpAddr) -> bool {
+        self.peers
+            .get(address)
+            .is_some_and(|p| p.contender.is_none() && p.session.state() != State::Established)
+    }
+
+    /// A connection is up: ours (`inbound` false) after [`Action::Connect`], or the peer's.
+    pub fn handle_connected(
+        &mut self,
+        now: Instant,
+        address: IpAddr,
+        connection: ConnectionId,
+        local: IpAddr,
+        inbound: bool,
+    ) {
+        let Some(peer) = self.peers.get_mut(&address) else {
+            self.actions.push_back(Action::Close(connection));
+            return;
+        };
+        match peer.session.state() {
+            State::Connect | State::Active => {
+                if let Some(old) = peer.connection.replace(connection) {
+                    if old != connection {
+                        self.actions.push_back(Action::Close(old));
+                    }
+                }
+                peer.local_address = Some(local);
+                peer.session.handle_input(now, Input::TcpConnected);
+            }
+            State::OpenSent | State::OpenConfirm if inbound && peer.contender.is_none() => {
+                // A collision: run the incoming connection alongside until an OPEN tells.
+                let mut contender = Session::new(peer.config.session.clone());
+                contender.handle_input(now, Input::ManualStart);
+                contender.handle_input(now, Input::TcpConnected);
+                peer.contender = Some((connection, local, contender));
+            }
+            _ => self.actions.push_back(Action::Close(connection)),
+        }
+        self.flush(now);
+    }
+
+    /// A connection failed, or closed.
+    pub fn handle_closed(&mut self, now: Instant, address: IpAddr, connection: ConnectionId) {
+        let Some(peer) = self.peers.get_mut(&address) else {
+            return;
+        };
+        if peer.contender.as_ref().is_some_and(|c| c.0 == connection) {
+            peer.contender = None;
+        } else if peer.connection == Some(connection) || peer.connection.is_none() {
+            peer.connection = None;
+            peer.session.handle_input(now, Input::TcpFailed);
+        }
+        self.flush(now);
+    }
+
+    /// Bytes arrived on a connection.
+    pub fn handle_bytes(
+        &mut self,
+        now: Instant,
+        address: IpAddr,
+        connection: ConnectionId,
+        bytes: &[u8],
+    ) {
+        let Some(peer) = self.peers.get_mut(&address) else {
+            return;
+        };
+        if let Some((_, _, contender)) = peer.contender.as_mut().filter(|c| c.0 == connection) {
+            contender.handle_input(now, Input::Bytes(bytes));
+        } else if peer.connection == Some(connection) {
+            peer.session.handle_input(now, Input::Bytes(bytes));
+        }
+        self.resolve_collision(address);
+        self.flush(now);
+    }
+
+    /// Fires due timers.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let mut expired = Vec::new();
+        for (address, peer) in &mut self.peers {
+            peer.session.handle_timeout(now);
+            if let Some((_, _, contender)) = peer.contender.as_mut() {
+                contender.handle_timeout(now);
+            }
+            if peer.restart_deadline.is_some_and(|d| d <= now) {
+                peer.restart_deadline = None;
+                expired.push(*address);
+            }
+        }
+        for address in expired {
+            self.sweep_stale(now, address, None);
+        }
+        self.flush(now);
+    }
+
+    /// Asks a neighbour to send its routes again (soft reset in).
+    pub fn request_refresh(&mut self, now: Instant, address: IpAddr) -> bool {
+        let Some(peer) = self.peers.get_mut(&address) else {
+            return false;
+        };
+        let families = peer
+            .session
+            .negotiated()
+            .map(|n| n.families.clone())
+            .unwrap_or_default();
+        let asked =
+            families.iter().all(|f| peer.session.send_route_refresh(*f)) && !families.is_empty();
+        self.flush(now);
+        asked
+    }
+
+    /// Status of every neighbour.
+    pub fn peers_status(&self, now: Instant) -> Vec<PeerStatus> {
+        self.peers
+            .values()
+            .map(|peer| {
+                let accepted = self
+                    .rib
+                    .iter()
+                    .map(|(_, paths)| paths.iter().filter(|p| p.peer == peer.id).count())
+                    .sum::<usize>();
+                PeerStatus {
+                    address: peer.config.address,
+                    remote_as: peer.config.session.remote_as,
+                    state: peer.session.state().name(),
+                    uptime_s: peer
+                        .established_at
+                        .map_or(0, |t| now.saturating_duration_since(t).as_secs()),
+                    received: accepted + peer.rejected.len(),
+                    accepted,
+                    advertised: peer.adj_out.len(),
+                    last_error: peer.session.last_error().map(str::to_string),
+                    updates_in: peer.updates_in,
+                    updates_out: peer.updates_out,
+                }
+            })
+            .collect()
+    }
+
+    /// The address of the peer that sent a path (`None` for our own).
+    pub fn peer_address(&self, id: PeerId) -> Option<IpAddr> {
+        self.peers
+            .values()
+            .find(|p| p.id == id)
+            .map(|p| p.config.address)
+    }
+
+    fn add_peer(&mut self, now: Instant, config: NeighborConfig) {
+        let id = PeerId(self.next_peer_id);
+        self.next_peer_id += 1;
+        let mut session = Session::new(config.session.clone());
+        session.handle_input(now, Input::ManualStart);
+        let address = config.address;
+        self.peers.insert(
+            address,
+            Peer {
+                id,
+                config,
+                session,
+                connection: None,
+                local_address: None,
+                contender: None,
+                adj_out: BTreeMap::new(),
+                rejected: HashSet::new(),
+                established_at: None,
+                restart_deadline: None,
+                peer_restart_time: None,
+                updates_in: 0,
+                updates_out: 0,
+            },
+        );
+        self.refresh_rib_info(address);
+    }
+
+    fn remove_peer(&mut self, now: Instant, address: IpAddr) {
+        let Some(mut peer) = self.peers.remove(&address) else {
+            return;
+        };
+        peer.session.handle_input(now, Input::ManualStop);
+        while let Some(output) = peer.session.poll_output() {
+            match output {
+                Output::Send(bytes) => self
+                    .actions
+                    .extend(peer.connection.map(|c| Action::Send(c, bytes))),
+                Output::Close => self.actions.extend(peer.connection.map(Action::Close)),
+                _ => {}
+            }
+        }
+        if let Some((connection, _, _)) = peer.contender {
+            self.actions.push_back(Action::Close(connection));
+        }
+        let touched = self.prefixes_of(peer.id);
+        let changes = self.rib.remove_peer(peer.id);
+        self.after_rib_change(now, Some(address), changes, &touched);
+    }
+
+    fn refresh_rib_info(&mut self, address: IpAddr) {
+        let Some(peer) = self.peers.get(&address) else {
+            return;
+        };
+        let remote_id = peer
+            .session
+            .negotiated()
+            .map_or(Ipv4Addr::UNSPECIFIED, |n| n.remote_id);
+        let info = PeerInfo {
+            address,
+            router_id: remote_id,
+            remote_as: peer.config.session.remote_as,
+            ibgp: peer.config.session.is_ibgp(),
+            rr_client: peer.config.rr_client,
+            local_address: peer.local_address.unwrap_or(address),
+            next_hop_self: peer.config.next_hop_self,
+        };
+        let id = peer.id;
+        let changes = self.rib.set_peer(id, info);
+        self.emit_routes(changes);
+    }
+
+    fn prefixes_of(&self, id: PeerId) -> Vec<IpNet> {
+        self.rib
+            .iter()
+            .filter(|(_, paths)| paths.iter().any(|p| p.peer == id))
+            .map(|(prefix, _)| *prefix)
+            .collect()
+    }
+
+    /// RFC 4271 §6.8: once the contender has the peer's OPEN, keep the connection opened by
+    /// the side with the higher BGP identifier; the other closes with Cease / Connection
+    /// Collision Resolution.
+    fn resolve_collision(&mut self, address: IpAddr) {
+        let Some(peer) = self.peers.get_mut(&address) else {
+            return;
+        };
+        let Some((_, _, contender)) = peer.contender.as_ref() else {
+            return;
+        };
+        if !matches!(contender.state(), State::OpenConfirm | State::Established) {
+            if contender.state() == State::Idle {
+                peer.contender = None;
+            }
+            return;
+        }
+        let Some(remote_id) = contender.remote_id() else {
+            return;
+        };
+        let (connection, local, mut contender) = peer.contender.take().expect("checked above");
+        let cease = NotificationMsg::new(ErrorCode::Cease, 7, Bytes::new());
+        if u32::from(self.config.router_id) < u32::from(remote_id) {
+            // Keep the peer's connection.
+            if let Some(old) = peer.connection.replace(connection) {
+                self.actions.push_back(Action::Send(
+                    old,
+                    crate::wire::Message::Notification(cease).encode(peer.session.context()),
+                ));
+                self.actions.push_back(Action::Close(old));
+            }
+            peer.local_address = Some(local);
+            std::mem::swap(&mut peer.session, &mut contender);
+        } else {
+            self.actions.push_back(Action::Send(
+                connection,
+                crate::wire::Message::Notification(cease).encode(contender.context()),
+            ));
+            self.actions.push_back(Action::Close(connection));
+        }
+    }
+
+    /// Drains every session's outputs into actions and RIB work, until all are quiet: work
+    /// for one peer (an UPDATE) queues output on others (the re-export).
+    fn flush(&mut self, now: Instant) {
+        loop {
+            let mut drained_any = false;
+            let addresses: Vec<IpAddr> = self.peers.keys().copied().collect();
+            for address in addresses {
+                while let Some(peer) = self.peers.get_mut(&address) {
+                    let contender_output = peer
+                        .contender
+                        .as_mut()
+                        .and_then(|(c, _, s)| s.poll_output().map(|o| (*c, o)));
+                    if let Some((connection, output)) = contender_output {
+                        drained_any = true;
+                        match output {
+                            Output::Send(bytes) => {
+                                self.actions.push_back(Action::Send(connection, bytes))
+                            }
+                            Output::Close => self.actions.push_back(Action::Close(connection)),
+                            _ => {}
+                        }
+                        continue;
+                    }
+                    let Some(output) = peer.session.poll_output() else {
+                        break;
+                    };
+                    drained_any = true;
+                    self.on_session_output(now, address, output);
+                }
+            }
+            if !drained_any {
+                return;
+            }
+        }
+    }
+
+    fn on_session_output(&mut self, now: Instant, address: IpAddr, output: Output) {
+        let Some(peer) = self.peers.get_mut(&address) else {
+            return;
+        };
+        match output {
+            Output::Connect => {
+                if peer.connection.is_none() {
+                    self.actions.push_back(Action::Connect(address));
+                }
+            }
+            Output::Send(bytes) => self
+                .actions
+                .extend(peer.connection.map(|c| Action::Send(c, bytes))),
+            Output::Close => {
+                if let Some(connection) = peer.connection.take() {
+                    self.actions.push_back(Action::Close(connection));
+                }
+            }
+            Output::Established(_) => self.on_established(now, address),
+            Output::Update(update) => {
+                peer.updates_in += 1;
+                self.on_update(now, address, *update);
+            }
+            Output::RouteRefresh(refresh) => {
+                if refresh.subtype == 0 {
+                    self.readvertise(now, address, Some(refresh.family));
+                }
+            }
+            Output::Down(reason) => self.on_down(now, address, reason),
+        }
+    }
+
+    fn on_established(&mut self, now: Instant, address: IpAddr) {
+        let Some(peer) = self.peers.get_mut(&address) else {
+            return;
+        };
+        peer.established_at = Some(now);
+        peer.peer_restart_time = peer
+            .session
+            .negotiated()
+            .and_then(|n| n.peer_graceful_restart.as_ref())
+            .map(|gr| gr.restart_time);
+        let families = peer
+            .session
+            .negotiated()
+            .map(|n| n.families.clone())
+            .unwrap_or_default();
+        let keeps_forwarding = peer
+            .session
+            .negotiated()
+            .and_then(|n| n.peer_graceful_restart.as_ref())
+            .map(|gr| {
+                gr.families
+                    .iter()
+                    .filter(|(_, preserved)| *preserved)
+                    .map(|(f, _)| *f)
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default();
+        self.actions.push_back(Action::PeerUp(address));
+        self.refresh_rib_info(address);
+        // RFC 4724 §4.2: stale paths of a family whose forwarding state was not preserved go now.
+        if self
+            .peers
+            .get(&address)
+            .is_some_and(|p| p.restart_deadline.is_some())
+        {
+            for family in [Family::Ipv4Unicast, Family::Ipv6Unicast] {
+                if !keeps_forwarding.contains(&family) {
+                    self.sweep_stale(now, address, Some(family));
+                }
+            }
+        }
+        self.readvertise(now, address, None);
+        let Some(peer) = self.peers.get_mut(&address) else {
+            return;
+        };
+        for family in families {
+            if peer
+                .session
+                .send_update(now, UpdateMsg::end_of_rib_for(family))
+            {
+                peer.updates_out += 1;
+            }
+        }
+    }
+
+    fn on_down(&mut self, now: Instant, address: IpAddr, reason: DownReason) {
+        let Some(peer) = self.peers.get_mut(&address) else {
+            return;
+        };
+        let was_up = peer.established_at.take().is_some();
+        peer.adj_out.clear();
+        peer.rejected.clear();
+        self.actions
+            .push_back(Action::PeerDown(address, reason.to_string()));
+        if !was_up {
+            return;
+        }
+        // RFC 4724 §4.2 (helper): when the TCP session ends without a NOTIFICATION and the
+        // peer announced graceful restart, keep its paths as stale until it is back and sends
+        // End-of-RIB, or its restart time passes.
+        let keep = matches!(reason, DownReason::ConnectionLost) && peer.peer_restart_time.is_some();
+        if keep {
+            let seconds = u64::from(peer.peer_restart_time.unwrap_or(0));
+            peer.restart_deadline = Some(now + Duration::from_secs(seconds));
+        }
+        let id = peer.id;
+        let touched = self.prefixes_of(id);
+        let changes = self.rib.peer_down(id, keep);
+        self.after_rib_change(now, Some(address), changes, &touched);
+    }
+
+    fn sweep_stale(&mut self, now: Instant, address: IpAddr, family: Option<Family>) {
+        let Some(peer) = self.peers.get(&address) else {
+            return;
+        };
+        let id = peer.id;
+        let mut changes = Vec::new();
+        for (f, ipv4) in [(Family::Ipv4Unicast, true), (Family::Ipv6Unicast, false)] {
+            if family.is_none_or(|wanted| wanted == f) {
+                changes.extend(self.rib.sweep_stale(id, ipv4));
+            }
+        }
+        let touched: Vec<IpNet> = changes.iter().map(|c| c.prefix).collect();
+        self.after_rib_change(now, Some(address), changes, &touched);
+        if family.is_none() {
+            if let Some(peer) = self.peers.get_mut(&address) {
+                peer.restart_deadline = None;
+            }
+        }
+    }
+}

@@ -1,0 +1,444 @@
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::{Duration, Instant};
+
+use super::*;
+use crate::fsm::{self, GracefulRestartConfig};
+use crate::policy::{Match, Rule};
+use crate::wire::attribute::Origin;
+
+#[allow(clippy::disallowed_methods)] // The virtual clock's one reading.
+fn epoch() -> Instant {
+    Instant::now()
+}
+
+fn addr(n: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(198, 18, 0, n))
+}
+
+fn prefix(text: &str) -> IpNet {
+    text.parse().unwrap()
+}
+
+/// Speakers on a virtual network, each known by its address.
+struct Net {
+    now: Instant,
+    speakers: BTreeMap<IpAddr, Speaker>,
+    /// Connection → (owner, the other end's connection, the owner's peer address).
+    ends: HashMap<ConnectionId, (IpAddr, ConnectionId, IpAddr)>,
+    next: u64,
+    fib: BTreeMap<IpAddr, BTreeMap<IpNet, Vec<IpAddr>>>,
+    /// Connections through which nothing is delivered (the peer is frozen or gone).
+    cut: Vec<IpAddr>,
+}
+
+impl Net {
+    fn new() -> Net {
+        Net {
+            now: epoch(),
+            speakers: BTreeMap::new(),
+            ends: HashMap::new(),
+            next: 1,
+            fib: BTreeMap::new(),
+            cut: Vec::new(),
+        }
+    }
+
+    fn add(&mut self, at: IpAddr, speaker: Speaker) {
+        self.speakers.insert(at, speaker);
+    }
+
+    fn speaker(&mut self, at: IpAddr) -> &mut Speaker {
+        self.speakers
+            .get_mut(&at)
+            .expect("a speaker at that address")
+    }
+
+    /// Carries out actions until the network is quiet.
+    fn run(&mut self) {
+        for _ in 0..10_000 {
+            let mut pending = Vec::new();
+            for (at, speaker) in &mut self.speakers {
+                while let Some(action) = speaker.poll_action() {
+                    pending.push((*at, action));
+                }
+            }
+            if pending.is_empty() {
+                return;
+            }
+            for (at, action) in pending {
+                self.carry_out(at, action);
+            }
+        }
+        panic!("the network never went quiet");
+    }
+
+    fn carry_out(&mut self, at: IpAddr, action: Action) {
+        let now = self.now;
+        match action {
+            Action::Connect(peer) => {
+                let mine = ConnectionId(self.next);
+                let theirs = ConnectionId(self.next + 1);
+                self.next += 2;
+                let reachable = !self.cut.contains(&peer)
+                    && self.speakers.get(&peer).is_some_and(|s| s.accepts(&at));
+                if reachable {
+                    self.ends.insert(mine, (at, theirs, peer));
+                    self.ends.insert(theirs, (peer, mine, at));
+                    self.speaker(at)
+                        .handle_connected(now, peer, mine, at, false);
+                    self.speaker(peer)
+                        .handle_connected(now, at, theirs, peer, true);
+                } else {
+                    self.speaker(at).handle_closed(now, peer, mine);
+                }
+            }
+            Action::Send(connection, bytes) => {
+                let Some(&(_, other, peer)) = self.ends.get(&connection) else {
+                    return;
+                };
+                if self.cut.contains(&peer) || self.cut.contains(&at) {
+                    return;
+                }
+                if let Some(speaker) = self.speakers.get_mut(&peer) {
+                    speaker.handle_bytes(now, at, other, &bytes);
+                }
+            }
+            Action::Close(connection) => {
+                if let Some((_, other, peer)) = self.ends.remove(&connection) {
+                    self.ends.remove(&other);
+                    if let Some(speaker) = self.speakers.get_mut(&peer) {
+                        speaker.handle_closed(now, at, other);
+                    }
+                }
+            }
+            Action::Route(change) => {
+                let fib = self.fib.entry(at).or_default();
+                if change.paths.is_empty() {
+                    fib.remove(&change.prefix);
+                } else {
+                    fib.insert(
+                        change.prefix,
+                        change.paths.iter().map(|p| p.next_hop).collect(),
+                    );
+                }
+            }
+            Action::PeerUp(_) | Action::PeerDown(..) => {}
+        }
+    }
+
+    /// Advances virtual time in one-second steps.
+    fn advance(&mut self, seconds: u64) {
+        for _ in 0..seconds {
+            self.now += Duration::from_secs(1);
+            let now = self.now;
+            for speaker in self.speakers.values_mut() {
+                speaker.handle_timeout(now);
+            }
+            self.run();
+        }
+    }
+
+    fn established(&self, at: IpAddr, peer: IpAddr) -> bool {
+        self.speakers[&at]
+            .peers_status(self.now)
+            .iter()
+            .any(|s| s.address == peer && s.state == "Established")
+    }
+}
+
+fn speaker(asn: u32, n: u8) -> Speaker {
+    Speaker::new(SpeakerConfig {
+        local_as: asn,
+        router_id: Ipv4Addr::new(198, 18, 0, n),
+        cluster_id: None,
+        max_paths: 4,
+    })
+}
+
+fn neighbor(peer: u8, local_as: u32, remote_as: u32, me: u8) -> NeighborConfig {
+    let mut session = fsm::Config::new(local_as, remote_as, Ipv4Addr::new(198, 18, 0, me));
+    session.hold_time = 9;
+    session.connect_retry = Duration::from_secs(2);
+    session.idle_hold = Duration::from_secs(1);
+    NeighborConfig {
+        address: addr(peer),
+        session,
+        rr_client: false,
+        next_hop_self: false,
+        import: vec![],
+        export: vec![],
+    }
+}
+
+fn originate(prefixes: &[&str], community: u32) -> BTreeMap<IpNet, PathAttributes> {
+    prefixes
+        .iter()
+        .map(|p| {
+            (
+                prefix(p),
+                PathAttributes {
+                    origin: Some(Origin::Igp),
+                    communities: vec![community],
+                    ..PathAttributes::default()
+                },
+            )
+        })
+        .collect()
+}
+
+/// A (AS 65001, .1) and B (AS 65002, .2), eBGP.
+fn two_speakers(a_neighbor: NeighborConfig, b_neighbor: NeighborConfig) -> Net {
+    let mut net = Net::new();
+    net.add(addr(1), speaker(65001, 1));
+    net.add(addr(2), speaker(65002, 2));
+    let now = net.now;
+    net.speaker(addr(1)).set_neighbors(now, vec![a_neighbor]);
+    net.speaker(addr(2)).set_neighbors(now, vec![b_neighbor]);
+    net.run();
+    net
+}
+
+#[test]
+fn ebgp_speakers_exchange_routes_in_both_families_and_withdraw_them() {
+    let mut net = two_speakers(neighbor(2, 65001, 65002, 1), neighbor(1, 65002, 65001, 2));
+    assert!(net.established(addr(1), addr(2)) && net.established(addr(2), addr(1)));
+    let now = net.now;
+    net.speaker(addr(1))
+        .set_originated(now, originate(&["10.1.0.0/24", "fd00:1::/64"], 0xfde9_0064));
+    net.run();
+    let paths = net.speakers[&addr(2)].rib().best(&prefix("10.1.0.0/24"));
+    assert_eq!(paths.len(), 1);
+    assert_eq!(paths[0].next_hop, addr(1));
+    assert_eq!(
+        paths[0]
+            .attributes
+            .as_path
+            .as_ref()
+            .unwrap()
+            .asns()
+            .collect::<Vec<_>>(),
+        vec![65001]
+    );
+    assert_eq!(paths[0].attributes.communities, vec![0xfde9_0064]);
+    let v6 = net.speakers[&addr(2)].rib().best(&prefix("fd00:1::/64"));
+    assert_eq!(
+        v6[0].next_hop,
+        "::ffff:198.18.0.1".parse::<IpAddr>().unwrap()
+    );
+    assert_eq!(net.fib[&addr(2)][&prefix("10.1.0.0/24")], vec![addr(1)]);
+    assert!(
+        net.fib.get(&addr(1)).is_none_or(|f| f.is_empty()),
+        "our own originations are not installed"
+    );
+    let status = &net.speakers[&addr(2)].peers_status(net.now)[0];
+    assert_eq!(
+        (status.received, status.accepted, status.state),
+        (2, 2, "Established")
+    );
+    assert_eq!(
+        net.speakers[&addr(1)].peers_status(net.now)[0].advertised,
+        2
+    );
+    // Withdraw one.
+    let now = net.now;
+    net.speaker(addr(1))
+        .set_originated(now, originate(&["fd00:1::/64"], 0xfde9_0064));
+    net.run();
+    assert!(net.speakers[&addr(2)]
+        .rib()
+        .best(&prefix("10.1.0.0/24"))
+        .is_empty());
+    assert!(!net.fib[&addr(2)].contains_key(&prefix("10.1.0.0/24")));
+    // Keepalives keep it up for minutes.
+    net.advance(60);
+    assert!(net.established(addr(2), addr(1)));
+}
+
+#[test]
+fn a_route_reflector_reflects_between_clients() {
+    let mut net = Net::new();
+    net.add(addr(1), speaker(65000, 1));
+    net.add(addr(2), speaker(65000, 2));
+    net.add(addr(3), speaker(65000, 3));
+    let now = net.now;
+    let mut to_2 = neighbor(2, 65000, 65000, 1);
+    to_2.rr_client = true;
+    let mut to_3 = neighbor(3, 65000, 65000, 1);
+    to_3.rr_client = true;
+    net.speaker(addr(1)).set_neighbors(now, vec![to_2, to_3]);
+    net.speaker(addr(2))
+        .set_neighbors(now, vec![neighbor(1, 65000, 65000, 2)]);
+    net.speaker(addr(3))
+        .set_neighbors(now, vec![neighbor(1, 65000, 65000, 3)]);
+    net.speaker(addr(2))
+        .set_originated(now, originate(&["10.2.0.0/26"], 1));
+    net.run();
+    let paths = net.speakers[&addr(3)].rib().best(&prefix("10.2.0.0/26"));
+    assert_eq!(
+        paths.len(),
+        1,
+        "client 3 learns client 2's block through the reflector"
+    );
+    assert_eq!(paths[0].next_hop, addr(2), "the next hop is kept");
+    assert_eq!(
+        paths[0].attributes.originator_id,
+        Some(Ipv4Addr::new(198, 18, 0, 2))
+    );
+    assert_eq!(
+        paths[0].attributes.cluster_list,
+        vec![Ipv4Addr::new(198, 18, 0, 1)]
+    );
+    assert_eq!(paths[0].attributes.local_pref, Some(100));
+}
+
+#[test]
+fn import_policy_counts_received_and_accepted() {
+    let mut b = neighbor(1, 65002, 65001, 2);
+    b.import = vec![Filter {
+        rules: vec![Rule {
+            matches: Match {
+                prefixes: vec!["10.9.0.0/16 le 32".parse().unwrap()],
+                ..Match::default()
+            },
+            accept: false,
+            modify: Default::default(),
+        }],
+        default_accept: true,
+    }];
+    let mut net = two_speakers(neighbor(2, 65001, 65002, 1), b);
+    let now = net.now;
+    net.speaker(addr(1))
+        .set_originated(now, originate(&["10.9.1.0/24", "10.10.0.0/24"], 1));
+    net.run();
+    let status = &net.speakers[&addr(2)].peers_status(net.now)[0];
+    assert_eq!((status.received, status.accepted), (2, 1));
+    assert!(net.speakers[&addr(2)]
+        .rib()
+        .best(&prefix("10.9.1.0/24"))
+        .is_empty());
+}
+
+#[test]
+fn a_restarting_peers_routes_stay_stale_until_end_of_rib() {
+    let mut a = neighbor(2, 65001, 65002, 1);
+    a.session.graceful_restart = Some(GracefulRestartConfig {
+        restart_time: 120,
+        restarting: false,
+    });
+    let mut b = neighbor(1, 65002, 65001, 2);
+    b.session.graceful_restart = Some(GracefulRestartConfig {
+        restart_time: 120,
+        restarting: false,
+    });
+    let mut net = two_speakers(a.clone(), b);
+    let now = net.now;
+    net.speaker(addr(1))
+        .set_originated(now, originate(&["10.3.0.0/24", "10.4.0.0/24"], 1));
+    net.run();
+    // A dies without a NOTIFICATION: B sees the TCP connection drop.
+    net.speakers.remove(&addr(1));
+    let connections: Vec<ConnectionId> = net
+        .ends
+        .iter()
+        .filter(|(_, (owner, _, _))| *owner == addr(1))
+        .map(|(c, _)| *c)
+        .collect();
+    for connection in connections {
+        net.carry_out(addr(1), Action::Close(connection));
+    }
+    net.run();
+    let kept = net.speakers[&addr(2)].rib().best(&prefix("10.3.0.0/24"));
+    assert!(kept[0].stale, "kept as stale while A restarts");
+    assert_eq!(
+        net.fib[&addr(2)][&prefix("10.3.0.0/24")],
+        vec![addr(1)],
+        "forwarding continues"
+    );
+    // A comes back (restarting, forwarding preserved), now originating only 10.3.0.0/24.
+    net.add(addr(1), speaker(65001, 1));
+    a.session.graceful_restart = Some(GracefulRestartConfig {
+        restart_time: 120,
+        restarting: true,
+    });
+    let now = net.now;
+    net.speaker(addr(1))
+        .set_originated(now, originate(&["10.3.0.0/24"], 1));
+    net.speaker(addr(1)).set_neighbors(now, vec![a]);
+    net.run();
+    net.advance(5);
+    assert!(net.established(addr(2), addr(1)));
+    let fresh = net.speakers[&addr(2)].rib().best(&prefix("10.3.0.0/24"));
+    assert!(!fresh.is_empty() && !fresh[0].stale, "re-sent and fresh");
+    assert!(
+        net.speakers[&addr(2)]
+            .rib()
+            .best(&prefix("10.4.0.0/24"))
+            .is_empty(),
+        "End-of-RIB swept what was not re-sent"
+    );
+    assert!(!net.fib[&addr(2)].contains_key(&prefix("10.4.0.0/24")));
+}
+
+#[test]
+fn both_sides_connecting_at_once_leave_one_session() {
+    let mut net = two_speakers(neighbor(2, 65001, 65002, 1), neighbor(1, 65002, 65001, 2));
+    net.advance(20);
+    assert!(net.established(addr(1), addr(2)) && net.established(addr(2), addr(1)));
+    assert_eq!(
+        net.ends.len(),
+        2,
+        "exactly one connection (two ends) survives"
+    );
+}
+
+#[test]
+fn route_refresh_resends_the_table() {
+    let mut net = two_speakers(neighbor(2, 65001, 65002, 1), neighbor(1, 65002, 65001, 2));
+    let now = net.now;
+    net.speaker(addr(1))
+        .set_originated(now, originate(&["10.5.0.0/24"], 1));
+    net.run();
+    let before = net.speakers[&addr(1)].peers_status(net.now)[0].updates_out;
+    assert!(net.speaker(addr(2)).request_refresh(now, addr(1)));
+    net.run();
+    let after = net.speakers[&addr(1)].peers_status(net.now)[0].updates_out;
+    assert!(
+        after > before,
+        "A sent its table again ({before} → {after})"
+    );
+}
+
+#[test]
+fn removing_a_neighbor_leaves_the_others_alone() {
+    let mut net = Net::new();
+    net.add(addr(1), speaker(65001, 1));
+    net.add(addr(2), speaker(65002, 2));
+    net.add(addr(3), speaker(65003, 3));
+    let now = net.now;
+    net.speaker(addr(1)).set_neighbors(
+        now,
+        vec![neighbor(2, 65001, 65002, 1), neighbor(3, 65001, 65003, 1)],
+    );
+    net.speaker(addr(2))
+        .set_neighbors(now, vec![neighbor(1, 65002, 65001, 2)]);
+    net.speaker(addr(3))
+        .set_neighbors(now, vec![neighbor(1, 65003, 65001, 3)]);
+    net.run();
+    let up_before = net.speakers[&addr(1)]
+        .peers_status(net.now)
+        .iter()
+        .find(|s| s.address == addr(3))
+        .unwrap()
+        .updates_out;
+    net.speaker(addr(1))
+        .set_neighbors(now, vec![neighbor(3, 65001, 65003, 1)]);
+    net.run();
+    let statuses = net.speakers[&addr(1)].peers_status(net.now);
+    assert_eq!(statuses.len(), 1);
+    assert_eq!(
+        (statuses[0].state, statuses[0].updates_out),
+        ("Established", up_before),
+        "the other session was not reset"
+    );
+}
