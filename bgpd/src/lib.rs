@@ -8,7 +8,10 @@
 //!   MD5 and TTL security, control socket, rtnetlink route sync, the `twill-bgpd` daemon):
 //!   to come.
 
+pub mod config;
 pub mod fsm;
+#[cfg(feature = "runtime")]
+pub mod io;
 pub mod policy;
 pub mod rib;
 pub mod speaker;

@@ -3,6 +3,7 @@
 //! Exit codes: 0 success, 1 failure (the datastore refused, an object is missing, a document
 //! is invalid), 2 usage (bad flags, unknown resource kind).
 
+mod bgp;
 mod resources;
 mod table;
 
@@ -47,6 +48,35 @@ enum Command {
     Get(GetArgs),
     /// Delete resources, by kind and name or by file (all or nothing).
     Delete(DeleteArgs),
+    /// Ask a running twill-bgpd.
+    Bgp(BgpArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct BgpArgs {
+    #[command(subcommand)]
+    command: BgpCommand,
+    /// twill-bgpd's control socket.
+    #[arg(long, global = true, default_value = "/run/twill/bgpd.sock")]
+    control: std::path::PathBuf,
+    /// Output format (table or json).
+    #[arg(short, long, global = true, value_enum, default_value = "table")]
+    output: Output,
+}
+
+#[derive(Debug, Subcommand)]
+enum BgpCommand {
+    /// Neighbours and their sessions.
+    Peers,
+    /// Every path in the RIB.
+    Rib,
+    /// Reload the configuration file (as SIGHUP does).
+    Reload,
+    /// Ask a neighbour to send its routes again (route refresh).
+    Refresh {
+        /// The neighbour's address.
+        address: String,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -188,6 +218,14 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             )
             .await
         }
+        Command::Bgp(args) => match args.command {
+            BgpCommand::Peers => bgp::peers(&args.control, args.output),
+            BgpCommand::Rib => bgp::rib(&args.control, args.output),
+            BgpCommand::Reload => bgp::command(&args.control, "reload"),
+            BgpCommand::Refresh { address } => {
+                bgp::command(&args.control, &format!("refresh {address}"))
+            }
+        },
         Command::Delete(args) => match (&args.file, &args.kind, &args.name) {
             (Some(file), _, _) => {
                 resources::delete_file(&cli.datastore, file, &args.namespace, args.skip_not_exists)

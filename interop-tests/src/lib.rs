@@ -4,6 +4,7 @@
 
 #![allow(clippy::disallowed_methods)] // The harness starts processes and reads the clock.
 
+pub mod bgp;
 pub mod etcd;
 pub mod netns;
 pub mod severable;

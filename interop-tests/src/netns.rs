@@ -124,6 +124,11 @@ impl Daemon {
             .and_then(|c| c.try_wait().ok().flatten())
     }
 
+    /// The process ID.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, std::process::Child::id)
+    }
+
     /// The program's name.
     pub fn name(&self) -> &str {
         &self.name

@@ -42,6 +42,10 @@ fn self_next_hop(local: IpAddr, family: Family) -> Option<IpAddr> {
     }
 }
 
+fn family_matches(address: IpAddr, family: Family) -> bool {
+    address.is_ipv4() == (family == Family::Ipv4Unicast)
+}
+
 /// The announcements and withdrawals for one peer, grouped for packing.
 #[derive(Default)]
 struct Outbox {
@@ -214,7 +218,12 @@ impl Speaker {
             return;
         };
         let (families, context) = (negotiated.families.clone(), negotiated.context.clone());
-        let (id, local, export) = (peer.id, peer.local_address, peer.config.export.clone());
+        let (id, local, export, other) = (
+            peer.id,
+            peer.local_address,
+            peer.config.export.clone(),
+            peer.config.next_hop_other,
+        );
         let mut outbox = Outbox::default();
         let mut shared: HashMap<PathAttributes, Arc<PathAttributes>> = HashMap::new();
         let mut adj_updates = Vec::new();
@@ -238,8 +247,10 @@ impl Speaker {
                 if !Filter::apply_all(&export, prefix, &mut attributes) {
                     continue;
                 }
-                let Some(next_hop) =
-                    next_hop.or_else(|| local.and_then(|l| self_next_hop(l, family)))
+                let configured = other.filter(|o| family_matches(*o, family));
+                let Some(next_hop) = next_hop
+                    .or(configured)
+                    .or_else(|| local.and_then(|l| self_next_hop(l, family)))
                 else {
                     continue;
                 };

@@ -40,6 +40,10 @@ pub struct NeighborConfig {
     pub rr_client: bool,
     /// Announce ourselves as next hop also to iBGP peers.
     pub next_hop_self: bool,
+    /// Our next hop for the other family than the session's (an IPv6 address on an IPv4
+    /// session, or the reverse); without it an IPv4 session announces IPv6 routes with the
+    /// IPv4-mapped address.
+    pub next_hop_other: Option<IpAddr>,
     /// Import filters, in order.
     pub import: Vec<Filter>,
     /// Export filters, in order.

@@ -1,0 +1,680 @@
+//! The `twill-bgpd` configuration file (TOML), parsed and checked without I/O. Every error
+//! names the key path (`neighbor[1].remote_asn`) and the reason.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::Deserialize;
+
+use crate::fsm::{self, GracefulRestartConfig};
+use crate::policy::{Filter, Match, Modify, PrefixMatch, Rule};
+use crate::speaker::{NeighborConfig, SpeakerConfig};
+use crate::wire::attribute::{community, Origin, PathAttributes};
+use crate::wire::Family;
+
+/// A configuration problem: the key path and the reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{path}: {reason}")]
+pub struct ConfigError {
+    /// Dotted key path, e.g. `neighbor[0].families[1]`.
+    pub path: String,
+    /// What is wrong.
+    pub reason: String,
+}
+
+fn err(path: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError {
+        path: path.into(),
+        reason: reason.into(),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    global: Global,
+    #[serde(default)]
+    neighbor: Vec<Neighbor>,
+    #[serde(default)]
+    originate: Vec<Originate>,
+    kernel: Option<Kernel>,
+    #[serde(default)]
+    filter: Vec<FilterSpec>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Global {
+    asn: u32,
+    router_id: Ipv4Addr,
+    #[serde(default = "default_listen")]
+    listen: Vec<SocketAddr>,
+    cluster_id: Option<Ipv4Addr>,
+    #[serde(default = "one")]
+    max_paths: usize,
+    /// Serve Prometheus metrics here (`/metrics`).
+    metrics_listen: Option<SocketAddr>,
+}
+
+fn default_listen() -> Vec<SocketAddr> {
+    vec!["0.0.0.0:179".parse().expect("constant address")]
+}
+
+fn one() -> usize {
+    1
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Neighbor {
+    address: IpAddr,
+    remote_asn: u32,
+    #[serde(default)]
+    passive: bool,
+    password: Option<String>,
+    #[serde(default = "default_hold")]
+    hold_time: u16,
+    families: Option<Vec<String>>,
+    #[serde(default)]
+    route_reflector_client: bool,
+    #[serde(default)]
+    next_hop_self: bool,
+    /// Our IPv6 next hop on an IPv4 session (BIRD's `next hop address`).
+    next_hop_v6: Option<std::net::Ipv6Addr>,
+    /// Our IPv4 next hop on an IPv6 session.
+    next_hop_v4: Option<Ipv4Addr>,
+    #[serde(default)]
+    ttl_security: bool,
+    /// Hops to the neighbour; default 1 for eBGP, 64 for iBGP (as BIRD does).
+    multihop: Option<u8>,
+    #[serde(default = "yes")]
+    graceful_restart: bool,
+    #[serde(default = "default_restart")]
+    restart_time: u16,
+    #[serde(default = "default_port")]
+    port: u16,
+    source_address: Option<IpAddr>,
+    #[serde(default = "default_connect_retry")]
+    connect_retry: u64,
+    add_path: Option<String>,
+    #[serde(default)]
+    extended_messages: bool,
+    #[serde(default)]
+    import: Vec<String>,
+    #[serde(default)]
+    export: Vec<String>,
+}
+
+fn default_hold() -> u16 {
+    90
+}
+fn default_restart() -> u16 {
+    120
+}
+fn default_port() -> u16 {
+    179
+}
+fn default_connect_retry() -> u64 {
+    5
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Originate {
+    prefix: IpNet,
+    #[serde(default)]
+    communities: Vec<String>,
+    med: Option<u32>,
+    local_pref: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Kernel {
+    #[serde(default = "main_table")]
+    table: u32,
+    metric: Option<u32>,
+}
+
+fn main_table() -> u32 {
+    254
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FilterSpec {
+    name: String,
+    #[serde(default = "accept")]
+    default: String,
+    #[serde(default)]
+    rule: Vec<RuleSpec>,
+}
+
+fn accept() -> String {
+    "accept".into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RuleSpec {
+    #[serde(default)]
+    prefix: Vec<String>,
+    #[serde(default)]
+    community: Vec<String>,
+    as_path_max_len: Option<usize>,
+    as_path_min_len: Option<usize>,
+    #[serde(default)]
+    as_path_prefix: Vec<u32>,
+    action: String,
+    #[serde(default)]
+    add_community: Vec<String>,
+    local_pref: Option<u32>,
+    med: Option<u32>,
+    #[serde(default)]
+    prepend: Vec<u32>,
+}
+
+/// How to reach one neighbour: what the socket layer needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transport {
+    /// The neighbour's address and port.
+    pub remote: SocketAddr,
+    /// Bind to this address when connecting.
+    pub source: Option<IpAddr>,
+    /// TCP-MD5 key (RFC 2385).
+    pub password: Option<String>,
+    /// GTSM (RFC 5082): accept only packets with TTL ≥ 256 − `multihop`; send with TTL 255.
+    pub ttl_security: bool,
+    /// Hops to the neighbour (1: directly connected).
+    pub multihop: u8,
+}
+
+/// Kernel route sync settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KernelConfig {
+    /// Routing table.
+    pub table: u32,
+    /// Route metric (priority); Calico's normal routes use 1024.
+    pub metric: u32,
+}
+
+/// The whole checked configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DaemonConfig {
+    /// Speaker-wide settings.
+    pub speaker: SpeakerConfig,
+    /// Addresses to listen on.
+    pub listen: Vec<SocketAddr>,
+    /// Neighbours with their transport.
+    pub neighbors: Vec<(NeighborConfig, Transport)>,
+    /// Prefixes to originate.
+    pub originate: BTreeMap<IpNet, PathAttributes>,
+    /// Kernel sync, when `[kernel]` is present.
+    pub kernel: Option<KernelConfig>,
+    /// Prometheus endpoint.
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+/// `65001:100`, `65001:1:2`, `no-export`, `no-advertise`: a standard or large community.
+pub fn parse_community(text: &str) -> Result<Result<u32, (u32, u32, u32)>, String> {
+    match text {
+        "no-export" | "NO_EXPORT" => return Ok(Ok(community::NO_EXPORT)),
+        "no-advertise" | "NO_ADVERTISE" => return Ok(Ok(community::NO_ADVERTISE)),
+        _ => {}
+    }
+    let parts: Vec<&str> = text.split(':').collect();
+    let bad = || {
+        format!("{text:?} is not a community (\"ASN:VALUE\", \"ASN:VALUE:VALUE\", no-export or no-advertise)")
+    };
+    match parts.as_slice() {
+        [high, low] => {
+            let high: u16 = high.parse().map_err(|_| bad())?;
+            let low: u16 = low.parse().map_err(|_| bad())?;
+            Ok(Ok((u32::from(high) << 16) | u32::from(low)))
+        }
+        [a, b, c] => Ok(Err((
+            a.parse().map_err(|_| bad())?,
+            b.parse().map_err(|_| bad())?,
+            c.parse().map_err(|_| bad())?,
+        ))),
+        _ => Err(bad()),
+    }
+}
+
+fn parse_family(text: &str) -> Option<Family> {
+    match text {
+        "ipv4-unicast" => Some(Family::Ipv4Unicast),
+        "ipv6-unicast" => Some(Family::Ipv6Unicast),
+        _ => None,
+    }
+}
+
+impl DaemonConfig {
+    /// Parses and checks a configuration file's text.
+    pub fn parse(text: &str) -> Result<DaemonConfig, ConfigError> {
+        let deserializer = toml::de::Deserializer::parse(text)
+            .map_err(|e| err("(file)", e.to_string().trim().to_string()))?;
+        let file: File = serde_path_to_error::deserialize(deserializer).map_err(|e| {
+            let path = e.path().to_string();
+            let reason = e.inner().message().to_string();
+            err(
+                if path == "." {
+                    "(file)".to_string()
+                } else {
+                    path
+                },
+                reason,
+            )
+        })?;
+        file.check()
+    }
+}
+
+impl File {
+    fn check(self) -> Result<DaemonConfig, ConfigError> {
+        if self.global.router_id.is_unspecified() {
+            return Err(err(
+                "global.router_id",
+                "0.0.0.0 is not a valid BGP identifier",
+            ));
+        }
+        if self.global.max_paths == 0 || self.global.max_paths > 64 {
+            return Err(err(
+                "global.max_paths",
+                format!("{} is not from 1 to 64", self.global.max_paths),
+            ));
+        }
+        let filters = self.filters()?;
+        let mut neighbors = Vec::new();
+        let mut seen = BTreeMap::new();
+        for (index, neighbor) in self.neighbor.iter().enumerate() {
+            if let Some(first) = seen.insert(neighbor.address, index) {
+                return Err(err(
+                    format!("neighbor[{index}].address"),
+                    format!("{} is already neighbor[{first}]", neighbor.address),
+                ));
+            }
+            neighbors.push(neighbor.check(index, &self.global, &filters)?);
+        }
+        let mut originate = BTreeMap::new();
+        for (index, entry) in self.originate.iter().enumerate() {
+            let path = format!("originate[{index}]");
+            if entry.prefix != entry.prefix.trunc() {
+                return Err(err(
+                    format!("{path}.prefix"),
+                    format!(
+                        "{} has host bits set; did you mean {}?",
+                        entry.prefix,
+                        entry.prefix.trunc()
+                    ),
+                ));
+            }
+            let mut attributes = PathAttributes {
+                origin: Some(Origin::Igp),
+                med: entry.med,
+                local_pref: entry.local_pref,
+                ..PathAttributes::default()
+            };
+            for (at, text) in entry.communities.iter().enumerate() {
+                match parse_community(text)
+                    .map_err(|reason| err(format!("{path}.communities[{at}]"), reason))?
+                {
+                    Ok(standard) => attributes.communities.push(standard),
+                    Err(large) => attributes.large_communities.push(large),
+                }
+            }
+            if originate.insert(entry.prefix, attributes).is_some() {
+                return Err(err(
+                    format!("{path}.prefix"),
+                    format!("{} is originated twice", entry.prefix),
+                ));
+            }
+        }
+        Ok(DaemonConfig {
+            speaker: SpeakerConfig {
+                local_as: self.global.asn,
+                router_id: self.global.router_id,
+                cluster_id: self.global.cluster_id,
+                max_paths: self.global.max_paths,
+            },
+            listen: self.global.listen,
+            neighbors,
+            originate,
+            kernel: self.kernel.map(|k| KernelConfig {
+                table: k.table,
+                metric: k.metric.unwrap_or(1024),
+            }),
+            metrics_listen: self.global.metrics_listen,
+        })
+    }
+
+    fn filters(&self) -> Result<BTreeMap<String, Filter>, ConfigError> {
+        let mut filters = BTreeMap::new();
+        for (index, spec) in self.filter.iter().enumerate() {
+            let path = format!("filter[{index}]");
+            let default_accept = match spec.default.as_str() {
+                "accept" => true,
+                "reject" => false,
+                other => {
+                    return Err(err(
+                        format!("{path}.default"),
+                        format!("{other:?} is not accept or reject"),
+                    ))
+                }
+            };
+            let mut rules = Vec::new();
+            for (at, rule) in spec.rule.iter().enumerate() {
+                rules.push(rule.check(&format!("{path}.rule[{at}]"))?);
+            }
+            if filters
+                .insert(
+                    spec.name.clone(),
+                    Filter {
+                        rules,
+                        default_accept,
+                    },
+                )
+                .is_some()
+            {
+                return Err(err(
+                    format!("{path}.name"),
+                    format!("a filter named {:?} exists already", spec.name),
+                ));
+            }
+        }
+        Ok(filters)
+    }
+}
+
+impl RuleSpec {
+    fn check(&self, path: &str) -> Result<Rule, ConfigError> {
+        let accept = match self.action.as_str() {
+            "accept" => true,
+            "reject" => false,
+            other => {
+                return Err(err(
+                    format!("{path}.action"),
+                    format!("{other:?} is not accept or reject"),
+                ))
+            }
+        };
+        let mut matches = Match {
+            as_path_max_len: self.as_path_max_len,
+            as_path_min_len: self.as_path_min_len,
+            as_path_prefix: self.as_path_prefix.clone(),
+            ..Match::default()
+        };
+        for (at, text) in self.prefix.iter().enumerate() {
+            matches.prefixes.push(
+                text.parse::<PrefixMatch>()
+                    .map_err(|reason| err(format!("{path}.prefix[{at}]"), reason))?,
+            );
+        }
+        for (at, text) in self.community.iter().enumerate() {
+            match parse_community(text)
+                .map_err(|reason| err(format!("{path}.community[{at}]"), reason))?
+            {
+                Ok(standard) => matches.communities.push(standard),
+                Err(large) => matches.large_communities.push(large),
+            }
+        }
+        let mut modify = Modify {
+            local_pref: self.local_pref,
+            med: self.med,
+            prepend: self.prepend.clone(),
+            ..Modify::default()
+        };
+        for (at, text) in self.add_community.iter().enumerate() {
+            match parse_community(text)
+                .map_err(|reason| err(format!("{path}.add_community[{at}]"), reason))?
+            {
+                Ok(standard) => modify.add_communities.push(standard),
+                Err(large) => modify.add_large_communities.push(large),
+            }
+        }
+        Ok(Rule {
+            matches,
+            accept,
+            modify,
+        })
+    }
+}
+
+impl Neighbor {
+    fn check(
+        &self,
+        index: usize,
+        global: &Global,
+        filters: &BTreeMap<String, Filter>,
+    ) -> Result<(NeighborConfig, Transport), ConfigError> {
+        let path = format!("neighbor[{index}]");
+        if self.hold_time == 1 || self.hold_time == 2 {
+            return Err(err(
+                format!("{path}.hold_time"),
+                "must be 0 or at least 3 seconds (RFC 4271)",
+            ));
+        }
+        let multihop = self
+            .multihop
+            .unwrap_or(if self.remote_asn == global.asn { 64 } else { 1 });
+        if multihop == 0 {
+            return Err(err(format!("{path}.multihop"), "must be at least 1"));
+        }
+        let families = match &self.families {
+            None => vec![Family::Ipv4Unicast, Family::Ipv6Unicast],
+            Some(list) => {
+                let mut families = Vec::new();
+                for (at, text) in list.iter().enumerate() {
+                    families.push(parse_family(text).ok_or_else(|| {
+                        err(
+                            format!("{path}.families[{at}]"),
+                            format!("{text:?} is not ipv4-unicast or ipv6-unicast"),
+                        )
+                    })?);
+                }
+                families
+            }
+        };
+        let direction = match self.add_path.as_deref() {
+            None => 0,
+            Some("receive") => 1,
+            Some("send") => 2,
+            Some("both") => 3,
+            Some(other) => {
+                return Err(err(
+                    format!("{path}.add_path"),
+                    format!("{other:?} is not receive, send or both"),
+                ))
+            }
+        };
+        let pick = |names: &[String], key: &str| -> Result<Vec<Filter>, ConfigError> {
+            names
+                .iter()
+                .enumerate()
+                .map(|(at, name)| {
+                    filters.get(name).cloned().ok_or_else(|| {
+                        err(
+                            format!("{path}.{key}[{at}]"),
+                            format!("no filter named {name:?}"),
+                        )
+                    })
+                })
+                .collect()
+        };
+        let mut session = fsm::Config::new(global.asn, self.remote_asn, global.router_id);
+        session.hold_time = self.hold_time;
+        session.passive = self.passive;
+        session.connect_retry = Duration::from_secs(self.connect_retry.max(1));
+        session.families = families.clone();
+        session.extended_messages = self.extended_messages;
+        session.graceful_restart = self.graceful_restart.then_some(GracefulRestartConfig {
+            restart_time: self.restart_time.min(4095),
+            restarting: false,
+        });
+        if direction != 0 {
+            session.add_path = families.iter().map(|f| (*f, direction)).collect();
+        }
+        let neighbor = NeighborConfig {
+            address: self.address,
+            session,
+            rr_client: self.route_reflector_client,
+            next_hop_self: self.next_hop_self,
+            next_hop_other: match self.address {
+                IpAddr::V4(_) => self.next_hop_v6.map(IpAddr::V6),
+                IpAddr::V6(_) => self.next_hop_v4.map(IpAddr::V4),
+            },
+            import: pick(&self.import, "import")?,
+            export: pick(&self.export, "export")?,
+        };
+        let transport = Transport {
+            remote: SocketAddr::new(self.address, self.port),
+            source: self.source_address,
+            password: self.password.clone().filter(|p| !p.is_empty()),
+            ttl_security: self.ttl_security,
+            multihop,
+        };
+        if transport.password.as_ref().is_some_and(|p| p.len() > 80) {
+            return Err(err(
+                format!("{path}.password"),
+                "TCP-MD5 keys are at most 80 bytes",
+            ));
+        }
+        Ok((neighbor, transport))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BRIEF: &str = r#"
+[global]
+asn = 65001
+router_id = "198.18.0.1"
+listen = ["0.0.0.0:179"]
+[[neighbor]]
+address = "198.18.0.2"
+remote_asn = 65002
+passive = false
+password = "secret"
+hold_time = 90
+families = ["ipv4-unicast", "ipv6-unicast"]
+route_reflector_client = false
+next_hop_self = false
+ttl_security = false
+multihop = 1
+graceful_restart = true
+restart_time = 120
+[[originate]]
+prefix = "10.10.0.0/24"
+communities = ["65001:100", "65001:1:2"]
+[kernel]
+table = 254
+"#;
+
+    #[test]
+    fn the_briefs_example_parses() {
+        let config = DaemonConfig::parse(BRIEF).unwrap();
+        assert_eq!(config.speaker.local_as, 65001);
+        let (neighbor, transport) = &config.neighbors[0];
+        assert_eq!(neighbor.session.remote_as, 65002);
+        assert_eq!(
+            neighbor.session.graceful_restart,
+            Some(GracefulRestartConfig {
+                restart_time: 120,
+                restarting: false
+            })
+        );
+        assert_eq!(transport.password.as_deref(), Some("secret"));
+        assert_eq!(transport.remote, "198.18.0.2:179".parse().unwrap());
+        let attributes = &config.originate[&"10.10.0.0/24".parse().unwrap()];
+        assert_eq!(attributes.communities, vec![(65001 << 16) | 100]);
+        assert_eq!(attributes.large_communities, vec![(65001, 1, 2)]);
+        assert_eq!(
+            config.kernel,
+            Some(KernelConfig {
+                table: 254,
+                metric: 1024
+            })
+        );
+    }
+
+    #[test]
+    fn errors_name_the_key_path() {
+        let cases = [
+            (
+                BRIEF.replace("remote_asn = 65002", "remote_asn = 4294967296"),
+                "neighbor[0].remote_asn",
+            ),
+            (
+                BRIEF.replace("hold_time = 90", "hold_time = 2"),
+                "neighbor[0].hold_time: must be 0 or at least 3",
+            ),
+            (
+                BRIEF.replace("\"ipv6-unicast\"]", "\"ipv6-flowspec\"]"),
+                "neighbor[0].families[1]: \"ipv6-flowspec\" is not",
+            ),
+            (
+                BRIEF.replace("passive = false", "pasive = false"),
+                "neighbor[0].pasive: unknown field `pasive`, expected one of",
+            ),
+            (
+                BRIEF.replace("\"65001:1:2\"", "\"65001-100\""),
+                "originate[0].communities[1]: \"65001-100\" is not a community",
+            ),
+            (
+                BRIEF.replace("10.10.0.0/24", "10.10.0.1/24"),
+                "originate[0].prefix: 10.10.0.1/24 has host bits set",
+            ),
+            (
+                BRIEF.replace("198.18.0.1", "198.18.0.300"),
+                "global.router_id",
+            ),
+            (
+                format!("{BRIEF}\n[[neighbor]]\naddress = \"198.18.0.2\"\nremote_asn = 1\n"),
+                "neighbor[1].address: 198.18.0.2 is already neighbor[0]",
+            ),
+            (
+                BRIEF.replace(
+                    "remote_asn = 65002",
+                    "remote_asn = 65002\nimport = [\"nope\"]",
+                ),
+                "neighbor[0].import[0]: no filter named \"nope\"",
+            ),
+            (
+                "[global]\nasn = 1\n".to_string(),
+                "global: missing field `router_id`",
+            ),
+            ("not toml at all [".to_string(), "(file)"),
+        ];
+        for (text, expected) in cases {
+            let message = DaemonConfig::parse(&text).unwrap_err().to_string();
+            assert!(
+                message.contains(expected),
+                "expected {expected:?} in {message:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn filters_are_built_and_attached() {
+        let text = format!(
+            "{BRIEF}\n[[filter]]\nname = \"pods\"\ndefault = \"reject\"\n[[filter.rule]]\nprefix = [\"10.0.0.0/8 le 26\"]\naction = \"accept\"\nadd_community = [\"65001:7\"]\n"
+        )
+        .replace("remote_asn = 65002", "remote_asn = 65002\nexport = [\"pods\"]");
+        let config = DaemonConfig::parse(&text).unwrap();
+        let export = &config.neighbors[0].0.export;
+        assert_eq!(export.len(), 1);
+        assert!(!export[0].default_accept);
+        assert_eq!(
+            export[0].rules[0].modify.add_communities,
+            vec![(65001 << 16) | 7]
+        );
+    }
+}

@@ -1,0 +1,361 @@
+//! The driver loop: events in (connections, bytes, timers, control requests, SIGHUP),
+//! speaker actions out (connect, send, close, routes).
+
+#![allow(clippy::disallowed_methods)] // The driver is the edge that reads the clock.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+
+use super::{control, socket};
+use crate::config::{DaemonConfig, Transport};
+use crate::speaker::{Action, ConnectionId, Speaker};
+
+/// Something that happened outside the driver.
+#[derive(Debug)]
+pub enum Event {
+    /// A neighbour connected to us.
+    Accepted(TcpStream, SocketAddr),
+    /// Our connection attempt finished.
+    Connected(IpAddr, ConnectionId, std::io::Result<TcpStream>),
+    /// Bytes arrived.
+    Bytes(IpAddr, ConnectionId, Vec<u8>),
+    /// A connection closed.
+    Closed(IpAddr, ConnectionId),
+    /// A control request, answered on the channel.
+    Control(String, oneshot::Sender<String>),
+    /// Reload the configuration (SIGHUP).
+    Reload,
+}
+
+#[derive(Debug)]
+struct Connection {
+    peer: IpAddr,
+    writer: mpsc::UnboundedSender<Bytes>,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+/// The running daemon.
+#[derive(Debug)]
+pub struct Daemon {
+    config_path: PathBuf,
+    config: DaemonConfig,
+    speaker: Speaker,
+    transports: HashMap<IpAddr, Transport>,
+    connections: HashMap<ConnectionId, Connection>,
+    next_connection: u64,
+    events: mpsc::UnboundedSender<Event>,
+    /// Shared with their accept tasks; TCP-MD5 keys are set on them per neighbour.
+    listeners: Vec<Arc<tokio::net::TcpListener>>,
+    started: Instant,
+}
+
+/// Normalises an IPv4-mapped IPv6 address (from a dual-stack socket) to IPv4.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+impl Daemon {
+    /// Loads the configuration and opens the listeners.
+    pub fn new(
+        config_path: PathBuf,
+        restarting: bool,
+        events: mpsc::UnboundedSender<Event>,
+    ) -> anyhow::Result<Daemon> {
+        let text = std::fs::read_to_string(&config_path)
+            .with_context(|| format!("cannot read {}", config_path.display()))?;
+        let mut config = DaemonConfig::parse(&text)
+            .with_context(|| format!("{} is not valid", config_path.display()))?;
+        if restarting {
+            for (neighbor, _) in &mut config.neighbors {
+                if let Some(gr) = neighbor.session.graceful_restart.as_mut() {
+                    gr.restarting = true;
+                }
+            }
+        }
+        let mut listeners = Vec::new();
+        for address in &config.listen {
+            listeners.push(Arc::new(
+                socket::listen(*address).with_context(|| format!("cannot listen on {address}"))?,
+            ));
+        }
+        let speaker = Speaker::new(config.speaker.clone());
+        Ok(Daemon {
+            config_path,
+            config,
+            speaker,
+            transports: HashMap::new(),
+            connections: HashMap::new(),
+            next_connection: 1,
+            events,
+            listeners,
+            started: Instant::now(),
+        })
+    }
+
+    /// Runs until the process ends.
+    pub async fn run(mut self, mut events: mpsc::UnboundedReceiver<Event>) -> anyhow::Result<()> {
+        for listener in self.listeners.clone() {
+            let sender = self.events.clone();
+            tokio::spawn(async move {
+                loop {
+                    match listener.accept().await {
+                        Ok((stream, peer)) => {
+                            if sender.send(Event::Accepted(stream, peer)).is_err() {
+                                return;
+                            }
+                        }
+                        Err(err) => tracing::warn!(error = %err, "accept failed"),
+                    }
+                }
+            });
+        }
+        self.apply_config(Instant::now());
+        loop {
+            self.carry_out_actions();
+            let deadline = self
+                .speaker
+                .poll_timeout()
+                .map(tokio::time::Instant::from_std);
+            tokio::select! {
+                event = events.recv() => match event {
+                    Some(event) => self.on_event(event),
+                    None => return Ok(()),
+                },
+                () = async { tokio::time::sleep_until(deadline.expect("guarded")).await }, if deadline.is_some() => {
+                    self.speaker.handle_timeout(Instant::now());
+                }
+            }
+        }
+    }
+
+    fn apply_config(&mut self, now: Instant) {
+        let previous = std::mem::take(&mut self.transports);
+        self.transports = self
+            .config
+            .neighbors
+            .iter()
+            .map(|(n, t)| (n.address, t.clone()))
+            .collect();
+        for (peer, old) in &previous {
+            let keyless = self
+                .transports
+                .get(peer)
+                .is_none_or(|t| t.password.is_none());
+            if old.password.is_some() && keyless {
+                for listener in &self.listeners {
+                    let _ = socket::set_md5(listener.as_ref(), *peer, None);
+                }
+            }
+        }
+        for transport in self.transports.values() {
+            if let Some(password) = &transport.password {
+                // Listening sockets need the key too, per neighbour.
+                for listener in &self.listeners {
+                    if let Err(err) =
+                        socket::set_md5(listener.as_ref(), transport.remote.ip(), Some(password))
+                    {
+                        tracing::error!(peer = %transport.remote.ip(), error = %err, "cannot set the TCP-MD5 key on a listener");
+                    }
+                }
+            }
+        }
+        self.speaker.set_neighbors(
+            now,
+            self.config
+                .neighbors
+                .iter()
+                .map(|(n, _)| n.clone())
+                .collect(),
+        );
+        self.speaker
+            .set_originated(now, self.config.originate.clone());
+    }
+
+    fn on_event(&mut self, event: Event) {
+        let now = Instant::now();
+        match event {
+            Event::Accepted(stream, from) => self.on_accepted(now, stream, from),
+            Event::Connected(peer, id, Ok(stream)) => {
+                let local = stream.local_addr().map(|a| canonical(a.ip()));
+                match local {
+                    Ok(local) => {
+                        self.attach(peer, id, stream);
+                        self.speaker.handle_connected(now, peer, id, local, false);
+                    }
+                    Err(_) => self.speaker.handle_closed(now, peer, id),
+                }
+            }
+            Event::Connected(peer, id, Err(err)) => {
+                tracing::debug!(%peer, error = %err, "connect failed");
+                self.speaker.handle_closed(now, peer, id);
+            }
+            Event::Bytes(peer, id, bytes) => self.speaker.handle_bytes(now, peer, id, &bytes),
+            Event::Closed(peer, id) => {
+                if let Some(connection) = self.connections.remove(&id) {
+                    connection.reader.abort();
+                    self.speaker.handle_closed(now, peer, id);
+                }
+            }
+            Event::Control(request, reply) => {
+                let answer = self.on_control(now, request.trim());
+                let _ = reply.send(answer);
+            }
+            Event::Reload => {
+                if let Err(err) = self.reload(now) {
+                    tracing::error!(error = %format!("{err:#}"), "reload failed; keeping the running configuration");
+                }
+            }
+        }
+    }
+
+    fn on_accepted(&mut self, now: Instant, stream: TcpStream, from: SocketAddr) {
+        let peer = canonical(from.ip());
+        let Some(transport) = self.transports.get(&peer) else {
+            tracing::info!(%peer, "connection from an unknown address refused");
+            return;
+        };
+        if !self.speaker.accepts(&peer) {
+            tracing::debug!(%peer, "connection refused: the session is up");
+            return;
+        }
+        if let Err(err) = socket::configure_accepted(&stream, transport) {
+            tracing::warn!(%peer, error = %err, "cannot set TTL rules on an accepted connection");
+            return;
+        }
+        let Ok(local) = stream.local_addr() else {
+            return;
+        };
+        let id = self.new_connection_id();
+        self.attach(peer, id, stream);
+        self.speaker
+            .handle_connected(now, peer, id, canonical(local.ip()), true);
+    }
+
+    fn new_connection_id(&mut self) -> ConnectionId {
+        let id = ConnectionId(self.next_connection);
+        self.next_connection += 1;
+        id
+    }
+
+    /// Starts the reader and writer tasks of a connection.
+    fn attach(&mut self, peer: IpAddr, id: ConnectionId, stream: TcpStream) {
+        let (mut read, mut write) = stream.into_split();
+        let (writer, mut outgoing) = mpsc::unbounded_channel::<Bytes>();
+        let events = self.events.clone();
+        tokio::spawn(async move {
+            while let Some(bytes) = outgoing.recv().await {
+                if write.write_all(&bytes).await.is_err() {
+                    break;
+                }
+            }
+            let _ = write.shutdown().await;
+        });
+        let reader = tokio::spawn(async move {
+            let mut buffer = vec![0u8; 256 * 1024];
+            loop {
+                match read.read(&mut buffer).await {
+                    Ok(0) | Err(_) => {
+                        let _ = events.send(Event::Closed(peer, id));
+                        return;
+                    }
+                    Ok(n) => {
+                        if events
+                            .send(Event::Bytes(peer, id, buffer[..n].to_vec()))
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        self.connections.insert(
+            id,
+            Connection {
+                peer,
+                writer,
+                reader,
+            },
+        );
+    }
+
+    fn carry_out_actions(&mut self) {
+        while let Some(action) = self.speaker.poll_action() {
+            match action {
+                Action::Connect(peer) => {
+                    let Some(transport) = self.transports.get(&peer).cloned() else {
+                        continue;
+                    };
+                    let id = self.new_connection_id();
+                    let events = self.events.clone();
+                    tokio::spawn(async move {
+                        let result = socket::connect(&transport, Duration::from_secs(5)).await;
+                        let _ = events.send(Event::Connected(peer, id, result));
+                    });
+                }
+                Action::Send(id, bytes) => {
+                    if let Some(connection) = self.connections.get(&id) {
+                        let _ = connection.writer.send(bytes);
+                    }
+                }
+                Action::Close(id) => {
+                    if let Some(connection) = self.connections.remove(&id) {
+                        connection.reader.abort();
+                        tracing::debug!(peer = %connection.peer, "connection closed");
+                    }
+                }
+                Action::Route(_) => {}
+                Action::PeerUp(peer) => tracing::info!(%peer, "session established"),
+                Action::PeerDown(peer, reason) => tracing::info!(%peer, %reason, "session down"),
+            }
+        }
+    }
+
+    fn reload(&mut self, now: Instant) -> anyhow::Result<()> {
+        let text = std::fs::read_to_string(&self.config_path)
+            .with_context(|| format!("cannot read {}", self.config_path.display()))?;
+        let config = DaemonConfig::parse(&text)
+            .with_context(|| format!("{} is not valid", self.config_path.display()))?;
+        if config.speaker != self.config.speaker || config.listen != self.config.listen {
+            anyhow::bail!("global settings changed; restart twill-bgpd to apply them");
+        }
+        self.config = config;
+        self.apply_config(now);
+        tracing::info!(
+            neighbors = self.config.neighbors.len(),
+            "configuration reloaded"
+        );
+        Ok(())
+    }
+
+    fn on_control(&mut self, now: Instant, request: &str) -> String {
+        let (command, argument) = request.split_once(' ').unwrap_or((request, ""));
+        match command {
+            "peers" => control::peers_json(&self.speaker.peers_status(now)),
+            "rib" => control::rib_json(&self.speaker),
+            "metrics" => control::metrics(&self.speaker.peers_status(now), &self.speaker, self.started.elapsed()),
+            "reload" => match self.reload(now) {
+                Ok(()) => "{\"ok\":true}".into(),
+                Err(err) => serde_json::json!({ "error": format!("{err:#}") }).to_string(),
+            },
+            "refresh" => match argument.parse::<IpAddr>() {
+                Ok(peer) if self.speaker.request_refresh(now, peer) => "{\"ok\":true}".into(),
+                Ok(peer) => serde_json::json!({ "error": format!("{peer} is not an established neighbour with route refresh") }).to_string(),
+                Err(_) => serde_json::json!({ "error": format!("{argument:?} is not an address") }).to_string(),
+            },
+            other => serde_json::json!({ "error": format!("unknown command {other:?} (peers, rib, metrics, reload, refresh ADDRESS)") }).to_string(),
+        }
+    }
+}

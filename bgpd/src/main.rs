@@ -1,0 +1,84 @@
+//! `twill-bgpd --config FILE.toml [--control PATH]`: Twill's BGP speaker as a daemon.
+
+#![allow(clippy::disallowed_methods)] // The binary is an edge.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+use tokio::sync::mpsc;
+use twill_bgpd::io::{control, daemon};
+
+/// Twill's BGP-4 speaker.
+#[derive(Debug, Parser)]
+#[command(name = "twill-bgpd", version, about)]
+struct Args {
+    /// Configuration file (TOML).
+    #[arg(long, short = 'c')]
+    config: PathBuf,
+    /// Control socket for `twillctl bgp`.
+    #[arg(long, default_value = "/run/twill/bgpd.sock")]
+    control: PathBuf,
+    /// Start as a restarting speaker (graceful restart R bit): peers keep our routes.
+    #[arg(long)]
+    graceful_restart: bool,
+    /// Check the configuration and exit.
+    #[arg(long)]
+    check: bool,
+}
+
+fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_env("TWILL_LOG").unwrap_or_else(|_| "info".into());
+    if std::env::var("TWILL_LOG_FORMAT").is_ok_and(|f| f == "json") {
+        tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .init();
+    } else {
+        tracing_subscriber::fmt().with_env_filter(filter).init();
+    }
+    if args.check {
+        return match std::fs::read_to_string(&args.config)
+            .map_err(|e| e.to_string())
+            .and_then(|text| {
+                twill_bgpd::config::DaemonConfig::parse(&text).map_err(|e| e.to_string())
+            }) {
+            Ok(_) => std::process::ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("error: {}: {err}", args.config.display());
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    match runtime.block_on(run(args)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!(error = %format!("{err:#}"), "twill-bgpd stopped");
+            eprintln!("error: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let (sender, receiver) = mpsc::unbounded_channel();
+    let daemon = daemon::Daemon::new(args.config, args.graceful_restart, sender.clone())?;
+    control::serve(&args.control, sender.clone())?;
+    let hangups = sender.clone();
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    tokio::spawn(async move {
+        while hangup.recv().await.is_some() {
+            if hangups.send(daemon::Event::Reload).is_err() {
+                return;
+            }
+        }
+    });
+    tracing::info!(control = %args.control.display(), "twill-bgpd started");
+    daemon.run(receiver).await
+}
