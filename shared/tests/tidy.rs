@@ -17,7 +17,7 @@ const EDGE_FILES: &[&str] = &[
     "shared/src/syncer/driver.rs",
 ];
 
-/// Edge folders, anywhere under a crate's `src/`.
+/// Edge folders, anywhere under a crate's `src/`; binaries' `main.rs` are edges too.
 const EDGE_FOLDERS: &[&str] = &["/io/", "/apply/", "/bin/"];
 
 /// What core code may not use.
@@ -117,6 +117,7 @@ fn core_modules_do_no_io() {
             // Test code (tests.rs files, tests/ folders) may read the clock, e.g. for an epoch.
             let test_code = relative.ends_with("/tests.rs") || relative.contains("/tests/");
             if test_code
+                || relative.ends_with("/main.rs")
                 || EDGE_FILES.contains(&relative.as_str())
                 || EDGE_FOLDERS.iter().any(|f| relative.contains(f))
             {
