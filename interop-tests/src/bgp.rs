@@ -267,13 +267,17 @@ impl BgpLab {
                     neighbor.push_str(&format!("    auth-password = \"{password}\"\n"));
                 }
                 neighbor.push_str(&format!(
-                    "  [neighbors.timers.config]\n    connect-retry = 1\n    hold-time = {hold}\n    keepalive-interval = {}\n  \
+                    "  [neighbors.timers.config]\n    connect-retry = 1\n    hold-time = {hold}\n    keepalive-interval = {}\n    idle-hold-time-after-reset = 1\n  \
                      [neighbors.transport.config]\n    passive-mode = {}\n    local-address = \"{PEER}\"\n",
                     (hold / 3).max(1),
                     o.peer_passive
                 ));
+                neighbor.push_str("  [neighbors.graceful-restart.config]\n    enabled = true\n    restart-time = 120\n");
                 for family in ["ipv4-unicast", "ipv6-unicast"] {
-                    neighbor.push_str(&format!("  [[neighbors.afi-safis]]\n    [neighbors.afi-safis.config]\n      afi-safi-name = \"{family}\"\n"));
+                    neighbor.push_str(&format!(
+                        "  [[neighbors.afi-safis]]\n    [neighbors.afi-safis.config]\n      afi-safi-name = \"{family}\"\n    \
+                         [neighbors.afi-safis.mp-graceful-restart.config]\n      enabled = true\n"
+                    ));
                 }
                 let config = format!("[global.config]\n  as = {PEER_AS}\n  router-id = \"{PEER}\"\n  port = 179\n  local-address-list = [\"{PEER}\"]\n{neighbor}");
                 std::fs::write(self.path("gobgpd.toml"), config).unwrap();
@@ -341,7 +345,7 @@ impl BgpLab {
                      protocol static orig6 {{ ipv6; route fd00:21::/64 blackhole; }}\n\
                      filter add_communities {{ bgp_community.add((65002,200)); bgp_large_community.add((65002,3,4)); accept; }}\n\
                      protocol bgp twill {{\n  local {PEER} as {PEER_AS};\n  neighbor {TWILL} as {TWILL_AS};\n  hold time {hold};\n  \
-                     connect retry time 1;\n  error wait time 1, 5;\n  passive {};\n{password}  \
+                     connect retry time 1;\n  error wait time 1, 5;\n  graceful restart on;\n  passive {};\n{password}  \
                      ipv4 {{ import all; export filter add_communities; }};\n  \
                      ipv6 {{ import all; export filter add_communities; next hop address fd00:110::2; }};\n}}\n",
                     if o.peer_passive { "on" } else { "off" }
@@ -371,7 +375,7 @@ impl BgpLab {
                 let config = format!(
                     "frr defaults traditional\nhostname tor\nlog stdout\n!\nroute-map TAG permit 10\n set community 65002:200\n \
                      set large-community 65002:3:4\n!\nrouter bgp {PEER_AS}\n bgp router-id {PEER}\n no bgp ebgp-requires-policy\n \
-                     no bgp network import-check\n{neighbor} address-family ipv4 unicast\n  network 10.21.0.0/24 route-map TAG\n  \
+                     no bgp network import-check\n bgp graceful-restart\n{neighbor} address-family ipv4 unicast\n  network 10.21.0.0/24 route-map TAG\n  \
                      neighbor {TWILL} activate\n exit-address-family\n address-family ipv6 unicast\n  network fd00:21::/64 route-map TAG\n  \
                      neighbor {TWILL} activate\n exit-address-family\n"
                 );

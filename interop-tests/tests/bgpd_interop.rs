@@ -120,3 +120,226 @@ fn frr_twill_active() {
 fn frr_twill_passive() {
     routes_flow_both_ways(PeerKind::Frr, true);
 }
+
+fn established(lab: &BgpLab) {
+    lab.wait(LONG, "Established on Twill's side", |l| {
+        l.twill_state().as_deref() == Some("Established")
+    });
+    lab.wait(
+        LONG,
+        "Established on the peer's side",
+        BgpLab::peer_established,
+    );
+}
+
+/// TCP-MD5: the right password gives a session; a wrong one never does.
+fn md5(kind: PeerKind) {
+    let right = Options {
+        twill_password: Some("s3cret".into()),
+        peer_password: Some("s3cret".into()),
+        ..Options::default()
+    };
+    let lab = BgpLab::start(kind, right);
+    established(&lab);
+    lab.wait(LONG, "routes over the signed session", |l| {
+        !l.twill_paths("10.21.0.0/24").is_empty()
+    });
+    drop(lab);
+    let wrong = Options {
+        twill_password: Some("s3cret".into()),
+        peer_password: Some("other".into()),
+        ..Options::default()
+    };
+    let lab = BgpLab::start(kind, wrong);
+    std::thread::sleep(Duration::from_secs(8)); // Give it every chance to (wrongly) come up.
+    assert_ne!(
+        lab.twill_state().as_deref(),
+        Some("Established"),
+        "{kind:?}: up with a wrong password"
+    );
+    assert!(!lab.peer_established());
+}
+
+/// The peer frozen with SIGSTOP: Twill's hold timer expires and it sends the NOTIFICATION;
+/// after SIGCONT the session comes back.
+fn hold_timer_expiry(kind: PeerKind) {
+    let lab = BgpLab::start(
+        kind,
+        Options {
+            hold_time: 6,
+            ..Options::default()
+        },
+    );
+    established(&lab);
+    signal(lab.peer.as_ref().unwrap(), "STOP");
+    lab.wait(Duration::from_secs(20), "the hold timer to expire", |l| {
+        l.twill_state().as_deref() != Some("Established")
+    });
+    let peers = lab.twillctl(&["peers"]).unwrap();
+    let error = peers[0]["last_error"].as_str().unwrap_or("").to_string();
+    assert!(
+        error.contains("Hold Timer Expired (4/0)"),
+        "{kind:?}: {peers}"
+    );
+    assert!(
+        lab.twill_paths("10.21.0.0/24").is_empty(),
+        "the frozen peer's routes are gone"
+    );
+    signal(lab.peer.as_ref().unwrap(), "CONT");
+    // Recovery waits for the peer's own idle hold after the NOTIFICATION (gobgpd refuses
+    // connections while idle, up to its 30 s idle-hold-time-after-reset) and for Twill's next
+    // attempt (back-off 5, 10, 20, 30 s).
+    let recovery = Duration::from_secs(75);
+    lab.wait(recovery, "Established again after SIGCONT", |l| {
+        l.twill_state().as_deref() == Some("Established")
+    });
+    lab.wait(recovery, "routes again", |l| {
+        !l.twill_paths("10.21.0.0/24").is_empty()
+    });
+}
+
+/// Route refresh both ways: the peer asks for Twill's routes again and Twill sends them
+/// (BIRD `reload in`, FRR `clear bgp soft in`; GoBGP's `softresetin` re-reads its own
+/// Adj-RIB-In and sends no ROUTE-REFRESH, checked with tcpdump, so for gobgpd only the other
+/// direction applies); Twill asks the peer (`twillctl bgp refresh`) and the peer re-sends.
+fn route_refresh(kind: PeerKind) {
+    let lab = BgpLab::start(kind, Options::default());
+    established(&lab);
+    lab.wait(LONG, "Twill's routes at the peer", |l| {
+        l.peer_route("10.20.0.0/24").is_some()
+    });
+    let sent = || {
+        lab.twillctl(&["peers"]).unwrap()[0]["updates_out"]
+            .as_u64()
+            .unwrap()
+    };
+    let before = sent();
+    let asked = match kind {
+        PeerKind::Gobgp => None,
+        PeerKind::Bird => Some(lab.peer_ns.output(
+            "birdc",
+            &[
+                "-s",
+                lab.path("bird.ctl").to_str().unwrap(),
+                "reload",
+                "in",
+                "twill",
+            ],
+        )),
+        PeerKind::Frr => Some(lab.peer_ns.output(
+            "vtysh",
+            &[
+                "--vty_socket",
+                lab.path("vty").to_str().unwrap(),
+                "-c",
+                "clear bgp 198.18.110.1 soft in",
+            ],
+        )),
+    };
+    if let Some(asked) = asked {
+        assert!(asked.status.success(), "{kind:?}: {asked:?}");
+        lab.wait(LONG, "Twill to send its table again", |_| sent() > before);
+    }
+    assert_eq!(lab.twill_state().as_deref(), Some("Established"));
+    assert!(lab.peer_route("10.20.0.0/24").is_some());
+    // And Twill asks the peer (twillctl bgp refresh): the peer sends its routes again.
+    let received = || {
+        lab.twillctl(&["peers"]).unwrap()[0]["updates_in"]
+            .as_u64()
+            .unwrap()
+    };
+    let before = received();
+    assert_eq!(
+        lab.twillctl(&["refresh", PEER]),
+        Ok(serde_json::Value::Bool(true))
+    );
+    lab.wait(LONG, "the peer to send its routes again", |_| {
+        received() > before
+    });
+    lab.wait(LONG, "the peer's routes to stay", |l| {
+        !l.twill_paths("10.21.0.0/24").is_empty()
+            && l.twill_state().as_deref() == Some("Established")
+    });
+}
+
+/// twill-bgpd killed with SIGKILL: the peer keeps Twill's routes as stale meanwhile; Twill
+/// restarted (restarting bit set) re-establishes and the routes are fresh again.
+fn graceful_restart_of_twill(kind: PeerKind) {
+    let mut lab = BgpLab::start(kind, Options::default());
+    established(&lab);
+    lab.wait(LONG, "Twill's routes at the peer", |l| {
+        l.peer_route("10.20.0.0/24").is_some()
+    });
+    signal(lab.twill.as_ref().unwrap(), "KILL");
+    lab.wait(LONG, "the peer to notice", |l| !l.peer_established());
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        lab.peer_route("10.20.0.0/24").is_some(),
+        "{kind:?}: the peer dropped Twill's routes instead of keeping them stale"
+    );
+    lab.start_twill(true);
+    established(&lab);
+    lab.wait(LONG, "routes after the restart", |l| {
+        l.peer_route("10.20.0.0/24").is_some() && !l.twill_paths("10.21.0.0/24").is_empty()
+    });
+}
+
+#[test]
+fn gobgpd_md5() {
+    md5(PeerKind::Gobgp);
+}
+
+#[test]
+fn bird_md5() {
+    md5(PeerKind::Bird);
+}
+
+#[test]
+fn frr_md5() {
+    md5(PeerKind::Frr);
+}
+
+#[test]
+fn gobgpd_hold_timer_expiry() {
+    hold_timer_expiry(PeerKind::Gobgp);
+}
+
+#[test]
+fn bird_hold_timer_expiry() {
+    hold_timer_expiry(PeerKind::Bird);
+}
+
+#[test]
+fn frr_hold_timer_expiry() {
+    hold_timer_expiry(PeerKind::Frr);
+}
+
+#[test]
+fn gobgpd_route_refresh() {
+    route_refresh(PeerKind::Gobgp);
+}
+
+#[test]
+fn bird_route_refresh() {
+    route_refresh(PeerKind::Bird);
+}
+
+#[test]
+fn frr_route_refresh() {
+    route_refresh(PeerKind::Frr);
+}
+
+#[test]
+fn gobgpd_graceful_restart_of_twill() {
+    graceful_restart_of_twill(PeerKind::Gobgp);
+}
+
+#[test]
+fn bird_graceful_restart_of_twill() {
+    graceful_restart_of_twill(PeerKind::Bird);
+}
+
+#[test]
+fn frr_graceful_restart_of_twill() {
+    graceful_restart_of_twill(PeerKind::Frr);
+}

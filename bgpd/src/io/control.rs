@@ -57,6 +57,8 @@ pub fn peers_json(peers: &[PeerStatus]) -> String {
                 "accepted": p.accepted,
                 "advertised": p.advertised,
                 "last_error": p.last_error,
+                "updates_in": p.updates_in,
+                "updates_out": p.updates_out,
             })
         })
         .collect();
