@@ -43,6 +43,8 @@ pub struct Options {
     pub peer_password: Option<String>,
     /// Hold time both propose.
     pub hold_time: u16,
+    /// Write best routes into the main table (`[kernel]`).
+    pub kernel: bool,
 }
 
 /// Two namespaces, twill-bgpd in one and a peer in the other.
@@ -133,6 +135,9 @@ impl BgpLab {
         for prefix in prefixes {
             text.push_str(&format!("\n[[originate]]\nprefix = \"{prefix}\"\ncommunities = [\"65001:100\", \"65001:1:2\"]\n"));
         }
+        if o.kernel {
+            text.push_str("\n[kernel]\ntable = 254\n");
+        }
         std::fs::write(self.path("twill.toml"), text).expect("config written");
     }
 
@@ -204,6 +209,43 @@ impl BgpLab {
             .get("state")?
             .as_str()
             .map(str::to_string)
+    }
+
+    /// Twill's routes in its namespace's main table (protocol 210), as `ip route` prints them.
+    pub fn kernel_routes(&self) -> String {
+        let v4 = self
+            .twill_ns
+            .output("ip", &["route", "show", "proto", "210"]);
+        let v6 = self
+            .twill_ns
+            .output("ip", &["-6", "route", "show", "proto", "210"]);
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&v4.stdout),
+            String::from_utf8_lossy(&v6.stdout)
+        )
+    }
+
+    /// Withdraws the peer's IPv4 route (gobgpd only).
+    pub fn peer_withdraw_v4(&self) {
+        assert_eq!(
+            self.kind,
+            PeerKind::Gobgp,
+            "withdrawal by CLI is wired for gobgpd"
+        );
+        let args = [
+            "-u",
+            "127.0.0.1",
+            "-p",
+            "50051",
+            "global",
+            "rib",
+            "del",
+            "10.21.0.0/24",
+            "-a",
+            "ipv4",
+        ];
+        assert!(self.peer_ns.output("gobgp", &args).status.success());
     }
 
     /// Twill's paths for `prefix`.

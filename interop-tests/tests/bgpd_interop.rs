@@ -343,3 +343,50 @@ fn bird_graceful_restart_of_twill() {
 fn frr_graceful_restart_of_twill() {
     graceful_restart_of_twill(PeerKind::Frr);
 }
+
+/// `[kernel]`: best routes are in the table with protocol 210, removed on withdrawal, kept
+/// while twill-bgpd is killed and restarted with graceful restart.
+#[test]
+fn kernel_routes_follow_the_rib_and_survive_a_restart() {
+    let mut lab = BgpLab::start(
+        PeerKind::Gobgp,
+        Options {
+            kernel: true,
+            ..Options::default()
+        },
+    );
+    established(&lab);
+    lab.wait(LONG, "the peer's routes in the kernel", |l| {
+        let routes = l.kernel_routes();
+        routes.contains("10.21.0.0/24 via 198.18.110.2")
+            && routes.contains("fd00:21::/64 via fd00:110::2")
+    });
+    assert!(
+        lab.kernel_routes().contains("metric 1024"),
+        "{}",
+        lab.kernel_routes()
+    );
+    assert!(
+        !lab.kernel_routes().contains("10.20.0.0/24"),
+        "our own originations are not installed"
+    );
+    signal(lab.twill.as_ref().unwrap(), "KILL");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        lab.kernel_routes().contains("10.21.0.0/24"),
+        "routes stay while twill-bgpd is down"
+    );
+    lab.start_twill(true);
+    established(&lab);
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        lab.kernel_routes()
+            .contains("10.21.0.0/24 via 198.18.110.2"),
+        "kept through the restart"
+    );
+    lab.peer_withdraw_v4();
+    lab.wait(LONG, "the withdrawn route to leave the kernel", |l| {
+        !l.kernel_routes().contains("10.21.0.0/24")
+    });
+    assert!(lab.kernel_routes().contains("fd00:21::/64"));
+}

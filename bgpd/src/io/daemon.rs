@@ -3,7 +3,7 @@
 
 #![allow(clippy::disallowed_methods)] // The driver is the edge that reads the clock.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -15,6 +15,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 
+use super::kernel::{self, KernelCommand};
 use super::{control, socket};
 use crate::config::{DaemonConfig, Transport};
 use crate::speaker::{Action, ConnectionId, Speaker};
@@ -34,6 +35,8 @@ pub enum Event {
     Control(String, oneshot::Sender<String>),
     /// Reload the configuration (SIGHUP).
     Reload,
+    /// Graceful restart took too long: remove the kernel routes not re-learned.
+    KernelSweep,
 }
 
 #[derive(Debug)]
@@ -56,6 +59,10 @@ pub struct Daemon {
     /// Shared with their accept tasks; TCP-MD5 keys are set on them per neighbour.
     listeners: Vec<Arc<tokio::net::TcpListener>>,
     started: Instant,
+    /// The kernel writer, when `[kernel]` is configured.
+    kernel: Option<std::sync::mpsc::Sender<KernelCommand>>,
+    /// Restarting: which neighbours' End-of-RIBs the kernel sweep still waits for.
+    awaiting_end_of_rib: Option<HashSet<(IpAddr, crate::wire::Family)>>,
 }
 
 /// Normalises an IPv4-mapped IPv6 address (from a dual-stack socket) to IPv4.
@@ -91,6 +98,19 @@ impl Daemon {
             ));
         }
         let speaker = Speaker::new(config.speaker.clone());
+        let kernel = match config.kernel {
+            Some(kernel_config) => {
+                Some(kernel::spawn(kernel_config, restarting).context("cannot open rtnetlink")?)
+            }
+            None => None,
+        };
+        if restarting && kernel.is_some() {
+            let sender = events.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(120)).await;
+                let _ = sender.send(Event::KernelSweep);
+            });
+        }
         Ok(Daemon {
             config_path,
             config,
@@ -101,6 +121,8 @@ impl Daemon {
             events,
             listeners,
             started: Instant::now(),
+            awaiting_end_of_rib: (restarting && kernel.is_some()).then(HashSet::new),
+            kernel,
         })
     }
 
@@ -212,6 +234,7 @@ impl Daemon {
                 let answer = self.on_control(now, request.trim());
                 let _ = reply.send(answer);
             }
+            Event::KernelSweep => self.sweep_kernel("graceful restart timer"),
             Event::Reload => {
                 if let Err(err) = self.reload(now) {
                     tracing::error!(error = %format!("{err:#}"), "reload failed; keeping the running configuration");
@@ -316,9 +339,38 @@ impl Daemon {
                         tracing::debug!(peer = %connection.peer, "connection closed");
                     }
                 }
-                Action::Route(_) => {}
+                Action::Route(change) => {
+                    if let Some(kernel) = &self.kernel {
+                        let hops = change.paths.iter().map(|p| p.next_hop).collect();
+                        let _ = kernel.send(KernelCommand::Route(change.prefix, hops));
+                    }
+                }
+                Action::EndOfRib(peer, family) => {
+                    if let Some(waiting) = self.awaiting_end_of_rib.as_mut() {
+                        waiting.insert((peer, family));
+                        let everyone = self.config.neighbors.len();
+                        let established = self.speaker.established_families();
+                        let done = established.len() == everyone
+                            && established.iter().all(|(p, families)| {
+                                families.iter().all(|f| waiting.contains(&(*p, *f)))
+                            });
+                        if done {
+                            self.sweep_kernel("End-of-RIB from every neighbour");
+                        }
+                    }
+                }
                 Action::PeerUp(peer) => tracing::info!(%peer, "session established"),
                 Action::PeerDown(peer, reason) => tracing::info!(%peer, %reason, "session down"),
+            }
+        }
+    }
+
+    /// After a graceful restart: routes from before that were not learned again go.
+    fn sweep_kernel(&mut self, why: &str) {
+        if self.awaiting_end_of_rib.take().is_some() {
+            tracing::info!(reason = why, "removing stale kernel routes");
+            if let Some(kernel) = &self.kernel {
+                let _ = kernel.send(KernelCommand::Sweep);
             }
         }
     }

@@ -59,6 +59,7 @@ impl Speaker {
             return;
         };
         if let Some(family) = update.end_of_rib() {
+            self.actions.push_back(Action::EndOfRib(address, family));
             if peer.restart_deadline.is_some() {
                 self.sweep_stale(now, address, Some(family));
             }

@@ -78,6 +78,8 @@ pub enum Action {
     PeerUp(IpAddr),
     /// A session went down.
     PeerDown(IpAddr, String),
+    /// A neighbour finished sending its routes of a family (End-of-RIB, RFC 4724).
+    EndOfRib(IpAddr, Family),
 }
 
 /// What `twillctl bgp peers` shows for one neighbour.
@@ -381,6 +383,18 @@ impl Speaker {
                     updates_in: peer.updates_in,
                     updates_out: peer.updates_out,
                 }
+            })
+            .collect()
+    }
+
+    /// The families negotiated with each established neighbour.
+    pub fn established_families(&self) -> Vec<(IpAddr, Vec<Family>)> {
+        self.peers
+            .iter()
+            .filter_map(|(address, peer)| {
+                peer.session
+                    .negotiated()
+                    .map(|n| (*address, n.families.clone()))
             })
             .collect()
     }

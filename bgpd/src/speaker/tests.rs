@@ -123,7 +123,7 @@ impl Net {
                     );
                 }
             }
-            Action::PeerUp(_) | Action::PeerDown(..) => {}
+            Action::PeerUp(_) | Action::PeerDown(..) | Action::EndOfRib(..) => {}
         }
     }
 
