@@ -9,7 +9,7 @@ CARGO ?= cargo
 # the namespaces tests make.
 # Debian packages the build and the tests need: protoc for etcd-client's build, etcd and the
 # BGP peers (gobgpd, bird2, frr) as real peers, and the kernel tools.
-DEB_PACKAGES := protobuf-compiler etcd-server etcd-client gobgpd bird2 frr iproute2 iptables ipset
+DEB_PACKAGES := protobuf-compiler etcd-server etcd-client gobgpd bird2 frr iproute2 iptables ipset curl
 DEMO_DIR ?= /tmp/twill-demo
 TWILLCTL := target/debug/twillctl
 

@@ -70,6 +70,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let (sender, receiver) = mpsc::unbounded_channel();
     let daemon = daemon::Daemon::new(args.config, args.graceful_restart, sender.clone())?;
     control::serve(&args.control, sender.clone())?;
+    if let Some(address) = daemon.metrics_listen() {
+        control::serve_metrics(address, sender.clone()).await?;
+    }
     let hangups = sender.clone();
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     tokio::spawn(async move {

@@ -43,6 +43,35 @@ pub fn serve(path: &Path, events: mpsc::UnboundedSender<Event>) -> std::io::Resu
     Ok(())
 }
 
+/// Serves Prometheus metrics over HTTP at `address` (any path answers the metrics).
+pub async fn serve_metrics(address: std::net::SocketAddr, events: mpsc::UnboundedSender<Event>) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind(address).await?;
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let events = events.clone();
+            tokio::spawn(async move {
+                let (read, mut write) = stream.into_split();
+                let mut request_line = String::new();
+                if BufReader::new(read).read_line(&mut request_line).await.is_err() {
+                    return;
+                }
+                let (reply, answer) = oneshot::channel();
+                if events.send(Event::Control("metrics".into(), reply)).is_err() {
+                    return;
+                }
+                let Ok(body) = answer.await else { return };
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = write.write_all(head.as_bytes()).await;
+                let _ = write.write_all(body.as_bytes()).await;
+            });
+        }
+    });
+    Ok(())
+}
+
 /// `twillctl bgp peers -o json`: one object per neighbour, with the BRIEF's fields.
 pub fn peers_json(peers: &[PeerStatus]) -> String {
     let list: Vec<Value> = peers

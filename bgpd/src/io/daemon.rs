@@ -126,6 +126,11 @@ impl Daemon {
         })
     }
 
+    /// Where Prometheus metrics are served, if configured.
+    pub fn metrics_listen(&self) -> Option<SocketAddr> {
+        self.config.metrics_listen
+    }
+
     /// Runs until the process ends.
     pub async fn run(mut self, mut events: mpsc::UnboundedReceiver<Event>) -> anyhow::Result<()> {
         for listener in self.listeners.clone() {
