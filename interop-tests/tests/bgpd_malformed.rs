@@ -122,11 +122,22 @@ fn a_malformed_attribute_withdraws_the_route_and_keeps_the_session() {
     let peers = lab.twillctl("peers");
     assert_eq!(peers[0]["state"], "Established", "{peers}");
     // Prometheus metrics, served inside Twill's namespace.
-    let metrics = lab.twill_ns.output("curl", &["-s", "http://127.0.0.1:9179/metrics"]);
+    let metrics = lab
+        .twill_ns
+        .output("curl", &["-s", "http://127.0.0.1:9179/metrics"]);
     let text = String::from_utf8_lossy(&metrics.stdout);
-    assert!(text.contains("twill_bgp_sessions{state=\"Established\"} 1"), "{text}");
-    assert!(text.contains("twill_bgp_prefixes_accepted{peer=\"198.18.110.2\"} 1"), "{text}");
-    assert!(text.contains("twill_bgp_updates_received_total{peer=\"198.18.110.2\"}"), "{text}");
+    assert!(
+        text.contains("twill_bgp_sessions{state=\"Established\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("twill_bgp_prefixes_accepted{peer=\"198.18.110.2\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("twill_bgp_updates_received_total{peer=\"198.18.110.2\"}"),
+        "{text}"
+    );
     assert!(
         !lab.raw_log("treat-as-withdraw").contains("notification"),
         "{}",

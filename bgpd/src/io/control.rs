@@ -44,7 +44,10 @@ pub fn serve(path: &Path, events: mpsc::UnboundedSender<Event>) -> std::io::Resu
 }
 
 /// Serves Prometheus metrics over HTTP at `address` (any path answers the metrics).
-pub async fn serve_metrics(address: std::net::SocketAddr, events: mpsc::UnboundedSender<Event>) -> std::io::Result<()> {
+pub async fn serve_metrics(
+    address: std::net::SocketAddr,
+    events: mpsc::UnboundedSender<Event>,
+) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(address).await?;
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
@@ -52,11 +55,18 @@ pub async fn serve_metrics(address: std::net::SocketAddr, events: mpsc::Unbounde
             tokio::spawn(async move {
                 let (read, mut write) = stream.into_split();
                 let mut request_line = String::new();
-                if BufReader::new(read).read_line(&mut request_line).await.is_err() {
+                if BufReader::new(read)
+                    .read_line(&mut request_line)
+                    .await
+                    .is_err()
+                {
                     return;
                 }
                 let (reply, answer) = oneshot::channel();
-                if events.send(Event::Control("metrics".into(), reply)).is_err() {
+                if events
+                    .send(Event::Control("metrics".into(), reply))
+                    .is_err()
+                {
                     return;
                 }
                 let Ok(body) = answer.await else { return };

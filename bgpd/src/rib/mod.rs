@@ -135,6 +135,8 @@ pub struct Rib {
     interner: Interner,
     /// Writes since the interner was last collected.
     churn: usize,
+    /// Paths per peer, kept as paths come and go.
+    path_counts: HashMap<PeerId, usize>,
 }
 
 /// LOCAL_PREF when absent (RFC 4271 leaves it to the implementation; 100 is universal).
@@ -149,6 +151,7 @@ impl Rib {
             table: HashMap::new(),
             interner: Interner::default(),
             churn: 0,
+            path_counts: HashMap::new(),
         }
     }
 
@@ -202,6 +205,11 @@ impl Rib {
     /// Whether the table is empty.
     pub fn is_empty(&self) -> bool {
         self.table.is_empty()
+    }
+
+    /// How many paths a peer has in the table.
+    pub fn path_count(&self, peer: PeerId) -> usize {
+        self.path_counts.get(&peer).copied().unwrap_or(0)
     }
 
     /// Distinct attribute sets in use.
@@ -381,9 +389,13 @@ impl Rib {
     fn insert_path(&mut self, prefix: IpNet, path: Path, changes: &mut Vec<BestChange>) {
         let entry = self.table.entry(prefix).or_default();
         let before = Rib::ecmp_of(&self.config, &self.peers, &entry.paths);
+        let count = entry.paths.len();
         entry
             .paths
             .retain(|p| !(p.peer == path.peer && p.path_id == path.path_id));
+        if entry.paths.len() == count {
+            *self.path_counts.entry(path.peer).or_default() += 1;
+        }
         let position = entry
             .paths
             .iter()
@@ -419,6 +431,9 @@ impl Rib {
             .retain(|p| !(p.peer == peer && p.path_id == path_id));
         if entry.paths.len() == count {
             return;
+        }
+        if let Some(n) = self.path_counts.get_mut(&peer) {
+            *n = n.saturating_sub(1);
         }
         let after = Rib::ecmp_of(&self.config, &self.peers, &entry.paths);
         if entry.paths.is_empty() {

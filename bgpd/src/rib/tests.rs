@@ -349,6 +349,10 @@ proptest! {
                 truth.insert(*prefix, Rib::ecmp_of(r.config(), &peers, &sorted).iter().map(|p| p.next_hop).collect::<Vec<_>>());
             }
             prop_assert_eq!(&shadow, &truth);
+            for n in 1..5 {
+                let counted = r.iter().map(|(_, paths)| paths.iter().filter(|p| p.peer == PeerId(n)).count()).sum::<usize>();
+                prop_assert_eq!(r.path_count(PeerId(n)), counted);
+            }
         }
     }
 }

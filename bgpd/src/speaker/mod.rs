@@ -364,11 +364,7 @@ impl Speaker {
         self.peers
             .values()
             .map(|peer| {
-                let accepted = self
-                    .rib
-                    .iter()
-                    .map(|(_, paths)| paths.iter().filter(|p| p.peer == peer.id).count())
-                    .sum::<usize>();
+                let accepted = self.rib.path_count(peer.id);
                 PeerStatus {
                     address: peer.config.address,
                     remote_as: peer.config.session.remote_as,
