@@ -4,13 +4,22 @@
 #![allow(clippy::disallowed_methods)] // Benchmarks read the clock and start processes.
 
 mod bench;
+mod bgp;
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("bench") => bench::run(args.get(1).map(String::as_str)),
+        Some("bench-bgp") => {
+            let sizes: Vec<u64> = args[1..].iter().filter_map(|a| a.parse().ok()).collect();
+            println!(
+                "{}",
+                bgp::run(1, if sizes.is_empty() { &[100_000] } else { &sizes })
+            );
+            Ok(())
+        }
         _ => {
-            eprintln!("usage: cargo xtask bench [OUTPUT.md]");
+            eprintln!("usage: cargo xtask bench [OUTPUT.md] | bench-bgp [PREFIXES...]");
             std::process::exit(2);
         }
     }

@@ -61,6 +61,8 @@ pub struct Daemon {
     started: Instant,
     /// The kernel writer, when `[kernel]` is configured.
     kernel: Option<std::sync::mpsc::Sender<KernelCommand>>,
+    /// Route writes the kernel writer has done.
+    kernel_writes: Arc<std::sync::atomic::AtomicU64>,
     /// Restarting: which neighbours' End-of-RIBs the kernel sweep still waits for.
     awaiting_end_of_rib: Option<HashSet<(IpAddr, crate::wire::Family)>>,
 }
@@ -97,11 +99,14 @@ impl Daemon {
                 socket::listen(*address).with_context(|| format!("cannot listen on {address}"))?,
             ));
         }
-        let speaker = Speaker::new(config.speaker.clone());
+        let mut speaker = Speaker::new(config.speaker.clone());
+        speaker.set_route_output(config.kernel.is_some());
+        let kernel_writes = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let kernel = match config.kernel {
-            Some(kernel_config) => {
-                Some(kernel::spawn(kernel_config, restarting).context("cannot open rtnetlink")?)
-            }
+            Some(kernel_config) => Some(
+                kernel::spawn(kernel_config, restarting, kernel_writes.clone())
+                    .context("cannot open rtnetlink")?,
+            ),
             None => None,
         };
         if restarting && kernel.is_some() {
@@ -123,6 +128,7 @@ impl Daemon {
             started: Instant::now(),
             awaiting_end_of_rib: (restarting && kernel.is_some()).then(HashSet::new),
             kernel,
+            kernel_writes,
         })
     }
 
@@ -402,7 +408,16 @@ impl Daemon {
         match command {
             "peers" => control::peers_json(&self.speaker.peers_status(now)),
             "rib" => control::rib_json(&self.speaker),
-            "metrics" => control::metrics(&self.speaker.peers_status(now), &self.speaker, self.started.elapsed()),
+            "metrics" => {
+                let mut text = control::metrics(&self.speaker.peers_status(now), &self.speaker, self.started.elapsed());
+                if self.kernel.is_some() {
+                    let writes = self.kernel_writes.load(std::sync::atomic::Ordering::Relaxed);
+                    text.push_str(&format!(
+                        "# HELP twill_bgp_kernel_writes_total Route writes to the kernel.\n# TYPE twill_bgp_kernel_writes_total counter\ntwill_bgp_kernel_writes_total {writes}\n"
+                    ));
+                }
+                text
+            }
             "reload" => match self.reload(now) {
                 Ok(()) => "{\"ok\":true}".into(),
                 Err(err) => serde_json::json!({ "error": format!("{err:#}") }).to_string(),

@@ -308,9 +308,13 @@ fn acknowledgements(datagram: &[u8]) -> Vec<(u32, i32)> {
     out
 }
 
-/// Runs the kernel writer on its own thread. With `keep_existing` (graceful restart), Twill's
+/// Runs the kernel writer on its own thread; `writes` counts route writes done. With `keep_existing` (graceful restart), Twill's
 /// routes from before stay until [`KernelCommand::Sweep`]; otherwise they are removed now.
-pub fn spawn(config: KernelConfig, keep_existing: bool) -> io::Result<mpsc::Sender<KernelCommand>> {
+pub fn spawn(
+    config: KernelConfig,
+    keep_existing: bool,
+    writes: std::sync::Arc<std::sync::atomic::AtomicU64>,
+) -> io::Result<mpsc::Sender<KernelCommand>> {
     let mut kernel = Kernel::open(config)?;
     let mut leftovers = kernel.list()?;
     if !keep_existing {
@@ -345,8 +349,10 @@ pub fn spawn(config: KernelConfig, keep_existing: bool) -> io::Result<mpsc::Send
                     }
                 }
                 let routes: Vec<(IpNet, Vec<IpAddr>)> = pending.into_iter().collect();
+                let written = routes.len() as u64;
                 match kernel.apply(&routes) {
                     Ok(failures) => {
+                        writes.fetch_add(written, std::sync::atomic::Ordering::Relaxed);
                         for (prefix, error) in failures {
                             tracing::warn!(%prefix, %error, "the kernel refused a route");
                         }

@@ -98,6 +98,39 @@ pub enum RejectReason {
     ClusterLoop,
 }
 
+/// The identity of one path: its source, its next hop and its (interned) attributes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct PathKey {
+    peer: PeerId,
+    path_id: u32,
+    next_hop: IpAddr,
+    attributes: *const PathAttributes,
+    stale: bool,
+}
+
+/// The identity of an ECMP set: up to four members inline, more spilled.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct EcmpIdentity {
+    inline: [Option<PathKey>; 4],
+    more: Vec<PathKey>,
+}
+
+impl EcmpIdentity {
+    fn push(&mut self, path: &Path) {
+        let key = PathKey {
+            peer: path.peer,
+            path_id: path.path_id,
+            next_hop: path.next_hop,
+            attributes: Arc::as_ptr(&path.attributes),
+            stale: path.stale,
+        };
+        match self.inline.iter_mut().find(|slot| slot.is_none()) {
+            Some(slot) => *slot = Some(key),
+            None => self.more.push(key),
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct Entry {
     /// Usable paths, best first.
@@ -388,7 +421,7 @@ impl Rib {
 
     fn insert_path(&mut self, prefix: IpNet, path: Path, changes: &mut Vec<BestChange>) {
         let entry = self.table.entry(prefix).or_default();
-        let before = Rib::ecmp_of(&self.config, &self.peers, &entry.paths);
+        let before = Rib::ecmp_identity(&self.config, &self.peers, &entry.paths);
         let count = entry.paths.len();
         entry
             .paths
@@ -404,11 +437,10 @@ impl Rib {
             })
             .unwrap_or(entry.paths.len());
         entry.paths.insert(position, path);
-        let after = Rib::ecmp_of(&self.config, &self.peers, &entry.paths);
-        if before != after {
+        if before != Rib::ecmp_identity(&self.config, &self.peers, &entry.paths) {
             changes.push(BestChange {
                 prefix,
-                paths: after,
+                paths: Rib::ecmp_of(&self.config, &self.peers, &entry.paths),
             });
         }
     }
@@ -424,7 +456,7 @@ impl Rib {
         let Some(entry) = self.table.get_mut(&prefix) else {
             return;
         };
-        let before = Rib::ecmp_of(&self.config, &self.peers, &entry.paths);
+        let before = Rib::ecmp_identity(&self.config, &self.peers, &entry.paths);
         let count = entry.paths.len();
         entry
             .paths
@@ -435,15 +467,14 @@ impl Rib {
         if let Some(n) = self.path_counts.get_mut(&peer) {
             *n = n.saturating_sub(1);
         }
-        let after = Rib::ecmp_of(&self.config, &self.peers, &entry.paths);
-        if entry.paths.is_empty() {
-            self.table.remove(&prefix);
-        }
-        if before != after {
+        if before != Rib::ecmp_identity(&self.config, &self.peers, &entry.paths) {
             changes.push(BestChange {
                 prefix,
-                paths: after,
+                paths: Rib::ecmp_of(&self.config, &self.peers, &entry.paths),
             });
+        }
+        if entry.paths.is_empty() {
+            self.table.remove(&prefix);
         }
     }
 
@@ -451,25 +482,58 @@ impl Rib {
         Rib::ecmp_of(&self.config, &self.peers, paths)
     }
 
-    /// The best path and those that tie with it up to the multipath point, at most
-    /// `max_paths`.
-    fn ecmp_of(config: &RibConfig, peers: &HashMap<PeerId, PeerInfo>, paths: &[Path]) -> Vec<Path> {
+    /// Visits the ECMP set: the best path and those that tie with it up to the multipath
+    /// point, through distinct next hops, at most `max_paths`. Allocates nothing for up to
+    /// eight members.
+    fn for_each_ecmp<'a>(
+        config: &RibConfig,
+        peers: &HashMap<PeerId, PeerInfo>,
+        paths: &'a [Path],
+        mut visit: impl FnMut(&'a Path),
+    ) {
         let Some(best) = paths.first() else {
-            return Vec::new();
+            return;
         };
-        let mut set = vec![best.clone()];
+        visit(best);
+        let limit = config.max_paths.max(1);
+        let mut hops: [Option<IpAddr>; 8] = [None; 8];
+        hops[0] = Some(best.next_hop);
+        let mut extra_hops: Vec<IpAddr> = Vec::new();
+        let mut members = 1;
         for path in &paths[1..] {
-            if set.len() >= config.max_paths.max(1)
-                || compare_multipath(peers, best, path) != Ordering::Equal
-            {
+            if members >= limit || compare_multipath(peers, best, path) != Ordering::Equal {
                 break;
             }
             // Equal paths through a next hop already in the set add nothing to forwarding.
-            if set.iter().all(|p| p.next_hop != path.next_hop) {
-                set.push(path.clone());
+            let seen = hops.iter().flatten().any(|h| *h == path.next_hop)
+                || extra_hops.contains(&path.next_hop);
+            if !seen {
+                match hops.get_mut(members) {
+                    Some(slot) => *slot = Some(path.next_hop),
+                    None => extra_hops.push(path.next_hop),
+                }
+                members += 1;
+                visit(path);
             }
         }
+    }
+
+    /// The ECMP set, cloned.
+    fn ecmp_of(config: &RibConfig, peers: &HashMap<PeerId, PeerInfo>, paths: &[Path]) -> Vec<Path> {
+        let mut set = Vec::new();
+        Rib::for_each_ecmp(config, peers, paths, |p| set.push(p.clone()));
         set
+    }
+
+    /// What identifies the ECMP set, to tell whether it changed, without cloning paths.
+    fn ecmp_identity(
+        config: &RibConfig,
+        peers: &HashMap<PeerId, PeerInfo>,
+        paths: &[Path],
+    ) -> EcmpIdentity {
+        let mut identity = EcmpIdentity::default();
+        Rib::for_each_ecmp(config, peers, paths, |p| identity.push(p));
+        identity
     }
 
     /// What to advertise to peer `to` for a path: `None` when the rules forbid it, else the

@@ -183,6 +183,9 @@ impl Speaker {
 
     /// Route changes for the kernel: our own originations are not installed.
     pub(super) fn emit_routes(&mut self, changes: Vec<BestChange>) {
+        if !self.route_output {
+            return;
+        }
         for mut change in changes {
             if change
                 .paths

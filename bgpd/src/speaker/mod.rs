@@ -141,6 +141,8 @@ pub struct Speaker {
     originated: BTreeMap<IpNet, PathAttributes>,
     actions: VecDeque<Action>,
     next_peer_id: u32,
+    /// Whether route changes are reported ([`Action::Route`]); off when nothing installs them.
+    route_output: bool,
 }
 
 impl Speaker {
@@ -159,7 +161,13 @@ impl Speaker {
             originated: BTreeMap::new(),
             actions: VecDeque::new(),
             next_peer_id: 1,
+            route_output: true,
         }
+    }
+
+    /// Whether to report route changes for the kernel (default on).
+    pub fn set_route_output(&mut self, on: bool) {
+        self.route_output = on;
     }
 
     /// The RIB, for display.

@@ -1,0 +1,116 @@
+//! The benchmark sender: `twill-bgp-blast ADDR:PORT COUNT`. It encodes COUNT distinct IPv4
+//! /32 prefixes (10.0.0.0/8, 100 attribute sets) into UPDATEs before it connects, opens a
+//! session as AS 65002, then writes every UPDATE as fast as the socket takes them and an
+//! End-of-RIB. It prints `start NANOS` (Unix time) just before the first UPDATE byte and
+//! `sent NANOS` after the last, then keeps the session alive until killed.
+
+#![allow(clippy::disallowed_methods)] // A benchmark tool at the edge: it reads the clock.
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, TcpStream};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::bail;
+use twill_bgpd::wire::attribute::{AsPath, Origin, PathAttributes};
+use twill_bgpd::wire::{Capability, Context, Family, Message, Nlri, OpenMsg, UpdateMsg};
+
+fn nanos() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos())
+}
+
+fn encode(count: u32, next_hop: Ipv4Addr, cx: &Context) -> Vec<u8> {
+    let mut out = Vec::new();
+    let per_update = 780; // 5 octets a /32: fits 4096 with the attributes.
+    let mut start = 0u32;
+    let mut set = 0u32;
+    while start < count {
+        let end = (start + per_update).min(count);
+        let nlri = (start..end)
+            .map(|i| {
+                Nlri::new(ipnet::IpNet::new(Ipv4Addr::from(0x0a00_0000 + i).into(), 32).unwrap())
+            })
+            .collect();
+        let attributes = PathAttributes {
+            origin: Some(Origin::Igp),
+            as_path: Some(AsPath::sequence(vec![65002, 64512 + set % 100])),
+            next_hop: Some(next_hop),
+            ..PathAttributes::default()
+        };
+        out.extend_from_slice(
+            &Message::Update(Box::new(UpdateMsg {
+                attributes,
+                nlri,
+                ..UpdateMsg::default()
+            }))
+            .encode(cx),
+        );
+        start = end;
+        set += 1;
+    }
+    out.extend_from_slice(
+        &Message::Update(Box::new(UpdateMsg::end_of_rib_for(Family::Ipv4Unicast))).encode(cx),
+    );
+    out
+}
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let [_, address, count] = args.as_slice() else {
+        bail!("usage: twill-bgp-blast ADDR:PORT COUNT")
+    };
+    let count: u32 = count.parse()?;
+    let cx = Context {
+        four_octet_as: true,
+        ..Context::default()
+    };
+    let mut stream = loop {
+        match TcpStream::connect(address) {
+            Ok(stream) => break stream,
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    };
+    let local = match stream.local_addr()?.ip() {
+        std::net::IpAddr::V4(v4) => v4,
+        other => bail!("an IPv4 session is needed, got {other}"),
+    };
+    let updates = encode(count, local, &cx);
+    let caps = vec![
+        Capability::Multiprotocol(Family::Ipv4Unicast),
+        Capability::RouteRefresh,
+    ];
+    let open = OpenMsg::new(65002, 240, local, caps);
+    stream.write_all(&Message::Open(open).encode(&Context::initial()))?;
+    stream.write_all(&Message::Keepalive.encode(&cx))?;
+    // Wait for the receiver's OPEN and KEEPALIVE: the session is up on its side too.
+    let mut buffer = Vec::new();
+    let mut seen_keepalive = false;
+    let mut chunk = [0u8; 4096];
+    while !seen_keepalive {
+        let n = stream.read(&mut chunk)?;
+        if n == 0 {
+            bail!("the receiver closed the connection");
+        }
+        buffer.extend_from_slice(&chunk[..n]);
+        while let Ok(Some((message, len))) = Message::decode(&buffer, &cx) {
+            buffer.drain(..len);
+            seen_keepalive |= matches!(message, Message::Keepalive);
+        }
+    }
+    println!("start {}", nanos());
+    stream.write_all(&updates)?;
+    println!("sent {}", nanos());
+    loop {
+        std::thread::sleep(Duration::from_secs(20));
+        stream.write_all(&Message::Keepalive.encode(&cx))?;
+        // Drain what the receiver sends so its writes never block.
+        stream.set_nonblocking(true)?;
+        while let Ok(n) = stream.read(&mut chunk) {
+            if n == 0 {
+                return Ok(());
+            }
+        }
+        stream.set_nonblocking(false)?;
+    }
+}
