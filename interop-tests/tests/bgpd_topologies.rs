@@ -1,0 +1,298 @@
+//! Topologies beyond one session: twill-bgpd as route reflector for two real clients, and
+//! add-path with two paths for one prefix.
+
+#![allow(clippy::disallowed_methods)] // Tests start processes and read the clock.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use twill_interop_tests::netns::{link, Daemon, Netns};
+use twill_interop_tests::workspace_binary;
+
+fn wait(
+    limit: Duration,
+    what: &str,
+    mut check: impl FnMut() -> Option<String>,
+    logs: &[&Path],
+) -> String {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(found) = check() {
+            return found;
+        }
+        if Instant::now() > deadline {
+            let text: Vec<String> = logs
+                .iter()
+                .map(|p| std::fs::read_to_string(p).unwrap_or_default())
+                .collect();
+            panic!("timed out waiting for {what}\n{}", text.join("\n-----\n"));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn twill(ns: &Netns, dir: &Path, config: &str) -> Daemon {
+    std::fs::write(dir.join("twill.toml"), config).unwrap();
+    let (config, control) = (dir.join("twill.toml"), dir.join("bgpd.sock"));
+    ns.spawn(
+        workspace_binary("twill-bgpd").to_str().unwrap(),
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--control",
+            control.to_str().unwrap(),
+        ],
+        &dir.join("twill.log"),
+    )
+}
+
+fn gobgpd(ns: &Netns, dir: &Path, name: &str, config: String, port: u16) -> Daemon {
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, config).unwrap();
+    let api = format!("127.0.0.1:{port}");
+    ns.spawn(
+        "gobgpd",
+        &[
+            "-f",
+            path.to_str().unwrap(),
+            "--api-hosts",
+            &api,
+            "--pprof-disable",
+            "-p",
+        ],
+        &dir.join(format!("{name}.log")),
+    )
+}
+
+fn gobgp(ns: &Netns, port: u16, args: &[&str]) -> String {
+    let port = port.to_string();
+    let mut full = vec!["-u", "127.0.0.1", "-p", port.as_str()];
+    full.extend_from_slice(args);
+    String::from_utf8_lossy(&ns.output("gobgp", &full).stdout).into_owned()
+}
+
+/// Twill reflects a client's route (gobgpd) to another client (BIRD): the next hop is kept,
+/// ORIGINATOR_ID and CLUSTER_LIST are set.
+#[test]
+fn twill_reflects_between_two_clients() {
+    let rr = Netns::new("rrt");
+    let a = Netns::new("rra");
+    let b = Netns::new("rrb");
+    link(&rr, "198.18.140.1/24", &a, "198.18.140.2/24");
+    link(&rr, "198.18.141.1/24", &b, "198.18.141.2/24");
+    // BIRD resolves iBGP next hops through its table: give it a route to A's network.
+    b.ip(&["route", "add", "198.18.140.0/24", "via", "198.18.141.1"]);
+    let dir = tempfile::Builder::new()
+        .prefix("twill-rr-")
+        .tempdir()
+        .unwrap();
+    let _twill = twill(
+        &rr,
+        dir.path(),
+        "[global]\nasn = 65000\nrouter_id = \"198.18.140.1\"\nlisten = [\"0.0.0.0:179\"]\n\
+         [[neighbor]]\naddress = \"198.18.140.2\"\nremote_asn = 65000\nroute_reflector_client = true\nconnect_retry = 1\n\
+         [[neighbor]]\naddress = \"198.18.141.2\"\nremote_asn = 65000\nroute_reflector_client = true\nconnect_retry = 1\n",
+    );
+    let _a = gobgpd(
+        &a,
+        dir.path(),
+        "client-a",
+        "[global.config]\n  as = 65000\n  router-id = \"198.18.140.2\"\n  port = 179\n  local-address-list = [\"198.18.140.2\"]\n\
+         [[neighbors]]\n  [neighbors.config]\n    neighbor-address = \"198.18.140.1\"\n    peer-as = 65000\n"
+            .to_string(),
+        50071,
+    );
+    let bird_config = dir.path().join("bird.conf");
+    std::fs::write(
+        &bird_config,
+        "router id 198.18.141.2;\nprotocol device { }\nprotocol kernel { ipv4 { import all; export none; }; learn; }\n\
+         protocol bgp reflector {\n  local 198.18.141.2 as 65000;\n  neighbor 198.18.141.1 as 65000;\n  connect retry time 1;\n  \
+         ipv4 { import all; export none; gateway recursive; igp table master4; };\n}\n",
+    )
+    .unwrap();
+    let socket = dir.path().join("bird.ctl");
+    let _b = b.spawn(
+        "bird",
+        &[
+            "-c",
+            bird_config.to_str().unwrap(),
+            "-s",
+            socket.to_str().unwrap(),
+            "-f",
+        ],
+        &dir.path().join("bird.log"),
+    );
+    wait(
+        Duration::from_secs(10),
+        "gobgp to take the route",
+        || {
+            let added = a.output(
+                "gobgp",
+                &[
+                    "-u",
+                    "127.0.0.1",
+                    "-p",
+                    "50071",
+                    "global",
+                    "rib",
+                    "add",
+                    "10.60.0.0/26",
+                    "origin",
+                    "igp",
+                    "-a",
+                    "ipv4",
+                ],
+            );
+            added.status.success().then(String::new)
+        },
+        &[],
+    );
+    let logs = [
+        dir.path().join("twill.log"),
+        dir.path().join("bird.log"),
+        dir.path().join("client-a.log"),
+    ];
+    let log_refs: Vec<&Path> = logs.iter().map(|p| p.as_path()).collect();
+    let view = wait(
+        Duration::from_secs(40),
+        "the reflected route at client B",
+        || {
+            let out = b.output(
+                "birdc",
+                &[
+                    "-s",
+                    socket.to_str().unwrap(),
+                    "show",
+                    "route",
+                    "10.60.0.0/26",
+                    "all",
+                ],
+            );
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            text.contains("BGP.originator_id").then_some(text)
+        },
+        &log_refs,
+    );
+    assert!(view.contains("BGP.originator_id: 198.18.140.2"), "{view}");
+    assert!(view.contains("BGP.cluster_list: 198.18.140.1"), "{view}");
+    assert!(
+        view.contains("BGP.next_hop: 198.18.140.2"),
+        "the next hop is the originating client's:\n{view}"
+    );
+    // And nothing is reflected back to the client it came from.
+    assert!(!gobgp(
+        &a,
+        50071,
+        &["neighbor", "198.18.140.1", "adj-in", "-a", "ipv4"]
+    )
+    .contains("10.60.0.0/26"));
+}
+
+/// Two eBGP peers announce one prefix; Twill sends both paths with add-path to a third peer.
+#[test]
+fn add_path_sends_two_paths_for_one_prefix() {
+    let twill_ns = Netns::new("apt");
+    let left = Netns::new("apl");
+    let right = Netns::new("apr");
+    let receiver = Netns::new("apx");
+    link(&twill_ns, "198.18.150.1/24", &left, "198.18.150.2/24");
+    link(&twill_ns, "198.18.151.1/24", &right, "198.18.151.2/24");
+    link(&twill_ns, "198.18.152.1/24", &receiver, "198.18.152.2/24");
+    let dir = tempfile::Builder::new()
+        .prefix("twill-addpath-")
+        .tempdir()
+        .unwrap();
+    let _twill = twill(
+        &twill_ns,
+        dir.path(),
+        "[global]\nasn = 65001\nrouter_id = \"198.18.150.1\"\nlisten = [\"0.0.0.0:179\"]\n\
+         [[neighbor]]\naddress = \"198.18.150.2\"\nremote_asn = 65002\nconnect_retry = 1\n\
+         [[neighbor]]\naddress = \"198.18.151.2\"\nremote_asn = 65003\nconnect_retry = 1\n\
+         [[neighbor]]\naddress = \"198.18.152.2\"\nremote_asn = 65001\nconnect_retry = 1\nadd_path = \"send\"\nfamilies = [\"ipv4-unicast\"]\n",
+    );
+    let sender = |me: &str, asn: u32| {
+        format!(
+            "[global.config]\n  as = {asn}\n  router-id = \"{me}\"\n  port = 179\n  local-address-list = [\"{me}\"]\n\
+             [[neighbors]]\n  [neighbors.config]\n    neighbor-address = \"{}\"\n    peer-as = 65001\n",
+            me.replace(".2", ".1")
+        )
+    };
+    let _left = gobgpd(
+        &left,
+        dir.path(),
+        "left",
+        sender("198.18.150.2", 65002),
+        50081,
+    );
+    let _right = gobgpd(
+        &right,
+        dir.path(),
+        "right",
+        sender("198.18.151.2", 65003),
+        50082,
+    );
+    let _receiver = gobgpd(
+        &receiver,
+        dir.path(),
+        "receiver",
+        "[global.config]\n  as = 65001\n  router-id = \"198.18.152.2\"\n  port = 179\n  local-address-list = [\"198.18.152.2\"]\n\
+         [[neighbors]]\n  [neighbors.config]\n    neighbor-address = \"198.18.152.1\"\n    peer-as = 65001\n  \
+         [neighbors.add-paths.config]\n    receive = true\n  [[neighbors.afi-safis]]\n    [neighbors.afi-safis.config]\n      \
+         afi-safi-name = \"ipv4-unicast\"\n"
+            .to_string(),
+        50083,
+    );
+    for (ns, port) in [(&left, 50081u16), (&right, 50082u16)] {
+        wait(
+            Duration::from_secs(10),
+            "gobgp to take the route",
+            || {
+                let port = port.to_string();
+                let added = ns.output(
+                    "gobgp",
+                    &[
+                        "-u",
+                        "127.0.0.1",
+                        "-p",
+                        &port,
+                        "global",
+                        "rib",
+                        "add",
+                        "10.70.0.0/24",
+                        "origin",
+                        "igp",
+                        "-a",
+                        "ipv4",
+                    ],
+                );
+                added.status.success().then(String::new)
+            },
+            &[],
+        );
+    }
+    let logs = [
+        dir.path().join("twill.log"),
+        dir.path().join("receiver.log"),
+    ];
+    let log_refs: Vec<&Path> = logs.iter().map(|p| p.as_path()).collect();
+    let view = wait(
+        Duration::from_secs(40),
+        "two paths at the add-path receiver",
+        || {
+            let text = gobgp(
+                &receiver,
+                50083,
+                &["global", "rib", "10.70.0.0/24", "-a", "ipv4"],
+            );
+            (text.contains("65002") && text.contains("65003")).then_some(text)
+        },
+        &log_refs,
+    );
+    assert!(
+        view.lines()
+            .filter(|l| l.contains("10.70.0.0/24") || l.contains("65002") || l.contains("65003"))
+            .count()
+            >= 2,
+        "{view}"
+    );
+}
