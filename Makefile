@@ -70,7 +70,9 @@ demo: deps
 	printf 'apiVersion: projectcalico.org/v3\nkind: NetworkPolicy\nmetadata:\n  name: bad\nspec:\n  selector: app = '"'"'x'"'"'\n' \
 		| $(TWILLCTL) apply -f - || true
 
+# Needs root: the BGP benchmark builds network namespaces.
 bench: deps
+	$(CARGO) build --release --workspace --bins
 	$(CARGO) run --release -p xtask -- bench docs/benchmarks.md
 
 # Runs each fuzz target for FUZZ_SECONDS (needs cargo-fuzz; RUSTC_BOOTSTRAP for its flags).

@@ -606,6 +606,20 @@ table = 254
     }
 
     #[test]
+    fn the_readmes_example_parses() {
+        let readme = include_str!("../../README.md");
+        let start = readme
+            .find("# /etc/twill/bgpd.toml\n")
+            .expect("the README shows a twill-bgpd config");
+        let block = &readme[start..];
+        let block = &block[..block.find("```").expect("the block ends")];
+        let config = DaemonConfig::parse(block).unwrap_or_else(|e| panic!("README config: {e}"));
+        assert!(config.neighbors[0].1.ttl_security);
+        assert_eq!(config.neighbors[0].0.import.len(), 1);
+        assert_eq!(config.speaker.max_paths, 4);
+    }
+
+    #[test]
     fn errors_name_the_key_path() {
         let cases = [
             (

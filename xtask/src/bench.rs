@@ -1,5 +1,5 @@
-//! The benchmarks of the foundation: selector evaluation, datastore write throughput with 1
-//! and 8 clients, and watch latency, on SQLite and etcd side by side.
+//! The benchmarks: selector evaluation, datastore write throughput with 1 and 8 clients and
+//! watch latency on SQLite and etcd side by side, and BGP ingest (see `crate::bgp`).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -40,6 +40,12 @@ pub fn run(output: Option<&str>) -> anyhow::Result<()> {
     writeln!(report, "{}", selector_bench())?;
     println!("datastore throughput and watch latency (SQLite, etcd) ...");
     writeln!(report, "{}", runtime.block_on(datastore_bench())?)?;
+    println!("BGP ingest (twill-bgpd, BIRD 2, GoBGP; needs root for network namespaces) ...");
+    writeln!(
+        report,
+        "{}",
+        crate::bgp::run(RUNS.min(3), &[100_000, 1_000_000])
+    )?;
     let path = output.unwrap_or("docs/benchmarks.md");
     std::fs::write(path, &report).with_context(|| format!("cannot write {path}"))?;
     println!("{report}\nwritten to {path}");

@@ -278,7 +278,7 @@ pub fn run(runs: usize, sizes: &[u64]) -> String {
          780 to an UPDATE, and writes them as fast as the socket takes them. Time: from the sender's first UPDATE byte \
          until the receiver reports every prefix accepted (polled every 10 ms: `twillctl bgp peers`, `birdc show protocols \
          all`, `gobgp neighbor -j`); with `[kernel]`, until every route is also written to the kernel table. Peak RSS: the \
-         receiver's VmHWM. Each receiver in its own network namespace; medians of the runs.\n\n\
+         receiver's VmHWM. Each receiver in its own network namespace; medians of 3 runs (GoBGP at 1M: one run).\n\n\
          | receiver | prefixes | kernel | time (s) | peak RSS (MB) | time / BIRD | RSS / BIRD |\n|---|---|---|---|---|---|---|\n",
     );
     for &count in sizes {

@@ -272,40 +272,19 @@ fn messages(datagram: &[u8]) -> Vec<(u16, &[u8])> {
     out
 }
 
-/// (sequence, error) of each acknowledgement in a datagram (error 0: success).
+/// (sequence, error) of each acknowledgement in a datagram (error 0: success). An
+/// acknowledgement's body is the error code followed by the request's header, whose sequence
+/// number sits 8 octets in.
 fn acknowledgements(datagram: &[u8]) -> Vec<(u32, i32)> {
-    let mut out = Vec::new();
-    let mut at = 0;
-    while at + 16 <= datagram.len() {
-        let len = u32::from_ne_bytes([
-            datagram[at],
-            datagram[at + 1],
-            datagram[at + 2],
-            datagram[at + 3],
-        ]) as usize;
-        if len < 16 || at + len > datagram.len() {
-            break;
-        }
-        let kind = u16::from_ne_bytes([datagram[at + 4], datagram[at + 5]]);
-        if kind == NLMSG_ERROR && len >= 36 {
-            let error = i32::from_ne_bytes([
-                datagram[at + 16],
-                datagram[at + 17],
-                datagram[at + 18],
-                datagram[at + 19],
-            ]);
-            // The original request's header follows: its sequence is at offset 8.
-            let sequence = u32::from_ne_bytes([
-                datagram[at + 28],
-                datagram[at + 29],
-                datagram[at + 30],
-                datagram[at + 31],
-            ]);
-            out.push((sequence, error));
-        }
-        at += len.div_ceil(4) * 4;
-    }
-    out
+    messages(datagram)
+        .into_iter()
+        .filter(|(kind, body)| *kind == NLMSG_ERROR && body.len() >= 20)
+        .map(|(_, body)| {
+            let error = i32::from_ne_bytes([body[0], body[1], body[2], body[3]]);
+            let sequence = u32::from_ne_bytes([body[12], body[13], body[14], body[15]]);
+            (sequence, error)
+        })
+        .collect()
 }
 
 /// Runs the kernel writer on its own thread; `writes` counts route writes done. With `keep_existing` (graceful restart), Twill's
