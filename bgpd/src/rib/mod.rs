@@ -312,7 +312,8 @@ impl Rib {
             // RFC 4271 §5.1.5: LOCAL_PREF from an external peer is ignored.
             attributes.local_pref = None;
         }
-        if self.check_import(&attributes).is_err() {
+        // Loop checks are for paths learned from peers, not our own originations.
+        if peer != PeerId::LOCAL && self.check_import(&attributes).is_err() {
             for (prefix, path_id) in announced {
                 self.remove_path(*prefix, peer, *path_id, &mut changes);
             }

@@ -154,14 +154,13 @@ impl Speaker {
                 }
             }
         }
-        self.after_rib_change(now, Some(address), changes, &touched);
+        self.after_rib_change(now, changes, &touched);
     }
 
     /// Programs the kernel and tells every other established peer.
     pub(super) fn after_rib_change(
         &mut self,
         now: Instant,
-        source: Option<IpAddr>,
         changes: Vec<BestChange>,
         touched: &[IpNet],
     ) {
@@ -169,10 +168,12 @@ impl Speaker {
         if touched.is_empty() {
             return;
         }
+        // Every established peer, the source included: when the source's own path lost (a
+        // withdrawal, a worse path), it must hear of the path that replaced it. Nothing goes
+        // back to where it came from: `Rib::export` refuses that.
         let targets: Vec<IpAddr> = self
             .peers
             .iter()
-            .filter(|(address, peer)| Some(**address) != source || peer.config.session.is_ibgp())
             .filter(|(_, peer)| peer.session.state() == State::Established)
             .map(|(address, _)| *address)
             .collect();

@@ -252,7 +252,7 @@ impl Speaker {
             }
         }
         self.originated = originated;
-        self.after_rib_change(now, None, changes, &touched);
+        self.after_rib_change(now, changes, &touched);
         self.flush(now);
     }
 
@@ -457,7 +457,7 @@ impl Speaker {
         }
         let touched = self.prefixes_of(peer.id);
         let changes = self.rib.remove_peer(peer.id);
-        self.after_rib_change(now, Some(address), changes, &touched);
+        self.after_rib_change(now, changes, &touched);
     }
 
     fn refresh_rib_info(&mut self, address: IpAddr) {
@@ -677,7 +677,7 @@ impl Speaker {
         let id = peer.id;
         let touched = self.prefixes_of(id);
         let changes = self.rib.peer_down(id, keep);
-        self.after_rib_change(now, Some(address), changes, &touched);
+        self.after_rib_change(now, changes, &touched);
     }
 
     fn sweep_stale(&mut self, now: Instant, address: IpAddr, family: Option<Family>) {
@@ -692,7 +692,7 @@ impl Speaker {
             }
         }
         let touched: Vec<IpNet> = changes.iter().map(|c| c.prefix).collect();
-        self.after_rib_change(now, Some(address), changes, &touched);
+        self.after_rib_change(now, changes, &touched);
         if family.is_none() {
             if let Some(peer) = self.peers.get_mut(&address) {
                 peer.restart_deadline = None;

@@ -443,3 +443,52 @@ fn removing_a_neighbor_leaves_the_others_alone() {
         "the other session was not reset"
     );
 }
+
+#[test]
+fn a_peer_that_withdraws_learns_the_path_that_replaces_its_own() {
+    // A (.2) and B (.3) are eBGP peers of X (.1); both announce one prefix, A's path is shorter.
+    let mut net = Net::new();
+    net.add(addr(1), speaker(65001, 1));
+    net.add(addr(2), speaker(65002, 2));
+    net.add(addr(3), speaker(65003, 3));
+    let now = net.now;
+    net.speaker(addr(1)).set_neighbors(
+        now,
+        vec![neighbor(2, 65001, 65002, 1), neighbor(3, 65001, 65003, 1)],
+    );
+    net.speaker(addr(2))
+        .set_neighbors(now, vec![neighbor(1, 65002, 65001, 2)]);
+    net.speaker(addr(3))
+        .set_neighbors(now, vec![neighbor(1, 65003, 65001, 3)]);
+    net.speaker(addr(2))
+        .set_originated(now, originate(&["10.40.0.0/24"], 1));
+    let mut longer = originate(&["10.40.0.0/24"], 1);
+    for attributes in longer.values_mut() {
+        attributes.as_path = Some(crate::wire::attribute::AsPath::sequence(vec![65003, 65003]));
+    }
+    net.speaker(addr(3)).set_originated(now, longer);
+    net.run();
+    assert_eq!(
+        net.speakers[&addr(1)].rib().best(&prefix("10.40.0.0/24"))[0].next_hop,
+        addr(2)
+    );
+    // A stops announcing it: X's best becomes B's path, and A must now hear about it from X.
+    net.speaker(addr(2)).set_originated(now, BTreeMap::new());
+    net.run();
+    assert_eq!(
+        net.speakers[&addr(1)].rib().best(&prefix("10.40.0.0/24"))[0].next_hop,
+        addr(3)
+    );
+    let at_a = net.speakers[&addr(2)].rib().best(&prefix("10.40.0.0/24"));
+    assert_eq!(at_a.len(), 1, "A learns B's path through X");
+    assert_eq!(
+        at_a[0]
+            .attributes
+            .as_path
+            .as_ref()
+            .unwrap()
+            .asns()
+            .collect::<Vec<_>>(),
+        vec![65001, 65003, 65003, 65003]
+    );
+}
