@@ -45,6 +45,8 @@ pub struct Options {
     pub hold_time: u16,
     /// Write best routes into the main table (`[kernel]`).
     pub kernel: bool,
+    /// Run the session over IPv6 (fd00:110::1 ↔ fd00:110::2) instead of IPv4.
+    pub ipv6_session: bool,
 }
 
 /// Two namespaces, twill-bgpd in one and a peer in the other.
@@ -115,6 +117,24 @@ impl BgpLab {
         lab
     }
 
+    /// Twill's session address.
+    pub fn twill_addr(&self) -> &'static str {
+        if self.options.ipv6_session {
+            "fd00:110::1"
+        } else {
+            TWILL
+        }
+    }
+
+    /// The peer's session address.
+    pub fn peer_addr(&self) -> &'static str {
+        if self.options.ipv6_session {
+            "fd00:110::2"
+        } else {
+            PEER
+        }
+    }
+
     /// Path of a file in the scratch directory.
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
@@ -123,9 +143,21 @@ impl BgpLab {
     /// Writes twill-bgpd's configuration originating `prefixes`.
     pub fn write_twill_config(&self, prefixes: &[&str]) {
         let o = &self.options;
+        let (listen, other_family_next_hop) = if o.ipv6_session {
+            (
+                "[fd00:110::1]:179".to_string(),
+                format!("next_hop_v4 = \"{TWILL}\""),
+            )
+        } else {
+            (
+                format!("{TWILL}:179"),
+                "next_hop_v6 = \"fd00:110::1\"".to_string(),
+            )
+        };
         let mut text = format!(
-            "[global]\nasn = {TWILL_AS}\nrouter_id = \"{TWILL}\"\nlisten = [\"{TWILL}:179\"]\n\n[[neighbor]]\naddress = \"{PEER}\"\n\
-             remote_asn = {PEER_AS}\npassive = {}\nhold_time = {}\nconnect_retry = 1\nnext_hop_v6 = \"fd00:110::1\"\n",
+            "[global]\nasn = {TWILL_AS}\nrouter_id = \"{TWILL}\"\nlisten = [\"{listen}\"]\n\n[[neighbor]]\naddress = \"{}\"\n\
+             remote_asn = {PEER_AS}\npassive = {}\nhold_time = {}\nconnect_retry = 1\n{other_family_next_hop}\n",
+            self.peer_addr(),
             o.twill_passive,
             if o.hold_time == 0 { 30 } else { o.hold_time }
         );
@@ -300,17 +332,18 @@ impl BgpLab {
 
     fn start_peer(&mut self) {
         let o = self.options.clone();
+        let (twill, peer) = (self.twill_addr(), self.peer_addr());
         let hold = if o.hold_time == 0 { 30 } else { o.hold_time };
         let log = self.path("peer.log");
         let daemon = match self.kind {
             PeerKind::Gobgp => {
-                let mut neighbor = format!("[[neighbors]]\n  [neighbors.config]\n    neighbor-address = \"{TWILL}\"\n    peer-as = {TWILL_AS}\n");
+                let mut neighbor = format!("[[neighbors]]\n  [neighbors.config]\n    neighbor-address = \"{twill}\"\n    peer-as = {TWILL_AS}\n");
                 if let Some(password) = &o.peer_password {
                     neighbor.push_str(&format!("    auth-password = \"{password}\"\n"));
                 }
                 neighbor.push_str(&format!(
                     "  [neighbors.timers.config]\n    connect-retry = 1\n    hold-time = {hold}\n    keepalive-interval = {}\n    idle-hold-time-after-reset = 1\n  \
-                     [neighbors.transport.config]\n    passive-mode = {}\n    local-address = \"{PEER}\"\n",
+                     [neighbors.transport.config]\n    passive-mode = {}\n    local-address = \"{peer}\"\n",
                     (hold / 3).max(1),
                     o.peer_passive
                 ));
@@ -321,7 +354,7 @@ impl BgpLab {
                          [neighbors.afi-safis.mp-graceful-restart.config]\n      enabled = true\n"
                     ));
                 }
-                let config = format!("[global.config]\n  as = {PEER_AS}\n  router-id = \"{PEER}\"\n  port = 179\n  local-address-list = [\"{PEER}\"]\n{neighbor}");
+                let config = format!("[global.config]\n  as = {PEER_AS}\n  router-id = \"{PEER}\"\n  port = 179\n  local-address-list = [\"{peer}\"]\n{neighbor}");
                 std::fs::write(self.path("gobgpd.toml"), config).unwrap();
                 let path = self.path("gobgpd.toml");
                 let daemon = self.peer_ns.spawn(
@@ -386,9 +419,9 @@ impl BgpLab {
                     "router id {PEER};\nprotocol device {{ }}\nprotocol static orig4 {{ ipv4; route 10.21.0.0/24 blackhole; }}\n\
                      protocol static orig6 {{ ipv6; route fd00:21::/64 blackhole; }}\n\
                      filter add_communities {{ bgp_community.add((65002,200)); bgp_large_community.add((65002,3,4)); accept; }}\n\
-                     protocol bgp twill {{\n  local {PEER} as {PEER_AS};\n  neighbor {TWILL} as {TWILL_AS};\n  hold time {hold};\n  \
+                     protocol bgp twill {{\n  local {peer} as {PEER_AS};\n  neighbor {twill} as {TWILL_AS};\n  hold time {hold};\n  \
                      connect retry time 1;\n  error wait time 1, 5;\n  graceful restart on;\n  passive {};\n{password}  \
-                     ipv4 {{ import all; export filter add_communities; }};\n  \
+                     ipv4 {{ import all; export filter add_communities; next hop address {PEER}; }};\n  \
                      ipv6 {{ import all; export filter add_communities; next hop address fd00:110::2; }};\n}}\n",
                     if o.peer_passive { "on" } else { "off" }
                 );
@@ -407,19 +440,19 @@ impl BgpLab {
                 )
             }
             PeerKind::Frr => {
-                let mut neighbor = format!(" neighbor {TWILL} remote-as {TWILL_AS}\n neighbor {TWILL} timers {} {hold}\n neighbor {TWILL} timers connect 1\n", (hold / 3).max(1));
+                let mut neighbor = format!(" neighbor {twill} remote-as {TWILL_AS}\n neighbor {twill} timers {} {hold}\n neighbor {twill} timers connect 1\n", (hold / 3).max(1));
                 if o.peer_passive {
-                    neighbor.push_str(&format!(" neighbor {TWILL} passive\n"));
+                    neighbor.push_str(&format!(" neighbor {twill} passive\n"));
                 }
                 if let Some(password) = &o.peer_password {
-                    neighbor.push_str(&format!(" neighbor {TWILL} password {password}\n"));
+                    neighbor.push_str(&format!(" neighbor {twill} password {password}\n"));
                 }
                 let config = format!(
                     "frr defaults traditional\nhostname tor\nlog stdout\n!\nroute-map TAG permit 10\n set community 65002:200\n \
                      set large-community 65002:3:4\n!\nrouter bgp {PEER_AS}\n bgp router-id {PEER}\n no bgp ebgp-requires-policy\n \
                      no bgp network import-check\n bgp graceful-restart\n{neighbor} address-family ipv4 unicast\n  network 10.21.0.0/24 route-map TAG\n  \
-                     neighbor {TWILL} activate\n exit-address-family\n address-family ipv6 unicast\n  network fd00:21::/64 route-map TAG\n  \
-                     neighbor {TWILL} activate\n exit-address-family\n"
+                     neighbor {twill} activate\n exit-address-family\n address-family ipv6 unicast\n  network fd00:21::/64 route-map TAG\n  \
+                     neighbor {twill} activate\n exit-address-family\n"
                 );
                 std::fs::write(self.path("bgpd.conf"), config).unwrap();
                 std::fs::create_dir_all(self.path("vty")).unwrap();
@@ -455,7 +488,15 @@ impl BgpLab {
             PeerKind::Gobgp => {
                 let out = self.peer_ns.output(
                     "gobgp",
-                    &["-u", "127.0.0.1", "-p", "50051", "neighbor", TWILL, "-j"],
+                    &[
+                        "-u",
+                        "127.0.0.1",
+                        "-p",
+                        "50051",
+                        "neighbor",
+                        self.twill_addr(),
+                        "-j",
+                    ],
                 );
                 serde_json::from_slice::<Value>(&out.stdout)
                     .is_ok_and(|v| v["state"]["session_state"] == 6)
@@ -465,9 +506,10 @@ impl BgpLab {
                     .contains("Established")
             }
             PeerKind::Frr => {
-                let out = self.vtysh(&format!("show bgp neighbors {TWILL} json"));
+                let twill = self.twill_addr();
+                let out = self.vtysh(&format!("show bgp neighbors {twill} json"));
                 serde_json::from_slice::<Value>(&out.stdout)
-                    .is_ok_and(|v| v[TWILL]["bgpState"] == "Established")
+                    .is_ok_and(|v| v[twill]["bgpState"] == "Established")
             }
         }
     }

@@ -12,14 +12,16 @@ use twill_interop_tests::bgp::{signal, BgpLab, Options, PeerKind, PEER, PEER_AS}
 const LONG: Duration = Duration::from_secs(30);
 
 fn routes_flow_both_ways(kind: PeerKind, twill_passive: bool) {
-    let lab = BgpLab::start(
-        kind,
-        Options {
-            twill_passive,
-            peer_passive: !twill_passive,
-            ..Options::default()
-        },
-    );
+    let options = Options {
+        twill_passive,
+        peer_passive: !twill_passive,
+        ..Options::default()
+    };
+    routes_flow(kind, options);
+}
+
+fn routes_flow(kind: PeerKind, options: Options) {
+    let lab = BgpLab::start(kind, options);
     lab.wait(LONG, "Established on Twill's side", |l| {
         l.twill_state().as_deref() == Some("Established")
     });
@@ -54,7 +56,7 @@ fn routes_flow_both_ways(kind: PeerKind, twill_passive: bool) {
         );
         assert_eq!(
             (path["from"].as_str(), path["best"].as_bool()),
-            (Some(PEER), Some(true))
+            (Some(lab.peer_addr()), Some(true))
         );
     }
     let peers = lab.twillctl(&["peers"]).unwrap();
@@ -282,6 +284,39 @@ fn graceful_restart_of_twill(kind: PeerKind) {
     lab.wait(LONG, "routes after the restart", |l| {
         l.peer_route("10.20.0.0/24").is_some() && !l.twill_paths("10.21.0.0/24").is_empty()
     });
+}
+
+#[test]
+fn gobgpd_ipv6_session() {
+    routes_flow(
+        PeerKind::Gobgp,
+        Options {
+            ipv6_session: true,
+            ..Options::default()
+        },
+    );
+}
+
+#[test]
+fn bird_ipv6_session() {
+    routes_flow(
+        PeerKind::Bird,
+        Options {
+            ipv6_session: true,
+            ..Options::default()
+        },
+    );
+}
+
+#[test]
+fn frr_ipv6_session() {
+    routes_flow(
+        PeerKind::Frr,
+        Options {
+            ipv6_session: true,
+            ..Options::default()
+        },
+    );
 }
 
 #[test]
