@@ -296,3 +296,139 @@ fn add_path_sends_two_paths_for_one_prefix() {
         "{view}"
     );
 }
+
+/// A 2-octet-only peer (BIRD with `enable as4 off`): a route from a 4-octet AS (gobgpd in
+/// AS 4200000002) reaches it through Twill (AS 65001) with AS_TRANS in AS_PATH and the true
+/// path in AS4_PATH (RFC 6793), which BIRD merges back; the old speaker's route reaches Twill.
+#[test]
+fn a_two_octet_peer_sees_as_trans_and_as4_path() {
+    let twill_ns = Netns::new("as4t");
+    let old = Netns::new("as4o");
+    let new = Netns::new("as4n");
+    link(&twill_ns, "198.18.160.1/24", &old, "198.18.160.2/24");
+    link(&twill_ns, "198.18.161.1/24", &new, "198.18.161.2/24");
+    let dir = tempfile::Builder::new()
+        .prefix("twill-as4-")
+        .tempdir()
+        .unwrap();
+    let _twill = twill(
+        &twill_ns,
+        dir.path(),
+        "[global]\nasn = 65001\nrouter_id = \"198.18.160.1\"\nlisten = [\"0.0.0.0:179\"]\n\
+         [[neighbor]]\naddress = \"198.18.160.2\"\nremote_asn = 65002\nconnect_retry = 1\nfamilies = [\"ipv4-unicast\"]\n\
+         [[neighbor]]\naddress = \"198.18.161.2\"\nremote_asn = 4200000002\nconnect_retry = 1\nfamilies = [\"ipv4-unicast\"]\n",
+    );
+    let _new = gobgpd(
+        &new,
+        dir.path(),
+        "new",
+        "[global.config]\n  as = 4200000002\n  router-id = \"198.18.161.2\"\n  port = 179\n  local-address-list = [\"198.18.161.2\"]\n\
+         [[neighbors]]\n  [neighbors.config]\n    neighbor-address = \"198.18.161.1\"\n    peer-as = 65001\n"
+            .to_string(),
+        50091,
+    );
+    wait(
+        Duration::from_secs(10),
+        "gobgp to take the route",
+        || {
+            let added = new.output(
+                "gobgp",
+                &[
+                    "-u",
+                    "127.0.0.1",
+                    "-p",
+                    "50091",
+                    "global",
+                    "rib",
+                    "add",
+                    "10.80.0.0/24",
+                    "origin",
+                    "igp",
+                    "-a",
+                    "ipv4",
+                ],
+            );
+            added.status.success().then(String::new)
+        },
+        &[],
+    );
+    let bird_config = dir.path().join("bird.conf");
+    std::fs::write(
+        &bird_config,
+        "router id 198.18.160.2;\nprotocol device { }\nprotocol static o4 { ipv4; route 10.81.0.0/24 blackhole; }\n\
+         protocol bgp old {\n  local 198.18.160.2 as 65002;\n  neighbor 198.18.160.1 as 65001;\n  enable as4 off;\n  \
+         connect retry time 1;\n  ipv4 { import all; export where proto = \"o4\"; };\n}\n",
+    )
+    .unwrap();
+    let socket = dir.path().join("bird.ctl");
+    let _bird = old.spawn(
+        "bird",
+        &[
+            "-c",
+            bird_config.to_str().unwrap(),
+            "-s",
+            socket.to_str().unwrap(),
+            "-f",
+        ],
+        &dir.path().join("bird.log"),
+    );
+    let logs = [
+        dir.path().join("twill.log"),
+        dir.path().join("bird.log"),
+        dir.path().join("new.log"),
+    ];
+    let log_refs: Vec<&Path> = logs.iter().map(|p| p.as_path()).collect();
+    let view = wait(
+        Duration::from_secs(30),
+        "the 4-octet AS's route at the 2-octet peer",
+        || {
+            let out = old.output(
+                "birdc",
+                &[
+                    "-s",
+                    socket.to_str().unwrap(),
+                    "show",
+                    "route",
+                    "10.80.0.0/24",
+                    "all",
+                ],
+            );
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            text.contains("BGP.as_path").then_some(text)
+        },
+        &log_refs,
+    );
+    // BIRD merges AS_PATH (65001 23456 on this 2-octet session) with AS4_PATH (65001
+    // 4200000002) as RFC 6793 §4.2.3 says: the 4-octet AS can only have come in AS4_PATH.
+    assert!(
+        view.contains("BGP.as_path: 65001 4200000002"),
+        "the true path rebuilt from AS4_PATH:\n{view}"
+    );
+    // And the old speaker's route reaches Twill with its 2-octet AS.
+    let control = dir.path().join("bgpd.sock");
+    wait(
+        Duration::from_secs(30),
+        "the 2-octet peer's route at Twill",
+        || {
+            let out = std::process::Command::new(workspace_binary("twillctl"))
+                .args([
+                    "bgp",
+                    "rib",
+                    "--control",
+                    control.to_str().unwrap(),
+                    "-o",
+                    "json",
+                ])
+                .output()
+                .ok()?;
+            let rib: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+            rib.as_array()?
+                .iter()
+                .any(|p| {
+                    p["prefix"] == "10.81.0.0/24" && p["as_path"] == serde_json::json!([65002])
+                })
+                .then(String::new)
+        },
+        &log_refs,
+    );
+}
