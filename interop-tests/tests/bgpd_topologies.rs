@@ -64,6 +64,31 @@ fn gobgpd(ns: &Netns, dir: &Path, name: &str, config: String, port: u16) -> Daem
     )
 }
 
+/// Announces `prefix` (origin IGP) from a gobgpd, retrying until its API answers.
+fn gobgp_announce(ns: &Netns, port: u16, prefix: &str) {
+    let port = port.to_string();
+    let args = [
+        "-u",
+        "127.0.0.1",
+        "-p",
+        port.as_str(),
+        "global",
+        "rib",
+        "add",
+        prefix,
+        "origin",
+        "igp",
+        "-a",
+        "ipv4",
+    ];
+    wait(
+        Duration::from_secs(10),
+        "gobgp to take the route",
+        || ns.output("gobgp", &args).status.success().then(String::new),
+        &[],
+    );
+}
+
 fn gobgp(ns: &Netns, port: u16, args: &[&str]) -> String {
     let port = port.to_string();
     let mut full = vec!["-u", "127.0.0.1", "-p", port.as_str()];
@@ -122,31 +147,7 @@ fn twill_reflects_between_two_clients() {
         ],
         &dir.path().join("bird.log"),
     );
-    wait(
-        Duration::from_secs(10),
-        "gobgp to take the route",
-        || {
-            let added = a.output(
-                "gobgp",
-                &[
-                    "-u",
-                    "127.0.0.1",
-                    "-p",
-                    "50071",
-                    "global",
-                    "rib",
-                    "add",
-                    "10.60.0.0/26",
-                    "origin",
-                    "igp",
-                    "-a",
-                    "ipv4",
-                ],
-            );
-            added.status.success().then(String::new)
-        },
-        &[],
-    );
+    gobgp_announce(&a, 50071, "10.60.0.0/26");
     let logs = [
         dir.path().join("twill.log"),
         dir.path().join("bird.log"),
@@ -243,32 +244,7 @@ fn add_path_sends_two_paths_for_one_prefix() {
         50083,
     );
     for (ns, port) in [(&left, 50081u16), (&right, 50082u16)] {
-        wait(
-            Duration::from_secs(10),
-            "gobgp to take the route",
-            || {
-                let port = port.to_string();
-                let added = ns.output(
-                    "gobgp",
-                    &[
-                        "-u",
-                        "127.0.0.1",
-                        "-p",
-                        &port,
-                        "global",
-                        "rib",
-                        "add",
-                        "10.70.0.0/24",
-                        "origin",
-                        "igp",
-                        "-a",
-                        "ipv4",
-                    ],
-                );
-                added.status.success().then(String::new)
-            },
-            &[],
-        );
+        gobgp_announce(ns, port, "10.70.0.0/24");
     }
     let logs = [
         dir.path().join("twill.log"),
@@ -327,31 +303,7 @@ fn a_two_octet_peer_sees_as_trans_and_as4_path() {
             .to_string(),
         50091,
     );
-    wait(
-        Duration::from_secs(10),
-        "gobgp to take the route",
-        || {
-            let added = new.output(
-                "gobgp",
-                &[
-                    "-u",
-                    "127.0.0.1",
-                    "-p",
-                    "50091",
-                    "global",
-                    "rib",
-                    "add",
-                    "10.80.0.0/24",
-                    "origin",
-                    "igp",
-                    "-a",
-                    "ipv4",
-                ],
-            );
-            added.status.success().then(String::new)
-        },
-        &[],
-    );
+    gobgp_announce(&new, 50091, "10.80.0.0/24");
     let bird_config = dir.path().join("bird.conf");
     std::fs::write(
         &bird_config,
