@@ -1,6 +1,7 @@
 //! Sockets for BGP: TCP-MD5 (RFC 2385) keys, GTSM (RFC 5082) minimum TTL, multihop TTL and
-//! source addresses. The only `unsafe` in bgpd: two `setsockopt` calls whose options Rust's
-//! socket crates do not wrap.
+//! source addresses. The only `unsafe` in bgpd: the `setsockopt` call for options Rust's socket
+//! crates do not wrap (TCP-MD5, minimum TTL), and reading a socket address's bytes for the
+//! MD5 key.
 
 #![allow(unsafe_code)]
 
