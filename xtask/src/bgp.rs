@@ -284,7 +284,16 @@ pub fn run(runs: usize, sizes: &[u64]) -> String {
     for &count in sizes {
         for kernel in [false, true] {
             let mut bird = None;
+            // TWILL_BENCH_RECEIVERS=twill,bird limits the run (BIRD stays: it is the yardstick).
+            let only = std::env::var("TWILL_BENCH_RECEIVERS").ok();
             for receiver in [Receiver::Bird, Receiver::Twill, Receiver::Gobgp] {
+                let name = format!("{receiver:?}").to_lowercase();
+                if only
+                    .as_ref()
+                    .is_some_and(|o| receiver != Receiver::Bird && !o.split(',').any(|r| r == name))
+                {
+                    continue;
+                }
                 if kernel && receiver == Receiver::Gobgp {
                     continue; // GoBGP writes no kernel routes without zebra.
                 }

@@ -159,17 +159,23 @@ impl Interner {
     }
 }
 
+/// Hash maps of the RIB: aHash is several times faster than SipHash on small keys and, being
+/// randomly keyed per process, gives a peer no way to craft colliding prefixes.
+type FastMap<K, V> = HashMap<K, V, ahash::RandomState>;
+
 /// The Loc-RIB with its Adj-RIBs-In.
 #[derive(Debug)]
 pub struct Rib {
     config: RibConfig,
     peers: HashMap<PeerId, PeerInfo>,
-    table: HashMap<IpNet, Entry>,
+    table: FastMap<IpNet, Entry>,
     interner: Interner,
     /// Writes since the interner was last collected.
     churn: usize,
     /// Paths per peer, kept as paths come and go.
-    path_counts: HashMap<PeerId, usize>,
+    path_counts: FastMap<PeerId, usize>,
+    /// Whether writes report [`BestChange`]s (off when nothing consumes them).
+    report_changes: bool,
 }
 
 /// LOCAL_PREF when absent (RFC 4271 leaves it to the implementation; 100 is universal).
@@ -181,11 +187,18 @@ impl Rib {
         Rib {
             config,
             peers: HashMap::new(),
-            table: HashMap::new(),
+            table: FastMap::default(),
             interner: Interner::default(),
             churn: 0,
-            path_counts: HashMap::new(),
+            path_counts: FastMap::default(),
+            report_changes: true,
         }
+    }
+
+    /// Whether writes return [`BestChange`]s (default on). Off, they return none, which saves
+    /// the ECMP comparison on every write when no kernel consumes the changes.
+    pub fn set_report_changes(&mut self, on: bool) {
+        self.report_changes = on;
     }
 
     /// The configuration.
@@ -422,7 +435,8 @@ impl Rib {
 
     fn insert_path(&mut self, prefix: IpNet, path: Path, changes: &mut Vec<BestChange>) {
         let entry = self.table.entry(prefix).or_default();
-        let before = Rib::ecmp_identity(&self.config, &self.peers, &entry.paths);
+        let report = self.report_changes;
+        let before = report.then(|| Rib::ecmp_identity(&self.config, &self.peers, &entry.paths));
         let count = entry.paths.len();
         entry
             .paths
@@ -438,7 +452,7 @@ impl Rib {
             })
             .unwrap_or(entry.paths.len());
         entry.paths.insert(position, path);
-        if before != Rib::ecmp_identity(&self.config, &self.peers, &entry.paths) {
+        if report && before != Some(Rib::ecmp_identity(&self.config, &self.peers, &entry.paths)) {
             changes.push(BestChange {
                 prefix,
                 paths: Rib::ecmp_of(&self.config, &self.peers, &entry.paths),
@@ -457,7 +471,8 @@ impl Rib {
         let Some(entry) = self.table.get_mut(&prefix) else {
             return;
         };
-        let before = Rib::ecmp_identity(&self.config, &self.peers, &entry.paths);
+        let report = self.report_changes;
+        let before = report.then(|| Rib::ecmp_identity(&self.config, &self.peers, &entry.paths));
         let count = entry.paths.len();
         entry
             .paths
@@ -468,7 +483,7 @@ impl Rib {
         if let Some(n) = self.path_counts.get_mut(&peer) {
             *n = n.saturating_sub(1);
         }
-        if before != Rib::ecmp_identity(&self.config, &self.peers, &entry.paths) {
+        if report && before != Some(Rib::ecmp_identity(&self.config, &self.peers, &entry.paths)) {
             changes.push(BestChange {
                 prefix,
                 paths: Rib::ecmp_of(&self.config, &self.peers, &entry.paths),

@@ -168,6 +168,7 @@ impl Speaker {
     /// Whether to report route changes for the kernel (default on).
     pub fn set_route_output(&mut self, on: bool) {
         self.route_output = on;
+        self.rib.set_report_changes(on);
     }
 
     /// The RIB, for display.
@@ -685,13 +686,15 @@ impl Speaker {
             return;
         };
         let id = peer.id;
+        // What to re-examine for export: every prefix the peer has paths for (a superset of
+        // the swept ones; the Adj-RIB-Out diff sends only real changes).
+        let touched = self.prefixes_of(id);
         let mut changes = Vec::new();
         for (f, ipv4) in [(Family::Ipv4Unicast, true), (Family::Ipv6Unicast, false)] {
             if family.is_none_or(|wanted| wanted == f) {
                 changes.extend(self.rib.sweep_stale(id, ipv4));
             }
         }
-        let touched: Vec<IpNet> = changes.iter().map(|c| c.prefix).collect();
         self.after_rib_change(now, changes, &touched);
         if family.is_none() {
             if let Some(peer) = self.peers.get_mut(&address) {

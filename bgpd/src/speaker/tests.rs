@@ -446,11 +446,19 @@ fn removing_a_neighbor_leaves_the_others_alone() {
 
 #[test]
 fn a_peer_that_withdraws_learns_the_path_that_replaces_its_own() {
+    // With and without route output (kernel) at X: re-export must not depend on it.
+    for route_output in [true, false] {
+        withdraw_and_replace(route_output);
+    }
+}
+
+fn withdraw_and_replace(route_output: bool) {
     // A (.2) and B (.3) are eBGP peers of X (.1); both announce one prefix, A's path is shorter.
     let mut net = Net::new();
     net.add(addr(1), speaker(65001, 1));
     net.add(addr(2), speaker(65002, 2));
     net.add(addr(3), speaker(65003, 3));
+    net.speaker(addr(1)).set_route_output(route_output);
     let now = net.now;
     net.speaker(addr(1)).set_neighbors(
         now,
