@@ -316,10 +316,7 @@ impl BgpLab {
     }
 
     fn birdc(&self, args: &[&str]) -> Output {
-        let socket = self.path("bird.ctl");
-        let mut full = vec!["-s", socket.to_str().unwrap()];
-        full.extend_from_slice(args);
-        self.peer_ns.output("birdc", &full)
+        birdc(&self.peer_ns, &self.path("bird.ctl"), args)
     }
 
     fn vtysh(&self, command: &str) -> Output {
@@ -425,19 +422,7 @@ impl BgpLab {
                      ipv6 {{ import all; export filter add_communities; next hop address fd00:110::2; }};\n}}\n",
                     if o.peer_passive { "on" } else { "off" }
                 );
-                std::fs::write(self.path("bird.conf"), config).unwrap();
-                let (path, socket) = (self.path("bird.conf"), self.path("bird.ctl"));
-                self.peer_ns.spawn(
-                    "bird",
-                    &[
-                        "-c",
-                        path.to_str().unwrap(),
-                        "-s",
-                        socket.to_str().unwrap(),
-                        "-f",
-                    ],
-                    &log,
-                )
+                spawn_bird(&self.peer_ns, self.dir.path(), &config).0
             }
             PeerKind::Frr => {
                 let mut neighbor = format!(" neighbor {twill} remote-as {TWILL_AS}\n neighbor {twill} timers {} {hold}\n neighbor {twill} timers connect 1\n", (hold / 3).max(1));
@@ -563,6 +548,32 @@ impl Drop for BgpLab {
         self.twill = None;
         self.peer = None;
     }
+}
+
+/// Starts BIRD in `ns` with `config` (written to `dir/bird.conf`, logging to
+/// `dir/bird.log`); returns the daemon and its control socket.
+pub fn spawn_bird(ns: &Netns, dir: &std::path::Path, config: &str) -> (Daemon, PathBuf) {
+    let (path, socket) = (dir.join("bird.conf"), dir.join("bird.ctl"));
+    std::fs::write(&path, config).expect("bird.conf written");
+    let daemon = ns.spawn(
+        "bird",
+        &[
+            "-c",
+            path.to_str().unwrap(),
+            "-s",
+            socket.to_str().unwrap(),
+            "-f",
+        ],
+        &dir.join("bird.log"),
+    );
+    (daemon, socket)
+}
+
+/// Runs `birdc -s SOCKET ARGS` in `ns`.
+pub fn birdc(ns: &Netns, socket: &std::path::Path, args: &[&str]) -> Output {
+    let mut full = vec!["-s", socket.to_str().unwrap()];
+    full.extend_from_slice(args);
+    ns.output("birdc", &full)
 }
 
 /// Sends a signal to a daemon's process.

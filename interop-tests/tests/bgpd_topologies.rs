@@ -6,6 +6,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use twill_interop_tests::bgp::{birdc, spawn_bird};
 use twill_interop_tests::netns::{link, Daemon, Netns};
 use twill_interop_tests::workspace_binary;
 
@@ -127,25 +128,12 @@ fn twill_reflects_between_two_clients() {
             .to_string(),
         50071,
     );
-    let bird_config = dir.path().join("bird.conf");
-    std::fs::write(
-        &bird_config,
+    let (_b, socket) = spawn_bird(
+        &b,
+        dir.path(),
         "router id 198.18.141.2;\nprotocol device { }\nprotocol kernel { ipv4 { import all; export none; }; learn; }\n\
          protocol bgp reflector {\n  local 198.18.141.2 as 65000;\n  neighbor 198.18.141.1 as 65000;\n  connect retry time 1;\n  \
          ipv4 { import all; export none; gateway recursive; igp table master4; };\n}\n",
-    )
-    .unwrap();
-    let socket = dir.path().join("bird.ctl");
-    let _b = b.spawn(
-        "bird",
-        &[
-            "-c",
-            bird_config.to_str().unwrap(),
-            "-s",
-            socket.to_str().unwrap(),
-            "-f",
-        ],
-        &dir.path().join("bird.log"),
     );
     gobgp_announce(&a, 50071, "10.60.0.0/26");
     let logs = [
@@ -158,17 +146,7 @@ fn twill_reflects_between_two_clients() {
         Duration::from_secs(40),
         "the reflected route at client B",
         || {
-            let out = b.output(
-                "birdc",
-                &[
-                    "-s",
-                    socket.to_str().unwrap(),
-                    "show",
-                    "route",
-                    "10.60.0.0/26",
-                    "all",
-                ],
-            );
+            let out = birdc(&b, &socket, &["show", "route", "10.60.0.0/26", "all"]);
             let text = String::from_utf8_lossy(&out.stdout).into_owned();
             text.contains("BGP.originator_id").then_some(text)
         },
@@ -304,25 +282,12 @@ fn a_two_octet_peer_sees_as_trans_and_as4_path() {
         50091,
     );
     gobgp_announce(&new, 50091, "10.80.0.0/24");
-    let bird_config = dir.path().join("bird.conf");
-    std::fs::write(
-        &bird_config,
+    let (_bird, socket) = spawn_bird(
+        &old,
+        dir.path(),
         "router id 198.18.160.2;\nprotocol device { }\nprotocol static o4 { ipv4; route 10.81.0.0/24 blackhole; }\n\
          protocol bgp old {\n  local 198.18.160.2 as 65002;\n  neighbor 198.18.160.1 as 65001;\n  enable as4 off;\n  \
          connect retry time 1;\n  ipv4 { import all; export where proto = \"o4\"; };\n}\n",
-    )
-    .unwrap();
-    let socket = dir.path().join("bird.ctl");
-    let _bird = old.spawn(
-        "bird",
-        &[
-            "-c",
-            bird_config.to_str().unwrap(),
-            "-s",
-            socket.to_str().unwrap(),
-            "-f",
-        ],
-        &dir.path().join("bird.log"),
     );
     let logs = [
         dir.path().join("twill.log"),
@@ -334,17 +299,7 @@ fn a_two_octet_peer_sees_as_trans_and_as4_path() {
         Duration::from_secs(30),
         "the 4-octet AS's route at the 2-octet peer",
         || {
-            let out = old.output(
-                "birdc",
-                &[
-                    "-s",
-                    socket.to_str().unwrap(),
-                    "show",
-                    "route",
-                    "10.80.0.0/24",
-                    "all",
-                ],
-            );
+            let out = birdc(&old, &socket, &["show", "route", "10.80.0.0/24", "all"]);
             let text = String::from_utf8_lossy(&out.stdout).into_owned();
             text.contains("BGP.as_path").then_some(text)
         },
