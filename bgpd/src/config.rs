@@ -247,6 +247,22 @@ pub fn parse_community(text: &str) -> Result<Result<u32, (u32, u32, u32)>, Strin
     }
 }
 
+/// Parses community strings into standard and large communities; errors name `path[i]`.
+fn sort_communities(
+    texts: &[String],
+    path: &str,
+    standard: &mut Vec<u32>,
+    large: &mut Vec<(u32, u32, u32)>,
+) -> Result<(), ConfigError> {
+    for (at, text) in texts.iter().enumerate() {
+        match parse_community(text).map_err(|reason| err(format!("{path}[{at}]"), reason))? {
+            Ok(community) => standard.push(community),
+            Err(community) => large.push(community),
+        }
+    }
+    Ok(())
+}
+
 fn parse_family(text: &str) -> Option<Family> {
     match text {
         "ipv4-unicast" => Some(Family::Ipv4Unicast),
@@ -321,14 +337,12 @@ impl File {
                 local_pref: entry.local_pref,
                 ..PathAttributes::default()
             };
-            for (at, text) in entry.communities.iter().enumerate() {
-                match parse_community(text)
-                    .map_err(|reason| err(format!("{path}.communities[{at}]"), reason))?
-                {
-                    Ok(standard) => attributes.communities.push(standard),
-                    Err(large) => attributes.large_communities.push(large),
-                }
-            }
+            sort_communities(
+                &entry.communities,
+                &format!("{path}.communities"),
+                &mut attributes.communities,
+                &mut attributes.large_communities,
+            )?;
             if originate.insert(entry.prefix, attributes).is_some() {
                 return Err(err(
                     format!("{path}.prefix"),
@@ -416,28 +430,24 @@ impl RuleSpec {
                     .map_err(|reason| err(format!("{path}.prefix[{at}]"), reason))?,
             );
         }
-        for (at, text) in self.community.iter().enumerate() {
-            match parse_community(text)
-                .map_err(|reason| err(format!("{path}.community[{at}]"), reason))?
-            {
-                Ok(standard) => matches.communities.push(standard),
-                Err(large) => matches.large_communities.push(large),
-            }
-        }
+        sort_communities(
+            &self.community,
+            &format!("{path}.community"),
+            &mut matches.communities,
+            &mut matches.large_communities,
+        )?;
         let mut modify = Modify {
             local_pref: self.local_pref,
             med: self.med,
             prepend: self.prepend.clone(),
             ..Modify::default()
         };
-        for (at, text) in self.add_community.iter().enumerate() {
-            match parse_community(text)
-                .map_err(|reason| err(format!("{path}.add_community[{at}]"), reason))?
-            {
-                Ok(standard) => modify.add_communities.push(standard),
-                Err(large) => modify.add_large_communities.push(large),
-            }
-        }
+        sort_communities(
+            &self.add_community,
+            &format!("{path}.add_community"),
+            &mut modify.add_communities,
+            &mut modify.add_large_communities,
+        )?;
         Ok(Rule {
             matches,
             accept,

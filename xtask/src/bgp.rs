@@ -9,6 +9,7 @@ use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
+use twill_interop_tests::bgp::{birdc, spawn_bird};
 use twill_interop_tests::netns::{link, Daemon, Netns};
 use twill_interop_tests::workspace_binary;
 
@@ -67,19 +68,7 @@ fn start(receiver: Receiver, ns: &Netns, dir: &Path, kernel: bool) -> Daemon {
                 "router id {RECEIVER};\nprotocol device {{ }}\n{kernel_protocol}protocol bgp sender {{\n  local {RECEIVER} as 65001;\n  \
                  neighbor {SENDER} as 65002;\n  passive on;\n  hold time 240;\n  ipv4 {{ import all; export none; }};\n}}\n"
             );
-            std::fs::write(dir.join("bird.conf"), config).unwrap();
-            let (config, socket) = (dir.join("bird.conf"), dir.join("bird.ctl"));
-            ns.spawn(
-                "bird",
-                &[
-                    "-c",
-                    config.to_str().unwrap(),
-                    "-s",
-                    socket.to_str().unwrap(),
-                    "-f",
-                ],
-                &log,
-            )
+            spawn_bird(ns, dir, &config).0
         }
         Receiver::Gobgp => {
             let config = format!(
@@ -129,10 +118,10 @@ fn accepted(receiver: Receiver, ns: &Netns, dir: &Path) -> Option<u64> {
             peers.get(0)?.get("accepted")?.as_u64()
         }
         Receiver::Bird => {
-            let socket = dir.join("bird.ctl");
-            let out = ns.output(
-                "birdc",
-                &["-s", socket.to_str()?, "show", "protocols", "all", "sender"],
+            let out = birdc(
+                ns,
+                &dir.join("bird.ctl"),
+                &["show", "protocols", "all", "sender"],
             );
             let text = String::from_utf8_lossy(&out.stdout);
             let line = text
@@ -162,17 +151,10 @@ fn in_kernel(receiver: Receiver, ns: &Netns, dir: &Path) -> Option<u64> {
                 .and_then(|n| n.trim().parse().ok())
         }
         Receiver::Bird => {
-            let socket = dir.join("bird.ctl");
-            let out = ns.output(
-                "birdc",
-                &[
-                    "-s",
-                    socket.to_str()?,
-                    "show",
-                    "protocols",
-                    "all",
-                    "kernel1",
-                ],
+            let out = birdc(
+                ns,
+                &dir.join("bird.ctl"),
+                &["show", "protocols", "all", "kernel1"],
             );
             let text = String::from_utf8_lossy(&out.stdout);
             let line = text
