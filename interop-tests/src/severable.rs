@@ -66,8 +66,12 @@ impl Datastore for Severable {
         let task = tokio::spawn(async move {
             loop {
                 tokio::select! {
+                    biased;
                     changed = cut.changed() => if changed.is_err() || *cut.borrow_and_update() { return },
                     next = inner.next() => match next {
+                        // An item that arrives once the cut is made is never passed on, however
+                        // the two raced: the test's writes after `cut()` must stay unseen.
+                        Some(_) if *cut.borrow() => return,
                         Some(item) => if sender.send(item).await.is_err() { return },
                         None => return,
                     },
