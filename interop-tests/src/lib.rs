@@ -5,6 +5,7 @@
 #![allow(clippy::disallowed_methods)] // The harness starts processes and reads the clock.
 
 pub mod bgp;
+pub mod blast;
 pub mod etcd;
 pub mod netns;
 pub mod severable;

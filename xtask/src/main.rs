@@ -5,6 +5,7 @@
 
 mod bench;
 mod bgp;
+mod ingest;
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -18,8 +19,25 @@ fn main() -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Some("bench-ingest") => {
+            let sizes: Vec<u32> = args[1..].iter().filter_map(|a| a.parse().ok()).collect();
+            print!(
+                "{}",
+                ingest::run(
+                    3,
+                    if sizes.is_empty() {
+                        &[1_000_000]
+                    } else {
+                        &sizes
+                    }
+                )
+            );
+            Ok(())
+        }
         _ => {
-            eprintln!("usage: cargo xtask bench [OUTPUT.md] | bench-bgp [PREFIXES...]");
+            eprintln!(
+                "usage: cargo xtask bench [OUTPUT.md] | bench-bgp [PREFIXES...] | bench-ingest [PREFIXES...]"
+            );
             std::process::exit(2);
         }
     }

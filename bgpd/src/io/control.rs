@@ -108,22 +108,22 @@ pub fn peers_json(peers: &[PeerStatus]) -> String {
 pub fn rib_json(speaker: &Speaker) -> String {
     let mut rows: Vec<(String, Value)> = Vec::new();
     for (prefix, paths) in speaker.rib().iter() {
-        let best = speaker.rib().best(prefix);
+        let best = speaker.rib().best(&prefix);
         for path in paths {
-            let a = &path.attributes;
+            let a = path.attributes();
             let origin = match a.origin {
                 Some(Origin::Igp) => "igp",
                 Some(Origin::Egp) => "egp",
                 _ => "incomplete",
             };
             let from = speaker
-                .peer_address(path.peer)
+                .peer_address(path.peer())
                 .map_or_else(|| "local".to_string(), |p| p.to_string());
             rows.push((
                 prefix.to_string(),
                 json!({
                     "prefix": prefix.to_string(),
-                    "next_hop": path.next_hop.to_string(),
+                    "next_hop": path.next_hop().to_string(),
                     "as_path": a.as_path.as_ref().map(|p| p.asns().collect::<Vec<u32>>()).unwrap_or_default(),
                     "origin": origin,
                     "med": a.med,
@@ -132,7 +132,7 @@ pub fn rib_json(speaker: &Speaker) -> String {
                     "large_communities": a.large_communities.iter().map(|(x, y, z)| format!("{x}:{y}:{z}")).collect::<Vec<_>>(),
                     "from": from,
                     "best": best.iter().any(|b| b == path),
-                    "stale": path.stale,
+                    "stale": path.stale(),
                 }),
             ));
         }

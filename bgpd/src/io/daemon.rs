@@ -352,7 +352,7 @@ impl Daemon {
                 }
                 Action::Route(change) => {
                     if let Some(kernel) = &self.kernel {
-                        let hops = change.paths.iter().map(|p| p.next_hop).collect();
+                        let hops = change.paths.iter().map(|p| p.next_hop()).collect();
                         let _ = kernel.send(KernelCommand::Route(change.prefix, hops));
                     }
                 }

@@ -8,17 +8,21 @@
 //!   for Adj-RIB-Out.
 //! - [`Rib::export`] applies the advertisement rules for one peer (split horizon, route
 //!   reflection per RFC 4456, eBGP AS prepend and next hop, NO_EXPORT, NO_ADVERTISE).
-//! - Attributes are interned: paths with equal attributes share one allocation.
+//! - Attributes are interned: paths with equal attributes share one allocation, and paths
+//!   through one next hop with equal attributes share one [`Hop`]; a path is 16 bytes.
+//! - The table is compact: IPv4 prefixes are keyed by one integer, and a prefix with one
+//!   path (nearly all of them) holds it inline, without an allocation of its own.
 
 #[cfg(test)]
 mod tests;
 
 use std::cmp::Ordering;
 use std::collections::{HashMap, HashSet};
+use std::hash::Hash;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
-use ipnet::IpNet;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use crate::wire::attribute::{community, Origin, PathAttributes};
 
@@ -63,19 +67,87 @@ pub struct RibConfig {
     pub max_paths: usize,
 }
 
-/// One path to a prefix.
+/// A next hop with the attributes that go with it. Interned by the RIB: every path through
+/// one next hop with equal attributes shares one.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Hop {
+    next_hop: IpAddr,
+    attributes: Arc<PathAttributes>,
+}
+
+/// One path to a prefix: 16 bytes (the shared [`Hop`], the source with its stale flag, the
+/// add-path identifier).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Path {
+    hop: Arc<Hop>,
+    /// The source peer's number, with [`Path::STALE`] set while the path is stale.
+    source: u32,
+    path_id: u32,
+}
+
+impl Path {
+    /// The bit of `source` that marks a stale path; peer numbers stay below it.
+    const STALE: u32 = 1 << 31;
+
+    /// A path of its own (the RIB shares hops between paths; this one shares nothing).
+    pub fn new(
+        peer: PeerId,
+        path_id: u32,
+        next_hop: IpAddr,
+        attributes: Arc<PathAttributes>,
+    ) -> Path {
+        Path::with_hop(
+            peer,
+            path_id,
+            Arc::new(Hop {
+                next_hop,
+                attributes,
+            }),
+        )
+    }
+
+    fn with_hop(peer: PeerId, path_id: u32, hop: Arc<Hop>) -> Path {
+        debug_assert!(peer.0 < Path::STALE, "peer numbers stay below 2^31");
+        Path {
+            hop,
+            source: peer.0 & !Path::STALE,
+            path_id,
+        }
+    }
+
     /// Where it came from.
-    pub peer: PeerId,
+    pub fn peer(&self) -> PeerId {
+        PeerId(self.source & !Path::STALE)
+    }
+
     /// The sender's add-path identifier (0 without add-path).
-    pub path_id: u32,
+    pub fn path_id(&self) -> u32 {
+        self.path_id
+    }
+
     /// Next hop.
-    pub next_hop: IpAddr,
+    pub fn next_hop(&self) -> IpAddr {
+        self.hop.next_hop
+    }
+
     /// Attributes (without NEXT_HOP and MP attributes), shared.
-    pub attributes: Arc<PathAttributes>,
+    pub fn attributes(&self) -> &Arc<PathAttributes> {
+        &self.hop.attributes
+    }
+
     /// Kept from a restarting peer until End-of-RIB or the restart timer (RFC 4724).
-    pub stale: bool,
+    pub fn stale(&self) -> bool {
+        self.source & Path::STALE != 0
+    }
+
+    fn mark_stale(&mut self) {
+        self.source |= Path::STALE;
+    }
+
+    /// The same source and identifier: one path replaces the other.
+    fn same_slot(&self, peer: PeerId, path_id: u32) -> bool {
+        self.peer() == peer && self.path_id == path_id
+    }
 }
 
 /// A prefix whose best path or ECMP set changed.
@@ -98,14 +170,14 @@ pub enum RejectReason {
     ClusterLoop,
 }
 
-/// The identity of one path: its source, its next hop and its (interned) attributes.
+/// The identity of one path: its source, its identifier, and its (interned) next hop and
+/// attributes. Whether it is stale is left out: that changes neither forwarding nor what is
+/// announced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct PathKey {
     peer: PeerId,
     path_id: u32,
-    next_hop: IpAddr,
-    attributes: *const PathAttributes,
-    stale: bool,
+    hop: *const Hop,
 }
 
 /// The identity of an ECMP set: up to four members inline, more spilled.
@@ -118,11 +190,9 @@ struct EcmpIdentity {
 impl EcmpIdentity {
     fn push(&mut self, path: &Path) {
         let key = PathKey {
-            peer: path.peer,
+            peer: path.peer(),
             path_id: path.path_id,
-            next_hop: path.next_hop,
-            attributes: Arc::as_ptr(&path.attributes),
-            stale: path.stale,
+            hop: Arc::as_ptr(&path.hop),
         };
         match self.inline.iter_mut().find(|slot| slot.is_none()) {
             Some(slot) => *slot = Some(key),
@@ -131,31 +201,109 @@ impl EcmpIdentity {
     }
 }
 
-#[derive(Debug, Default)]
-struct Entry {
-    /// Usable paths, best first.
-    paths: Vec<Path>,
+/// The paths of one prefix, best first: one inline (nearly every prefix), or several.
+#[derive(Debug)]
+enum Paths {
+    One(Path),
+    // Boxed so that the enum stays 16 bytes: a table bucket then holds one path inline.
+    #[allow(clippy::box_collection)]
+    Many(Box<Vec<Path>>),
 }
 
-/// Shares equal attribute sets.
+impl Paths {
+    fn as_slice(&self) -> &[Path] {
+        match self {
+            Paths::One(path) => std::slice::from_ref(path),
+            Paths::Many(paths) => paths,
+        }
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [Path] {
+        match self {
+            Paths::One(path) => std::slice::from_mut(path),
+            Paths::Many(paths) => paths,
+        }
+    }
+
+    /// Rewrites the list through a `Vec` (only when a prefix has or gets several paths).
+    fn edit<R>(&mut self, edit: impl FnOnce(&mut Vec<Path>) -> R) -> R {
+        let placeholder = Paths::Many(Box::default());
+        let mut list = match std::mem::replace(self, placeholder) {
+            Paths::One(path) => vec![path],
+            Paths::Many(paths) => *paths,
+        };
+        let result = edit(&mut list);
+        *self = if list.len() == 1 {
+            Paths::One(list.pop().expect("one path"))
+        } else {
+            Paths::Many(Box::new(list))
+        };
+        result
+    }
+}
+
+/// Shares equal attribute sets, and equal (next hop, attribute set) pairs.
 #[derive(Debug, Default)]
 struct Interner {
-    set: HashSet<Arc<PathAttributes>>,
+    attributes: HashSet<Arc<PathAttributes>>,
+    hops: FastMap<(IpAddr, usize), Arc<Hop>>,
 }
 
 impl Interner {
-    fn intern(&mut self, attributes: PathAttributes) -> Arc<PathAttributes> {
-        if let Some(shared) = self.set.get(&attributes) {
-            return shared.clone();
-        }
-        let shared = Arc::new(attributes);
-        self.set.insert(shared.clone());
-        shared
+    fn intern(&mut self, next_hop: IpAddr, attributes: PathAttributes) -> Arc<Hop> {
+        let attributes = match self.attributes.get(&attributes) {
+            Some(shared) => shared.clone(),
+            None => {
+                let shared = Arc::new(attributes);
+                self.attributes.insert(shared.clone());
+                shared
+            }
+        };
+        // The attribute set is interned, so its address identifies it.
+        let identity = Arc::as_ptr(&attributes) as usize;
+        self.hops
+            .entry((next_hop, identity))
+            .or_insert_with(|| {
+                Arc::new(Hop {
+                    next_hop,
+                    attributes,
+                })
+            })
+            .clone()
     }
 
-    /// Forgets sets no path uses any more.
+    /// Forgets hops and attribute sets no path uses any more.
     fn collect(&mut self) {
-        self.set.retain(|a| Arc::strong_count(a) > 1);
+        self.hops.retain(|_, hop| Arc::strong_count(hop) > 1);
+        self.attributes.retain(|a| Arc::strong_count(a) > 1);
+    }
+}
+
+/// A prefix as a table key.
+trait PrefixKey: Copy + Eq + Hash {
+    fn prefix(self) -> IpNet;
+}
+
+/// An IPv4 prefix as one integer: the address above the length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct V4Key(u64);
+
+impl V4Key {
+    fn new(net: Ipv4Net) -> V4Key {
+        V4Key((u64::from(u32::from(net.network())) << 8) | u64::from(net.prefix_len()))
+    }
+}
+
+impl PrefixKey for V4Key {
+    fn prefix(self) -> IpNet {
+        let address = Ipv4Addr::from((self.0 >> 8) as u32);
+        IpNet::V4(Ipv4Net::new(address, (self.0 & 0xff) as u8).expect("stored from a valid prefix"))
+    }
+}
+
+impl PrefixKey for Ipv6Net {
+    fn prefix(self) -> IpNet {
+        IpNet::V6(self)
     }
 }
 
@@ -163,12 +311,78 @@ impl Interner {
 /// randomly keyed per process, gives a peer no way to craft colliding prefixes.
 type FastMap<K, V> = HashMap<K, V, ahash::RandomState>;
 
+/// Prefix → paths, one map per family. A bucket of the IPv4 map is 24 bytes.
+#[derive(Debug, Default)]
+struct Table {
+    v4: FastMap<V4Key, Paths>,
+    v6: FastMap<Ipv6Net, Paths>,
+}
+
+/// Puts `path` into a vacant slot, or hands back the occupied slot with the path.
+fn place<K: PrefixKey>(
+    map: &mut FastMap<K, Paths>,
+    key: K,
+    path: Path,
+) -> Option<(&mut Paths, Path)> {
+    match map.entry(key) {
+        std::collections::hash_map::Entry::Vacant(slot) => {
+            slot.insert(Paths::One(path));
+            None
+        }
+        std::collections::hash_map::Entry::Occupied(slot) => Some((slot.into_mut(), path)),
+    }
+}
+
+impl Table {
+    fn len(&self) -> usize {
+        self.v4.len() + self.v6.len()
+    }
+
+    fn get(&self, prefix: &IpNet) -> Option<&Paths> {
+        match prefix {
+            IpNet::V4(net) => self.v4.get(&V4Key::new(*net)),
+            IpNet::V6(net) => self.v6.get(net),
+        }
+    }
+
+    fn get_mut(&mut self, prefix: &IpNet) -> Option<&mut Paths> {
+        match prefix {
+            IpNet::V4(net) => self.v4.get_mut(&V4Key::new(*net)),
+            IpNet::V6(net) => self.v6.get_mut(net),
+        }
+    }
+
+    fn place(&mut self, prefix: IpNet, path: Path) -> Option<(&mut Paths, Path)> {
+        match prefix {
+            IpNet::V4(net) => place(&mut self.v4, V4Key::new(net), path),
+            IpNet::V6(net) => place(&mut self.v6, net, path),
+        }
+    }
+
+    fn remove(&mut self, prefix: &IpNet) {
+        match prefix {
+            IpNet::V4(net) => self.v4.remove(&V4Key::new(*net)),
+            IpNet::V6(net) => self.v6.remove(net),
+        };
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (IpNet, &Paths)> {
+        let v4 = self.v4.iter().map(|(k, p)| (k.prefix(), p));
+        v4.chain(self.v6.iter().map(|(k, p)| (k.prefix(), p)))
+    }
+
+    fn iter_mut(&mut self) -> impl Iterator<Item = (IpNet, &mut Paths)> {
+        let v4 = self.v4.iter_mut().map(|(k, p)| (k.prefix(), p));
+        v4.chain(self.v6.iter_mut().map(|(k, p)| (k.prefix(), p)))
+    }
+}
+
 /// The Loc-RIB with its Adj-RIBs-In.
 #[derive(Debug)]
 pub struct Rib {
     config: RibConfig,
     peers: HashMap<PeerId, PeerInfo>,
-    table: FastMap<IpNet, Entry>,
+    table: Table,
     interner: Interner,
     /// Writes since the interner was last collected.
     churn: usize,
@@ -187,7 +401,7 @@ impl Rib {
         Rib {
             config,
             peers: HashMap::new(),
-            table: FastMap::default(),
+            table: Table::default(),
             interner: Interner::default(),
             churn: 0,
             path_counts: FastMap::default(),
@@ -217,18 +431,17 @@ impl Rib {
         if !rank_changed {
             return changes;
         }
-        for (prefix, entry) in &mut self.table {
-            if !entry.paths.iter().any(|p| p.peer == peer) {
+        for (prefix, paths) in self.table.iter_mut() {
+            let paths = paths.as_mut_slice();
+            if !paths.iter().any(|p| p.peer() == peer) {
                 continue;
             }
-            let before = Rib::ecmp_of(&self.config, &self.peers, &entry.paths);
-            entry
-                .paths
-                .sort_by(|a, b| compare(&self.config, &self.peers, a, b));
-            let after = Rib::ecmp_of(&self.config, &self.peers, &entry.paths);
+            let before = Rib::ecmp_of(&self.config, &self.peers, paths);
+            paths.sort_by(|a, b| compare(&self.config, &self.peers, a, b));
+            let after = Rib::ecmp_of(&self.config, &self.peers, paths);
             if before != after {
                 changes.push(BestChange {
-                    prefix: *prefix,
+                    prefix,
                     paths: after,
                 });
             }
@@ -250,7 +463,7 @@ impl Rib {
 
     /// Whether the table is empty.
     pub fn is_empty(&self) -> bool {
-        self.table.is_empty()
+        self.table.len() == 0
     }
 
     /// How many paths a peer has in the table.
@@ -260,26 +473,26 @@ impl Rib {
 
     /// Distinct attribute sets in use.
     pub fn attribute_sets(&self) -> usize {
-        self.interner.set.len()
+        self.interner.attributes.len()
     }
 
     /// Every path of a prefix, best first.
     pub fn paths(&self, prefix: &IpNet) -> &[Path] {
-        self.table.get(prefix).map_or(&[], |e| &e.paths)
+        self.table.get(prefix).map_or(&[], Paths::as_slice)
     }
 
     /// Every prefix with its paths, best first (unordered across prefixes).
-    pub fn iter(&self) -> impl Iterator<Item = (&IpNet, &[Path])> {
+    pub fn iter(&self) -> impl Iterator<Item = (IpNet, &[Path])> {
         self.table
             .iter()
-            .map(|(prefix, entry)| (prefix, entry.paths.as_slice()))
+            .map(|(prefix, paths)| (prefix, paths.as_slice()))
     }
 
     /// The ECMP set of a prefix, best first.
     pub fn best(&self, prefix: &IpNet) -> Vec<Path> {
         self.table
             .get(prefix)
-            .map_or_else(Vec::new, |entry| self.ecmp_set(&entry.paths))
+            .map_or_else(Vec::new, |paths| self.ecmp_set(paths.as_slice()))
     }
 
     /// Checks the loop rules for a path from `peer` (RFC 4271 §9.1.2, RFC 4456 §8).
@@ -332,15 +545,9 @@ impl Rib {
             }
             return changes;
         }
-        let attributes = self.interner.intern(attributes);
+        let hop = self.interner.intern(next_hop, attributes);
         for (prefix, path_id) in announced {
-            let path = Path {
-                peer,
-                path_id: *path_id,
-                next_hop,
-                attributes: attributes.clone(),
-                stale: false,
-            };
+            let path = Path::with_hop(peer, *path_id, hop.clone());
             self.insert_path(prefix.trunc(), path, &mut changes);
         }
         self.maybe_collect(announced.len());
@@ -373,33 +580,45 @@ impl Rib {
     /// The peer's session went down: its paths are removed, or with `keep_stale` (graceful
     /// restart helper) kept and marked stale.
     pub fn peer_down(&mut self, peer: PeerId, keep_stale: bool) -> Vec<BestChange> {
-        let prefixes: Vec<IpNet> = self
-            .table
-            .iter()
-            .filter(|(_, e)| e.paths.iter().any(|p| p.peer == peer))
-            .map(|(p, _)| *p)
-            .collect();
         let mut changes = Vec::new();
-        for prefix in prefixes {
-            if keep_stale {
-                if let Some(entry) = self.table.get_mut(&prefix) {
-                    entry
-                        .paths
-                        .iter_mut()
-                        .filter(|p| p.peer == peer)
-                        .for_each(|p| p.stale = true);
+        if keep_stale {
+            for (prefix, paths) in self.table.iter_mut() {
+                let paths = paths.as_mut_slice();
+                if !paths.iter().any(|p| p.peer() == peer) {
+                    continue;
                 }
-            } else {
-                let ids: Vec<u32> = self
-                    .paths(&prefix)
-                    .iter()
-                    .filter(|p| p.peer == peer)
-                    .map(|p| p.path_id)
-                    .collect();
-                for path_id in ids {
-                    self.remove_path(prefix, peer, path_id, &mut changes);
+                let before = self
+                    .report_changes
+                    .then(|| Rib::ecmp_identity(&self.config, &self.peers, paths));
+                paths
+                    .iter_mut()
+                    .filter(|p| p.peer() == peer)
+                    .for_each(Path::mark_stale);
+                // Stale paths rank below fresh ones (RFC 4724 leaves it open; BIRD does so).
+                paths.sort_by(|a, b| compare(&self.config, &self.peers, a, b));
+                if before.is_some_and(|b| b != Rib::ecmp_identity(&self.config, &self.peers, paths))
+                {
+                    changes.push(BestChange {
+                        prefix,
+                        paths: Rib::ecmp_of(&self.config, &self.peers, paths),
+                    });
                 }
             }
+            return changes;
+        }
+        let gone: Vec<(IpNet, u32)> = self
+            .table
+            .iter()
+            .flat_map(|(prefix, paths)| {
+                paths
+                    .as_slice()
+                    .iter()
+                    .filter(|p| p.peer() == peer)
+                    .map(move |p| (prefix, p.path_id))
+            })
+            .collect();
+        for (prefix, path_id) in gone {
+            self.remove_path(prefix, peer, path_id, &mut changes);
         }
         changes
     }
@@ -411,11 +630,12 @@ impl Rib {
             .table
             .iter()
             .filter(|(prefix, _)| prefix.addr().is_ipv4() == ipv4)
-            .flat_map(|(prefix, e)| {
-                e.paths
+            .flat_map(|(prefix, paths)| {
+                paths
+                    .as_slice()
                     .iter()
-                    .filter(|p| p.peer == peer && p.stale)
-                    .map(|p| (*prefix, p.path_id))
+                    .filter(|p| p.peer() == peer && p.stale())
+                    .map(move |p| (prefix, p.path_id))
             })
             .collect();
         let mut changes = Vec::new();
@@ -434,28 +654,38 @@ impl Rib {
     }
 
     fn insert_path(&mut self, prefix: IpNet, path: Path, changes: &mut Vec<BestChange>) {
-        let entry = self.table.entry(prefix).or_default();
         let report = self.report_changes;
-        let before = report.then(|| Rib::ecmp_identity(&self.config, &self.peers, &entry.paths));
-        let count = entry.paths.len();
-        entry
-            .paths
-            .retain(|p| !(p.peer == path.peer && p.path_id == path.path_id));
-        if entry.paths.len() == count {
-            *self.path_counts.entry(path.peer).or_default() += 1;
+        let peer = path.peer();
+        // A prefix new to the table: its one path is the ECMP set.
+        let fresh = report.then(|| path.clone());
+        let Some((paths, path)) = self.table.place(prefix, path) else {
+            *self.path_counts.entry(peer).or_default() += 1;
+            changes.extend(fresh.map(|path| BestChange {
+                prefix,
+                paths: vec![path],
+            }));
+            return;
+        };
+        let (config, peers) = (&self.config, &self.peers);
+        let before = report.then(|| Rib::ecmp_identity(config, peers, paths.as_slice()));
+        let added = paths.edit(|list| {
+            let count = list.len();
+            list.retain(|p| !p.same_slot(peer, path.path_id));
+            let added = list.len() == count;
+            let position = list
+                .iter()
+                .position(|existing| compare(config, peers, &path, existing) == Ordering::Less)
+                .unwrap_or(list.len());
+            list.insert(position, path);
+            added
+        });
+        if added {
+            *self.path_counts.entry(peer).or_default() += 1;
         }
-        let position = entry
-            .paths
-            .iter()
-            .position(|existing| {
-                compare(&self.config, &self.peers, &path, existing) == Ordering::Less
-            })
-            .unwrap_or(entry.paths.len());
-        entry.paths.insert(position, path);
-        if report && before != Some(Rib::ecmp_identity(&self.config, &self.peers, &entry.paths)) {
+        if report && before != Some(Rib::ecmp_identity(config, peers, paths.as_slice())) {
             changes.push(BestChange {
                 prefix,
-                paths: Rib::ecmp_of(&self.config, &self.peers, &entry.paths),
+                paths: Rib::ecmp_of(config, peers, paths.as_slice()),
             });
         }
     }
@@ -468,29 +698,35 @@ impl Rib {
         changes: &mut Vec<BestChange>,
     ) {
         let prefix = prefix.trunc();
-        let Some(entry) = self.table.get_mut(&prefix) else {
+        let Some(paths) = self.table.get_mut(&prefix) else {
             return;
         };
-        let report = self.report_changes;
-        let before = report.then(|| Rib::ecmp_identity(&self.config, &self.peers, &entry.paths));
-        let count = entry.paths.len();
-        entry
-            .paths
-            .retain(|p| !(p.peer == peer && p.path_id == path_id));
-        if entry.paths.len() == count {
+        if !paths.as_slice().iter().any(|p| p.same_slot(peer, path_id)) {
             return;
         }
         if let Some(n) = self.path_counts.get_mut(&peer) {
             *n = n.saturating_sub(1);
         }
-        if report && before != Some(Rib::ecmp_identity(&self.config, &self.peers, &entry.paths)) {
+        let report = self.report_changes;
+        if let Paths::One(_) = paths {
+            // The prefix's only path goes, and the prefix with it.
+            self.table.remove(&prefix);
+            if report {
+                changes.push(BestChange {
+                    prefix,
+                    paths: Vec::new(),
+                });
+            }
+            return;
+        }
+        let (config, peers) = (&self.config, &self.peers);
+        let before = report.then(|| Rib::ecmp_identity(config, peers, paths.as_slice()));
+        paths.edit(|list| list.retain(|p| !p.same_slot(peer, path_id)));
+        if report && before != Some(Rib::ecmp_identity(config, peers, paths.as_slice())) {
             changes.push(BestChange {
                 prefix,
-                paths: Rib::ecmp_of(&self.config, &self.peers, &entry.paths),
+                paths: Rib::ecmp_of(config, peers, paths.as_slice()),
             });
-        }
-        if entry.paths.is_empty() {
-            self.table.remove(&prefix);
         }
     }
 
@@ -513,7 +749,7 @@ impl Rib {
         visit(best);
         let limit = config.max_paths.max(1);
         let mut hops: [Option<IpAddr>; 8] = [None; 8];
-        hops[0] = Some(best.next_hop);
+        hops[0] = Some(best.next_hop());
         let mut extra_hops: Vec<IpAddr> = Vec::new();
         let mut members = 1;
         for path in &paths[1..] {
@@ -521,12 +757,13 @@ impl Rib {
                 break;
             }
             // Equal paths through a next hop already in the set add nothing to forwarding.
-            let seen = hops.iter().flatten().any(|h| *h == path.next_hop)
-                || extra_hops.contains(&path.next_hop);
+            let next_hop = path.next_hop();
+            let seen =
+                hops.iter().flatten().any(|h| *h == next_hop) || extra_hops.contains(&next_hop);
             if !seen {
                 match hops.get_mut(members) {
-                    Some(slot) => *slot = Some(path.next_hop),
-                    None => extra_hops.push(path.next_hop),
+                    Some(slot) => *slot = Some(next_hop),
+                    None => extra_hops.push(next_hop),
                 }
                 members += 1;
                 visit(path);
@@ -556,14 +793,14 @@ impl Rib {
     /// attributes and next hop to send. Next hop `None` means "our session address".
     pub fn export(&self, to: PeerId, path: &Path) -> Option<(Option<IpAddr>, PathAttributes)> {
         let target = self.peers.get(&to)?;
-        if path.peer == to {
+        if path.peer() == to {
             return None; // Never back to where it came from.
         }
-        let attributes = &path.attributes;
+        let attributes = path.attributes();
         if attributes.communities.contains(&community::NO_ADVERTISE) {
             return None;
         }
-        let source = self.peers.get(&path.peer);
+        let source = self.peers.get(&path.peer());
         let source_ibgp = source.is_some_and(|s| s.ibgp);
         let source_client = source.is_some_and(|s| s.rr_client);
         let mut out = (**attributes).clone();
@@ -578,10 +815,10 @@ impl Rib {
                 out.cluster_list.insert(0, self.config.cluster_id);
             }
             out.local_pref.get_or_insert(DEFAULT_LOCAL_PREF);
-            let next_hop = if target.next_hop_self || path.peer == PeerId::LOCAL {
+            let next_hop = if target.next_hop_self || path.peer() == PeerId::LOCAL {
                 None
             } else {
-                Some(path.next_hop)
+                Some(path.next_hop())
             };
             return Some((next_hop, out));
         }
@@ -606,15 +843,15 @@ impl Rib {
 }
 
 fn local_pref(path: &Path) -> u32 {
-    path.attributes.local_pref.unwrap_or(DEFAULT_LOCAL_PREF)
+    path.attributes().local_pref.unwrap_or(DEFAULT_LOCAL_PREF)
 }
 
 fn as_path_len(path: &Path) -> usize {
-    path.attributes.as_path.as_ref().map_or(0, |p| p.len())
+    path.attributes().as_path.as_ref().map_or(0, |p| p.len())
 }
 
 fn origin_rank(path: &Path) -> u8 {
-    match path.attributes.origin {
+    match path.attributes().origin {
         Some(Origin::Igp) => 0,
         Some(Origin::Egp) => 1,
         _ => 2,
@@ -622,29 +859,32 @@ fn origin_rank(path: &Path) -> u8 {
 }
 
 fn neighbor_as(path: &Path) -> Option<u32> {
-    path.attributes.as_path.as_ref().and_then(|p| p.first_as())
+    path.attributes()
+        .as_path
+        .as_ref()
+        .and_then(|p| p.first_as())
 }
 
 fn is_ebgp(peers: &HashMap<PeerId, PeerInfo>, path: &Path) -> bool {
-    peers.get(&path.peer).is_some_and(|p| !p.ibgp)
+    peers.get(&path.peer()).is_some_and(|p| !p.ibgp)
 }
 
 /// Compares up to the multipath point: LOCAL_PREF, AS_PATH length, ORIGIN, MED (same
 /// neighbouring AS), eBGP over iBGP.
 fn compare_multipath(peers: &HashMap<PeerId, PeerInfo>, a: &Path, b: &Path) -> Ordering {
     // Our own originations first, then the steps of RFC 4271 §9.1.2.2.
-    (b.peer == PeerId::LOCAL)
-        .cmp(&(a.peer == PeerId::LOCAL))
-        .then_with(|| (a.stale).cmp(&b.stale))
+    (b.peer() == PeerId::LOCAL)
+        .cmp(&(a.peer() == PeerId::LOCAL))
+        .then_with(|| a.stale().cmp(&b.stale()))
         .then_with(|| local_pref(b).cmp(&local_pref(a)))
         .then_with(|| as_path_len(a).cmp(&as_path_len(b)))
         .then_with(|| origin_rank(a).cmp(&origin_rank(b)))
         .then_with(|| {
             if neighbor_as(a) == neighbor_as(b) {
-                a.attributes
+                a.attributes()
                     .med
                     .unwrap_or(0)
-                    .cmp(&b.attributes.med.unwrap_or(0))
+                    .cmp(&b.attributes().med.unwrap_or(0))
             } else {
                 Ordering::Equal
             }
@@ -661,20 +901,20 @@ pub fn compare(
     b: &Path,
 ) -> Ordering {
     let router_id = |path: &Path| {
-        path.attributes.originator_id.unwrap_or_else(|| {
+        path.attributes().originator_id.unwrap_or_else(|| {
             peers
-                .get(&path.peer)
+                .get(&path.peer())
                 .map_or(config.router_id, |p| p.router_id)
         })
     };
-    let address = |path: &Path| peers.get(&path.peer).map(|p| p.address);
+    let address = |path: &Path| peers.get(&path.peer()).map(|p| p.address);
     compare_multipath(peers, a, b)
         .then_with(|| router_id(a).cmp(&router_id(b)))
         .then_with(|| {
-            a.attributes
+            a.attributes()
                 .cluster_list
                 .len()
-                .cmp(&b.attributes.cluster_list.len())
+                .cmp(&b.attributes().cluster_list.len())
         })
         .then_with(|| address(a).cmp(&address(b)))
         .then_with(|| a.path_id.cmp(&b.path_id))

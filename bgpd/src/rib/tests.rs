@@ -74,16 +74,16 @@ fn the_decision_process_ranks_paths_in_rfc_order() {
     let p = "10.0.0.0/24";
     announce(&mut r, 1, p, attrs(&[65001, 1, 2], None, None));
     announce(&mut r, 2, p, attrs(&[65002, 1], None, None));
-    assert_eq!(r.best(&net(p))[0].peer, PeerId(2), "shorter AS path");
+    assert_eq!(r.best(&net(p))[0].peer(), PeerId(2), "shorter AS path");
     announce(&mut r, 3, p, attrs(&[65010, 1, 2, 3], Some(200), None));
     assert_eq!(
-        r.best(&net(p))[0].peer,
+        r.best(&net(p))[0].peer(),
         PeerId(3),
         "higher LOCAL_PREF beats path length"
     );
     let changes = announce(&mut r, 3, p, attrs(&[65010, 1, 2, 3], Some(50), None));
     assert_eq!(
-        changes[0].paths[0].peer,
+        changes[0].paths[0].peer(),
         PeerId(2),
         "an update that lowers LOCAL_PREF moves the best"
     );
@@ -94,7 +94,7 @@ fn the_decision_process_ranks_paths_in_rfc_order() {
     announce(&mut r, 4, p, attrs(&[65009, 9], None, None));
     announce(&mut r, 1, p, attrs(&[65001, 9], None, None));
     assert_eq!(
-        r.best(&net(p))[0].peer,
+        r.best(&net(p))[0].peer(),
         PeerId(1),
         "eBGP over iBGP at equal length and origin"
     );
@@ -106,7 +106,7 @@ fn the_decision_process_ranks_paths_in_rfc_order() {
         &[(net(p), 0)],
     );
     assert_eq!(
-        r.best(&net(p))[0].peer,
+        r.best(&net(p))[0].peer(),
         PeerId(4),
         "IGP origin over INCOMPLETE"
     );
@@ -114,13 +114,13 @@ fn the_decision_process_ranks_paths_in_rfc_order() {
     announce(&mut r, 1, "10.1.0.0/24", attrs(&[65001], None, Some(50)));
     announce(&mut r, 2, "10.1.0.0/24", attrs(&[65002], None, Some(10)));
     assert_eq!(
-        r.best(&net("10.1.0.0/24"))[0].peer,
+        r.best(&net("10.1.0.0/24"))[0].peer(),
         PeerId(1),
         "different ASes: MED ignored, lower router ID wins"
     );
     // Our own origination wins over everything.
     r.originate(net(p), PathAttributes::default());
-    assert_eq!(r.best(&net(p))[0].peer, PeerId::LOCAL);
+    assert_eq!(r.best(&net(p))[0].peer(), PeerId::LOCAL);
 }
 
 #[test]
@@ -130,7 +130,7 @@ fn equal_paths_through_different_next_hops_form_the_ecmp_set() {
     announce(&mut r, 3, p, attrs(&[65100], None, None));
     let changes = announce(&mut r, 4, p, attrs(&[65100], None, None));
     assert_eq!(changes.len(), 1);
-    let hops: Vec<IpAddr> = changes[0].paths.iter().map(|p| p.next_hop).collect();
+    let hops: Vec<IpAddr> = changes[0].paths.iter().map(|p| p.next_hop()).collect();
     assert_eq!(hops, vec![hop(3), hop(4)]);
     // A longer path is not equal; a withdrawal shrinks the set.
     announce(&mut r, 1, p, attrs(&[65001, 65100], None, None));
@@ -143,7 +143,11 @@ fn equal_paths_through_different_next_hops_form_the_ecmp_set() {
         &[(net(p), 0)],
     );
     assert_eq!(
-        changes[0].paths.iter().map(|p| p.peer).collect::<Vec<_>>(),
+        changes[0]
+            .paths
+            .iter()
+            .map(|p| p.peer())
+            .collect::<Vec<_>>(),
         vec![PeerId(4)]
     );
 }
@@ -257,7 +261,7 @@ fn graceful_restart_keeps_stale_paths_until_swept() {
         r.peer_down(PeerId(1), true).is_empty(),
         "stale paths stay best meanwhile"
     );
-    assert!(r.best(&net("10.9.0.0/24"))[0].stale);
+    assert!(r.best(&net("10.9.0.0/24"))[0].stale());
     // The peer is back and re-sends one IPv4 prefix; End-of-RIB sweeps the rest.
     announce(&mut r, 1, "10.10.0.0/24", attrs(&[65001], None, None));
     let swept = r.sweep_stale(PeerId(1), true);
@@ -269,7 +273,7 @@ fn graceful_restart_keeps_stale_paths_until_swept() {
         }]
     );
     assert!(
-        r.best(&net("fd00:9::/64"))[0].stale,
+        r.best(&net("fd00:9::/64"))[0].stale(),
         "IPv6 waits for its own End-of-RIB"
     );
     assert_eq!(r.sweep_stale(PeerId(1), false).len(), 1);
@@ -306,6 +310,19 @@ enum Op {
     Down {
         peer: u32,
     },
+    /// The session is lost and the peer restarts gracefully: its paths stay, stale.
+    Restart {
+        peer: u32,
+    },
+}
+
+/// The model's prefixes: both families, so both tables are exercised.
+fn model_prefix(n: u8) -> String {
+    if n.is_multiple_of(2) {
+        format!("10.30.{n}.0/24")
+    } else {
+        format!("fd00:30:{n}::/64")
+    }
 }
 
 fn arb_op() -> impl Strategy<Value = Op> {
@@ -313,6 +330,7 @@ fn arb_op() -> impl Strategy<Value = Op> {
         6 => (1u32..5, 0u8..6, 1u8..4, 0u8..3, 0u8..3).prop_map(|(peer, prefix, path_len, local_pref, med)| Op::Announce { peer, prefix, path_len, local_pref, med }),
         3 => (1u32..5, 0u8..6).prop_map(|(peer, prefix)| Op::Withdraw { peer, prefix }),
         1 => (1u32..5).prop_map(|peer| Op::Down { peer }),
+        1 => (1u32..5).prop_map(|peer| Op::Restart { peer }),
     ]
 }
 
@@ -328,16 +346,17 @@ proptest! {
                 Op::Announce { peer, prefix, path_len, local_pref, med } => {
                     let path: Vec<u32> = (0..path_len).map(|i| 65100 + u32::from(i)).collect();
                     let lp = [None, Some(100), Some(200)][usize::from(local_pref)];
-                    announce(&mut r, peer, &format!("10.30.{prefix}.0/24"), attrs(&path, lp, Some(u32::from(med))))
+                    announce(&mut r, peer, &model_prefix(prefix), attrs(&path, lp, Some(u32::from(med))))
                 }
-                Op::Withdraw { peer, prefix } => r.update(PeerId(peer), &[], hop(0), PathAttributes::default(), &[(net(&format!("10.30.{prefix}.0/24")), 0)]),
+                Op::Withdraw { peer, prefix } => r.update(PeerId(peer), &[], hop(0), PathAttributes::default(), &[(net(&model_prefix(prefix)), 0)]),
                 Op::Down { peer } => r.peer_down(PeerId(peer), false),
+                Op::Restart { peer } => r.peer_down(PeerId(peer), true),
             };
             for change in changes {
                 if change.paths.is_empty() {
                     shadow.remove(&change.prefix);
                 } else {
-                    shadow.insert(change.prefix, change.paths.iter().map(|p| p.next_hop).collect());
+                    shadow.insert(change.prefix, change.paths.iter().map(|p| p.next_hop()).collect());
                 }
             }
             let mut truth = BTreeMap::new();
@@ -346,13 +365,20 @@ proptest! {
                 let peers: HashMap<PeerId, PeerInfo> = (1..5).map(|n| (PeerId(n), r.peers[&PeerId(n)].clone())).collect();
                 sorted.sort_by(|a, b| compare(r.config(), &peers, a, b));
                 prop_assert_eq!(&sorted, &paths.to_vec(), "order of {}", prefix);
-                truth.insert(*prefix, Rib::ecmp_of(r.config(), &peers, &sorted).iter().map(|p| p.next_hop).collect::<Vec<_>>());
+                truth.insert(prefix, Rib::ecmp_of(r.config(), &peers, &sorted).iter().map(|p| p.next_hop()).collect::<Vec<_>>());
             }
             prop_assert_eq!(&shadow, &truth);
             for n in 1..5 {
-                let counted = r.iter().map(|(_, paths)| paths.iter().filter(|p| p.peer == PeerId(n)).count()).sum::<usize>();
+                let counted = r.iter().map(|(_, paths)| paths.iter().filter(|p| p.peer() == PeerId(n)).count()).sum::<usize>();
                 prop_assert_eq!(r.path_count(PeerId(n)), counted);
             }
         }
     }
+}
+
+#[test]
+fn a_table_bucket_stays_small() {
+    // What makes a million prefixes fit in about 50 MB: a 16-byte path held inline.
+    assert_eq!(std::mem::size_of::<Path>(), 16);
+    assert_eq!(std::mem::size_of::<Paths>(), 16);
 }

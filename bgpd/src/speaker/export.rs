@@ -191,11 +191,11 @@ impl Speaker {
             if change
                 .paths
                 .first()
-                .is_some_and(|p| p.peer == PeerId::LOCAL)
+                .is_some_and(|p| p.peer() == PeerId::LOCAL)
             {
                 change.paths.clear();
             }
-            change.paths.retain(|p| p.peer != PeerId::LOCAL);
+            change.paths.retain(|p| p.peer() != PeerId::LOCAL);
             self.actions.push_back(Action::Route(change));
         }
     }
@@ -203,7 +203,7 @@ impl Speaker {
     /// Sends a peer the table again: everything of `family` (or every family), re-sending what
     /// it already has (route refresh) and fixing what policy now decides differently.
     pub(super) fn readvertise(&mut self, now: Instant, address: IpAddr, family: Option<Family>) {
-        let mut prefixes: Vec<IpNet> = self.rib.iter().map(|(p, _)| *p).collect();
+        let mut prefixes: Vec<IpNet> = self.rib.iter().map(|(p, _)| p).collect();
         if let Some(peer) = self.peers.get(&address) {
             prefixes.extend(peer.adj_out.keys().map(|(p, _)| *p));
         }
@@ -260,7 +260,7 @@ impl Speaker {
                     continue;
                 };
                 let path_id = if add_path {
-                    path_id_for(path.peer, path.path_id)
+                    path_id_for(path.peer(), path.path_id())
                 } else {
                     0
                 };

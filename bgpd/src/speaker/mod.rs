@@ -486,8 +486,8 @@ impl Speaker {
     fn prefixes_of(&self, id: PeerId) -> Vec<IpNet> {
         self.rib
             .iter()
-            .filter(|(_, paths)| paths.iter().any(|p| p.peer == id))
-            .map(|(prefix, _)| *prefix)
+            .filter(|(_, paths)| paths.iter().any(|p| p.peer() == id))
+            .map(|(prefix, _)| prefix)
             .collect()
     }
 

@@ -119,7 +119,7 @@ impl Net {
                 } else {
                     fib.insert(
                         change.prefix,
-                        change.paths.iter().map(|p| p.next_hop).collect(),
+                        change.paths.iter().map(|p| p.next_hop()).collect(),
                     );
                 }
             }
@@ -210,10 +210,10 @@ fn ebgp_speakers_exchange_routes_in_both_families_and_withdraw_them() {
     net.run();
     let paths = net.speakers[&addr(2)].rib().best(&prefix("10.1.0.0/24"));
     assert_eq!(paths.len(), 1);
-    assert_eq!(paths[0].next_hop, addr(1));
+    assert_eq!(paths[0].next_hop(), addr(1));
     assert_eq!(
         paths[0]
-            .attributes
+            .attributes()
             .as_path
             .as_ref()
             .unwrap()
@@ -221,10 +221,10 @@ fn ebgp_speakers_exchange_routes_in_both_families_and_withdraw_them() {
             .collect::<Vec<_>>(),
         vec![65001]
     );
-    assert_eq!(paths[0].attributes.communities, vec![0xfde9_0064]);
+    assert_eq!(paths[0].attributes().communities, vec![0xfde9_0064]);
     let v6 = net.speakers[&addr(2)].rib().best(&prefix("fd00:1::/64"));
     assert_eq!(
-        v6[0].next_hop,
+        v6[0].next_hop(),
         "::ffff:198.18.0.1".parse::<IpAddr>().unwrap()
     );
     assert_eq!(net.fib[&addr(2)][&prefix("10.1.0.0/24")], vec![addr(1)]);
@@ -281,16 +281,16 @@ fn a_route_reflector_reflects_between_clients() {
         1,
         "client 3 learns client 2's block through the reflector"
     );
-    assert_eq!(paths[0].next_hop, addr(2), "the next hop is kept");
+    assert_eq!(paths[0].next_hop(), addr(2), "the next hop is kept");
     assert_eq!(
-        paths[0].attributes.originator_id,
+        paths[0].attributes().originator_id,
         Some(Ipv4Addr::new(198, 18, 0, 2))
     );
     assert_eq!(
-        paths[0].attributes.cluster_list,
+        paths[0].attributes().cluster_list,
         vec![Ipv4Addr::new(198, 18, 0, 1)]
     );
-    assert_eq!(paths[0].attributes.local_pref, Some(100));
+    assert_eq!(paths[0].attributes().local_pref, Some(100));
 }
 
 #[test]
@@ -350,7 +350,7 @@ fn a_restarting_peers_routes_stay_stale_until_end_of_rib() {
     }
     net.run();
     let kept = net.speakers[&addr(2)].rib().best(&prefix("10.3.0.0/24"));
-    assert!(kept[0].stale, "kept as stale while A restarts");
+    assert!(kept[0].stale(), "kept as stale while A restarts");
     assert_eq!(
         net.fib[&addr(2)][&prefix("10.3.0.0/24")],
         vec![addr(1)],
@@ -370,7 +370,7 @@ fn a_restarting_peers_routes_stay_stale_until_end_of_rib() {
     net.advance(5);
     assert!(net.established(addr(2), addr(1)));
     let fresh = net.speakers[&addr(2)].rib().best(&prefix("10.3.0.0/24"));
-    assert!(!fresh.is_empty() && !fresh[0].stale, "re-sent and fresh");
+    assert!(!fresh.is_empty() && !fresh[0].stale(), "re-sent and fresh");
     assert!(
         net.speakers[&addr(2)]
             .rib()
@@ -477,21 +477,21 @@ fn withdraw_and_replace(route_output: bool) {
     net.speaker(addr(3)).set_originated(now, longer);
     net.run();
     assert_eq!(
-        net.speakers[&addr(1)].rib().best(&prefix("10.40.0.0/24"))[0].next_hop,
+        net.speakers[&addr(1)].rib().best(&prefix("10.40.0.0/24"))[0].next_hop(),
         addr(2)
     );
     // A stops announcing it: X's best becomes B's path, and A must now hear about it from X.
     net.speaker(addr(2)).set_originated(now, BTreeMap::new());
     net.run();
     assert_eq!(
-        net.speakers[&addr(1)].rib().best(&prefix("10.40.0.0/24"))[0].next_hop,
+        net.speakers[&addr(1)].rib().best(&prefix("10.40.0.0/24"))[0].next_hop(),
         addr(3)
     );
     let at_a = net.speakers[&addr(2)].rib().best(&prefix("10.40.0.0/24"));
     assert_eq!(at_a.len(), 1, "A learns B's path through X");
     assert_eq!(
         at_a[0]
-            .attributes
+            .attributes()
             .as_path
             .as_ref()
             .unwrap()

@@ -7,52 +7,17 @@
 #![allow(clippy::disallowed_methods)] // A benchmark tool at the edge: it reads the clock.
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, TcpStream};
+use std::net::TcpStream;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::bail;
-use twill_bgpd::wire::attribute::{AsPath, Origin, PathAttributes};
-use twill_bgpd::wire::{Capability, Context, Family, Message, Nlri, OpenMsg, UpdateMsg};
+use twill_bgpd::wire::{Capability, Context, Family, Message, OpenMsg};
+use twill_interop_tests::blast;
 
 fn nanos() -> u128 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos())
-}
-
-fn encode(count: u32, next_hop: Ipv4Addr, cx: &Context) -> Vec<u8> {
-    let mut out = Vec::new();
-    let per_update = 780; // 5 octets a /32: fits 4096 with the attributes.
-    let mut start = 0u32;
-    let mut set = 0u32;
-    while start < count {
-        let end = (start + per_update).min(count);
-        let nlri = (start..end)
-            .map(|i| {
-                Nlri::new(ipnet::IpNet::new(Ipv4Addr::from(0x0a00_0000 + i).into(), 32).unwrap())
-            })
-            .collect();
-        let attributes = PathAttributes {
-            origin: Some(Origin::Igp),
-            as_path: Some(AsPath::sequence(vec![65002, 64512 + set % 100])),
-            next_hop: Some(next_hop),
-            ..PathAttributes::default()
-        };
-        out.extend_from_slice(
-            &Message::Update(Box::new(UpdateMsg {
-                attributes,
-                nlri,
-                ..UpdateMsg::default()
-            }))
-            .encode(cx),
-        );
-        start = end;
-        set += 1;
-    }
-    out.extend_from_slice(
-        &Message::Update(Box::new(UpdateMsg::end_of_rib_for(Family::Ipv4Unicast))).encode(cx),
-    );
-    out
 }
 
 fn main() -> anyhow::Result<()> {
@@ -75,12 +40,12 @@ fn main() -> anyhow::Result<()> {
         std::net::IpAddr::V4(v4) => v4,
         other => bail!("an IPv4 session is needed, got {other}"),
     };
-    let updates = encode(count, local, &cx);
+    let updates = blast::updates(count, local, &cx);
     let caps = vec![
         Capability::Multiprotocol(Family::Ipv4Unicast),
         Capability::RouteRefresh,
     ];
-    let open = OpenMsg::new(65002, 240, local, caps);
+    let open = OpenMsg::new(blast::SENDER_AS, 240, local, caps);
     stream.write_all(&Message::Open(open).encode(&Context::initial()))?;
     stream.write_all(&Message::Keepalive.encode(&cx))?;
     // Wait for the receiver's OPEN and KEEPALIVE: the session is up on its side too.
