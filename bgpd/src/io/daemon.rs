@@ -11,11 +11,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use bytes::Bytes;
+use ipnet::IpNet;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 
-use super::kernel::{self, KernelCommand};
+use super::kernel::{self, KernelCommand, NextHops};
 use super::{control, socket};
 use crate::config::{DaemonConfig, Transport};
 use crate::speaker::{Action, ConnectionId, Speaker};
@@ -61,6 +62,8 @@ pub struct Daemon {
     started: Instant,
     /// The kernel writer, when `[kernel]` is configured.
     kernel: Option<std::sync::mpsc::Sender<KernelCommand>>,
+    /// Route writes decided in this round of actions, for the kernel thread.
+    kernel_batch: Vec<(IpNet, NextHops)>,
     /// Route writes the kernel writer has done.
     kernel_writes: Arc<std::sync::atomic::AtomicU64>,
     /// Restarting: which neighbours' End-of-RIBs the kernel sweep still waits for.
@@ -128,6 +131,7 @@ impl Daemon {
             started: Instant::now(),
             awaiting_end_of_rib: (restarting && kernel.is_some()).then(HashSet::new),
             kernel,
+            kernel_batch: Vec::new(),
             kernel_writes,
         })
     }
@@ -351,9 +355,9 @@ impl Daemon {
                     }
                 }
                 Action::Route(change) => {
-                    if let Some(kernel) = &self.kernel {
+                    if self.kernel.is_some() {
                         let hops = change.paths.iter().map(|p| p.next_hop()).collect();
-                        let _ = kernel.send(KernelCommand::Route(change.prefix, hops));
+                        self.kernel_batch.push((change.prefix, hops));
                     }
                 }
                 Action::EndOfRib(peer, family) => {
@@ -374,12 +378,26 @@ impl Daemon {
                 Action::PeerDown(peer, reason) => tracing::info!(%peer, %reason, "session down"),
             }
         }
+        self.flush_kernel_batch();
+    }
+
+    /// Hands the route writes gathered so far to the kernel thread, as one command.
+    fn flush_kernel_batch(&mut self) {
+        if self.kernel_batch.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(&mut self.kernel_batch);
+        if let Some(kernel) = &self.kernel {
+            let _ = kernel.send(KernelCommand::Routes(batch));
+        }
     }
 
     /// After a graceful restart: routes from before that were not learned again go.
     fn sweep_kernel(&mut self, why: &str) {
         if self.awaiting_end_of_rib.take().is_some() {
             tracing::info!(reason = why, "removing stale kernel routes");
+            // Route writes decided before the sweep go first.
+            self.flush_kernel_batch();
             if let Some(kernel) = &self.kernel {
                 let _ = kernel.send(KernelCommand::Sweep);
             }

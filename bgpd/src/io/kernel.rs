@@ -37,11 +37,52 @@ const RTN_UNICAST: u8 = 1;
 /// Messages per `send`.
 const BATCH: usize = 2_000;
 
-/// What the kernel thread is asked to do.
+/// Route writes the kernel thread gathers per round, coalescing writes to one prefix; more
+/// wait in the queue, so a backlog (a full table arriving faster than the kernel takes it) is
+/// never copied whole.
+const ROUND: usize = 65_536;
+
+/// The next hops of a route write: none (the route goes), one (held inline: no allocation
+/// for the usual route), or several (an ECMP route).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NextHops {
+    /// Remove the route.
+    None,
+    /// One gateway.
+    One(IpAddr),
+    /// Several gateways: a multipath route.
+    Many(Box<[IpAddr]>),
+}
+
+impl NextHops {
+    /// The gateways.
+    pub fn as_slice(&self) -> &[IpAddr] {
+        match self {
+            NextHops::None => &[],
+            NextHops::One(hop) => std::slice::from_ref(hop),
+            NextHops::Many(hops) => hops,
+        }
+    }
+}
+
+impl FromIterator<IpAddr> for NextHops {
+    fn from_iter<I: IntoIterator<Item = IpAddr>>(iter: I) -> NextHops {
+        let mut iter = iter.into_iter();
+        let Some(first) = iter.next() else {
+            return NextHops::None;
+        };
+        let Some(second) = iter.next() else {
+            return NextHops::One(first);
+        };
+        NextHops::Many([first, second].into_iter().chain(iter).collect())
+    }
+}
+
+/// What the kernel thread is asked to do, in order.
 #[derive(Debug)]
 pub enum KernelCommand {
-    /// Install (non-empty next hops) or remove (empty) the route to a prefix.
-    Route(IpNet, Vec<IpAddr>),
+    /// Install (with next hops) or remove (without) routes.
+    Routes(Vec<(IpNet, NextHops)>),
     /// Remove Twill's routes not installed since start (after graceful restart).
     Sweep,
 }
@@ -142,10 +183,7 @@ impl Kernel {
     }
 
     /// Installs or removes routes; returns the prefixes the kernel refused, with why.
-    pub fn apply(
-        &mut self,
-        routes: &[(IpNet, Vec<IpAddr>)],
-    ) -> io::Result<Vec<(IpNet, io::Error)>> {
+    pub fn apply(&mut self, routes: &[(IpNet, NextHops)]) -> io::Result<Vec<(IpNet, io::Error)>> {
         let mut failures = Vec::new();
         for chunk in routes.chunks(BATCH) {
             let mut buffer = Vec::with_capacity(chunk.len() * 80);
@@ -153,6 +191,7 @@ impl Kernel {
             for (prefix, next_hops) in chunk {
                 // IPv4-mapped next hops cannot be kernel gateways: such routes are not installed.
                 let usable: Vec<IpAddr> = next_hops
+                    .as_slice()
                     .iter()
                     .filter(|hop| hop.is_ipv4() == prefix.addr().is_ipv4() && !hop.is_unspecified())
                     .copied()
@@ -297,7 +336,8 @@ pub fn spawn(
     let mut kernel = Kernel::open(config)?;
     let mut leftovers = kernel.list()?;
     if !keep_existing {
-        let stale: Vec<(IpNet, Vec<IpAddr>)> = leftovers.iter().map(|p| (*p, Vec::new())).collect();
+        let stale: Vec<(IpNet, NextHops)> =
+            leftovers.iter().map(|p| (*p, NextHops::None)).collect();
         kernel.apply(&stale)?;
         leftovers.clear();
     }
@@ -311,23 +351,33 @@ pub fn spawn(
         .name("twill-kernel".into())
         .spawn(move || {
             while let Ok(first) = receiver.recv() {
-                let mut pending: BTreeMap<IpNet, Vec<IpAddr>> = BTreeMap::new();
+                let mut pending: BTreeMap<IpNet, NextHops> = BTreeMap::new();
                 let mut sweep = false;
-                for command in std::iter::once(first).chain(receiver.try_iter()) {
+                let mut gathered = 0;
+                let mut next = Some(first);
+                while let Some(command) = next.take() {
                     match command {
-                        KernelCommand::Route(prefix, hops) => {
-                            leftovers.remove(&prefix);
-                            pending.insert(prefix, hops);
+                        KernelCommand::Routes(routes) => {
+                            gathered += routes.len();
+                            for (prefix, hops) in routes {
+                                leftovers.remove(&prefix);
+                                pending.insert(prefix, hops);
+                            }
                         }
                         KernelCommand::Sweep => sweep = true,
                     }
-                }
-                if sweep {
-                    for prefix in std::mem::take(&mut leftovers) {
-                        pending.entry(prefix).or_default();
+                    if gathered < ROUND {
+                        next = receiver.try_recv().ok();
                     }
                 }
-                let routes: Vec<(IpNet, Vec<IpAddr>)> = pending.into_iter().collect();
+                if sweep {
+                    // Every route write queued before the sweep has been gathered by now, so
+                    // what is left over was not learned again.
+                    for prefix in std::mem::take(&mut leftovers) {
+                        pending.entry(prefix).or_insert(NextHops::None);
+                    }
+                }
+                let routes: Vec<(IpNet, NextHops)> = pending.into_iter().collect();
                 let written = routes.len() as u64;
                 match kernel.apply(&routes) {
                     Ok(failures) => {
