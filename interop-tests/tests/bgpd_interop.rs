@@ -262,6 +262,29 @@ fn route_refresh(kind: PeerKind) {
         !l.twill_paths("10.21.0.0/24").is_empty()
             && l.twill_state().as_deref() == Some("Established")
     });
+    // BIRD and FRR do enhanced route refresh (RFC 7313): their re-announcement comes between
+    // Beginning- and End-of-RIB-Refresh, after which Twill keeps what was announced again.
+    if kind != PeerKind::Gobgp {
+        lab.wait(LONG, "the peer's End-of-RIB-Refresh", |l| {
+            l.log("twill.log").contains("End-of-RIB-Refresh received")
+        });
+        let paths = lab.twill_paths("10.21.0.0/24");
+        assert!(
+            paths.len() == 1 && paths[0]["refreshing"] == false,
+            "{paths:?}"
+        );
+        assert!(
+            lab.log("twill.log").contains("enhanced=true"),
+            "Twill answered the peer's request with markers"
+        );
+    }
+    // The peer answered Twill's request after it had Twill's End-of-RIB-Refresh (one TCP
+    // stream), so what it kept then is what it keeps.
+    assert!(
+        lab.peer_route("10.20.0.0/24").is_some(),
+        "{}",
+        lab.peer_view()
+    );
 }
 
 /// twill-bgpd killed with SIGKILL: the peer keeps Twill's routes as stale meanwhile; Twill

@@ -363,6 +363,19 @@ impl Session {
         supported
     }
 
+    /// Sends an RFC 7313 Beginning-of-RIB-Refresh (`begin`) or End-of-RIB-Refresh marker for
+    /// a family, when the peer announced enhanced route refresh.
+    pub fn send_refresh_marker(&mut self, family: Family, begin: bool) -> bool {
+        let enhanced = self.negotiated().is_some_and(|n| n.enhanced_route_refresh);
+        if enhanced {
+            self.send(&Message::RouteRefresh(RouteRefreshMsg {
+                family,
+                subtype: if begin { 1 } else { 2 },
+            }));
+        }
+        enhanced
+    }
+
     fn set_timer(&mut self, timer: Timer, due: Option<Instant>) {
         self.timers[timer as usize] = due;
     }

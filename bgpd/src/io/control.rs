@@ -133,6 +133,7 @@ pub fn rib_json(speaker: &Speaker) -> String {
                     "from": from,
                     "best": best.iter().any(|b| b == path),
                     "stale": path.stale(),
+                    "refreshing": path.refreshing(),
                 }),
             ));
         }

@@ -75,19 +75,25 @@ pub struct Hop {
     attributes: Arc<PathAttributes>,
 }
 
-/// One path to a prefix: 16 bytes (the shared [`Hop`], the source with its stale flag, the
+/// One path to a prefix: 16 bytes (the shared [`Hop`], the source with its flags, the
 /// add-path identifier).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Path {
     hop: Arc<Hop>,
-    /// The source peer's number, with [`Path::STALE`] set while the path is stale.
+    /// The source peer's number, with [`Path::STALE`] and [`Path::REFRESHING`].
     source: u32,
     path_id: u32,
 }
 
 impl Path {
-    /// The bit of `source` that marks a stale path; peer numbers stay below it.
+    /// The bit of `source` that marks a stale path (graceful restart): ranked below fresh
+    /// paths, removed unless announced again.
     const STALE: u32 = 1 << 31;
+    /// The bit of `source` that marks a path not yet announced again during an enhanced route
+    /// refresh (RFC 7313): ranked as before, removed at End-of-RIB-Refresh unless announced.
+    const REFRESHING: u32 = 1 << 30;
+    /// Both flags; peer numbers stay below them.
+    const FLAGS: u32 = Path::STALE | Path::REFRESHING;
 
     /// A path of its own (the RIB shares hops between paths; this one shares nothing).
     pub fn new(
@@ -107,17 +113,17 @@ impl Path {
     }
 
     fn with_hop(peer: PeerId, path_id: u32, hop: Arc<Hop>) -> Path {
-        debug_assert!(peer.0 < Path::STALE, "peer numbers stay below 2^31");
+        debug_assert!(peer.0 & Path::FLAGS == 0, "peer numbers stay below 2^30");
         Path {
             hop,
-            source: peer.0 & !Path::STALE,
+            source: peer.0 & !Path::FLAGS,
             path_id,
         }
     }
 
     /// Where it came from.
     pub fn peer(&self) -> PeerId {
-        PeerId(self.source & !Path::STALE)
+        PeerId(self.source & !Path::FLAGS)
     }
 
     /// The sender's add-path identifier (0 without add-path).
@@ -138,6 +144,11 @@ impl Path {
     /// Kept from a restarting peer until End-of-RIB or the restart timer (RFC 4724).
     pub fn stale(&self) -> bool {
         self.source & Path::STALE != 0
+    }
+
+    /// Not announced again since an enhanced route refresh began.
+    pub fn refreshing(&self) -> bool {
+        self.source & Path::REFRESHING != 0
     }
 
     fn mark_stale(&mut self) {
@@ -626,7 +637,34 @@ impl Rib {
     /// Removes the peer's paths still stale (End-of-RIB for a family, or restart timer):
     /// IPv4 prefixes when `ipv4`, IPv6 ones otherwise.
     pub fn sweep_stale(&mut self, peer: PeerId, ipv4: bool) -> Vec<BestChange> {
-        let stale: Vec<(IpNet, u32)> = self
+        self.sweep(peer, ipv4, Path::STALE)
+    }
+
+    /// An enhanced route refresh of a family begins (RFC 7313 Beginning-of-RIB-Refresh):
+    /// every path of the peer in it is marked, to go at the end unless announced again.
+    /// Rankings stay as they are, so nothing changes for forwarding meanwhile.
+    pub fn begin_refresh(&mut self, peer: PeerId, ipv4: bool) {
+        for (prefix, paths) in self.table.iter_mut() {
+            if prefix.addr().is_ipv4() != ipv4 {
+                continue;
+            }
+            for path in paths.as_mut_slice() {
+                if path.peer() == peer {
+                    path.source |= Path::REFRESHING;
+                }
+            }
+        }
+    }
+
+    /// The refresh ends (End-of-RIB-Refresh, or its timer): the peer's paths of the family not
+    /// announced again go.
+    pub fn end_refresh(&mut self, peer: PeerId, ipv4: bool) -> Vec<BestChange> {
+        self.sweep(peer, ipv4, Path::REFRESHING)
+    }
+
+    /// Removes the peer's paths of one family that carry `flag`.
+    fn sweep(&mut self, peer: PeerId, ipv4: bool, flag: u32) -> Vec<BestChange> {
+        let marked: Vec<(IpNet, u32)> = self
             .table
             .iter()
             .filter(|(prefix, _)| prefix.addr().is_ipv4() == ipv4)
@@ -634,12 +672,12 @@ impl Rib {
                 paths
                     .as_slice()
                     .iter()
-                    .filter(|p| p.peer() == peer && p.stale())
+                    .filter(|p| p.peer() == peer && p.source & flag != 0)
                     .map(move |p| (prefix, p.path_id))
             })
             .collect();
         let mut changes = Vec::new();
-        for (prefix, path_id) in stale {
+        for (prefix, path_id) in marked {
             self.remove_path(prefix, peer, path_id, &mut changes);
         }
         changes

@@ -314,6 +314,16 @@ enum Op {
     Restart {
         peer: u32,
     },
+    /// An enhanced route refresh of one family begins (RFC 7313 BoRR).
+    BeginRefresh {
+        peer: u32,
+        ipv4: bool,
+    },
+    /// It ends (EoRR): what was not announced again goes.
+    EndRefresh {
+        peer: u32,
+        ipv4: bool,
+    },
 }
 
 /// The model's prefixes: both families, so both tables are exercised.
@@ -331,6 +341,8 @@ fn arb_op() -> impl Strategy<Value = Op> {
         3 => (1u32..5, 0u8..6).prop_map(|(peer, prefix)| Op::Withdraw { peer, prefix }),
         1 => (1u32..5).prop_map(|peer| Op::Down { peer }),
         1 => (1u32..5).prop_map(|peer| Op::Restart { peer }),
+        1 => (1u32..5, any::<bool>()).prop_map(|(peer, ipv4)| Op::BeginRefresh { peer, ipv4 }),
+        1 => (1u32..5, any::<bool>()).prop_map(|(peer, ipv4)| Op::EndRefresh { peer, ipv4 }),
     ]
 }
 
@@ -351,6 +363,11 @@ proptest! {
                 Op::Withdraw { peer, prefix } => r.update(PeerId(peer), &[], hop(0), PathAttributes::default(), &[(net(&model_prefix(prefix)), 0)]),
                 Op::Down { peer } => r.peer_down(PeerId(peer), false),
                 Op::Restart { peer } => r.peer_down(PeerId(peer), true),
+                Op::BeginRefresh { peer, ipv4 } => {
+                    r.begin_refresh(PeerId(peer), ipv4);
+                    Vec::new()
+                }
+                Op::EndRefresh { peer, ipv4 } => r.end_refresh(PeerId(peer), ipv4),
             };
             for change in changes {
                 if change.paths.is_empty() {

@@ -23,7 +23,7 @@ use crate::fsm::{self, DownReason, Input, Output, Session, State};
 use crate::policy::Filter;
 use crate::rib::{BestChange, PeerId, PeerInfo, Rib, RibConfig};
 use crate::wire::attribute::PathAttributes;
-use crate::wire::{ErrorCode, Family, NotificationMsg, UpdateMsg};
+use crate::wire::{ErrorCode, Family, NotificationMsg, RouteRefreshMsg, UpdateMsg};
 
 /// A connection, as numbered by the driver.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -49,6 +49,11 @@ pub struct NeighborConfig {
     /// Export filters, in order.
     pub export: Vec<Filter>,
 }
+
+/// How long an enhanced route refresh from a peer may take before the routes it did not
+/// announce again are removed anyway (RFC 7313 §4 leaves the value open; 360 s is the usual
+/// default of routers' stale-path timers).
+pub const ENHANCED_REFRESH_STALE_TIME: Duration = Duration::from_secs(360);
 
 /// Speaker-wide configuration.
 #[derive(Debug, Clone, PartialEq)]
@@ -126,6 +131,8 @@ struct Peer {
     established_at: Option<Instant>,
     /// Stale paths are dropped at this instant (graceful restart helper).
     restart_deadline: Option<Instant>,
+    /// Families in an enhanced route refresh from the peer, with when it times out.
+    refreshing: BTreeMap<Family, Instant>,
     /// The restart time the peer announced in its last session (RFC 4724), if any.
     peer_restart_time: Option<u16>,
     updates_in: u64,
@@ -190,6 +197,7 @@ impl Speaker {
                     p.session.poll_timeout(),
                     p.contender.as_ref().and_then(|c| c.2.poll_timeout()),
                     p.restart_deadline,
+                    p.refreshing.values().min().copied(),
                 ]
             })
             .flatten()
@@ -336,6 +344,7 @@ impl Speaker {
     /// Fires due timers.
     pub fn handle_timeout(&mut self, now: Instant) {
         let mut expired = Vec::new();
+        let mut refresh_expired = Vec::new();
         for (address, peer) in &mut self.peers {
             peer.session.handle_timeout(now);
             if let Some((_, _, contender)) = peer.contender.as_mut() {
@@ -345,9 +354,23 @@ impl Speaker {
                 peer.restart_deadline = None;
                 expired.push(*address);
             }
+            let due: Vec<Family> = peer
+                .refreshing
+                .iter()
+                .filter(|(_, due)| **due <= now)
+                .map(|(family, _)| *family)
+                .collect();
+            for family in due {
+                peer.refreshing.remove(&family);
+                tracing::warn!(peer = %address, %family, "no End-of-RIB-Refresh in time; routes not announced again go");
+                refresh_expired.push((*address, family));
+            }
         }
         for address in expired {
             self.sweep_stale(now, address, None);
+        }
+        for (address, family) in refresh_expired {
+            self.end_refresh(now, address, family);
         }
         self.flush(now);
     }
@@ -431,6 +454,7 @@ impl Speaker {
                 rejected: HashSet::new(),
                 established_at: None,
                 restart_deadline: None,
+                refreshing: BTreeMap::new(),
                 peer_restart_time: None,
                 updates_in: 0,
                 updates_out: 0,
@@ -572,6 +596,8 @@ impl Speaker {
         let Some(peer) = self.peers.get_mut(&address) else {
             return;
         };
+        // Everything logged while handling the peer's output carries its address.
+        let _span = tracing::info_span!("peer", peer = %address).entered();
         match output {
             Output::Connect => {
                 if peer.connection.is_none() {
@@ -591,11 +617,7 @@ impl Speaker {
                 peer.updates_in += 1;
                 self.on_update(now, address, *update);
             }
-            Output::RouteRefresh(refresh) => {
-                if refresh.subtype == 0 {
-                    self.readvertise(now, address, Some(refresh.family));
-                }
-            }
+            Output::RouteRefresh(refresh) => self.on_route_refresh(now, address, refresh),
             Output::Down(reason) => self.on_down(now, address, reason),
         }
     }
@@ -662,6 +684,9 @@ impl Speaker {
         let was_up = peer.established_at.take().is_some();
         peer.adj_out.clear();
         peer.rejected.clear();
+        // An unfinished refresh ends with the session: its marks go with the paths, or stay
+        // harmlessly on paths kept for graceful restart (announced again, they are fresh).
+        peer.refreshing.clear();
         self.actions
             .push_back(Action::PeerDown(address, reason.to_string()));
         if !was_up {
@@ -679,6 +704,65 @@ impl Speaker {
         let touched = self.prefixes_of(id);
         let changes = self.rib.peer_down(id, keep);
         self.after_rib_change(now, changes, &touched);
+    }
+
+    /// RFC 2918 / RFC 7313: a request is served with the family's routes again, between
+    /// Beginning- and End-of-RIB-Refresh markers when the peer does enhanced route refresh;
+    /// the peer's own markers bracket its re-announcement, after which what it did not
+    /// announce again goes. Anything else, or a family not negotiated, is ignored.
+    fn on_route_refresh(&mut self, now: Instant, address: IpAddr, refresh: RouteRefreshMsg) {
+        let Some(peer) = self.peers.get_mut(&address) else {
+            return;
+        };
+        let Some(negotiated) = peer.session.negotiated() else {
+            return;
+        };
+        let family = refresh.family;
+        if !negotiated.families.contains(&family) {
+            tracing::debug!(%family, "ROUTE-REFRESH for a family not negotiated; ignored");
+            return;
+        }
+        let enhanced = negotiated.enhanced_route_refresh;
+        match refresh.subtype {
+            0 => {
+                tracing::info!(%family, enhanced, "route refresh asked; sending the routes again");
+                peer.session.send_refresh_marker(family, true);
+                self.readvertise(now, address, Some(family));
+                if let Some(peer) = self.peers.get_mut(&address) {
+                    peer.session.send_refresh_marker(family, false);
+                }
+            }
+            1 if enhanced => {
+                tracing::info!(%family, "Beginning-of-RIB-Refresh received");
+                peer.refreshing
+                    .insert(family, now + ENHANCED_REFRESH_STALE_TIME);
+                let id = peer.id;
+                self.rib.begin_refresh(id, family == Family::Ipv4Unicast);
+            }
+            2 if enhanced => {
+                if peer.refreshing.remove(&family).is_some() {
+                    let removed = self.end_refresh(now, address, family);
+                    tracing::info!(%family, removed, "End-of-RIB-Refresh received");
+                }
+            }
+            subtype => {
+                tracing::debug!(subtype, "ROUTE-REFRESH subtype not understood; ignored");
+            }
+        }
+    }
+
+    /// Removes what the peer did not announce again during a refresh of `family`; returns
+    /// how many paths went.
+    fn end_refresh(&mut self, now: Instant, address: IpAddr, family: Family) -> usize {
+        let Some(peer) = self.peers.get(&address) else {
+            return 0;
+        };
+        let id = peer.id;
+        let before = self.rib.path_count(id);
+        let touched = self.prefixes_of(id);
+        let changes = self.rib.end_refresh(id, family == Family::Ipv4Unicast);
+        self.after_rib_change(now, changes, &touched);
+        before.saturating_sub(self.rib.path_count(id))
     }
 
     fn sweep_stale(&mut self, now: Instant, address: IpAddr, family: Option<Family>) {

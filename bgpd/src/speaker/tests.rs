@@ -6,6 +6,7 @@ use super::*;
 use crate::fsm::{self, GracefulRestartConfig};
 use crate::policy::{Match, Rule};
 use crate::wire::attribute::Origin;
+use crate::wire::{Context, Message};
 
 #[allow(clippy::disallowed_methods)] // The virtual clock's one reading.
 fn epoch() -> Instant {
@@ -30,6 +31,8 @@ struct Net {
     fib: BTreeMap<IpAddr, BTreeMap<IpNet, Vec<IpAddr>>>,
     /// Connections through which nothing is delivered (the peer is frozen or gone).
     cut: Vec<IpAddr>,
+    /// Every message delivered: (sender, bytes).
+    wire: Vec<(IpAddr, Bytes)>,
 }
 
 impl Net {
@@ -41,6 +44,7 @@ impl Net {
             next: 1,
             fib: BTreeMap::new(),
             cut: Vec::new(),
+            wire: Vec::new(),
         }
     }
 
@@ -100,6 +104,7 @@ impl Net {
                 if self.cut.contains(&peer) || self.cut.contains(&at) {
                     return;
                 }
+                self.wire.push((at, bytes.clone()));
                 if let Some(speaker) = self.speakers.get_mut(&peer) {
                     speaker.handle_bytes(now, at, other, &bytes);
                 }
@@ -137,6 +142,35 @@ impl Net {
             }
             self.run();
         }
+    }
+
+    /// The messages `from` sent since the log was last cleared.
+    fn sent_by(&self, from: IpAddr) -> Vec<Message> {
+        let cx = Context {
+            four_octet_as: true,
+            ..Context::default()
+        };
+        let mut out = Vec::new();
+        for (sender, bytes) in &self.wire {
+            let mut rest: &[u8] = bytes;
+            while let Ok(Some((message, len))) = Message::decode(rest, &cx) {
+                if *sender == from {
+                    out.push(message);
+                }
+                rest = &rest[len..];
+            }
+        }
+        out
+    }
+
+    /// The connection `at` has to `peer`.
+    fn connection(&self, at: IpAddr, peer: IpAddr) -> ConnectionId {
+        *self
+            .ends
+            .iter()
+            .find(|(_, (owner, _, other))| *owner == at && *other == peer)
+            .expect("a connection")
+            .0
     }
 
     fn established(&self, at: IpAddr, peer: IpAddr) -> bool {
@@ -499,4 +533,125 @@ fn withdraw_and_replace(route_output: bool) {
             .collect::<Vec<_>>(),
         vec![65001, 65003, 65003, 65003]
     );
+}
+
+fn refresh_marker(message: &Message) -> Option<(Family, u8)> {
+    match message {
+        Message::RouteRefresh(r) => Some((r.family, r.subtype)),
+        _ => None,
+    }
+}
+
+#[test]
+fn a_refresh_for_an_enhanced_peer_is_bracketed_by_borr_and_eorr() {
+    let mut net = two_speakers(neighbor(2, 65001, 65002, 1), neighbor(1, 65002, 65001, 2));
+    let now = net.now;
+    net.speaker(addr(1))
+        .set_originated(now, originate(&["10.5.0.0/24", "fd00:5::/64"], 1));
+    net.run();
+    net.wire.clear();
+    assert!(net.speaker(addr(2)).request_refresh(now, addr(1)));
+    net.run();
+    let sent = net.sent_by(addr(1));
+    for family in [Family::Ipv4Unicast, Family::Ipv6Unicast] {
+        let begin = sent
+            .iter()
+            .position(|m| refresh_marker(m) == Some((family, 1)))
+            .unwrap_or_else(|| panic!("BoRR for {family} in {sent:?}"));
+        let end = sent
+            .iter()
+            .position(|m| refresh_marker(m) == Some((family, 2)))
+            .unwrap_or_else(|| panic!("EoRR for {family} in {sent:?}"));
+        let updates = sent[begin..end]
+            .iter()
+            .filter(|m| matches!(m, Message::Update(_)))
+            .count();
+        assert!(
+            begin < end && updates >= 1,
+            "the routes sit between the markers: {sent:?}"
+        );
+    }
+    // B, the asker, took the markers as a refresh: nothing it had is gone.
+    let rib = net.speakers[&addr(2)].rib();
+    assert_eq!(rib.len(), 2);
+    assert!(rib.iter().all(|(_, paths)| !paths[0].refreshing()));
+}
+
+/// A and B up, A announcing two IPv4 prefixes; then A's side of the session is played by
+/// hand: a refresh that announces only the first.
+fn refresh_that_forgets_one(end_with_eorr: bool) -> Net {
+    let mut net = two_speakers(neighbor(2, 65001, 65002, 1), neighbor(1, 65002, 65001, 2));
+    let now = net.now;
+    net.speaker(addr(1))
+        .set_originated(now, originate(&["10.6.0.0/24", "10.7.0.0/24"], 1));
+    net.run();
+    assert_eq!(net.speakers[&addr(2)].rib().len(), 2);
+    let cx = Context {
+        four_octet_as: true,
+        ..Context::default()
+    };
+    let refresh = |subtype| {
+        Message::RouteRefresh(RouteRefreshMsg {
+            family: Family::Ipv4Unicast,
+            subtype,
+        })
+        .encode(&cx)
+    };
+    let update = Message::Update(Box::new(UpdateMsg {
+        attributes: PathAttributes {
+            origin: Some(Origin::Igp),
+            as_path: Some(crate::wire::attribute::AsPath::sequence(vec![65001])),
+            next_hop: Some(Ipv4Addr::new(198, 18, 0, 1)),
+            communities: vec![1],
+            ..PathAttributes::default()
+        },
+        nlri: vec![crate::wire::Nlri::new(prefix("10.6.0.0/24"))],
+        ..UpdateMsg::default()
+    }))
+    .encode(&cx);
+    let connection = net.connection(addr(2), addr(1));
+    let b = net.speaker(addr(2));
+    b.handle_bytes(now, addr(1), connection, &refresh(1));
+    b.handle_bytes(now, addr(1), connection, &update);
+    assert_eq!(b.rib().len(), 2, "during the refresh nothing goes yet");
+    if end_with_eorr {
+        b.handle_bytes(now, addr(1), connection, &refresh(2));
+    }
+    net.run();
+    net
+}
+
+#[test]
+fn end_of_rib_refresh_removes_what_the_peer_did_not_announce_again() {
+    let net = refresh_that_forgets_one(true);
+    let rib = net.speakers[&addr(2)].rib();
+    assert!(
+        rib.paths(&prefix("10.7.0.0/24")).is_empty(),
+        "not announced again: gone"
+    );
+    let kept = rib.paths(&prefix("10.6.0.0/24"));
+    assert!(
+        kept.len() == 1 && !kept[0].refreshing(),
+        "announced again: kept, fresh"
+    );
+    assert!(
+        !net.fib[&addr(2)].contains_key(&prefix("10.7.0.0/24")),
+        "and gone from forwarding"
+    );
+}
+
+#[test]
+fn a_refresh_without_its_end_times_out() {
+    let mut net = refresh_that_forgets_one(false);
+    net.advance(ENHANCED_REFRESH_STALE_TIME.as_secs() - 5);
+    assert_eq!(
+        net.speakers[&addr(2)].rib().len(),
+        2,
+        "still waiting for EoRR"
+    );
+    net.advance(10);
+    let rib = net.speakers[&addr(2)].rib();
+    assert!(rib.paths(&prefix("10.7.0.0/24")).is_empty());
+    assert_eq!(rib.paths(&prefix("10.6.0.0/24")).len(), 1);
+    assert!(net.established(addr(2), addr(1)), "the session stays up");
 }
