@@ -550,6 +550,47 @@ impl Drop for BgpLab {
     }
 }
 
+/// Polls `check` every 200 ms until it returns `Some`, or fails after `limit` showing the
+/// `logs`.
+pub fn wait_for(
+    limit: Duration,
+    what: &str,
+    mut check: impl FnMut() -> Option<String>,
+    logs: &[&std::path::Path],
+) -> String {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(found) = check() {
+            return found;
+        }
+        if Instant::now() > deadline {
+            let text: Vec<String> = logs
+                .iter()
+                .map(|p| std::fs::read_to_string(p).unwrap_or_default())
+                .collect();
+            panic!("timed out waiting for {what}\n{}", text.join("\n-----\n"));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Starts twill-bgpd in `ns` with `config` (written to `dir/twill.toml`, control socket
+/// `dir/bgpd.sock`, log `dir/twill.log`).
+pub fn spawn_twill(ns: &Netns, dir: &std::path::Path, config: &str) -> Daemon {
+    std::fs::write(dir.join("twill.toml"), config).expect("twill.toml written");
+    let (config, control) = (dir.join("twill.toml"), dir.join("bgpd.sock"));
+    ns.spawn(
+        workspace_binary("twill-bgpd").to_str().unwrap(),
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--control",
+            control.to_str().unwrap(),
+        ],
+        &dir.join("twill.log"),
+    )
+}
+
 /// Starts BIRD in `ns` with `config` (written to `dir/bird.conf`, logging to
 /// `dir/bird.log`); returns the daemon and its control socket.
 pub fn spawn_bird(ns: &Netns, dir: &std::path::Path, config: &str) -> (Daemon, PathBuf) {

@@ -4,48 +4,11 @@
 #![allow(clippy::disallowed_methods)] // Tests start processes and read the clock.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use twill_interop_tests::bgp::{birdc, spawn_bird};
+use twill_interop_tests::bgp::{birdc, spawn_bird, spawn_twill as twill, wait_for as wait};
 use twill_interop_tests::netns::{link, Daemon, Netns};
 use twill_interop_tests::workspace_binary;
-
-fn wait(
-    limit: Duration,
-    what: &str,
-    mut check: impl FnMut() -> Option<String>,
-    logs: &[&Path],
-) -> String {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(found) = check() {
-            return found;
-        }
-        if Instant::now() > deadline {
-            let text: Vec<String> = logs
-                .iter()
-                .map(|p| std::fs::read_to_string(p).unwrap_or_default())
-                .collect();
-            panic!("timed out waiting for {what}\n{}", text.join("\n-----\n"));
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-fn twill(ns: &Netns, dir: &Path, config: &str) -> Daemon {
-    std::fs::write(dir.join("twill.toml"), config).unwrap();
-    let (config, control) = (dir.join("twill.toml"), dir.join("bgpd.sock"));
-    ns.spawn(
-        workspace_binary("twill-bgpd").to_str().unwrap(),
-        &[
-            "--config",
-            config.to_str().unwrap(),
-            "--control",
-            control.to_str().unwrap(),
-        ],
-        &dir.join("twill.log"),
-    )
-}
 
 fn gobgpd(ns: &Netns, dir: &Path, name: &str, config: String, port: u16) -> Daemon {
     let path = dir.join(format!("{name}.toml"));

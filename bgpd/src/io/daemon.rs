@@ -269,7 +269,7 @@ impl Daemon {
             return;
         }
         if let Err(err) = socket::configure_accepted(&stream, transport) {
-            tracing::warn!(%peer, error = %err, "cannot set TTL rules on an accepted connection");
+            tracing::warn!(%peer, error = %err, "accepted connection refused");
             return;
         }
         let Ok(local) = stream.local_addr() else {

@@ -1,7 +1,7 @@
 //! Sockets for BGP: TCP-MD5 (RFC 2385) keys, GTSM (RFC 5082) minimum TTL, multihop TTL and
-//! source addresses. The only `unsafe` in bgpd: the `setsockopt` call for options Rust's socket
-//! crates do not wrap (TCP-MD5, minimum TTL), and reading a socket address's bytes for the
-//! MD5 key.
+//! source addresses. The only `unsafe` in bgpd: the `setsockopt`/`getsockopt` calls for
+//! options Rust's socket crates do not wrap (TCP-MD5, minimum TTL, the saved SYN), and reading
+//! a socket address's bytes for the MD5 key.
 
 #![allow(unsafe_code)]
 
@@ -40,6 +40,41 @@ fn setsockopt<T>(socket: &impl AsRawFd, level: i32, name: i32, value: &T) -> io:
         Ok(())
     } else {
         Err(io::Error::last_os_error())
+    }
+}
+
+/// Reads a byte-string option into `buffer`; returns how many bytes it holds.
+fn getsockopt_bytes(
+    socket: &impl AsRawFd,
+    level: i32,
+    name: i32,
+    buffer: &mut [u8],
+) -> io::Result<usize> {
+    let mut len = buffer.len() as libc::socklen_t;
+    // SAFETY: `buffer` is writable for `len` bytes, and the kernel writes at most that many,
+    // storing the count in `len`.
+    let result = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            level,
+            name,
+            buffer.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    if result == 0 {
+        Ok(len as usize)
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// The TTL (IPv4) or hop limit (IPv6) a saved SYN arrived with: its IP header's field.
+fn syn_ttl(headers: &[u8]) -> Option<u8> {
+    match headers.first()? >> 4 {
+        4 => headers.get(8).copied(),
+        6 => headers.get(7).copied(),
+        _ => None,
     }
 }
 
@@ -143,13 +178,35 @@ pub fn listen(address: SocketAddr) -> io::Result<tokio::net::TcpListener> {
         socket.set_only_v6(true)?;
     }
     socket.set_nonblocking(true)?;
+    // Keep each connection's SYN, so that GTSM can judge the packets that arrived before the
+    // accepted socket got its minimum TTL.
+    setsockopt(&socket, libc::IPPROTO_TCP, libc::TCP_SAVE_SYN, &1i32)?;
     socket.bind(&SockAddr::from(address))?;
     socket.listen(128)?;
     tokio::net::TcpListener::from_std(std::net::TcpListener::from(socket))
 }
 
-/// Applies the neighbour's TTL rules to an accepted connection.
+/// Applies the neighbour's TTL rules to an accepted connection. Under GTSM the minimum TTL
+/// only filters what comes after it is set; what the peer sent before (its OPEN may already
+/// be queued) is judged by the SYN it came with: a SYN below the minimum refuses the
+/// connection.
 pub fn configure_accepted(stream: &tokio::net::TcpStream, transport: &Transport) -> io::Result<()> {
     stream.set_nodelay(true)?;
-    apply_ttl(&socket2::SockRef::from(stream), transport)
+    let socket = socket2::SockRef::from(stream);
+    apply_ttl(&socket, transport)?;
+    if transport.ttl_security {
+        let minimum = 256 - u32::from(transport.multihop.max(1));
+        let mut headers = [0u8; 256];
+        let len = getsockopt_bytes(stream, libc::IPPROTO_TCP, libc::TCP_SAVED_SYN, &mut headers)?;
+        // No saved SYN (SYN cookies under a flood): the minimum TTL alone applies.
+        if let Some(ttl) = syn_ttl(&headers[..len]) {
+            if u32::from(ttl) < minimum {
+                return Err(io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    format!("GTSM: the connection's SYN arrived with TTL {ttl}, below {minimum}"),
+                ));
+            }
+        }
+    }
+    Ok(())
 }

@@ -1,0 +1,149 @@
+//! Transport rules against a BIRD two hops away (twill — router — BIRD): GTSM (RFC 5082)
+//! admits the peer at the configured distance and no farther, and the multihop TTL decides
+//! whether an eBGP session reaches it at all.
+
+#![allow(clippy::disallowed_methods)] // Tests start processes and read the clock.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+use twill_interop_tests::bgp::{birdc, spawn_bird, spawn_twill, wait_for};
+use twill_interop_tests::netns::{link, Daemon, Netns};
+
+/// twill (198.18.160.1) — router — BIRD (198.18.161.2), routed both ways.
+struct TwoHops {
+    twill: Netns,
+    bird: Netns,
+    _router: Netns,
+    dir: TempDir,
+}
+
+impl TwoHops {
+    fn new(tag: &str) -> TwoHops {
+        let twill = Netns::new(&format!("{tag}t"));
+        let router = Netns::new(&format!("{tag}r"));
+        let bird = Netns::new(&format!("{tag}b"));
+        link(&twill, "198.18.160.1/24", &router, "198.18.160.2/24");
+        link(&router, "198.18.161.1/24", &bird, "198.18.161.2/24");
+        let forwarding = router.output("sysctl", &["-qw", "net.ipv4.ip_forward=1"]);
+        assert!(forwarding.status.success(), "{forwarding:?}");
+        twill.ip(&["route", "add", "198.18.161.0/24", "via", "198.18.160.2"]);
+        bird.ip(&["route", "add", "198.18.160.0/24", "via", "198.18.161.1"]);
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("twill-{tag}-"))
+            .tempdir()
+            .unwrap();
+        TwoHops {
+            twill,
+            bird,
+            _router: router,
+            dir,
+        }
+    }
+
+    /// BIRD, eBGP to twill with `transport` lines (multihop, ttl security), announcing
+    /// 10.61.0.0/24.
+    fn start_bird(&self, transport: &str) -> (Daemon, PathBuf) {
+        spawn_bird(
+            &self.bird,
+            self.dir.path(),
+            &format!(
+                "router id 198.18.161.2;\nprotocol device {{ }}\n\
+                 protocol static {{ ipv4; route 10.61.0.0/24 blackhole; }}\n\
+                 protocol bgp twill {{\n  local 198.18.161.2 as 65002;\n  neighbor 198.18.160.1 as 65001;\n  \
+                 {transport}\n  connect retry time 1;\n  error wait time 1, 2;\n  \
+                 ipv4 {{ import none; export all; }};\n}}\n"
+            ),
+        )
+    }
+
+    /// twill-bgpd with one neighbour, BIRD, and the neighbour keys in `transport`.
+    fn start_twill(&self, transport: &str) -> Daemon {
+        spawn_twill(
+            &self.twill,
+            self.dir.path(),
+            &format!(
+                "[global]\nasn = 65001\nrouter_id = \"198.18.160.1\"\nlisten = [\"0.0.0.0:179\"]\n\
+                 [[neighbor]]\naddress = \"198.18.161.2\"\nremote_asn = 65002\nconnect_retry = 1\n{transport}\n"
+            ),
+        )
+    }
+
+    fn logs(&self) -> [PathBuf; 2] {
+        [
+            self.dir.path().join("twill.log"),
+            self.dir.path().join("bird.log"),
+        ]
+    }
+
+    /// BIRD's view of the session is Established.
+    fn established(&self, socket: &Path) -> bool {
+        let out = birdc(&self.bird, socket, &["show", "protocols", "twill"]);
+        String::from_utf8_lossy(&out.stdout).contains("Established")
+    }
+
+    fn wait_until(&self, socket: &Path, established: bool, what: &str) {
+        let logs = self.logs();
+        let refs: Vec<&Path> = logs.iter().map(PathBuf::as_path).collect();
+        wait_for(
+            Duration::from_secs(30),
+            what,
+            || (self.established(socket) == established).then(String::new),
+            &refs,
+        );
+    }
+
+    /// The session stays down for `window` while both sides keep trying (connect retry 1 s).
+    fn assert_never_established(&self, socket: &Path, window: Duration, why: &str) {
+        let deadline = Instant::now() + window;
+        while Instant::now() < deadline {
+            assert!(
+                !self.established(socket),
+                "{why}, yet the session came up:\n{}",
+                std::fs::read_to_string(&self.logs()[0]).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+}
+
+/// GTSM with the peer two hops away: `multihop = 2` admits TTL 254 and the session comes up;
+/// with the distance left at one hop (TTL 255 only) BIRD's packets are dropped by the kernel
+/// and it never does.
+#[test]
+fn gtsm_admits_the_peer_at_its_distance_and_no_farther() {
+    let lab = TwoHops::new("gtsm");
+    let (_bird, socket) = lab.start_bird("multihop 2;\n  ttl security on;");
+    let twill = lab.start_twill("ttl_security = true\nmultihop = 2");
+    lab.wait_until(&socket, true, "the GTSM session at the right distance");
+    drop(twill);
+    lab.wait_until(&socket, false, "BIRD to see Twill gone");
+    let _twill = lab.start_twill("ttl_security = true");
+    lab.assert_never_established(
+        &socket,
+        Duration::from_secs(8),
+        "GTSM expects the peer one hop away and it is two",
+    );
+    // BIRD's own connections were refused on their SYN, before anything they carried was read.
+    let log = std::fs::read_to_string(&lab.logs()[0]).unwrap_or_default();
+    assert!(log.contains("SYN arrived with TTL 254, below 255"), "{log}");
+}
+
+/// eBGP to a peer two hops away: `multihop = 2` reaches it; the eBGP default (TTL 1) does
+/// not, since Twill's packets die at the router.
+#[test]
+fn the_multihop_ttl_decides_whether_a_distant_peer_is_reached() {
+    let lab = TwoHops::new("mhop");
+    let (_bird, socket) = lab.start_bird("multihop 2;");
+    let twill = lab.start_twill("multihop = 2");
+    lab.wait_until(&socket, true, "the multihop session");
+    drop(twill);
+    lab.wait_until(&socket, false, "BIRD to see Twill gone");
+    let _twill = lab.start_twill("");
+    lab.assert_never_established(
+        &socket,
+        Duration::from_secs(8),
+        "Twill sends with TTL 1 to a peer two hops away",
+    );
+}
