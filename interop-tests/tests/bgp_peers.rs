@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use twill_bgpd::wire::attribute::Origin;
 use twill_bgpd::wire::{Capability, Context, Family, Message};
+use twill_interop_tests::bgp::spawn_bird;
 use twill_interop_tests::netns::{link, Daemon, Netns};
 use twill_interop_tests::workspace_binary;
 
@@ -257,10 +258,10 @@ fn gobgpd_session_decodes() {
 #[test]
 fn bird2_session_decodes() {
     let lab = lab("bird");
-    let config = lab.dir.path().join("bird.conf");
-    std::fs::write(
-        &config,
-        format!(
+    let (_bird, _socket) = spawn_bird(
+        &lab.peer,
+        lab.dir.path(),
+        &format!(
             r#"router id {PEER};
 protocol device {{ }}
 protocol static orig4 {{ ipv4; route {V4} blackhole; }}
@@ -276,21 +277,8 @@ protocol bgp capture {{
 }}
 "#
         ),
-    )
-    .unwrap();
-    let log = lab.dir.path().join("bird.log");
-    let socket = lab.dir.path().join("bird.ctl");
-    let _bird = lab.peer.spawn(
-        "bird",
-        &[
-            "-c",
-            config.to_str().unwrap(),
-            "-s",
-            socket.to_str().unwrap(),
-            "-f",
-        ],
-        &log,
     );
+    let log = lab.dir.path().join("bird.log");
     check_capture(lab, "bird", &log);
 }
 
