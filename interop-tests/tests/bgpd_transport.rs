@@ -1,6 +1,6 @@
 //! Transport rules against a BIRD two hops away (twill — router — BIRD): GTSM (RFC 5082)
-//! admits the peer at the configured distance and no farther, and the multihop TTL decides
-//! whether an eBGP session reaches it at all.
+//! admits the peer at the configured distance and no farther, the multihop TTL decides
+//! whether an eBGP session reaches it at all, and the source address is the one BIRD knows.
 
 #![allow(clippy::disallowed_methods)] // Tests start processes and read the clock.
 
@@ -11,7 +11,8 @@ use tempfile::TempDir;
 use twill_interop_tests::bgp::{birdc, spawn_bird, spawn_twill, wait_for};
 use twill_interop_tests::netns::{link, Daemon, Netns};
 
-/// twill (198.18.160.1) — router — BIRD (198.18.161.2), routed both ways.
+/// twill (198.18.160.1, and 198.18.160.5 on the same link) — router — BIRD (198.18.161.2),
+/// routed both ways.
 struct TwoHops {
     twill: Netns,
     bird: Netns,
@@ -24,7 +25,8 @@ impl TwoHops {
         let twill = Netns::new(&format!("{tag}t"));
         let router = Netns::new(&format!("{tag}r"));
         let bird = Netns::new(&format!("{tag}b"));
-        link(&twill, "198.18.160.1/24", &router, "198.18.160.2/24");
+        let (twill_if, _) = link(&twill, "198.18.160.1/24", &router, "198.18.160.2/24");
+        twill.ip(&["addr", "add", "198.18.160.5/24", "dev", &twill_if]);
         link(&router, "198.18.161.1/24", &bird, "198.18.161.2/24");
         let forwarding = router.output("sysctl", &["-qw", "net.ipv4.ip_forward=1"]);
         assert!(forwarding.status.success(), "{forwarding:?}");
@@ -42,16 +44,21 @@ impl TwoHops {
         }
     }
 
-    /// BIRD, eBGP to twill with `transport` lines (multihop, ttl security), announcing
-    /// 10.61.0.0/24.
+    /// BIRD, eBGP to twill at 198.18.160.1 with `transport` lines (multihop, ttl security),
+    /// announcing 10.61.0.0/24.
     fn start_bird(&self, transport: &str) -> (Daemon, PathBuf) {
+        self.start_bird_for("198.18.160.1", transport)
+    }
+
+    /// The same, expecting twill at `twill`.
+    fn start_bird_for(&self, twill: &str, transport: &str) -> (Daemon, PathBuf) {
         spawn_bird(
             &self.bird,
             self.dir.path(),
             &format!(
                 "router id 198.18.161.2;\nprotocol device {{ }}\n\
                  protocol static {{ ipv4; route 10.61.0.0/24 blackhole; }}\n\
-                 protocol bgp twill {{\n  local 198.18.161.2 as 65002;\n  neighbor 198.18.160.1 as 65001;\n  \
+                 protocol bgp twill {{\n  local 198.18.161.2 as 65002;\n  neighbor {twill} as 65001;\n  \
                  {transport}\n  connect retry time 1;\n  error wait time 1, 2;\n  \
                  ipv4 {{ import none; export all; }};\n}}\n"
             ),
@@ -145,5 +152,24 @@ fn the_multihop_ttl_decides_whether_a_distant_peer_is_reached() {
         &socket,
         Duration::from_secs(8),
         "Twill sends with TTL 1 to a peer two hops away",
+    );
+}
+
+/// BIRD waits (passive) for Twill at its second address: with `source_address` Twill's
+/// connection comes from there and the session comes up; without it the connection comes
+/// from the interface's first address, which BIRD does not know.
+#[test]
+fn the_source_address_is_the_one_the_peer_expects() {
+    let lab = TwoHops::new("srca");
+    let (_bird, socket) = lab.start_bird_for("198.18.160.5", "multihop 2;\n  passive on;");
+    let twill = lab.start_twill("multihop = 2\nsource_address = \"198.18.160.5\"");
+    lab.wait_until(&socket, true, "the session from the source address");
+    drop(twill);
+    lab.wait_until(&socket, false, "BIRD to see Twill gone");
+    let _twill = lab.start_twill("multihop = 2");
+    lab.assert_never_established(
+        &socket,
+        Duration::from_secs(6),
+        "Twill connects from 198.18.160.1, an address BIRD does not peer with",
     );
 }
