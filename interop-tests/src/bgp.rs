@@ -320,11 +320,7 @@ impl BgpLab {
     }
 
     fn vtysh(&self, command: &str) -> Output {
-        let vty = self.path("vty");
-        self.peer_ns.output(
-            "vtysh",
-            &["--vty_socket", vty.to_str().unwrap(), "-c", command],
-        )
+        vtysh(&self.peer_ns, self.dir.path(), command)
     }
 
     fn start_peer(&mut self) {
@@ -439,29 +435,7 @@ impl BgpLab {
                      neighbor {twill} activate\n exit-address-family\n address-family ipv6 unicast\n  network fd00:21::/64 route-map TAG\n  \
                      neighbor {twill} activate\n exit-address-family\n"
                 );
-                std::fs::write(self.path("bgpd.conf"), config).unwrap();
-                std::fs::create_dir_all(self.path("vty")).unwrap();
-                let (path, pid, vty) = (
-                    self.path("bgpd.conf"),
-                    self.path("bgpd.pid"),
-                    self.path("vty"),
-                );
-                self.peer_ns.spawn(
-                    "/usr/lib/frr/bgpd",
-                    &[
-                        "-Z",
-                        "-S",
-                        "-f",
-                        path.to_str().unwrap(),
-                        "-i",
-                        pid.to_str().unwrap(),
-                        "--vty_socket",
-                        vty.to_str().unwrap(),
-                        "-l",
-                        PEER,
-                    ],
-                    &log,
-                )
+                spawn_frr(&self.peer_ns, self.dir.path(), &config, &log, Some(PEER))
             }
         };
         self.peer = Some(daemon);
@@ -608,6 +582,45 @@ pub fn spawn_bird(ns: &Netns, dir: &std::path::Path, config: &str) -> (Daemon, P
         &dir.join("bird.log"),
     );
     (daemon, socket)
+}
+
+/// Starts FRR's bgpd alone (`-Z`, no zebra) in `ns` with `config` (written to
+/// `dir/bgpd.conf`, its vty socket in `dir/vty`), logging to `log`, listening on `listen`
+/// when given.
+pub fn spawn_frr(
+    ns: &Netns,
+    dir: &std::path::Path,
+    config: &str,
+    log: &std::path::Path,
+    listen: Option<&str>,
+) -> Daemon {
+    let (path, pid, vty) = (dir.join("bgpd.conf"), dir.join("bgpd.pid"), dir.join("vty"));
+    std::fs::write(&path, config).expect("bgpd.conf written");
+    std::fs::create_dir_all(&vty).expect("the vty directory");
+    let mut args = vec![
+        "-Z".to_string(),
+        "-S".to_string(),
+        "-f".to_string(),
+        path.display().to_string(),
+        "-i".to_string(),
+        pid.display().to_string(),
+        "--vty_socket".to_string(),
+        vty.display().to_string(),
+    ];
+    if let Some(address) = listen {
+        args.extend(["-l".to_string(), address.to_string()]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    ns.spawn("/usr/lib/frr/bgpd", &args, log)
+}
+
+/// Runs `vtysh -c COMMAND` in `ns` against the FRR started in `dir`.
+pub fn vtysh(ns: &Netns, dir: &std::path::Path, command: &str) -> Output {
+    let vty = dir.join("vty");
+    ns.output(
+        "vtysh",
+        &["--vty_socket", vty.to_str().unwrap(), "-c", command],
+    )
 }
 
 /// Runs `birdc -s SOCKET ARGS` in `ns`.

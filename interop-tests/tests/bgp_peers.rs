@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use twill_bgpd::wire::attribute::Origin;
 use twill_bgpd::wire::{Capability, Context, Family, Message};
-use twill_interop_tests::bgp::spawn_bird;
+use twill_interop_tests::bgp::{spawn_bird, spawn_frr};
 use twill_interop_tests::netns::{link, Daemon, Netns};
 use twill_interop_tests::workspace_binary;
 
@@ -285,36 +285,15 @@ protocol bgp capture {{
 #[test]
 fn frr_session_decodes() {
     let lab = lab("frr");
-    let config = lab.dir.path().join("bgpd.conf");
-    std::fs::write(
-        &config,
-        format!(
+    let config = format!(
             "frr defaults traditional\nhostname tor\nlog stdout\n!\nroute-map TAG permit 10\n set community 65001:100\n \
              set large-community 65001:1:2\n!\nrouter bgp 65001\n bgp router-id {PEER}\n no bgp ebgp-requires-policy\n \
              no bgp network import-check\n bgp graceful-restart\n neighbor {TWILL} remote-as 65002\n \
              neighbor {TWILL} timers connect 1\n address-family ipv4 unicast\n  network {V4} route-map TAG\n  \
              neighbor {TWILL} activate\n exit-address-family\n address-family ipv6 unicast\n  network {V6} route-map TAG\n  \
              neighbor {TWILL} activate\n exit-address-family\n"
-        ),
-    )
-    .unwrap();
+        );
     let log = lab.dir.path().join("frr.log");
-    let vty = lab.dir.path().join("vty");
-    std::fs::create_dir_all(&vty).unwrap();
-    let pid = lab.dir.path().join("bgpd.pid");
-    let _frr = lab.peer.spawn(
-        "/usr/lib/frr/bgpd",
-        &[
-            "-Z",
-            "-S",
-            "-f",
-            config.to_str().unwrap(),
-            "-i",
-            pid.to_str().unwrap(),
-            "--vty_socket",
-            vty.to_str().unwrap(),
-        ],
-        &log,
-    );
+    let _frr = spawn_frr(&lab.peer, lab.dir.path(), &config, &log, None);
     check_capture(lab, "frr", &log);
 }

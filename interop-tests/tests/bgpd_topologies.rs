@@ -6,7 +6,9 @@
 use std::path::Path;
 use std::time::Duration;
 
-use twill_interop_tests::bgp::{birdc, spawn_bird, spawn_twill as twill, wait_for as wait};
+use twill_interop_tests::bgp::{
+    birdc, spawn_bird, spawn_frr, spawn_twill as twill, vtysh, wait_for as wait,
+};
 use twill_interop_tests::netns::{link, Daemon, Netns};
 use twill_interop_tests::workspace_binary;
 
@@ -130,16 +132,25 @@ fn twill_reflects_between_two_clients() {
     .contains("10.60.0.0/26"));
 }
 
-/// Two eBGP peers announce one prefix; Twill sends both paths with add-path to a third peer.
+/// Two eBGP peers announce one prefix; Twill sends both paths with add-path to three iBGP
+/// receivers: gobgpd, BIRD and FRR each hold two paths.
 #[test]
 fn add_path_sends_two_paths_for_one_prefix() {
     let twill_ns = Netns::new("apt");
     let left = Netns::new("apl");
     let right = Netns::new("apr");
     let receiver = Netns::new("apx");
+    let bird_rx = Netns::new("apb");
+    let frr_rx = Netns::new("apf");
     link(&twill_ns, "198.18.150.1/24", &left, "198.18.150.2/24");
     link(&twill_ns, "198.18.151.1/24", &right, "198.18.151.2/24");
     link(&twill_ns, "198.18.152.1/24", &receiver, "198.18.152.2/24");
+    link(&twill_ns, "198.18.153.1/24", &bird_rx, "198.18.153.2/24");
+    link(&twill_ns, "198.18.154.1/24", &frr_rx, "198.18.154.2/24");
+    // BIRD resolves iBGP next hops through its table: the senders' networks go via Twill.
+    for network in ["198.18.150.0/24", "198.18.151.0/24"] {
+        bird_rx.ip(&["route", "add", network, "via", "198.18.153.1"]);
+    }
     let dir = tempfile::Builder::new()
         .prefix("twill-addpath-")
         .tempdir()
@@ -150,7 +161,25 @@ fn add_path_sends_two_paths_for_one_prefix() {
         "[global]\nasn = 65001\nrouter_id = \"198.18.150.1\"\nlisten = [\"0.0.0.0:179\"]\n\
          [[neighbor]]\naddress = \"198.18.150.2\"\nremote_asn = 65002\nconnect_retry = 1\n\
          [[neighbor]]\naddress = \"198.18.151.2\"\nremote_asn = 65003\nconnect_retry = 1\n\
-         [[neighbor]]\naddress = \"198.18.152.2\"\nremote_asn = 65001\nconnect_retry = 1\nadd_path = \"send\"\nfamilies = [\"ipv4-unicast\"]\n",
+         [[neighbor]]\naddress = \"198.18.152.2\"\nremote_asn = 65001\nconnect_retry = 1\nadd_path = \"send\"\nfamilies = [\"ipv4-unicast\"]\n\
+         [[neighbor]]\naddress = \"198.18.153.2\"\nremote_asn = 65001\nconnect_retry = 1\nadd_path = \"send\"\nfamilies = [\"ipv4-unicast\"]\n\
+         [[neighbor]]\naddress = \"198.18.154.2\"\nremote_asn = 65001\nconnect_retry = 1\nadd_path = \"send\"\nfamilies = [\"ipv4-unicast\"]\n",
+    );
+    let (_bird, bird_socket) = spawn_bird(
+        &bird_rx,
+        dir.path(),
+        "router id 198.18.153.2;\nprotocol device { }\nprotocol kernel { ipv4 { import all; export none; }; learn; }\n\
+         protocol bgp twill {\n  local 198.18.153.2 as 65001;\n  neighbor 198.18.153.1 as 65001;\n  connect retry time 1;\n  \
+         ipv4 { import all; export none; add paths rx; gateway recursive; igp table master4; };\n}\n",
+    );
+    let _frr = spawn_frr(
+        &frr_rx,
+        dir.path(),
+        "frr defaults traditional\nhostname rx\nlog stdout\n!\nrouter bgp 65001\n bgp router-id 198.18.154.2\n \
+         no bgp ebgp-requires-policy\n neighbor 198.18.154.1 remote-as 65001\n neighbor 198.18.154.1 timers connect 1\n \
+         address-family ipv4 unicast\n  neighbor 198.18.154.1 activate\n exit-address-family\n",
+        &dir.path().join("frr.log"),
+        None,
     );
     let sender = |me: &str, asn: u32| {
         format!(
@@ -190,6 +219,8 @@ fn add_path_sends_two_paths_for_one_prefix() {
     let logs = [
         dir.path().join("twill.log"),
         dir.path().join("receiver.log"),
+        dir.path().join("bird.log"),
+        dir.path().join("frr.log"),
     ];
     let log_refs: Vec<&Path> = logs.iter().map(|p| p.as_path()).collect();
     let view = wait(
@@ -211,6 +242,45 @@ fn add_path_sends_two_paths_for_one_prefix() {
             .count()
             >= 2,
         "{view}"
+    );
+    // BIRD keeps both paths: one route line each, from AS 65002 and from AS 65003.
+    wait(
+        Duration::from_secs(40),
+        "two paths at BIRD",
+        || {
+            let out = birdc(
+                &bird_rx,
+                &bird_socket,
+                &["show", "route", "10.70.0.0/24", "all"],
+            );
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            let paths = text.matches("BGP.as_path:").count();
+            (paths == 2 && text.contains("65002") && text.contains("65003")).then_some(text)
+        },
+        &log_refs,
+    );
+    // FRR too.
+    wait(
+        Duration::from_secs(40),
+        "two paths at FRR",
+        || {
+            let out = vtysh(
+                &frr_rx,
+                dir.path(),
+                "show bgp ipv4 unicast 10.70.0.0/24 json",
+            );
+            let view: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+            let paths = view["paths"].as_array()?;
+            let sources: Vec<String> = paths
+                .iter()
+                .filter_map(|p| p["aspath"]["string"].as_str().map(str::to_string))
+                .collect();
+            (paths.len() == 2
+                && sources.iter().any(|s| s.contains("65002"))
+                && sources.iter().any(|s| s.contains("65003")))
+            .then(|| view.to_string())
+        },
+        &log_refs,
     );
 }
 
