@@ -623,6 +623,58 @@ pub fn vtysh(ns: &Netns, dir: &std::path::Path, command: &str) -> Output {
     )
 }
 
+/// Starts gobgpd in `ns` with `config` (written to `dir/NAME.toml`, logging to
+/// `dir/NAME.log`), its API on 127.0.0.1:`port` inside the namespace.
+pub fn spawn_gobgpd(
+    ns: &Netns,
+    dir: &std::path::Path,
+    name: &str,
+    config: String,
+    port: u16,
+) -> Daemon {
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, config).expect("the gobgpd config written");
+    let api = format!("127.0.0.1:{port}");
+    ns.spawn(
+        "gobgpd",
+        &[
+            "-f",
+            path.to_str().unwrap(),
+            "--api-hosts",
+            &api,
+            "--pprof-disable",
+            "-p",
+        ],
+        &dir.join(format!("{name}.log")),
+    )
+}
+
+/// Announces `prefix` (origin IGP) from the gobgpd whose API is on `port`, retrying until
+/// the API answers.
+pub fn gobgp_announce(ns: &Netns, port: u16, prefix: &str) {
+    let port = port.to_string();
+    let args = [
+        "-u",
+        "127.0.0.1",
+        "-p",
+        port.as_str(),
+        "global",
+        "rib",
+        "add",
+        prefix,
+        "origin",
+        "igp",
+        "-a",
+        "ipv4",
+    ];
+    wait_for(
+        Duration::from_secs(10),
+        "gobgp to take the route",
+        || ns.output("gobgp", &args).status.success().then(String::new),
+        &[],
+    );
+}
+
 /// Runs `birdc -s SOCKET ARGS` in `ns`.
 pub fn birdc(ns: &Netns, socket: &std::path::Path, args: &[&str]) -> Output {
     let mut full = vec!["-s", socket.to_str().unwrap()];

@@ -7,53 +7,11 @@ use std::path::Path;
 use std::time::Duration;
 
 use twill_interop_tests::bgp::{
-    birdc, spawn_bird, spawn_frr, spawn_twill as twill, vtysh, wait_for as wait,
+    birdc, gobgp_announce, spawn_bird, spawn_frr, spawn_gobgpd as gobgpd, spawn_twill as twill,
+    vtysh, wait_for as wait,
 };
-use twill_interop_tests::netns::{link, Daemon, Netns};
+use twill_interop_tests::netns::{link, Netns};
 use twill_interop_tests::workspace_binary;
-
-fn gobgpd(ns: &Netns, dir: &Path, name: &str, config: String, port: u16) -> Daemon {
-    let path = dir.join(format!("{name}.toml"));
-    std::fs::write(&path, config).unwrap();
-    let api = format!("127.0.0.1:{port}");
-    ns.spawn(
-        "gobgpd",
-        &[
-            "-f",
-            path.to_str().unwrap(),
-            "--api-hosts",
-            &api,
-            "--pprof-disable",
-            "-p",
-        ],
-        &dir.join(format!("{name}.log")),
-    )
-}
-
-/// Announces `prefix` (origin IGP) from a gobgpd, retrying until its API answers.
-fn gobgp_announce(ns: &Netns, port: u16, prefix: &str) {
-    let port = port.to_string();
-    let args = [
-        "-u",
-        "127.0.0.1",
-        "-p",
-        port.as_str(),
-        "global",
-        "rib",
-        "add",
-        prefix,
-        "origin",
-        "igp",
-        "-a",
-        "ipv4",
-    ];
-    wait(
-        Duration::from_secs(10),
-        "gobgp to take the route",
-        || ns.output("gobgp", &args).status.success().then(String::new),
-        &[],
-    );
-}
 
 fn gobgp(ns: &Netns, port: u16, args: &[&str]) -> String {
     let port = port.to_string();
@@ -62,15 +20,17 @@ fn gobgp(ns: &Netns, port: u16, args: &[&str]) -> String {
     String::from_utf8_lossy(&ns.output("gobgp", &full).stdout).into_owned()
 }
 
-/// Twill reflects a client's route (gobgpd) to another client (BIRD): the next hop is kept,
-/// ORIGINATOR_ID and CLUSTER_LIST are set.
+/// Twill reflects a client's route (gobgpd) to the other clients (BIRD and FRR): the next hop
+/// is kept, ORIGINATOR_ID and CLUSTER_LIST are set.
 #[test]
-fn twill_reflects_between_two_clients() {
+fn twill_reflects_between_clients() {
     let rr = Netns::new("rrt");
     let a = Netns::new("rra");
     let b = Netns::new("rrb");
+    let c = Netns::new("rrc");
     link(&rr, "198.18.140.1/24", &a, "198.18.140.2/24");
     link(&rr, "198.18.141.1/24", &b, "198.18.141.2/24");
+    link(&rr, "198.18.142.1/24", &c, "198.18.142.2/24");
     // BIRD resolves iBGP next hops through its table: give it a route to A's network.
     b.ip(&["route", "add", "198.18.140.0/24", "via", "198.18.141.1"]);
     let dir = tempfile::Builder::new()
@@ -82,7 +42,17 @@ fn twill_reflects_between_two_clients() {
         dir.path(),
         "[global]\nasn = 65000\nrouter_id = \"198.18.140.1\"\nlisten = [\"0.0.0.0:179\"]\n\
          [[neighbor]]\naddress = \"198.18.140.2\"\nremote_asn = 65000\nroute_reflector_client = true\nconnect_retry = 1\n\
-         [[neighbor]]\naddress = \"198.18.141.2\"\nremote_asn = 65000\nroute_reflector_client = true\nconnect_retry = 1\n",
+         [[neighbor]]\naddress = \"198.18.141.2\"\nremote_asn = 65000\nroute_reflector_client = true\nconnect_retry = 1\n\
+         [[neighbor]]\naddress = \"198.18.142.2\"\nremote_asn = 65000\nroute_reflector_client = true\nconnect_retry = 1\n",
+    );
+    let _c = spawn_frr(
+        &c,
+        dir.path(),
+        "frr defaults traditional\nhostname client-c\nlog stdout\n!\nrouter bgp 65000\n bgp router-id 198.18.142.2\n \
+         neighbor 198.18.142.1 remote-as 65000\n neighbor 198.18.142.1 timers connect 1\n \
+         address-family ipv4 unicast\n  neighbor 198.18.142.1 activate\n exit-address-family\n",
+        &dir.path().join("frr.log"),
+        None,
     );
     let _a = gobgpd(
         &a,
@@ -105,6 +75,7 @@ fn twill_reflects_between_two_clients() {
         dir.path().join("twill.log"),
         dir.path().join("bird.log"),
         dir.path().join("client-a.log"),
+        dir.path().join("frr.log"),
     ];
     let log_refs: Vec<&Path> = logs.iter().map(|p| p.as_path()).collect();
     let view = wait(
@@ -123,6 +94,24 @@ fn twill_reflects_between_two_clients() {
         view.contains("BGP.next_hop: 198.18.140.2"),
         "the next hop is the originating client's:\n{view}"
     );
+    // FRR, the third client, sees the same.
+    let path = wait(
+        Duration::from_secs(40),
+        "the reflected route at client C",
+        || {
+            let out = vtysh(&c, dir.path(), "show bgp ipv4 unicast 10.60.0.0/26 json");
+            let view: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+            view["paths"]
+                .as_array()
+                .and_then(|paths| paths.first())
+                .map(|p| p.to_string())
+        },
+        &log_refs,
+    );
+    let path: serde_json::Value = serde_json::from_str(&path).unwrap();
+    assert_eq!(path["originatorId"], "198.18.140.2", "{path}");
+    assert_eq!(path["clusterList"]["list"][0], "198.18.140.1", "{path}");
+    assert_eq!(path["nexthops"][0]["ip"], "198.18.140.2", "{path}");
     // And nothing is reflected back to the client it came from.
     assert!(!gobgp(
         &a,
