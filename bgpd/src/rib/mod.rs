@@ -344,6 +344,14 @@ fn place<K: PrefixKey>(
     }
 }
 
+/// Gives memory back once a map is mostly empty (a full table withdrawn, a peer gone), keeping
+/// room to grow again without rehashing at once.
+fn shrink_when_sparse<K: PrefixKey>(map: &mut FastMap<K, Paths>) {
+    if map.capacity() > 4096 && map.len() < map.capacity() / 8 {
+        map.shrink_to(map.len() * 2);
+    }
+}
+
 impl Table {
     fn len(&self) -> usize {
         self.v4.len() + self.v6.len()
@@ -372,9 +380,15 @@ impl Table {
 
     fn remove(&mut self, prefix: &IpNet) {
         match prefix {
-            IpNet::V4(net) => self.v4.remove(&V4Key::new(*net)),
-            IpNet::V6(net) => self.v6.remove(net),
-        };
+            IpNet::V4(net) => {
+                self.v4.remove(&V4Key::new(*net));
+                shrink_when_sparse(&mut self.v4);
+            }
+            IpNet::V6(net) => {
+                self.v6.remove(net);
+                shrink_when_sparse(&mut self.v6);
+            }
+        }
     }
 
     fn iter(&self) -> impl Iterator<Item = (IpNet, &Paths)> {
