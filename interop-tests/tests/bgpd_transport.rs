@@ -11,8 +11,8 @@ use tempfile::TempDir;
 use twill_interop_tests::bgp::{birdc, spawn_bird, spawn_twill, wait_for};
 use twill_interop_tests::netns::{link, Daemon, Netns};
 
-/// twill (198.18.160.1, and 198.18.160.5 on the same link) — router — BIRD (198.18.161.2),
-/// routed both ways.
+/// twill (198.18.160.1, and 198.18.160.5 on the same link; fd00:160::1) — router — BIRD
+/// (198.18.161.2, fd00:161::2), routed both ways in both families.
 struct TwoHops {
     twill: Netns,
     bird: Netns,
@@ -25,13 +25,25 @@ impl TwoHops {
         let twill = Netns::new(&format!("{tag}t"));
         let router = Netns::new(&format!("{tag}r"));
         let bird = Netns::new(&format!("{tag}b"));
-        let (twill_if, _) = link(&twill, "198.18.160.1/24", &router, "198.18.160.2/24");
+        let (twill_if, router_left) = link(&twill, "198.18.160.1/24", &router, "198.18.160.2/24");
         twill.ip(&["addr", "add", "198.18.160.5/24", "dev", &twill_if]);
-        link(&router, "198.18.161.1/24", &bird, "198.18.161.2/24");
-        let forwarding = router.output("sysctl", &["-qw", "net.ipv4.ip_forward=1"]);
-        assert!(forwarding.status.success(), "{forwarding:?}");
+        let (router_right, bird_if) = link(&router, "198.18.161.1/24", &bird, "198.18.161.2/24");
+        for (ns, address, dev) in [
+            (&twill, "fd00:160::1/64", &twill_if),
+            (&router, "fd00:160::2/64", &router_left),
+            (&router, "fd00:161::1/64", &router_right),
+            (&bird, "fd00:161::2/64", &bird_if),
+        ] {
+            ns.ip(&["-6", "addr", "add", address, "dev", dev, "nodad"]);
+        }
+        for setting in ["net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"] {
+            let forwarding = router.output("sysctl", &["-qw", setting]);
+            assert!(forwarding.status.success(), "{forwarding:?}");
+        }
         twill.ip(&["route", "add", "198.18.161.0/24", "via", "198.18.160.2"]);
         bird.ip(&["route", "add", "198.18.160.0/24", "via", "198.18.161.1"]);
+        twill.ip(&["-6", "route", "add", "fd00:161::/64", "via", "fd00:160::2"]);
+        bird.ip(&["-6", "route", "add", "fd00:160::/64", "via", "fd00:161::1"]);
         let dir = tempfile::Builder::new()
             .prefix(&format!("twill-{tag}-"))
             .tempdir()
@@ -50,29 +62,39 @@ impl TwoHops {
         self.start_bird_for("198.18.160.1", transport)
     }
 
-    /// The same, expecting twill at `twill`.
+    /// The same, expecting twill at `twill` (IPv4, or IPv6 with BIRD at fd00:161::2).
     fn start_bird_for(&self, twill: &str, transport: &str) -> (Daemon, PathBuf) {
+        let (local, channel) = if twill.contains(':') {
+            ("fd00:161::2", "ipv6")
+        } else {
+            ("198.18.161.2", "ipv4")
+        };
         spawn_bird(
             &self.bird,
             self.dir.path(),
             &format!(
                 "router id 198.18.161.2;\nprotocol device {{ }}\n\
                  protocol static {{ ipv4; route 10.61.0.0/24 blackhole; }}\n\
-                 protocol bgp twill {{\n  local 198.18.161.2 as 65002;\n  neighbor {twill} as 65001;\n  \
+                 protocol bgp twill {{\n  local {local} as 65002;\n  neighbor {twill} as 65001;\n  \
                  {transport}\n  connect retry time 1;\n  error wait time 1, 2;\n  \
-                 ipv4 {{ import none; export all; }};\n}}\n"
+                 {channel} {{ import none; export all; }};\n}}\n"
             ),
         )
     }
 
     /// twill-bgpd with one neighbour, BIRD, and the neighbour keys in `transport`.
     fn start_twill(&self, transport: &str) -> Daemon {
+        self.start_twill_for("198.18.161.2", transport)
+    }
+
+    /// The same, with BIRD at `bird`.
+    fn start_twill_for(&self, bird: &str, transport: &str) -> Daemon {
         spawn_twill(
             &self.twill,
             self.dir.path(),
             &format!(
-                "[global]\nasn = 65001\nrouter_id = \"198.18.160.1\"\nlisten = [\"0.0.0.0:179\"]\n\
-                 [[neighbor]]\naddress = \"198.18.161.2\"\nremote_asn = 65002\nconnect_retry = 1\n{transport}\n"
+                "[global]\nasn = 65001\nrouter_id = \"198.18.160.1\"\nlisten = [\"0.0.0.0:179\", \"[::]:179\"]\n\
+                 [[neighbor]]\naddress = \"{bird}\"\nremote_asn = 65002\nconnect_retry = 1\n{transport}\n"
             ),
         )
     }
@@ -133,6 +155,26 @@ fn gtsm_admits_the_peer_at_its_distance_and_no_farther() {
         "GTSM expects the peer one hop away and it is two",
     );
     // BIRD's own connections were refused on their SYN, before anything they carried was read.
+    let log = std::fs::read_to_string(&lab.logs()[0]).unwrap_or_default();
+    assert!(log.contains("SYN arrived with TTL 254, below 255"), "{log}");
+}
+
+/// The same over IPv6, where GTSM is the hop limit (IPV6_MINHOPCOUNT, and the saved SYN's
+/// IPv6 header).
+#[test]
+fn gtsm_over_ipv6_admits_the_peer_at_its_distance_and_no_farther() {
+    let lab = TwoHops::new("gtsm6");
+    let (_bird, socket) = lab.start_bird_for("fd00:160::1", "multihop 2;\n  ttl security on;");
+    let twill = lab.start_twill_for("fd00:161::2", "ttl_security = true\nmultihop = 2");
+    lab.wait_until(&socket, true, "the IPv6 GTSM session at the right distance");
+    drop(twill);
+    lab.wait_until(&socket, false, "BIRD to see Twill gone");
+    let _twill = lab.start_twill_for("fd00:161::2", "ttl_security = true");
+    lab.assert_never_established(
+        &socket,
+        Duration::from_secs(8),
+        "GTSM expects the peer one hop away and it is two",
+    );
     let log = std::fs::read_to_string(&lab.logs()[0]).unwrap_or_default();
     assert!(log.contains("SYN arrived with TTL 254, below 255"), "{log}");
 }
