@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use twill_bgpd::wire::attribute::Origin;
 use twill_bgpd::wire::{Capability, Context, Family, Message};
-use twill_interop_tests::bgp::{spawn_bird, spawn_frr};
+use twill_interop_tests::bgp::{spawn_bird, spawn_frr, spawn_gobgpd};
 use twill_interop_tests::netns::{link, Daemon, Netns};
 use twill_interop_tests::workspace_binary;
 
@@ -179,11 +179,8 @@ fn check_capture(mut lab: Lab, peer_name: &str, peer_log: &Path) {
 #[test]
 fn gobgpd_session_decodes() {
     let lab = lab("gobgp");
-    let config = lab.dir.path().join("gobgpd.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"[global.config]
+    let config = format!(
+        r#"[global.config]
   as = 65001
   router-id = "{PEER}"
   port = -1
@@ -207,22 +204,9 @@ fn gobgpd_session_decodes() {
     [neighbors.afi-safis.mp-graceful-restart.config]
       enabled = true
 "#
-        ),
-    )
-    .unwrap();
-    let log = lab.dir.path().join("gobgpd.log");
-    let _gobgpd = lab.peer.spawn(
-        "gobgpd",
-        &[
-            "-f",
-            config.to_str().unwrap(),
-            "--api-hosts",
-            "127.0.0.1:50051",
-            "--pprof-disable",
-            "-p",
-        ],
-        &log,
     );
+    let log = lab.dir.path().join("gobgpd.log");
+    let _gobgpd = spawn_gobgpd(&lab.peer, lab.dir.path(), "gobgpd", config, 50051);
     for (prefix, family, extra) in [
         (V4, "ipv4", vec![]),
         (V6, "ipv6", vec!["nexthop", "fd00::1"]),

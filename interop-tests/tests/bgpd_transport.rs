@@ -137,18 +137,17 @@ impl TwoHops {
     }
 }
 
-/// GTSM with the peer two hops away: `multihop = 2` admits TTL 254 and the session comes up;
-/// with the distance left at one hop (TTL 255 only) BIRD's packets are dropped by the kernel
-/// and it never does.
-#[test]
-fn gtsm_admits_the_peer_at_its_distance_and_no_farther() {
-    let lab = TwoHops::new("gtsm");
-    let (_bird, socket) = lab.start_bird("multihop 2;\n  ttl security on;");
-    let twill = lab.start_twill("ttl_security = true\nmultihop = 2");
+/// GTSM with the peer two hops away, Twill at `twill` and BIRD at `bird`: `multihop = 2`
+/// admits TTL (hop limit) 254 and the session comes up; with the distance left at one hop
+/// (255 only) BIRD's connections are refused on their SYN and it never does.
+fn gtsm_admits_the_peer_at_its_distance_and_no_farther(tag: &str, twill: &str, bird: &str) {
+    let lab = TwoHops::new(tag);
+    let (_bird, socket) = lab.start_bird_for(twill, "multihop 2;\n  ttl security on;");
+    let first = lab.start_twill_for(bird, "ttl_security = true\nmultihop = 2");
     lab.wait_until(&socket, true, "the GTSM session at the right distance");
-    drop(twill);
+    drop(first);
     lab.wait_until(&socket, false, "BIRD to see Twill gone");
-    let _twill = lab.start_twill("ttl_security = true");
+    let _twill = lab.start_twill_for(bird, "ttl_security = true");
     lab.assert_never_established(
         &socket,
         Duration::from_secs(8),
@@ -159,24 +158,15 @@ fn gtsm_admits_the_peer_at_its_distance_and_no_farther() {
     assert!(log.contains("SYN arrived with TTL 254, below 255"), "{log}");
 }
 
-/// The same over IPv6, where GTSM is the hop limit (IPV6_MINHOPCOUNT, and the saved SYN's
-/// IPv6 header).
+#[test]
+fn gtsm_over_ipv4_admits_the_peer_at_its_distance_and_no_farther() {
+    gtsm_admits_the_peer_at_its_distance_and_no_farther("gtsm", "198.18.160.1", "198.18.161.2");
+}
+
+/// IPv6: the hop limit (IPV6_MINHOPCOUNT, and the saved SYN's IPv6 header).
 #[test]
 fn gtsm_over_ipv6_admits_the_peer_at_its_distance_and_no_farther() {
-    let lab = TwoHops::new("gtsm6");
-    let (_bird, socket) = lab.start_bird_for("fd00:160::1", "multihop 2;\n  ttl security on;");
-    let twill = lab.start_twill_for("fd00:161::2", "ttl_security = true\nmultihop = 2");
-    lab.wait_until(&socket, true, "the IPv6 GTSM session at the right distance");
-    drop(twill);
-    lab.wait_until(&socket, false, "BIRD to see Twill gone");
-    let _twill = lab.start_twill_for("fd00:161::2", "ttl_security = true");
-    lab.assert_never_established(
-        &socket,
-        Duration::from_secs(8),
-        "GTSM expects the peer one hop away and it is two",
-    );
-    let log = std::fs::read_to_string(&lab.logs()[0]).unwrap_or_default();
-    assert!(log.contains("SYN arrived with TTL 254, below 255"), "{log}");
+    gtsm_admits_the_peer_at_its_distance_and_no_farther("gtsm6", "fd00:160::1", "fd00:161::2");
 }
 
 /// eBGP to a peer two hops away: `multihop = 2` reaches it; the eBGP default (TTL 1) does
