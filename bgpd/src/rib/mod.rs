@@ -236,19 +236,28 @@ impl Paths {
         }
     }
 
-    /// Rewrites the list through a `Vec` (only when a prefix has or gets several paths).
+    /// Rewrites the list as a `Vec` (only when a prefix has or gets several paths); a list
+    /// left with one path goes back inline.
     fn edit<R>(&mut self, edit: impl FnOnce(&mut Vec<Path>) -> R) -> R {
-        let placeholder = Paths::Many(Box::default());
-        let mut list = match std::mem::replace(self, placeholder) {
-            Paths::One(path) => vec![path],
-            Paths::Many(paths) => *paths,
+        let (result, single) = match self {
+            Paths::Many(list) => {
+                let result = edit(list);
+                (result, (list.len() == 1).then(|| list.pop()).flatten())
+            }
+            Paths::One(path) => {
+                let mut list = vec![path.clone()];
+                let result = edit(&mut list);
+                if list.len() == 1 {
+                    (result, list.pop())
+                } else {
+                    *self = Paths::Many(Box::new(list));
+                    (result, None)
+                }
+            }
         };
-        let result = edit(&mut list);
-        *self = if list.len() == 1 {
-            Paths::One(list.pop().expect("one path"))
-        } else {
-            Paths::Many(Box::new(list))
-        };
+        if let Some(path) = single {
+            *self = Paths::One(path);
+        }
         result
     }
 }
@@ -752,17 +761,24 @@ impl Rib {
         };
         let (config, peers) = (&self.config, &self.peers);
         let before = report.then(|| Rib::ecmp_identity(config, peers, paths.as_slice()));
-        let added = paths.edit(|list| {
-            let count = list.len();
-            list.retain(|p| !p.same_slot(peer, path.path_id));
-            let added = list.len() == count;
-            let position = list
-                .iter()
-                .position(|existing| compare(config, peers, &path, existing) == Ordering::Less)
-                .unwrap_or(list.len());
-            list.insert(position, path);
-            added
-        });
+        let added = match &mut *paths {
+            // The usual update: the prefix's only path replaced by the same source's new one.
+            Paths::One(existing) if existing.same_slot(peer, path.path_id) => {
+                *existing = path;
+                false
+            }
+            _ => paths.edit(|list| {
+                let count = list.len();
+                list.retain(|p| !p.same_slot(peer, path.path_id));
+                let added = list.len() == count;
+                let position = list
+                    .iter()
+                    .position(|existing| compare(config, peers, &path, existing) == Ordering::Less)
+                    .unwrap_or(list.len());
+                list.insert(position, path);
+                added
+            }),
+        };
         if added {
             *self.path_counts.entry(peer).or_default() += 1;
         }
