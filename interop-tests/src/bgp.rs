@@ -348,58 +348,13 @@ impl BgpLab {
                     ));
                 }
                 let config = format!("[global.config]\n  as = {PEER_AS}\n  router-id = \"{PEER}\"\n  port = 179\n  local-address-list = [\"{peer}\"]\n{neighbor}");
-                std::fs::write(self.path("gobgpd.toml"), config).unwrap();
-                let path = self.path("gobgpd.toml");
-                let daemon = self.peer_ns.spawn(
-                    "gobgpd",
-                    &[
-                        "-f",
-                        path.to_str().unwrap(),
-                        "--api-hosts",
-                        "127.0.0.1:50051",
-                        "--pprof-disable",
-                        "-p",
-                    ],
-                    &log,
-                );
-                for (prefix, family, extra) in [
-                    ("10.21.0.0/24", "ipv4", vec![]),
-                    ("fd00:21::/64", "ipv6", vec!["nexthop", "fd00:110::2"]),
-                ] {
-                    let mut args = vec![
-                        "-u",
-                        "127.0.0.1",
-                        "-p",
-                        "50051",
-                        "global",
-                        "rib",
-                        "add",
-                        prefix,
-                    ];
-                    args.extend(extra);
-                    args.extend([
-                        "origin",
-                        "igp",
-                        "community",
-                        "65002:200",
-                        "large-community",
-                        "65002:3:4",
-                        "-a",
-                        family,
-                    ]);
-                    let added = poll(Duration::from_secs(10), || {
-                        self.peer_ns
-                            .output("gobgp", &args)
-                            .status
-                            .success()
-                            .then_some(())
-                    });
-                    assert!(
-                        added.is_some(),
-                        "gobgp did not take {prefix}:\n{}",
-                        self.log("peer.log")
-                    );
-                }
+                let daemon = spawn_gobgpd(&self.peer_ns, self.dir.path(), "peer", config, 50051);
+                let logs = [self.path("peer.log")];
+                let logs: Vec<&std::path::Path> = logs.iter().map(PathBuf::as_path).collect();
+                let attributes = ["community", "65002:200", "large-community", "65002:3:4"];
+                gobgp_announce(&self.peer_ns, 50051, "10.21.0.0/24", &attributes, &logs);
+                let v6 = [&["nexthop", "fd00:110::2"][..], &attributes].concat();
+                gobgp_announce(&self.peer_ns, 50051, "fd00:21::/64", &v6, &logs);
                 daemon
             }
             PeerKind::Bird => {
@@ -649,11 +604,19 @@ pub fn spawn_gobgpd(
     )
 }
 
-/// Announces `prefix` (origin IGP) from the gobgpd whose API is on `port`, retrying until
-/// the API answers.
-pub fn gobgp_announce(ns: &Netns, port: u16, prefix: &str) {
+/// Announces `prefix` (origin IGP, IPv4 or IPv6 by its address, with `attributes` in
+/// `gobgp global rib add` words) from the gobgpd whose API is on `port`, retrying until the
+/// API answers; on failure shows `logs`.
+pub fn gobgp_announce(
+    ns: &Netns,
+    port: u16,
+    prefix: &str,
+    attributes: &[&str],
+    logs: &[&std::path::Path],
+) {
     let port = port.to_string();
-    let args = [
+    let family = if prefix.contains(':') { "ipv6" } else { "ipv4" };
+    let mut args = vec![
         "-u",
         "127.0.0.1",
         "-p",
@@ -662,16 +625,14 @@ pub fn gobgp_announce(ns: &Netns, port: u16, prefix: &str) {
         "rib",
         "add",
         prefix,
-        "origin",
-        "igp",
-        "-a",
-        "ipv4",
     ];
+    args.extend_from_slice(attributes);
+    args.extend(["origin", "igp", "-a", family]);
     wait_for(
         Duration::from_secs(10),
-        "gobgp to take the route",
+        &format!("gobgp to take {prefix}"),
         || ns.output("gobgp", &args).status.success().then(String::new),
-        &[],
+        logs,
     );
 }
 

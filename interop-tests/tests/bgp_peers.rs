@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use twill_bgpd::wire::attribute::Origin;
 use twill_bgpd::wire::{Capability, Context, Family, Message};
-use twill_interop_tests::bgp::{spawn_bird, spawn_frr, spawn_gobgpd};
+use twill_interop_tests::bgp::{gobgp_announce, spawn_bird, spawn_frr, spawn_gobgpd};
 use twill_interop_tests::netns::{link, Daemon, Netns};
 use twill_interop_tests::workspace_binary;
 
@@ -207,35 +207,10 @@ fn gobgpd_session_decodes() {
     );
     let log = lab.dir.path().join("gobgpd.log");
     let _gobgpd = spawn_gobgpd(&lab.peer, lab.dir.path(), "gobgpd", config, 50051);
-    for (prefix, family, extra) in [
-        (V4, "ipv4", vec![]),
-        (V6, "ipv6", vec!["nexthop", "fd00::1"]),
-    ] {
-        let mut args = vec![
-            "-u",
-            "127.0.0.1",
-            "-p",
-            "50051",
-            "global",
-            "rib",
-            "add",
-            prefix,
-        ];
-        args.extend(extra);
-        args.extend([
-            "origin",
-            "igp",
-            "community",
-            "65001:100",
-            "large-community",
-            "65001:1:2",
-            "-a",
-            family,
-        ]);
-        wait_for(Duration::from_secs(10), "gobgp to take the route", || {
-            lab.peer.output("gobgp", &args).status.success()
-        });
-    }
+    let attributes = ["community", "65001:100", "large-community", "65001:1:2"];
+    gobgp_announce(&lab.peer, 50051, V4, &attributes, &[&log]);
+    let v6 = [&["nexthop", "fd00::1"][..], &attributes].concat();
+    gobgp_announce(&lab.peer, 50051, V6, &v6, &[&log]);
     check_capture(lab, "gobgpd", &log);
 }
 

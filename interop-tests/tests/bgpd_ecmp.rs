@@ -45,7 +45,7 @@ fn equal_paths_from_three_peers_become_a_multipath_route() {
             .to_string(),
         50061,
     );
-    gobgp_announce(&gobgp, 50061, PREFIX);
+    gobgp_announce(&gobgp, 50061, PREFIX, &[], &[]);
     let (bird_daemon, _) = spawn_bird(
         &bird,
         dir.path(),

@@ -70,7 +70,7 @@ fn twill_reflects_between_clients() {
          protocol bgp reflector {\n  local 198.18.141.2 as 65000;\n  neighbor 198.18.141.1 as 65000;\n  connect retry time 1;\n  \
          ipv4 { import all; export none; gateway recursive; igp table master4; };\n}\n",
     );
-    gobgp_announce(&a, 50071, "10.60.0.0/26");
+    gobgp_announce(&a, 50071, "10.60.0.0/26", &[], &[]);
     let logs = [
         dir.path().join("twill.log"),
         dir.path().join("bird.log"),
@@ -203,7 +203,7 @@ fn add_path_sends_two_paths_for_one_prefix() {
         50083,
     );
     for (ns, port) in [(&left, 50081u16), (&right, 50082u16)] {
-        gobgp_announce(ns, port, "10.70.0.0/24");
+        gobgp_announce(ns, port, "10.70.0.0/24", &[], &[]);
     }
     let logs = [
         dir.path().join("twill.log"),
@@ -303,7 +303,7 @@ fn a_two_octet_peer_sees_as_trans_and_as4_path() {
             .to_string(),
         50091,
     );
-    gobgp_announce(&new, 50091, "10.80.0.0/24");
+    gobgp_announce(&new, 50091, "10.80.0.0/24", &[], &[]);
     let (_bird, socket) = spawn_bird(
         &old,
         dir.path(),
