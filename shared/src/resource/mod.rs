@@ -24,7 +24,10 @@ use self::bgp::{BgpConfigurationSpec, BgpFilterSpec, BgpPeerSpec};
 use self::config::{FelixConfigurationSpec, KubeControllersConfigurationSpec, NodeSpec};
 use self::endpoint::{HostEndpointSpec, WorkloadEndpointSpec};
 use self::fields::PolicyType;
-use self::ipam::{IpPoolSpec, IpReservationSpec};
+use self::ipam::{
+    BlockAffinitySpec, IpPoolSpec, IpReservationSpec, IpamBlockSpec, IpamConfigurationSpec,
+    IpamHandleSpec,
+};
 use self::kube::{KubeNetworkPolicySpec, NamespaceSpec, PodSpec};
 use self::policy::{
     GlobalNetworkPolicySpec, NetworkPolicySpec, NetworkSetSpec, ProfileSpec, TierSpec,
@@ -205,6 +208,18 @@ kinds! {
     /// Addresses kept out of automatic allocation.
     IpReservation(IpReservationSpec) = "projectcalico.org/v3", "IPReservation", "ipreservations",
         Cluster, ["ipreservation", "ipr", "iprs"];
+    /// IPAM settings (the object named `default`).
+    IpamConfiguration(IpamConfigurationSpec) = "projectcalico.org/v3", "IPAMConfiguration",
+        "ipamconfigurations", Cluster, ["ipamconfiguration", "ipamconfig", "ipamconfigs"];
+    /// A block of a pool and its allocations (written by IPAM only).
+    IpamBlock(IpamBlockSpec) = "crd.projectcalico.org/v1", "IPAMBlock", "ipamblocks", Cluster,
+        ["ipamblock"];
+    /// A node's claim on a block (written by IPAM only).
+    BlockAffinity(BlockAffinitySpec) = "projectcalico.org/v3", "BlockAffinity", "blockaffinities",
+        Cluster, ["blockaffinity"];
+    /// The blocks holding a handle's addresses (written by IPAM only).
+    IpamHandle(IpamHandleSpec) = "crd.projectcalico.org/v1", "IPAMHandle", "ipamhandles", Cluster,
+        ["ipamhandle"];
     /// A BGP peering.
     BgpPeer(BgpPeerSpec) = "projectcalico.org/v3", "BGPPeer", "bgppeers", Cluster, ["bgppeer", "bgpp", "bgpps", "bp", "bps"];
     /// BGP settings, global (`default`) or per node (`node.NAME`).

@@ -119,6 +119,30 @@ pub fn validate(resource: &Resource) -> Vec<FieldError> {
             }
         }
         Resource::KubernetesNetworkPolicy(o) => check_kube_policy(&mut checker, &o.spec),
+        Resource::IpamConfiguration(o) => {
+            if resource.name() != "default" {
+                checker.fail("metadata.name", "the IPAM configuration must be named \"default\"");
+            }
+            let strict = o.spec.strict_affinity == Some(true);
+            if o.spec.max_blocks_per_host.is_some_and(|max| max > 0) && !strict {
+                checker.fail("spec.maxBlocksPerHost", "needs strictAffinity: true");
+            }
+            if o.spec.auto_allocate_blocks == Some(false) && !strict {
+                checker.fail(
+                    "spec.autoAllocateBlocks",
+                    "false needs strictAffinity: true (a node with no block could never allocate)",
+                );
+            }
+        }
+        Resource::IpamBlock(_) | Resource::BlockAffinity(_) | Resource::IpamHandle(_) => {
+            checker.fail(
+                "kind",
+                format!(
+                    "{} objects are written by Twill's IPAM only; use `twillctl ipam release` to free addresses",
+                    resource.kind()
+                ),
+            );
+        }
         _ => {}
     }
     checker.errors

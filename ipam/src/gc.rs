@@ -1,0 +1,119 @@
+//! Reading the inventory for [`crate::check`], and the leak garbage collector.
+//!
+//! The GC is a library function a node agent calls periodically: a handle seen leaked (no
+//! workload endpoint, no node for a tunnel address) becomes a candidate; once it has been a
+//! candidate for the grace period, the report is taken again and, if the handle is still
+//! leaked, all of its addresses are released in one transaction (handle-atomic).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use twill_shared::client::decode;
+use twill_shared::datastore::Datastore;
+use twill_shared::resource::{Kind, Resource};
+
+use crate::check::{self, Endpoint, Inventory, Report};
+use crate::runtime::{Ipam, IpamError};
+
+/// Reads every block, handle, workload endpoint and node.
+pub async fn inventory(store: &dyn Datastore) -> Result<Inventory, IpamError> {
+    let mut inventory = Inventory::default();
+    let kinds = [
+        Kind::IpamBlock,
+        Kind::IpamHandle,
+        Kind::WorkloadEndpoint,
+        Kind::Node,
+    ];
+    for kind in kinds {
+        for stored in store.list(Some(kind), None).await?.items {
+            let key = stored.key.clone();
+            let resource = decode(stored).map_err(|err| IpamError::Corrupt {
+                key,
+                reason: err.to_string(),
+            })?;
+            add(&mut inventory, resource);
+        }
+    }
+    Ok(inventory)
+}
+
+fn add(inventory: &mut Inventory, resource: Resource) {
+    match resource {
+        Resource::IpamBlock(object) => inventory.blocks.push(object.spec),
+        Resource::IpamHandle(object) => inventory
+            .handles
+            .push((object.metadata.name.unwrap_or_default(), object.spec)),
+        Resource::Node(object) => {
+            inventory
+                .nodes
+                .insert(object.metadata.name.unwrap_or_default());
+        }
+        Resource::WorkloadEndpoint(object) => {
+            let namespace = object.metadata.namespace.clone().unwrap_or_default();
+            let name = format!("{namespace}/{}", object.metadata.name.unwrap_or_default());
+            let spec = object.spec;
+            inventory.endpoints.push(Endpoint {
+                name,
+                container_id: spec.container_id,
+                pod: spec.pod.map(|pod| (namespace, pod)),
+                addresses: spec
+                    .ip_networks
+                    .into_iter()
+                    .flatten()
+                    .map(|c| c.0.addr())
+                    .collect(),
+            });
+        }
+        _ => {}
+    }
+}
+
+/// The consistency report of a datastore.
+pub async fn report(store: &dyn Datastore) -> Result<Report, IpamError> {
+    Ok(check::check(&inventory(store).await?))
+}
+
+/// The leak collector's memory between runs: when each candidate was first seen leaked.
+#[derive(Debug, Default)]
+pub struct Gc {
+    candidates: BTreeMap<String, u64>,
+}
+
+impl Gc {
+    /// One pass at `now` (seconds): returns the handles released.
+    pub async fn run(
+        &mut self,
+        ipam: &Ipam,
+        grace: u64,
+        now: u64,
+    ) -> Result<Vec<String>, IpamError> {
+        let leaked = report(ipam.store().as_ref()).await?.leaked_handles();
+        self.candidates.retain(|handle, _| leaked.contains(handle));
+        for handle in &leaked {
+            self.candidates.entry(handle.clone()).or_insert(now);
+        }
+        let due: BTreeSet<String> = self
+            .candidates
+            .iter()
+            .filter(|(_, &since)| now.saturating_sub(since) >= grace)
+            .map(|(handle, _)| handle.clone())
+            .collect();
+        if due.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Validate again right before releasing: an endpoint may have appeared meanwhile.
+        let still = report(ipam.store().as_ref()).await?.leaked_handles();
+        let mut released = Vec::new();
+        for handle in due.intersection(&still) {
+            let ips = ipam.release_handle(handle).await?;
+            tracing::info!(handle = %handle, addresses = ?ips, "released a leaked handle");
+            self.candidates.remove(handle);
+            released.push(handle.clone());
+        }
+        Ok(released)
+    }
+
+    /// The current candidates and when each was first seen.
+    pub fn candidates(&self) -> &BTreeMap<String, u64> {
+        &self.candidates
+    }
+}

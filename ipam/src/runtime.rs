@@ -1,0 +1,879 @@
+//! The edge: the compare-and-swap retry loop against the datastore.
+//!
+//! Every allocation is one transaction that writes the block (conditional on the revision it
+//! was read at) and the handle together, so an address is never handed out twice and a
+//! handle never outlives or misses its addresses. A new block is claimed by creating the
+//! block and the node's affinity in one transaction: a second node creating the same block
+//! fails with "already exists" and tries the next one. On one machine, allocations are
+//! serialised by an exclusive lock on a file, so compare-and-swap conflicts happen only
+//! between machines.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use ipnet::IpNet;
+use twill_shared::client::{decode, rfc3339};
+use twill_shared::datastore::{Datastore, DatastoreError, Revision, Stored, TxnOp};
+use twill_shared::resource::ipam::{
+    BlockAffinitySpec, IpPoolSpec, IpamBlockSpec, IpamConfigurationSpec, IpamHandleSpec,
+};
+use twill_shared::resource::{Key, Kind, Object, ObjectMeta, Resource};
+
+use crate::block::{self, BlockError, Request};
+use crate::pool::{self, Family, Pool, Use};
+
+/// How often a write is retried after another writer changed what it read (Calico: 100).
+const ATTEMPTS: usize = 100;
+
+/// Why IPAM could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum IpamError {
+    /// The datastore failed.
+    #[error(transparent)]
+    Datastore(#[from] DatastoreError),
+    /// A stored IPAM object is not what IPAM writes.
+    #[error("{key}: {reason}")]
+    Corrupt {
+        /// The object.
+        key: Key,
+        /// What is wrong.
+        reason: String,
+    },
+    /// No pool can serve the request.
+    #[error("no {family} pool is usable on node {node}{detail}")]
+    NoPool {
+        /// The family asked for.
+        family: &'static str,
+        /// The node.
+        node: String,
+        /// Which pools were asked for, if any.
+        detail: String,
+    },
+    /// Every usable pool is full (or the node may claim no more blocks).
+    #[error("no free {family} address in {pools} for node {node}")]
+    Exhausted {
+        /// The family asked for.
+        family: &'static str,
+        /// The pools tried.
+        pools: String,
+        /// The node.
+        node: String,
+    },
+    /// A specific address cannot be had.
+    #[error("cannot allocate {ip}: {reason}")]
+    Unavailable {
+        /// The address.
+        ip: IpAddr,
+        /// Why.
+        reason: String,
+    },
+    /// Other writers kept changing the same objects.
+    #[error("gave up after {ATTEMPTS} attempts: the IPAM objects kept changing under concurrent writers")]
+    Contended,
+    /// The host-wide lock file could not be used.
+    #[error("cannot lock {path}: {reason}")]
+    Lock {
+        /// The lock file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// What to allocate.
+#[derive(Debug, Clone, Default)]
+pub struct AssignArgs {
+    /// The handle the addresses belong to (`<network>.<containerID>` for pods).
+    pub handle: String,
+    /// Who holds them: namespace, pod, node.
+    pub attributes: BTreeMap<String, String>,
+    /// One IPv4 address.
+    pub ipv4: bool,
+    /// One IPv6 address.
+    pub ipv6: bool,
+    /// Only these IPv4 pools (names or CIDRs), in this order.
+    pub ipv4_pools: Vec<String>,
+    /// Only these IPv6 pools.
+    pub ipv6_pools: Vec<String>,
+    /// Exactly these addresses instead (Calico's `cni.projectcalico.org/ipAddrs`).
+    pub addresses: Vec<IpAddr>,
+    /// What the addresses are for.
+    pub tunnel: bool,
+}
+
+/// Addresses IPAM handed out, with the pool each came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Assigned {
+    /// Each address as a host prefix (/32 or /128).
+    pub addresses: Vec<IpNet>,
+}
+
+/// The IPAM client of one node.
+#[derive(Debug, Clone)]
+pub struct Ipam {
+    store: Arc<dyn Datastore>,
+    node: String,
+    lock_path: Option<PathBuf>,
+}
+
+/// The settings and pools every allocation reads first.
+#[derive(Debug, Clone, Default)]
+struct Snapshot {
+    pools: Vec<(String, IpPoolSpec)>,
+    reserved: Vec<IpNet>,
+    config: IpamConfigurationSpec,
+    node_labels: BTreeMap<String, String>,
+}
+
+/// A block as read, with the revision to write it back at.
+#[derive(Debug, Clone)]
+struct ReadBlock {
+    spec: IpamBlockSpec,
+    revision: Revision,
+}
+
+/// Seconds since the epoch (the edge reads the clock).
+pub fn now_seconds() -> u64 {
+    #[allow(clippy::disallowed_methods)] // The runtime is an edge.
+    let now = std::time::SystemTime::now();
+    now.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl Ipam {
+    /// The IPAM client of `node`; `lock_path` serialises this machine's allocations.
+    pub fn new(store: Arc<dyn Datastore>, node: &str, lock_path: Option<PathBuf>) -> Ipam {
+        Ipam {
+            store,
+            node: node.to_string(),
+            lock_path,
+        }
+    }
+
+    /// The node this client allocates for.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// The datastore.
+    pub fn store(&self) -> &Arc<dyn Datastore> {
+        &self.store
+    }
+
+    /// Allocates what `args` asks for; all or nothing (a dual-stack request that gets its
+    /// IPv4 address but no IPv6 one gives the IPv4 one back).
+    pub async fn assign(&self, args: &AssignArgs) -> Result<Assigned, IpamError> {
+        let _lock = self.lock().await?;
+        let snapshot = self.snapshot().await?;
+        let mut addresses = Vec::new();
+        let result = self.assign_locked(args, &snapshot, &mut addresses).await;
+        match result {
+            Ok(()) => Ok(Assigned {
+                addresses: addresses.into_iter().map(IpNet::from).collect(),
+            }),
+            Err(err) => {
+                if !addresses.is_empty() {
+                    if let Err(undo) = self.release_ips_locked(&addresses).await {
+                        tracing::error!(error = %undo, "cannot give back a half-done allocation");
+                    }
+                }
+                Err(err)
+            }
+        }
+    }
+
+    async fn assign_locked(
+        &self,
+        args: &AssignArgs,
+        snapshot: &Snapshot,
+        addresses: &mut Vec<IpAddr>,
+    ) -> Result<(), IpamError> {
+        if !args.addresses.is_empty() {
+            for &ip in &args.addresses {
+                self.assign_specific(ip, args, snapshot).await?;
+                addresses.push(ip);
+            }
+            return Ok(());
+        }
+        let families = [
+            (args.ipv4, Family::V4, &args.ipv4_pools),
+            (args.ipv6, Family::V6, &args.ipv6_pools),
+        ];
+        for (wanted, family, pools) in families {
+            if wanted {
+                addresses.push(self.assign_one(family, pools, args, snapshot).await?);
+            }
+        }
+        Ok(())
+    }
+
+    /// One address of `family`: from an affine block, else a newly claimed block, else
+    /// (unless strictAffinity) borrowed from any block with room.
+    async fn assign_one(
+        &self,
+        family: Family,
+        wanted: &[String],
+        args: &AssignArgs,
+        snapshot: &Snapshot,
+    ) -> Result<IpAddr, IpamError> {
+        let purpose = if args.tunnel {
+            Use::Tunnel
+        } else {
+            Use::Workload
+        };
+        let pools = pool::usable_pools(
+            &snapshot.pools,
+            family,
+            &snapshot.node_labels,
+            wanted,
+            purpose,
+        );
+        if pools.is_empty() {
+            return Err(IpamError::NoPool {
+                family: family.name(),
+                node: self.node.clone(),
+                detail: if wanted.is_empty() {
+                    String::new()
+                } else {
+                    format!(" among {}", wanted.join(", "))
+                },
+            });
+        }
+        for _ in 0..ATTEMPTS {
+            match self.try_assign_one(&pools, args, snapshot).await {
+                Ok(Some(ip)) => return Ok(ip),
+                Ok(None) => {
+                    return Err(IpamError::Exhausted {
+                        family: family.name(),
+                        pools: pools
+                            .iter()
+                            .map(|p| p.cidr.to_string())
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                        node: self.node.clone(),
+                    })
+                }
+                Err(IpamError::Datastore(err)) if is_race(&err) => {
+                    tracing::debug!(error = %err, "IPAM write raced another writer; retrying");
+                }
+                Err(err) => return Err(err),
+            }
+        }
+        Err(IpamError::Contended)
+    }
+
+    /// One pass; `Ok(None)` when there is no room anywhere, a race error when a write lost.
+    async fn try_assign_one(
+        &self,
+        pools: &[Pool],
+        args: &AssignArgs,
+        snapshot: &Snapshot,
+    ) -> Result<Option<IpAddr>, IpamError> {
+        let affine = self.affine_blocks(pools).await?;
+        for cidr in &affine {
+            let Some(read) = self.read_block(*cidr).await? else {
+                continue;
+            };
+            if let Some(ip) = self.assign_in(read, args, snapshot, false).await? {
+                return Ok(Some(ip));
+            }
+        }
+        let may_claim = snapshot.config.auto_allocate_blocks != Some(false)
+            && snapshot
+                .config
+                .max_blocks_per_host
+                .is_none_or(|max| max == 0 || (affine.len() as u32) < max);
+        let all_blocks = self.list_blocks().await?;
+        if may_claim {
+            if let Some(ip) = self.claim_block(pools, &all_blocks, args, snapshot).await? {
+                return Ok(Some(ip));
+            }
+        }
+        if snapshot.config.strict_affinity == Some(true) {
+            return Ok(None);
+        }
+        for (cidr, read) in all_blocks {
+            let in_pools = pools.iter().any(|p| p.cidr.contains(&cidr));
+            if in_pools && !affine.contains(&cidr) {
+                if let Some(ip) = self.assign_in(read, args, snapshot, true).await? {
+                    return Ok(Some(ip));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Allocates in a block already read; `Ok(None)` when it has no room.
+    async fn assign_in(
+        &self,
+        read: ReadBlock,
+        args: &AssignArgs,
+        snapshot: &Snapshot,
+        borrowed: bool,
+    ) -> Result<Option<IpAddr>, IpamError> {
+        let request = Request {
+            count: 1,
+            handle: &args.handle,
+            attributes: &args.attributes,
+            reserved: &snapshot.reserved,
+        };
+        let (next, got) =
+            block::assign(&read.spec, &request).map_err(|err| self.corrupt_block(&read, err))?;
+        let Some(&ip) = got.first() else {
+            return Ok(None);
+        };
+        let cidr = block::cidr_of(&next).map_err(|err| self.corrupt_block(&read, err))?;
+        let mut ops = vec![TxnOp::Update {
+            key: block_key(cidr),
+            value: block_value(cidr, next),
+            expected: Some(read.revision),
+        }];
+        ops.push(self.handle_op(&args.handle, &[(cidr, 1)]).await?);
+        self.store.txn(ops).await?;
+        if borrowed {
+            tracing::info!(%ip, block = %cidr, node = %self.node, "borrowed an address from another node's block");
+        }
+        Ok(Some(ip))
+    }
+
+    /// Claims the first free block of the pools (in this node's order) with the address in
+    /// it, the affinity and the handle: one transaction.
+    async fn claim_block(
+        &self,
+        pools: &[Pool],
+        existing: &BTreeMap<IpNet, ReadBlock>,
+        args: &AssignArgs,
+        snapshot: &Snapshot,
+    ) -> Result<Option<IpAddr>, IpamError> {
+        let now = rfc3339(now_seconds());
+        for pool in pools {
+            for cidr in pool::blocks_for_node(pool, &self.node) {
+                if existing.contains_key(&cidr) {
+                    continue;
+                }
+                let fresh =
+                    block::new_block(cidr, Some(format!("host:{}", self.node)), Some(now.clone()));
+                let request = Request {
+                    count: 1,
+                    handle: &args.handle,
+                    attributes: &args.attributes,
+                    reserved: &snapshot.reserved,
+                };
+                let (next, got) =
+                    block::assign(&fresh, &request).expect("a new block is consistent");
+                let Some(&ip) = got.first() else {
+                    continue; // wholly reserved
+                };
+                let ops = vec![
+                    TxnOp::Create {
+                        key: block_key(cidr),
+                        value: block_value(cidr, next),
+                    },
+                    TxnOp::Create {
+                        key: Key::cluster(
+                            Kind::BlockAffinity,
+                            &pool::affinity_name(&self.node, cidr),
+                        ),
+                        value: affinity_value(&self.node, cidr),
+                    },
+                    self.handle_op(&args.handle, &[(cidr, 1)]).await?,
+                ];
+                self.store.txn(ops).await?;
+                tracing::info!(block = %cidr, node = %self.node, "claimed a block");
+                return Ok(Some(ip));
+            }
+        }
+        Ok(None)
+    }
+
+    async fn assign_specific(
+        &self,
+        ip: IpAddr,
+        args: &AssignArgs,
+        snapshot: &Snapshot,
+    ) -> Result<(), IpamError> {
+        let unavailable = |reason: String| IpamError::Unavailable { ip, reason };
+        let pool = pool::pool_of(&snapshot.pools, ip)
+            .ok_or_else(|| unavailable("it is in no IPPool".into()))?;
+        let cidr = pool::block_containing(&pool, ip);
+        let request = Request {
+            count: 1,
+            handle: &args.handle,
+            attributes: &args.attributes,
+            reserved: &snapshot.reserved,
+        };
+        for _ in 0..ATTEMPTS {
+            let (op, next) = match self.read_block(cidr).await? {
+                Some(read) => {
+                    let next =
+                        block::assign_specific(&read.spec, ip, &request).map_err(
+                            |err| match err {
+                                BlockError::Corrupt { .. } => self.corrupt_block(&read, err),
+                                other => unavailable(other.to_string()),
+                            },
+                        )?;
+                    (Some(read.revision), next)
+                }
+                None => {
+                    // Nobody has the block yet: create it without affinity, as Calico does
+                    // for a specific address outside the node's blocks.
+                    let fresh = block::new_block(cidr, None, None);
+                    let next = block::assign_specific(&fresh, ip, &request)
+                        .map_err(|err| unavailable(err.to_string()))?;
+                    (None, next)
+                }
+            };
+            let write = match op {
+                Some(revision) => TxnOp::Update {
+                    key: block_key(cidr),
+                    value: block_value(cidr, next),
+                    expected: Some(revision),
+                },
+                None => TxnOp::Create {
+                    key: block_key(cidr),
+                    value: block_value(cidr, next),
+                },
+            };
+            let ops = vec![write, self.handle_op(&args.handle, &[(cidr, 1)]).await?];
+            match self.store.txn(ops).await {
+                Ok(_) => return Ok(()),
+                Err(err) if is_race(&err) => continue,
+                Err(err) => return Err(err.into()),
+            }
+        }
+        Err(IpamError::Contended)
+    }
+
+    /// Releases every address of a handle and the handle, in one transaction; returns the
+    /// addresses. A handle that does not exist releases nothing (DEL is idempotent).
+    pub async fn release_handle(&self, handle: &str) -> Result<Vec<IpAddr>, IpamError> {
+        let _lock = self.lock().await?;
+        for _ in 0..ATTEMPTS {
+            match self.try_release_handle(handle).await {
+                Err(IpamError::Datastore(err)) if is_race(&err) => continue,
+                other => return other,
+            }
+        }
+        Err(IpamError::Contended)
+    }
+
+    async fn try_release_handle(&self, handle: &str) -> Result<Vec<IpAddr>, IpamError> {
+        let key = Key::cluster(Kind::IpamHandle, &pool::handle_name(handle));
+        let Some(stored) = self.store.get(&key).await? else {
+            return Ok(Vec::new());
+        };
+        let spec = handle_spec(&stored)?;
+        let mut ops = Vec::new();
+        let mut released = Vec::new();
+        let now = rfc3339(now_seconds());
+        for cidr_text in spec.block.keys() {
+            let cidr: IpNet = cidr_text.parse().map_err(|_| IpamError::Corrupt {
+                key: key.clone(),
+                reason: format!("block {cidr_text:?} is not a CIDR"),
+            })?;
+            let Some(read) = self.read_block(cidr).await? else {
+                continue;
+            };
+            let (mut next, ips) = block::release_handle(&read.spec, handle)
+                .map_err(|err| self.corrupt_block(&read, err))?;
+            if ips.is_empty() {
+                continue;
+            }
+            block::mark_empty(&mut next, &now);
+            released.extend(ips);
+            ops.push(TxnOp::Update {
+                key: block_key(cidr),
+                value: block_value(cidr, next),
+                expected: Some(read.revision),
+            });
+        }
+        ops.push(TxnOp::Delete {
+            key,
+            expected: Some(stored.revision),
+        });
+        self.store.txn(ops).await?;
+        Ok(released)
+    }
+
+    /// Releases addresses, whoever holds them; returns those that were allocated, with their
+    /// handles. Each handle's count goes down in the same transaction.
+    pub async fn release_ips(
+        &self,
+        ips: &[IpAddr],
+    ) -> Result<Vec<(IpAddr, Option<String>)>, IpamError> {
+        let _lock = self.lock().await?;
+        self.release_ips_locked(ips).await
+    }
+
+    async fn release_ips_locked(
+        &self,
+        ips: &[IpAddr],
+    ) -> Result<Vec<(IpAddr, Option<String>)>, IpamError> {
+        let mut released = Vec::new();
+        for &ip in ips {
+            for attempt in 0..=ATTEMPTS {
+                if attempt == ATTEMPTS {
+                    return Err(IpamError::Contended);
+                }
+                match self.try_release_ip(ip).await {
+                    Ok(found) => {
+                        released.extend(found);
+                        break;
+                    }
+                    Err(IpamError::Datastore(err)) if is_race(&err) => continue,
+                    Err(err) => return Err(err),
+                }
+            }
+        }
+        Ok(released)
+    }
+
+    async fn try_release_ip(
+        &self,
+        ip: IpAddr,
+    ) -> Result<Option<(IpAddr, Option<String>)>, IpamError> {
+        let blocks = self.list_blocks().await?;
+        let Some((cidr, read)) = blocks.into_iter().find(|(cidr, _)| cidr.contains(&ip)) else {
+            return Ok(None);
+        };
+        let (mut next, found) =
+            block::release_ips(&read.spec, &[ip]).map_err(|err| self.corrupt_block(&read, err))?;
+        let Some((ip, handle)) = found.into_iter().next() else {
+            return Ok(None);
+        };
+        block::mark_empty(&mut next, &rfc3339(now_seconds()));
+        let mut ops = vec![TxnOp::Update {
+            key: block_key(cidr),
+            value: block_value(cidr, next),
+            expected: Some(read.revision),
+        }];
+        if let Some(handle) = &handle {
+            if let Some(op) = self.handle_decrement(handle, cidr).await? {
+                ops.push(op);
+            }
+        }
+        self.store.txn(ops).await?;
+        Ok(Some((ip, handle)))
+    }
+
+    /// Removes this node's affinity for blocks that have been empty for at least `grace`
+    /// seconds (the block goes too, so another node may claim it). Returns the blocks freed.
+    pub async fn release_empty_blocks(
+        &self,
+        grace: u64,
+        now: u64,
+    ) -> Result<Vec<IpNet>, IpamError> {
+        let _lock = self.lock().await?;
+        let mut freed = Vec::new();
+        let affinity = format!("host:{}", self.node);
+        for (cidr, read) in self.list_blocks().await? {
+            let since = read
+                .spec
+                .empty_since
+                .as_deref()
+                .and_then(crate::parse_rfc3339);
+            let old_enough = since.is_some_and(|since| now.saturating_sub(since) >= grace);
+            if read.spec.affinity.as_deref() != Some(affinity.as_str())
+                || !block::is_empty(&read.spec)
+                || !old_enough
+            {
+                continue;
+            }
+            let affinity_key =
+                Key::cluster(Kind::BlockAffinity, &pool::affinity_name(&self.node, cidr));
+            let mut ops = vec![TxnOp::Delete {
+                key: block_key(cidr),
+                expected: Some(read.revision),
+            }];
+            if self.store.get(&affinity_key).await?.is_some() {
+                ops.push(TxnOp::Delete {
+                    key: affinity_key,
+                    expected: None,
+                });
+            }
+            match self.store.txn(ops).await {
+                Ok(_) => freed.push(cidr),
+                Err(err) if is_race(&err) => continue, // it was used meanwhile: keep it
+                Err(err) => return Err(err.into()),
+            }
+        }
+        Ok(freed)
+    }
+
+    /// The handle write of an allocation: create it, or add to its counts.
+    async fn handle_op(&self, handle: &str, add: &[(IpNet, u32)]) -> Result<TxnOp, IpamError> {
+        let key = Key::cluster(Kind::IpamHandle, &pool::handle_name(handle));
+        let existing = self.store.get(&key).await?;
+        let (mut spec, expected) = match &existing {
+            Some(stored) => (handle_spec(stored)?, Some(stored.revision)),
+            None => (
+                IpamHandleSpec {
+                    handle_id: Some(handle.to_string()),
+                    ..IpamHandleSpec::default()
+                },
+                None,
+            ),
+        };
+        for (cidr, count) in add {
+            *spec.block.entry(cidr.to_string()).or_default() += count;
+        }
+        let value = handle_value(&key.name, spec);
+        Ok(match expected {
+            Some(revision) => TxnOp::Update {
+                key,
+                value,
+                expected: Some(revision),
+            },
+            None => TxnOp::Create { key, value },
+        })
+    }
+
+    /// The handle write of releasing one of its addresses in `cidr`.
+    async fn handle_decrement(
+        &self,
+        handle: &str,
+        cidr: IpNet,
+    ) -> Result<Option<TxnOp>, IpamError> {
+        let key = Key::cluster(Kind::IpamHandle, &pool::handle_name(handle));
+        let Some(stored) = self.store.get(&key).await? else {
+            return Ok(None);
+        };
+        let mut spec = handle_spec(&stored)?;
+        let name = cidr.to_string();
+        if let Some(count) = spec.block.get_mut(&name) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                spec.block.remove(&name);
+            }
+        }
+        Ok(Some(if spec.block.is_empty() {
+            TxnOp::Delete {
+                key,
+                expected: Some(stored.revision),
+            }
+        } else {
+            let value = handle_value(&key.name, spec);
+            TxnOp::Update {
+                key,
+                value,
+                expected: Some(stored.revision),
+            }
+        }))
+    }
+
+    /// The CIDRs of this node's confirmed blocks inside `pools`, in address order.
+    async fn affine_blocks(&self, pools: &[Pool]) -> Result<Vec<IpNet>, IpamError> {
+        let listing = self.store.list(Some(Kind::BlockAffinity), None).await?;
+        let mut cidrs = Vec::new();
+        for stored in listing.items {
+            let Resource::BlockAffinity(object) = decode_stored(stored)? else {
+                continue;
+            };
+            let spec = object.spec;
+            let mine = spec.node.as_deref() == Some(self.node.as_str())
+                && spec.state.as_deref() == Some("confirmed")
+                && spec.deleted != Some(true);
+            if let (true, Some(cidr)) = (mine, spec.cidr) {
+                if pools.iter().any(|p| p.cidr.contains(&cidr.0)) {
+                    cidrs.push(cidr.0);
+                }
+            }
+        }
+        cidrs.sort();
+        Ok(cidrs)
+    }
+
+    async fn read_block(&self, cidr: IpNet) -> Result<Option<ReadBlock>, IpamError> {
+        let Some(stored) = self.store.get(&block_key(cidr)).await? else {
+            return Ok(None);
+        };
+        Ok(Some(read_block(stored)?))
+    }
+
+    async fn list_blocks(&self) -> Result<BTreeMap<IpNet, ReadBlock>, IpamError> {
+        let listing = self.store.list(Some(Kind::IpamBlock), None).await?;
+        let mut blocks = BTreeMap::new();
+        for stored in listing.items {
+            let read = read_block(stored)?;
+            if let Some(cidr) = read.spec.cidr {
+                blocks.insert(cidr.0, read);
+            }
+        }
+        Ok(blocks)
+    }
+
+    async fn snapshot(&self) -> Result<Snapshot, IpamError> {
+        let mut snapshot = Snapshot::default();
+        for stored in self.store.list(Some(Kind::IpPool), None).await?.items {
+            if let Resource::IpPool(object) = decode_stored(stored)? {
+                let name = object.metadata.name.clone().unwrap_or_default();
+                snapshot.pools.push((name, object.spec));
+            }
+        }
+        for stored in self
+            .store
+            .list(Some(Kind::IpReservation), None)
+            .await?
+            .items
+        {
+            if let Resource::IpReservation(object) = decode_stored(stored)? {
+                snapshot.reserved.extend(
+                    object
+                        .spec
+                        .reserved_cidrs
+                        .into_iter()
+                        .flatten()
+                        .map(|c| c.0),
+                );
+            }
+        }
+        let config_key = Key::cluster(Kind::IpamConfiguration, "default");
+        if let Some(stored) = self.store.get(&config_key).await? {
+            if let Resource::IpamConfiguration(object) = decode_stored(stored)? {
+                snapshot.config = object.spec;
+            }
+        }
+        if let Some(stored) = self
+            .store
+            .get(&Key::cluster(Kind::Node, &self.node))
+            .await?
+        {
+            if let Resource::Node(object) = decode_stored(stored)? {
+                snapshot.node_labels = object.metadata.labels.unwrap_or_default();
+            }
+        }
+        Ok(snapshot)
+    }
+
+    fn corrupt_block(&self, read: &ReadBlock, err: BlockError) -> IpamError {
+        let cidr = read.spec.cidr.map(|c| c.0);
+        IpamError::Corrupt {
+            key: Key::cluster(
+                Kind::IpamBlock,
+                &cidr.map(pool::block_name).unwrap_or_default(),
+            ),
+            reason: err.to_string(),
+        }
+    }
+
+    /// Takes the machine-wide IPAM lock (if configured); released when dropped.
+    async fn lock(&self) -> Result<Option<std::fs::File>, IpamError> {
+        let Some(path) = self.lock_path.clone() else {
+            return Ok(None);
+        };
+        let fail = |path: &PathBuf, err: std::io::Error| IpamError::Lock {
+            path: path.clone(),
+            reason: err.to_string(),
+        };
+        tokio::task::spawn_blocking(move || {
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent).map_err(|err| fail(&path, err))?;
+            }
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)
+                .map_err(|err| fail(&path, err))?;
+            file.lock().map_err(|err| fail(&path, err))?;
+            Ok(Some(file))
+        })
+        .await
+        .map_err(|err| IpamError::Lock {
+            path: self.lock_path.clone().unwrap_or_default(),
+            reason: err.to_string(),
+        })?
+    }
+}
+
+/// Whether a write lost a race with another writer (and should read again).
+fn is_race(err: &DatastoreError) -> bool {
+    matches!(
+        err,
+        DatastoreError::Conflict { .. }
+            | DatastoreError::AlreadyExists { .. }
+            | DatastoreError::NotFound { .. }
+    )
+}
+
+fn decode_stored(stored: Stored) -> Result<Resource, IpamError> {
+    let key = stored.key.clone();
+    decode(stored).map_err(|err| IpamError::Corrupt {
+        key,
+        reason: err.to_string(),
+    })
+}
+
+fn read_block(stored: Stored) -> Result<ReadBlock, IpamError> {
+    let revision = stored.revision;
+    let key = stored.key.clone();
+    match decode_stored(stored)? {
+        Resource::IpamBlock(object) => {
+            block::cidr_of(&object.spec).map_err(|err| IpamError::Corrupt {
+                key,
+                reason: err.to_string(),
+            })?;
+            Ok(ReadBlock {
+                spec: object.spec,
+                revision,
+            })
+        }
+        _ => Err(IpamError::Corrupt {
+            key,
+            reason: "not an IPAM block".into(),
+        }),
+    }
+}
+
+fn handle_spec(stored: &Stored) -> Result<IpamHandleSpec, IpamError> {
+    match decode_stored(stored.clone())? {
+        Resource::IpamHandle(object) => Ok(object.spec),
+        _ => Err(IpamError::Corrupt {
+            key: stored.key.clone(),
+            reason: "not an IPAM handle".into(),
+        }),
+    }
+}
+
+/// The key of a block.
+pub fn block_key(cidr: IpNet) -> Key {
+    Key::cluster(Kind::IpamBlock, &pool::block_name(cidr))
+}
+
+fn object<S>(kind: Kind, name: &str, spec: S) -> Object<S> {
+    Object {
+        api_version: kind.api_version().to_string(),
+        kind: kind.name().to_string(),
+        metadata: ObjectMeta {
+            name: Some(name.to_string()),
+            ..ObjectMeta::default()
+        },
+        spec,
+    }
+}
+
+fn block_value(cidr: IpNet, spec: IpamBlockSpec) -> serde_json::Value {
+    Resource::IpamBlock(object(Kind::IpamBlock, &pool::block_name(cidr), spec)).to_value()
+}
+
+fn handle_value(name: &str, spec: IpamHandleSpec) -> serde_json::Value {
+    Resource::IpamHandle(object(Kind::IpamHandle, name, spec)).to_value()
+}
+
+fn affinity_value(node: &str, cidr: IpNet) -> serde_json::Value {
+    let spec = BlockAffinitySpec {
+        state: Some("confirmed".into()),
+        node: Some(node.to_string()),
+        affinity_type: Some("host".into()),
+        cidr: Some(twill_shared::resource::fields::Cidr(cidr)),
+        deleted: None,
+    };
+    Resource::BlockAffinity(object(
+        Kind::BlockAffinity,
+        &pool::affinity_name(node, cidr),
+        spec,
+    ))
+    .to_value()
+}
