@@ -9,9 +9,11 @@ CARGO ?= cargo
 # the namespaces tests make.
 # Debian packages the build and the tests need: protoc for etcd-client's build, etcd and the
 # BGP peers (gobgpd, bird2, frr) as real peers, and the kernel tools.
-DEB_PACKAGES := protobuf-compiler etcd-server etcd-client gobgpd bird2 frr iproute2 iptables ipset curl
+DEB_PACKAGES := protobuf-compiler etcd-server etcd-client gobgpd bird2 frr iproute2 iptables ipset curl containernetworking-plugins python3
 DEMO_DIR ?= /tmp/twill-demo
-TWILLCTL := target/debug/twillctl
+# Cargo says where it builds (CARGO_TARGET_DIR, build.target-dir or ./target); asked only when
+# a recipe uses it, so that `make deps` works before cargo is installed.
+TWILLCTL = $(shell $(CARGO) metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')/debug/twillctl
 
 .PHONY: all deps build test check lint demo bench fuzz clean
 
@@ -41,11 +43,12 @@ lint: deps
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-# Ends with one line that totals every test binary ("summary: N passed, N failed").
+# Ends with one line that totals every test binary ("summary: N passed, N failed"). The output
+# streams through awk, which totals as it goes: no log file, so nothing assumes where the
+# target directory is; the exit status is cargo's (pipefail).
 test: build check
-	@set -o pipefail; $(CARGO) test --workspace 2>&1 | tee target/test.log; status=$$?; \
-	awk '/^test result:/ { p += $$4; f += $$6 } END { printf "summary: %d passed, %d failed\n", p, f }' target/test.log; \
-	exit $$status
+	@set -o pipefail; $(CARGO) test --workspace 2>&1 | \
+	awk '{ print; fflush() } /^test result:/ { p += $$4; f += $$6 } END { printf "summary: %d passed, %d failed\n", p, f }'
 
 demo: deps
 	$(CARGO) build -q -p twillctl

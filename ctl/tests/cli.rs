@@ -465,3 +465,25 @@ fn a_directory_applies_all_or_nothing() {
     );
     assert_eq!(ok(url, &["get", "knp"]).lines().count(), 3);
 }
+
+/// An order is printed as it was applied, as calicoctl prints it: `200`, not `200.0`; a
+/// fractional order keeps its fraction.
+#[test]
+fn orders_come_back_as_applied() {
+    let store = sqlite();
+    let url = store.url.as_str();
+    let documents = format!(
+        "{}---\napiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata:\n  name: g\nspec:\n  order: 100.5\n  selector: all()\n",
+        policy("  order: 200\n  selector: all()\n")
+    );
+    let run = twillctl(url, &["apply", "-f", "-"], Some(&documents));
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let yaml = ok(url, &["get", "networkpolicy", "p", "-o", "yaml"]);
+    assert!(yaml.lines().any(|l| l == "  order: 200"), "{yaml}");
+    let json = ok(url, &["get", "networkpolicy", "p", "-o", "json"]);
+    assert!(json.contains("\"order\": 200,"), "{json}");
+    let yaml = ok(url, &["get", "globalnetworkpolicy", "g", "-o", "yaml"]);
+    assert!(yaml.lines().any(|l| l == "  order: 100.5"), "{yaml}");
+    let json = ok(url, &["get", "globalnetworkpolicy", "g", "-o", "json"]);
+    assert!(json.contains("\"order\": 100.5,"), "{json}");
+}

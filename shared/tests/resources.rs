@@ -1,6 +1,7 @@
 //! The resource model as a user meets it: the seed documents parse unchanged, documents
 //! round-trip, and bad documents are refused with the document, the field path and the reason.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use twill_shared::convert::kubernetes_policy_to_calico;
@@ -14,25 +15,43 @@ fn workspace() -> PathBuf {
         .to_path_buf()
 }
 
-/// The seeds the project started from live in `shared/seeds` beside the repository.
-fn seeds_dir() -> PathBuf {
-    let dir = std::env::var_os("TWILL_SEEDS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace().join("../shared/seeds"));
-    assert!(
-        dir.is_dir(),
-        "the seed articles are expected at {} (set TWILL_SEEDS_DIR)",
+/// The articles the project started from live in `shared/seeds` beside the repository
+/// (`TWILL_SEEDS_DIR` names another place). A clone has no such directory: the project's tests
+/// run from its own copies in `examples/`, and the checks against the articles say plainly
+/// that they did not run (and why) instead of failing.
+fn seeds_dir(check: &str) -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os("TWILL_SEEDS_DIR") {
+        // Asked for by name: a wrong path is a mistake to report, not a reason to skip.
+        let dir = PathBuf::from(dir);
+        assert!(
+            dir.is_dir(),
+            "TWILL_SEEDS_DIR={} is not a directory",
+            dir.display()
+        );
+        return Some(dir);
+    }
+    let dir = workspace().join("../shared/seeds");
+    if dir.is_dir() {
+        return Some(dir);
+    }
+    // Written to stderr directly in one piece, not with `eprintln!`, which the test harness
+    // swallows for a passing test: the skip must show in a plain `cargo test` or `make test`.
+    let message = format!(
+        "NOT RUN: {check}: the seed articles are not at {} (only a checkout with ../shared/seeds \
+         beside it has them; set TWILL_SEEDS_DIR to run this check). The copies in examples/ \
+         are tested on their own.\n",
         dir.display()
     );
-    dir
+    let _ = std::io::stderr().write_all(message.as_bytes());
+    None
 }
 
-fn seed(prefix: &str) -> String {
-    let entry = std::fs::read_dir(seeds_dir())
+fn seed(dir: &Path, prefix: &str) -> String {
+    let entry = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().path())
         .find(|p| p.file_name().unwrap().to_string_lossy().starts_with(prefix))
-        .unwrap_or_else(|| panic!("no seed {prefix}*"));
+        .unwrap_or_else(|| panic!("no seed {prefix}* in {}", dir.display()));
     std::fs::read_to_string(entry).unwrap()
 }
 
@@ -46,9 +65,75 @@ fn example_files(folder: &str) -> Vec<PathBuf> {
     files
 }
 
+fn file_name(path: &Path) -> String {
+    path.file_name().unwrap().to_string_lossy().into_owned()
+}
+
+/// The project's copy of the first article: two pods, the policy denying all ingress to the
+/// backend, then the one allowing the frontend in, in the order `make demo` applies them.
+#[test]
+fn the_seed_walkthrough_examples_hold_the_first_articles_resources_in_order() {
+    let mut found = Vec::new();
+    for file in example_files("seed-walkthrough") {
+        let text = std::fs::read_to_string(&file).unwrap();
+        let resources =
+            parse_documents(&text).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        for resource in resources {
+            found.push((
+                file_name(&file),
+                resource.kind(),
+                resource.name().to_string(),
+            ));
+        }
+    }
+    let expected = [
+        ("01-pods.yaml", Kind::Pod, "frontend"),
+        ("01-pods.yaml", Kind::Pod, "backend"),
+        (
+            "02-deny-all-ingress-to-backend.yaml",
+            Kind::KubernetesNetworkPolicy,
+            "deny-all-ingress-to-backend",
+        ),
+        (
+            "03-allow-frontend-to-backend.yaml",
+            Kind::KubernetesNetworkPolicy,
+            "allow-frontend-to-backend",
+        ),
+    ]
+    .map(|(file, kind, name)| (file.to_string(), kind, name.to_string()));
+    assert_eq!(found, expected);
+}
+
+/// The project's copy of the second article: its eleven YAML blocks, one file each, named by
+/// the block's first line (`# allow-dns.yaml`), and every one parses.
+#[test]
+fn the_calico_policy_examples_are_the_eleven_named_blocks_and_parse() {
+    let files = example_files("calico-policies");
+    assert_eq!(files.len(), 11, "{files:?}");
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap();
+        let name = file_name(&file);
+        assert_eq!(
+            text.lines().next(),
+            Some(format!("# {name}").as_str()),
+            "{}",
+            file.display()
+        );
+        let resources =
+            parse_documents(&text).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        assert!(!resources.is_empty(), "{}", file.display());
+    }
+}
+
+/// Against the original article, where it is present: each YAML block is kept verbatim.
 #[test]
 fn every_yaml_block_of_the_second_article_is_kept_verbatim_and_parses() {
-    let article = seed("001");
+    let Some(seeds) =
+        seeds_dir("every_yaml_block_of_the_second_article_is_kept_verbatim_and_parses")
+    else {
+        return;
+    };
+    let article = seed(&seeds, "001");
     let blocks: Vec<&str> = article
         .split("```yaml\n")
         .skip(1)
@@ -68,9 +153,14 @@ fn every_yaml_block_of_the_second_article_is_kept_verbatim_and_parses() {
     }
 }
 
+/// Against the original article, where it is present: the walkthrough's files differ from it
+/// only by the indentation the article lost.
 #[test]
 fn the_first_articles_yaml_only_regains_its_indentation() {
-    let article = seed("000");
+    let Some(seeds) = seeds_dir("the_first_articles_yaml_only_regains_its_indentation") else {
+        return;
+    };
+    let article = seed(&seeds, "000");
     let article_lines: Vec<&str> = article
         .lines()
         .map(str::trim)
@@ -215,7 +305,7 @@ fn seed_policies_convert_with_calicos_semantics() {
             "metadata": {"name": "knp.default.allow-frontend-to-backend", "namespace": "default"},
             "spec": {
                 "tier": "default",
-                "order": 1000.0,
+                "order": 1000,
                 "selector": "projectcalico.org/orchestrator == 'k8s' && app == 'backend'",
                 "types": ["Ingress"],
                 "ingress": [{

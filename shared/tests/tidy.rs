@@ -15,6 +15,8 @@ const EDGE_FILES: &[&str] = &[
     "shared/src/datastore/runtime.rs",
     "shared/src/datastore/sqlite.rs",
     "shared/src/syncer/driver.rs",
+    "ipam/src/runtime.rs",
+    "ipam/src/gc.rs",
 ];
 
 /// Edge folders, anywhere under a crate's `src/`; binaries' `main.rs` are edges too.

@@ -48,6 +48,23 @@ macro_rules! string_form {
     };
 }
 
+/// Serializes a policy or tier order as calicoctl prints it: an integral order as an integer
+/// (`200`, not `200.0`), so that what was applied comes back as written; a fractional order
+/// (`100.5`) as it is. For `#[serde(serialize_with = "serialize_order")]` on `Option<f64>`.
+pub(crate) fn serialize_order<S: Serializer>(
+    order: &Option<f64>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    // Every integral f64 in [-2^63, 2^63) converts to an i64 exactly.
+    let integral =
+        |value: f64| value.fract() == 0.0 && (i64::MIN as f64..i64::MAX as f64).contains(&value);
+    match *order {
+        Some(value) if integral(value) => serializer.serialize_some(&(value as i64)),
+        Some(value) => serializer.serialize_some(&value),
+        None => serializer.serialize_none(),
+    }
+}
+
 /// A CIDR such as `10.0.0.0/8`; a bare address means a single host (/32 or /128).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Cidr(pub IpNet);

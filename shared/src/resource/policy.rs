@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_with::skip_serializing_none;
 
-use super::fields::{Action, Cidr, PolicyType, Port, Protocol, SelectorText};
+use super::fields::{serialize_order, Action, Cidr, PolicyType, Port, Protocol, SelectorText};
 
 /// A policy rule: all of its match criteria must hold for `action` to apply.
 #[skip_serializing_none]
@@ -136,6 +136,7 @@ pub struct NetworkPolicySpec {
     /// Tier name (default `default`).
     pub tier: Option<String>,
     /// Order within the tier; lower first, absent last.
+    #[serde(serialize_with = "serialize_order")]
     pub order: Option<f64>,
     /// Which endpoints of the namespace the policy applies to.
     pub selector: Option<SelectorText>,
@@ -159,6 +160,7 @@ pub struct GlobalNetworkPolicySpec {
     /// Tier name (default `default`).
     pub tier: Option<String>,
     /// Order within the tier; lower first, absent last.
+    #[serde(serialize_with = "serialize_order")]
     pub order: Option<f64>,
     /// Which endpoints the policy applies to.
     pub selector: Option<SelectorText>,
@@ -189,6 +191,7 @@ pub struct GlobalNetworkPolicySpec {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct TierSpec {
     /// Order among tiers; lower first, absent last.
+    #[serde(serialize_with = "serialize_order")]
     pub order: Option<f64>,
     /// What happens at the end of the tier when a policy applied: Deny (default) or Pass.
     pub default_action: Option<Action>,
@@ -216,4 +219,62 @@ pub struct NetworkSetSpec {
     pub nets: Option<Vec<Cidr>>,
     /// Domain names (Calico Enterprise; accepted and stored).
     pub allowed_egress_domains: Option<Vec<String>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn integral_orders_serialize_as_integers() {
+        let policy = NetworkPolicySpec {
+            order: Some(200.0),
+            ..Default::default()
+        };
+        assert_eq!(serde_json::to_string(&policy).unwrap(), r#"{"order":200}"#);
+        assert_eq!(serde_yaml::to_string(&policy).unwrap(), "order: 200\n");
+        let global = GlobalNetworkPolicySpec {
+            order: Some(-3.0),
+            ..Default::default()
+        };
+        assert_eq!(serde_json::to_string(&global).unwrap(), r#"{"order":-3}"#);
+        let tier = TierSpec {
+            order: Some(0.0),
+            ..Default::default()
+        };
+        assert_eq!(serde_json::to_string(&tier).unwrap(), r#"{"order":0}"#);
+    }
+
+    #[test]
+    fn fractional_and_absent_orders_are_kept() {
+        let policy = NetworkPolicySpec {
+            order: Some(100.5),
+            ..Default::default()
+        };
+        assert_eq!(
+            serde_json::to_string(&policy).unwrap(),
+            r#"{"order":100.5}"#
+        );
+        assert_eq!(serde_yaml::to_string(&policy).unwrap(), "order: 100.5\n");
+        assert_eq!(
+            serde_json::to_string(&NetworkPolicySpec::default()).unwrap(),
+            "{}"
+        );
+        // Beyond the integers an i64 holds, the float form is kept (still exact).
+        let huge = TierSpec {
+            order: Some(1e20),
+            ..Default::default()
+        };
+        let text = serde_json::to_string(&huge).unwrap();
+        assert_eq!(serde_json::from_str::<TierSpec>(&text).unwrap(), huge);
+    }
+
+    #[test]
+    fn applied_orders_round_trip() {
+        for written in ["200", "100.5", "0", "-7"] {
+            let text = format!("order: {written}\n");
+            let spec: NetworkPolicySpec = serde_yaml::from_str(&text).unwrap();
+            assert_eq!(serde_yaml::to_string(&spec).unwrap(), text);
+        }
+    }
 }
