@@ -4,6 +4,8 @@
 //! is invalid), 2 usage (bad flags, unknown resource kind).
 
 mod bgp;
+mod ipam;
+mod lab;
 mod resources;
 mod table;
 
@@ -15,9 +17,10 @@ use clap::{Parser, Subcommand, ValueEnum};
 #[derive(Debug, Parser)]
 #[command(name = "twillctl", version, about)]
 struct Cli {
-    /// Datastore URL: sqlite:PATH, etcd://HOST:PORT[,HOST:PORT...] or kubernetes.
-    #[arg(long, global = true, env = "TWILL_DATASTORE", default_value = twill_shared::datastore::DEFAULT_URL)]
-    datastore: String,
+    /// Datastore URL: sqlite:PATH, etcd://HOST:PORT[,HOST:PORT...] or kubernetes (default:
+    /// $TWILL_DATASTORE, else sqlite:/var/lib/twill/twill.db; for `lab up`, the lab's own file).
+    #[arg(long, global = true)]
+    datastore: Option<String>,
 
     #[command(subcommand)]
     command: Command,
@@ -50,6 +53,10 @@ enum Command {
     Delete(DeleteArgs),
     /// Ask a running twill-bgpd.
     Bgp(BgpArgs),
+    /// IP address management: usage, consistency, release.
+    Ipam(ipam::IpamArgs),
+    /// A Twill cluster on this machine, in network namespaces.
+    Lab(lab::LabArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -154,6 +161,12 @@ pub fn usage(message: String) -> Failure {
     }
 }
 
+/// The command line with the datastore resolved.
+struct ResolvedCli {
+    datastore: String,
+    command: Command,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
@@ -179,7 +192,22 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> Result<(), Failure> {
     use twill_shared::client::WriteMode;
+    let datastore_flag = cli.datastore.clone();
+    let datastore = cli
+        .datastore
+        .or_else(|| {
+            std::env::var("TWILL_DATASTORE")
+                .ok()
+                .filter(|v| !v.is_empty())
+        })
+        .unwrap_or_else(|| twill_shared::datastore::DEFAULT_URL.to_string());
+    let cli = ResolvedCli {
+        datastore,
+        command: cli.command,
+    };
     match cli.command {
+        Command::Ipam(args) => ipam::run(args, &cli.datastore).await,
+        Command::Lab(args) => lab::run(args, datastore_flag).await,
         Command::Apply(args) => {
             resources::write(
                 &cli.datastore,

@@ -176,7 +176,7 @@ impl IfEmpty for String {
 }
 
 /// Pads columns to their widest cell plus three spaces.
-fn layout(rows: &[Vec<String>]) -> String {
+pub fn layout(rows: &[Vec<String>]) -> String {
     let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
     let widths: Vec<usize> = (0..columns)
         .map(|c| {

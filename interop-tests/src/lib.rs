@@ -7,7 +7,7 @@
 pub mod bgp;
 pub mod blast;
 pub mod etcd;
-pub mod netns;
+pub use twill_lab::netns;
 pub mod severable;
 
 use std::time::{Duration, Instant};

@@ -33,7 +33,9 @@ fn parse(lines: &[String]) -> Lines {
     for line in lines {
         let words: Vec<&str> = line.split_whitespace().collect();
         match words.as_slice() {
-            ["allocated", ip, handle] => parsed.allocated.push((ip.parse().unwrap(), handle.to_string())),
+            ["allocated", ip, handle] => parsed
+                .allocated
+                .push((ip.parse().unwrap(), handle.to_string())),
             ["endpoint", _, handle] => {
                 parsed.endpoints.insert(handle.to_string());
             }
@@ -46,10 +48,16 @@ fn parse(lines: &[String]) -> Lines {
 async fn setup(store: &Arc<dyn Datastore>) {
     let pool = json!({"apiVersion": "projectcalico.org/v3", "kind": "IPPool",
         "metadata": {"name": "stress"}, "spec": {"cidr": "10.96.0.0/24", "blockSize": 29}});
-    store.create(&Key::cluster(Kind::IpPool, "stress"), pool).await.unwrap();
+    store
+        .create(&Key::cluster(Kind::IpPool, "stress"), pool)
+        .await
+        .unwrap();
     for node in ["node-a", "node-b"] {
         let value = json!({"apiVersion": "projectcalico.org/v3", "kind": "Node", "metadata": {"name": node}});
-        store.create(&Key::cluster(Kind::Node, node), value).await.unwrap();
+        store
+            .create(&Key::cluster(Kind::Node, node), value)
+            .await
+            .unwrap();
     }
 }
 
@@ -63,7 +71,12 @@ async fn hammer(url: String) {
         for n in 0..WORKERS_PER_NODE {
             let lock = dir.path().join(format!("{node}.lock"));
             let child = Command::new(&worker)
-                .args([&url, node, &ALLOCATIONS.to_string(), &format!("{node}w{n}x")])
+                .args([
+                    &url,
+                    node,
+                    &ALLOCATIONS.to_string(),
+                    &format!("{node}w{n}x"),
+                ])
                 .arg(&lock)
                 .stdout(Stdio::piped())
                 .spawn()
@@ -99,19 +112,42 @@ async fn hammer(url: String) {
     });
     let mut lines = Vec::new();
     for child in children {
-        let output = tokio::task::spawn_blocking(move || child.wait_with_output()).await.unwrap().unwrap();
-        assert!(output.status.success(), "a worker failed: {}", String::from_utf8_lossy(&output.stderr));
-        lines.extend(String::from_utf8(output.stdout).unwrap().lines().map(str::to_string));
+        let output = tokio::task::spawn_blocking(move || child.wait_with_output())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "a worker failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        lines.extend(
+            String::from_utf8(output.stdout)
+                .unwrap()
+                .lines()
+                .map(str::to_string),
+        );
     }
     let workers = parse(&lines);
     let victim = parse(&victim_lines.await.unwrap());
-    assert_eq!(workers.allocated.len(), 2 * WORKERS_PER_NODE * ALLOCATIONS as usize);
+    assert_eq!(
+        workers.allocated.len(),
+        2 * WORKERS_PER_NODE * ALLOCATIONS as usize
+    );
 
     // No address was handed out twice, and every one is in the pool.
-    let everything: Vec<(IpAddr, String)> =
-        workers.allocated.iter().chain(&victim.allocated).cloned().collect();
+    let everything: Vec<(IpAddr, String)> = workers
+        .allocated
+        .iter()
+        .chain(&victim.allocated)
+        .cloned()
+        .collect();
     let unique: BTreeSet<IpAddr> = everything.iter().map(|(ip, _)| *ip).collect();
-    assert_eq!(unique.len(), everything.len(), "an address was handed out twice");
+    assert_eq!(
+        unique.len(),
+        everything.len(),
+        "an address was handed out twice"
+    );
     let pool: ipnet::IpNet = "10.96.0.0/24".parse().unwrap();
     assert!(unique.iter().all(|ip| pool.contains(ip)));
 
@@ -120,7 +156,9 @@ async fn hammer(url: String) {
     let mut held: BTreeMap<IpAddr, String> = BTreeMap::new();
     for block in &inventory.blocks {
         for (ip, attribute) in twill_ipam::block::allocated(block) {
-            assert!(held.insert(ip, attribute.handle_id.clone().unwrap()).is_none());
+            assert!(held
+                .insert(ip, attribute.handle_id.clone().unwrap())
+                .is_none());
         }
     }
     for (ip, handle) in &everything {
@@ -128,7 +166,10 @@ async fn hammer(url: String) {
     }
     // At most one allocation the victim made but did not live to report.
     let unreported: Vec<&IpAddr> = held.keys().filter(|ip| !unique.contains(ip)).collect();
-    assert!(unreported.len() <= 1, "unreported allocations: {unreported:?}");
+    assert!(
+        unreported.len() <= 1,
+        "unreported allocations: {unreported:?}"
+    );
 
     // `ipam check`: the leaks are the victim's allocations without an endpoint.
     let expected: BTreeSet<String> = victim

@@ -46,6 +46,9 @@ pub enum BlockError {
     },
 }
 
+/// Released addresses, each with the handle that held it.
+pub type Released = Vec<(IpAddr, Option<String>)>;
+
 /// What to allocate from a block.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Request<'a> {
@@ -231,7 +234,7 @@ pub fn assign_specific(
 pub fn release_ips(
     block: &IpamBlockSpec,
     ips: &[IpAddr],
-) -> Result<(IpamBlockSpec, Vec<(IpAddr, Option<String>)>), BlockError> {
+) -> Result<(IpamBlockSpec, Released), BlockError> {
     let cidr = cidr_of(block)?;
     let ordinals: Vec<u32> = ips
         .iter()
@@ -266,7 +269,7 @@ fn release_ordinals(
     block: &IpamBlockSpec,
     cidr: IpNet,
     ordinals: &[u32],
-) -> Result<(IpamBlockSpec, Vec<(IpAddr, Option<String>)>), BlockError> {
+) -> Result<(IpamBlockSpec, Released), BlockError> {
     if ordinals.is_empty() {
         return Ok((block.clone(), Vec::new()));
     }

@@ -446,6 +446,29 @@ impl Ipam {
         Err(IpamError::Contended)
     }
 
+    /// The addresses a handle holds now.
+    pub async fn addresses_of_handle(&self, handle: &str) -> Result<Vec<IpAddr>, IpamError> {
+        let key = Key::cluster(Kind::IpamHandle, &pool::handle_name(handle));
+        let Some(stored) = self.store.get(&key).await? else {
+            return Ok(Vec::new());
+        };
+        let mut addresses = Vec::new();
+        for cidr_text in handle_spec(&stored)?.block.keys() {
+            let Ok(cidr) = cidr_text.parse::<IpNet>() else {
+                continue;
+            };
+            if let Some(read) = self.read_block(cidr).await? {
+                addresses.extend(
+                    block::allocated(&read.spec)
+                        .into_iter()
+                        .filter(|(_, a)| a.handle_id.as_deref() == Some(handle))
+                        .map(|(ip, _)| ip),
+                );
+            }
+        }
+        Ok(addresses)
+    }
+
     /// Releases every address of a handle and the handle, in one transaction; returns the
     /// addresses. A handle that does not exist releases nothing (DEL is idempotent).
     pub async fn release_handle(&self, handle: &str) -> Result<Vec<IpAddr>, IpamError> {

@@ -49,7 +49,11 @@ async fn main() -> anyhow::Result<()> {
             "spec": {"node": node, "pod": pod, "containerID": container, "endpoint": "eth0",
                      "orchestrator": "k8s", "ipNetworks": [ip.to_string()]},
         });
-        let key = Key::namespaced(Kind::WorkloadEndpoint, "stress", &format!("{node}-k8s-{pod}-eth0"));
+        let key = Key::namespaced(
+            Kind::WorkloadEndpoint,
+            "stress",
+            &format!("{node}-k8s-{pod}-eth0"),
+        );
         store.create(&key, endpoint).await?;
         writeln!(stdout, "endpoint {} {handle}", ip.addr())?;
         stdout.flush()?;

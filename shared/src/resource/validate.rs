@@ -121,7 +121,10 @@ pub fn validate(resource: &Resource) -> Vec<FieldError> {
         Resource::KubernetesNetworkPolicy(o) => check_kube_policy(&mut checker, &o.spec),
         Resource::IpamConfiguration(o) => {
             if resource.name() != "default" {
-                checker.fail("metadata.name", "the IPAM configuration must be named \"default\"");
+                checker.fail(
+                    "metadata.name",
+                    "the IPAM configuration must be named \"default\"",
+                );
             }
             let strict = o.spec.strict_affinity == Some(true);
             if o.spec.max_blocks_per_host.is_some_and(|max| max > 0) && !strict {

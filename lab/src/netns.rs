@@ -156,3 +156,99 @@ fn run_checked(command: &mut Command) -> Output {
     );
     output
 }
+
+/// Named namespaces the lab keeps between commands (not removed on drop): `ip netns` under
+/// the hood, every failure returned with the command's own message.
+pub mod named {
+    use std::process::{Command, Output};
+
+    fn run(command: &mut Command) -> Result<Output, String> {
+        let output = command
+            .output()
+            .map_err(|err| format!("cannot run {command:?}: {err}"))?;
+        if output.status.success() {
+            Ok(output)
+        } else {
+            Err(format!(
+                "{command:?} failed: {}",
+                String::from_utf8_lossy(&output.stderr).trim()
+            ))
+        }
+    }
+
+    /// Creates a namespace with its loopback up.
+    pub fn add(name: &str) -> Result<(), String> {
+        run(Command::new("ip").args(["netns", "add", name]))?;
+        ip(name, &["link", "set", "lo", "up"]).map(|_| ())
+    }
+
+    /// Deletes a namespace (a missing one is not an error).
+    pub fn delete(name: &str) -> Result<(), String> {
+        if !exists(name) {
+            return Ok(());
+        }
+        run(Command::new("ip").args(["netns", "delete", name])).map(|_| ())
+    }
+
+    /// Whether the namespace exists.
+    pub fn exists(name: &str) -> bool {
+        std::path::Path::new("/run/netns").join(name).exists()
+    }
+
+    /// The namespaces whose names start with `prefix`.
+    pub fn list(prefix: &str) -> Vec<String> {
+        let Ok(entries) = std::fs::read_dir("/run/netns") else {
+            return Vec::new();
+        };
+        let mut names: Vec<String> = entries
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| n.starts_with(prefix))
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// The processes running inside the namespace.
+    pub fn pids(name: &str) -> Vec<i32> {
+        let Ok(output) = run(Command::new("ip").args(["netns", "pids", name])) else {
+            return Vec::new();
+        };
+        String::from_utf8_lossy(&output.stdout)
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect()
+    }
+
+    /// Kills (SIGKILL) every process inside the namespace and waits until they are gone.
+    pub fn kill_all(name: &str) {
+        for _ in 0..50 {
+            let pids = pids(name);
+            if pids.is_empty() {
+                return;
+            }
+            for pid in pids {
+                let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    /// Runs `ip ARGS` inside the namespace.
+    pub fn ip(name: &str, args: &[&str]) -> Result<Output, String> {
+        run(Command::new("ip").arg("-n").arg(name).args(args))
+    }
+
+    /// Runs a program inside the namespace and returns its output.
+    pub fn exec(name: &str, program: &str, args: &[&str]) -> Result<Output, String> {
+        run(Command::new("ip")
+            .args(["netns", "exec", name, program])
+            .args(args))
+    }
+
+    /// A command that runs inside the namespace.
+    pub fn command(name: &str, program: &std::ffi::OsStr) -> Command {
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", name]).arg(program);
+        command
+    }
+}

@@ -1,0 +1,253 @@
+//! `twillctl lab`: a Twill cluster on this machine (see the twill-lab crate).
+
+use std::time::Duration;
+
+use clap::Subcommand;
+use serde_json::json;
+use twill_lab::probe::{table, ProbeResult};
+use twill_lab::topology::{Port, Topology};
+use twill_lab::{Lab, UpOptions};
+
+use crate::{usage, Failure};
+
+#[derive(Debug, clap::Args)]
+pub struct LabArgs {
+    #[command(subcommand)]
+    command: LabCommand,
+    /// The lab's name (its namespaces are twl-NAME.*, its state /run/twill/lab/NAME/).
+    #[arg(long, global = true, default_value = "twill")]
+    name: String,
+}
+
+/// Output formats of `lab status` and `lab probe`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LabOutput {
+    /// A table.
+    Table,
+    /// JSON.
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum LabCommand {
+    /// Build the lab: nodes, namespaces and pods of the topology; returns when every pod answers.
+    Up {
+        /// The topology file (namespaces, pods, ports).
+        #[arg(long)]
+        topology: Option<String>,
+        /// How many nodes.
+        #[arg(long, default_value_t = 1)]
+        nodes: usize,
+        /// Give pods an IPv6 address too.
+        #[arg(long)]
+        dual_stack: bool,
+    },
+    /// Remove everything the lab made (also after its processes were killed).
+    Down,
+    /// Apply a file to the lab's datastore; `v1` Pod documents create pods.
+    Apply {
+        /// The file (`-` reads standard input).
+        #[arg(short = 'f', long = "filename")]
+        file: String,
+    },
+    /// Delete what a file names; `v1` Pod documents remove pods.
+    Delete {
+        /// The file (`-` reads standard input).
+        #[arg(short = 'f', long = "filename")]
+        file: String,
+    },
+    /// Nodes and pods.
+    Status {
+        /// Output format.
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: LabOutput,
+    },
+    /// The pod × pod matrix, observed on the wire from inside each source pod.
+    Probe {
+        /// N/PROTO (repeatable); default: the topology's and the pods' ports.
+        #[arg(long = "port")]
+        ports: Vec<String>,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: LabOutput,
+        /// How long each probe waits for a reply, in milliseconds.
+        #[arg(long, default_value_t = 1000)]
+        timeout_ms: u64,
+    },
+    /// Run a command in a pod (pod names resolve to pod addresses).
+    Exec {
+        /// NS/POD.
+        pod: String,
+        /// The command and its arguments.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// (internal) Serve ports inside a pod, answering NS/POD.
+    #[command(hide = true)]
+    Responder {
+        /// What to answer.
+        #[arg(long)]
+        answer: String,
+        /// N/PROTO (repeatable).
+        #[arg(long = "port")]
+        ports: Vec<String>,
+    },
+    /// (internal) Probe targets read as JSON from standard input; print outcomes as JSON.
+    #[command(hide = true)]
+    ProbeAgent {
+        /// How long each probe waits, in milliseconds.
+        #[arg(long, default_value_t = 1000)]
+        timeout_ms: u64,
+    },
+}
+
+/// Runs `twillctl lab …`; `datastore_flag` is `--datastore` when given on the command line
+/// (the lab's own SQLite file otherwise).
+pub async fn run(args: LabArgs, datastore_flag: Option<String>) -> Result<(), Failure> {
+    match args.command {
+        LabCommand::Responder { answer, ports } => {
+            let ports = parse_ports(&ports)?;
+            return Ok(twill_lab::agent::respond(answer, ports).await?);
+        }
+        LabCommand::ProbeAgent { timeout_ms } => {
+            let mut input = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut input)?;
+            let targets = serde_json::from_str(&input)?;
+            let outcomes =
+                twill_lab::agent::probe_all(targets, Duration::from_millis(timeout_ms)).await;
+            println!("{}", serde_json::to_string(&outcomes)?);
+            return Ok(());
+        }
+        _ => {}
+    }
+    let lab = Lab::new(&args.name).map_err(|err| usage(format!("{err:#}")))?;
+    match args.command {
+        LabCommand::Up {
+            topology,
+            nodes,
+            dual_stack,
+        } => {
+            let topology = match topology {
+                Some(path) => Topology::parse(&read(&path)?)
+                    .map_err(|err| anyhow::anyhow!("{path}: {err:#}"))?,
+                None => Topology::default(),
+            };
+            let options = UpOptions {
+                topology,
+                nodes,
+                datastore: datastore_flag,
+                dual_stack,
+            };
+            let state = lab.up(options).await?;
+            println!(
+                "lab {} is up: {} node(s), {} pod(s), datastore {}",
+                state.name,
+                state.nodes.len(),
+                state.pods.len(),
+                state.datastore
+            );
+        }
+        LabCommand::Down => {
+            let removed = lab.down().await?;
+            println!(
+                "lab {} is down ({} objects removed)",
+                lab.name(),
+                removed.len()
+            );
+        }
+        LabCommand::Apply { file } => {
+            for line in lab.apply(&read(&file)?).await? {
+                println!("{line}");
+            }
+        }
+        LabCommand::Delete { file } => {
+            for line in lab.delete(&read(&file)?).await? {
+                println!("{line}");
+            }
+        }
+        LabCommand::Status { output } => status(&lab, output)?,
+        LabCommand::Probe {
+            ports,
+            output,
+            timeout_ms,
+        } => {
+            let ports = parse_ports(&ports)?;
+            let results = lab.probe(&ports, Duration::from_millis(timeout_ms)).await?;
+            print_probe(&results, output)?;
+        }
+        LabCommand::Exec { pod, command } => {
+            let code = lab.exec(&pod, &command)?;
+            if code != 0 {
+                std::process::exit(code);
+            }
+        }
+        LabCommand::Responder { .. } | LabCommand::ProbeAgent { .. } => {
+            unreachable!("handled above")
+        }
+    }
+    Ok(())
+}
+
+fn parse_ports(ports: &[String]) -> Result<Vec<Port>, Failure> {
+    ports
+        .iter()
+        .map(|p| Port::parse(p).map_err(|err| usage(format!("--port {err:#}"))))
+        .collect()
+}
+
+fn read(path: &str) -> anyhow::Result<String> {
+    if path == "-" {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)?;
+        return Ok(text);
+    }
+    std::fs::read_to_string(path).map_err(|err| anyhow::anyhow!("cannot read {path}: {err}"))
+}
+
+fn status(lab: &Lab, output: LabOutput) -> Result<(), Failure> {
+    let state = lab.state()?;
+    let value = json!({
+        "name": state.name,
+        "datastore": state.datastore,
+        "nodes": state.nodes.iter().map(|n| json!({"name": n.name, "address": n.address})).collect::<Vec<_>>(),
+        "pods": state.pods.iter().map(|p| json!({
+            "namespace": p.namespace, "name": p.name, "node": p.node,
+            "ip": p.ips.first(), "ips": p.ips, "labels": p.labels,
+        })).collect::<Vec<_>>(),
+    });
+    match output {
+        LabOutput::Json => println!("{}", serde_json::to_string_pretty(&value)?),
+        LabOutput::Table => {
+            println!("lab {} (datastore {})", state.name, state.datastore);
+            println!("{:<10} ADDRESS", "NODE");
+            for node in &state.nodes {
+                println!("{:<10} {}", node.name, node.address);
+            }
+            println!();
+            println!("{:<24} {:<10} {:<28} LABELS", "POD", "NODE", "IPS");
+            for pod in &state.pods {
+                let labels: Vec<String> =
+                    pod.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                println!(
+                    "{:<24} {:<10} {:<28} {}",
+                    pod.id(),
+                    pod.node,
+                    pod.ips.join(","),
+                    labels.join(",")
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn print_probe(results: &[ProbeResult], output: LabOutput) -> Result<(), Failure> {
+    match output {
+        LabOutput::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({"results": results}))?
+        ),
+        LabOutput::Table => print!("{}", table(results)),
+    }
+    Ok(())
+}

@@ -1,0 +1,866 @@
+//! Building, changing and removing a lab: node namespaces on an underlay bridge, pods wired
+//! by the real `twill` plugin exactly as a container runtime calls it, a responder in each.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use serde_json::json;
+use twill_shared::client::{Client, WriteMode};
+use twill_shared::datastore::{connect, Datastore};
+use twill_shared::resource::document::parse_documents;
+use twill_shared::resource::kube::PodSpec;
+use twill_shared::resource::{Key, Kind, Object, Resource};
+
+use crate::agent::Target;
+use crate::netns::named;
+use crate::state::{self, NodeState, PodState, State, Tools};
+use crate::topology::{Port, Topology};
+
+/// The network name of the lab's CNI configuration (handles are `k8s-pod-network.<id>`).
+pub const NETWORK: &str = "k8s-pod-network";
+/// The lab's pod pool.
+pub const POD_POOL: &str = "10.90.0.0/16";
+/// The lab's IPv6 pod pool.
+pub const POD_POOL_V6: &str = "fd00:90::/48";
+/// The underlay router's address (on the underlay bridge).
+pub const UNDERLAY_GATEWAY: &str = "198.18.0.1";
+/// How long `up` and `apply` wait for every pod to answer.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How to build a lab.
+#[derive(Debug, Clone, Default)]
+pub struct UpOptions {
+    /// Namespaces, pods and ports.
+    pub topology: Topology,
+    /// How many nodes (at least 1).
+    pub nodes: usize,
+    /// Datastore URL (default: SQLite in the lab's directory).
+    pub datastore: Option<String>,
+    /// Give pods an IPv6 address too.
+    pub dual_stack: bool,
+}
+
+/// One lab on this machine.
+#[derive(Debug, Clone)]
+pub struct Lab {
+    name: String,
+    tools: Tools,
+}
+
+/// A lab name: lowercase letters, digits and '-', at most 24.
+pub fn check_lab_name(name: &str) -> anyhow::Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 24
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if !ok {
+        bail!("{name:?} is not a lab name (lowercase letters, digits and '-', at most 24)");
+    }
+    Ok(())
+}
+
+impl Lab {
+    /// The lab `name`, with its tools found.
+    pub fn new(name: &str) -> anyhow::Result<Lab> {
+        check_lab_name(name)?;
+        Ok(Lab {
+            name: name.to_string(),
+            tools: Tools::find()?,
+        })
+    }
+
+    /// The lab's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The prefix of every namespace this lab makes (the dot cannot be in a lab name, so one
+    /// lab's prefix never matches another's namespaces).
+    fn prefix(&self) -> String {
+        format!("twl-{}.", self.name)
+    }
+
+    fn dir(&self) -> PathBuf {
+        state::dir(&self.name)
+    }
+
+    /// The state as saved.
+    pub fn state(&self) -> anyhow::Result<State> {
+        state::load(&self.name)
+    }
+
+    async fn store(&self, state: &State) -> anyhow::Result<Arc<dyn Datastore>> {
+        connect(&state.datastore)
+            .await
+            .with_context(|| format!("cannot open the lab's datastore {}", state.datastore))
+    }
+
+    /// Builds the lab; returns when every pod answers.
+    pub async fn up(&self, options: UpOptions) -> anyhow::Result<State> {
+        let leftovers = named::list(&self.prefix());
+        if self.dir().join("state.json").exists() || !leftovers.is_empty() {
+            bail!(
+                "lab {:?} is already up (or was left behind); `twillctl lab down --name {}` first",
+                self.name,
+                self.name
+            );
+        }
+        std::fs::create_dir_all(self.dir())
+            .with_context(|| format!("cannot create {}", self.dir().display()))?;
+        let datastore = options
+            .datastore
+            .clone()
+            .unwrap_or_else(|| format!("sqlite:{}", self.dir().join("twill.db").display()));
+        let mut state = State {
+            name: self.name.clone(),
+            datastore,
+            nodes: Vec::new(),
+            pods: Vec::new(),
+            ports: options.topology.ports.clone(),
+            created: 0,
+        };
+        let result = self.build(&mut state, &options).await;
+        if let Err(err) = result {
+            let _ = self.down().await;
+            return Err(err);
+        }
+        Ok(state)
+    }
+
+    async fn build(&self, state: &mut State, options: &UpOptions) -> anyhow::Result<()> {
+        let underlay = format!("{}underlay", self.prefix());
+        named::add(&underlay).map_err(anyhow::Error::msg)?;
+        named::ip(&underlay, &["link", "add", "br0", "type", "bridge"])
+            .map_err(anyhow::Error::msg)?;
+        named::ip(&underlay, &["link", "set", "br0", "up"]).map_err(anyhow::Error::msg)?;
+        // The underlay's router: every node's default gateway (and, later, the rack's).
+        named::ip(
+            &underlay,
+            &[
+                "addr",
+                "add",
+                &format!("{UNDERLAY_GATEWAY}/24"),
+                "dev",
+                "br0",
+            ],
+        )
+        .map_err(anyhow::Error::msg)?;
+        for index in 1..=options.nodes.max(1) {
+            state.nodes.push(self.add_node(&underlay, index)?);
+        }
+        let store = self.store(state).await?;
+        self.write_cluster_resources(&store, state, options).await?;
+        for node in &state.nodes {
+            self.write_cni_config(state, node, options.dual_stack)?;
+        }
+        state::save(state)?;
+        let namespaces: Vec<Resource> = options
+            .topology
+            .namespaces
+            .iter()
+            .map(|(name, labels)| namespace_resource(name, labels))
+            .collect();
+        Client::new(store.clone())
+            .write_all(&namespaces, WriteMode::Apply)
+            .await?;
+        for pod in &options.topology.pods {
+            let resource = topology_pod(pod, &options.topology.ports);
+            self.add_pod(state, &store, resource, pod.node.clone())
+                .await?;
+        }
+        self.write_hosts(state)?;
+        self.wait_until_answering(state, None).await
+    }
+
+    fn add_node(&self, underlay: &str, index: usize) -> anyhow::Result<NodeState> {
+        let name = format!("node-{index}");
+        let netns = format!("{}{name}", self.prefix());
+        let address = format!("198.18.0.{}", 10 + index);
+        let port = format!("n{index}");
+        let step = |result: Result<std::process::Output, String>| {
+            result.map(|_| ()).map_err(anyhow::Error::msg)
+        };
+        step(named::add(&netns).map(|()| empty_output()))?;
+        step(named::ip(
+            &netns,
+            &[
+                "link", "add", "eth0", "type", "veth", "peer", "name", &port, "netns", underlay,
+            ],
+        ))?;
+        step(named::ip(
+            underlay,
+            &["link", "set", &port, "master", "br0", "up"],
+        ))?;
+        step(named::ip(
+            &netns,
+            &["addr", "add", &format!("{address}/24"), "dev", "eth0"],
+        ))?;
+        step(named::ip(&netns, &["link", "set", "eth0", "up"]))?;
+        // A default route, as a real node has: proxy ARP answers for 169.254.1.1 only when
+        // the node can route it out another interface.
+        step(named::ip(
+            &netns,
+            &["route", "add", "default", "via", UNDERLAY_GATEWAY],
+        ))?;
+        for setting in ["net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"] {
+            step(named::exec(&netns, "sysctl", &["-qw", setting]))?;
+        }
+        Ok(NodeState {
+            name,
+            netns,
+            address,
+        })
+    }
+
+    async fn write_cluster_resources(
+        &self,
+        store: &Arc<dyn Datastore>,
+        state: &State,
+        options: &UpOptions,
+    ) -> anyhow::Result<()> {
+        let mut documents = vec![
+            json!({"apiVersion": "projectcalico.org/v3", "kind": "IPPool",
+            "metadata": {"name": "default-ipv4-ippool"},
+            "spec": {"cidr": POD_POOL, "blockSize": 26, "natOutgoing": false, "nodeSelector": "all()"}}),
+        ];
+        if options.dual_stack {
+            documents.push(
+                json!({"apiVersion": "projectcalico.org/v3", "kind": "IPPool",
+                "metadata": {"name": "default-ipv6-ippool"},
+                "spec": {"cidr": POD_POOL_V6, "blockSize": 122, "nodeSelector": "all()"}}),
+            );
+        }
+        for node in &state.nodes {
+            documents.push(json!({"apiVersion": "projectcalico.org/v3", "kind": "Node",
+                "metadata": {"name": node.name, "labels": {"kubernetes.io/hostname": node.name}},
+                "spec": {"bgp": {"ipv4Address": format!("{}/24", node.address)}}}));
+        }
+        let text: String = documents.iter().map(|d| format!("---\n{d}\n")).collect();
+        let resources = parse_documents(&text).map_err(document_errors)?;
+        Client::new(store.clone())
+            .write_all(&resources, WriteMode::Apply)
+            .await?;
+        Ok(())
+    }
+
+    fn node_dir(&self, node: &str) -> PathBuf {
+        self.dir().join(node)
+    }
+
+    fn write_cni_config(
+        &self,
+        state: &State,
+        node: &NodeState,
+        dual_stack: bool,
+    ) -> anyhow::Result<()> {
+        let dir = self.node_dir(&node.name);
+        std::fs::create_dir_all(dir.join("net.d"))?;
+        let conflist = json!({
+            "cniVersion": "1.0.0",
+            "name": NETWORK,
+            "plugins": [{
+                "type": "twill",
+                "datastore": state.datastore,
+                "nodename": node.name,
+                "mtu": 1500,
+                "log_level": "info",
+                "log_file_path": dir.join("cni.log"),
+                "ipam_lock_file": dir.join("ipam.lock"),
+                "ipam": {"type": "twill-ipam", "ipv4_pools": [], "ipv6_pools": [],
+                         "assign_ipv4": "true", "assign_ipv6": if dual_stack { "true" } else { "false" }},
+            }],
+        });
+        std::fs::write(
+            dir.join("net.d/10-twill.conflist"),
+            serde_json::to_vec_pretty(&conflist)?,
+        )?;
+        Ok(())
+    }
+
+    /// The plugin's stdin for one call, as a runtime builds it from the conflist: the
+    /// plugin's object with the list's `cniVersion` and `name`.
+    fn plugin_config(&self, node: &str) -> anyhow::Result<serde_json::Value> {
+        let path = self.node_dir(node).join("net.d/10-twill.conflist");
+        let conflist: serde_json::Value = serde_json::from_slice(&std::fs::read(&path)?)?;
+        let mut plugin = conflist["plugins"][0].clone();
+        plugin["cniVersion"] = conflist["cniVersion"].clone();
+        plugin["name"] = conflist["name"].clone();
+        Ok(plugin)
+    }
+
+    /// Calls the `twill` plugin inside the node's namespace, as kubelet's runtime would.
+    async fn call_cni(
+        &self,
+        command: &str,
+        node: &NodeState,
+        pod: &PodState,
+    ) -> anyhow::Result<serde_json::Value> {
+        let config = serde_json::to_vec(&self.plugin_config(&node.name)?)?;
+        let args = format!(
+            "IgnoreUnknown=1;K8S_POD_NAMESPACE={};K8S_POD_NAME={};K8S_POD_INFRA_CONTAINER_ID={}",
+            pod.namespace, pod.name, pod.container_id
+        );
+        let mut child = tokio::process::Command::from(named::command(
+            &node.netns,
+            self.tools.twill.as_os_str(),
+        ))
+        .env("CNI_COMMAND", command)
+        .env("CNI_CONTAINERID", &pod.container_id)
+        .env("CNI_NETNS", format!("/run/netns/{}", pod.netns))
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_ARGS", args)
+        .env("CNI_PATH", self.tools.cni_dir())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("cannot run the twill plugin")?;
+        if let Some(mut stdin) = child.stdin.take() {
+            use tokio::io::AsyncWriteExt;
+            stdin.write_all(&config).await?;
+        }
+        let output = child.wait_with_output().await?;
+        let value: serde_json::Value =
+            serde_json::from_slice(&output.stdout).unwrap_or(serde_json::Value::Null);
+        if !output.status.success() {
+            bail!(
+                "CNI {command} of {} failed: {} {}",
+                pod.id(),
+                value,
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
+        }
+        Ok(value)
+    }
+
+    /// Creates one pod: its namespace, its Pod resource, the plugin's ADD, then its
+    /// responder (or its own command).
+    async fn add_pod(
+        &self,
+        state: &mut State,
+        store: &Arc<dyn Datastore>,
+        pod: Object<PodSpec>,
+        node: Option<String>,
+    ) -> anyhow::Result<()> {
+        let namespace = pod
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into());
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        if state.pod(&format!("{namespace}/{name}")).is_some() {
+            bail!(
+                "pod {namespace}/{name} exists already in lab {:?}",
+                self.name
+            );
+        }
+        let node = match node.or_else(|| pod.spec.node_name.clone()) {
+            Some(node) => state
+                .node(&node)
+                .cloned()
+                .with_context(|| format!("pod {namespace}/{name}: no node {node:?} in the lab"))?,
+            None => state.nodes[(state.created as usize) % state.nodes.len()].clone(),
+        };
+        state.created += 1;
+        let mut pod = pod;
+        pod.spec.node_name = Some(node.name.clone());
+        pod.metadata.namespace = Some(namespace.clone());
+        self.ensure_namespace(store, &namespace).await?;
+        Client::new(store.clone())
+            .write_all(&[Resource::Pod(pod.clone())], WriteMode::Apply)
+            .await?;
+        let mut record = PodState {
+            namespace: namespace.clone(),
+            name: name.clone(),
+            node: node.name.clone(),
+            netns: format!("{}p.{namespace}.{name}", self.prefix()),
+            container_id: format!(
+                "{:016x}{:08x}",
+                fnv64(&format!("{}/{namespace}/{name}", self.name)),
+                state.created
+            ),
+            ips: Vec::new(),
+            labels: pod.metadata.labels.clone().unwrap_or_default(),
+            serves: Vec::new(),
+            command: None,
+        };
+        named::add(&record.netns).map_err(anyhow::Error::msg)?;
+        let result = match self.call_cni("ADD", &node, &record).await {
+            Ok(result) => result,
+            Err(err) => {
+                let _ = named::delete(&record.netns);
+                return Err(err);
+            }
+        };
+        record.ips = result["ips"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|ip| ip["address"].as_str())
+            .map(|a| a.split('/').next().unwrap_or(a).to_string())
+            .collect();
+        let (serves, command) = workload_of(&pod, &state.ports);
+        record.serves = serves;
+        record.command = command;
+        self.start_workload(&record)?;
+        state.pods.push(record);
+        state::save(state)?;
+        Ok(())
+    }
+
+    async fn ensure_namespace(
+        &self,
+        store: &Arc<dyn Datastore>,
+        namespace: &str,
+    ) -> anyhow::Result<()> {
+        let key = Key::cluster(Kind::Namespace, namespace);
+        if store.get(&key).await?.is_none() {
+            let resource = namespace_resource(namespace, &BTreeMap::new());
+            Client::new(store.clone())
+                .write_all(&[resource], WriteMode::Apply)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Starts the pod's command, or the responder, detached, logging into the lab directory.
+    fn start_workload(&self, pod: &PodState) -> anyhow::Result<()> {
+        let log_path = self
+            .dir()
+            .join("logs")
+            .join(format!("{}.{}.log", pod.namespace, pod.name));
+        std::fs::create_dir_all(log_path.parent().expect("a parent"))?;
+        let log = std::fs::File::create(&log_path)?;
+        let mut command = match &pod.command {
+            Some(argv) => {
+                let program = resolve_program(&argv[0]);
+                let mut command = named::command(&pod.netns, program.as_os_str());
+                command.args(&argv[1..]).current_dir(self.dir());
+                command
+            }
+            None => {
+                let mut command = named::command(&pod.netns, self.tools.twillctl.as_os_str());
+                command.args(["lab", "responder", "--answer", &pod.id()]);
+                for port in &pod.serves {
+                    command.args(["--port", &port.label()]);
+                }
+                command
+            }
+        };
+        use std::os::unix::process::CommandExt;
+        command
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .with_context(|| format!("cannot start the workload of {}", pod.id()))?;
+        Ok(())
+    }
+
+    /// Waits until every pod (or `only` these) answers on a port it serves, probed from its
+    /// node's namespace.
+    async fn wait_until_answering(
+        &self,
+        state: &State,
+        only: Option<&[String]>,
+    ) -> anyhow::Result<()> {
+        let deadline = Instant::now() + ANSWER_TIMEOUT;
+        let pods: Vec<&PodState> = state
+            .pods
+            .iter()
+            .filter(|p| only.is_none_or(|o| o.contains(&p.id())))
+            .collect();
+        for pod in pods {
+            let node = state.node(&pod.node).context("the pod's node")?;
+            loop {
+                let ports = self.listening_ports(pod);
+                let answered = match ports.first() {
+                    Some(port) => self.answers(node, pod, port).await,
+                    None => false,
+                };
+                if answered {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    bail!(
+                        "pod {} did not answer within {ANSWER_TIMEOUT:?} (see {})",
+                        pod.id(),
+                        self.dir().join("logs").display()
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// The ports the pod should answer on: the responder's, or what its command listens on.
+    fn listening_ports(&self, pod: &PodState) -> Vec<Port> {
+        if pod.command.is_none() {
+            return pod.serves.clone();
+        }
+        let Ok(output) = named::exec(&pod.netns, "ss", &["-Hltn"]) else {
+            return Vec::new();
+        };
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .filter_map(|line| {
+                line.split_whitespace()
+                    .nth(3)?
+                    .rsplit(':')
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+            .map(|port| Port {
+                name: None,
+                port,
+                protocol: "TCP".into(),
+            })
+            .collect()
+    }
+
+    async fn answers(&self, node: &NodeState, pod: &PodState, port: &Port) -> bool {
+        let Some(ip) = pod.ips.first().and_then(|ip| ip.parse().ok()) else {
+            return false;
+        };
+        let target = Target {
+            to: pod.id(),
+            ip,
+            port: port.port,
+            protocol: port.protocol.clone(),
+        };
+        match self
+            .run_agent(&node.netns, vec![target], Duration::from_millis(500))
+            .await
+        {
+            Ok(outcomes) => outcomes.first().is_some_and(|o| o.connected),
+            Err(_) => false,
+        }
+    }
+
+    /// Runs the probe agent inside a namespace.
+    pub(crate) async fn run_agent(
+        &self,
+        netns: &str,
+        targets: Vec<Target>,
+        timeout: Duration,
+    ) -> anyhow::Result<Vec<crate::agent::Outcome>> {
+        let mut child =
+            tokio::process::Command::from(named::command(netns, self.tools.twillctl.as_os_str()))
+                .args([
+                    "lab",
+                    "probe-agent",
+                    "--timeout-ms",
+                    &timeout.as_millis().to_string(),
+                ])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .context("cannot run the probe agent")?;
+        if let Some(mut stdin) = child.stdin.take() {
+            use tokio::io::AsyncWriteExt;
+            stdin.write_all(&serde_json::to_vec(&targets)?).await?;
+        }
+        let output = child.wait_with_output().await?;
+        if !output.status.success() {
+            bail!(
+                "the probe agent in {netns} failed: {}",
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
+        }
+        Ok(serde_json::from_slice(&output.stdout)?)
+    }
+
+    /// Writes each pod's /etc/hosts (through `ip netns exec`'s /etc/netns/NAME): pods of the
+    /// same namespace by name, every pod as `pod.ns` and `pod.ns.svc.cluster.local`.
+    fn write_hosts(&self, state: &State) -> anyhow::Result<()> {
+        for pod in &state.pods {
+            let mut text = String::from("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost\n");
+            for other in &state.pods {
+                for ip in &other.ips {
+                    let qualified = format!(
+                        "{0}.{1} {0}.{1}.svc {0}.{1}.svc.cluster.local",
+                        other.name, other.namespace
+                    );
+                    if other.namespace == pod.namespace {
+                        text.push_str(&format!("{ip}\t{} {qualified}\n", other.name));
+                    } else {
+                        text.push_str(&format!("{ip}\t{qualified}\n"));
+                    }
+                }
+            }
+            let dir = Path::new("/etc/netns").join(&pod.netns);
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+            std::fs::write(dir.join("hosts"), text)?;
+        }
+        Ok(())
+    }
+
+    /// Applies a file to the lab's datastore; `v1` Pod documents create pods. Returns a line
+    /// per document.
+    pub async fn apply(&self, text: &str) -> anyhow::Result<Vec<String>> {
+        let mut state = self.state()?;
+        let store = self.store(&state).await?;
+        let resources = parse_documents(text).map_err(document_errors)?;
+        let (pods, others): (Vec<Resource>, Vec<Resource>) =
+            resources.into_iter().partition(|r| r.kind() == Kind::Pod);
+        let mut lines = Vec::new();
+        if !others.is_empty() {
+            for (key, outcome) in Client::new(store.clone())
+                .write_all(&others, WriteMode::Apply)
+                .await?
+            {
+                lines.push(format!("{key}: {outcome:?}").to_lowercase());
+            }
+        }
+        let mut added = Vec::new();
+        for resource in pods {
+            let Resource::Pod(pod) = resource else {
+                continue;
+            };
+            let id = format!(
+                "{}/{}",
+                pod.metadata.namespace.as_deref().unwrap_or("default"),
+                pod.metadata.name.as_deref().unwrap_or("")
+            );
+            if state.pod(&id).is_some() {
+                Client::new(store.clone())
+                    .write_all(&[Resource::Pod(pod)], WriteMode::Apply)
+                    .await?;
+                lines.push(format!(
+                    "pod {id}: configured (the lab keeps the running pod)"
+                ));
+                continue;
+            }
+            self.add_pod(&mut state, &store, pod, None).await?;
+            added.push(id.clone());
+            lines.push(format!(
+                "pod {id}: created on {}",
+                state.pod(&id).map(|p| p.node.as_str()).unwrap_or("?")
+            ));
+        }
+        if !added.is_empty() {
+            self.write_hosts(&state)?;
+            self.wait_until_answering(&state, Some(&added)).await?;
+        }
+        Ok(lines)
+    }
+
+    /// Deletes what a file names; `v1` Pod documents remove pods.
+    pub async fn delete(&self, text: &str) -> anyhow::Result<Vec<String>> {
+        let mut state = self.state()?;
+        let store = self.store(&state).await?;
+        let resources = parse_documents(text).map_err(document_errors)?;
+        let mut lines = Vec::new();
+        for resource in &resources {
+            if let Resource::Pod(pod) = resource {
+                let id = format!(
+                    "{}/{}",
+                    pod.metadata.namespace.as_deref().unwrap_or("default"),
+                    pod.metadata.name.as_deref().unwrap_or("")
+                );
+                if let Some(index) = state.pods.iter().position(|p| p.id() == id) {
+                    let record = state.pods.remove(index);
+                    self.remove_pod(&state, &record).await?;
+                    state::save(&state)?;
+                }
+            }
+            match store.delete(&resource.key(), None).await {
+                Ok(_) => lines.push(format!("{}: deleted", resource.key())),
+                Err(twill_shared::datastore::DatastoreError::NotFound { .. }) => {
+                    lines.push(format!("{}: not found", resource.key()))
+                }
+                Err(err) => return Err(err.into()),
+            }
+        }
+        self.write_hosts(&state)?;
+        Ok(lines)
+    }
+
+    async fn remove_pod(&self, state: &State, pod: &PodState) -> anyhow::Result<()> {
+        named::kill_all(&pod.netns);
+        if let Some(node) = state.node(&pod.node) {
+            self.call_cni("DEL", node, pod).await?;
+        }
+        named::delete(&pod.netns).map_err(anyhow::Error::msg)?;
+        let _ = std::fs::remove_dir_all(Path::new("/etc/netns").join(&pod.netns));
+        Ok(())
+    }
+
+    /// Removes everything the lab made: processes, namespaces (and with them every link and
+    /// route), /etc/netns entries, the state directory. Works after a lab whose processes
+    /// were killed, and on a lab that is not up (nothing to do). Returns what was removed.
+    pub async fn down(&self) -> anyhow::Result<Vec<String>> {
+        let mut removed = Vec::new();
+        if let Ok(state) = self.state() {
+            // Release the pods' addresses where the datastore outlives the lab.
+            if !state
+                .datastore
+                .starts_with(&format!("sqlite:{}", self.dir().display()))
+            {
+                for pod in &state.pods {
+                    named::kill_all(&pod.netns);
+                    if let Some(node) = state.node(&pod.node) {
+                        if let Err(err) = self.call_cni("DEL", node, pod).await {
+                            tracing::warn!(pod = %pod.id(), error = %err, "CNI DEL failed during lab down");
+                        }
+                    }
+                }
+            }
+        }
+        let namespaces = named::list(&self.prefix());
+        for netns in &namespaces {
+            named::kill_all(netns);
+        }
+        for netns in namespaces {
+            named::delete(&netns).map_err(anyhow::Error::msg)?;
+            let _ = std::fs::remove_dir_all(Path::new("/etc/netns").join(&netns));
+            removed.push(format!("namespace {netns}"));
+        }
+        if let Ok(entries) = std::fs::read_dir("/etc/netns") {
+            for entry in entries.flatten() {
+                if entry
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with(&self.prefix())
+                {
+                    let _ = std::fs::remove_dir_all(entry.path());
+                }
+            }
+        }
+        if self.dir().exists() {
+            std::fs::remove_dir_all(self.dir())
+                .with_context(|| format!("cannot remove {}", self.dir().display()))?;
+            removed.push(format!("directory {}", self.dir().display()));
+        }
+        Ok(removed)
+    }
+
+    /// Runs a command in a pod (inheriting this process's standard streams); returns its exit
+    /// code.
+    pub fn exec(&self, pod: &str, argv: &[String]) -> anyhow::Result<i32> {
+        let state = self.state()?;
+        let record = state
+            .pod(pod)
+            .with_context(|| format!("no pod {pod:?} in lab {:?} (pods are NS/POD)", self.name))?;
+        let program = resolve_program(&argv[0]);
+        let status = named::command(&record.netns, program.as_os_str())
+            .args(&argv[1..])
+            .status()
+            .with_context(|| format!("cannot run {} in {pod}", argv[0]))?;
+        Ok(status.code().unwrap_or(1))
+    }
+
+    /// The lab's tools.
+    pub fn tools(&self) -> &Tools {
+        &self.tools
+    }
+}
+
+fn empty_output() -> std::process::Output {
+    std::process::Output {
+        status: std::process::ExitStatus::default(),
+        stdout: Vec::new(),
+        stderr: Vec::new(),
+    }
+}
+
+fn document_errors(errors: twill_shared::resource::document::DocumentErrors) -> anyhow::Error {
+    anyhow::anyhow!("{errors}")
+}
+
+/// A program name as a pod image would have it: `python` is `python3` where only that exists.
+fn resolve_program(name: &str) -> PathBuf {
+    if name.contains('/') {
+        return PathBuf::from(name);
+    }
+    state::find_program(name)
+        .or_else(|_| {
+            if name == "python" {
+                state::find_program("python3")
+            } else {
+                Err(anyhow::anyhow!(""))
+            }
+        })
+        .unwrap_or_else(|_| PathBuf::from(name))
+}
+
+/// What runs in a pod: its command when it has one that runs here, else the responder on
+/// the topology's ports and the pod's container ports.
+fn workload_of(pod: &Object<PodSpec>, topology_ports: &[Port]) -> (Vec<Port>, Option<Vec<String>>) {
+    let container = pod.spec.containers.first();
+    if let Some(argv) = container.and_then(|c| {
+        let mut argv = c.command.clone().unwrap_or_default();
+        argv.extend(c.args.clone().unwrap_or_default());
+        (!argv.is_empty()).then_some(argv)
+    }) {
+        if argv[0].contains('/') && Path::new(&argv[0]).is_file()
+            || resolve_program(&argv[0]).is_absolute()
+        {
+            return (Vec::new(), Some(argv));
+        }
+    }
+    let mut ports: Vec<Port> = topology_ports.to_vec();
+    for container in &pod.spec.containers {
+        for port in container.ports.iter().flatten() {
+            let candidate = Port {
+                name: port.name.clone(),
+                port: port.container_port,
+                protocol: port
+                    .protocol
+                    .clone()
+                    .unwrap_or_else(|| "TCP".into())
+                    .to_ascii_uppercase(),
+            };
+            if !ports
+                .iter()
+                .any(|p| p.port == candidate.port && p.protocol == candidate.protocol)
+            {
+                ports.push(candidate);
+            }
+        }
+    }
+    (ports, None)
+}
+
+fn namespace_resource(name: &str, labels: &BTreeMap<String, String>) -> Resource {
+    let mut labels = labels.clone();
+    labels.insert("kubernetes.io/metadata.name".into(), name.into());
+    let value = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels}});
+    Resource::decode(Kind::Namespace, value).expect("a namespace document decodes")
+}
+
+fn topology_pod(pod: &crate::topology::PodEntry, ports: &[Port]) -> Object<PodSpec> {
+    let container_ports: Vec<serde_json::Value> = ports
+        .iter()
+        .map(|p| {
+            let mut port = json!({"containerPort": p.port, "protocol": p.protocol});
+            if let Some(name) = &p.name {
+                port["name"] = json!(name);
+            }
+            port
+        })
+        .collect();
+    let value = json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": pod.name, "namespace": pod.ns, "labels": pod.labels},
+        "spec": {"containers": [{"name": "responder", "image": "twill/responder", "ports": container_ports}]}});
+    match Resource::decode(Kind::Pod, value).expect("a topology pod decodes") {
+        Resource::Pod(pod) => pod,
+        _ => unreachable!("decoded as a Pod"),
+    }
+}
+
+fn fnv64(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
