@@ -10,7 +10,6 @@ CARGO ?= cargo
 # Debian packages the build and the tests need: protoc for etcd-client's build, etcd and the
 # BGP peers (gobgpd, bird2, frr) as real peers, and the kernel tools.
 DEB_PACKAGES := protobuf-compiler etcd-server etcd-client gobgpd bird2 frr iproute2 iptables ipset curl containernetworking-plugins python3
-DEMO_DIR ?= /tmp/twill-demo
 # Cargo says where it builds (CARGO_TARGET_DIR, build.target-dir or ./target); asked only when
 # a recipe uses it, so that `make deps` works before cargo is installed.
 TWILLCTL = $(shell $(CARGO) metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')/debug/twillctl
@@ -50,19 +49,28 @@ test: build check
 	@set -o pipefail; $(CARGO) test --workspace 2>&1 | \
 	awk '{ print; fflush() } /^test result:/ { p += $$4; f += $$6 } END { printf "summary: %d passed, %d failed\n", p, f }'
 
+# The lab (network namespaces on this machine, pods wired by the real twill CNI plugin), the
+# first seed article's pods, then its policies and the second article's, stored and listed.
+# The lab is always taken down at the end, also when a step fails.
 demo: deps
-	$(CARGO) build -q -p twillctl
-	@rm -rf $(DEMO_DIR) && mkdir -p $(DEMO_DIR)
-	@export TWILL_DATASTORE=sqlite:$(DEMO_DIR)/twill.db; set -e; \
-	step() { echo; echo "\$$ twillctl $$*"; $(TWILLCTL) "$$@"; }; \
-	echo "Seed walkthrough on the embedded datastore ($$TWILL_DATASTORE)"; \
-	step apply -f examples/seed-walkthrough/01-pods.yaml; \
-	step get pods -o wide; \
-	echo; echo "# Deny all ingress to the backend:"; \
-	step apply -f examples/seed-walkthrough/02-deny-all-ingress-to-backend.yaml; \
-	step get networkpolicies.networking.k8s.io; \
-	echo; echo "# Allow the frontend to reach the backend on TCP 8000:"; \
-	step apply -f examples/seed-walkthrough/03-allow-frontend-to-backend.yaml; \
+	$(CARGO) build -q -p twillctl -p twill-cni
+	@set -e; lab() { echo; echo "\$$ twillctl lab $$*"; $(TWILLCTL) lab --name demo "$$@"; }; \
+	trap '$(TWILLCTL) lab --name demo down >/dev/null 2>&1 || true' EXIT; \
+	$(TWILLCTL) lab --name demo down >/dev/null; \
+	echo "# A one-node lab: namespaces on this machine, closed off from its own network."; \
+	lab up; \
+	echo; echo "# The first article's pods, created through the twill CNI plugin:"; \
+	lab apply -f examples/seed-walkthrough/01-pods.yaml; \
+	lab status; \
+	echo; echo "# The frontend reaches the backend's python http.server by name:"; \
+	lab exec default/frontend -- curl -s -o /dev/null -w '%{http_code}\n' --max-time 5 http://backend:8000; \
+	echo; echo "# Who reaches whom, observed on the wire (rows from, columns to):"; \
+	lab probe --port 80/TCP --port 8000/TCP; \
+	echo; echo "# The article's policies are stored (enforcement comes with the policy engine):"; \
+	lab apply -f examples/seed-walkthrough/02-deny-all-ingress-to-backend.yaml; \
+	lab apply -f examples/seed-walkthrough/03-allow-frontend-to-backend.yaml; \
+	datastore=$$($(TWILLCTL) lab --name demo status -o json | sed -n 's/.*"datastore": "\(.*\)".*/\1/p'); \
+	step() { echo; echo "\$$ twillctl $$*"; $(TWILLCTL) --datastore "$$datastore" "$$@"; }; \
 	step get networkpolicies.networking.k8s.io; \
 	step get networkpolicies.networking.k8s.io allow-frontend-to-backend -o yaml; \
 	echo; echo "# The second article's Calico policies:"; \
@@ -71,7 +79,13 @@ demo: deps
 	step get networkpolicies -A -o wide; \
 	echo; echo "# A bad document is refused, naming the document, the field and the reason:"; \
 	printf 'apiVersion: projectcalico.org/v3\nkind: NetworkPolicy\nmetadata:\n  name: bad\nspec:\n  selector: app = '"'"'x'"'"'\n' \
-		| $(TWILLCTL) apply -f - || true
+		| $(TWILLCTL) --datastore "$$datastore" apply -f - || true; \
+	echo; echo "# Addresses, as calicoctl ipam show prints them:"; \
+	step ipam show --show-blocks; \
+	step ipam check; \
+	lab down; \
+	left=$$(ls /run/netns 2>/dev/null | grep -c '^twl-demo\.' || true); \
+	echo "namespaces left behind: $$left"; [ "$$left" = 0 ]
 
 # Needs root: the BGP benchmark builds network namespaces.
 bench: deps
