@@ -53,6 +53,10 @@ struct LabGuard {
 
 impl LabGuard {
     fn up(topology: &str) -> LabGuard {
+        LabGuard::up_with(topology, &[])
+    }
+
+    fn up_with(topology: &str, extra: &[&str]) -> LabGuard {
         let plugin = Path::new(env!("CARGO_BIN_EXE_twillctl")).with_file_name("twill");
         assert!(
             plugin.exists(),
@@ -67,7 +71,9 @@ impl LabGuard {
         let guard = LabGuard { name };
         let file = tempfile::NamedTempFile::new().unwrap();
         std::fs::write(file.path(), topology).unwrap();
-        guard.ok(&["up", "--topology", file.path().to_str().unwrap()]);
+        let mut args = vec!["up", "--topology", file.path().to_str().unwrap()];
+        args.extend_from_slice(extra);
+        guard.ok(&args);
         guard
     }
 
@@ -481,4 +487,39 @@ fn bad_topologies_and_names_are_refused_before_anything_is_made() {
     assert_eq!(leftovers(&name), Vec::<String>::new());
     let run = twillctl(&["lab", "--name", "No.Dots", "status"], None);
     assert_eq!(run.code, 2, "{}", run.stderr);
+}
+
+#[test]
+fn pods_on_two_nodes_reach_each_other_and_pods_are_spread() {
+    let topology =
+        "pods:\n  - {ns: x, name: a, node: node-2}\n  - {ns: x, name: b}\n  - {ns: x, name: c}\n\
+        ports:\n  - {port: 80, protocol: TCP}\n";
+    let lab = LabGuard::up_with(topology, &["--nodes", "2"]);
+    let status = lab.status();
+    let nodes: Vec<&str> = status["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(nodes, ["node-1", "node-2"]);
+    let placed: BTreeMap<String, String> = status["pods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["name"].as_str().unwrap().to_string(),
+                p["node"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(placed["a"], "node-2", "node: places the pod");
+    assert_ne!(
+        placed["b"], placed["c"],
+        "pods without a node are spread: {placed:?}"
+    );
+    let matrix = lab.probe(&["80/TCP"]);
+    assert_eq!(matrix.len(), 6);
+    assert!(matrix.values().all(|&c| c), "{matrix:?}");
 }

@@ -408,6 +408,7 @@ impl Lab {
         record.serves = serves;
         record.command = command;
         self.start_workload(&record)?;
+        routes_to_pod(state, &record, "add")?;
         state.pods.push(record);
         state::save(state)?;
         Ok(())
@@ -693,6 +694,7 @@ impl Lab {
         }
         named::delete(&pod.netns).map_err(anyhow::Error::msg)?;
         let _ = std::fs::remove_dir_all(Path::new("/etc/netns").join(&pod.netns));
+        routes_to_pod(state, pod, "del")?;
         Ok(())
     }
 
@@ -764,6 +766,40 @@ impl Lab {
     pub fn tools(&self) -> &Tools {
         &self.tools
     }
+}
+
+/// Until nodes route pods to each other themselves (BGP or encapsulation, a later issue), the
+/// lab gives every other node a static route to each pod via the pod's node.
+fn routes_to_pod(state: &State, pod: &PodState, action: &str) -> anyhow::Result<()> {
+    let Some(home) = state.node(&pod.node) else {
+        return Ok(());
+    };
+    for node in state.nodes.iter().filter(|n| n.name != pod.node) {
+        for ip in &pod.ips {
+            let prefix = if ip.contains(':') {
+                format!("{ip}/128")
+            } else {
+                format!("{ip}/32")
+            };
+            let via = if ip.contains(':') {
+                continue;
+            } else {
+                home.address.as_str()
+            };
+            let result = named::ip(
+                &node.netns,
+                &["route", action, &prefix, "via", via, "proto", "static"],
+            );
+            if let (Err(err), "add") = (result, action) {
+                bail!(
+                    "cannot route {prefix} from {} to {}: {err}",
+                    node.name,
+                    home.name
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 fn empty_output() -> std::process::Output {
