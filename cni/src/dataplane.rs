@@ -385,7 +385,8 @@ pub async fn add(link: &WorkloadLink) -> Result<Wired, DataplaneError> {
 /// Remove the workload's interfaces. Idempotent: a missing namespace or interface is success.
 /// Deleting the pod end removes the host end and the host routes with it; when the pod
 /// namespace is gone (the path is missing or no longer a namespace) the host end is deleted
-/// by name instead, and a host end left without its pod end is deleted too.
+/// by name instead, and a host end left without its pod end is deleted too. An empty
+/// `host_ifname` leaves the node side alone.
 pub async fn del(netns: &Path, ifname: &str, host_ifname: &str) -> Result<(), DataplaneError> {
     let node_ns = open_thread_netns()?;
     let pod = Netns::Pod(netns.to_path_buf());
@@ -419,6 +420,9 @@ pub async fn del(netns: &Path, ifname: &str, host_ifname: &str) -> Result<(), Da
                 source,
             });
         }
+    }
+    if host_ifname.is_empty() {
+        return Ok(());
     }
     let node_nl = Rtnl::open(&node_ns, &Netns::Node)?;
     if let Some(host) = link_by_name(&node_nl.handle, host_ifname)

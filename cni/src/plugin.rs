@@ -521,8 +521,16 @@ fn endpoint_key(conf: &NetConf, call: &CallArgs) -> Key {
 pub async fn del(conf: &NetConf, call: &CallArgs) -> Result<(), CniError> {
     let store = open_store(conf).await?;
     let link = workload_link(conf, call, Vec::new());
-    if !call.netns.as_os_str().is_empty() || !link.host_ifname.is_empty() {
-        dataplane::del(&call.netns, &call.ifname, &link.host_ifname)
+    let key = endpoint_key(conf, call);
+    let endpoint = store.get(&key).await.map_err(datastore_error)?;
+    // Only this container's endpoint and host end: a newer sandbox of the same pod may have
+    // replaced them (the host end is named after the pod, not the container).
+    let ours = endpoint.as_ref().is_none_or(|stored| {
+        stored.value["spec"]["containerID"] == Value::String(call.container_id.clone())
+    });
+    let host_ifname = if ours { link.host_ifname.as_str() } else { "" };
+    if !call.netns.as_os_str().is_empty() || !host_ifname.is_empty() {
+        dataplane::del(&call.netns, &call.ifname, host_ifname)
             .await
             .map_err(|err| {
                 CniError::new(
@@ -533,16 +541,10 @@ pub async fn del(conf: &NetConf, call: &CallArgs) -> Result<(), CniError> {
             })?;
     }
     delegate_del(conf, call, &store).await?;
-    let key = endpoint_key(conf, call);
-    // Only this container's endpoint: a newer sandbox of the same pod may have replaced it.
-    if let Some(stored) = store.get(&key).await.map_err(datastore_error)? {
-        if stored.value["spec"]["containerID"] == Value::String(call.container_id.clone()) {
-            match store.delete(&key, Some(stored.revision)).await {
-                Ok(_)
-                | Err(DatastoreError::NotFound { .. })
-                | Err(DatastoreError::Conflict { .. }) => {}
-                Err(err) => return Err(datastore_error(err)),
-            }
+    if let Some(stored) = endpoint.filter(|_| ours) {
+        match store.delete(&key, Some(stored.revision)).await {
+            Ok(_) | Err(DatastoreError::NotFound { .. } | DatastoreError::Conflict { .. }) => {}
+            Err(err) => return Err(datastore_error(err)),
         }
     }
     tracing::info!(container = %call.container_id, "DEL done");
@@ -705,6 +707,9 @@ pub fn run(plugin: Plugin) -> i32 {
         Ok(call) => call,
         Err(err) => return fail(&conf.cni_version, &err),
     };
+    if let Err(err) = crate::types::check_command_version(command, &conf.cni_version) {
+        return fail(&conf.cni_version, &err);
+    }
     let _guard = crate::logging::init(&conf);
     #[allow(clippy::disallowed_methods)] // The plugin's entry point is an edge.
     let started = std::time::Instant::now();

@@ -203,6 +203,36 @@ pub fn check_version(version: &str) -> Result<(), CniError> {
     }
 }
 
+/// A version as numbers, for comparison (`0.4.0` → [0, 4, 0]).
+fn numbers(version: &str) -> Vec<u32> {
+    version
+        .split('.')
+        .map(|part| part.parse().unwrap_or(0))
+        .collect()
+}
+
+/// Commands newer than the caller's version are refused (code 1): CHECK came with 0.4.0, GC
+/// and STATUS with 1.1.0.
+pub fn check_command_version(
+    command: crate::config::Command,
+    version: &str,
+) -> Result<(), CniError> {
+    use crate::config::Command;
+    let needed = match command {
+        Command::Check => "0.4.0",
+        Command::Gc | Command::Status => "1.1.0",
+        _ => return Ok(()),
+    };
+    if numbers(version) >= numbers(needed) {
+        return Ok(());
+    }
+    Err(CniError::new(
+        code::INCOMPATIBLE_VERSION,
+        format!("{command:?} needs cniVersion {needed} or later"),
+        format!("the configuration says {version}"),
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -247,6 +277,26 @@ mod tests {
         assert!(new["ips"][0].get("version").is_none());
         assert_eq!(new["ips"][0]["address"], "10.90.0.5/32");
         assert_eq!(CniResult::from_json(&old).unwrap().ips, result().ips);
+    }
+
+    #[test]
+    fn commands_newer_than_the_callers_version_are_refused() {
+        use crate::config::Command;
+        assert_eq!(
+            check_command_version(Command::Check, "0.3.1")
+                .unwrap_err()
+                .code,
+            1
+        );
+        assert!(check_command_version(Command::Check, "0.4.0").is_ok());
+        assert_eq!(
+            check_command_version(Command::Gc, "1.0.0")
+                .unwrap_err()
+                .code,
+            1
+        );
+        assert!(check_command_version(Command::Status, "1.1.0").is_ok());
+        assert!(check_command_version(Command::Add, "0.3.0").is_ok());
     }
 
     #[test]
