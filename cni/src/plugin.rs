@@ -519,26 +519,41 @@ fn endpoint_key(conf: &NetConf, call: &CallArgs) -> Key {
 
 /// `twill` DEL: idempotent; a missing namespace, interface, allocation or endpoint is fine.
 pub async fn del(conf: &NetConf, call: &CallArgs) -> Result<(), CniError> {
-    let store = open_store(conf).await?;
     let link = workload_link(conf, call, Vec::new());
     let key = endpoint_key(conf, call);
-    let endpoint = store.get(&key).await.map_err(datastore_error)?;
+    let interface_error = |err: dataplane::DataplaneError| {
+        CniError::new(
+            code::DATAPLANE_FAILURE,
+            "cannot remove the pod's interface",
+            err.to_string(),
+        )
+    };
+    // The pod's end goes first, while the datastore opens: deleting it removes the pair, and
+    // only this sandbox's pair (its namespace is this container's).
+    let pod_side = async {
+        if call.netns.as_os_str().is_empty() {
+            return Ok(());
+        }
+        dataplane::del(&call.netns, &call.ifname, "").await
+    };
+    let lookup = async {
+        let store = open_store(conf).await?;
+        let endpoint = store.get(&key).await.map_err(datastore_error)?;
+        Ok::<_, CniError>((store, endpoint))
+    };
+    let (pod_side, lookup) = tokio::join!(pod_side, lookup);
+    pod_side.map_err(interface_error)?;
+    let (store, endpoint) = lookup?;
     // Only this container's endpoint and host end: a newer sandbox of the same pod may have
     // replaced them (the host end is named after the pod, not the container).
     let ours = endpoint.as_ref().is_none_or(|stored| {
         stored.value["spec"]["containerID"] == Value::String(call.container_id.clone())
     });
-    let host_ifname = if ours { link.host_ifname.as_str() } else { "" };
-    if !call.netns.as_os_str().is_empty() || !host_ifname.is_empty() {
-        dataplane::del(&call.netns, &call.ifname, host_ifname)
+    if ours {
+        // A host end left without its pod end (the namespace was already gone).
+        dataplane::del(Path::new(""), &call.ifname, &link.host_ifname)
             .await
-            .map_err(|err| {
-                CniError::new(
-                    code::DATAPLANE_FAILURE,
-                    "cannot remove the pod's interface",
-                    err.to_string(),
-                )
-            })?;
+            .map_err(interface_error)?;
     }
     delegate_del(conf, call, &store).await?;
     if let Some(stored) = endpoint.filter(|_| ours) {

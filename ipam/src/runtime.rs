@@ -116,6 +116,9 @@ pub struct Ipam {
     store: Arc<dyn Datastore>,
     node: String,
     lock_path: Option<PathBuf>,
+    /// The block the last allocation used: tried first next time (it is re-read, so a stale
+    /// hint costs one read).
+    hint: Arc<std::sync::Mutex<Option<IpNet>>>,
 }
 
 /// The settings and pools every allocation reads first.
@@ -149,6 +152,7 @@ impl Ipam {
             store,
             node: node.to_string(),
             lock_path,
+            hint: Arc::default(),
         }
     }
 
@@ -203,7 +207,12 @@ impl Ipam {
         ];
         for (wanted, family, pools) in families {
             if wanted {
-                addresses.push(self.assign_one(family, pools, args, snapshot).await?);
+                // The first address of a handle usually creates it: try that without reading.
+                let handle_new = addresses.is_empty();
+                addresses.push(
+                    self.assign_one(family, pools, args, snapshot, handle_new)
+                        .await?,
+                );
             }
         }
         Ok(())
@@ -217,6 +226,7 @@ impl Ipam {
         wanted: &[String],
         args: &AssignArgs,
         snapshot: &Snapshot,
+        handle_new: bool,
     ) -> Result<IpAddr, IpamError> {
         let purpose = if args.tunnel {
             Use::Tunnel
@@ -241,8 +251,12 @@ impl Ipam {
                 },
             });
         }
+        let mut optimistic = handle_new;
         for _ in 0..ATTEMPTS {
-            match self.try_assign_one(&pools, args, snapshot).await {
+            match self
+                .try_assign_one(&pools, args, snapshot, optimistic)
+                .await
+            {
                 Ok(Some(ip)) => return Ok(ip),
                 Ok(None) => {
                     return Err(IpamError::Exhausted {
@@ -256,6 +270,10 @@ impl Ipam {
                     })
                 }
                 Err(IpamError::Datastore(err)) if is_race(&err) => {
+                    if matches!(&err, DatastoreError::AlreadyExists { key } if key.kind == Kind::IpamHandle)
+                    {
+                        optimistic = false;
+                    }
                     tracing::debug!(error = %err, "IPAM write raced another writer; retrying");
                 }
                 Err(err) => return Err(err),
@@ -270,13 +288,31 @@ impl Ipam {
         pools: &[Pool],
         args: &AssignArgs,
         snapshot: &Snapshot,
+        optimistic: bool,
     ) -> Result<Option<IpAddr>, IpamError> {
+        let hint = *self.hint.lock().expect("the hint lock is never poisoned");
+        let mine = format!("host:{}", self.node);
+        if let Some(cidr) = hint.filter(|c| pools.iter().any(|p| p.cidr.contains(c))) {
+            if let Some(read) = self.read_block(cidr).await? {
+                if read.spec.affinity.as_deref() == Some(mine.as_str()) {
+                    if let Some(ip) = self
+                        .assign_in(read, args, snapshot, false, optimistic)
+                        .await?
+                    {
+                        return Ok(Some(ip));
+                    }
+                }
+            }
+        }
         let affine = self.affine_blocks(pools).await?;
-        for cidr in &affine {
+        for cidr in affine.iter().filter(|c| Some(**c) != hint) {
             let Some(read) = self.read_block(*cidr).await? else {
                 continue;
             };
-            if let Some(ip) = self.assign_in(read, args, snapshot, false).await? {
+            if let Some(ip) = self
+                .assign_in(read, args, snapshot, false, optimistic)
+                .await?
+            {
                 return Ok(Some(ip));
             }
         }
@@ -287,7 +323,10 @@ impl Ipam {
                 .is_none_or(|max| max == 0 || (affine.len() as u32) < max);
         let all_blocks = self.list_blocks().await?;
         if may_claim {
-            if let Some(ip) = self.claim_block(pools, &all_blocks, args, snapshot).await? {
+            if let Some(ip) = self
+                .claim_block(pools, &all_blocks, args, snapshot, optimistic)
+                .await?
+            {
                 return Ok(Some(ip));
             }
         }
@@ -297,7 +336,10 @@ impl Ipam {
         for (cidr, read) in all_blocks {
             let in_pools = pools.iter().any(|p| p.cidr.contains(&cidr));
             if in_pools && !affine.contains(&cidr) {
-                if let Some(ip) = self.assign_in(read, args, snapshot, true).await? {
+                if let Some(ip) = self
+                    .assign_in(read, args, snapshot, true, optimistic)
+                    .await?
+                {
                     return Ok(Some(ip));
                 }
             }
@@ -312,6 +354,7 @@ impl Ipam {
         args: &AssignArgs,
         snapshot: &Snapshot,
         borrowed: bool,
+        optimistic: bool,
     ) -> Result<Option<IpAddr>, IpamError> {
         let request = Request {
             count: 1,
@@ -330,8 +373,14 @@ impl Ipam {
             value: block_value(cidr, next),
             expected: Some(read.revision),
         }];
-        ops.push(self.handle_op(&args.handle, &[(cidr, 1)]).await?);
+        ops.push(
+            self.handle_op(&args.handle, &[(cidr, 1)], optimistic)
+                .await?,
+        );
         self.store.txn(ops).await?;
+        if !borrowed {
+            *self.hint.lock().expect("the hint lock is never poisoned") = Some(cidr);
+        }
         if borrowed {
             tracing::info!(%ip, block = %cidr, node = %self.node, "borrowed an address from another node's block");
         }
@@ -346,6 +395,7 @@ impl Ipam {
         existing: &BTreeMap<IpNet, ReadBlock>,
         args: &AssignArgs,
         snapshot: &Snapshot,
+        optimistic: bool,
     ) -> Result<Option<IpAddr>, IpamError> {
         let now = rfc3339(now_seconds());
         for pool in pools {
@@ -378,9 +428,11 @@ impl Ipam {
                         ),
                         value: affinity_value(&self.node, cidr),
                     },
-                    self.handle_op(&args.handle, &[(cidr, 1)]).await?,
+                    self.handle_op(&args.handle, &[(cidr, 1)], optimistic)
+                        .await?,
                 ];
                 self.store.txn(ops).await?;
+                *self.hint.lock().expect("the hint lock is never poisoned") = Some(cidr);
                 tracing::info!(block = %cidr, node = %self.node, "claimed a block");
                 return Ok(Some(ip));
             }
@@ -436,7 +488,10 @@ impl Ipam {
                     value: block_value(cidr, next),
                 },
             };
-            let ops = vec![write, self.handle_op(&args.handle, &[(cidr, 1)]).await?];
+            let ops = vec![
+                write,
+                self.handle_op(&args.handle, &[(cidr, 1)], false).await?,
+            ];
             match self.store.txn(ops).await {
                 Ok(_) => return Ok(()),
                 Err(err) if is_race(&err) => continue,
@@ -626,9 +681,20 @@ impl Ipam {
     }
 
     /// The handle write of an allocation: create it, or add to its counts.
-    async fn handle_op(&self, handle: &str, add: &[(IpNet, u32)]) -> Result<TxnOp, IpamError> {
+    /// With `optimistic`, the handle is assumed new (no read; a transaction that finds it
+    /// fails with AlreadyExists and the caller reads next time).
+    async fn handle_op(
+        &self,
+        handle: &str,
+        add: &[(IpNet, u32)],
+        optimistic: bool,
+    ) -> Result<TxnOp, IpamError> {
         let key = Key::cluster(Kind::IpamHandle, &pool::handle_name(handle));
-        let existing = self.store.get(&key).await?;
+        let existing = if optimistic {
+            None
+        } else {
+            self.store.get(&key).await?
+        };
         let (mut spec, expected) = match &existing {
             Some(stored) => (handle_spec(stored)?, Some(stored.revision)),
             None => (
@@ -728,19 +794,23 @@ impl Ipam {
     }
 
     async fn snapshot(&self) -> Result<Snapshot, IpamError> {
+        let config_key = Key::cluster(Kind::IpamConfiguration, "default");
+        let node_key = Key::cluster(Kind::Node, &self.node);
+        // Four independent reads, at once.
+        let (pools, reservations, config, node) = tokio::join!(
+            self.store.list(Some(Kind::IpPool), None),
+            self.store.list(Some(Kind::IpReservation), None),
+            self.store.get(&config_key),
+            self.store.get(&node_key),
+        );
         let mut snapshot = Snapshot::default();
-        for stored in self.store.list(Some(Kind::IpPool), None).await?.items {
+        for stored in pools?.items {
             if let Resource::IpPool(object) = decode_stored(stored)? {
                 let name = object.metadata.name.clone().unwrap_or_default();
                 snapshot.pools.push((name, object.spec));
             }
         }
-        for stored in self
-            .store
-            .list(Some(Kind::IpReservation), None)
-            .await?
-            .items
-        {
+        for stored in reservations?.items {
             if let Resource::IpReservation(object) = decode_stored(stored)? {
                 snapshot.reserved.extend(
                     object
@@ -752,17 +822,12 @@ impl Ipam {
                 );
             }
         }
-        let config_key = Key::cluster(Kind::IpamConfiguration, "default");
-        if let Some(stored) = self.store.get(&config_key).await? {
+        if let Some(stored) = config? {
             if let Resource::IpamConfiguration(object) = decode_stored(stored)? {
                 snapshot.config = object.spec;
             }
         }
-        if let Some(stored) = self
-            .store
-            .get(&Key::cluster(Kind::Node, &self.node))
-            .await?
-        {
+        if let Some(stored) = node? {
             if let Resource::Node(object) = decode_stored(stored)? {
                 snapshot.node_labels = object.metadata.labels.unwrap_or_default();
             }

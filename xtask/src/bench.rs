@@ -40,6 +40,8 @@ pub fn run(output: Option<&str>) -> anyhow::Result<()> {
     writeln!(report, "{}", selector_bench())?;
     println!("datastore throughput and watch latency (SQLite, etcd) ...");
     writeln!(report, "{}", runtime.block_on(datastore_bench())?)?;
+    println!("CNI pod ADD/DEL, IPAM allocations, lab (needs root for network namespaces) ...");
+    writeln!(report, "{}", crate::cni::run())?;
     println!("BGP ingest (twill-bgpd, BIRD 2, GoBGP; needs root for network namespaces) ...");
     writeln!(
         report,

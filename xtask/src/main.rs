@@ -5,6 +5,7 @@
 
 mod bench;
 mod bgp;
+mod cni;
 mod ingest;
 
 fn main() -> anyhow::Result<()> {
@@ -17,6 +18,10 @@ fn main() -> anyhow::Result<()> {
                 "{}",
                 bgp::run(1, if sizes.is_empty() { &[100_000] } else { &sizes })
             );
+            Ok(())
+        }
+        Some("bench-cni") => {
+            print!("{}", cni::run());
             Ok(())
         }
         Some("bench-ingest") => {
@@ -36,7 +41,7 @@ fn main() -> anyhow::Result<()> {
         }
         _ => {
             eprintln!(
-                "usage: cargo xtask bench [OUTPUT.md] | bench-bgp [PREFIXES...] | bench-ingest [PREFIXES...]"
+                "usage: cargo xtask bench [OUTPUT.md] | bench-bgp [PREFIXES...] | bench-cni | bench-ingest [PREFIXES...]"
             );
             std::process::exit(2);
         }
