@@ -74,6 +74,12 @@ enum LabCommand {
         #[arg(long, default_value_t = 1000)]
         timeout_ms: u64,
     },
+    /// Wait until every node's dataplane reflects the datastore's current revision.
+    Sync {
+        /// Give up after this many seconds (exit 1).
+        #[arg(long, default_value_t = 30.0)]
+        timeout: f64,
+    },
     /// Run a command in a pod (pod names resolve to pod addresses).
     Exec {
         /// NS/POD.
@@ -174,6 +180,10 @@ pub async fn run(args: LabArgs, datastore_flag: Option<String>) -> Result<(), Fa
             let ports = parse_ports(&ports)?;
             let results = lab.probe(&ports, Duration::from_millis(timeout_ms)).await?;
             print_probe(&results, output)?;
+        }
+        LabCommand::Sync { timeout } => {
+            lab.sync(Duration::from_secs_f64(timeout)).await?;
+            println!("every node reflects the datastore's current revision");
         }
         LabCommand::Exec { pod, command } => {
             let code = lab.exec(&pod, &command)?;

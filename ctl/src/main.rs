@@ -6,6 +6,7 @@
 mod bgp;
 mod ipam;
 mod lab;
+mod policy;
 mod resources;
 mod table;
 
@@ -57,6 +58,55 @@ enum Command {
     Ipam(ipam::IpamArgs),
     /// A Twill cluster on this machine, in network namespaces.
     Lab(lab::LabArgs),
+    /// Policy: which rule of which policy decides, and why.
+    Policy(PolicyArgs),
+    /// This node's agent.
+    Node(NodeArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct PolicyArgs {
+    #[command(subcommand)]
+    command: PolicyCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum PolicyCommand {
+    /// For each direction, the tiers and policies that select the endpoint, in order, the
+    /// rule that decided (or the default that applied), and the verdict.
+    Explain {
+        /// Source pod, NS/POD.
+        #[arg(long)]
+        from: String,
+        /// Destination pod, NS/POD.
+        #[arg(long)]
+        to: String,
+        /// Destination port, N[/tcp|udp|sctp].
+        #[arg(long)]
+        port: String,
+        /// Output format (table or json).
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Output,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct NodeArgs {
+    #[command(subcommand)]
+    command: NodeCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum NodeCommand {
+    /// The policy agent's state: in sync, applied revision, last apply, errors.
+    Status {
+        /// twill-node's status file.
+        #[arg(long, default_value = "/run/twill/node-status.json")]
+        status_file: std::path::PathBuf,
+        /// Output format (table or json).
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Output,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -208,6 +258,24 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Command::Ipam(args) => ipam::run(args, &cli.datastore).await,
         Command::Lab(args) => lab::run(args, datastore_flag).await,
+        Command::Policy(PolicyArgs {
+            command:
+                PolicyCommand::Explain {
+                    from,
+                    to,
+                    port,
+                    output,
+                },
+        }) => {
+            policy::explain_command(&cli.datastore, &from, &to, &port, output == Output::Json).await
+        }
+        Command::Node(NodeArgs {
+            command:
+                NodeCommand::Status {
+                    status_file,
+                    output,
+                },
+        }) => policy::node_status(&status_file, output == Output::Json),
         Command::Apply(args) => {
             resources::write(
                 &cli.datastore,

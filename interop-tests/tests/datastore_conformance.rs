@@ -341,6 +341,7 @@ impl Consumer {
     fn apply(&mut self, update: Update) {
         match &update {
             Update::Status(status) => self.status = Some(*status),
+            Update::Revision(_) => {}
             Update::Changed {
                 key,
                 revision,
@@ -390,7 +391,7 @@ async fn compaction_forces_a_resync_that_loses_and_repeats_nothing(backend: Back
         .iter()
         .filter_map(|u| match u {
             Update::Changed { key, value, .. } => Some((key.name.clone(), value.clone())),
-            Update::Status(_) => None,
+            Update::Status(_) | Update::Revision(_) => None,
         })
         .collect();
     let mut sorted = changes.clone();

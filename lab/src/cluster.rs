@@ -157,6 +157,7 @@ impl Lab {
         self.write_cluster_resources(&store, state, options).await?;
         for node in &state.nodes {
             self.write_cni_config(state, node, options.dual_stack)?;
+            self.start_agent(state, node)?;
         }
         state::save(state)?;
         let namespaces: Vec<Resource> = options
@@ -174,7 +175,76 @@ impl Lab {
                 .await?;
         }
         self.write_hosts(state)?;
-        self.wait_until_answering(state, None).await
+        self.wait_until_answering(state, None).await?;
+        self.sync(ANSWER_TIMEOUT).await
+    }
+
+    /// Starts twill-node in a node's namespace, detached, logging into the lab directory.
+    fn start_agent(&self, state: &State, node: &NodeState) -> anyhow::Result<()> {
+        let logs = self.dir().join("logs");
+        std::fs::create_dir_all(&logs)?;
+        let log = std::fs::File::create(logs.join(format!("{}.twill-node.log", node.name)))?;
+        let status = self.node_dir(&node.name).join("status.json");
+        let mut command = named::command(&node.netns, self.tools.twill_node.as_os_str());
+        command
+            .args(["--datastore", &state.datastore, "--node-name", &node.name])
+            .args([
+                "--health-listen",
+                "127.0.0.1:9099",
+                "--refresh-interval",
+                "2",
+            ])
+            .arg("--status-file")
+            .arg(&status)
+            .env("TWILL_LOG", "info");
+        use std::os::unix::process::CommandExt;
+        command
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .with_context(|| format!("cannot start twill-node on {}", node.name))?;
+        Ok(())
+    }
+
+    /// The status twill-node of `node` last wrote.
+    pub fn node_status(&self, node: &str) -> Option<serde_json::Value> {
+        let text = std::fs::read(self.node_dir(node).join("status.json")).ok()?;
+        serde_json::from_slice(&text).ok()
+    }
+
+    /// Returns once every node's dataplane reflects the datastore's current revision.
+    pub async fn sync(&self, timeout: Duration) -> anyhow::Result<()> {
+        let state = self.state()?;
+        let store = self.store(&state).await?;
+        let target = store.list(Some(Kind::Tier), None).await?.revision;
+        let deadline = Instant::now() + timeout;
+        for node in &state.nodes {
+            loop {
+                let status = self.node_status(&node.name);
+                let applied = status
+                    .as_ref()
+                    .and_then(|s| s["applied_revision"].as_i64())
+                    .unwrap_or(0);
+                if applied >= target {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    let error = status
+                        .as_ref()
+                        .and_then(|s| s["last_error"].as_str().map(str::to_string));
+                    bail!(
+                        "node {} has applied revision {applied}, not yet {target}, after {timeout:?}{} (log: {})",
+                        node.name,
+                        error.map(|e| format!("; last error: {e}")).unwrap_or_default(),
+                        self.dir().join("logs").join(format!("{}.twill-node.log", node.name)).display()
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        Ok(())
     }
 
     fn add_node(&self, underlay: &str, index: usize) -> anyhow::Result<NodeState> {
@@ -653,6 +723,7 @@ impl Lab {
             self.write_hosts(&state)?;
             self.wait_until_answering(&state, Some(&added)).await?;
         }
+        self.sync(ANSWER_TIMEOUT).await?;
         Ok(lines)
     }
 
@@ -684,6 +755,7 @@ impl Lab {
             }
         }
         self.write_hosts(&state)?;
+        self.sync(ANSWER_TIMEOUT).await?;
         Ok(lines)
     }
 

@@ -122,6 +122,8 @@ pub struct Tools {
     pub twill: PathBuf,
     /// `twillctl` (the responder and the probe agent).
     pub twillctl: PathBuf,
+    /// `twill-node`, the agent each node runs.
+    pub twill_node: PathBuf,
 }
 
 impl Tools {
@@ -131,6 +133,7 @@ impl Tools {
         Ok(Tools {
             twill: find_program("twill")?,
             twillctl: find_program("twillctl")?,
+            twill_node: find_program("twill-node")?,
         })
     }
 

@@ -1,5 +1,15 @@
-//! twill-node: the per-node agent.
+//! twill-node: the per-node agent. It follows the datastore through the syncer and runs
+//! felix (policy as iptables chains and ipsets, endpoint routes); BGP and encapsulation
+//! join it with later issues.
 //!
-//! This crate will own the `twill-node` binary, which runs `twill-bgpd`, `twill-felix` and
-//! `twill-ipip` against one datastore, with health (`/livez`, `/readyz`) and Prometheus
-//! metrics. Nothing is implemented yet; see the project's issues.
+//! - [`agent`]: the loop — syncer updates in, calculation, apply, status.
+//! - [`routes`]: endpoint routes (protocol 211), added and repaired.
+//! - [`health`]: `/livez`, `/readyz`, `/metrics`.
+//! - [`status`]: the status file and the metrics.
+
+#![allow(clippy::disallowed_methods)] // The agent is an edge: it reads clocks and runs tools.
+
+pub mod agent;
+pub mod health;
+pub mod routes;
+pub mod status;

@@ -30,6 +30,9 @@ pub enum SyncStatus {
 pub enum Update {
     /// The status changed.
     Status(SyncStatus),
+    /// The consumer's view is that of this store revision (sent after each list, just
+    /// before InSync; after that, each change carries its revision).
+    Revision(Revision),
     /// An object is new or changed (`value` set) or gone (`value` None).
     Changed {
         /// The object.
@@ -126,6 +129,7 @@ impl SyncerState {
             }
         }
         self.revision = listing.revision;
+        updates.push(Update::Revision(listing.revision));
         updates.extend(self.set_status(SyncStatus::InSync));
         updates
     }
@@ -204,7 +208,7 @@ mod tests {
             items: vec![stored("a", 1), stored("b", 2), stored("c", 3)],
             revision: 3,
         });
-        assert_eq!(first.len(), 4, "three objects, then InSync");
+        assert_eq!(first.len(), 5, "three objects, the revision, then InSync");
         // Meanwhile: b changed, c deleted, d created; a untouched.
         state.on_resync_started();
         let second = state.on_listed(Listing {
@@ -229,6 +233,7 @@ mod tests {
                     revision: 6,
                     value: Some(json!({"rev": 6}))
                 },
+                Update::Revision(7),
                 Update::Status(SyncStatus::InSync),
             ]
         );

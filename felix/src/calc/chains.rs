@@ -1,0 +1,634 @@
+//! The chains and sets of one family, from the endpoints' programs and the compiled rules.
+//!
+//! ```text
+//! FORWARD ─▶ twl-FORWARD: established/related accepted, invalid dropped (workload traffic)
+//!              ├─ -i tw+ ─▶ twl-from-wl-dispatch ─(-i twX, goto)─▶ twl-fw-twX   (egress)
+//!              ├─ -o tw+ ─▶ twl-to-wl-dispatch   ─(-o twX, goto)─▶ twl-tw-twX   (ingress)
+//!              └─ accept mark ─▶ ACCEPT        (both ends' chains ran and allowed)
+//! INPUT ───▶ twl-INPUT: -i tw+ ─▶ twl-wl-to-host: egress policy, then the configured action
+//! twl-tw-X / twl-fw-X: per tier, its policies' chains (twl-pi-*/twl-po-*), an accept mark
+//!   returns, a pass mark skips to the next tier, the tier's end denies; then profiles
+//!   (twl-pri-*/twl-pro-*); then drop.
+//! ```
+//! Unknown workload interfaces are dropped by the dispatch chains (fail closed).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use twill_shared::resource::fields::Action;
+
+use super::compile::{compile_rule, digest, CompiledRule, Condition};
+use super::programs::{Direction, Program, World};
+use super::{Config, EndpointToHost};
+use crate::ir::{
+    Chain, Dataplane, Family, Hook, IpSet, Match, Member, Ports, Rule, SetKind, Table, Target,
+    MARK_ACCEPT, MARK_MASK, MARK_PASS, NFLOG_GROUP_EGRESS, NFLOG_GROUP_INGRESS,
+};
+use crate::model::{Entity, Profile};
+
+/// Chain of Twill's FORWARD hook.
+pub const FORWARD_CHAIN: &str = "twl-FORWARD";
+/// Chain of Twill's INPUT hook.
+pub const INPUT_CHAIN: &str = "twl-INPUT";
+/// Workload → host traffic.
+pub const WL_TO_HOST_CHAIN: &str = "twl-wl-to-host";
+/// Dispatch of traffic from workloads.
+pub const FROM_WL_DISPATCH: &str = "twl-from-wl-dispatch";
+/// Dispatch of traffic to workloads.
+pub const TO_WL_DISPATCH: &str = "twl-to-wl-dispatch";
+
+fn family_tag(family: Family) -> char {
+    match family {
+        Family::V4 => '4',
+        Family::V6 => '6',
+    }
+}
+
+/// The chain of a policy in one direction.
+pub fn policy_chain(policy_name: &str, kind: &str, direction: Direction) -> String {
+    let prefix = match direction {
+        Direction::Ingress => "twl-pi-",
+        Direction::Egress => "twl-po-",
+    };
+    format!("{prefix}{}", digest(&format!("{kind}/{policy_name}"), 21))
+}
+
+/// The chain of a profile in one direction.
+pub fn profile_chain(profile: &str, direction: Direction) -> String {
+    let prefix = match direction {
+        Direction::Ingress => "twl-pri-",
+        Direction::Egress => "twl-pro-",
+    };
+    format!("{prefix}{}", digest(profile, 20))
+}
+
+/// The chain of a workload endpoint in one direction (`tw`: to the workload, ingress).
+pub fn endpoint_chain(interface: &str, direction: Direction) -> String {
+    match direction {
+        Direction::Ingress => format!("twl-tw-{interface}"),
+        Direction::Egress => format!("twl-fw-{interface}"),
+    }
+}
+
+/// The set a condition refers to, if it refers to one.
+pub fn set_name(condition: &Condition, family: Family) -> Option<String> {
+    let tag = family_tag(family);
+    match condition {
+        Condition::Selected { selection, .. } => {
+            Some(format!("twl-s{tag}-{}", digest(&selection.canonical, 24)))
+        }
+        Condition::NamedPort {
+            selection,
+            protocol,
+            name,
+            ..
+        } => Some(format!(
+            "twl-p{tag}-{}",
+            digest(&format!("{},{protocol},{name}", selection.canonical), 24)
+        )),
+        Condition::Nets { nets, .. } if nets.len() > 1 => {
+            let mut sorted: Vec<String> = nets.iter().map(|n| n.to_string()).collect();
+            sorted.sort();
+            Some(format!("twl-n{tag}-{}", digest(&sorted.join(","), 24)))
+        }
+        _ => None,
+    }
+}
+
+/// The members of a condition's set, from every entity in the cluster.
+pub fn set_members(
+    condition: &Condition,
+    entities: &[Entity],
+    family: Family,
+) -> (SetKind, BTreeSet<Member>, String) {
+    match condition {
+        Condition::Selected { selection, .. } => {
+            let members = entities
+                .iter()
+                .filter(|e| selection.selector.0.matches(&e.labels))
+                .flat_map(|e| e.nets.iter())
+                .filter(|n| Family::of(n) == family)
+                .map(|n| Member::Net(*n))
+                .collect();
+            (
+                SetKind::Net,
+                members,
+                format!("selector {}", selection.canonical),
+            )
+        }
+        Condition::NamedPort {
+            selection,
+            protocol,
+            name,
+            ..
+        } => {
+            let members = entities
+                .iter()
+                .filter(|e| selection.selector.0.matches(&e.labels))
+                .flat_map(|e| {
+                    e.ports
+                        .iter()
+                        .filter(|p| p.name == *name && p.protocol == *protocol)
+                        .flat_map(move |p| e.nets.iter().map(move |n| (n, p.port)))
+                })
+                .filter(|(n, _)| Family::of(n) == family)
+                .map(|(n, port)| Member::IpPort(n.addr(), *protocol, port))
+                .collect();
+            (
+                SetKind::IpPort,
+                members,
+                format!("named port {name} of {}", selection.canonical),
+            )
+        }
+        Condition::Nets { nets, .. } => (
+            SetKind::Net,
+            nets.iter().map(|n| Member::Net(*n)).collect(),
+            "nets".to_string(),
+        ),
+        _ => (SetKind::Net, BTreeSet::new(), String::new()),
+    }
+}
+
+fn to_match(condition: &Condition, family: Family) -> Match {
+    let set = || set_name(condition, family).expect("conditions with sets have names");
+    match condition {
+        Condition::Protocol { not, number } => Match::Protocol {
+            not: *not,
+            number: *number,
+        },
+        Condition::Nets { side, not, nets } if nets.len() == 1 => Match::Net {
+            side: *side,
+            not: *not,
+            net: nets[0],
+        },
+        Condition::Nets { side, not, .. } | Condition::Selected { side, not, .. } => Match::Set {
+            side: *side,
+            not: *not,
+            set: set(),
+        },
+        Condition::NamedPort { side, not, .. } => Match::SetIpPort {
+            side: *side,
+            not: *not,
+            set: set(),
+        },
+        Condition::Ports { side, not, ranges } => Match::Ports {
+            side: *side,
+            not: *not,
+            ports: Ports(ranges.clone()),
+        },
+        Condition::Icmp {
+            not,
+            icmp_type,
+            code,
+        } => Match::Icmp {
+            not: *not,
+            icmp_type: *icmp_type,
+            code: *code,
+        },
+    }
+}
+
+fn rule(matches: Vec<Match>, target: Target, comment: impl Into<String>) -> Rule {
+    Rule {
+        matches,
+        target,
+        comment: comment.into(),
+    }
+}
+
+fn accepted() -> Match {
+    Match::Mark {
+        value: MARK_ACCEPT,
+        mask: MARK_ACCEPT,
+    }
+}
+
+fn not_passed() -> Match {
+    Match::Mark {
+        value: 0,
+        mask: MARK_PASS,
+    }
+}
+
+/// The rules of a policy or profile chain.
+fn rules_chain(
+    owner: &str,
+    rules: &[CompiledRule],
+    direction: Direction,
+    family: Family,
+) -> Vec<Rule> {
+    let mut out = Vec::new();
+    for compiled in rules {
+        let comment = format!(
+            "{owner} {} rule {}: {}",
+            direction.name(),
+            compiled.index,
+            compiled.text
+        );
+        for variant in &compiled.variants {
+            let matches: Vec<Match> = variant.iter().map(|c| to_match(c, family)).collect();
+            let target = match compiled.action {
+                Action::Allow => Target::SetMark {
+                    value: MARK_ACCEPT,
+                    mask: MARK_ACCEPT,
+                },
+                Action::Pass => Target::SetMark {
+                    value: MARK_PASS,
+                    mask: MARK_PASS,
+                },
+                Action::Deny => Target::Drop,
+                Action::Log => Target::Nflog {
+                    group: match direction {
+                        Direction::Ingress => NFLOG_GROUP_INGRESS,
+                        Direction::Egress => NFLOG_GROUP_EGRESS,
+                    },
+                    prefix: log_prefix(owner, direction, compiled.index),
+                },
+            };
+            out.push(rule(matches, target, comment.clone()));
+        }
+        match compiled.action {
+            Action::Allow if !compiled.variants.is_empty() => {
+                out.push(rule(
+                    vec![accepted()],
+                    Target::Return,
+                    format!("{owner}: accepted"),
+                ));
+            }
+            Action::Pass if !compiled.variants.is_empty() => out.push(rule(
+                vec![Match::Mark {
+                    value: MARK_PASS,
+                    mask: MARK_PASS,
+                }],
+                Target::Return,
+                format!("{owner}: passed to the next tier"),
+            )),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// The NFLOG prefix of a Log rule: `twl <dir> <owner> <rule>` (at most 64 bytes).
+pub fn log_prefix(owner: &str, direction: Direction, index: usize) -> String {
+    let tag = match direction {
+        Direction::Ingress => "in",
+        Direction::Egress => "out",
+    };
+    let mut prefix = format!("twl {tag} {owner} {index} ");
+    while prefix.len() > 63 {
+        prefix.remove(prefix.len() / 2);
+    }
+    prefix
+}
+
+/// The chain of an endpoint in one direction.
+fn endpoint_rules(program: &Program, world: &World, direction: Direction) -> Vec<Rule> {
+    let mut out = vec![rule(
+        vec![],
+        Target::SetMark {
+            value: 0,
+            mask: MARK_MASK,
+        },
+        "clear marks",
+    )];
+    for tier in &program.tiers {
+        if !tier.exists {
+            out.push(rule(
+                vec![],
+                Target::Drop,
+                format!("tier {} does not exist: deny", tier.name),
+            ));
+            return out;
+        }
+        out.push(rule(
+            vec![],
+            Target::SetMark {
+                value: 0,
+                mask: MARK_PASS,
+            },
+            format!("start of tier {}", tier.name),
+        ));
+        for &index in &tier.policies {
+            let policy = &world.policies[index];
+            let chain = policy_chain(&policy.name, &format!("{:?}", policy.key.kind), direction);
+            out.push(rule(
+                vec![not_passed()],
+                Target::Jump(chain),
+                format!("policy {}", policy.name),
+            ));
+            out.push(rule(
+                vec![accepted()],
+                Target::Return,
+                format!("policy {} accepted", policy.name),
+            ));
+        }
+        if tier.default_action == Action::Deny {
+            out.push(rule(
+                vec![not_passed()],
+                Target::Drop,
+                format!("end of tier {}: deny", tier.name),
+            ));
+        }
+    }
+    for profile in &program.profiles {
+        out.push(rule(
+            vec![],
+            Target::Jump(profile_chain(profile, direction)),
+            format!("profile {profile}"),
+        ));
+        out.push(rule(
+            vec![accepted()],
+            Target::Return,
+            format!("profile {profile} accepted"),
+        ));
+    }
+    out.push(rule(
+        vec![],
+        Target::Drop,
+        "no policy or profile allowed the packet",
+    ));
+    out
+}
+
+/// Everything one family needs.
+pub fn dataplane(
+    world: &World,
+    local: &BTreeMap<String, Entity>,
+    config: &Config,
+    family: Family,
+    warnings: &mut Vec<String>,
+) -> Dataplane {
+    let mut chains: BTreeMap<String, Chain> = BTreeMap::new();
+    let mut conditions: BTreeSet<Condition> = BTreeSet::new();
+    let add_chain = |chains: &mut BTreeMap<String, Chain>, name: String, rules: Vec<Rule>| {
+        chains.insert(name.clone(), Chain { name, rules });
+    };
+    for (interface, endpoint) in local {
+        for direction in [Direction::Ingress, Direction::Egress] {
+            let program = world.program(endpoint, direction);
+            for tier in &program.tiers {
+                for &index in &tier.policies {
+                    let policy = &world.policies[index];
+                    let chain =
+                        policy_chain(&policy.name, &format!("{:?}", policy.key.kind), direction);
+                    if chains.contains_key(&chain) {
+                        continue;
+                    }
+                    let rules = match direction {
+                        Direction::Ingress => policy.ingress.as_deref().unwrap_or_default(),
+                        Direction::Egress => policy.egress.as_deref().unwrap_or_default(),
+                    };
+                    let compiled: Vec<CompiledRule> = rules
+                        .iter()
+                        .enumerate()
+                        .map(|(i, r)| compile_rule(r, i, policy.namespace.as_deref(), family))
+                        .collect();
+                    note_never(&compiled, &policy.name, warnings);
+                    conditions.extend(super::compile::referenced(&compiled));
+                    add_chain(
+                        &mut chains,
+                        chain,
+                        rules_chain(
+                            &format!("policy {}", policy.name),
+                            &compiled,
+                            direction,
+                            family,
+                        ),
+                    );
+                }
+            }
+            for profile in &program.profiles {
+                let chain = profile_chain(profile, direction);
+                if chains.contains_key(&chain) {
+                    continue;
+                }
+                let rules = profile_rules(
+                    world.profiles.get(profile),
+                    profile,
+                    direction,
+                    family,
+                    &mut conditions,
+                    warnings,
+                );
+                add_chain(&mut chains, chain, rules);
+            }
+            add_chain(
+                &mut chains,
+                endpoint_chain(interface, direction),
+                endpoint_rules(&program, world, direction),
+            );
+        }
+    }
+    for (name, rules) in fixed_chains(local, config, family) {
+        add_chain(&mut chains, name, rules);
+    }
+    let mut sets = BTreeMap::new();
+    for condition in &conditions {
+        if let Some(name) = set_name(condition, family) {
+            let (kind, members, comment) = set_members(condition, &world.entities, family);
+            sets.insert(
+                name.clone(),
+                IpSet {
+                    name,
+                    kind,
+                    family,
+                    members,
+                    comment,
+                },
+            );
+        }
+    }
+    Dataplane {
+        tables: BTreeMap::from([("filter".to_string(), Table { chains })]),
+        hooks: vec![
+            Hook {
+                table: "filter".into(),
+                chain: "FORWARD".into(),
+                target: FORWARD_CHAIN.into(),
+            },
+            Hook {
+                table: "filter".into(),
+                chain: "INPUT".into(),
+                target: INPUT_CHAIN.into(),
+            },
+        ],
+        sets,
+    }
+}
+
+fn note_never(compiled: &[CompiledRule], owner: &str, warnings: &mut Vec<String>) {
+    for rule in compiled {
+        if let Some(reason) = &rule.never {
+            if reason.contains("not enforce") {
+                warnings.push(format!(
+                    "{owner} rule {}: {reason}; the rule matches nothing",
+                    rule.index
+                ));
+            }
+        }
+    }
+}
+
+fn profile_rules(
+    profile: Option<&Profile>,
+    name: &str,
+    direction: Direction,
+    family: Family,
+    conditions: &mut BTreeSet<Condition>,
+    warnings: &mut Vec<String>,
+) -> Vec<Rule> {
+    let Some(profile) = profile else {
+        return vec![rule(
+            vec![],
+            Target::Drop,
+            format!("profile {name} does not exist: deny"),
+        )];
+    };
+    let rules = match direction {
+        Direction::Ingress => &profile.ingress,
+        Direction::Egress => &profile.egress,
+    };
+    let compiled: Vec<CompiledRule> = rules
+        .iter()
+        .enumerate()
+        .map(|(i, r)| compile_rule(r, i, None, family))
+        .collect();
+    note_never(&compiled, &format!("profile {name}"), warnings);
+    conditions.extend(super::compile::referenced(&compiled));
+    rules_chain(&format!("profile {name}"), &compiled, direction, family)
+}
+
+/// twl-FORWARD, twl-INPUT, twl-wl-to-host and the dispatch chains.
+fn fixed_chains(
+    local: &BTreeMap<String, Entity>,
+    config: &Config,
+    family: Family,
+) -> Vec<(String, Vec<Rule>)> {
+    let mut forward = Vec::new();
+    let mut input = Vec::new();
+    for prefix in &config.interface_prefixes {
+        let wildcard = format!("{prefix}+");
+        let from = Match::InInterface(wildcard.clone());
+        let to = Match::OutInterface(wildcard.clone());
+        for side in [&from, &to] {
+            forward.push(rule(
+                vec![
+                    side.clone(),
+                    Match::ConntrackState("RELATED,ESTABLISHED".into()),
+                ],
+                Target::Accept,
+                "established",
+            ));
+            forward.push(rule(
+                vec![side.clone(), Match::ConntrackState("INVALID".into())],
+                Target::Drop,
+                "invalid",
+            ));
+            forward.push(rule(
+                vec![side.clone()],
+                Target::SetMark {
+                    value: 0,
+                    mask: MARK_MASK,
+                },
+                "clear marks",
+            ));
+        }
+        forward.push(rule(
+            vec![from.clone()],
+            Target::Jump(FROM_WL_DISPATCH.into()),
+            "from workloads: egress policy",
+        ));
+        forward.push(rule(
+            vec![to],
+            Target::Jump(TO_WL_DISPATCH.into()),
+            "to workloads: ingress policy",
+        ));
+        input.push(rule(
+            vec![from],
+            Target::Goto(WL_TO_HOST_CHAIN.into()),
+            "from workloads to this host",
+        ));
+    }
+    forward.push(rule(
+        vec![accepted()],
+        Target::Accept,
+        "policy accepted the packet",
+    ));
+    let mut to_host = vec![
+        rule(
+            vec![Match::ConntrackState("RELATED,ESTABLISHED".into())],
+            Target::Accept,
+            "established",
+        ),
+        rule(
+            vec![Match::ConntrackState("INVALID".into())],
+            Target::Drop,
+            "invalid",
+        ),
+    ];
+    if family == Family::V6 {
+        // Neighbour discovery and MLD must reach the host whatever egress policy says.
+        for icmp_type in [130, 131, 132, 133, 135, 136] {
+            to_host.push(rule(
+                vec![
+                    Match::Protocol {
+                        not: false,
+                        number: 58,
+                    },
+                    Match::Icmp {
+                        not: false,
+                        icmp_type,
+                        code: None,
+                    },
+                ],
+                Target::Accept,
+                "IPv6 neighbour discovery",
+            ));
+        }
+    }
+    to_host.push(rule(
+        vec![],
+        Target::SetMark {
+            value: 0,
+            mask: MARK_MASK,
+        },
+        "clear marks",
+    ));
+    to_host.push(rule(
+        vec![],
+        Target::Jump(FROM_WL_DISPATCH.into()),
+        "egress policy of the workload",
+    ));
+    to_host.push(rule(
+        vec![],
+        match config.endpoint_to_host {
+            EndpointToHost::Accept => Target::Accept,
+            EndpointToHost::Drop => Target::Drop,
+            EndpointToHost::Return => Target::Return,
+        },
+        "defaultEndpointToHostAction",
+    ));
+    let mut from_dispatch = Vec::new();
+    let mut to_dispatch = Vec::new();
+    for interface in local.keys() {
+        from_dispatch.push(rule(
+            vec![Match::InInterface(interface.clone())],
+            Target::Goto(endpoint_chain(interface, Direction::Egress)),
+            format!("from {}", local[interface].display()),
+        ));
+        to_dispatch.push(rule(
+            vec![Match::OutInterface(interface.clone())],
+            Target::Goto(endpoint_chain(interface, Direction::Ingress)),
+            format!("to {}", local[interface].display()),
+        ));
+    }
+    from_dispatch.push(rule(vec![], Target::Drop, "unknown workload interface"));
+    to_dispatch.push(rule(vec![], Target::Drop, "unknown workload interface"));
+    vec![
+        (FORWARD_CHAIN.into(), forward),
+        (INPUT_CHAIN.into(), input),
+        (WL_TO_HOST_CHAIN.into(), to_host),
+        (FROM_WL_DISPATCH.into(), from_dispatch),
+        (TO_WL_DISPATCH.into(), to_dispatch),
+    ]
+}

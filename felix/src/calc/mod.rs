@@ -1,0 +1,123 @@
+//! The policy calculation (pure): the model in, per family the desired chains and IP sets out,
+//! with Calico's semantics.
+//!
+//! - [`programs`]: per endpoint and direction, the tiers (by order, then name) with the
+//!   policies that select it (by order, then name), and its profiles — what both the
+//!   dataplane and `policy explain` follow.
+//! - [`compile`]: a rule as conditions over sets, nets, protocols and ports, per family;
+//!   rule selectors scoped to namespaces exactly as Calico scopes them.
+//! - [`chains`]: the chains and sets of one family from the programs and compiled rules.
+//!
+//! Rules are O(local endpoints + policies that select them): remote endpoints are members of
+//! IP sets, never rules.
+
+pub mod chains;
+pub mod compile;
+pub mod programs;
+
+use std::collections::BTreeMap;
+
+use crate::ir::{Dataplane, Family};
+use crate::model::{Entity, EntityKind, Model};
+
+/// What shapes the dataplane beyond the resources' rules.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// This node.
+    pub node: String,
+    /// Prefixes of workload interfaces (Calico's `interfacePrefix`; Twill's plugin uses `tw`).
+    pub interface_prefixes: Vec<String>,
+    /// What happens to traffic from a workload to its host after egress policy allowed it.
+    pub endpoint_to_host: EndpointToHost,
+}
+
+/// FelixConfiguration `defaultEndpointToHostAction`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndpointToHost {
+    /// Accept it (as Calico's Kubernetes manifests configure).
+    Accept,
+    /// Drop it.
+    Drop,
+    /// Return to the host's own INPUT rules.
+    Return,
+}
+
+impl Config {
+    /// The configuration of `node` from the FelixConfiguration resources (`default`, then
+    /// `node.<name>` on top).
+    pub fn from_model(model: &Model, node: &str) -> Config {
+        let mut config = Config {
+            node: node.to_string(),
+            interface_prefixes: vec!["tw".into()],
+            endpoint_to_host: EndpointToHost::Accept,
+        };
+        for name in ["default".to_string(), format!("node.{node}")] {
+            let key = twill_shared::resource::Key::cluster(
+                twill_shared::resource::Kind::FelixConfiguration,
+                &name,
+            );
+            let Some(twill_shared::resource::Resource::FelixConfiguration(o)) = model.get(&key)
+            else {
+                continue;
+            };
+            if let Some(prefix) = &o.spec.interface_prefix {
+                config.interface_prefixes = prefix
+                    .split(',')
+                    .map(|p| p.trim().to_string())
+                    .filter(|p| !p.is_empty())
+                    .collect();
+            }
+            match o
+                .spec
+                .default_endpoint_to_host_action
+                .as_deref()
+                .map(str::to_ascii_lowercase)
+                .as_deref()
+            {
+                Some("drop") => config.endpoint_to_host = EndpointToHost::Drop,
+                Some("return") => config.endpoint_to_host = EndpointToHost::Return,
+                Some("accept") => config.endpoint_to_host = EndpointToHost::Accept,
+                _ => {}
+            }
+        }
+        config
+    }
+}
+
+/// The result of a calculation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Computed {
+    /// IPv4 chains and sets.
+    pub v4: Dataplane,
+    /// IPv6 chains and sets.
+    pub v6: Dataplane,
+    /// This node's workload endpoints, by interface.
+    pub local: BTreeMap<String, Entity>,
+    /// Warnings for people (fields stored but not enforced, missing referents).
+    pub warnings: Vec<String>,
+}
+
+/// Calculates the whole desired dataplane of one node.
+pub fn compute(model: &Model, config: &Config) -> Computed {
+    let entities = model.entities();
+    let world = programs::World::new(model, entities);
+    let local: BTreeMap<String, Entity> = world
+        .entities
+        .iter()
+        .filter(|e| {
+            e.kind == EntityKind::Workload && e.node.as_deref() == Some(config.node.as_str())
+        })
+        .filter_map(|e| Some((e.interface.clone()?, e.clone())))
+        .collect();
+    let mut warnings = world.warnings.clone();
+    let v4 = chains::dataplane(&world, &local, config, Family::V4, &mut warnings);
+    let v6 = chains::dataplane(&world, &local, config, Family::V6, &mut warnings);
+    warnings.sort();
+    warnings.dedup();
+    Computed {
+        v4,
+        v6,
+        local,
+        warnings,
+    }
+}

@@ -1,0 +1,340 @@
+//! The policy part of twill-node: follow the datastore, calculate, apply; repeat on every
+//! change (coalesced) and every refresh interval (drift repair).
+//!
+//! Nothing is written to the kernel before the syncer is in sync. Rules are never flushed:
+//! when the agent stops or dies, the kernel keeps enforcing what it last applied, and a new
+//! agent takes its own objects over by name and hash, changing only what differs.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use ipnet::IpNet;
+use tokio::sync::watch;
+use twill_felix::calc::{self, Computed, Config};
+use twill_felix::ir::{Dataplane, Family};
+use twill_felix::model::Model;
+use twill_shared::datastore::{connect, Stored};
+use twill_shared::syncer::{driver, SyncStatus, Update};
+
+use crate::health::{self, Health};
+use crate::status::{Metrics, Status};
+
+/// What the agent does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Policy, endpoint routes (and, with later issues, BGP and encapsulation).
+    Full,
+    /// Policy alone, for clusters whose pods another CNI wires.
+    PolicyOnly,
+}
+
+/// How the agent runs.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Datastore URL.
+    pub datastore: String,
+    /// This node's name.
+    pub node: String,
+    /// Full or policy-only.
+    pub mode: Mode,
+    /// Where `/livez`, `/readyz`, `/metrics` listen.
+    pub health_listen: String,
+    /// Where the status file goes.
+    pub status_file: PathBuf,
+    /// How often the kernel is compared with the desired state (drift repair).
+    pub refresh: Duration,
+}
+
+struct Agent {
+    options: Options,
+    model: Model,
+    in_sync: bool,
+    dirty: bool,
+    revision: i64,
+    computed: Option<Computed>,
+    applier: Option<twill_felix::apply::Applier>,
+    status: Status,
+    metrics: Arc<Mutex<Metrics>>,
+    health: watch::Sender<Health>,
+    lists: u64,
+}
+
+/// Runs until the process is stopped.
+pub async fn run(options: Options) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(&options.health_listen)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {} for health and metrics",
+                options.health_listen
+            )
+        })?;
+    let metrics = Arc::new(Mutex::new(Metrics::default()));
+    let (health_sender, health_receiver) = watch::channel(Health {
+        live: true,
+        ready: false,
+    });
+    tokio::spawn(health::serve(listener, health_receiver, metrics.clone()));
+    let store = connect(&options.datastore)
+        .await
+        .with_context(|| format!("cannot open the datastore {}", options.datastore))?;
+    let config = twill_felix::apply::ApplierConfig {
+        backend: twill_felix::apply::BackendChoice::from_env()?,
+        ..twill_felix::apply::ApplierConfig::default()
+    };
+    let applier =
+        tokio::task::spawn_blocking(move || twill_felix::apply::Applier::new(&config)).await?;
+    tracing::info!(backend = ?applier.backend(), "iptables backend");
+    let mut updates = driver::spawn(store, Vec::new());
+    let mut agent = Agent {
+        status: Status {
+            node: options.node.clone(),
+            mode: match options.mode {
+                Mode::Full => "full".into(),
+                Mode::PolicyOnly => "policy-only".into(),
+            },
+            datastore: options.datastore.clone(),
+            pid: std::process::id(),
+            ..Status::default()
+        },
+        options,
+        model: Model::default(),
+        in_sync: false,
+        dirty: false,
+        revision: 0,
+        computed: None,
+        applier: Some(applier),
+        metrics,
+        health: health_sender,
+        lists: 0,
+    };
+    agent.write_status();
+    let mut refresh = tokio::time::interval(agent.options.refresh);
+    refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    loop {
+        let mut repair = false;
+        tokio::select! {
+            update = updates.recv() => {
+                let Some(update) = update else { anyhow::bail!("the syncer stopped") };
+                agent.on_update(update);
+                while let Ok(update) = updates.try_recv() {
+                    agent.on_update(update);
+                }
+            }
+            _ = refresh.tick() => repair = true,
+            _ = tokio::signal::ctrl_c() => break,
+            _ = terminate.recv() => break,
+        }
+        if agent.in_sync && (agent.dirty || repair) {
+            agent.calculate_and_apply().await;
+        } else {
+            agent.advance();
+        }
+    }
+    tracing::info!("stopping; the kernel keeps the rules last applied");
+    Ok(())
+}
+
+impl Agent {
+    fn on_update(&mut self, update: Update) {
+        match update {
+            Update::Status(SyncStatus::InSync) => {
+                tracing::info!(revision = self.revision, "in sync with the datastore");
+                self.in_sync = true;
+                self.dirty = true;
+            }
+            Update::Status(SyncStatus::ResyncInProgress) => {
+                self.lists += 1;
+                if self.lists > 1 {
+                    self.status.resyncs += 1;
+                    if let Ok(metrics) = self.metrics.lock() {
+                        metrics.resyncs.inc();
+                    }
+                }
+            }
+            Update::Status(SyncStatus::WaitForDatastore) => {}
+            Update::Revision(revision) => self.revision = self.revision.max(revision),
+            Update::Changed {
+                key,
+                revision,
+                value,
+            } => {
+                self.revision = self.revision.max(revision);
+                if !Model::wants(key.kind) {
+                    return;
+                }
+                let resource = match value {
+                    None => None,
+                    Some(value) => match twill_shared::client::decode(Stored {
+                        key: key.clone(),
+                        value,
+                        revision,
+                    }) {
+                        Ok(resource) => Some(resource),
+                        Err(err) => {
+                            // A stored object felix cannot read is treated as absent (Calico's
+                            // validation filter), and said once.
+                            tracing::warn!(%key, error = %err, "ignoring an object that does not decode");
+                            None
+                        }
+                    },
+                };
+                if self.model.set(key, resource) {
+                    self.dirty = true;
+                }
+            }
+        }
+        self.status.datastore_revision = self.revision;
+    }
+
+    async fn calculate_and_apply(&mut self) {
+        if self.dirty || self.computed.is_none() {
+            let started = Instant::now();
+            let config = Config::from_model(&self.model, &self.options.node);
+            self.computed = Some(calc::compute(&self.model, &config));
+            if let Ok(metrics) = self.metrics.lock() {
+                metrics
+                    .calc_seconds
+                    .observe(started.elapsed().as_secs_f64());
+            }
+        }
+        let Some(computed) = self.computed.clone() else {
+            return;
+        };
+        let applied_revision = self.revision;
+        let started = Instant::now();
+        let result = self.apply(&computed).await;
+        let elapsed = started.elapsed();
+        match result {
+            Ok(()) => {
+                self.dirty = false;
+                self.status.applied_revision = applied_revision;
+                self.status.last_error = None;
+                let _ = self.health.send(Health {
+                    live: true,
+                    ready: true,
+                });
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "apply failed; retrying at the next change or refresh");
+                self.status.apply_errors += 1;
+                self.status.last_error = Some(format!("{err:#}"));
+                if let Ok(metrics) = self.metrics.lock() {
+                    metrics.apply_errors.inc();
+                }
+            }
+        }
+        self.record(&computed, elapsed);
+        self.write_status();
+    }
+
+    async fn apply(&mut self, computed: &Computed) -> anyhow::Result<()> {
+        let mut applier = self.applier.take().context("the applier is busy")?;
+        let (v4, v6) = (computed.v4.clone(), computed.v6.clone());
+        let (applier, result) = tokio::task::spawn_blocking(move || {
+            let result = apply_families(&mut applier, &v4, &v6);
+            (applier, result)
+        })
+        .await
+        .context("the apply task failed")?;
+        self.applier = Some(applier);
+        result?;
+        if self.options.mode == Mode::Full {
+            let desired: BTreeMap<IpNet, String> = computed
+                .local
+                .iter()
+                .flat_map(|(interface, endpoint)| {
+                    endpoint.nets.iter().map(move |n| (*n, interface.clone()))
+                })
+                .collect();
+            let changes = crate::routes::sync(&desired)
+                .await
+                .map_err(anyhow::Error::msg)?;
+            if !changes.added.is_empty() || !changes.removed.is_empty() {
+                tracing::info!(added = ?changes.added, removed = ?changes.removed, "endpoint routes repaired");
+            }
+        }
+        Ok(())
+    }
+
+    fn record(&mut self, computed: &Computed, elapsed: Duration) {
+        self.record_inner(computed, elapsed);
+    }
+
+    fn record_inner(&mut self, computed: &Computed, elapsed: Duration) {
+        let count_rules = |d: &Dataplane| {
+            d.tables
+                .values()
+                .flat_map(|t| t.chains.values())
+                .map(|c| c.rules.len())
+                .sum::<usize>()
+        };
+        let count_members = |d: &Dataplane| d.sets.values().map(|s| s.members.len()).sum::<usize>();
+        self.status.in_sync = self.in_sync;
+        self.status.last_apply_ms = elapsed.as_secs_f64() * 1000.0;
+        self.status.last_apply_at = Some(twill_shared::client::rfc3339(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+        ));
+        self.status.endpoints = computed.local.len();
+        self.status.policies = self.model.policies().len();
+        self.status.rules = count_rules(&computed.v4) + count_rules(&computed.v6);
+        self.status.ipset_members = count_members(&computed.v4) + count_members(&computed.v6);
+        self.status.warnings = computed.warnings.clone();
+        if let Ok(metrics) = self.metrics.lock() {
+            metrics.apply_seconds.observe(elapsed.as_secs_f64());
+            metrics.rules.set(self.status.rules as i64);
+            metrics.ipset_members.set(self.status.ipset_members as i64);
+            metrics.endpoints.set(self.status.endpoints as i64);
+            metrics.policies.set(self.status.policies as i64);
+            metrics
+                .ready
+                .set(i64::from(self.status.applied_revision > 0));
+        }
+    }
+
+    /// Changes felix does not follow (IPAM objects, BGP settings) leave the dataplane as it
+    /// is: it reflects the newer revision too.
+    fn advance(&mut self) {
+        let clean = self.in_sync
+            && !self.dirty
+            && self.computed.is_some()
+            && self.status.last_error.is_none();
+        if clean && self.status.applied_revision > 0 && self.status.applied_revision < self.revision
+        {
+            self.status.applied_revision = self.revision;
+            self.write_status();
+        }
+    }
+
+    fn write_status(&mut self) {
+        self.status.in_sync = self.in_sync;
+        if let Err(err) = self.status.write(&self.options.status_file) {
+            tracing::warn!(path = %self.options.status_file.display(), error = %err, "cannot write the status file");
+        }
+    }
+}
+
+/// Applies IPv4, then IPv6 where the kernel has it.
+fn apply_families(
+    applier: &mut twill_felix::apply::Applier,
+    v4: &Dataplane,
+    v6: &Dataplane,
+) -> anyhow::Result<()> {
+    let stats = applier.apply(Family::V4, v4)?;
+    if !stats.wrote_nothing() {
+        tracing::info!(?stats, "applied IPv4");
+    }
+    if std::path::Path::new("/proc/sys/net/ipv6").exists() {
+        let stats = applier.apply(Family::V6, v6)?;
+        if !stats.wrote_nothing() {
+            tracing::info!(?stats, "applied IPv6");
+        }
+    }
+    Ok(())
+}

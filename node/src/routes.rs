@@ -1,0 +1,139 @@
+//! Endpoint routes: every local workload address has a host route via its interface with
+//! Twill's endpoint protocol (211); missing ones are added (a route lost after the CNI plugin
+//! added it comes back), Twill's routes to addresses no local workload has are removed.
+//! Routes of other protocols are never touched.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use futures_util::TryStreamExt;
+use ipnet::IpNet;
+use rtnetlink::packet_route::route::{
+    RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope,
+};
+use rtnetlink::RouteMessageBuilder;
+
+/// Twill's route protocol for workload endpoint routes.
+pub const ENDPOINT_ROUTE_PROTOCOL: u8 = 211;
+
+/// What a sync changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RouteChanges {
+    /// Routes added.
+    pub added: Vec<IpNet>,
+    /// Routes removed.
+    pub removed: Vec<IpNet>,
+}
+
+/// Makes the endpoint routes of this namespace exactly `desired` (address → interface).
+/// Interfaces that do not exist (yet) are skipped.
+pub async fn sync(desired: &BTreeMap<IpNet, String>) -> Result<RouteChanges, String> {
+    let (connection, handle, _) =
+        rtnetlink::new_connection().map_err(|e| format!("netlink: {e}"))?;
+    let task = tokio::spawn(connection);
+    let result = sync_with(&handle, desired).await;
+    task.abort();
+    result
+}
+
+async fn sync_with(
+    handle: &rtnetlink::Handle,
+    desired: &BTreeMap<IpNet, String>,
+) -> Result<RouteChanges, String> {
+    let mut indexes: BTreeMap<String, u32> = BTreeMap::new();
+    let mut links = handle.link().get().execute();
+    while let Some(link) = links
+        .try_next()
+        .await
+        .map_err(|e| format!("listing links: {e}"))?
+    {
+        for attribute in &link.attributes {
+            if let rtnetlink::packet_route::link::LinkAttribute::IfName(name) = attribute {
+                indexes.insert(name.clone(), link.header.index);
+            }
+        }
+    }
+    let mut present: BTreeMap<IpNet, u32> = BTreeMap::new();
+    for query in [
+        RouteMessageBuilder::<Ipv4Addr>::new().build(),
+        RouteMessageBuilder::<Ipv6Addr>::new().build(),
+    ] {
+        let messages: Vec<RouteMessage> = handle
+            .route()
+            .get(query)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| format!("listing routes: {e}"))?;
+        for message in messages
+            .iter()
+            .filter(|m| m.header.protocol == RouteProtocol::Other(ENDPOINT_ROUTE_PROTOCOL))
+        {
+            if let Some((net, oif)) = destination(message) {
+                present.insert(net, oif);
+            }
+        }
+    }
+    let mut changes = RouteChanges::default();
+    let wanted: BTreeSet<(IpNet, u32)> = desired
+        .iter()
+        .filter_map(|(net, interface)| Some((*net, *indexes.get(interface)?)))
+        .collect();
+    for (net, oif) in &present {
+        if !wanted.contains(&(*net, *oif)) {
+            let message = build(*net, *oif);
+            if handle.route().del(message).execute().await.is_ok() {
+                changes.removed.push(*net);
+            }
+        }
+    }
+    for (net, oif) in &wanted {
+        if present.get(net) != Some(oif) {
+            match handle
+                .route()
+                .add(build(*net, *oif))
+                .replace()
+                .execute()
+                .await
+            {
+                Ok(()) => changes.added.push(*net),
+                Err(err) => return Err(format!("adding the route to {net}: {err}")),
+            }
+        }
+    }
+    Ok(changes)
+}
+
+fn build(net: IpNet, oif: u32) -> RouteMessage {
+    let protocol = RouteProtocol::Other(ENDPOINT_ROUTE_PROTOCOL);
+    match net {
+        IpNet::V4(net) => RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(net.addr(), net.prefix_len())
+            .output_interface(oif)
+            .scope(RouteScope::Link)
+            .protocol(protocol)
+            .build(),
+        IpNet::V6(net) => RouteMessageBuilder::<Ipv6Addr>::new()
+            .destination_prefix(net.addr(), net.prefix_len())
+            .output_interface(oif)
+            .protocol(protocol)
+            .build(),
+    }
+}
+
+fn destination(message: &RouteMessage) -> Option<(IpNet, u32)> {
+    let mut address = None;
+    let mut oif = None;
+    for attribute in &message.attributes {
+        match attribute {
+            RouteAttribute::Destination(RouteAddress::Inet(v4)) => address = Some(IpAddr::V4(*v4)),
+            RouteAttribute::Destination(RouteAddress::Inet6(v6)) => address = Some(IpAddr::V6(*v6)),
+            RouteAttribute::Oif(index) => oif = Some(*index),
+            _ => {}
+        }
+    }
+    Some((
+        IpNet::new(address?, message.header.destination_prefix_length).ok()?,
+        oif?,
+    ))
+}
