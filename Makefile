@@ -49,31 +49,46 @@ test: build check
 	@set -o pipefail; $(CARGO) test --workspace 2>&1 | \
 	awk '{ print; fflush() } /^test result:/ { p += $$4; f += $$6 } END { printf "summary: %d passed, %d failed\n", p, f }'
 
-# The lab (network namespaces on this machine, pods wired by the real twill CNI plugin), the
-# first seed article's pods, then its policies and the second article's, stored and listed.
-# The lab is always taken down at the end, also when a step fails.
+# The lab (network namespaces on this machine, pods wired by the real twill CNI plugin, a
+# twill-node per node enforcing policy): the first seed article's pods and policies, matrix
+# after matrix; then the second article's three-tier example; then its other policies,
+# stored and listed. The lab is always taken down at the end, also when a step fails.
 demo: deps
-	$(CARGO) build -q -p twillctl -p twill-cni
+	$(CARGO) build -q -p twillctl -p twill-cni -p twill-node
 	@set -e; lab() { echo; echo "\$$ twillctl lab $$*"; $(TWILLCTL) lab --name demo "$$@"; }; \
 	trap '$(TWILLCTL) lab --name demo down >/dev/null 2>&1 || true' EXIT; \
 	$(TWILLCTL) lab --name demo down >/dev/null; \
 	echo "# A one-node lab: namespaces on this machine, closed off from its own network."; \
 	lab up; \
+	datastore=$$($(TWILLCTL) lab --name demo status -o json | sed -n 's/.*"datastore": "\(.*\)".*/\1/p'); \
+	step() { echo; echo "\$$ twillctl $$*"; $(TWILLCTL) --datastore "$$datastore" "$$@"; }; \
+	curl_backend() { lab exec default/frontend -- curl -s -o /dev/null -w '%{http_code}\n' --max-time 2 http://backend:8000 || echo "(no answer within 2 s: the connection is dropped)"; }; \
 	echo; echo "# The first article's pods, created through the twill CNI plugin:"; \
 	lab apply -f examples/seed-walkthrough/01-pods.yaml; \
 	lab status; \
 	echo; echo "# The frontend reaches the backend's python http.server by name:"; \
-	lab exec default/frontend -- curl -s -o /dev/null -w '%{http_code}\n' --max-time 5 http://backend:8000; \
-	echo; echo "# Who reaches whom, observed on the wire (rows from, columns to):"; \
+	curl_backend; \
 	lab probe --port 80/TCP --port 8000/TCP; \
-	echo; echo "# The article's policies are stored (enforcement comes with the policy engine):"; \
+	echo; echo "# Deny all ingress to the backend:"; \
 	lab apply -f examples/seed-walkthrough/02-deny-all-ingress-to-backend.yaml; \
+	curl_backend; \
+	lab probe --port 80/TCP --port 8000/TCP; \
+	echo; echo "# Allow the frontend to reach the backend on TCP 8000 (and nothing else):"; \
 	lab apply -f examples/seed-walkthrough/03-allow-frontend-to-backend.yaml; \
+	curl_backend; \
+	lab probe --port 80/TCP --port 8000/TCP; \
+	step policy explain --from default/frontend --to default/backend --port 8000/tcp; \
+	step node status --status-file /run/twill/lab/demo/node-1/status.json; \
+	lab down; \
+	echo; echo "# The second article's three-tier application (examples/three-tier):"; \
+	lab up --topology examples/three-tier/topology.yaml; \
 	datastore=$$($(TWILLCTL) lab --name demo status -o json | sed -n 's/.*"datastore": "\(.*\)".*/\1/p'); \
-	step() { echo; echo "\$$ twillctl $$*"; $(TWILLCTL) --datastore "$$datastore" "$$@"; }; \
-	step get networkpolicies.networking.k8s.io; \
-	step get networkpolicies.networking.k8s.io allow-frontend-to-backend -o yaml; \
-	echo; echo "# The second article's Calico policies:"; \
+	ports="--port 80/TCP --port 8080/TCP --port 5432/TCP --port 53/UDP"; \
+	lab probe $$ports; \
+	lab apply -f examples/calico-policies/frontend-policy.yaml; \
+	lab probe $$ports; \
+	step policy explain --from frontend/web --to database/postgres --port 5432/tcp; \
+	echo; echo "# The second article's other policies, stored and listed (fields Twill does not enforce are named):"; \
 	for f in examples/calico-policies/*.yaml; do step apply -f $$f; done; \
 	step get globalnetworkpolicies -o wide; \
 	step get networkpolicies -A -o wide; \

@@ -85,6 +85,11 @@ pub async fn write(url: &str, file: &str, namespace: &str, mode: WriteMode) -> R
     let resources = parse_file(file, namespace)?;
     let client = client(url).await?;
     let outcomes = client.write_all(&resources, mode).await?;
+    for resource in &resources {
+        for warning in twill_felix::model::unenforced(resource) {
+            eprintln!("warning: {}: {warning}", resource.key());
+        }
+    }
     let verb = match mode {
         WriteMode::Apply => "applied",
         WriteMode::Create => "created",

@@ -622,3 +622,65 @@ fn namespaced_policy(
         do_not_track: false,
     }
 }
+
+/// Fields a resource sets that Twill stores but does not enforce yet, as `path: what`:
+/// Calico Enterprise's `domains` and `http` (a rule that needs them matches nothing — fail
+/// closed), Kubernetes `services` matches, network sets' domains, flow-log settings.
+pub fn unenforced(resource: &Resource) -> Vec<String> {
+    let mut found = Vec::new();
+    let rules = |found: &mut Vec<String>, direction: &str, rules: Option<&Vec<Rule>>| {
+        for (index, rule) in rules.into_iter().flatten().enumerate() {
+            let path = format!("spec.{direction}[{index}]");
+            if rule.http.is_some() {
+                found.push(format!("{path}.http: HTTP matching (Calico Enterprise) is not enforced; the rule matches nothing"));
+            }
+            for (side, entity) in [("source", &rule.source), ("destination", &rule.destination)] {
+                let Some(entity) = entity else { continue };
+                if entity.domains.as_ref().is_some_and(|d| !d.is_empty()) {
+                    found.push(format!("{path}.{side}.domains: domain names (Calico Enterprise) are not enforced; the rule matches nothing"));
+                }
+                if entity.services.is_some() {
+                    found.push(format!("{path}.{side}.services: service matches are not enforced yet; the rule matches nothing"));
+                }
+            }
+        }
+    };
+    match resource {
+        Resource::NetworkPolicy(o) => {
+            rules(&mut found, "ingress", o.spec.ingress.as_ref());
+            rules(&mut found, "egress", o.spec.egress.as_ref());
+        }
+        Resource::GlobalNetworkPolicy(o) => {
+            rules(&mut found, "ingress", o.spec.ingress.as_ref());
+            rules(&mut found, "egress", o.spec.egress.as_ref());
+        }
+        Resource::Profile(o) => {
+            rules(&mut found, "ingress", o.spec.ingress.as_ref());
+            rules(&mut found, "egress", o.spec.egress.as_ref());
+        }
+        Resource::NetworkSet(o) | Resource::GlobalNetworkSet(o) => {
+            if o.spec
+                .allowed_egress_domains
+                .as_ref()
+                .is_some_and(|d| !d.is_empty())
+            {
+                found.push(
+                    "spec.allowedEgressDomains: domain names (Calico Enterprise) are not enforced"
+                        .into(),
+                );
+            }
+        }
+        Resource::FelixConfiguration(o) => {
+            let value = serde_json::to_value(&o.spec).unwrap_or_default();
+            for key in value.as_object().into_iter().flat_map(|m| m.keys()) {
+                if key.starts_with("flowLogs") {
+                    found.push(format!(
+                        "spec.{key}: flow logs are not produced yet (stored only)"
+                    ));
+                }
+            }
+        }
+        _ => {}
+    }
+    found
+}
