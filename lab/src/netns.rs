@@ -227,7 +227,10 @@ pub mod named {
                 return;
             }
             for pid in pids {
-                let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+                let _ = Command::new("kill")
+                    .args(["-9", &pid.to_string()])
+                    .stderr(std::process::Stdio::null())
+                    .status();
             }
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
