@@ -19,6 +19,17 @@ pub struct LabArgs {
     name: String,
 }
 
+/// What `lab node` does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum NodeAction {
+    /// SIGTERM.
+    Stop,
+    /// SIGKILL.
+    Kill,
+    /// Start again.
+    Start,
+}
+
 /// Output formats of `lab status` and `lab probe`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LabOutput {
@@ -73,6 +84,14 @@ enum LabCommand {
         /// How long each probe waits for a reply, in milliseconds.
         #[arg(long, default_value_t = 1000)]
         timeout_ms: u64,
+    },
+    /// Stop, kill or start a node's twill-node (fault tests).
+    Node {
+        /// stop (SIGTERM), kill (SIGKILL) or start.
+        #[arg(value_enum)]
+        action: NodeAction,
+        /// The node, e.g. node-1.
+        node: String,
     },
     /// Wait until every node's dataplane reflects the datastore's current revision.
     Sync {
@@ -180,6 +199,15 @@ pub async fn run(args: LabArgs, datastore_flag: Option<String>) -> Result<(), Fa
             let ports = parse_ports(&ports)?;
             let results = lab.probe(&ports, Duration::from_millis(timeout_ms)).await?;
             print_probe(&results, output)?;
+        }
+        LabCommand::Node { action, node } => {
+            let action = match action {
+                NodeAction::Stop => twill_lab::AgentAction::Stop,
+                NodeAction::Kill => twill_lab::AgentAction::Kill,
+                NodeAction::Start => twill_lab::AgentAction::Start,
+            };
+            lab.node_agent(&node, action)?;
+            println!("twill-node on {node}: {action:?} done");
         }
         LabCommand::Sync { timeout } => {
             lab.sync(Duration::from_secs_f64(timeout)).await?;

@@ -31,6 +31,17 @@ pub const UNDERLAY_GATEWAY: &str = "198.18.0.1";
 /// How long `up` and `apply` wait for every pod to answer.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// What `node_agent` does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AgentAction {
+    /// SIGTERM, as a service manager stops it.
+    Stop,
+    /// SIGKILL, as a crash.
+    Kill,
+    /// Start it again.
+    Start,
+}
+
 /// How to build a lab.
 #[derive(Debug, Clone, Default)]
 pub struct UpOptions {
@@ -206,6 +217,55 @@ impl Lab {
             .spawn()
             .with_context(|| format!("cannot start twill-node on {}", node.name))?;
         Ok(())
+    }
+
+    /// Stops (SIGTERM), kills (SIGKILL) or starts a node's twill-node, for fault tests.
+    pub fn node_agent(&self, node: &str, action: AgentAction) -> anyhow::Result<()> {
+        let state = self.state()?;
+        let record = state
+            .node(node)
+            .with_context(|| format!("no node {node:?} in lab {:?}", self.name))?;
+        if action == AgentAction::Start {
+            if !self.agent_pids(record).is_empty() {
+                bail!("twill-node already runs on {node}");
+            }
+            return self.start_agent(&state, record);
+        }
+        let signal = if action == AgentAction::Kill {
+            "-KILL"
+        } else {
+            "-TERM"
+        };
+        let pids = self.agent_pids(record);
+        if pids.is_empty() {
+            bail!("twill-node does not run on {node}");
+        }
+        for pid in &pids {
+            let _ = std::process::Command::new("kill")
+                .args([signal, &pid.to_string()])
+                .status();
+        }
+        for _ in 0..250 {
+            if self.agent_pids(record).is_empty() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        bail!("twill-node on {node} did not stop")
+    }
+
+    fn agent_pids(&self, node: &NodeState) -> Vec<i32> {
+        named::pids(&node.netns)
+            .into_iter()
+            .filter(|pid| {
+                std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmdline| {
+                    cmdline
+                        .split(|b| *b == 0)
+                        .next()
+                        .is_some_and(|argv0| argv0.ends_with(b"twill-node"))
+                })
+            })
+            .collect()
     }
 
     /// The status twill-node of `node` last wrote.

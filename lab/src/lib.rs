@@ -23,4 +23,4 @@ pub mod probe;
 pub mod state;
 pub mod topology;
 
-pub use cluster::{Lab, UpOptions};
+pub use cluster::{AgentAction, Lab, UpOptions};

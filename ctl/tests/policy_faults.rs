@@ -1,0 +1,201 @@
+//! Policy enforcement when things go wrong, observed on the wire of a lab: the agent killed
+//! or restarted, Twill's chains flushed by someone else, foreign rules, bad documents.
+
+#![allow(clippy::disallowed_methods)] // Tests run processes and read the clock.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::LabGuard;
+
+const TOPOLOGY: &str =
+    "namespaces:\n  x: {ns: x}\npods:\n  - {ns: x, name: a, labels: {pod: a}}\n  \
+    - {ns: x, name: b, labels: {pod: b}}\n  - {ns: x, name: c, labels: {pod: c}}\nports:\n  \
+    - {name: serve-80-tcp, port: 80, protocol: TCP}\n";
+
+/// x/a accepts only from x/b.
+const ONLY_B_TO_A: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: only-b, namespace: x}\n\
+    spec:\n  podSelector: {matchLabels: {pod: a}}\n  policyTypes: [Ingress]\n  ingress:\n  - from:\n    - podSelector: {matchLabels: {pod: b}}\n";
+
+/// The matrix on port 80 with ONLY_B_TO_A in force (hand-written).
+fn expected() -> BTreeMap<(String, String, u64, String), bool> {
+    let pods = ["x/a", "x/b", "x/c"];
+    let mut cells = BTreeMap::new();
+    for from in pods {
+        for to in pods.iter().filter(|t| **t != from) {
+            let allowed = *to != "x/a" || from == "x/b";
+            cells.insert(
+                (from.to_string(), to.to_string(), 80, "TCP".to_string()),
+                allowed,
+            );
+        }
+    }
+    cells
+}
+
+fn enforced_lab() -> LabGuard {
+    let lab = LabGuard::up(TOPOLOGY);
+    let run = lab.run(&["apply", "-f", "-"], Some(ONLY_B_TO_A));
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(lab.probe(&["80/TCP"]), expected());
+    lab
+}
+
+fn node_exec(lab: &LabGuard, program: &str, args: &[&str]) -> String {
+    let output = Command::new("ip")
+        .args(["netns", "exec", &lab.node_netns(), program])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{program} {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[test]
+fn verdicts_stay_when_the_agent_is_killed() {
+    let lab = enforced_lab();
+    lab.ok(&["node", "kill", "node-1"]);
+    assert_eq!(
+        lab.probe(&["80/TCP"]),
+        expected(),
+        "the kernel keeps enforcing after SIGKILL"
+    );
+    lab.ok(&["node", "start", "node-1"]);
+    lab.ok(&["sync", "--timeout", "20"]);
+    assert_eq!(lab.probe(&["80/TCP"]), expected());
+}
+
+#[test]
+fn a_restart_never_opens_what_policy_closes() {
+    let lab = enforced_lab();
+    let c = lab.ip("x/c");
+    let a = lab.ip("x/a");
+    // A probe loop from inside x/c to x/a (denied) runs through the restarts: TCP connects
+    // with a 20 ms timeout, from a thread that entered the pod's namespace.
+    let stop = Arc::new(AtomicBool::new(false));
+    let pod_netns = format!("/run/netns/twl-{}.p.x.c", lab.name);
+    let target: std::net::SocketAddr = format!("{a}:80").parse().unwrap();
+    let looping = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let netns = std::fs::File::open(&pod_netns).unwrap();
+            nix::sched::setns(&netns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            let mut probes = 0;
+            let mut opened = 0;
+            while !stop.load(Ordering::Relaxed) {
+                probes += 1;
+                if std::net::TcpStream::connect_timeout(&target, Duration::from_millis(20)).is_ok()
+                {
+                    opened += 1;
+                }
+            }
+            (probes, opened)
+        })
+    };
+    for action in ["stop", "kill", "stop"] {
+        lab.ok(&["node", action, "node-1"]);
+        lab.ok(&["node", "start", "node-1"]);
+        lab.ok(&["sync", "--timeout", "20"]);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    let (probes, opened) = looping.join().unwrap();
+    assert!(probes >= 10, "the loop ran ({probes} probes from {c})");
+    assert_eq!(
+        opened, 0,
+        "x/c ({c}) reached x/a during a restart, {opened} times in {probes} probes"
+    );
+    assert_eq!(lab.probe(&["80/TCP"]), expected());
+}
+
+#[test]
+fn a_flushed_chain_and_a_deleted_set_are_repaired_and_foreign_rules_survive() {
+    let lab = enforced_lab();
+    node_exec(&lab, "iptables", &["-N", "FOREIGN"]);
+    node_exec(
+        &lab,
+        "iptables",
+        &[
+            "-A",
+            "FORWARD",
+            "-m",
+            "comment",
+            "--comment",
+            "foreign",
+            "-j",
+            "FOREIGN",
+        ],
+    );
+    node_exec(&lab, "iptables", &["-F", "twl-FORWARD"]);
+    node_exec(&lab, "iptables", &["-F", "twl-to-wl-dispatch"]);
+    // Repaired within the lab's refresh interval (2 s): poll for it.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let save = node_exec(&lab, "iptables-save", &["-t", "filter"]);
+        let count = |chain: &str| {
+            save.lines()
+                .filter(|l| l.starts_with(&format!("-A {chain} ")))
+                .count()
+        };
+        if count("twl-FORWARD") > 0 && count("twl-to-wl-dispatch") > 0 {
+            assert!(
+                save.contains("-A FORWARD -m comment --comment foreign -j FOREIGN"),
+                "the foreign rule survives:\n{save}"
+            );
+            assert!(save.contains(":FOREIGN"), "the foreign chain survives");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "twl chains not repaired:\n{save}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(lab.probe(&["80/TCP"]), expected());
+    let run = lab.run(&["delete", "-f", "-"], Some(ONLY_B_TO_A));
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let save = node_exec(&lab, "iptables-save", &["-t", "filter"]);
+    assert!(
+        save.contains("-A FORWARD -m comment --comment foreign -j FOREIGN"),
+        "{save}"
+    );
+}
+
+#[test]
+fn a_bad_policy_is_refused_and_nothing_changes() {
+    let lab = enforced_lab();
+    let before = lab.status_file();
+    let bad = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: bad, namespace: x}\n\
+        spec:\n  podSelector: {}\n  ingress:\n  - ports:\n    - {port: 70000}\n";
+    let run = lab.run(&["apply", "-f", "-"], Some(bad));
+    assert_eq!(run.code, 1);
+    assert!(run.stderr.contains("70000"), "{}", run.stderr);
+    lab.ok(&["sync"]);
+    assert_eq!(
+        lab.status_file()["applied_revision"],
+        before["applied_revision"],
+        "no revision was written"
+    );
+    assert_eq!(lab.probe(&["80/TCP"]), expected());
+}
+
+impl LabGuardExt for LabGuard {
+    fn status_file(&self) -> serde_json::Value {
+        let text =
+            std::fs::read(format!("/run/twill/lab/{}/node-1/status.json", self.name)).unwrap();
+        serde_json::from_slice(&text).unwrap()
+    }
+}
+
+trait LabGuardExt {
+    fn status_file(&self) -> serde_json::Value;
+}
