@@ -153,6 +153,7 @@ pub const KINDS: &[Kind] = &[
     Kind::GlobalNetworkSet,
     Kind::Profile,
     Kind::Namespace,
+    Kind::Pod,
     Kind::FelixConfiguration,
 ];
 
@@ -296,7 +297,14 @@ impl Model {
         let mut entities = Vec::new();
         for resource in self.of_kind(Kind::WorkloadEndpoint) {
             if let Resource::WorkloadEndpoint(o) = resource {
-                entities.push(workload_entity(o, &profiles));
+                let pod = o.spec.pod.as_deref().and_then(|name| {
+                    let namespace = o.metadata.namespace.as_deref().unwrap_or("default");
+                    match self.get(&Key::namespaced(Kind::Pod, namespace, name)) {
+                        Some(Resource::Pod(pod)) => Some(pod),
+                        _ => None,
+                    }
+                });
+                entities.push(workload_entity(o, pod, &profiles));
             }
         }
         for resource in self.of_kind(Kind::HostEndpoint) {
@@ -366,8 +374,11 @@ fn protocol_number(protocol: Option<Protocol>) -> u8 {
     }
 }
 
+/// A workload's entity. When its Pod is in the datastore, the Pod's live labels and named
+/// ports win over what the CNI plugin copied at ADD (as Calico derives endpoints from Pods).
 fn workload_entity(
     o: &Object<WorkloadEndpointSpec>,
+    pod: Option<&Object<twill_shared::resource::kube::PodSpec>>,
     profiles: &BTreeMap<String, Profile>,
 ) -> Entity {
     let spec = &o.spec;
@@ -377,6 +388,33 @@ fn workload_entity(
         .clone()
         .unwrap_or_else(|| "default".into());
     let mut own = o.metadata.labels.clone().unwrap_or_default();
+    let mut ports = named_ports(spec.ports.as_deref());
+    if let Some(pod) = pod {
+        own.retain(|key, _| key.starts_with("projectcalico.org/"));
+        own.extend(pod.metadata.labels.clone().unwrap_or_default());
+        if let Some(account) = &pod.spec.service_account_name {
+            own.insert(SERVICE_ACCOUNT_LABEL.into(), account.clone());
+        }
+        ports = pod
+            .spec
+            .containers
+            .iter()
+            .flat_map(|c| c.ports.iter().flatten())
+            .filter_map(|p| {
+                let protocol = p
+                    .protocol
+                    .as_deref()
+                    .unwrap_or("TCP")
+                    .parse::<Protocol>()
+                    .ok()?;
+                Some(NamedPort {
+                    name: p.name.clone()?,
+                    protocol: protocol_number(Some(protocol)),
+                    port: p.container_port,
+                })
+            })
+            .collect();
+    }
     own.insert(NAMESPACE_LABEL.into(), namespace.clone());
     if let Some(account) = &spec.service_account_name {
         own.entry(SERVICE_ACCOUNT_LABEL.into())
@@ -403,7 +441,7 @@ fn workload_entity(
             .map(|c| IpNet::from(c.0.addr()))
             .collect(),
         interface: spec.interface_name.clone(),
-        ports: named_ports(spec.ports.as_deref()),
+        ports,
         profiles: profile_names,
         pod: spec.pod.clone().or_else(|| spec.workload.clone()),
     }
@@ -658,17 +696,16 @@ pub fn unenforced(resource: &Resource) -> Vec<String> {
             rules(&mut found, "ingress", o.spec.ingress.as_ref());
             rules(&mut found, "egress", o.spec.egress.as_ref());
         }
-        Resource::NetworkSet(o) | Resource::GlobalNetworkSet(o) => {
+        Resource::NetworkSet(o) | Resource::GlobalNetworkSet(o)
             if o.spec
                 .allowed_egress_domains
                 .as_ref()
-                .is_some_and(|d| !d.is_empty())
-            {
-                found.push(
-                    "spec.allowedEgressDomains: domain names (Calico Enterprise) are not enforced"
-                        .into(),
-                );
-            }
+                .is_some_and(|d| !d.is_empty()) =>
+        {
+            found.push(
+                "spec.allowedEgressDomains: domain names (Calico Enterprise) are not enforced"
+                    .into(),
+            );
         }
         Resource::FelixConfiguration(o) => {
             let value = serde_json::to_value(&o.spec).unwrap_or_default();

@@ -120,7 +120,16 @@ impl Node {
         }
     }
 
+    /// Reads the kernel first, as drift repair does.
     fn apply(&mut self, dataplane: &Dataplane) -> ApplyStats {
+        let applier = &mut self.applier;
+        self.netns
+            .inside(|| applier.apply_fresh(Family::V4, dataplane))
+            .unwrap_or_else(|error| panic!("apply failed: {error}"))
+    }
+
+    /// Plans against what the last apply wrote, as a change does.
+    fn apply_change(&mut self, dataplane: &Dataplane) -> ApplyStats {
         let applier = &mut self.applier;
         self.netns
             .inside(|| applier.apply(Family::V4, dataplane))
@@ -634,4 +643,36 @@ fn a_rendered_drop_really_drops_a_tcp_connect() {
         "traffic still dropped after removal"
     );
     drop(listeners);
+}
+
+#[test]
+fn a_change_is_planned_against_the_last_apply_and_a_refresh_reads_the_kernel() {
+    let mut node = Node::new(Backend::Nft);
+    node.apply(&dataplane(&["10.0.0.1/32", "10.0.0.2/32"]));
+    let in_kernel = node.save();
+    // A member more: the change writes that member alone, without reading the kernel.
+    let stats = node.apply_change(&dataplane(&["10.0.0.1/32", "10.0.0.2/32", "10.0.0.3/32"]));
+    assert_eq!(
+        (
+            stats.members_added,
+            stats.members_removed,
+            stats.chains_written
+        ),
+        (1, 0, 0),
+        "{stats:?}"
+    );
+    assert!(node.ipset_save().contains("10.0.0.3"));
+    assert_eq!(node.save(), in_kernel, "the chains were not touched");
+    // Someone deletes a Twill rule: a change does not see it, the next refresh repairs it.
+    node.netns.exec(&[
+        &node.backend.save(Family::V4).replace("-save", ""),
+        "-D",
+        "twl-to-wl-dispatch",
+        "1",
+    ]);
+    let stats = node.apply_change(&dataplane(&["10.0.0.1/32", "10.0.0.2/32", "10.0.0.3/32"]));
+    assert!(stats.wrote_nothing(), "{stats:?}");
+    let stats = node.apply(&dataplane(&["10.0.0.1/32", "10.0.0.2/32", "10.0.0.3/32"]));
+    assert_eq!(stats.chains_written, 1, "{stats:?}");
+    assert_eq!(node.save(), in_kernel);
 }

@@ -130,7 +130,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
             _ = terminate.recv() => break,
         }
         if agent.in_sync && (agent.dirty || repair) {
-            agent.calculate_and_apply().await;
+            agent.calculate_and_apply(repair).await;
         } else {
             agent.advance();
         }
@@ -191,7 +191,8 @@ impl Agent {
         self.status.datastore_revision = self.revision;
     }
 
-    async fn calculate_and_apply(&mut self) {
+    /// `fresh`: read the kernel first (drift repair) rather than trusting the last apply.
+    async fn calculate_and_apply(&mut self, fresh: bool) {
         if self.dirty || self.computed.is_none() {
             let started = Instant::now();
             let config = Config::from_model(&self.model, &self.options.node);
@@ -207,7 +208,7 @@ impl Agent {
         };
         let applied_revision = self.revision;
         let started = Instant::now();
-        let result = self.apply(&computed).await;
+        let result = self.apply(&computed, fresh).await;
         let elapsed = started.elapsed();
         match result {
             Ok(()) => {
@@ -232,11 +233,11 @@ impl Agent {
         self.write_status();
     }
 
-    async fn apply(&mut self, computed: &Computed) -> anyhow::Result<()> {
+    async fn apply(&mut self, computed: &Computed, fresh: bool) -> anyhow::Result<()> {
         let mut applier = self.applier.take().context("the applier is busy")?;
         let (v4, v6) = (computed.v4.clone(), computed.v6.clone());
         let (applier, result) = tokio::task::spawn_blocking(move || {
-            let result = apply_families(&mut applier, &v4, &v6);
+            let result = apply_families(&mut applier, &v4, &v6, fresh);
             (applier, result)
         })
         .await
@@ -325,13 +326,21 @@ fn apply_families(
     applier: &mut twill_felix::apply::Applier,
     v4: &Dataplane,
     v6: &Dataplane,
+    fresh: bool,
 ) -> anyhow::Result<()> {
-    let stats = applier.apply(Family::V4, v4)?;
+    let apply = |applier: &mut twill_felix::apply::Applier, family, dataplane| {
+        if fresh {
+            applier.apply_fresh(family, dataplane)
+        } else {
+            applier.apply(family, dataplane)
+        }
+    };
+    let stats = apply(applier, Family::V4, v4)?;
     if !stats.wrote_nothing() {
         tracing::info!(?stats, "applied IPv4");
     }
     if std::path::Path::new("/proc/sys/net/ipv6").exists() {
-        let stats = applier.apply(Family::V6, v6)?;
+        let stats = apply(applier, Family::V6, v6)?;
         if !stats.wrote_nothing() {
             tracing::info!(?stats, "applied IPv6");
         }

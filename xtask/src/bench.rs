@@ -42,6 +42,8 @@ pub fn run(output: Option<&str>) -> anyhow::Result<()> {
     writeln!(report, "{}", runtime.block_on(datastore_bench())?)?;
     println!("CNI pod ADD/DEL, IPAM allocations, lab (needs root for network namespaces) ...");
     writeln!(report, "{}", crate::cni::run())?;
+    println!("policy: start of day, one change, scaling (needs root for network namespaces) ...");
+    writeln!(report, "{}", crate::policy::run())?;
     println!("BGP ingest (twill-bgpd, BIRD 2, GoBGP; needs root for network namespaces) ...");
     writeln!(
         report,

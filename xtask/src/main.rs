@@ -7,6 +7,7 @@ mod bench;
 mod bgp;
 mod cni;
 mod ingest;
+mod policy;
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -22,6 +23,10 @@ fn main() -> anyhow::Result<()> {
         }
         Some("bench-cni") => {
             print!("{}", cni::run());
+            Ok(())
+        }
+        Some("bench-policy") => {
+            print!("{}", policy::run());
             Ok(())
         }
         Some("bench-ingest") => {
@@ -41,7 +46,7 @@ fn main() -> anyhow::Result<()> {
         }
         _ => {
             eprintln!(
-                "usage: cargo xtask bench [OUTPUT.md] | bench-bgp [PREFIXES...] | bench-cni | bench-ingest [PREFIXES...]"
+                "usage: cargo xtask bench [OUTPUT.md] | bench-bgp [PREFIXES...] | bench-policy | bench-cni | bench-ingest [PREFIXES...]"
             );
             std::process::exit(2);
         }

@@ -138,6 +138,9 @@ fn at_line(line: Option<&str>) -> String {
 pub struct Applier {
     backend: Backend,
     lock_timeout: Duration,
+    /// Per family, the save text of what the last apply wrote: the next change is planned
+    /// against it without reading the kernel; `apply_fresh` reads the kernel again.
+    cache: std::collections::BTreeMap<Family, (String, String)>,
 }
 
 impl Applier {
@@ -147,6 +150,7 @@ impl Applier {
         Applier {
             backend: Backend::detect(config.backend),
             lock_timeout: config.lock_timeout,
+            cache: std::collections::BTreeMap::new(),
         }
     }
 
@@ -156,20 +160,52 @@ impl Applier {
     }
 
     /// Make the kernel's tables and sets of `family` exactly `dataplane` (Twill's objects
-    /// only), writing only what differs.
-    #[allow(
-        clippy::disallowed_methods,
-        reason = "the edge measures the apply's duration"
-    )]
+    /// only), writing only what differs from what the last apply wrote (the kernel is read
+    /// when there is no last apply, or when planning against it failed).
     pub fn apply(
         &mut self,
         family: Family,
         dataplane: &Dataplane,
     ) -> Result<ApplyStats, ApplyError> {
+        if let Some(cached) = self.cache.remove(&family) {
+            match self.apply_with(family, dataplane, Some(cached)) {
+                Ok(stats) => return Ok(stats),
+                Err(err) => {
+                    tracing::warn!(error = %err, "applying against the last state failed; reading the kernel")
+                }
+            }
+        }
+        self.apply_with(family, dataplane, None)
+    }
+
+    /// As [`Applier::apply`], reading the kernel first: drift repair.
+    pub fn apply_fresh(
+        &mut self,
+        family: Family,
+        dataplane: &Dataplane,
+    ) -> Result<ApplyStats, ApplyError> {
+        self.cache.remove(&family);
+        self.apply_with(family, dataplane, None)
+    }
+
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "the edge measures the apply's duration"
+    )]
+    fn apply_with(
+        &mut self,
+        family: Family,
+        dataplane: &Dataplane,
+        cached: Option<(String, String)>,
+    ) -> Result<ApplyStats, ApplyError> {
         let started = Instant::now();
         let mut stats = ApplyStats::default();
-        let set_plan = plan_sets(family, &dataplane.sets, &run("ipset", &["save"], None)?);
-        let mut dump = self.save(family)?;
+        let (observed_tables, observed_sets) = match cached {
+            Some((tables, sets)) => (tables, sets),
+            None => (self.save(family)?, run("ipset", &["save"], None)?),
+        };
+        let set_plan = plan_sets(family, &dataplane.sets, &observed_sets);
+        let mut dump = observed_tables;
         if !set_plan.recreate.is_empty() {
             for table in tables_with_twill_objects(&dump) {
                 if let Some(script) = plan_unreference(&table, &dump, &set_plan.recreate) {
@@ -193,6 +229,13 @@ impl Applier {
             }
         }
         self.ipset_restore(&set_plan.after, &mut stats)?;
+        self.cache.insert(
+            family,
+            (
+                crate::render::save::iptables_save(family, dataplane),
+                crate::render::save::ipset_save(dataplane),
+            ),
+        );
         stats.duration = started.elapsed();
         if !stats.wrote_nothing() {
             tracing::info!(?family, ?stats, "applied the dataplane");

@@ -85,7 +85,9 @@ pub fn set_name(condition: &Condition, family: Family) -> Option<String> {
             "twl-p{tag}-{}",
             digest(&format!("{},{protocol},{name}", selection.canonical), 24)
         )),
-        Condition::Nets { nets, .. } if nets.len() > 1 => {
+        // Several nets, or nets excluded: iptables takes one `-s`/`-d` per rule, so a rule
+        // with both `nets` and `notNets` (ipBlock with except) needs a set for the exclusion.
+        Condition::Nets { nets, not, .. } if nets.len() > 1 || *not => {
             let mut sorted: Vec<String> = nets.iter().map(|n| n.to_string()).collect();
             sorted.sort();
             Some(format!("twl-n{tag}-{}", digest(&sorted.join(","), 24)))
@@ -97,14 +99,13 @@ pub fn set_name(condition: &Condition, family: Family) -> Option<String> {
 /// The members of a condition's set, from every entity in the cluster.
 pub fn set_members(
     condition: &Condition,
-    entities: &[Entity],
+    world: &World,
     family: Family,
 ) -> (SetKind, BTreeSet<Member>, String) {
     match condition {
         Condition::Selected { selection, .. } => {
-            let members = entities
-                .iter()
-                .filter(|e| selection.selector.0.matches(&e.labels))
+            let members = world
+                .select(&selection.selector.0)
                 .flat_map(|e| e.nets.iter())
                 .filter(|n| Family::of(n) == family)
                 .map(|n| Member::Net(*n))
@@ -121,9 +122,8 @@ pub fn set_members(
             name,
             ..
         } => {
-            let members = entities
-                .iter()
-                .filter(|e| selection.selector.0.matches(&e.labels))
+            let members = world
+                .select(&selection.selector.0)
                 .flat_map(|e| {
                     e.ports
                         .iter()
@@ -155,9 +155,13 @@ fn to_match(condition: &Condition, family: Family) -> Match {
             not: *not,
             number: *number,
         },
-        Condition::Nets { side, not, nets } if nets.len() == 1 => Match::Net {
+        Condition::Nets {
+            side,
+            not: false,
+            nets,
+        } if nets.len() == 1 => Match::Net {
             side: *side,
-            not: *not,
+            not: false,
             net: nets[0],
         },
         Condition::Nets { side, not, .. } | Condition::Selected { side, not, .. } => Match::Set {
@@ -425,7 +429,7 @@ pub fn dataplane(
     let mut sets = BTreeMap::new();
     for condition in &conditions {
         if let Some(name) = set_name(condition, family) {
-            let (kind, members, comment) = set_members(condition, &world.entities, family);
+            let (kind, members, comment) = set_members(condition, world, family);
             sets.insert(
                 name.clone(),
                 IpSet {

@@ -2,9 +2,10 @@
 //! the profile list.
 
 use std::cmp::Ordering;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use twill_shared::resource::fields::Action;
+use twill_shared::selector::Selector;
 
 use crate::model::{Entity, Model, Policy, Profile, Tier};
 
@@ -27,11 +28,72 @@ impl Direction {
     }
 }
 
+/// Which entities carry which labels, so a selector is evaluated only on the entities that
+/// can match it (Calico's label restriction index): `a == 'x'` anywhere in a conjunction
+/// limits the candidates to entities with that label value; `has(a)` to those with the label.
+#[derive(Debug, Clone, Default)]
+pub struct LabelIndex {
+    pairs: HashMap<(String, String), Vec<usize>>,
+    keys: HashMap<String, Vec<usize>>,
+}
+
+impl LabelIndex {
+    fn new(entities: &[Entity]) -> LabelIndex {
+        let mut index = LabelIndex::default();
+        for (position, entity) in entities.iter().enumerate() {
+            for (key, value) in &entity.labels {
+                index
+                    .pairs
+                    .entry((key.clone(), value.clone()))
+                    .or_default()
+                    .push(position);
+                index.keys.entry(key.clone()).or_default().push(position);
+            }
+        }
+        index
+    }
+
+    /// A superset of the entities the selector matches, or None for "any".
+    fn candidates(&self, selector: &Selector) -> Option<Vec<usize>> {
+        const NONE: &[usize] = &[];
+        match selector {
+            Selector::Equal(key, value) => Some(
+                self.pairs
+                    .get(&(key.clone(), value.clone()))
+                    .map_or(NONE, Vec::as_slice)
+                    .to_vec(),
+            ),
+            Selector::Has(key) => Some(self.keys.get(key).map_or(NONE, Vec::as_slice).to_vec()),
+            Selector::In(key, values) => {
+                let mut all: Vec<usize> = values
+                    .iter()
+                    .flat_map(|v| {
+                        self.pairs
+                            .get(&(key.clone(), v.clone()))
+                            .map_or(NONE, Vec::as_slice)
+                    })
+                    .copied()
+                    .collect();
+                all.sort_unstable();
+                all.dedup();
+                Some(all)
+            }
+            Selector::And(operands) => operands
+                .iter()
+                .filter_map(|o| self.candidates(o))
+                .min_by_key(Vec::len),
+            _ => None,
+        }
+    }
+}
+
 /// Everything calculation reads, sorted once.
 #[derive(Debug, Clone)]
 pub struct World {
     /// Every endpoint and network set.
     pub entities: Vec<Entity>,
+    /// Label index over `entities`.
+    pub index: LabelIndex,
     /// Every policy, in evaluation order (tier order, tier name, policy order, policy name).
     pub policies: Vec<Policy>,
     /// Tiers by name.
@@ -102,11 +164,32 @@ impl World {
             }
         }
         World {
+            index: LabelIndex::new(&entities),
             entities,
             policies,
             tiers,
             profiles: model.profiles(),
             warnings,
+        }
+    }
+
+    /// The entities a selector matches (using the label index).
+    pub fn select<'a>(
+        &'a self,
+        selector: &'a Selector,
+    ) -> Box<dyn Iterator<Item = &'a Entity> + 'a> {
+        match self.index.candidates(selector) {
+            Some(candidates) => Box::new(
+                candidates
+                    .into_iter()
+                    .map(|i| &self.entities[i])
+                    .filter(move |e| selector.matches(&e.labels)),
+            ),
+            None => Box::new(
+                self.entities
+                    .iter()
+                    .filter(move |e| selector.matches(&e.labels)),
+            ),
         }
     }
 

@@ -10,3 +10,4 @@
 
 pub mod ipset;
 pub mod iptables;
+pub mod save;
