@@ -117,6 +117,19 @@ enum LabCommand {
         #[arg(long = "port")]
         ports: Vec<String>,
     },
+    /// (internal) Relay TCP from a namespace's address to one of this namespace.
+    #[command(hide = true)]
+    Relay {
+        /// The namespace to listen in (a /run/netns path).
+        #[arg(long)]
+        netns: std::path::PathBuf,
+        /// Address to listen on inside it.
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+        /// Address to connect to from here.
+        #[arg(long)]
+        connect: std::net::SocketAddr,
+    },
     /// (internal) Probe targets read as JSON from standard input; print outcomes as JSON.
     #[command(hide = true)]
     ProbeAgent {
@@ -133,6 +146,13 @@ pub async fn run(args: LabArgs, datastore_flag: Option<String>) -> Result<(), Fa
         LabCommand::Responder { answer, ports } => {
             let ports = parse_ports(&ports)?;
             return Ok(twill_lab::agent::respond(answer, ports).await?);
+        }
+        LabCommand::Relay {
+            netns,
+            listen,
+            connect,
+        } => {
+            return Ok(twill_lab::agent::relay(netns, listen, connect).await?);
         }
         LabCommand::ProbeAgent { timeout_ms } => {
             let mut input = String::new();
@@ -219,7 +239,7 @@ pub async fn run(args: LabArgs, datastore_flag: Option<String>) -> Result<(), Fa
                 std::process::exit(code);
             }
         }
-        LabCommand::Responder { .. } | LabCommand::ProbeAgent { .. } => {
+        LabCommand::Responder { .. } | LabCommand::ProbeAgent { .. } | LabCommand::Relay { .. } => {
             unreachable!("handled above")
         }
     }

@@ -199,3 +199,53 @@ impl LabGuardExt for LabGuard {
 trait LabGuardExt {
     fn status_file(&self) -> serde_json::Value;
 }
+
+/// A lab on a real etcd (on this machine's loopback; the lab relays it into the node's
+/// namespace): enforcement works, and when etcd stops the dataplane stays as it is, then
+/// follows the datastore again once etcd is back.
+#[test]
+fn an_etcd_lab_keeps_its_dataplane_while_etcd_is_down_and_resyncs_after() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut etcd = runtime.block_on(twill_interop_tests::etcd::Etcd::start());
+    let url = etcd.url();
+    let lab = LabGuard::up_with(TOPOLOGY, &["--datastore", &url]);
+    assert_eq!(lab.datastore(), url);
+    let run = lab.run(&["apply", "-f", "-"], Some(ONLY_B_TO_A));
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(lab.probe(&["80/TCP"]), expected());
+    let check = common::twillctl(&["--datastore", &url, "ipam", "check"], None);
+    assert_eq!(check.code, 0, "{}", check.stdout);
+
+    etcd.kill();
+    assert_eq!(
+        lab.probe(&["80/TCP"]),
+        expected(),
+        "etcd down: the dataplane stays"
+    );
+    runtime.block_on(etcd.restart());
+    // A change made once etcd is back reaches the node: x/a closes to x/b as well.
+    let none_to_a = ONLY_B_TO_A.replace(
+        "  ingress:\n  - from:\n    - podSelector: {matchLabels: {pod: b}}\n",
+        "",
+    );
+    let run = lab.run(&["apply", "-f", "-"], Some(&none_to_a));
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    lab.ok(&["sync", "--timeout", "30"]);
+    let mut closed = expected();
+    closed.insert(("x/b".into(), "x/a".into(), 80, "TCP".into()), false);
+    assert_eq!(lab.probe(&["80/TCP"]), closed);
+    let name = lab.name.clone();
+    drop(lab);
+    let relays = Command::new("pgrep")
+        .args(["-f", &format!("lab relay --netns /run/netns/twl-{name}.")])
+        .output()
+        .unwrap();
+    assert!(
+        relays.stdout.is_empty(),
+        "relays left behind: {}",
+        String::from_utf8_lossy(&relays.stdout)
+    );
+}

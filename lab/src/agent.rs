@@ -193,3 +193,37 @@ fn body_line(bytes: &[u8]) -> String {
         _ => text.lines().next().unwrap_or_default().trim().to_string(),
     }
 }
+
+/// Relays TCP connections accepted inside a network namespace (`listen` there) to `connect`
+/// in this process's own namespace: how processes in a lab's node namespaces reach a
+/// datastore on the machine's loopback without any change to the machine's network.
+pub async fn relay(
+    netns: std::path::PathBuf,
+    listen: SocketAddr,
+    connect: SocketAddr,
+) -> anyhow::Result<()> {
+    let listener = std::thread::spawn(move || -> anyhow::Result<std::net::TcpListener> {
+        let file = std::fs::File::open(&netns)?;
+        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)?;
+        let listener = std::net::TcpListener::bind(listen)?;
+        listener.set_nonblocking(true)?;
+        Ok(listener)
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("the namespace thread panicked"))??;
+    let listener = tokio::net::TcpListener::from_std(listener)?;
+    {
+        use std::io::Write as _;
+        let mut stdout = std::io::stdout();
+        writeln!(stdout, "listening")?;
+        stdout.flush()?;
+    }
+    loop {
+        let (mut inbound, _) = listener.accept().await?;
+        tokio::spawn(async move {
+            if let Ok(mut outbound) = tokio::net::TcpStream::connect(connect).await {
+                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+            }
+        });
+    }
+}

@@ -134,6 +134,7 @@ impl Lab {
             pods: Vec::new(),
             ports: options.topology.ports.clone(),
             created: 0,
+            relays: Vec::new(),
         };
         let result = self.build(&mut state, &options).await;
         if let Err(err) = result {
@@ -164,6 +165,7 @@ impl Lab {
         for index in 1..=options.nodes.max(1) {
             state.nodes.push(self.add_node(&underlay, index)?);
         }
+        self.start_relays(state)?;
         let store = self.store(state).await?;
         self.write_cluster_resources(&store, state, options).await?;
         for node in &state.nodes {
@@ -188,6 +190,58 @@ impl Lab {
         self.write_hosts(state)?;
         self.wait_until_answering(state, None).await?;
         self.sync(ANSWER_TIMEOUT).await
+    }
+
+    /// A datastore on the machine's loopback (etcd://127.0.0.1:PORT) is out of the node
+    /// namespaces' reach: a relay per node and endpoint listens on the same address inside
+    /// the node's namespace and connects to it here. The machine's network is not changed.
+    fn start_relays(&self, state: &mut State) -> anyhow::Result<()> {
+        use std::os::unix::process::CommandExt;
+        let twill_shared::datastore::DatastoreUrl::Etcd { endpoints } =
+            twill_shared::datastore::DatastoreUrl::parse(&state.datastore)?
+        else {
+            return Ok(());
+        };
+        for endpoint in endpoints {
+            let host_port = endpoint
+                .trim_start_matches("http://")
+                .replace("localhost", "127.0.0.1");
+            let Ok(address) = host_port.parse::<std::net::SocketAddr>() else {
+                continue;
+            };
+            if !address.ip().is_loopback() {
+                continue;
+            }
+            for node in &state.nodes {
+                let mut child = std::process::Command::new(&self.tools.twillctl)
+                    .args([
+                        "lab",
+                        "relay",
+                        "--netns",
+                        &format!("/run/netns/{}", node.netns),
+                    ])
+                    .args([
+                        "--listen",
+                        &address.to_string(),
+                        "--connect",
+                        &address.to_string(),
+                    ])
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::null())
+                    .process_group(0)
+                    .spawn()
+                    .context("cannot start the datastore relay")?;
+                state.relays.push(child.id());
+                let mut line = String::new();
+                let stdout = child.stdout.take().context("the relay's output")?;
+                std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line)?;
+                if line.trim() != "listening" {
+                    bail!("the datastore relay for {} did not start", node.name);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Starts twill-node in a node's namespace, detached, logging into the lab directory.
@@ -851,6 +905,7 @@ impl Lab {
                 }
             }
         }
+        self.stop_relays();
         let namespaces = named::list(&self.prefix());
         for netns in &namespaces {
             named::kill_all(netns);
@@ -877,6 +932,29 @@ impl Lab {
             removed.push(format!("directory {}", self.dir().display()));
         }
         Ok(removed)
+    }
+
+    /// Kills this lab's datastore relays (found by their command line, so it also works
+    /// without state).
+    fn stop_relays(&self) {
+        let marker = format!("/run/netns/{}", self.prefix());
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+                continue;
+            };
+            let text = String::from_utf8_lossy(&cmdline);
+            if text.contains("\0relay\0") && text.split('\0').any(|arg| arg.starts_with(&marker)) {
+                let _ = std::process::Command::new("kill")
+                    .args(["-9", &pid.to_string()])
+                    .status();
+            }
+        }
     }
 
     /// Runs a command in a pod (inheriting this process's standard streams); returns its exit

@@ -69,6 +69,9 @@ pub struct State {
     pub ports: Vec<Port>,
     /// Pods created so far (for container IDs and spreading over nodes).
     pub created: u64,
+    /// Relays that let node namespaces reach a datastore on the machine's loopback.
+    #[serde(default)]
+    pub relays: Vec<u32>,
 }
 
 impl State {
