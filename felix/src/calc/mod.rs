@@ -121,3 +121,6 @@ pub fn compute(model: &Model, config: &Config) -> Computed {
         warnings,
     }
 }
+
+#[cfg(test)]
+mod tests;
