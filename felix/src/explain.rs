@@ -7,7 +7,7 @@ use std::net::IpAddr;
 
 use twill_shared::resource::fields::Action;
 
-use crate::calc::compile::{compile_rule, CompiledRule, Condition};
+use crate::calc::compile::{compile_policy, compile_rule, CompiledRule, Condition};
 use crate::calc::programs::{Direction, World};
 use crate::ir::{Family, Side};
 use crate::model::{Entity, EntityKind};
@@ -239,15 +239,7 @@ fn trace(world: &World, endpoint: &Entity, direction: Direction, packet: &Packet
         let mut passed = false;
         for &index in &tier.policies {
             let policy = &world.policies[index];
-            let rules = match direction {
-                Direction::Ingress => policy.ingress.as_deref().unwrap_or_default(),
-                Direction::Egress => policy.egress.as_deref().unwrap_or_default(),
-            };
-            let compiled: Vec<CompiledRule> = rules
-                .iter()
-                .enumerate()
-                .map(|(i, r)| compile_rule(r, i, policy.namespace.as_deref(), family))
-                .collect();
+            let compiled = compile_policy(policy, direction, family);
             let owner = format!("policy {}", policy.name);
             match first_match(world, &owner, &compiled, packet, &mut steps) {
                 Some(Action::Allow) => return done(steps, true, format!("{owner}: allow")),

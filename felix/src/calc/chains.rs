@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use twill_shared::resource::fields::Action;
 
-use super::compile::{compile_rule, digest, CompiledRule, Condition};
+use super::compile::{compile_policy, compile_rule, digest, CompiledRule, Condition};
 use super::programs::{Direction, Program, World};
 use super::{Config, EndpointToHost};
 use crate::ir::{
@@ -378,15 +378,7 @@ pub fn dataplane(
                     if chains.contains_key(&chain) {
                         continue;
                     }
-                    let rules = match direction {
-                        Direction::Ingress => policy.ingress.as_deref().unwrap_or_default(),
-                        Direction::Egress => policy.egress.as_deref().unwrap_or_default(),
-                    };
-                    let compiled: Vec<CompiledRule> = rules
-                        .iter()
-                        .enumerate()
-                        .map(|(i, r)| compile_rule(r, i, policy.namespace.as_deref(), family))
-                        .collect();
+                    let compiled = compile_policy(policy, direction, family);
                     note_never(&compiled, &policy.name, warnings);
                     conditions.extend(super::compile::referenced(&compiled));
                     add_chain(

@@ -528,6 +528,23 @@ pub fn compile_rule(
     }
 }
 
+/// Every rule of a policy in one direction, compiled for one family.
+pub fn compile_policy(
+    policy: &crate::model::Policy,
+    direction: super::programs::Direction,
+    family: Family,
+) -> Vec<CompiledRule> {
+    let rules = match direction {
+        super::programs::Direction::Ingress => policy.ingress.as_deref().unwrap_or_default(),
+        super::programs::Direction::Egress => policy.egress.as_deref().unwrap_or_default(),
+    };
+    rules
+        .iter()
+        .enumerate()
+        .map(|(i, r)| compile_rule(r, i, policy.namespace.as_deref(), family))
+        .collect()
+}
+
 /// A short, stable digest of a text (hex of SHA-224), `len` characters.
 pub fn digest(text: &str, len: usize) -> String {
     let hash = Sha224::digest(text.as_bytes());
