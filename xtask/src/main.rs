@@ -25,6 +25,9 @@ fn main() -> anyhow::Result<()> {
             print!("{}", cni::run());
             Ok(())
         }
+        Some("policy-memory") => {
+            policy::memory(args.get(1).and_then(|n| n.parse().ok()).unwrap_or(0))
+        }
         Some("bench-policy") => {
             print!("{}", policy::run());
             Ok(())

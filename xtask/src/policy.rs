@@ -9,7 +9,6 @@
 //! (selectors of 1–3 terms, nets, port ranges, orders). Everything runs in a network namespace
 //! made here (removed by its guard); the root namespace is never touched.
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::fs::File;
 use std::io::Write as _;
@@ -310,10 +309,18 @@ fn changes(shape: Shape, out: &mut String) -> anyhow::Result<()> {
             // The floor: what the tools alone take to write one small change into this
             // ruleset (a one-chain iptables-restore and a one-member ipset restore).
             let started = Instant::now();
-            let mut restore = Command::new("iptables-nft-restore").arg("--noflush").stdin(Stdio::piped()).spawn()?;
-            restore.stdin.take().context("stdin")?.write_all(b"*filter\n:twl-bench-floor - [0:0]\n-A twl-bench-floor -j RETURN\nCOMMIT\n")?;
+            let mut restore = Command::new("iptables-nft-restore")
+                .arg("--noflush")
+                .stdin(Stdio::piped())
+                .spawn()?;
+            restore.stdin.take().context("stdin")?.write_all(
+                b"*filter\n:twl-bench-floor - [0:0]\n-A twl-bench-floor -j RETURN\nCOMMIT\n",
+            )?;
             anyhow::ensure!(restore.wait()?.success(), "restore failed");
-            let mut sets = Command::new("ipset").args(["restore", "-exist"]).stdin(Stdio::piped()).spawn()?;
+            let mut sets = Command::new("ipset")
+                .args(["restore", "-exist"])
+                .stdin(Stdio::piped())
+                .spawn()?;
             sets.stdin.take().context("stdin")?.write_all(format!("create twl-bench-floor hash:net family inet\nadd twl-bench-floor 10.255.{}.{}\n", i / 256, i % 256).as_bytes())?;
             anyhow::ensure!(sets.wait()?.success(), "ipset restore failed");
             floor.push(started.elapsed().as_secs_f64());
@@ -334,54 +341,66 @@ fn changes(shape: Shape, out: &mut String) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Rules rendered as the cluster grows with the local endpoints and policies fixed.
+/// Rules rendered as the cluster grows with the local endpoints and policies fixed, and the
+/// memory it takes: each size runs in a process of its own (`xtask policy-memory N`), whose
+/// peak RSS, less that of the same process for an empty cluster, is divided by N.
 fn scaling(out: &mut String) -> anyhow::Result<()> {
-    let mut row = BTreeMap::new();
-    for endpoints in [1_000, 10_000, 100_000] {
-        let shape = Shape {
-            endpoints,
-            local: 250,
-            policies: 1000,
-        };
-        let documents = documents(shape);
-        let before = resident_kib();
-        let model = model_of(&documents)?;
-        let config = Config {
-            node: NODE.into(),
-            ..Config::from_model(&model, NODE)
-        };
-        let started = Instant::now();
-        let computed = compute(&model, &config);
-        let calc = started.elapsed().as_secs_f64();
-        let after = resident_kib();
-        row.insert(
-            endpoints,
-            (
-                rules(&computed.v4),
-                members(&computed.v4),
-                calc,
-                after.saturating_sub(before),
-            ),
+    let exe = std::env::current_exe()?;
+    let measure = |endpoints: usize| -> anyhow::Result<serde_json::Value> {
+        let output = Command::new(&exe)
+            .args(["policy-memory", &endpoints.to_string()])
+            .output()?;
+        anyhow::ensure!(
+            output.status.success(),
+            "policy-memory {endpoints} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
         );
-        drop((model, computed));
-    }
-    for (endpoints, (rules, members, calc, kib)) in row {
+        Ok(serde_json::from_slice(&output.stdout)?)
+    };
+    let empty = measure(0)?["peak_kib"].as_u64().unwrap_or(0);
+    for endpoints in [1_000, 10_000, 100_000] {
+        let row = measure(endpoints)?;
+        let peak = row["peak_kib"].as_u64().unwrap_or(0);
         writeln!(
             out,
-            "| {endpoints} cluster endpoints, 250 local, 1000 policies | {rules} rules | {members} set members | calc {:.0} ms | model + result {} KiB ({:.2} KiB per endpoint) |",
-            calc * 1000.0,
-            kib,
-            kib as f64 / endpoints as f64
+            "| {endpoints} cluster endpoints, 250 local, 1000 policies | {} rules | {} set members | calc {:.0} ms | peak {} MiB ({:.1} KiB per endpoint over an empty cluster) |",
+            row["rules"],
+            row["members"],
+            row["calc_ms"].as_f64().unwrap_or(0.0),
+            peak / 1024,
+            peak.saturating_sub(empty) as f64 / endpoints as f64
         )?;
     }
     Ok(())
 }
 
-fn resident_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/statm")
-        .ok()
-        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
-        .map_or(0, |pages| pages * 4)
+/// `xtask policy-memory N`: builds the model of N endpoints, calculates, prints rules, set
+/// members, calculation time and this process's peak RSS as JSON.
+pub fn memory(endpoints: usize) -> anyhow::Result<()> {
+    let shape = Shape {
+        endpoints,
+        local: endpoints.min(250),
+        policies: 1000,
+    };
+    let model = model_of(&documents(shape))?;
+    let config = Config {
+        node: NODE.into(),
+        ..Config::from_model(&model, NODE)
+    };
+    let started = Instant::now();
+    let computed = compute(&model, &config);
+    let calc_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    let peak_kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0);
+    println!(
+        "{}",
+        json!({"rules": rules(&computed.v4), "members": members(&computed.v4), "calc_ms": calc_ms, "peak_kib": peak_kib})
+    );
+    Ok(())
 }
 
 /// The policy section of docs/benchmarks.md.
@@ -414,7 +433,7 @@ pub fn run() -> String {
     ) {
         let _ = writeln!(out, "| one change | **failed**: {err:#} |");
     }
-    out.push_str("\n| cluster | rules | set members | calc | memory |\n|---|---|---|---|---|\n");
+    out.push_str("\n| cluster | rules | set members | calc | memory (peak RSS of model + calculation) |\n|---|---|---|---|---|\n");
     if let Err(err) = scaling(&mut out) {
         let _ = writeln!(out, "| scaling | **failed**: {err:#} |");
     }
