@@ -137,7 +137,14 @@ pub fn node_status(path: &Path, json: bool) -> Result<(), Failure> {
             path.display()
         )
     })?;
-    let alive = Path::new(&format!("/proc/{}", status.pid)).exists();
+    // A process that died but was not reaped yet (a zombie) is not running.
+    let alive = std::fs::read_to_string(format!("/proc/{}/stat", status.pid))
+        .ok()
+        .and_then(|stat| {
+            stat.rsplit_once(") ")
+                .map(|(_, rest)| !rest.starts_with('Z') && !rest.starts_with('X'))
+        })
+        .unwrap_or(false);
     if json {
         let mut value = serde_json::to_value(&status)?;
         value["running"] = serde_json::json!(alive);

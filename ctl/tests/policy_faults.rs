@@ -249,3 +249,69 @@ fn an_etcd_lab_keeps_its_dataplane_while_etcd_is_down_and_resyncs_after() {
         String::from_utf8_lossy(&relays.stdout)
     );
 }
+
+#[test]
+fn twill_node_reports_health_metrics_and_status() {
+    let lab = enforced_lab();
+    let get = |path: &str| {
+        node_exec(
+            &lab,
+            "curl",
+            &[
+                "-s",
+                "-w",
+                " %{http_code}",
+                &format!("http://127.0.0.1:9099{path}"),
+            ],
+        )
+    };
+    assert!(get("/livez").ends_with(" 200"), "{}", get("/livez"));
+    assert!(get("/readyz").ends_with(" 200"), "{}", get("/readyz"));
+    let metrics = get("/metrics");
+    for name in [
+        "twill_felix_apply_duration_seconds_bucket",
+        "twill_felix_rules ",
+        "twill_felix_ipset_members ",
+        "twill_felix_local_endpoints 3",
+        "twill_felix_policies 1",
+        "twill_felix_apply_errors_total 0",
+    ] {
+        assert!(metrics.contains(name), "{name} missing from:\n{metrics}");
+    }
+    let status = lab.status_file();
+    let run = common::twillctl(
+        &[
+            "node",
+            "status",
+            "--status-file",
+            &format!("/run/twill/lab/{}/node-1/status.json", lab.name),
+        ],
+        None,
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stdout.contains("in sync:            true"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout.contains(&format!(
+            "applied revision:   {}",
+            status["applied_revision"]
+        )),
+        "{}",
+        run.stdout
+    );
+    assert!(run.stdout.contains("running"), "{}", run.stdout);
+    lab.ok(&["node", "kill", "node-1"]);
+    let run = common::twillctl(
+        &[
+            "node",
+            "status",
+            "--status-file",
+            &format!("/run/twill/lab/{}/node-1/status.json", lab.name),
+        ],
+        None,
+    );
+    assert!(run.stdout.contains("NOT RUNNING"), "{}", run.stdout);
+}
