@@ -315,3 +315,117 @@ fn twill_node_reports_health_metrics_and_status() {
     );
     assert!(run.stdout.contains("NOT RUNNING"), "{}", run.stdout);
 }
+
+/// Probes TCP ports of the node (198.18.0.11) from the underlay's router namespace.
+fn probe_node(lab: &LabGuard, ports: &[u16]) -> BTreeMap<u16, bool> {
+    let targets: Vec<serde_json::Value> = ports
+        .iter()
+        .map(|p| serde_json::json!({"to": "node-1", "ip": "198.18.0.11", "port": p, "protocol": "TCP"}))
+        .collect();
+    let mut child = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &format!("twl-{}.underlay", lab.name),
+            env!("CARGO_BIN_EXE_twillctl"),
+        ])
+        .args(["lab", "probe-agent", "--timeout-ms", "500"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(
+        &mut child.stdin.take().unwrap(),
+        serde_json::to_string(&targets).unwrap().as_bytes(),
+    )
+    .unwrap();
+    let output = child.wait_with_output().unwrap();
+    let outcomes: Vec<serde_json::Value> = serde_json::from_slice(&output.stdout).unwrap();
+    outcomes
+        .iter()
+        .map(|o| {
+            (
+                o["port"].as_u64().unwrap() as u16,
+                o["connected"].as_bool().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn host_endpoints_guard_the_node_except_its_failsafe_ports() {
+    let lab = enforced_lab();
+    // The node serves 8080, 9090 and 22 (SSH's port, a failsafe port) on its own address.
+    let _server = KillOnDrop(
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &lab.node_netns(),
+                env!("CARGO_BIN_EXE_twillctl"),
+            ])
+            .args([
+                "lab",
+                "responder",
+                "--answer",
+                "node",
+                "--port",
+                "8080/TCP",
+                "--port",
+                "9090/TCP",
+                "--port",
+                "22/TCP",
+            ])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let all = |open: bool| BTreeMap::from([(22, true), (8080, open), (9090, open)]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while probe_node(&lab, &[22, 8080, 9090]) != all(true) {
+        assert!(
+            Instant::now() < deadline,
+            "the node's responder never answered"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let hep = "apiVersion: projectcalico.org/v3\nkind: HostEndpoint\nmetadata: {name: node-1-eth0, labels: {role: node}}\n\
+        spec: {node: node-1, interfaceName: eth0, expectedIPs: [198.18.0.11]}\n";
+    let run = lab.run(&["apply", "-f", "-"], Some(hep));
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(
+        probe_node(&lab, &[22, 8080, 9090]),
+        all(false),
+        "a host endpoint with no policy admits only failsafe ports"
+    );
+    let allow = "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {name: node-web}\n\
+        spec:\n  selector: role == 'node'\n  types: [Ingress]\n  ingress:\n  - action: Allow\n    protocol: TCP\n    destination: {ports: [8080]}\n";
+    let run = lab.run(&["apply", "-f", "-"], Some(allow));
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(
+        probe_node(&lab, &[22, 8080, 9090]),
+        BTreeMap::from([(22, true), (8080, true), (9090, false)])
+    );
+    assert_eq!(
+        lab.probe(&["80/TCP"]),
+        expected(),
+        "workload policy is unchanged"
+    );
+    let run = lab.run(&["delete", "-f", "-"], Some(hep));
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(
+        probe_node(&lab, &[22, 8080, 9090]),
+        all(true),
+        "without the host endpoint the node is open again"
+    );
+}
+
+/// A process of the test, killed and reaped when the test ends.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

@@ -6,6 +6,9 @@
 //!              ├─ -o tw+ ─▶ twl-to-wl-dispatch   ─(-o twX, goto)─▶ twl-tw-twX   (ingress)
 //!              └─ accept mark ─▶ ACCEPT        (both ends' chains ran and allowed)
 //! INPUT ───▶ twl-INPUT: -i tw+ ─▶ twl-wl-to-host: egress policy, then the configured action
+//!              └─ twl-from-hep-dispatch ─(-i IF, goto)─▶ twl-fh-IF   (host endpoint ingress)
+//! OUTPUT ──▶ twl-OUTPUT ─▶ twl-to-hep-dispatch ─(-o IF, goto)─▶ twl-th-IF (host endpoint egress)
+//!   twl-fh-/twl-th-: established, failsafe ports, then tiers and profiles as below.
 //! twl-tw-X / twl-fw-X: per tier, its policies' chains (twl-pi-*/twl-po-*), an accept mark
 //!   returns, a pass mark skips to the next tier, the tier's end denies; then profiles
 //!   (twl-pri-*/twl-pro-*); then drop.
@@ -35,6 +38,12 @@ pub const WL_TO_HOST_CHAIN: &str = "twl-wl-to-host";
 pub const FROM_WL_DISPATCH: &str = "twl-from-wl-dispatch";
 /// Dispatch of traffic to workloads.
 pub const TO_WL_DISPATCH: &str = "twl-to-wl-dispatch";
+/// Chain of Twill's OUTPUT hook (host endpoints' egress).
+pub const OUTPUT_CHAIN: &str = "twl-OUTPUT";
+/// Dispatch of traffic arriving through host endpoints.
+pub const FROM_HEP_DISPATCH: &str = "twl-from-hep-dispatch";
+/// Dispatch of traffic leaving through host endpoints.
+pub const TO_HEP_DISPATCH: &str = "twl-to-hep-dispatch";
 
 fn family_tag(family: Family) -> char {
     match family {
@@ -367,8 +376,31 @@ pub fn dataplane(
     let add_chain = |chains: &mut BTreeMap<String, Chain>, name: String, rules: Vec<Rule>| {
         chains.insert(name.clone(), Chain { name, rules });
     };
-    for (interface, endpoint) in local {
-        for direction in [Direction::Ingress, Direction::Egress] {
+    let hosts = local_hosts(world, config, warnings);
+    let mut rendered: Vec<(&Entity, String, String, bool)> = local
+        .iter()
+        .map(|(interface, endpoint)| {
+            (
+                endpoint,
+                endpoint_chain(interface, Direction::Ingress),
+                endpoint_chain(interface, Direction::Egress),
+                false,
+            )
+        })
+        .collect();
+    for (interface, endpoint) in &hosts {
+        rendered.push((
+            endpoint,
+            host_chain(interface, Direction::Ingress),
+            host_chain(interface, Direction::Egress),
+            true,
+        ));
+    }
+    for (endpoint, ingress_chain, egress_chain, host) in rendered {
+        for (direction, chain_name) in [
+            (Direction::Ingress, ingress_chain),
+            (Direction::Egress, egress_chain),
+        ] {
             let program = world.program(endpoint, direction);
             for tier in &program.tiers {
                 for &index in &tier.policies {
@@ -408,12 +440,17 @@ pub fn dataplane(
                 );
                 add_chain(&mut chains, chain, rules);
             }
-            add_chain(
-                &mut chains,
-                endpoint_chain(interface, direction),
-                endpoint_rules(&program, world, direction),
-            );
+            let mut rules = if host {
+                host_prefix(config, direction)
+            } else {
+                Vec::new()
+            };
+            rules.extend(endpoint_rules(&program, world, direction));
+            add_chain(&mut chains, chain_name, rules);
         }
+    }
+    for (name, rules) in host_dispatch(&hosts, config) {
+        add_chain(&mut chains, name, rules);
     }
     for (name, rules) in fixed_chains(local, config, family) {
         add_chain(&mut chains, name, rules);
@@ -446,6 +483,11 @@ pub fn dataplane(
                 table: "filter".into(),
                 chain: "INPUT".into(),
                 target: INPUT_CHAIN.into(),
+            },
+            Hook {
+                table: "filter".into(),
+                chain: "OUTPUT".into(),
+                target: OUTPUT_CHAIN.into(),
             },
         ],
         sets,
@@ -622,9 +664,161 @@ fn fixed_chains(
     to_dispatch.push(rule(vec![], Target::Drop, "unknown workload interface"));
     vec![
         (FORWARD_CHAIN.into(), forward),
-        (INPUT_CHAIN.into(), input),
+        (INPUT_CHAIN.into(), {
+            input.push(rule(
+                vec![],
+                Target::Jump(FROM_HEP_DISPATCH.into()),
+                "from host endpoints: their ingress policy",
+            ));
+            input
+        }),
         (WL_TO_HOST_CHAIN.into(), to_host),
         (FROM_WL_DISPATCH.into(), from_dispatch),
         (TO_WL_DISPATCH.into(), to_dispatch),
+    ]
+}
+
+/// The chain of a host endpoint's interface in one direction (`fh`: arriving from the
+/// interface, the host's ingress; `th`: leaving through it). `*` is spelled `any`.
+pub fn host_chain(interface: &str, direction: Direction) -> String {
+    let interface = if interface == "*" { "any" } else { interface };
+    match direction {
+        Direction::Ingress => format!("twl-fh-{interface}"),
+        Direction::Egress => format!("twl-th-{interface}"),
+    }
+}
+
+/// This node's host endpoints by interface (`*`: every interface but workloads' and lo).
+fn local_hosts(
+    world: &World,
+    config: &Config,
+    warnings: &mut Vec<String>,
+) -> BTreeMap<String, Entity> {
+    let mut hosts = BTreeMap::new();
+    for entity in &world.entities {
+        if entity.kind != crate::model::EntityKind::Host
+            || entity.node.as_deref() != Some(config.node.as_str())
+        {
+            continue;
+        }
+        match entity.interface.as_deref().filter(|i| !i.is_empty()) {
+            Some(interface) => {
+                hosts.insert(interface.to_string(), entity.clone());
+            }
+            None => warnings.push(format!(
+                "host endpoint {} names no interfaceName; Twill applies host endpoints by interface only",
+                entity.display()
+            )),
+        }
+    }
+    hosts
+}
+
+/// What a host endpoint's chain does before its policy: established traffic and the
+/// failsafe ports (so no policy cuts the node off its datastore, SSH or BGP) are accepted.
+fn host_prefix(config: &Config, direction: Direction) -> Vec<Rule> {
+    let mut rules = vec![
+        rule(
+            vec![Match::ConntrackState("RELATED,ESTABLISHED".into())],
+            Target::Accept,
+            "established",
+        ),
+        rule(
+            vec![Match::ConntrackState("INVALID".into())],
+            Target::Drop,
+            "invalid",
+        ),
+    ];
+    let failsafe = match direction {
+        Direction::Ingress => &config.failsafe_inbound,
+        Direction::Egress => &config.failsafe_outbound,
+    };
+    for port in failsafe {
+        let mut matches = vec![
+            Match::Protocol {
+                not: false,
+                number: port.protocol,
+            },
+            Match::Ports {
+                side: crate::ir::Side::Dst,
+                not: false,
+                ports: Ports(vec![(port.port, port.port)]),
+            },
+        ];
+        if let Some(net) = port.net {
+            let side = match direction {
+                Direction::Ingress => crate::ir::Side::Src,
+                Direction::Egress => crate::ir::Side::Dst,
+            };
+            matches.push(Match::Net {
+                side,
+                not: false,
+                net,
+            });
+        }
+        rules.push(rule(
+            matches,
+            Target::Accept,
+            format!("failsafe {}/{}", port.protocol, port.port),
+        ));
+    }
+    rules
+}
+
+/// The host endpoint dispatch chains and twl-OUTPUT. Interfaces without a host endpoint are
+/// not touched (they return).
+fn host_dispatch(hosts: &BTreeMap<String, Entity>, config: &Config) -> Vec<(String, Vec<Rule>)> {
+    let mut from = vec![rule(
+        vec![Match::InInterface("lo".into())],
+        Target::Return,
+        "loopback",
+    )];
+    let mut to = vec![rule(
+        vec![Match::OutInterface("lo".into())],
+        Target::Return,
+        "loopback",
+    )];
+    let mut output = Vec::new();
+    for prefix in &config.interface_prefixes {
+        output.push(rule(
+            vec![Match::OutInterface(format!("{prefix}+"))],
+            Target::Return,
+            "to workloads: their ingress policy applies",
+        ));
+    }
+    output.push(rule(
+        vec![],
+        Target::Jump(TO_HEP_DISPATCH.into()),
+        "to host endpoints: their egress policy",
+    ));
+    // Named interfaces first, the `*` endpoint last.
+    let ordered = hosts
+        .iter()
+        .filter(|(i, _)| *i != "*")
+        .chain(hosts.iter().filter(|(i, _)| *i == "*"));
+    for (interface, endpoint) in ordered {
+        let (in_match, out_match) = if interface == "*" {
+            (vec![], vec![])
+        } else {
+            (
+                vec![Match::InInterface(interface.clone())],
+                vec![Match::OutInterface(interface.clone())],
+            )
+        };
+        from.push(rule(
+            in_match,
+            Target::Goto(host_chain(interface, Direction::Ingress)),
+            format!("from host endpoint {}", endpoint.display()),
+        ));
+        to.push(rule(
+            out_match,
+            Target::Goto(host_chain(interface, Direction::Egress)),
+            format!("to host endpoint {}", endpoint.display()),
+        ));
+    }
+    vec![
+        (FROM_HEP_DISPATCH.into(), from),
+        (TO_HEP_DISPATCH.into(), to),
+        (OUTPUT_CHAIN.into(), output),
     ]
 }

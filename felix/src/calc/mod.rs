@@ -29,6 +29,61 @@ pub struct Config {
     pub interface_prefixes: Vec<String>,
     /// What happens to traffic from a workload to its host after egress policy allowed it.
     pub endpoint_to_host: EndpointToHost,
+    /// Ports host endpoint policy never blocks, towards the host.
+    pub failsafe_inbound: Vec<FailsafePort>,
+    /// Ports host endpoint policy never blocks, from the host.
+    pub failsafe_outbound: Vec<FailsafePort>,
+}
+
+/// A failsafe port (FelixConfiguration `failsafeInboundHostPorts` / `…Outbound…`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FailsafePort {
+    /// IANA protocol number.
+    pub protocol: u8,
+    /// The (destination) port.
+    pub port: u16,
+    /// Only from (inbound) or to (outbound) this network.
+    pub net: Option<ipnet::IpNet>,
+}
+
+/// Calico's default failsafe ports: SSH, DHCP, BGP, etcd, Typha, the Kubernetes API, kube-proxy
+/// health inbound; DNS, DHCP, BGP, etcd, Typha, the Kubernetes API outbound.
+fn default_failsafe(inbound: bool) -> Vec<FailsafePort> {
+    let tcp = |port| FailsafePort {
+        protocol: 6,
+        port,
+        net: None,
+    };
+    let udp = |port| FailsafePort {
+        protocol: 17,
+        port,
+        net: None,
+    };
+    let mut ports = if inbound {
+        vec![tcp(22), udp(68)]
+    } else {
+        vec![udp(53), udp(67)]
+    };
+    ports.extend([179, 2379, 2380, 5473, 6443, 6666, 6667].map(tcp));
+    ports
+}
+
+fn failsafe_of(ports: &[twill_shared::resource::config::ProtoPort]) -> Vec<FailsafePort> {
+    ports
+        .iter()
+        .filter_map(|p| {
+            let protocol = match p.protocol {
+                Some(twill_shared::resource::fields::Protocol::Udp) => 17,
+                Some(twill_shared::resource::fields::Protocol::Sctp) => 132,
+                _ => 6,
+            };
+            Some(FailsafePort {
+                protocol,
+                port: p.port?,
+                net: p.net.as_deref().and_then(|n| n.parse().ok()),
+            })
+        })
+        .collect()
 }
 
 /// FelixConfiguration `defaultEndpointToHostAction`.
@@ -50,6 +105,8 @@ impl Config {
             node: node.to_string(),
             interface_prefixes: vec!["tw".into()],
             endpoint_to_host: EndpointToHost::Accept,
+            failsafe_inbound: default_failsafe(true),
+            failsafe_outbound: default_failsafe(false),
         };
         for name in ["default".to_string(), format!("node.{node}")] {
             let key = twill_shared::resource::Key::cluster(
@@ -60,6 +117,12 @@ impl Config {
             else {
                 continue;
             };
+            if let Some(ports) = &o.spec.failsafe_inbound_host_ports {
+                config.failsafe_inbound = failsafe_of(ports);
+            }
+            if let Some(ports) = &o.spec.failsafe_outbound_host_ports {
+                config.failsafe_outbound = failsafe_of(ports);
+            }
             if let Some(prefix) = &o.spec.interface_prefix {
                 config.interface_prefixes = prefix
                     .split(',')
