@@ -2,48 +2,19 @@
 
 #![allow(clippy::disallowed_methods)] // Tests run processes and read the clock.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+
 use std::time::{Duration, Instant};
 
 use twill_interop_tests::etcd::Etcd;
 use twill_shared::resource::document::parse_documents;
 
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
+mod common;
+
+use common::Run;
 
 fn twillctl(datastore: &str, args: &[&str], stdin: Option<&str>) -> Run {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_twillctl"))
-        .args(args)
-        .env("TWILL_DATASTORE", datastore)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("twillctl runs");
-    if let Some(text) = stdin {
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(text.as_bytes())
-            .unwrap();
-    }
-    drop(child.stdin.take());
-    let Output {
-        status,
-        stdout,
-        stderr,
-    } = child.wait_with_output().unwrap();
-    Run {
-        code: status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&stderr).into_owned(),
-    }
+    common::twillctl_on(Some(datastore), args, stdin)
 }
 
 fn ok(datastore: &str, args: &[&str]) -> String {

@@ -49,6 +49,20 @@ fn args(handle: &str) -> AssignArgs {
     }
 }
 
+/// Allocates one address per handle until the pools are exhausted; returns them all.
+async fn fill(ipam: &Ipam) -> BTreeSet<String> {
+    let mut got = BTreeSet::new();
+    loop {
+        match ipam.assign(&args(&format!("h{}", got.len()))).await {
+            Ok(assigned) => {
+                got.insert(assigned.addresses[0].addr().to_string());
+            }
+            Err(IpamError::Exhausted { .. }) => return got,
+            Err(err) => panic!("{err}"),
+        }
+    }
+}
+
 async fn one(ipam: &Ipam, handle: &str) -> IpAddr {
     ipam.assign(&args(handle)).await.unwrap().addresses[0].addr()
 }
@@ -85,16 +99,7 @@ async fn reserved_addresses_are_never_handed_out() {
     ])
     .await;
     let ipam = Ipam::new(s.store.clone(), "node-1", None);
-    let mut got = BTreeSet::new();
-    loop {
-        match ipam.assign(&args(&format!("h{}", got.len()))).await {
-            Ok(assigned) => {
-                got.insert(assigned.addresses[0].addr().to_string());
-            }
-            Err(IpamError::Exhausted { .. }) => break,
-            Err(err) => panic!("{err}"),
-        }
-    }
+    let got = fill(&ipam).await;
     // 16 addresses, 8 + 1 reserved: exactly the other 7.
     let expected: BTreeSet<String> = [8, 10, 11, 12, 13, 14, 15]
         .iter()
@@ -164,16 +169,7 @@ async fn pools_are_chosen_by_node_selector_disabled_and_name() {
     ])
     .await;
     let ipam = Ipam::new(s.store.clone(), "node-1", None);
-    let mut got = BTreeSet::new();
-    loop {
-        match ipam.assign(&args(&format!("h{}", got.len()))).await {
-            Ok(assigned) => {
-                got.insert(assigned.addresses[0].addr().to_string());
-            }
-            Err(IpamError::Exhausted { .. }) => break,
-            Err(err) => panic!("{err}"),
-        }
-    }
+    let got = fill(&ipam).await;
     assert_eq!(
         got.len(),
         8,

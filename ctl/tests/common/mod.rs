@@ -19,10 +19,20 @@ pub struct Run {
     pub stderr: String,
 }
 
+/// Runs twillctl with no `TWILL_DATASTORE` in its environment.
 pub fn twillctl(args: &[&str], stdin: Option<&str>) -> Run {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_twillctl"))
+    twillctl_on(None, args, stdin)
+}
+
+/// Runs twillctl with `TWILL_DATASTORE` set to `datastore` (or unset).
+pub fn twillctl_on(datastore: Option<&str>, args: &[&str], stdin: Option<&str>) -> Run {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_twillctl"));
+    match datastore {
+        Some(url) => command.env("TWILL_DATASTORE", url),
+        None => command.env_remove("TWILL_DATASTORE"),
+    };
+    let mut child = command
         .args(args)
-        .env_remove("TWILL_DATASTORE")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
