@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use std::path::Path;
 use std::process::Command;
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -26,8 +26,6 @@ use serde_json::{json, Value};
 mod common;
 
 use common::{twillctl, Run};
-
-static NEXT: AtomicU32 = AtomicU32::new(0);
 
 /// How long each probe waits for an answer.
 const PROBE_TIMEOUT_MS: &str = "700";
@@ -50,17 +48,7 @@ struct LabGuard {
 
 impl LabGuard {
     fn up(topology: &str) -> LabGuard {
-        let plugin = Path::new(env!("CARGO_BIN_EXE_twillctl")).with_file_name("twill");
-        assert!(
-            plugin.exists(),
-            "{} is missing: build it first (cargo build -p twill-cni -p twill-node)",
-            plugin.display()
-        );
-        let name = format!(
-            "p{}x{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        );
+        let name = common::lab_name("p");
         let mut guard = LabGuard {
             name,
             datastore: String::new(),

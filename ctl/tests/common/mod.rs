@@ -13,6 +13,22 @@ use serde_json::Value;
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
+/// A lab name unique to this test process and call; panics early, with the command to run,
+/// when the plugin the lab needs is not built.
+pub fn lab_name(prefix: &str) -> String {
+    let plugin = Path::new(env!("CARGO_BIN_EXE_twillctl")).with_file_name("twill");
+    assert!(
+        plugin.exists(),
+        "{} is missing: build the workspace first (cargo build --workspace)",
+        plugin.display()
+    );
+    format!(
+        "{prefix}{}x{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
 pub struct Run {
     pub code: i32,
     pub stdout: String,
@@ -66,18 +82,9 @@ impl LabGuard {
     }
 
     pub fn up_with(topology: &str, extra: &[&str]) -> LabGuard {
-        let plugin = Path::new(env!("CARGO_BIN_EXE_twillctl")).with_file_name("twill");
-        assert!(
-            plugin.exists(),
-            "{} is missing: build the workspace first (cargo build --workspace)",
-            plugin.display()
-        );
-        let name = format!(
-            "t{}x{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        );
-        let guard = LabGuard { name };
+        let guard = LabGuard {
+            name: lab_name("t"),
+        };
         let file = tempfile::NamedTempFile::new().unwrap();
         std::fs::write(file.path(), topology).unwrap();
         let mut args = vec!["up", "--topology", file.path().to_str().unwrap()];

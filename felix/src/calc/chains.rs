@@ -549,19 +549,7 @@ fn fixed_chains(
         let from = Match::InInterface(wildcard.clone());
         let to = Match::OutInterface(wildcard.clone());
         for side in [&from, &to] {
-            forward.push(rule(
-                vec![
-                    side.clone(),
-                    Match::ConntrackState("RELATED,ESTABLISHED".into()),
-                ],
-                Target::Accept,
-                "established",
-            ));
-            forward.push(rule(
-                vec![side.clone(), Match::ConntrackState("INVALID".into())],
-                Target::Drop,
-                "invalid",
-            ));
+            forward.extend(conntrack(Some(side.clone())));
             forward.push(rule(
                 vec![side.clone()],
                 Target::SetMark {
@@ -592,18 +580,7 @@ fn fixed_chains(
         Target::Accept,
         "policy accepted the packet",
     ));
-    let mut to_host = vec![
-        rule(
-            vec![Match::ConntrackState("RELATED,ESTABLISHED".into())],
-            Target::Accept,
-            "established",
-        ),
-        rule(
-            vec![Match::ConntrackState("INVALID".into())],
-            Target::Drop,
-            "invalid",
-        ),
-    ];
+    let mut to_host = conntrack(None);
     if family == Family::V6 {
         // Neighbour discovery and MLD must reach the host whatever egress policy says.
         for icmp_type in [130, 131, 132, 133, 135, 136] {
@@ -714,21 +691,24 @@ fn local_hosts(
     hosts
 }
 
+/// Established and related traffic accepted, invalid dropped (on one interface side, or all).
+fn conntrack(side: Option<Match>) -> Vec<Rule> {
+    let with = |state: &str| {
+        side.iter()
+            .cloned()
+            .chain([Match::ConntrackState(state.into())])
+            .collect()
+    };
+    vec![
+        rule(with("RELATED,ESTABLISHED"), Target::Accept, "established"),
+        rule(with("INVALID"), Target::Drop, "invalid"),
+    ]
+}
+
 /// What a host endpoint's chain does before its policy: established traffic and the
 /// failsafe ports (so no policy cuts the node off its datastore, SSH or BGP) are accepted.
 fn host_prefix(config: &Config, direction: Direction) -> Vec<Rule> {
-    let mut rules = vec![
-        rule(
-            vec![Match::ConntrackState("RELATED,ESTABLISHED".into())],
-            Target::Accept,
-            "established",
-        ),
-        rule(
-            vec![Match::ConntrackState("INVALID".into())],
-            Target::Drop,
-            "invalid",
-        ),
-    ];
+    let mut rules = conntrack(None);
     let failsafe = match direction {
         Direction::Ingress => &config.failsafe_inbound,
         Direction::Egress => &config.failsafe_outbound,
