@@ -12,12 +12,17 @@
 //! - [`plan_unreference`]: the rare first step when a set must change its type or family,
 //!   which the kernel cannot swap and cannot destroy while a rule refers to it.
 //!
+//! - [`plan_delta`]: between refreshes, the dataplane last applied and the desired one → only
+//!   what changed, nothing parsed.
+//!
 //! Scripts are deterministic: chains and sets in name order, rules in chain order.
 
+mod delta;
 mod save;
 mod sets;
 mod table;
 
+pub use delta::{advance, plan_delta, Delta};
 pub use sets::{plan_sets, SetPlan};
 pub use table::{plan_table, plan_unreference, tables_with_twill_objects};
 

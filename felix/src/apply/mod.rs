@@ -2,6 +2,9 @@
 //! difference, run the scripts.
 //!
 //! One [`Applier::apply`] for a family:
+//! 0. Between refreshes, with the dataplane last applied at hand: only the
+//!    [delta](crate::plan::plan_delta) is written, nothing read. Otherwise (the first apply,
+//!    a refresh, a delta that failed or needs the kernel's view):
 //! 1. `ipset save` and `iptables-save` (all tables: one dump each is the whole cost of the
 //!    steady state).
 //! 2. Only if a set changes type or family: empty the chains that use it and dump again.
@@ -138,9 +141,9 @@ fn at_line(line: Option<&str>) -> String {
 pub struct Applier {
     backend: Backend,
     lock_timeout: Duration,
-    /// Per family, the save text of what the last apply wrote: the next change is planned
+    /// Per family, the dataplane the last apply wrote (exactly): the next change is planned
     /// against it without reading the kernel; `apply_fresh` reads the kernel again.
-    cache: std::collections::BTreeMap<Family, (String, String)>,
+    last: std::collections::BTreeMap<Family, Dataplane>,
 }
 
 impl Applier {
@@ -150,7 +153,7 @@ impl Applier {
         Applier {
             backend: Backend::detect(config.backend),
             lock_timeout: config.lock_timeout,
-            cache: std::collections::BTreeMap::new(),
+            last: std::collections::BTreeMap::new(),
         }
     }
 
@@ -167,15 +170,46 @@ impl Applier {
         family: Family,
         dataplane: &Dataplane,
     ) -> Result<ApplyStats, ApplyError> {
-        if let Some(cached) = self.cache.remove(&family) {
-            match self.apply_with(family, dataplane, Some(cached)) {
-                Ok(stats) => return Ok(stats),
-                Err(err) => {
-                    tracing::warn!(error = %err, "applying against the last state failed; reading the kernel")
+        if let Some(mut last) = self.last.remove(&family) {
+            if let Some(delta) = crate::plan::plan_delta(family, &last, dataplane) {
+                match self.apply_delta(family, &delta) {
+                    Ok(stats) => {
+                        crate::plan::advance(&mut last, dataplane, &delta);
+                        self.last.insert(family, last);
+                        return Ok(stats);
+                    }
+                    Err(err) => {
+                        tracing::warn!(error = %err, "applying against the last state failed; reading the kernel")
+                    }
                 }
             }
         }
-        self.apply_with(family, dataplane, None)
+        self.apply_with(family, dataplane)
+    }
+
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "the edge measures the apply's duration"
+    )]
+    fn apply_delta(
+        &mut self,
+        family: Family,
+        delta: &crate::plan::Delta,
+    ) -> Result<ApplyStats, ApplyError> {
+        let started = Instant::now();
+        let mut stats = ApplyStats::default();
+        self.ipset_restore(&delta.sets_before, &mut stats)?;
+        for (table, script) in &delta.tables {
+            tracing::debug!(table, script, "restoring");
+            stats.count_iptables(script);
+            self.restore(family, script)?;
+        }
+        self.ipset_restore(&delta.sets_after, &mut stats)?;
+        stats.duration = started.elapsed();
+        if !stats.wrote_nothing() {
+            tracing::debug!(?family, ?stats, "applied a change");
+        }
+        Ok(stats)
     }
 
     /// As [`Applier::apply`], reading the kernel first: drift repair.
@@ -184,8 +218,8 @@ impl Applier {
         family: Family,
         dataplane: &Dataplane,
     ) -> Result<ApplyStats, ApplyError> {
-        self.cache.remove(&family);
-        self.apply_with(family, dataplane, None)
+        self.last.remove(&family);
+        self.apply_with(family, dataplane)
     }
 
     #[allow(
@@ -196,14 +230,10 @@ impl Applier {
         &mut self,
         family: Family,
         dataplane: &Dataplane,
-        cached: Option<(String, String)>,
     ) -> Result<ApplyStats, ApplyError> {
         let started = Instant::now();
         let mut stats = ApplyStats::default();
-        let (observed_tables, observed_sets) = match cached {
-            Some((tables, sets)) => (tables, sets),
-            None => (self.save(family)?, run("ipset", &["save"], None)?),
-        };
+        let (observed_tables, observed_sets) = (self.save(family)?, run("ipset", &["save"], None)?);
         let set_plan = plan_sets(family, &dataplane.sets, &observed_sets);
         let mut dump = observed_tables;
         if !set_plan.recreate.is_empty() {
@@ -229,13 +259,7 @@ impl Applier {
             }
         }
         self.ipset_restore(&set_plan.after, &mut stats)?;
-        self.cache.insert(
-            family,
-            (
-                crate::render::save::iptables_save(family, dataplane),
-                crate::render::save::ipset_save(dataplane),
-            ),
-        );
+        self.last.insert(family, dataplane.clone());
         stats.duration = started.elapsed();
         if !stats.wrote_nothing() {
             tracing::info!(?family, ?stats, "applied the dataplane");

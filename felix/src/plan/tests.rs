@@ -508,3 +508,97 @@ fn ip_port_members_round_trip_and_unknown_members_are_deleted() {
     assert!(first.before.contains("add twl-n-http 10.0.0.5,tcp:80\n"));
     assert!(first.before.contains("add twl-n-http 10.0.0.5,udp:53\n"));
 }
+
+/// No change: no delta, nothing written.
+#[test]
+fn a_delta_of_nothing_writes_nothing() {
+    let delta = plan_delta(Family::V4, &dataplane(), &dataplane()).expect("a delta");
+    assert!(delta.is_empty());
+    assert_eq!(
+        (
+            delta.sets_before.as_str(),
+            delta.tables.len(),
+            delta.sets_after.as_str()
+        ),
+        ("", 0, "")
+    );
+}
+
+/// One member more and one less; one chain's rule changed; one chain and one set gone: the
+/// script names exactly those, in the order the kernel needs (sets, then chains, then the
+/// destroys).
+#[test]
+fn a_delta_writes_only_what_changed() {
+    let last = dataplane();
+    let mut desired = dataplane();
+    let set = desired.sets.get_mut("twl-s-frontend").expect("the set");
+    set.members.remove(&net("10.0.0.5/32"));
+    set.members.insert(net("10.0.0.6/32"));
+    let filter = desired.tables.get_mut("filter").expect("filter");
+    filter
+        .chains
+        .get_mut("twl-to-wl-dispatch")
+        .expect("dispatch")
+        .rules[1]
+        .comment = "unknown workload".into();
+    let mut more = last.clone();
+    more.sets.insert(
+        "twl-s-gone".into(),
+        IpSet {
+            name: "twl-s-gone".into(),
+            kind: SetKind::Net,
+            family: Family::V4,
+            members: BTreeSet::new(),
+            comment: String::new(),
+        },
+    );
+    let (name, gone) = chain("twl-pi-gone", vec![rule(vec![], Target::Return, "gone")]);
+    more.tables
+        .get_mut("filter")
+        .expect("filter")
+        .chains
+        .insert(name, gone);
+    let delta = plan_delta(Family::V4, &more, &desired).expect("a delta");
+    assert_eq!(
+        delta.sets_before,
+        "del twl-s-frontend 10.0.0.5\nadd twl-s-frontend 10.0.0.6\n"
+    );
+    assert_eq!(delta.sets_after, "destroy twl-s-gone\n");
+    assert_eq!(delta.tables.len(), 1);
+    let (table, script) = &delta.tables[0];
+    assert_eq!(table, "filter");
+    let lines: Vec<&str> = script.lines().collect();
+    assert_eq!(lines[0], "*filter");
+    assert_eq!(
+        lines[1..3],
+        [":twl-to-wl-dispatch - [0:0]", ":twl-pi-gone - [0:0]"]
+    );
+    assert!(
+        lines[3].starts_with("-A twl-to-wl-dispatch -o twl1234 "),
+        "{script}"
+    );
+    assert!(
+        lines[4].starts_with("-A twl-to-wl-dispatch ") && lines[4].contains("unknown workload")
+    );
+    assert_eq!(lines[5..], ["-X twl-pi-gone", "COMMIT"]);
+    // And the last state, advanced by the delta, is the desired one.
+    let mut advanced = more.clone();
+    advance(&mut advanced, &desired, &delta);
+    assert_eq!(advanced, desired);
+}
+
+/// What only the kernel's dumps can plan: a set changing type, hooks changing.
+#[test]
+fn a_delta_defers_to_the_kernel_for_set_types_and_hooks() {
+    let last = dataplane();
+    let mut retyped = dataplane();
+    retyped
+        .sets
+        .get_mut("twl-s-frontend")
+        .expect("the set")
+        .kind = SetKind::IpPort;
+    assert_eq!(plan_delta(Family::V4, &last, &retyped), None);
+    let mut hooked = dataplane();
+    hooked.hooks.clear();
+    assert_eq!(plan_delta(Family::V4, &last, &hooked), None);
+}

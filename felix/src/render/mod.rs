@@ -10,4 +10,3 @@
 
 pub mod ipset;
 pub mod iptables;
-pub mod save;
