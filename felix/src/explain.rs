@@ -122,8 +122,7 @@ fn family_of(ip: IpAddr) -> Family {
 /// Whether `ip` belongs to an entity the predicate accepts.
 fn owned_by(world: &World, ip: IpAddr, accept: impl Fn(&Entity) -> bool) -> bool {
     world
-        .entities
-        .iter()
+        .entities()
         .any(|e| e.nets.iter().any(|n| n.contains(&ip)) && accept(e))
 }
 

@@ -291,12 +291,25 @@ impl Model {
         policies
     }
 
+    /// The policy of one key, in normal form (None: absent or not a policy).
+    pub fn policy(&self, key: &Key) -> Option<Policy> {
+        self.get(key).and_then(policy_of)
+    }
+
     /// Every entity with its effective labels.
     pub fn entities(&self) -> Vec<Entity> {
         let profiles = self.profiles();
-        let mut entities = Vec::new();
-        for resource in self.of_kind(Kind::WorkloadEndpoint) {
-            if let Resource::WorkloadEndpoint(o) = resource {
+        ENTITY_KINDS
+            .iter()
+            .flat_map(|&kind| self.of_kind(kind))
+            .filter_map(|resource| self.entity(&resource.key(), &profiles))
+            .collect()
+    }
+
+    /// The entity of one key (a workload, host endpoint or network set), given the profiles.
+    pub fn entity(&self, key: &Key, profiles: &BTreeMap<String, Profile>) -> Option<Entity> {
+        match self.get(key)? {
+            Resource::WorkloadEndpoint(o) => {
                 let pod = o.spec.pod.as_deref().and_then(|name| {
                     let namespace = o.metadata.namespace.as_deref().unwrap_or("default");
                     match self.get(&Key::namespaced(Kind::Pod, namespace, name)) {
@@ -304,24 +317,47 @@ impl Model {
                         _ => None,
                     }
                 });
-                entities.push(workload_entity(o, pod, &profiles));
+                Some(workload_entity(o, pod, profiles))
             }
-        }
-        for resource in self.of_kind(Kind::HostEndpoint) {
-            if let Resource::HostEndpoint(o) = resource {
-                entities.push(host_entity(o, &profiles));
+            Resource::HostEndpoint(o) => Some(host_entity(o, profiles)),
+            resource @ (Resource::NetworkSet(o) | Resource::GlobalNetworkSet(o)) => {
+                Some(network_set_entity(resource.key(), o, profiles))
             }
+            _ => None,
         }
-        for kind in [Kind::NetworkSet, Kind::GlobalNetworkSet] {
-            for resource in self.of_kind(kind) {
-                if let Resource::NetworkSet(o) | Resource::GlobalNetworkSet(o) = resource {
-                    entities.push(network_set_entity(resource.key(), o, &profiles));
-                }
-            }
-        }
-        entities
+    }
+
+    /// The workload endpoints of a pod.
+    pub fn endpoints_of_pod(&self, namespace: &str, pod: &str) -> Vec<Key> {
+        self.in_namespace(Kind::WorkloadEndpoint, namespace)
+            .filter(|(_, r)| {
+                matches!(r, Resource::WorkloadEndpoint(o) if o.spec.pod.as_deref() == Some(pod))
+            })
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+
+    /// Every resource of a namespaced kind in one namespace.
+    pub fn in_namespace<'a>(
+        &'a self,
+        kind: Kind,
+        namespace: &str,
+    ) -> impl Iterator<Item = (&'a Key, &'a Resource)> {
+        let low = Key::namespaced(kind, namespace, "");
+        let namespace = namespace.to_string();
+        self.resources
+            .range(low..)
+            .take_while(move |(k, _)| k.kind == kind && k.namespace.as_deref() == Some(&namespace))
     }
 }
+
+/// The kinds that are entities.
+pub const ENTITY_KINDS: &[Kind] = &[
+    Kind::WorkloadEndpoint,
+    Kind::HostEndpoint,
+    Kind::NetworkSet,
+    Kind::GlobalNetworkSet,
+];
 
 fn kind_range(kind: Kind) -> std::ops::RangeInclusive<Key> {
     let low = Key {

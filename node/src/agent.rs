@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use ipnet::IpNet;
 use tokio::sync::watch;
-use twill_felix::calc::{self, Computed, Config};
+use twill_felix::calc::{Calculator, Computed};
 use twill_felix::ir::{Dataplane, Family};
 use twill_felix::model::Model;
 use twill_shared::datastore::{connect, Stored};
@@ -50,12 +50,13 @@ pub struct Options {
 
 struct Agent {
     options: Options,
-    model: Model,
+    calculator: Calculator,
     in_sync: bool,
+    /// Calculated but not yet applied (or the apply failed).
     dirty: bool,
     revision: i64,
-    computed: Option<Computed>,
-    applier: Option<twill_felix::apply::Applier>,
+    computed: bool,
+    applier: twill_felix::apply::Applier,
     status: Status,
     metrics: Arc<Mutex<Metrics>>,
     health: watch::Sender<Health>,
@@ -100,13 +101,13 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
             pid: std::process::id(),
             ..Status::default()
         },
+        calculator: Calculator::new(&options.node),
         options,
-        model: Model::default(),
         in_sync: false,
         dirty: false,
         revision: 0,
-        computed: None,
-        applier: Some(applier),
+        computed: false,
+        applier,
         metrics,
         health: health_sender,
         lists: 0,
@@ -129,7 +130,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
             _ = tokio::signal::ctrl_c() => break,
             _ = terminate.recv() => break,
         }
-        if agent.in_sync && (agent.dirty || repair) {
+        if agent.in_sync && (agent.dirty || agent.calculator.is_dirty() || repair) {
             agent.calculate_and_apply(repair).await;
         } else {
             agent.advance();
@@ -183,7 +184,7 @@ impl Agent {
                         }
                     },
                 };
-                if self.model.set(key, resource) {
+                if self.calculator.update(key, resource) {
                     self.dirty = true;
                 }
             }
@@ -193,22 +194,19 @@ impl Agent {
 
     /// `fresh`: read the kernel first (drift repair) rather than trusting the last apply.
     async fn calculate_and_apply(&mut self, fresh: bool) {
-        if self.dirty || self.computed.is_none() {
+        if self.calculator.is_dirty() || !self.computed {
             let started = Instant::now();
-            let config = Config::from_model(&self.model, &self.options.node);
-            self.computed = Some(calc::compute(&self.model, &config));
+            self.calculator.compute();
+            self.computed = true;
             if let Ok(metrics) = self.metrics.lock() {
                 metrics
                     .calc_seconds
                     .observe(started.elapsed().as_secs_f64());
             }
         }
-        let Some(computed) = self.computed.clone() else {
-            return;
-        };
         let applied_revision = self.revision;
         let started = Instant::now();
-        let result = self.apply(&computed, fresh).await;
+        let result = self.apply(fresh).await;
         let elapsed = started.elapsed();
         match result {
             Ok(()) => {
@@ -229,21 +227,16 @@ impl Agent {
                 }
             }
         }
-        self.record(&computed, elapsed);
+        self.record(elapsed);
         self.write_status();
     }
 
-    async fn apply(&mut self, computed: &Computed, fresh: bool) -> anyhow::Result<()> {
-        let mut applier = self.applier.take().context("the applier is busy")?;
-        let (v4, v6) = (computed.v4.clone(), computed.v6.clone());
-        let (applier, result) = tokio::task::spawn_blocking(move || {
-            let result = apply_families(&mut applier, &v4, &v6, fresh);
-            (applier, result)
-        })
-        .await
-        .context("the apply task failed")?;
-        self.applier = Some(applier);
-        result?;
+    async fn apply(&mut self, fresh: bool) -> anyhow::Result<()> {
+        let computed = self.calculator.computed();
+        // The runtime's worker threads are all in this node's network namespace; the apply
+        // blocks this one (no copy of the dataplane to hand to another thread).
+        let applier = &mut self.applier;
+        tokio::task::block_in_place(|| apply_families(applier, &computed.v4, &computed.v6, fresh))?;
         if self.options.mode == Mode::Full {
             let desired: BTreeMap<IpNet, String> = computed
                 .local
@@ -262,11 +255,8 @@ impl Agent {
         Ok(())
     }
 
-    fn record(&mut self, computed: &Computed, elapsed: Duration) {
-        self.record_inner(computed, elapsed);
-    }
-
-    fn record_inner(&mut self, computed: &Computed, elapsed: Duration) {
+    fn record(&mut self, elapsed: Duration) {
+        let computed: &Computed = self.calculator.computed();
         let count_rules = |d: &Dataplane| {
             d.tables
                 .values()
@@ -283,10 +273,10 @@ impl Agent {
                 .map_or(0, |d| d.as_secs()),
         ));
         self.status.endpoints = computed.local.len();
-        self.status.policies = self.model.policies().len();
         self.status.rules = count_rules(&computed.v4) + count_rules(&computed.v6);
         self.status.ipset_members = count_members(&computed.v4) + count_members(&computed.v6);
         self.status.warnings = computed.warnings.clone();
+        self.status.policies = self.calculator.policy_count();
         if let Ok(metrics) = self.metrics.lock() {
             metrics.apply_seconds.observe(elapsed.as_secs_f64());
             metrics.rules.set(self.status.rules as i64);
@@ -304,7 +294,8 @@ impl Agent {
     fn advance(&mut self) {
         let clean = self.in_sync
             && !self.dirty
-            && self.computed.is_some()
+            && !self.calculator.is_dirty()
+            && self.computed
             && self.status.last_error.is_none();
         if clean && self.status.applied_revision > 0 && self.status.applied_revision < self.revision
         {

@@ -28,6 +28,7 @@ fn main() -> anyhow::Result<()> {
         Some("policy-memory") => {
             policy::memory(args.get(1).and_then(|n| n.parse().ok()).unwrap_or(0))
         }
+        Some("policy-calc") => policy::calc_only(),
         Some("bench-policy") => {
             print!("{}", policy::run());
             Ok(())

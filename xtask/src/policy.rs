@@ -18,7 +18,7 @@ use std::time::Instant;
 use anyhow::Context;
 use serde_json::json;
 use twill_felix::apply::{Applier, ApplierConfig};
-use twill_felix::calc::{compute, Config};
+use twill_felix::calc::{compute, Calculator, Config};
 use twill_felix::ir::{Dataplane, Family};
 use twill_felix::model::Model;
 use twill_felix::plan::{plan_sets, plan_table};
@@ -212,9 +212,11 @@ fn start_of_day(shape: Shape, out: &mut String) -> anyhow::Result<()> {
     let mut calc_times = Vec::new();
     let mut computed = None;
     for _ in 0..3 {
+        let mut calculator = Calculator::with_config(model.clone(), config.clone());
         let started = Instant::now();
-        computed = Some(compute(&model, &config));
+        calculator.compute();
         calc_times.push(started.elapsed().as_secs_f64());
+        computed = Some(calculator.computed().clone());
     }
     let computed = computed.expect("computed three times");
     let (mut apply_times, mut raw_times) = (Vec::new(), Vec::new());
@@ -264,45 +266,25 @@ fn start_of_day(shape: Shape, out: &mut String) -> anyhow::Result<()> {
 /// change to the kernel (calc + plan + restore), and the tools' own floor beside it.
 fn changes(shape: Shape, out: &mut String) -> anyhow::Result<()> {
     let docs = documents(shape);
-    let mut model = model_of(&docs)?;
+    let model = model_of(&docs)?;
     let config = Config {
         node: NODE.into(),
         ..Config::from_model(&model, NODE)
     };
+    let mut calculator = Calculator::with_config(model, config);
     let netns = Netns::new("chg");
     let mut calc_times = Vec::new();
     let (times, floor) = inside(&netns, || -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
         let mut applier = Applier::new(&ApplierConfig::default());
-        applier.apply(Family::V4, &compute(&model, &config).v4)?;
+        applier.apply(Family::V4, &calculator.compute().v4)?;
         let mut times = Vec::new();
         let mut floor = Vec::new();
         for i in 0..200 {
+            let resource = change(&docs, shape, i)?;
             let started = Instant::now();
-            let text = if i % 2 == 0 {
-                let e = i % shape.local;
-                let mut wep = docs
-                    .iter()
-                    .find(|d| d["spec"]["pod"] == format!("pod{e}"))
-                    .cloned()
-                    .context("a local pod")?;
-                wep["metadata"]["labels"]["app"] = json!(format!("app{}", (i * 7) % APPS));
-                format!("{wep}")
-            } else {
-                let app = format!("app{}", i % APPS);
-                format!(
-                    "{}",
-                    json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
-                    "metadata": {"name": format!("added{i}"), "namespace": format!("ns{}", i % NAMESPACES)},
-                    "spec": {"podSelector": {"matchLabels": {"app": app}}, "policyTypes": ["Ingress"],
-                        "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "app1"}}}], "ports": [{"port": 7000 + i}]}]}})
-                )
-            };
-            let resource: Resource = parse_documents(&text)
-                .map_err(|e| anyhow::anyhow!("{e}"))?
-                .remove(0);
-            model.set(resource.key(), Some(resource));
             let calc_started = Instant::now();
-            let computed = compute(&model, &config);
+            calculator.update(resource.key(), Some(resource));
+            let computed = calculator.compute();
             calc_times.push(calc_started.elapsed().as_secs_f64());
             applier.apply(Family::V4, &computed.v4)?;
             times.push(started.elapsed().as_secs_f64());
@@ -338,6 +320,68 @@ fn changes(shape: Shape, out: &mut String) -> anyhow::Result<()> {
         ms(percentile(floor.clone(), 0.99)),
         percentile(times, 0.5) / percentile(floor, 0.5)
     )?;
+    Ok(())
+}
+
+/// The `i`th change of the one-change benchmark: a local pod's label (even), a new policy
+/// (odd).
+fn change(docs: &[serde_json::Value], shape: Shape, i: usize) -> anyhow::Result<Resource> {
+    let text = if i.is_multiple_of(2) {
+        let e = i % shape.local;
+        let mut wep = docs
+            .iter()
+            .find(|d| d["spec"]["pod"] == format!("pod{e}"))
+            .cloned()
+            .context("a local pod")?;
+        wep["metadata"]["labels"]["app"] = json!(format!("app{}", (i * 7) % APPS));
+        format!("{wep}")
+    } else {
+        let app = format!("app{}", i % APPS);
+        format!(
+            "{}",
+            json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": {"name": format!("added{i}"), "namespace": format!("ns{}", i % NAMESPACES)},
+            "spec": {"podSelector": {"matchLabels": {"app": app}}, "policyTypes": ["Ingress"],
+        "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "app1"}}}], "ports": [{"port": 7000 + i}]}]}})
+        )
+    };
+    let resource: Resource = parse_documents(&text)
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .remove(0);
+    Ok(resource)
+}
+
+/// The calculation alone over the one-change benchmark's changes (for profilers):
+/// `cargo xtask policy-calc`.
+pub fn calc_only() -> anyhow::Result<()> {
+    let shape = Shape {
+        endpoints: 10_000,
+        local: 250,
+        policies: 1000,
+    };
+    let docs = documents(shape);
+    let model = model_of(&docs)?;
+    let config = Config {
+        node: NODE.into(),
+        ..Config::from_model(&model, NODE)
+    };
+    let mut calculator = Calculator::with_config(model, config);
+    calculator.compute();
+    let mut times = Vec::new();
+    for round in 0..5 {
+        for i in 0..200 {
+            let resource = change(&docs, shape, i + round * 200)?;
+            let started = Instant::now();
+            calculator.update(resource.key(), Some(resource));
+            calculator.compute();
+            times.push(started.elapsed().as_secs_f64());
+        }
+    }
+    println!(
+        "calc p50 {:.2} ms, p99 {:.2} ms",
+        percentile(times.clone(), 0.5) * 1000.0,
+        percentile(times, 0.99) * 1000.0
+    );
     Ok(())
 }
 

@@ -15,7 +15,7 @@
 //! ```
 //! Unknown workload interfaces are dropped by the dispatch chains (fail closed).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use twill_shared::resource::fields::Action;
 
@@ -23,8 +23,8 @@ use super::compile::{compile_policy, compile_rule, digest, CompiledRule, Conditi
 use super::programs::{Direction, Program, World};
 use super::{Config, EndpointToHost};
 use crate::ir::{
-    Chain, Dataplane, Family, Hook, IpSet, Match, Member, Ports, Rule, SetKind, Table, Target,
-    MARK_ACCEPT, MARK_MASK, MARK_PASS, NFLOG_GROUP_EGRESS, NFLOG_GROUP_INGRESS,
+    Family, Hook, Match, Member, Ports, Rule, SetKind, Target, MARK_ACCEPT, MARK_MASK, MARK_PASS,
+    NFLOG_GROUP_EGRESS, NFLOG_GROUP_INGRESS,
 };
 use crate::model::{Entity, Profile};
 
@@ -105,55 +105,71 @@ pub fn set_name(condition: &Condition, family: Family) -> Option<String> {
     }
 }
 
-/// The members of a condition's set, from every entity in the cluster.
+/// The selector of a condition whose set's members come from entities.
+pub fn set_selector(condition: &Condition) -> Option<&twill_shared::selector::Selector> {
+    match condition {
+        Condition::Selected { selection, .. } | Condition::NamedPort { selection, .. } => {
+            Some(&selection.selector.0)
+        }
+        _ => None,
+    }
+}
+
+/// What one entity the condition's selector matches puts in its set, in one family.
+pub fn contributions(condition: &Condition, entity: &Entity, family: Family) -> Vec<Member> {
+    match condition {
+        Condition::Selected { .. } => entity
+            .nets
+            .iter()
+            .filter(|n| Family::of(n) == family)
+            .map(|n| Member::Net(*n))
+            .collect(),
+        Condition::NamedPort { protocol, name, .. } => entity
+            .ports
+            .iter()
+            .filter(|p| p.name == *name && p.protocol == *protocol)
+            .flat_map(|p| entity.nets.iter().map(move |n| (n, p.port)))
+            .filter(|(n, _)| Family::of(n) == family)
+            .map(|(n, port)| Member::IpPort(n.addr(), *protocol, port))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// The members of a condition's set, from every entity in the cluster, each with the number
+/// of entities that put it there (so that one entity's change updates it exactly).
 pub fn set_members(
     condition: &Condition,
     world: &World,
     family: Family,
-) -> (SetKind, BTreeSet<Member>, String) {
+) -> (SetKind, BTreeMap<Member, u32>, String) {
+    let mut counts: BTreeMap<Member, u32> = BTreeMap::new();
     match condition {
-        Condition::Selected { selection, .. } => {
-            let members = world
-                .select(&selection.selector.0)
-                .flat_map(|e| e.nets.iter())
-                .filter(|n| Family::of(n) == family)
-                .map(|n| Member::Net(*n))
-                .collect();
-            (
-                SetKind::Net,
-                members,
-                format!("selector {}", selection.canonical),
-            )
+        Condition::Selected { selection, .. } | Condition::NamedPort { selection, .. } => {
+            for entity in world.select(&selection.selector.0) {
+                for member in contributions(condition, entity, family) {
+                    *counts.entry(member).or_default() += 1;
+                }
+            }
         }
-        Condition::NamedPort {
-            selection,
-            protocol,
-            name,
-            ..
-        } => {
-            let members = world
-                .select(&selection.selector.0)
-                .flat_map(|e| {
-                    e.ports
-                        .iter()
-                        .filter(|p| p.name == *name && p.protocol == *protocol)
-                        .flat_map(move |p| e.nets.iter().map(move |n| (n, p.port)))
-                })
-                .filter(|(n, _)| Family::of(n) == family)
-                .map(|(n, port)| Member::IpPort(n.addr(), *protocol, port))
-                .collect();
-            (
-                SetKind::IpPort,
-                members,
-                format!("named port {name} of {}", selection.canonical),
-            )
-        }
-        Condition::Nets { nets, .. } => (
+        Condition::Nets { nets, .. } => counts.extend(nets.iter().map(|n| (Member::Net(*n), 1))),
+        _ => {}
+    }
+    match condition {
+        Condition::Selected { selection, .. } => (
             SetKind::Net,
-            nets.iter().map(|n| Member::Net(*n)).collect(),
-            "nets".to_string(),
+            counts,
+            format!("selector {}", selection.canonical),
         ),
-        _ => (SetKind::Net, BTreeSet::new(), String::new()),
+        Condition::NamedPort {
+            selection, name, ..
+        } => (
+            SetKind::IpPort,
+            counts,
+            format!("named port {name} of {}", selection.canonical),
+        ),
+        Condition::Nets { .. } => (SetKind::Net, counts, "nets".to_string()),
+        _ => (SetKind::Net, counts, String::new()),
     }
 }
 
@@ -363,135 +379,96 @@ fn endpoint_rules(program: &Program, world: &World, direction: Direction) -> Vec
     out
 }
 
-/// Everything one family needs.
-pub fn dataplane(
-    world: &World,
-    local: &BTreeMap<String, Entity>,
-    config: &Config,
+/// Twill's jumps from the built-in chains.
+pub fn hooks() -> Vec<Hook> {
+    [
+        ("FORWARD", FORWARD_CHAIN),
+        ("INPUT", INPUT_CHAIN),
+        ("OUTPUT", OUTPUT_CHAIN),
+    ]
+    .into_iter()
+    .map(|(chain, target)| Hook {
+        table: "filter".into(),
+        chain: chain.into(),
+        target: target.into(),
+    })
+    .collect()
+}
+
+/// A policy or profile chain with what it refers to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OwnedChain {
+    /// Its rules.
+    pub rules: Vec<Rule>,
+    /// The sets it refers to, by name, with the condition each stands for.
+    pub sets: BTreeMap<String, Condition>,
+    /// What people should hear about it.
+    pub warnings: Vec<String>,
+}
+
+fn sets_of(compiled: &[CompiledRule], family: Family) -> BTreeMap<String, Condition> {
+    super::compile::referenced(compiled)
+        .into_iter()
+        .filter_map(|c| Some((set_name(&c, family)?, c)))
+        .collect()
+}
+
+/// The chain of a policy in one direction and family.
+pub fn policy_rules(
+    policy: &crate::model::Policy,
+    direction: Direction,
     family: Family,
-    warnings: &mut Vec<String>,
-) -> Dataplane {
-    let mut chains: BTreeMap<String, Chain> = BTreeMap::new();
-    let mut conditions: BTreeSet<Condition> = BTreeSet::new();
-    let add_chain = |chains: &mut BTreeMap<String, Chain>, name: String, rules: Vec<Rule>| {
-        chains.insert(name.clone(), Chain { name, rules });
+) -> OwnedChain {
+    let compiled = compile_policy(policy, direction, family);
+    let mut warnings = Vec::new();
+    note_never(&compiled, &policy.name, &mut warnings);
+    OwnedChain {
+        sets: sets_of(&compiled, family),
+        rules: rules_chain(
+            &format!("policy {}", policy.name),
+            &compiled,
+            direction,
+            family,
+        ),
+        warnings,
+    }
+}
+
+/// The chain of an endpoint (a workload's, or a host endpoint's with `host`) in one direction.
+pub fn endpoint_chain_rules(
+    program: &Program,
+    world: &World,
+    config: &Config,
+    direction: Direction,
+    host: bool,
+) -> Vec<Rule> {
+    let mut rules = if host {
+        host_prefix(config, direction)
+    } else {
+        Vec::new()
     };
-    let hosts = local_hosts(world, config, warnings);
-    let mut rendered: Vec<(&Entity, String, String, bool)> = local
+    rules.extend(endpoint_rules(program, world, direction));
+    rules
+}
+
+/// The policy chains an endpoint's program jumps to, with their policies' indexes.
+pub fn program_chains(
+    program: &Program,
+    world: &World,
+    direction: Direction,
+) -> Vec<(usize, String)> {
+    program
+        .tiers
         .iter()
-        .map(|(interface, endpoint)| {
+        .flat_map(|t| t.policies.iter())
+        .map(|&index| {
+            let policy = &world.policies[index];
             (
-                endpoint,
-                endpoint_chain(interface, Direction::Ingress),
-                endpoint_chain(interface, Direction::Egress),
-                false,
+                index,
+                policy_chain(&policy.name, &format!("{:?}", policy.key.kind), direction),
             )
         })
-        .collect();
-    for (interface, endpoint) in &hosts {
-        rendered.push((
-            endpoint,
-            host_chain(interface, Direction::Ingress),
-            host_chain(interface, Direction::Egress),
-            true,
-        ));
-    }
-    for (endpoint, ingress_chain, egress_chain, host) in rendered {
-        for (direction, chain_name) in [
-            (Direction::Ingress, ingress_chain),
-            (Direction::Egress, egress_chain),
-        ] {
-            let program = world.program(endpoint, direction);
-            for tier in &program.tiers {
-                for &index in &tier.policies {
-                    let policy = &world.policies[index];
-                    let chain =
-                        policy_chain(&policy.name, &format!("{:?}", policy.key.kind), direction);
-                    if chains.contains_key(&chain) {
-                        continue;
-                    }
-                    let compiled = compile_policy(policy, direction, family);
-                    note_never(&compiled, &policy.name, warnings);
-                    conditions.extend(super::compile::referenced(&compiled));
-                    add_chain(
-                        &mut chains,
-                        chain,
-                        rules_chain(
-                            &format!("policy {}", policy.name),
-                            &compiled,
-                            direction,
-                            family,
-                        ),
-                    );
-                }
-            }
-            for profile in &program.profiles {
-                let chain = profile_chain(profile, direction);
-                if chains.contains_key(&chain) {
-                    continue;
-                }
-                let rules = profile_rules(
-                    world.profiles.get(profile),
-                    profile,
-                    direction,
-                    family,
-                    &mut conditions,
-                    warnings,
-                );
-                add_chain(&mut chains, chain, rules);
-            }
-            let mut rules = if host {
-                host_prefix(config, direction)
-            } else {
-                Vec::new()
-            };
-            rules.extend(endpoint_rules(&program, world, direction));
-            add_chain(&mut chains, chain_name, rules);
-        }
-    }
-    for (name, rules) in host_dispatch(&hosts, config) {
-        add_chain(&mut chains, name, rules);
-    }
-    for (name, rules) in fixed_chains(local, config, family) {
-        add_chain(&mut chains, name, rules);
-    }
-    let mut sets = BTreeMap::new();
-    for condition in &conditions {
-        if let Some(name) = set_name(condition, family) {
-            let (kind, members, comment) = set_members(condition, world, family);
-            sets.insert(
-                name.clone(),
-                IpSet {
-                    name,
-                    kind,
-                    family,
-                    members,
-                    comment,
-                },
-            );
-        }
-    }
-    Dataplane {
-        tables: BTreeMap::from([("filter".to_string(), Table { chains })]),
-        hooks: vec![
-            Hook {
-                table: "filter".into(),
-                chain: "FORWARD".into(),
-                target: FORWARD_CHAIN.into(),
-            },
-            Hook {
-                table: "filter".into(),
-                chain: "INPUT".into(),
-                target: INPUT_CHAIN.into(),
-            },
-            Hook {
-                table: "filter".into(),
-                chain: "OUTPUT".into(),
-                target: OUTPUT_CHAIN.into(),
-            },
-        ],
-        sets,
-    }
+        .collect()
 }
 
 fn note_never(compiled: &[CompiledRule], owner: &str, warnings: &mut Vec<String>) {
@@ -507,20 +484,23 @@ fn note_never(compiled: &[CompiledRule], owner: &str, warnings: &mut Vec<String>
     }
 }
 
-fn profile_rules(
+/// The chain of a profile (None: missing, which denies) in one direction and family.
+pub fn profile_rules(
     profile: Option<&Profile>,
     name: &str,
     direction: Direction,
     family: Family,
-    conditions: &mut BTreeSet<Condition>,
-    warnings: &mut Vec<String>,
-) -> Vec<Rule> {
+) -> OwnedChain {
     let Some(profile) = profile else {
-        return vec![rule(
-            vec![],
-            Target::Drop,
-            format!("profile {name} does not exist: deny"),
-        )];
+        return OwnedChain {
+            rules: vec![rule(
+                vec![],
+                Target::Drop,
+                format!("profile {name} does not exist: deny"),
+            )],
+            sets: BTreeMap::new(),
+            warnings: Vec::new(),
+        };
     };
     let rules = match direction {
         Direction::Ingress => &profile.ingress,
@@ -531,13 +511,17 @@ fn profile_rules(
         .enumerate()
         .map(|(i, r)| compile_rule(r, i, None, family))
         .collect();
-    note_never(&compiled, &format!("profile {name}"), warnings);
-    conditions.extend(super::compile::referenced(&compiled));
-    rules_chain(&format!("profile {name}"), &compiled, direction, family)
+    let mut warnings = Vec::new();
+    note_never(&compiled, &format!("profile {name}"), &mut warnings);
+    OwnedChain {
+        sets: sets_of(&compiled, family),
+        rules: rules_chain(&format!("profile {name}"), &compiled, direction, family),
+        warnings,
+    }
 }
 
 /// twl-FORWARD, twl-INPUT, twl-wl-to-host and the dispatch chains.
-fn fixed_chains(
+pub fn fixed_chains(
     local: &BTreeMap<String, Entity>,
     config: &Config,
     family: Family,
@@ -666,13 +650,13 @@ pub fn host_chain(interface: &str, direction: Direction) -> String {
 }
 
 /// This node's host endpoints by interface (`*`: every interface but workloads' and lo).
-fn local_hosts(
-    world: &World,
+pub fn local_hosts<'a>(
+    entities: impl Iterator<Item = &'a Entity>,
     config: &Config,
     warnings: &mut Vec<String>,
 ) -> BTreeMap<String, Entity> {
     let mut hosts = BTreeMap::new();
-    for entity in &world.entities {
+    for entity in entities {
         if entity.kind != crate::model::EntityKind::Host
             || entity.node.as_deref() != Some(config.node.as_str())
         {
@@ -747,7 +731,10 @@ fn host_prefix(config: &Config, direction: Direction) -> Vec<Rule> {
 
 /// The host endpoint dispatch chains and twl-OUTPUT. Interfaces without a host endpoint are
 /// not touched (they return).
-fn host_dispatch(hosts: &BTreeMap<String, Entity>, config: &Config) -> Vec<(String, Vec<Rule>)> {
+pub fn host_dispatch(
+    hosts: &BTreeMap<String, Entity>,
+    config: &Config,
+) -> Vec<(String, Vec<Rule>)> {
     let mut from = vec![rule(
         vec![Match::InInterface("lo".into())],
         Target::Return,

@@ -547,9 +547,15 @@ pub fn compile_policy(
 
 /// A short, stable digest of a text (hex of SHA-224), `len` characters.
 pub fn digest(text: &str, len: usize) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let hash = Sha224::digest(text.as_bytes());
-    let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
-    hex[..len.min(hex.len())].to_string()
+    let mut hex = String::with_capacity(hash.len() * 2);
+    for byte in hash {
+        hex.push(char::from(HEX[usize::from(byte >> 4)]));
+        hex.push(char::from(HEX[usize::from(byte & 0xf)]));
+    }
+    hex.truncate(len);
+    hex
 }
 
 /// Every selection and named port a set of compiled rules refers to.

@@ -14,11 +14,14 @@
 pub mod chains;
 pub mod compile;
 pub mod programs;
+pub mod state;
+
+pub use state::Calculator;
 
 use std::collections::BTreeMap;
 
-use crate::ir::{Dataplane, Family};
-use crate::model::{Entity, EntityKind, Model};
+use crate::ir::Dataplane;
+use crate::model::{Entity, Model};
 
 /// What shapes the dataplane beyond the resources' rules.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -148,7 +151,7 @@ impl Config {
 }
 
 /// The result of a calculation.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct Computed {
     /// IPv4 chains and sets.
     pub v4: Dataplane,
@@ -160,29 +163,11 @@ pub struct Computed {
     pub warnings: Vec<String>,
 }
 
-/// Calculates the whole desired dataplane of one node.
+/// Calculates the whole desired dataplane of one node (a [`Calculator`] built from nothing).
 pub fn compute(model: &Model, config: &Config) -> Computed {
-    let entities = model.entities();
-    let world = programs::World::new(model, entities);
-    let local: BTreeMap<String, Entity> = world
-        .entities
-        .iter()
-        .filter(|e| {
-            e.kind == EntityKind::Workload && e.node.as_deref() == Some(config.node.as_str())
-        })
-        .filter_map(|e| Some((e.interface.clone()?, e.clone())))
-        .collect();
-    let mut warnings = world.warnings.clone();
-    let v4 = chains::dataplane(&world, &local, config, Family::V4, &mut warnings);
-    let v6 = chains::dataplane(&world, &local, config, Family::V6, &mut warnings);
-    warnings.sort();
-    warnings.dedup();
-    Computed {
-        v4,
-        v6,
-        local,
-        warnings,
-    }
+    Calculator::with_config(model.clone(), config.clone())
+        .compute()
+        .clone()
 }
 
 #[cfg(test)]

@@ -2,9 +2,11 @@
 //! the profile list.
 
 use std::cmp::Ordering;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 use twill_shared::resource::fields::Action;
+use twill_shared::resource::Key;
 use twill_shared::selector::Selector;
 
 use crate::model::{Entity, Model, Policy, Profile, Tier};
@@ -31,46 +33,60 @@ impl Direction {
 /// Which entities carry which labels, so a selector is evaluated only on the entities that
 /// can match it (Calico's label restriction index): `a == 'x'` anywhere in a conjunction
 /// limits the candidates to entities with that label value; `has(a)` to those with the label.
+/// Entities are slots of [`World`]; the index follows their arrivals and departures.
 #[derive(Debug, Clone, Default)]
 pub struct LabelIndex {
-    pairs: HashMap<(String, String), Vec<usize>>,
-    keys: HashMap<String, Vec<usize>>,
+    pairs: HashMap<(String, String), BTreeSet<usize>>,
+    keys: HashMap<String, BTreeSet<usize>>,
 }
 
 impl LabelIndex {
-    fn new(entities: &[Entity]) -> LabelIndex {
-        let mut index = LabelIndex::default();
-        for (position, entity) in entities.iter().enumerate() {
-            for (key, value) in &entity.labels {
-                index
-                    .pairs
-                    .entry((key.clone(), value.clone()))
-                    .or_default()
-                    .push(position);
-                index.keys.entry(key.clone()).or_default().push(position);
+    fn insert(&mut self, slot: usize, entity: &Entity) {
+        for (key, value) in &entity.labels {
+            self.pairs
+                .entry((key.clone(), value.clone()))
+                .or_default()
+                .insert(slot);
+            self.keys.entry(key.clone()).or_default().insert(slot);
+        }
+    }
+
+    fn remove(&mut self, slot: usize, entity: &Entity) {
+        for (key, value) in &entity.labels {
+            let pair = (key.clone(), value.clone());
+            if let Some(slots) = self.pairs.get_mut(&pair) {
+                slots.remove(&slot);
+                if slots.is_empty() {
+                    self.pairs.remove(&pair);
+                }
+            }
+            if let Some(slots) = self.keys.get_mut(key) {
+                slots.remove(&slot);
+                if slots.is_empty() {
+                    self.keys.remove(key);
+                }
             }
         }
-        index
     }
 
     /// A superset of the entities the selector matches, or None for "any".
     fn candidates(&self, selector: &Selector) -> Option<Vec<usize>> {
-        const NONE: &[usize] = &[];
+        let collect = |slots: Option<&BTreeSet<usize>>| -> Vec<usize> {
+            slots.map_or_else(Vec::new, |s| s.iter().copied().collect())
+        };
         match selector {
-            Selector::Equal(key, value) => Some(
-                self.pairs
-                    .get(&(key.clone(), value.clone()))
-                    .map_or(NONE, Vec::as_slice)
-                    .to_vec(),
-            ),
-            Selector::Has(key) => Some(self.keys.get(key).map_or(NONE, Vec::as_slice).to_vec()),
+            Selector::Equal(key, value) => {
+                Some(collect(self.pairs.get(&(key.clone(), value.clone()))))
+            }
+            Selector::Has(key) => Some(collect(self.keys.get(key))),
             Selector::In(key, values) => {
                 let mut all: Vec<usize> = values
                     .iter()
                     .flat_map(|v| {
                         self.pairs
                             .get(&(key.clone(), v.clone()))
-                            .map_or(NONE, Vec::as_slice)
+                            .into_iter()
+                            .flatten()
                     })
                     .copied()
                     .collect();
@@ -87,15 +103,17 @@ impl LabelIndex {
     }
 }
 
-/// Everything calculation reads, sorted once.
-#[derive(Debug, Clone)]
+/// Everything calculation reads. Entities live in slots (stable while they exist) so that
+/// the label index and the incremental calculator can follow single changes.
+#[derive(Debug, Clone, Default)]
 pub struct World {
-    /// Every endpoint and network set.
-    pub entities: Vec<Entity>,
-    /// Label index over `entities`.
+    slots: Vec<Option<Entity>>,
+    free: Vec<usize>,
+    by_key: BTreeMap<Key, usize>,
+    /// Label index over the entities.
     pub index: LabelIndex,
     /// Every policy, in evaluation order (tier order, tier name, policy order, policy name).
-    pub policies: Vec<Policy>,
+    pub policies: Vec<Arc<Policy>>,
     /// Tiers by name.
     pub tiers: BTreeMap<String, Tier>,
     /// Profiles by name.
@@ -137,8 +155,22 @@ fn compare_orders(a: Option<f64>, b: Option<f64>) -> Ordering {
 impl World {
     /// Sorts the model's policies and gathers what calculation needs.
     pub fn new(model: &Model, entities: Vec<Entity>) -> World {
-        let tiers = model.tiers();
-        let mut policies = model.policies();
+        let mut world = World {
+            profiles: model.profiles(),
+            ..World::default()
+        };
+        for entity in entities {
+            world.upsert(entity);
+        }
+        world.set_policies(
+            model.tiers(),
+            model.policies().into_iter().map(Arc::new).collect(),
+        );
+        world
+    }
+
+    /// Sets the tiers and policies (in any order; sorted here) and the warnings about them.
+    pub fn set_policies(&mut self, tiers: BTreeMap<String, Tier>, mut policies: Vec<Arc<Policy>>) {
         let tier_order = |name: &str| {
             tiers
                 .get(name)
@@ -153,6 +185,7 @@ impl World {
                 .then(a.tier.cmp(&b.tier))
                 .then(compare_orders(a.order, b.order))
                 .then(a.name.cmp(&b.name))
+                .then(a.key.cmp(&b.key))
         });
         let mut warnings = Vec::new();
         for policy in &policies {
@@ -163,14 +196,45 @@ impl World {
                 ));
             }
         }
-        World {
-            index: LabelIndex::new(&entities),
-            entities,
-            policies,
-            tiers,
-            profiles: model.profiles(),
-            warnings,
-        }
+        self.policies = policies;
+        self.tiers = tiers;
+        self.warnings = warnings;
+    }
+
+    /// Adds or replaces an entity (by key); returns the one it replaced.
+    pub fn upsert(&mut self, entity: Entity) -> Option<Entity> {
+        let old = self.remove(&entity.key);
+        let slot = self.free.pop().unwrap_or_else(|| {
+            self.slots.push(None);
+            self.slots.len() - 1
+        });
+        self.index.insert(slot, &entity);
+        self.by_key.insert(entity.key.clone(), slot);
+        self.slots[slot] = Some(entity);
+        old
+    }
+
+    /// Removes an entity; returns it.
+    pub fn remove(&mut self, key: &Key) -> Option<Entity> {
+        let slot = self.by_key.remove(key)?;
+        let entity = self.slots[slot].take()?;
+        self.index.remove(slot, &entity);
+        self.free.push(slot);
+        Some(entity)
+    }
+
+    /// One entity.
+    pub fn entity(&self, key: &Key) -> Option<&Entity> {
+        self.by_key
+            .get(key)
+            .and_then(|&slot| self.slots[slot].as_ref())
+    }
+
+    /// Every entity, by key.
+    pub fn entities(&self) -> impl Iterator<Item = &Entity> {
+        self.by_key
+            .values()
+            .filter_map(|&slot| self.slots[slot].as_ref())
     }
 
     /// The entities a selector matches (using the label index).
@@ -182,12 +246,13 @@ impl World {
             Some(candidates) => Box::new(
                 candidates
                     .into_iter()
-                    .map(|i| &self.entities[i])
+                    .filter_map(|slot| self.slots[slot].as_ref())
                     .filter(move |e| selector.matches(&e.labels)),
             ),
             None => Box::new(
-                self.entities
+                self.slots
                     .iter()
+                    .flatten()
                     .filter(move |e| selector.matches(&e.labels)),
             ),
         }
@@ -195,13 +260,30 @@ impl World {
 
     /// The program of an endpoint in one direction.
     pub fn program(&self, endpoint: &Entity, direction: Direction) -> Program {
+        self.program_of(
+            endpoint,
+            (0..self.policies.len())
+                .filter(|&i| self.policies[i].selector.matches(&endpoint.labels)),
+            direction,
+        )
+    }
+
+    /// The program of an endpoint in one direction, given (in ascending order) the indexes in
+    /// [`World::policies`] of the policies whose selector matches it.
+    pub fn program_of(
+        &self,
+        endpoint: &Entity,
+        matching: impl Iterator<Item = usize>,
+        direction: Direction,
+    ) -> Program {
         let mut tiers: Vec<TierProgram> = Vec::new();
-        for (index, policy) in self.policies.iter().enumerate() {
+        for index in matching {
+            let policy = &self.policies[index];
             let applies = match direction {
                 Direction::Ingress => policy.ingress.is_some(),
                 Direction::Egress => policy.egress.is_some(),
             };
-            if !applies || !policy.selector.matches(&endpoint.labels) {
+            if !applies {
                 continue;
             }
             match tiers.last_mut() {

@@ -181,7 +181,116 @@ proptest! {
         let world = World::new(&model, model.entities());
         let selector = Selector::parse(selector).unwrap();
         let indexed: Vec<String> = world.select(&selector).map(|e| e.display()).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
-        let scanned: Vec<String> = world.entities.iter().filter(|e| selector.matches(&e.labels)).map(|e| e.display()).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+        let scanned: Vec<String> = world.entities().filter(|e| selector.matches(&e.labels)).map(|e| e.display()).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
         prop_assert_eq!(indexed, scanned);
     }
+
+    /// The incremental calculator, fed the same changes one by one and asked for the dataplane
+    /// at arbitrary points, ends where a calculation from nothing over the final state ends —
+    /// with second versions of namespaces, endpoints, pods, profiles, tiers and policies in
+    /// the mix (relabels, moves between nodes, reorders, deletes).
+    #[test]
+    fn the_incremental_calculation_ends_where_a_fresh_one_does(
+        updates in prop::collection::vec((0..COUNT + VARIANT_COUNT, any::<bool>(), any::<bool>()), 1..40),
+        start_with_variants in any::<bool>(),
+    ) {
+        let mut all = resources(DOCUMENTS);
+        all.extend(resources(VARIANTS));
+        prop_assert_eq!(all.len(), COUNT + VARIANT_COUNT);
+        // Everything first (a rich state to change), then the changes.
+        let mut updates: Vec<(usize, bool, bool)> = updates;
+        let start: Vec<(usize, bool, bool)> = (0..COUNT + VARIANT_COUNT)
+            .filter(|&i| i < COUNT || start_with_variants)
+            .map(|i| (i, true, false))
+            .collect();
+        updates.splice(0..0, start.into_iter().chain([(0, true, true)]));
+        let mut calculator = super::Calculator::with_config(Model::default(), config());
+        for &(index, present, compute_now) in &updates {
+            let resource = &all[index];
+            calculator.update(resource.key(), present.then(|| resource.clone()));
+            if compute_now {
+                calculator.compute();
+            }
+        }
+        let plain: Vec<(usize, bool)> = updates.iter().map(|&(i, p, _)| (i, p)).collect();
+        let reference = compute(&model_of(&plain, &all), &config());
+        let computed = calculator.compute();
+        prop_assert_eq!(&computed.v4, &reference.v4);
+        prop_assert_eq!(&computed.v6, &reference.v6);
+        prop_assert_eq!(&computed.local, &reference.local);
+        prop_assert_eq!(&computed.warnings, &reference.warnings);
+    }
 }
+
+/// Second versions of some of DOCUMENTS' objects, and objects that refer to them.
+const VARIANTS: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: x, labels: {team: blue}}
+---
+apiVersion: projectcalico.org/v3
+kind: WorkloadEndpoint
+metadata: {name: n1-k8s-a-eth0, namespace: x, labels: {app: db, projectcalico.org/orchestrator: k8s}}
+spec: {node: n1, pod: a, endpoint: eth0, interfaceName: twa, ipNetworks: [10.90.0.9/32], profiles: [kns.x]}
+---
+apiVersion: projectcalico.org/v3
+kind: WorkloadEndpoint
+metadata: {name: n2-k8s-c-eth0, namespace: y, labels: {app: web, projectcalico.org/orchestrator: k8s}}
+spec: {node: n1, pod: c, endpoint: eth0, interfaceName: twc, ipNetworks: [10.90.1.3/32], profiles: [kns.y, extra]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: a, namespace: x, labels: {app: web, version: v2}}
+spec:
+  containers:
+  - name: main
+    ports: [{name: http, containerPort: 9090, protocol: TCP}]
+---
+apiVersion: projectcalico.org/v3
+kind: Profile
+metadata: {name: extra}
+spec:
+  labelsToApply: {zone: outside, app: profiled}
+  ingress: [{action: Deny, source: {selector: app == 'db'}}, {action: Allow}]
+  egress: [{action: Allow}]
+---
+apiVersion: projectcalico.org/v3
+kind: Tier
+metadata: {name: security}
+spec: {order: 1, defaultAction: Deny}
+---
+apiVersion: projectcalico.org/v3
+kind: GlobalNetworkPolicy
+metadata: {name: audit}
+spec:
+  order: 5
+  selector: app == 'db'
+  ingress: [{action: Allow, protocol: TCP, source: {selector: zone == 'outside'}, destination: {ports: [http]}}]
+  egress: [{action: Allow}]
+---
+apiVersion: projectcalico.org/v3
+kind: HostEndpoint
+metadata: {name: n1-eth0, labels: {app: web, host: "yes"}}
+spec: {node: n1, interfaceName: eth0, expectedIPs: [198.18.0.10]}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: hosts, namespace: y}
+spec:
+  podSelector: {}
+  ingress:
+  - from: [{podSelector: {matchLabels: {app: web}}}]
+---
+apiVersion: projectcalico.org/v3
+kind: GlobalNetworkSet
+metadata: {name: outside, labels: {zone: inside}}
+spec: {nets: [198.18.0.0/25, 203.0.113.0/24]}
+---
+apiVersion: projectcalico.org/v3
+kind: NetworkSet
+metadata: {name: same-address, namespace: x, labels: {app: db, zone: outside}}
+spec: {nets: [10.90.0.9/32, 10.90.1.3/32]}
+"#;
+
+/// How many documents VARIANTS holds.
+const VARIANT_COUNT: usize = 11;

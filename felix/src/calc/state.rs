@@ -1,0 +1,727 @@
+//! The calculation kept between changes (pure): resources in one at a time, the desired
+//! dataplane out, recomputing only what a change can touch.
+//!
+//! What each kind of change touches:
+//! - an endpoint or network set (or the Pod behind a workload): its entity; the label index;
+//!   the IP sets whose selector matches it before or after; if it is on this node, the
+//!   policies that select it and its own chains;
+//! - a policy: its chains; which of this node's endpoints it selects and their chains; the
+//!   sets it refers to;
+//! - a Namespace or Profile: the profiles, the entities that inherit from the changed ones;
+//! - a Tier: the order, so every endpoint chain of this node;
+//! - FelixConfiguration: everything (it shapes every chain).
+//!
+//! [`compute`](super::compute) builds a calculator from nothing and runs it once, so the
+//! batch result and the incremental one come from the same code; the model test checks they
+//! agree after any sequence of changes.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use twill_shared::resource::{Key, Kind, Resource};
+
+use super::chains::{self, OwnedChain};
+use super::compile::Condition;
+use super::programs::{Direction, World};
+use super::{Computed, Config};
+use crate::ir::{Chain, Dataplane, Family, IpSet, Table};
+use crate::model::{Entity, EntityKind, Model, Policy, ENTITY_KINDS};
+
+/// One of this node's endpoints (a workload or a host endpoint).
+#[derive(Debug, Clone)]
+struct Local {
+    entity: Entity,
+    /// The policies whose selector matches it.
+    matching: BTreeSet<Key>,
+    /// Per direction (ingress, egress), the policy and profile chains its program uses.
+    needs: [Vec<Need>; 2],
+}
+
+/// A chain an endpoint's program jumps to.
+#[derive(Debug, Clone)]
+enum Need {
+    /// A policy's chain.
+    Policy { key: Key, chain: String },
+    /// A profile's chain.
+    Profile { name: String, chain: String },
+}
+
+impl Need {
+    fn chain(&self) -> &str {
+        match self {
+            Need::Policy { chain, .. } | Need::Profile { chain, .. } => chain,
+        }
+    }
+}
+
+const DIRECTIONS: [Direction; 2] = [Direction::Ingress, Direction::Egress];
+
+/// One family's output and what it was made from.
+#[derive(Debug, Clone, Default)]
+struct FamilyState {
+    /// Policy and profile chains by chain name.
+    owned: HashMap<String, OwnedChain>,
+    /// Per set, how many entities put each member there.
+    counts: HashMap<String, BTreeMap<crate::ir::Member, u32>>,
+}
+
+/// The incremental calculation of one node.
+#[derive(Debug, Clone)]
+pub struct Calculator {
+    model: Model,
+    node: String,
+    /// Given from outside (tests, benchmarks): FelixConfiguration is then not read.
+    fixed_config: Option<Config>,
+    config: Config,
+    world: World,
+    policies: BTreeMap<Key, Arc<Policy>>,
+    rank: HashMap<Key, usize>,
+    endpoints: BTreeMap<Key, Local>,
+    /// The interface of each endpoint in [`Computed::local`].
+    interfaces: HashMap<Key, String>,
+    pending: BTreeSet<Key>,
+    fresh: bool,
+    families: [FamilyState; 2],
+    host_warnings: Vec<String>,
+    computed: Computed,
+}
+
+fn empty_computed() -> Computed {
+    Computed {
+        v4: Dataplane::default(),
+        v6: Dataplane::default(),
+        local: BTreeMap::new(),
+        warnings: Vec::new(),
+    }
+}
+
+impl Calculator {
+    /// A calculator for `node`, configured by the FelixConfiguration resources it is given.
+    pub fn new(node: &str) -> Calculator {
+        Calculator {
+            model: Model::default(),
+            node: node.to_string(),
+            fixed_config: None,
+            config: Config::from_model(&Model::default(), node),
+            world: World::default(),
+            policies: BTreeMap::new(),
+            rank: HashMap::new(),
+            endpoints: BTreeMap::new(),
+            interfaces: HashMap::new(),
+            pending: BTreeSet::new(),
+            fresh: true,
+            families: Default::default(),
+            host_warnings: Vec::new(),
+            computed: empty_computed(),
+        }
+    }
+
+    /// A calculator with a configuration given from outside, starting from a model.
+    pub fn with_config(model: Model, config: Config) -> Calculator {
+        let mut calculator = Calculator::new(&config.node);
+        calculator.model = model;
+        calculator.config = config.clone();
+        calculator.fixed_config = Some(config);
+        calculator
+    }
+
+    /// What the calculator holds.
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+
+    /// The configuration in force (after the last [`Calculator::compute`]).
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Sets (or, with `None`, removes) one resource. Returns whether anything changed.
+    pub fn update(&mut self, key: Key, resource: Option<Resource>) -> bool {
+        let changed = self.model.set(key.clone(), resource);
+        if changed {
+            self.pending.insert(key);
+        }
+        changed
+    }
+
+    /// Whether changes wait for [`Calculator::compute`].
+    pub fn is_dirty(&self) -> bool {
+        self.fresh || !self.pending.is_empty()
+    }
+
+    /// The desired dataplane after every update so far.
+    pub fn compute(&mut self) -> &Computed {
+        let pending = std::mem::take(&mut self.pending);
+        let config = self
+            .fixed_config
+            .clone()
+            .unwrap_or_else(|| Config::from_model(&self.model, &self.node));
+        if config != self.config {
+            self.config = config;
+            self.fresh = true;
+        }
+        if self.fresh {
+            self.rebuild();
+        } else {
+            self.apply_changes(pending);
+        }
+        &self.computed
+    }
+
+    /// The last result.
+    pub fn computed(&self) -> &Computed {
+        &self.computed
+    }
+
+    /// How many policies the last calculation followed.
+    pub fn policy_count(&self) -> usize {
+        self.world.policies.len()
+    }
+
+    fn rebuild(&mut self) {
+        self.fresh = false;
+        self.world = World::default();
+        self.policies.clear();
+        self.endpoints.clear();
+        self.interfaces.clear();
+        self.families = Default::default();
+        self.computed = empty_computed();
+        let mut all: BTreeSet<Key> = ENTITY_KINDS
+            .iter()
+            .flat_map(|&kind| self.model.of_kind(kind).map(Resource::key))
+            .collect();
+        for kind in [
+            Kind::NetworkPolicy,
+            Kind::GlobalNetworkPolicy,
+            Kind::KubernetesNetworkPolicy,
+            Kind::Tier,
+            Kind::Profile,
+            Kind::Namespace,
+        ] {
+            all.extend(self.model.of_kind(kind).map(Resource::key));
+        }
+        // A tier or profile that exists nowhere still needs its first calculation.
+        all.insert(Key::cluster(Kind::Tier, crate::model::DEFAULT_TIER));
+        self.apply_changes(all);
+    }
+
+    fn apply_changes(&mut self, pending: BTreeSet<Key>) {
+        let mut entity_keys: BTreeSet<Key> = BTreeSet::new();
+        let mut policy_keys: BTreeSet<Key> = BTreeSet::new();
+        let mut tiers_changed = false;
+        let mut profiles_changed = false;
+        for key in pending {
+            match key.kind {
+                Kind::WorkloadEndpoint
+                | Kind::HostEndpoint
+                | Kind::NetworkSet
+                | Kind::GlobalNetworkSet => {
+                    entity_keys.insert(key);
+                }
+                Kind::Pod => entity_keys.extend(
+                    self.model
+                        .endpoints_of_pod(key.namespace.as_deref().unwrap_or(""), &key.name),
+                ),
+                Kind::Namespace | Kind::Profile => profiles_changed = true,
+                Kind::NetworkPolicy | Kind::GlobalNetworkPolicy | Kind::KubernetesNetworkPolicy => {
+                    policy_keys.insert(key);
+                }
+                Kind::Tier => tiers_changed = true,
+                _ => {}
+            }
+        }
+
+        // Profiles: the entities that inherit labels from a changed one are recomputed.
+        let mut changed_profiles: BTreeSet<String> = BTreeSet::new();
+        if profiles_changed {
+            let profiles = self.model.profiles();
+            for name in profiles.keys().chain(self.world.profiles.keys()) {
+                if profiles.get(name) != self.world.profiles.get(name) {
+                    changed_profiles.insert(name.clone());
+                }
+            }
+            self.world.profiles = profiles;
+            if !changed_profiles.is_empty() {
+                for entity in self.world.entities() {
+                    if entity.profiles.iter().any(|p| changed_profiles.contains(p)) {
+                        entity_keys.insert(entity.key.clone());
+                    }
+                }
+                for name in &changed_profiles {
+                    if let Some(namespace) = name.strip_prefix("kns.") {
+                        entity_keys.extend(
+                            self.model
+                                .in_namespace(Kind::NetworkSet, namespace)
+                                .map(|(k, _)| k.clone()),
+                        );
+                    }
+                }
+            }
+        }
+
+        // Entities.
+        let mut changes: Vec<(Option<Entity>, Option<Entity>)> = Vec::new();
+        for key in &entity_keys {
+            let new = self.model.entity(key, &self.world.profiles);
+            let old = match &new {
+                Some(entity) if self.world.entity(key) == Some(entity) => continue,
+                Some(entity) => self.world.upsert(entity.clone()),
+                None => self.world.remove(key),
+            };
+            if old.is_some() || new.is_some() {
+                changes.push((old, new));
+            }
+        }
+
+        // Policies, in order.
+        if !policy_keys.is_empty() || tiers_changed {
+            for key in &policy_keys {
+                match self.model.policy(key) {
+                    Some(policy) => self.policies.insert(key.clone(), Arc::new(policy)),
+                    None => self.policies.remove(key),
+                };
+            }
+            self.world.set_policies(
+                self.model.tiers(),
+                self.policies.values().cloned().collect(),
+            );
+            self.rank = self
+                .world
+                .policies
+                .iter()
+                .enumerate()
+                .map(|(i, p)| (p.key.clone(), i))
+                .collect();
+        }
+
+        // This node's endpoints and the policies that select them.
+        let mut dirty: BTreeSet<Key> = BTreeSet::new();
+        let mut arrived: BTreeSet<Key> = BTreeSet::new();
+        for (old, new) in &changes {
+            let key = new.as_ref().or(old.as_ref()).map(|e| e.key.clone());
+            let Some(key) = key else { continue };
+            match new.as_ref().filter(|e| self.is_local(e)) {
+                Some(entity) => {
+                    let matching = self
+                        .policies
+                        .iter()
+                        .filter(|(_, p)| p.selector.matches(&entity.labels))
+                        .map(|(k, _)| k.clone())
+                        .collect();
+                    self.endpoints.insert(
+                        key.clone(),
+                        Local {
+                            entity: entity.clone(),
+                            matching,
+                            needs: Default::default(),
+                        },
+                    );
+                    arrived.insert(key.clone());
+                    dirty.insert(key);
+                }
+                None => {
+                    if self.endpoints.remove(&key).is_some() {
+                        dirty.insert(key);
+                    }
+                }
+            }
+        }
+        for policy_key in &policy_keys {
+            let policy = self.policies.get(policy_key);
+            for (key, local) in &mut self.endpoints {
+                if arrived.contains(key) {
+                    continue;
+                }
+                let matches = policy.is_some_and(|p| p.selector.matches(&local.entity.labels));
+                let had = local.matching.contains(policy_key);
+                if matches && !had {
+                    local.matching.insert(policy_key.clone());
+                } else if had && !matches {
+                    local.matching.remove(policy_key);
+                }
+                if matches || had {
+                    dirty.insert(key.clone());
+                }
+            }
+        }
+        if tiers_changed {
+            dirty.extend(self.endpoints.keys().cloned());
+        }
+        for key in &dirty {
+            let Some(local) = self.endpoints.get(key) else {
+                continue;
+            };
+            let needs = DIRECTIONS.map(|direction| self.needs(local, direction));
+            if let Some(local) = self.endpoints.get_mut(key) {
+                local.needs = needs;
+            }
+        }
+
+        // This node's workloads and host endpoints by interface.
+        let endpoints_changed = self.follow_local(&dirty);
+        let mut host_warnings = Vec::new();
+        let hosts = chains::local_hosts(
+            self.endpoints
+                .values()
+                .map(|l| &l.entity)
+                .filter(|e| e.kind == EntityKind::Host),
+            &self.config,
+            &mut host_warnings,
+        );
+        self.host_warnings = host_warnings;
+
+        let mut warnings = Vec::new();
+        for (index, family) in [Family::V4, Family::V6].into_iter().enumerate() {
+            let mut state = std::mem::take(&mut self.families[index]);
+            let mut dataplane = std::mem::take(match family {
+                Family::V4 => &mut self.computed.v4,
+                Family::V6 => &mut self.computed.v6,
+            });
+            self.family(
+                &mut state,
+                &mut dataplane,
+                family,
+                &hosts,
+                &FamilyChanges {
+                    changes: &changes,
+                    dirty: &dirty,
+                    policies: &policy_keys,
+                    profiles: &changed_profiles,
+                    endpoints_changed,
+                },
+            );
+            warnings.extend(
+                state
+                    .owned
+                    .values()
+                    .flat_map(|o| o.warnings.iter().cloned()),
+            );
+            self.families[index] = state;
+            match family {
+                Family::V4 => self.computed.v4 = dataplane,
+                Family::V6 => self.computed.v6 = dataplane,
+            }
+        }
+        warnings.extend(self.world.warnings.iter().cloned());
+        warnings.extend(self.host_warnings.iter().cloned());
+        warnings.sort();
+        warnings.dedup();
+        self.computed.warnings = warnings;
+    }
+
+    /// Brings [`Computed::local`] up to date with the dirty endpoints; returns whether its
+    /// layout (which endpoint has which interface) changed.
+    fn follow_local(&mut self, dirty: &BTreeSet<Key>) -> bool {
+        let mut removed = BTreeSet::new();
+        let mut added = BTreeSet::new();
+        let mut conflict = false;
+        for key in dirty {
+            if let Some(interface) = self.interfaces.remove(key) {
+                self.computed.local.remove(&interface);
+                removed.insert((interface, key.clone()));
+            }
+        }
+        for key in dirty {
+            let Some(local) = self.endpoints.get(key) else {
+                continue;
+            };
+            let Some(interface) = local.entity.interface.clone() else {
+                continue;
+            };
+            if local.entity.kind != EntityKind::Workload {
+                continue;
+            }
+            if self.computed.local.contains_key(&interface) {
+                conflict = true;
+                break;
+            }
+            self.computed
+                .local
+                .insert(interface.clone(), local.entity.clone());
+            self.interfaces.insert(key.clone(), interface.clone());
+            added.insert((interface, key.clone()));
+        }
+        if conflict || self.interfaces.len() != self.computed.local.len() {
+            // Two endpoints claim one interface: the last by key wins, as in a fresh build.
+            self.computed.local = self
+                .endpoints
+                .values()
+                .filter(|l| l.entity.kind == EntityKind::Workload)
+                .filter_map(|l| Some((l.entity.interface.clone()?, l.entity.clone())))
+                .collect();
+            self.interfaces = self
+                .computed
+                .local
+                .iter()
+                .map(|(interface, e)| (e.key.clone(), interface.clone()))
+                .collect();
+            return true;
+        }
+        removed != added
+    }
+
+    fn is_local(&self, entity: &Entity) -> bool {
+        matches!(entity.kind, EntityKind::Workload | EntityKind::Host)
+            && entity.node.as_deref() == Some(self.node.as_str())
+    }
+
+    /// The program of one of this node's endpoints.
+    fn program(&self, local: &Local, direction: Direction) -> super::programs::Program {
+        let mut ranks: Vec<usize> = local
+            .matching
+            .iter()
+            .filter_map(|k| self.rank.get(k).copied())
+            .collect();
+        ranks.sort_unstable();
+        self.world
+            .program_of(&local.entity, ranks.into_iter(), direction)
+    }
+
+    /// The chains an endpoint's program uses in one direction.
+    fn needs(&self, local: &Local, direction: Direction) -> Vec<Need> {
+        let program = self.program(local, direction);
+        let mut needs: Vec<Need> = chains::program_chains(&program, &self.world, direction)
+            .into_iter()
+            .map(|(index, chain)| Need::Policy {
+                key: self.world.policies[index].key.clone(),
+                chain,
+            })
+            .collect();
+        needs.extend(program.profiles.iter().map(|name| Need::Profile {
+            name: name.clone(),
+            chain: chains::profile_chain(name, direction),
+        }));
+        needs
+    }
+
+    fn family(
+        &self,
+        state: &mut FamilyState,
+        dataplane: &mut Dataplane,
+        family: Family,
+        hosts: &BTreeMap<String, Entity>,
+        changes: &FamilyChanges<'_>,
+    ) {
+        let config = &self.config;
+        let world = &self.world;
+        if dataplane.hooks.is_empty() {
+            dataplane.hooks = chains::hooks();
+        }
+        let mut table = std::mem::take(dataplane.tables.entry("filter".to_string()).or_default());
+        let put = |table: &mut Table, name: &str, rules: &[crate::ir::Rule]| {
+            if table.chains.get(name).is_some_and(|c| c.rules == rules) {
+                return;
+            }
+            table.chains.insert(
+                name.to_string(),
+                Chain {
+                    name: name.to_string(),
+                    rules: rules.to_vec(),
+                },
+            );
+        };
+
+        // Chains of policies whose resource changed are compiled again (a deleted policy's
+        // chain goes when nothing needs it).
+        for key in changes.policies {
+            let Some(policy) = self.policies.get(key) else {
+                continue;
+            };
+            for direction in [Direction::Ingress, Direction::Egress] {
+                let kind = format!("{:?}", key.kind);
+                state
+                    .owned
+                    .remove(&chains::policy_chain(&policy.name, &kind, direction));
+            }
+        }
+        for name in changes.profiles {
+            for direction in [Direction::Ingress, Direction::Egress] {
+                state.owned.remove(&chains::profile_chain(name, direction));
+            }
+        }
+
+        // Endpoint chains, and every policy and profile chain some endpoint uses.
+        let mut needed: std::collections::HashSet<&str> = std::collections::HashSet::new();
+        let mut endpoint_chains: BTreeSet<String> = BTreeSet::new();
+        let mut interfaces: Vec<(&Local, String, String, bool)> = Vec::new();
+        for (interface, entity) in &self.computed.local {
+            if let Some(local) = self.endpoints.get(&entity.key) {
+                interfaces.push((
+                    local,
+                    chains::endpoint_chain(interface, Direction::Ingress),
+                    chains::endpoint_chain(interface, Direction::Egress),
+                    false,
+                ));
+            }
+        }
+        for (interface, entity) in hosts {
+            if let Some(local) = self.endpoints.get(&entity.key) {
+                interfaces.push((
+                    local,
+                    chains::host_chain(interface, Direction::Ingress),
+                    chains::host_chain(interface, Direction::Egress),
+                    true,
+                ));
+            }
+        }
+        for (local, ingress_chain, egress_chain, host) in interfaces {
+            for (slot, (direction, chain_name)) in [
+                (Direction::Ingress, ingress_chain),
+                (Direction::Egress, egress_chain),
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                for need in &local.needs[slot] {
+                    let chain = need.chain();
+                    if !state.owned.contains_key(chain) {
+                        let owned = match need {
+                            Need::Policy { key, .. } => match self.policies.get(key) {
+                                Some(policy) => chains::policy_rules(policy, direction, family),
+                                None => continue,
+                            },
+                            Need::Profile { name, .. } => chains::profile_rules(
+                                world.profiles.get(name),
+                                name,
+                                direction,
+                                family,
+                            ),
+                        };
+                        put(&mut table, chain, &owned.rules);
+                        state.owned.insert(chain.to_string(), owned);
+                    }
+                    needed.insert(chain);
+                }
+                let rewrite = host
+                    || changes.dirty.contains(&local.entity.key)
+                    || !table.chains.contains_key(&chain_name);
+                if rewrite {
+                    let program = self.program(local, direction);
+                    let rules =
+                        chains::endpoint_chain_rules(&program, world, config, direction, host);
+                    put(&mut table, &chain_name, &rules);
+                }
+                endpoint_chains.insert(chain_name);
+            }
+        }
+        state.owned.retain(|name, _| needed.contains(name.as_str()));
+
+        // The fixed and dispatch chains.
+        // Host endpoints are few: their dispatch is written (if it differs) every time.
+        for (name, rules) in chains::host_dispatch(hosts, config) {
+            put(&mut table, &name, &rules);
+        }
+        if changes.endpoints_changed || !table.chains.contains_key(chains::FORWARD_CHAIN) {
+            for (name, rules) in chains::fixed_chains(&self.computed.local, config, family) {
+                put(&mut table, &name, &rules);
+            }
+        }
+        let fixed: BTreeSet<String> = [
+            chains::FORWARD_CHAIN,
+            chains::INPUT_CHAIN,
+            chains::WL_TO_HOST_CHAIN,
+            chains::FROM_WL_DISPATCH,
+            chains::TO_WL_DISPATCH,
+            chains::OUTPUT_CHAIN,
+            chains::FROM_HEP_DISPATCH,
+            chains::TO_HEP_DISPATCH,
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect();
+        let present = fixed
+            .iter()
+            .filter(|f| table.chains.contains_key(*f))
+            .count();
+        let extra = table.chains.len() != needed.len() + endpoint_chains.len() + present;
+        if extra {
+            table.chains.retain(|name, _| {
+                needed.contains(name.as_str())
+                    || endpoint_chains.contains(name)
+                    || fixed.contains(name)
+            });
+        }
+        dataplane.tables.insert("filter".to_string(), table);
+
+        // Sets: the ones some chain refers to; members again where a changed entity matches.
+        let mut wanted: BTreeMap<&str, &Condition> = BTreeMap::new();
+        for name in &needed {
+            for (set, condition) in &state.owned[*name].sets {
+                wanted.insert(set, condition);
+            }
+        }
+        let sets = &mut dataplane.sets;
+        sets.retain(|name, _| wanted.contains_key(name.as_str()));
+        state
+            .counts
+            .retain(|name, _| wanted.contains_key(name.as_str()));
+        for (name, condition) in wanted {
+            if let (Some(set), Some(counts)) = (sets.get_mut(name), state.counts.get_mut(name)) {
+                if let Some(selector) = chains::set_selector(condition) {
+                    follow(set, counts, condition, selector, changes.changes, family);
+                }
+                continue;
+            }
+            let (kind, counts, comment) = chains::set_members(condition, world, family);
+            sets.insert(
+                name.to_string(),
+                IpSet {
+                    name: name.to_string(),
+                    kind,
+                    family,
+                    members: counts.keys().cloned().collect(),
+                    comment,
+                },
+            );
+            state.counts.insert(name.to_string(), counts);
+        }
+    }
+}
+
+/// Updates a set's members from entity changes: what the old version put there goes (unless
+/// another entity still puts it there), what the new one puts there comes.
+fn follow(
+    set: &mut IpSet,
+    counts: &mut BTreeMap<crate::ir::Member, u32>,
+    condition: &Condition,
+    selector: &twill_shared::selector::Selector,
+    changes: &[(Option<Entity>, Option<Entity>)],
+    family: Family,
+) {
+    for (old, new) in changes {
+        if let Some(old) = old.as_ref().filter(|e| selector.matches(&e.labels)) {
+            for member in chains::contributions(condition, old, family) {
+                if let Some(count) = counts.get_mut(&member) {
+                    *count -= 1;
+                    if *count == 0 {
+                        counts.remove(&member);
+                        set.members.remove(&member);
+                    }
+                }
+            }
+        }
+        if let Some(new) = new.as_ref().filter(|e| selector.matches(&e.labels)) {
+            for member in chains::contributions(condition, new, family) {
+                let count = counts.entry(member.clone()).or_default();
+                *count += 1;
+                if *count == 1 {
+                    set.members.insert(member);
+                }
+            }
+        }
+    }
+}
+
+/// What changed, as one family's update reads it.
+struct FamilyChanges<'a> {
+    /// Entities before and after.
+    changes: &'a [(Option<Entity>, Option<Entity>)],
+    /// This node's endpoints whose chains must be written again.
+    dirty: &'a BTreeSet<Key>,
+    /// Policies whose resource changed.
+    policies: &'a BTreeSet<Key>,
+    /// Profiles that changed.
+    profiles: &'a BTreeSet<String>,
+    /// Whether this node's set of endpoints (or their interfaces) may have changed.
+    endpoints_changed: bool,
+}
