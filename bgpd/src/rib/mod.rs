@@ -1,8 +1,9 @@
 //! The routing information bases (RFC 4271 §3.2, §9), pure.
 //!
 //! - Adj-RIB-In (after import checks) and Loc-RIB are one table: per prefix, every usable
-//!   path, kept sorted best first by the §9.1.2 decision process; the first `max_paths`
-//!   paths that tie up to the multipath point form the ECMP set.
+//!   path, kept ranked best first by the §9.1.2.2 decision process (`decision`: a procedure
+//!   on the whole set, so the ranking never depends on arrival order); up to `max_paths`
+//!   paths that tie with the best up to the multipath point form the ECMP set.
 //! - [`Rib::update`], [`Rib::originate`], [`Rib::peer_down`] and friends return
 //!   [`BestChange`]s: the prefixes whose best path or ECMP set changed, for the kernel and
 //!   for Adj-RIB-Out.
@@ -13,10 +14,10 @@
 //! - The table is compact: IPv4 prefixes are keyed by one integer, and a prefix with one
 //!   path (nearly all of them) holds it inline, without an allocation of its own.
 
+mod decision;
 #[cfg(test)]
 mod tests;
 
-use std::cmp::Ordering;
 use std::collections::{HashMap, HashSet};
 use std::hash::Hash;
 use std::net::{IpAddr, Ipv4Addr};
@@ -65,6 +66,10 @@ pub struct RibConfig {
     pub cluster_id: Ipv4Addr,
     /// Paths per prefix in the ECMP set (1: no ECMP).
     pub max_paths: usize,
+    /// Compare MED between paths from different neighbouring ASes too (FRR's
+    /// `bgp always-compare-med`, BIRD's `med metric`); RFC 4271 §9.1.2.2 (c) compares it
+    /// only within one neighbouring AS, which is the default.
+    pub always_compare_med: bool,
 }
 
 /// A next hop with the attributes that go with it. Interned by the RIB: every path through
@@ -490,7 +495,8 @@ impl Rib {
     /// internal or external), its prefixes are ranked again.
     pub fn set_peer(&mut self, peer: PeerId, info: PeerInfo) -> Vec<BestChange> {
         let rank_changed = self.peers.get(&peer).is_some_and(|old| {
-            (old.router_id, old.address, old.ibgp) != (info.router_id, info.address, info.ibgp)
+            (old.router_id, old.address, old.ibgp, old.remote_as)
+                != (info.router_id, info.address, info.ibgp, info.remote_as)
         });
         self.peers.insert(peer, info);
         let mut changes = Vec::new();
@@ -503,7 +509,7 @@ impl Rib {
                 continue;
             }
             let before = Rib::ecmp_of(&self.config, &self.peers, paths);
-            paths.sort_by(|a, b| compare(&self.config, &self.peers, a, b));
+            decision::rank(&self.config, &self.peers, paths);
             let after = Rib::ecmp_of(&self.config, &self.peers, paths);
             if before != after {
                 changes.push(BestChange {
@@ -661,7 +667,7 @@ impl Rib {
                     .filter(|p| p.peer() == peer)
                     .for_each(Path::mark_stale);
                 // Stale paths rank below fresh ones (RFC 4724 leaves it open; BIRD does so).
-                paths.sort_by(|a, b| compare(&self.config, &self.peers, a, b));
+                decision::rank(&self.config, &self.peers, paths);
                 if before.is_some_and(|b| b != Rib::ecmp_identity(&self.config, &self.peers, paths))
                 {
                     changes.push(BestChange {
@@ -771,11 +777,8 @@ impl Rib {
                 let count = list.len();
                 list.retain(|p| !p.same_slot(peer, path.path_id));
                 let added = list.len() == count;
-                let position = list
-                    .iter()
-                    .position(|existing| compare(config, peers, &path, existing) == Ordering::Less)
-                    .unwrap_or(list.len());
-                list.insert(position, path);
+                list.push(path);
+                decision::rank(config, peers, list);
                 added
             }),
         };
@@ -821,7 +824,12 @@ impl Rib {
         }
         let (config, peers) = (&self.config, &self.peers);
         let before = report.then(|| Rib::ecmp_identity(config, peers, paths.as_slice()));
-        paths.edit(|list| list.retain(|p| !p.same_slot(peer, path_id)));
+        // A path gone can change the rank of others: the MED it held down in its group no
+        // longer eliminates them.
+        paths.edit(|list| {
+            list.retain(|p| !p.same_slot(peer, path_id));
+            decision::rank(config, peers, list);
+        });
         if report && before != Some(Rib::ecmp_identity(config, peers, paths.as_slice())) {
             changes.push(BestChange {
                 prefix,
@@ -852,9 +860,14 @@ impl Rib {
         hops[0] = Some(best.next_hop());
         let mut extra_hops: Vec<IpAddr> = Vec::new();
         let mut members = 1;
-        for path in &paths[1..] {
-            if members >= limit || compare_multipath(peers, best, path) != Ordering::Equal {
+        for (at, path) in paths.iter().enumerate().skip(1) {
+            if members >= limit {
                 break;
+            }
+            match decision::ties_with_best(config, peers, paths, at) {
+                None => break,
+                Some(false) => continue,
+                Some(true) => {}
             }
             // Equal paths through a next hop already in the set add nothing to forwarding.
             let next_hop = path.next_hop();
@@ -940,82 +953,4 @@ impl Rib {
         }
         Some((None, out))
     }
-}
-
-fn local_pref(path: &Path) -> u32 {
-    path.attributes().local_pref.unwrap_or(DEFAULT_LOCAL_PREF)
-}
-
-fn as_path_len(path: &Path) -> usize {
-    path.attributes().as_path.as_ref().map_or(0, |p| p.len())
-}
-
-fn origin_rank(path: &Path) -> u8 {
-    match path.attributes().origin {
-        Some(Origin::Igp) => 0,
-        Some(Origin::Egp) => 1,
-        _ => 2,
-    }
-}
-
-fn neighbor_as(path: &Path) -> Option<u32> {
-    path.attributes()
-        .as_path
-        .as_ref()
-        .and_then(|p| p.first_as())
-}
-
-fn is_ebgp(peers: &HashMap<PeerId, PeerInfo>, path: &Path) -> bool {
-    peers.get(&path.peer()).is_some_and(|p| !p.ibgp)
-}
-
-/// Compares up to the multipath point: LOCAL_PREF, AS_PATH length, ORIGIN, MED (same
-/// neighbouring AS), eBGP over iBGP.
-fn compare_multipath(peers: &HashMap<PeerId, PeerInfo>, a: &Path, b: &Path) -> Ordering {
-    // Our own originations first, then the steps of RFC 4271 §9.1.2.2.
-    (b.peer() == PeerId::LOCAL)
-        .cmp(&(a.peer() == PeerId::LOCAL))
-        .then_with(|| a.stale().cmp(&b.stale()))
-        .then_with(|| local_pref(b).cmp(&local_pref(a)))
-        .then_with(|| as_path_len(a).cmp(&as_path_len(b)))
-        .then_with(|| origin_rank(a).cmp(&origin_rank(b)))
-        .then_with(|| {
-            if neighbor_as(a) == neighbor_as(b) {
-                a.attributes()
-                    .med
-                    .unwrap_or(0)
-                    .cmp(&b.attributes().med.unwrap_or(0))
-            } else {
-                Ordering::Equal
-            }
-        })
-        .then_with(|| is_ebgp(peers, b).cmp(&is_ebgp(peers, a)))
-}
-
-/// The full decision process: the multipath steps, then lowest router ID (ORIGINATOR_ID when
-/// present), shortest CLUSTER_LIST, lowest peer address, lowest path ID.
-pub fn compare(
-    config: &RibConfig,
-    peers: &HashMap<PeerId, PeerInfo>,
-    a: &Path,
-    b: &Path,
-) -> Ordering {
-    let router_id = |path: &Path| {
-        path.attributes().originator_id.unwrap_or_else(|| {
-            peers
-                .get(&path.peer())
-                .map_or(config.router_id, |p| p.router_id)
-        })
-    };
-    let address = |path: &Path| peers.get(&path.peer()).map(|p| p.address);
-    compare_multipath(peers, a, b)
-        .then_with(|| router_id(a).cmp(&router_id(b)))
-        .then_with(|| {
-            a.attributes()
-                .cluster_list
-                .len()
-                .cmp(&b.attributes().cluster_list.len())
-        })
-        .then_with(|| address(a).cmp(&address(b)))
-        .then_with(|| a.path_id.cmp(&b.path_id))
 }

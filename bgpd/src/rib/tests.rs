@@ -12,6 +12,7 @@ fn config() -> RibConfig {
         router_id: Ipv4Addr::new(198, 18, 0, 1),
         cluster_id: Ipv4Addr::new(198, 18, 0, 1),
         max_paths: 1,
+        always_compare_med: false,
     }
 }
 
@@ -302,6 +303,8 @@ enum Op {
         path_len: u8,
         local_pref: u8,
         med: u8,
+        /// The path's first AS: one of two neighbouring ASes.
+        neighbour: u8,
     },
     Withdraw {
         peer: u32,
@@ -337,7 +340,7 @@ fn model_prefix(n: u8) -> String {
 
 fn arb_op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        6 => (1u32..5, 0u8..6, 1u8..4, 0u8..3, 0u8..3).prop_map(|(peer, prefix, path_len, local_pref, med)| Op::Announce { peer, prefix, path_len, local_pref, med }),
+        6 => (1u32..5, 0u8..6, 1u8..4, 0u8..3, 0u8..3, 0u8..2).prop_map(|(peer, prefix, path_len, local_pref, med, neighbour)| Op::Announce { peer, prefix, path_len, local_pref, med, neighbour }),
         3 => (1u32..5, 0u8..6).prop_map(|(peer, prefix)| Op::Withdraw { peer, prefix }),
         1 => (1u32..5).prop_map(|peer| Op::Down { peer }),
         1 => (1u32..5).prop_map(|peer| Op::Restart { peer }),
@@ -347,16 +350,17 @@ fn arb_op() -> impl Strategy<Value = Op> {
 }
 
 proptest! {
-    /// The incremental table equals a full recompute after every operation, and the change
-    /// stream alone keeps a shadow FIB equal to the table's ECMP sets.
+    /// The incremental table equals the model after every operation (ranking and ECMP set),
+    /// and the change stream alone keeps a shadow FIB equal to the table's ECMP sets.
     #[test]
-    fn incremental_rib_matches_full_recompute(ops in prop::collection::vec(arb_op(), 1..60), max_paths in 1usize..4) {
+    fn incremental_rib_matches_the_model(ops in prop::collection::vec(arb_op(), 1..60), max_paths in 1usize..4) {
         let mut r = rib(max_paths);
         let mut shadow: BTreeMap<IpNet, Vec<IpAddr>> = BTreeMap::new();
+        let peers: HashMap<PeerId, PeerInfo> = (1..5).map(|n| (PeerId(n), r.peers[&PeerId(n)].clone())).collect();
         for op in ops {
             let changes = match op {
-                Op::Announce { peer, prefix, path_len, local_pref, med } => {
-                    let path: Vec<u32> = (0..path_len).map(|i| 65100 + u32::from(i)).collect();
+                Op::Announce { peer, prefix, path_len, local_pref, med, neighbour } => {
+                    let path: Vec<u32> = (0..path_len).map(|i| 65100 + u32::from(neighbour) + 10 * u32::from(i)).collect();
                     let lp = [None, Some(100), Some(200)][usize::from(local_pref)];
                     announce(&mut r, peer, &model_prefix(prefix), attrs(&path, lp, Some(u32::from(med))))
                 }
@@ -378,11 +382,11 @@ proptest! {
             }
             let mut truth = BTreeMap::new();
             for (prefix, paths) in r.iter() {
-                let mut sorted = paths.to_vec();
-                let peers: HashMap<PeerId, PeerInfo> = (1..5).map(|n| (PeerId(n), r.peers[&PeerId(n)].clone())).collect();
-                sorted.sort_by(|a, b| compare(r.config(), &peers, a, b));
-                prop_assert_eq!(&sorted, &paths.to_vec(), "order of {}", prefix);
-                truth.insert(prefix, Rib::ecmp_of(r.config(), &peers, &sorted).iter().map(|p| p.next_hop()).collect::<Vec<_>>());
+                let candidates: Vec<Candidate> = paths.iter().map(|p| candidate_of(p, &peers)).collect();
+                let ranked: Vec<(u32, u32)> = model_ranking(&candidates, false).iter().map(Candidate::slot).collect();
+                let table: Vec<(u32, u32)> = paths.iter().map(|p| (p.peer().0, p.path_id())).collect();
+                prop_assert_eq!(&table, &ranked, "order of {}", prefix);
+                truth.insert(prefix, model_ecmp(&candidates, false, max_paths));
             }
             prop_assert_eq!(&shadow, &truth);
             for n in 1..5 {
@@ -390,6 +394,318 @@ proptest! {
                 prop_assert_eq!(r.path_count(PeerId(n)), counted);
             }
         }
+    }
+}
+
+/// One path as the model sees it: every input of the decision process, spelled out.
+#[derive(Debug, Clone, PartialEq)]
+struct Candidate {
+    peer: u32,
+    path_id: u32,
+    next_hop: IpAddr,
+    /// Kept for a restarting peer (RFC 4724).
+    stale: bool,
+    /// Learned over eBGP.
+    external: bool,
+    /// The degree of preference: LOCAL_PREF, or 100 when absent or learned over eBGP
+    /// (RFC 4271 §5.1.5, §9.1.1).
+    preference: u32,
+    as_path_len: usize,
+    /// IGP 0, EGP 1, INCOMPLETE 2.
+    origin: u8,
+    neighbour_as: u32,
+    /// MULTI_EXIT_DISC, 0 when absent (§9.1.2.2 (c): "the lowest possible MED value").
+    med: u32,
+    /// The peer's BGP identifier, or ORIGINATOR_ID (RFC 4456 §9).
+    router_id: Ipv4Addr,
+    address: IpAddr,
+}
+
+impl Candidate {
+    fn slot(&self) -> (u32, u32) {
+        (self.peer, self.path_id)
+    }
+}
+
+/// The model's reading of a path the RIB holds, from the path's attributes and the test's
+/// own knowledge of the peers (local AS 65000).
+fn candidate_of(path: &Path, peers: &HashMap<PeerId, PeerInfo>) -> Candidate {
+    let peer = &peers[&path.peer()];
+    let attributes = path.attributes();
+    let external = !peer.ibgp;
+    let as_path = attributes.as_path.clone().unwrap_or_default();
+    // §9.1.2.2: the neighbour AS is the first AS of the path; a path that is empty or starts
+    // with an AS_SET came from inside (the local AS), or from the eBGP peer itself.
+    let first = as_path
+        .segments
+        .first()
+        .filter(|s| s.kind == crate::wire::attribute::SegmentType::Sequence)
+        .and_then(|s| s.asns.first().copied());
+    let neighbour_as = first.unwrap_or(if external { peer.remote_as } else { 65000 });
+    Candidate {
+        peer: path.peer().0,
+        path_id: path.path_id(),
+        next_hop: path.next_hop(),
+        stale: path.stale(),
+        external,
+        preference: if external {
+            100
+        } else {
+            attributes.local_pref.unwrap_or(100)
+        },
+        as_path_len: as_path.len(),
+        origin: match attributes.origin {
+            Some(Origin::Igp) => 0,
+            Some(Origin::Egp) => 1,
+            _ => 2,
+        },
+        neighbour_as,
+        med: attributes.med.unwrap_or(0),
+        router_id: attributes.originator_id.unwrap_or(peer.router_id),
+        address: peer.address,
+    }
+}
+
+/// Keeps the candidates whose `key` is the least.
+fn keep_least<K: Ord>(left: &mut Vec<Candidate>, key: impl Fn(&Candidate) -> K) {
+    if let Some(least) = left.iter().map(&key).min() {
+        left.retain(|c| key(c) == least);
+    }
+}
+
+/// RFC 4271 §9.1.2.2 steps (a) to (d), read literally, after Twill's one step before them:
+/// fresh paths over stale ones (RFC 4724 leaves it open; BIRD does so). What is left is the
+/// set the ECMP set is drawn from.
+fn model_survivors(candidates: &[Candidate], always_compare_med: bool) -> Vec<Candidate> {
+    let mut left = candidates.to_vec();
+    keep_least(&mut left, |c| c.stale);
+    // (a) the highest degree of preference.
+    keep_least(&mut left, |c| std::cmp::Reverse(c.preference));
+    // (b) the fewest AS numbers in the AS_PATH.
+    keep_least(&mut left, |c| c.as_path_len);
+    // (c) the lowest ORIGIN.
+    keep_least(&mut left, |c| c.origin);
+    // (c) "remove from consideration routes with less-preferred MULTI_EXIT_DISC attributes",
+    // compared only between routes learned from the same neighbouring AS (unless told to
+    // compare them all).
+    let considered = left.clone();
+    left.retain(|c| {
+        !considered
+            .iter()
+            .any(|o| (always_compare_med || o.neighbour_as == c.neighbour_as) && o.med < c.med)
+    });
+    // (d) if any route was learned over eBGP, remove those learned over iBGP.
+    keep_least(&mut left, |c| !c.external);
+    left
+}
+
+/// The whole of §9.1.2.2: steps (a) to (d), (e) (no interior cost in Twill: all equal),
+/// (f) the lowest BGP identifier, (g) the shortest CLUSTER_LIST (none here), (h) the lowest
+/// peer address; then the lowest add-path identifier.
+fn model_best(candidates: &[Candidate], always_compare_med: bool) -> Option<Candidate> {
+    let mut left = model_survivors(candidates, always_compare_med);
+    keep_least(&mut left, |c| c.router_id);
+    keep_least(&mut left, |c| c.address);
+    keep_least(&mut left, |c| c.path_id);
+    left.into_iter().next()
+}
+
+/// Best first: the best of all, then the best of the rest, and so on.
+fn model_ranking(candidates: &[Candidate], always_compare_med: bool) -> Vec<Candidate> {
+    let mut rest = candidates.to_vec();
+    let mut ranking = Vec::new();
+    while let Some(best) = model_best(&rest, always_compare_med) {
+        rest.retain(|c| c.slot() != best.slot());
+        ranking.push(best);
+    }
+    ranking
+}
+
+/// The ECMP set's next hops: the survivors of steps (a) to (d), best first, one per next
+/// hop, at most `max_paths`.
+fn model_ecmp(candidates: &[Candidate], always_compare_med: bool, max_paths: usize) -> Vec<IpAddr> {
+    let survivors = model_survivors(candidates, always_compare_med);
+    let mut hops: Vec<IpAddr> = Vec::new();
+    for c in model_ranking(candidates, always_compare_med) {
+        if survivors.contains(&c) && !hops.contains(&c.next_hop) && hops.len() < max_paths {
+            hops.push(c.next_hop);
+        }
+    }
+    hops
+}
+
+/// One generated path: from its own peer, learned from one of three neighbouring ASes,
+/// over eBGP or iBGP.
+#[derive(Debug, Clone)]
+struct PathSpec {
+    neighbour: u32,
+    internal: bool,
+    router_id: u8,
+    local_pref: Option<u32>,
+    longer: bool,
+    incomplete: bool,
+    med: Option<u32>,
+}
+
+fn arb_path_spec() -> impl Strategy<Value = PathSpec> {
+    (
+        65001u32..65004,
+        any::<bool>(),
+        1u8..8,
+        prop::option::of(prop_oneof![Just(100u32), Just(200)]),
+        prop::bool::weighted(0.2),
+        prop::bool::weighted(0.2),
+        prop::option::of(prop_oneof![Just(0u32), Just(5), Just(10), Just(20)]),
+    )
+        .prop_map(
+            |(neighbour, internal, router_id, local_pref, longer, incomplete, med)| PathSpec {
+                neighbour,
+                internal,
+                router_id,
+                local_pref,
+                longer,
+                incomplete,
+                med,
+            },
+        )
+}
+
+/// Peer `n` (1-based) of a generated path, as the RIB knows it.
+fn spec_peer(n: usize, spec: &PathSpec) -> PeerInfo {
+    let n = u8::try_from(n).expect("fewer than 256 paths");
+    let mut info = peer(n, if spec.internal { 65000 } else { spec.neighbour }, false);
+    info.router_id = Ipv4Addr::new(198, 18, 1, spec.router_id);
+    info
+}
+
+fn spec_attributes(spec: &PathSpec) -> PathAttributes {
+    let mut path = vec![spec.neighbour];
+    if spec.longer {
+        path.push(64512);
+    }
+    let mut attributes = attrs(&path, spec.local_pref, spec.med);
+    if spec.incomplete {
+        attributes.origin = Some(Origin::Incomplete);
+    }
+    attributes
+}
+
+/// A RIB fed the generated paths in `order`, each from its own peer.
+fn rib_in_order(specs: &[PathSpec], order: &[usize], config: RibConfig) -> Rib {
+    let mut r = Rib::new(config);
+    for (at, spec) in specs.iter().enumerate() {
+        r.set_peer(PeerId(at as u32 + 1), spec_peer(at + 1, spec));
+    }
+    for &at in order {
+        let from = at as u32 + 1;
+        r.update(
+            PeerId(from),
+            &[(net("10.40.0.0/24"), 0)],
+            hop(from as u8),
+            spec_attributes(&specs[at]),
+            &[],
+        );
+    }
+    r
+}
+
+/// Every order of `0..n`.
+fn permutations(n: usize) -> Vec<Vec<usize>> {
+    if n == 0 {
+        return vec![Vec::new()];
+    }
+    let mut all = Vec::new();
+    for shorter in permutations(n - 1) {
+        for at in 0..=shorter.len() {
+            let mut order = shorter.clone();
+            order.insert(at, n - 1);
+            all.push(order);
+        }
+    }
+    all
+}
+
+/// A shuffle of `0..n` from a seed (xorshift, Fisher-Yates).
+fn shuffled(n: usize, mut seed: u64) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..n).collect();
+    for at in (1..n).rev() {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        order.swap(at, (seed % (at as u64 + 1)) as usize);
+    }
+    order
+}
+
+proptest! {
+    /// RFC 4271 §9.1.2.2 is a procedure on the whole set, not a pairwise order: whatever order
+    /// paths from several neighbouring ASes arrive in, the RIB ranks them as the model does
+    /// (so the best path is the model's), with the model's ECMP set. Up to five paths every
+    /// order is tried; past twenty (where sorting by a non-total order can panic), several.
+    #[test]
+    fn every_arrival_order_gives_the_models_best_path(
+        specs in prop::collection::vec(arb_path_spec(), 1..28),
+        seeds in prop::collection::vec(1u64..u64::MAX, 4),
+        always_compare_med in prop::bool::weighted(0.25),
+    ) {
+        let n = specs.len();
+        let orders = if n <= 5 {
+            permutations(n)
+        } else {
+            let mut orders: Vec<Vec<usize>> = seeds.iter().map(|s| shuffled(n, *s)).collect();
+            orders.push((0..n).collect());
+            orders.push((0..n).rev().collect());
+            orders
+        };
+        let mut expected: Option<Vec<(u32, u32)>> = None;
+        for order in orders {
+            let r = rib_in_order(&specs, &order, RibConfig { max_paths: 4, always_compare_med, ..config() });
+            let paths = r.paths(&net("10.40.0.0/24"));
+            let candidates: Vec<Candidate> = paths.iter().map(|p| candidate_of(p, &r.peers)).collect();
+            let table: Vec<(u32, u32)> = paths.iter().map(|p| (p.peer().0, p.path_id())).collect();
+            let model: Vec<(u32, u32)> = model_ranking(&candidates, always_compare_med).iter().map(Candidate::slot).collect();
+            prop_assert_eq!(&table, &model, "arrival order {:?}", order);
+            let ecmp: Vec<IpAddr> = r.best(&net("10.40.0.0/24")).iter().map(|p| p.next_hop()).collect();
+            prop_assert_eq!(ecmp, model_ecmp(&candidates, always_compare_med, 4), "arrival order {:?}", order);
+            match &expected {
+                None => expected = Some(table),
+                Some(first) => prop_assert_eq!(first, &table, "arrival order {:?}", order),
+            }
+        }
+    }
+}
+
+#[test]
+fn med_is_compared_within_each_neighbouring_as_whatever_the_arrival_order() {
+    // The cycle: A (AS 65001, MED 10) beats B (AS 65002) on router ID, B beats
+    // C (AS 65001, MED 5) on router ID, C beats A on MED. §9.1.2.2: C eliminates A inside
+    // AS 65001, then B beats C on router ID.
+    let specs = [
+        (65001, 1, Some(10)), // A, router ID .1
+        (65002, 2, None),     // B, router ID .2
+        (65001, 5, Some(5)),  // C, router ID .5
+    ]
+    .map(|(neighbour, router_id, med)| PathSpec {
+        neighbour,
+        internal: false,
+        router_id,
+        local_pref: None,
+        longer: false,
+        incomplete: false,
+        med,
+    });
+    for order in permutations(3) {
+        let r = rib_in_order(&specs, &order, config());
+        let ranking: Vec<u32> = r
+            .paths(&net("10.40.0.0/24"))
+            .iter()
+            .map(|p| p.peer().0)
+            .collect();
+        assert_eq!(
+            ranking,
+            vec![2, 3, 1],
+            "B, then C, then A; arrival order {order:?}"
+        );
     }
 }
 
@@ -435,4 +751,43 @@ fn a_withdrawn_table_gives_its_memory_back() {
     assert_eq!(r.len(), 1000);
     assert!(capacity(&r) <= full / 8, "{} of {full}", capacity(&r));
     assert_eq!(r.path_count(PeerId(1)), 1000);
+}
+
+#[test]
+fn always_compare_med_compares_it_across_neighbouring_ases() {
+    // A (AS 65001, MED 10, router ID .1), B (AS 65002, MED 20, .2), C (AS 65001, MED 5, .5).
+    let specs =
+        [(65001, 1, 10), (65002, 2, 20), (65001, 5, 5)].map(|(neighbour, router_id, med)| {
+            PathSpec {
+                neighbour,
+                internal: false,
+                router_id,
+                local_pref: None,
+                longer: false,
+                incomplete: false,
+                med: Some(med),
+            }
+        });
+    let ranking = |always_compare_med| {
+        let r = rib_in_order(
+            &specs,
+            &[0, 1, 2],
+            RibConfig {
+                always_compare_med,
+                ..config()
+            },
+        );
+        let ranking: Vec<u32> = r
+            .paths(&net("10.40.0.0/24"))
+            .iter()
+            .map(|p| p.peer().0)
+            .collect();
+        ranking
+    };
+    assert_eq!(
+        ranking(false),
+        vec![2, 3, 1],
+        "per AS: C holds A down, B's MED is not compared, B wins on router ID"
+    );
+    assert_eq!(ranking(true), vec![3, 1, 2], "lowest MED of all first");
 }

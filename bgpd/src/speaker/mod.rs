@@ -160,6 +160,7 @@ impl Speaker {
             router_id: config.router_id,
             cluster_id: config.cluster_id.unwrap_or(config.router_id),
             max_paths: config.max_paths.max(1),
+            always_compare_med: false,
         });
         Speaker {
             config,
