@@ -56,6 +56,15 @@ struct Global {
     max_paths: usize,
     /// Serve Prometheus metrics here (`/metrics`).
     metrics_listen: Option<SocketAddr>,
+    /// Compare MED between paths from different neighbouring ASes too (FRR's
+    /// `bgp always-compare-med`, BIRD's `med metric`; both off by default, as here).
+    #[serde(default)]
+    always_compare_med: bool,
+    /// Choose the best path as RFC 4271 §9.1.2.2 says, whatever the order paths arrived in
+    /// (BIRD's `deterministic med`, FRR's `bgp deterministic-med`). Twill has no other mode:
+    /// `true` is the default and `false` is refused rather than silently ignored.
+    #[serde(default = "yes")]
+    deterministic_med: bool,
 }
 
 fn default_listen() -> Vec<SocketAddr> {
@@ -306,6 +315,13 @@ impl File {
                 format!("{} is not from 1 to 64", self.global.max_paths),
             ));
         }
+        if !self.global.deterministic_med {
+            return Err(err(
+                "global.deterministic_med",
+                "twill-bgpd always chooses the best path as RFC 4271 §9.1.2.2 says, whatever \
+                 the order paths arrive in; an order-dependent choice (false) is not offered",
+            ));
+        }
         let filters = self.filters()?;
         let mut neighbors = Vec::new();
         let mut seen = BTreeMap::new();
@@ -356,6 +372,7 @@ impl File {
                 router_id: self.global.router_id,
                 cluster_id: self.global.cluster_id,
                 max_paths: self.global.max_paths,
+                always_compare_med: self.global.always_compare_med,
             },
             listen: self.global.listen,
             neighbors,
@@ -675,6 +692,10 @@ table = 254
                 "[global]\nasn = 1\n".to_string(),
                 "global: missing field `router_id`",
             ),
+            (
+                BRIEF.replace("[global]", "[global]\ndeterministic_med = false"),
+                "global.deterministic_med: twill-bgpd always chooses the best path as RFC 4271",
+            ),
             ("not toml at all [".to_string(), "(file)"),
         ];
         for (text, expected) in cases {
@@ -684,6 +705,21 @@ table = 254
                 "expected {expected:?} in {message:?}"
             );
         }
+    }
+
+    #[test]
+    fn med_options_reach_the_speaker() {
+        let config = DaemonConfig::parse(BRIEF).unwrap();
+        assert!(
+            !config.speaker.always_compare_med,
+            "off by default, as in BIRD and FRR"
+        );
+        let text = BRIEF.replace(
+            "[global]",
+            "[global]\nalways_compare_med = true\ndeterministic_med = true",
+        );
+        let config = DaemonConfig::parse(&text).unwrap();
+        assert!(config.speaker.always_compare_med);
     }
 
     #[test]

@@ -43,7 +43,7 @@ fn open(speaker: &mut Speaker, now: Instant, address: Ipv4Addr, asn: u32, id: u6
 fuzz_target!(|data: &[u8]| {
     let Some((&switches, bytes)) = data.split_first() else { return };
     let mut now = Instant::now();
-    let mut speaker = Speaker::new(SpeakerConfig { local_as: 65001, router_id: LOCAL, cluster_id: None, max_paths: 4 });
+    let mut speaker = Speaker::new(SpeakerConfig { local_as: 65001, router_id: LOCAL, cluster_id: None, max_paths: 4, always_compare_med: false });
     speaker.set_route_output(switches & 1 != 0);
     // The fuzzed peer is internal or external, with or without add-path receive.
     let ibgp = switches & 2 != 0;

@@ -27,6 +27,7 @@ fn run_once(count: u32, kernel: bool) -> f64 {
         router_id: LOCAL,
         cluster_id: None,
         max_paths: 1,
+        always_compare_med: false,
     });
     speaker.set_route_output(kernel);
     let mut session = fsm::Config::new(65001, blast::SENDER_AS, LOCAL);

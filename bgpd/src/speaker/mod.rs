@@ -66,6 +66,8 @@ pub struct SpeakerConfig {
     pub cluster_id: Option<Ipv4Addr>,
     /// Paths per prefix installed for ECMP.
     pub max_paths: usize,
+    /// Compare MED across neighbouring ASes too (see [`RibConfig::always_compare_med`]).
+    pub always_compare_med: bool,
 }
 
 /// What the speaker asks of its driver.
@@ -160,7 +162,7 @@ impl Speaker {
             router_id: config.router_id,
             cluster_id: config.cluster_id.unwrap_or(config.router_id),
             max_paths: config.max_paths.max(1),
-            always_compare_med: false,
+            always_compare_med: config.always_compare_med,
         });
         Speaker {
             config,

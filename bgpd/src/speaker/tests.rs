@@ -187,6 +187,7 @@ fn speaker(asn: u32, n: u8) -> Speaker {
         router_id: Ipv4Addr::new(198, 18, 0, n),
         cluster_id: None,
         max_paths: 4,
+        always_compare_med: false,
     })
 }
 
