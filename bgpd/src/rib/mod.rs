@@ -948,8 +948,11 @@ impl Rib {
         out.local_pref = None;
         out.originator_id = None;
         out.cluster_list.clear();
-        if source.is_some_and(|s| !s.ibgp) {
-            out.med = None; // RFC 4271 §5.1.4: a MED from one AS is not passed to another.
+        if path.peer() != PeerId::LOCAL {
+            // RFC 4271 §5.1.4: a MED received from a neighbouring AS is not passed to another,
+            // and one learned over iBGP came from some neighbouring AS too. Our own
+            // originations keep theirs (as FRR does); an export filter may set one.
+            out.med = None;
         }
         Some((None, out))
     }

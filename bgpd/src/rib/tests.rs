@@ -210,9 +210,8 @@ fn export_follows_split_horizon_reflection_and_ebgp_rules() {
     assert_eq!(external.as_path, Some(AsPath::sequence(vec![65000, 65100])));
     assert_eq!((external.local_pref, external.originator_id), (None, None));
     assert_eq!(
-        external.med,
-        Some(5),
-        "a MED learned inside the AS may go out"
+        external.med, None,
+        "RFC 4271 §5.1.4: a MED learned over iBGP came from some neighbouring AS; not to another"
     );
     // Non-client → non-client: not reflected.
     announce(&mut r, 4, "10.5.0.0/24", attrs(&[65200], None, None));
@@ -245,6 +244,16 @@ fn export_follows_split_horizon_reflection_and_ebgp_rules() {
             .med,
         None
     );
+    // Our own MED (set where we originate) is for our neighbours: it goes out.
+    r.originate(
+        net("10.9.0.0/24"),
+        PathAttributes {
+            med: Some(30),
+            ..PathAttributes::default()
+        },
+    );
+    let ours = r.best(&net("10.9.0.0/24"))[0].clone();
+    assert_eq!(r.export(PeerId(1), &ours).unwrap().1.med, Some(30));
     let mut quiet = attrs(&[65001], None, None);
     quiet.communities = vec![community::NO_ADVERTISE];
     announce(&mut r, 1, "10.8.0.0/24", quiet);
