@@ -9,7 +9,7 @@ use std::time::Instant;
 use bytes::BytesMut;
 use ipnet::IpNet;
 
-use super::{Action, Speaker};
+use super::{Action, Peer, Speaker};
 use crate::fsm::State;
 use crate::policy::Filter;
 use crate::rib::{BestChange, PeerId};
@@ -44,6 +44,35 @@ fn self_next_hop(local: IpAddr, family: Family) -> Option<IpAddr> {
 
 fn family_matches(address: IpAddr, family: Family) -> bool {
     address.is_ipv4() == (family == Family::Ipv4Unicast)
+}
+
+/// RFC 4760 §8: routes of a family flow only where both sides announced it. A peer that sends
+/// another family anyway has its routes of it refused (ignored, with a warning, as FRR does);
+/// the session stays up.
+fn refuse_families_not_negotiated(
+    peer: &Peer,
+    announced: &mut [(IpAddr, Vec<Nlri>)],
+    withdrawn: &mut Vec<(IpNet, u32)>,
+) {
+    let Some(negotiated) = peer.session.negotiated() else {
+        return;
+    };
+    let families = &negotiated.families;
+    let mut refused: Vec<Family> = Vec::new();
+    for (_, nlri) in announced.iter_mut() {
+        nlri.retain(|n| {
+            let family = family_of(&n.prefix);
+            let keep = families.contains(&family);
+            if !keep && !refused.contains(&family) {
+                refused.push(family);
+            }
+            keep
+        });
+    }
+    withdrawn.retain(|(prefix, _)| families.contains(&family_of(prefix)));
+    for family in refused {
+        tracing::warn!(%family, "routes of a family not negotiated on this session; refused");
+    }
 }
 
 /// The announcements and withdrawals for one peer, grouped for packing.
@@ -109,6 +138,7 @@ impl Speaker {
                 withdrawn.extend(nlri.iter().map(|n| (n.prefix, n.path_id.unwrap_or(0))));
             }
         }
+        refuse_families_not_negotiated(peer, &mut announced, &mut withdrawn);
         let mut changes = Vec::new();
         let mut touched: Vec<IpNet> = withdrawn.iter().map(|(p, _)| *p).collect();
         for key in &withdrawn {

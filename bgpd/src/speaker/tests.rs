@@ -5,8 +5,8 @@ use std::time::{Duration, Instant};
 use super::*;
 use crate::fsm::{self, GracefulRestartConfig};
 use crate::policy::{Match, Rule};
-use crate::wire::attribute::Origin;
-use crate::wire::{Context, Message};
+use crate::wire::attribute::{AsPath, MpReach, Origin};
+use crate::wire::{Context, Message, Nlri};
 
 #[allow(clippy::disallowed_methods)] // The virtual clock's one reading.
 fn epoch() -> Instant {
@@ -655,4 +655,82 @@ fn a_refresh_without_its_end_times_out() {
     assert!(rib.paths(&prefix("10.7.0.0/24")).is_empty());
     assert_eq!(rib.paths(&prefix("10.6.0.0/24")).len(), 1);
     assert!(net.established(addr(2), addr(1)), "the session stays up");
+}
+
+/// An UPDATE as the peer's session would frame it.
+fn update_bytes(update: UpdateMsg) -> Bytes {
+    let cx = Context {
+        four_octet_as: true,
+        ..Context::default()
+    };
+    Message::Update(Box::new(update)).encode(&cx)
+}
+
+fn announcement(nlri: Vec<IpNet>, mp: Option<(Family, IpAddr)>) -> UpdateMsg {
+    let nlri: Vec<Nlri> = nlri
+        .into_iter()
+        .map(|prefix| Nlri {
+            path_id: None,
+            prefix,
+        })
+        .collect();
+    let mut attributes = PathAttributes {
+        origin: Some(Origin::Igp),
+        as_path: Some(AsPath::sequence(vec![65002])),
+        ..PathAttributes::default()
+    };
+    let mut update = UpdateMsg::default();
+    match mp {
+        Some((family, next_hop)) => {
+            attributes.mp_reach = Some(MpReach {
+                family,
+                next_hops: vec![next_hop],
+                nlri,
+            })
+        }
+        None => {
+            attributes.next_hop = Some(Ipv4Addr::new(198, 18, 0, 2));
+            update.nlri = nlri;
+        }
+    }
+    update.attributes = attributes;
+    update
+}
+
+#[test]
+fn routes_of_a_family_the_session_did_not_negotiate_are_refused() {
+    // A offers only one family to B; B sends routes of both anyway.
+    for (offered, refused, taken) in [
+        (Family::Ipv4Unicast, "fd00:7::/64", "10.7.0.0/24"),
+        (Family::Ipv6Unicast, "10.7.0.0/24", "fd00:7::/64"),
+    ] {
+        let mut a = neighbor(2, 65001, 65002, 1);
+        a.session.families = vec![offered];
+        let mut net = two_speakers(a, neighbor(1, 65002, 65001, 2));
+        assert!(net.established(addr(1), addr(2)));
+        let connection = net.connection(addr(1), addr(2));
+        let now = net.now;
+        let v6_next_hop: IpAddr = "fd00::2".parse().unwrap();
+        for text in [refused, taken] {
+            let p = prefix(text);
+            let update = if p.addr().is_ipv4() {
+                announcement(vec![p], None)
+            } else {
+                announcement(vec![p], Some((Family::Ipv6Unicast, v6_next_hop)))
+            };
+            net.speaker(addr(1))
+                .handle_bytes(now, addr(2), connection, &update_bytes(update));
+        }
+        net.run();
+        let rib = net.speakers[&addr(1)].rib();
+        assert!(
+            rib.best(&prefix(refused)).is_empty(),
+            "{refused} on a session of {offered} only"
+        );
+        assert_eq!(rib.best(&prefix(taken)).len(), 1, "{taken} is negotiated");
+        assert!(
+            net.established(addr(1), addr(2)),
+            "refused, not a session error"
+        );
+    }
 }
