@@ -27,9 +27,33 @@ fn family_of(prefix: &IpNet) -> Family {
     }
 }
 
-/// The path identifier we announce for a path under add-path: stable per source.
-fn path_id_for(peer: PeerId, path_id: u32) -> u32 {
-    (peer.0 << 16) ^ path_id ^ 1
+/// Our add-path identifiers for the paths chosen for one prefix (RFC 7911 §3: a path is
+/// known by prefix and identifier). A path announced before keeps its identifier, so a change
+/// of its attributes replaces it; a new one takes the lowest identifier, from 1, that no
+/// path staying in the set holds, which may be that of a path leaving it (announcing it
+/// replaces that one). `announced` is (identifier, source) of what the peer has now.
+fn assign_path_ids(chosen: &[(PeerId, u32)], announced: &[(u32, (PeerId, u32))]) -> Vec<u32> {
+    let mut ids: Vec<Option<u32>> = chosen
+        .iter()
+        .map(|source| {
+            announced
+                .iter()
+                .find(|(_, s)| s == source)
+                .map(|(id, _)| *id)
+        })
+        .collect();
+    let mut next = 1;
+    for at in 0..ids.len() {
+        if ids[at].is_none() {
+            while ids.contains(&Some(next)) {
+                next += 1;
+            }
+            ids[at] = Some(next);
+        }
+    }
+    ids.into_iter()
+        .map(|id| id.expect("every path was given one"))
+        .collect()
 }
 
 /// Our next hop for a family, from our address on the session: an IPv4 session announces
@@ -275,6 +299,7 @@ impl Speaker {
                 &paths[..paths.len().min(1)]
             };
             let mut desired = Vec::new();
+            let mut sources = Vec::new();
             for path in chosen {
                 let Some((next_hop, mut attributes)) = self.rib.export(id, path) else {
                     continue;
@@ -289,18 +314,32 @@ impl Speaker {
                 else {
                     continue;
                 };
-                let path_id = if add_path {
-                    path_id_for(path.peer(), path.path_id())
-                } else {
-                    0
-                };
                 let attributes = shared
                     .entry(attributes.clone())
                     .or_insert_with(|| Arc::new(attributes))
                     .clone();
-                desired.push((path_id, next_hop, attributes));
+                desired.push((0, next_hop, attributes));
+                sources.push((path.peer(), path.path_id()));
             }
-            let peer = self.peers.get(&address).expect("present above");
+            let peer = self.peers.get_mut(&address).expect("present above");
+            if add_path {
+                let range = (*prefix, 0)..=(*prefix, u32::MAX);
+                let announced: Vec<(u32, (PeerId, u32))> = peer
+                    .add_path_ids
+                    .range(range.clone())
+                    .map(|((_, id), source)| (*id, *source))
+                    .collect();
+                let ids = assign_path_ids(&sources, &announced);
+                for (entry, id) in desired.iter_mut().zip(&ids) {
+                    entry.0 = *id;
+                }
+                for (id, _) in announced {
+                    peer.add_path_ids.remove(&(*prefix, id));
+                }
+                for (id, source) in ids.into_iter().zip(sources) {
+                    peer.add_path_ids.insert((*prefix, id), source);
+                }
+            }
             let current: Vec<(u32, IpAddr, Arc<PathAttributes>)> = peer
                 .adj_out
                 .range((*prefix, 0)..=(*prefix, u32::MAX))

@@ -128,6 +128,10 @@ struct Peer {
     contender: Option<(ConnectionId, IpAddr, Session)>,
     /// What we announced: (prefix, path id) → (next hop, attributes).
     adj_out: BTreeMap<(IpNet, u32), (IpAddr, Arc<PathAttributes>)>,
+    /// With add-path (RFC 7911): the path behind each identifier we announced, (prefix, our
+    /// identifier) → (source peer, its identifier). Ours are numbered per prefix, so two
+    /// paths of one prefix never share one.
+    add_path_ids: BTreeMap<(IpNet, u32), (PeerId, u32)>,
     /// Announced prefixes that import policy rejected (received = accepted + these).
     rejected: HashSet<(IpNet, u32)>,
     established_at: Option<Instant>,
@@ -454,6 +458,7 @@ impl Speaker {
                 local_address: None,
                 contender: None,
                 adj_out: BTreeMap::new(),
+                add_path_ids: BTreeMap::new(),
                 rejected: HashSet::new(),
                 established_at: None,
                 restart_deadline: None,
@@ -686,6 +691,7 @@ impl Speaker {
         };
         let was_up = peer.established_at.take().is_some();
         peer.adj_out.clear();
+        peer.add_path_ids.clear();
         peer.rejected.clear();
         // An unfinished refresh ends with the session: its marks go with the paths, or stay
         // harmlessly on paths kept for graceful restart (announced again, they are fresh).

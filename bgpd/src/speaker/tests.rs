@@ -6,6 +6,7 @@ use super::*;
 use crate::fsm::{self, GracefulRestartConfig};
 use crate::policy::{Match, Rule};
 use crate::wire::attribute::{AsPath, MpReach, Origin};
+use crate::wire::open::{ADD_PATH_RECEIVE, ADD_PATH_SEND};
 use crate::wire::{Context, Message, Nlri};
 
 #[allow(clippy::disallowed_methods)] // The virtual clock's one reading.
@@ -733,4 +734,74 @@ fn routes_of_a_family_the_session_did_not_negotiate_are_refused() {
             "refused, not a session error"
         );
     }
+}
+
+#[test]
+fn add_path_identifiers_sent_to_a_peer_never_collide() {
+    // A hears 10.8.0.0/24 from B (.2, no add-path: identifier 0) and from C (.3, add-path,
+    // identifier 0x30000), and sends both paths to D (.4) with add-path. A numbers its peers
+    // .2, .3, .4 as 1, 2, 3; (1, 0) and (2, 0x30000) once made one identifier, so D kept
+    // only one of the two paths.
+    let mut net = Net::new();
+    for (n, asn) in [(1, 65001), (2, 65002), (3, 65003), (4, 65004)] {
+        net.add(addr(n), speaker(asn, n));
+    }
+    let mut to_c = neighbor(3, 65001, 65003, 1);
+    to_c.session.add_path = vec![(Family::Ipv4Unicast, ADD_PATH_RECEIVE)];
+    let mut to_d = neighbor(4, 65001, 65004, 1);
+    to_d.session.add_path = vec![(Family::Ipv4Unicast, ADD_PATH_SEND)];
+    let mut c = neighbor(1, 65003, 65001, 3);
+    c.session.add_path = vec![(Family::Ipv4Unicast, ADD_PATH_SEND)];
+    let mut d = neighbor(1, 65004, 65001, 4);
+    d.session.add_path = vec![(Family::Ipv4Unicast, ADD_PATH_RECEIVE)];
+    let now = net.now;
+    net.speaker(addr(1))
+        .set_neighbors(now, vec![neighbor(2, 65001, 65002, 1), to_c, to_d]);
+    net.speaker(addr(2))
+        .set_neighbors(now, vec![neighbor(1, 65002, 65001, 2)]);
+    net.speaker(addr(3)).set_neighbors(now, vec![c]);
+    net.speaker(addr(4)).set_neighbors(now, vec![d]);
+    net.run();
+    assert!([2, 3, 4].iter().all(|n| net.established(addr(1), addr(*n))));
+    let p = prefix("10.8.0.0/24");
+    net.speaker(addr(2))
+        .set_originated(now, originate(&["10.8.0.0/24"], 0xfdea_0001));
+    let update = UpdateMsg {
+        attributes: PathAttributes {
+            origin: Some(Origin::Igp),
+            as_path: Some(AsPath::sequence(vec![65003])),
+            next_hop: Some(Ipv4Addr::new(198, 18, 0, 3)),
+            ..PathAttributes::default()
+        },
+        nlri: vec![Nlri {
+            path_id: Some(0x30000),
+            prefix: p,
+        }],
+        ..UpdateMsg::default()
+    };
+    let cx = Context {
+        four_octet_as: true,
+        add_path_send: [Family::Ipv4Unicast].into_iter().collect(),
+        ..Context::default()
+    };
+    let connection = net.connection(addr(1), addr(3));
+    net.speaker(addr(1)).handle_bytes(
+        now,
+        addr(3),
+        connection,
+        &Message::Update(Box::new(update)).encode(&cx),
+    );
+    net.run();
+    assert_eq!(net.speakers[&addr(1)].rib().paths(&p).len(), 2);
+    let at_d: Vec<u32> = net.speakers[&addr(4)]
+        .rib()
+        .paths(&p)
+        .iter()
+        .map(|path| path.path_id())
+        .collect();
+    assert_eq!(at_d.len(), 2, "D has both paths, by identifiers {at_d:?}");
+    // Withdrawing one path withdraws exactly its identifier.
+    net.speaker(addr(2)).set_originated(now, BTreeMap::new());
+    net.run();
+    assert_eq!(net.speakers[&addr(4)].rib().paths(&p).len(), 1);
 }
