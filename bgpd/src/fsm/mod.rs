@@ -26,7 +26,8 @@ use crate::wire::{
 /// RFC 4271 §8.2.2 state names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum State {
-    /// Not trying; after an error, waiting for the idle-hold timer to try again.
+    /// Not trying; after an error, waiting for the idle-hold timer to try again (a passive
+    /// session goes back to Active at once).
     Idle,
     /// Waiting for our outgoing TCP connection.
     Connect,
@@ -86,7 +87,8 @@ pub struct Config {
     pub add_path: Vec<(Family, u8)>,
     /// Announce extended messages (RFC 8654).
     pub extended_messages: bool,
-    /// After an error, wait this long before trying again, doubling up to `idle_hold_max`.
+    /// After an error, wait this long before trying again, doubling with each error in a
+    /// row up to `idle_hold_max` (not for a passive session, which listens again at once).
     pub idle_hold: Duration,
     /// Longest wait after repeated errors.
     pub idle_hold_max: Duration,
@@ -445,9 +447,29 @@ impl Session {
                 self.set_timer(Timer::ConnectRetry, Some(now + self.config.connect_retry));
             }
             State::Active | State::Idle => {}
-            State::OpenSent | State::OpenConfirm | State::Established => {
+            State::OpenSent => self.on_connection_lost_in_open_sent(now),
+            State::OpenConfirm | State::Established => {
                 self.fail(now, DownReason::ConnectionLost, "connection lost");
             }
+        }
+    }
+
+    /// RFC 4271 §8.2.2, OpenSent + TcpConnectionFails (Event 18): close the connection,
+    /// restart the ConnectRetryTimer, listen for the peer, and go to Active. A lost
+    /// connection before the OPENs are exchanged is not an error to damp: the idle hold and
+    /// its back-off are left alone.
+    fn on_connection_lost_in_open_sent(&mut self, now: Instant) {
+        self.last_error = Some("connection lost".to_string());
+        self.outputs.push_back(Output::Close);
+        self.outputs
+            .push_back(Output::Down(DownReason::ConnectionLost));
+        self.timers = [None; 4];
+        self.negotiated = None;
+        self.buffer.clear();
+        self.context = Context::initial();
+        self.state = State::Active;
+        if !self.config.passive {
+            self.set_timer(Timer::ConnectRetry, Some(now + self.config.connect_retry));
         }
     }
 
@@ -627,7 +649,11 @@ impl Session {
         self.fail(now, DownReason::NotificationSent(notification), "");
     }
 
-    /// Any error: close, report, go Idle, and try again after the idle-hold back-off.
+    /// Any error: close, report, go Idle, and try again after the idle-hold back-off, which
+    /// doubles with each error in a row (RFC 4271 §8.1.1 DampPeerOscillations, §8.2.1.3).
+    /// A passive session goes on listening at once instead (Event 5,
+    /// AutomaticStart_with_PassiveTcpEstablishment): it never connects, so holding it in
+    /// Idle, where connections are refused, would only shut the peer out.
     fn fail(&mut self, now: Instant, reason: DownReason, error: &str) {
         if !error.is_empty() {
             self.last_error = Some(error.to_string());
@@ -645,7 +671,9 @@ impl Session {
         self.negotiated = None;
         self.buffer.clear();
         self.failures = self.failures.saturating_add(1);
-        if self.enabled {
+        if self.enabled && self.config.passive {
+            self.start_connecting(now);
+        } else if self.enabled {
             let factor = 1u32 << self.failures.saturating_sub(1).min(8);
             let wait = self
                 .config

@@ -223,9 +223,7 @@ fn malformed_bytes_send_the_codecs_notification() {
     session.handle_input(now, Input::ManualStart);
     session.handle_input(now, Input::TcpConnected);
     drain(&mut session);
-    let mut bad = vec![0xff; 16];
-    bad.extend_from_slice(&[0x00, 0x05, 0x04]);
-    session.handle_input(now, Input::Bytes(&bad));
+    session.handle_input(now, Input::Bytes(&malformed()));
     let outputs = drain(&mut session);
     let sent = NotificationMsg::new(ErrorCode::MessageHeader, 2, Bytes::from_static(&[0, 5]));
     assert!(
@@ -255,6 +253,13 @@ fn manual_stop_sends_cease_and_stays_down() {
     assert_eq!(pair.a.state(), State::Idle);
 }
 
+/// A message header with a bad length: the codec's error, answered with a NOTIFICATION.
+fn malformed() -> Vec<u8> {
+    let mut bad = vec![0xff; 16];
+    bad.extend_from_slice(&[0x00, 0x05, 0x04]);
+    bad
+}
+
 #[test]
 fn failed_connections_are_retried_and_errors_back_off() {
     let mut now = epoch();
@@ -270,18 +275,80 @@ fn failed_connections_are_retried_and_errors_back_off() {
         (session.state(), drain(&mut session)),
         (State::Connect, vec![Output::Close, Output::Connect])
     );
-    // Each error after OpenSent doubles the idle hold: 5, 10, 20, 30, 30 s.
+    // Each error in a row doubles the idle hold (RFC 4271 §8.1.1 DampPeerOscillations):
+    // 5, 10, 20, 30, 30 s.
     let mut waits = Vec::new();
     for _ in 0..5 {
         session.handle_input(now, Input::TcpConnected);
-        session.handle_input(now, Input::TcpFailed);
+        session.handle_input(now, Input::Bytes(&malformed()));
+        assert_eq!(session.state(), State::Idle);
         let due = session.poll_timeout().expect("an idle-hold timer");
         waits.push((due - now).as_secs());
         now = due;
         session.handle_timeout(now);
+        assert_eq!(session.state(), State::Connect);
         drain(&mut session);
     }
     assert_eq!(waits, vec![5, 10, 20, 30, 30]);
+}
+
+#[test]
+fn a_tcp_failure_in_open_sent_goes_to_active_with_the_connect_retry_timer() {
+    // RFC 4271 §8.2.2, OpenSent + TcpConnectionFails (Event 18): close, restart the
+    // ConnectRetryTimer, listen, go to Active. Not an error to damp: however often it
+    // happens, the next attempt is one connect-retry away.
+    let mut now = epoch();
+    let mut session = Session::new(config(65001, 65002, 1));
+    session.handle_input(now, Input::ManualStart);
+    drain(&mut session);
+    for _ in 0..5 {
+        session.handle_input(now, Input::TcpConnected);
+        assert_eq!(session.state(), State::OpenSent);
+        drain(&mut session);
+        session.handle_input(now, Input::TcpFailed);
+        assert_eq!(session.state(), State::Active);
+        assert!(drain(&mut session).contains(&Output::Down(DownReason::ConnectionLost)));
+        assert_eq!(session.poll_timeout(), Some(now + Duration::from_secs(5)));
+        now += Duration::from_secs(5);
+        session.handle_timeout(now);
+        assert_eq!(
+            (session.state(), drain(&mut session)),
+            (State::Connect, vec![Output::Close, Output::Connect])
+        );
+    }
+    // The peer may connect meanwhile: Active takes its connection.
+    session.handle_input(now, Input::TcpConnected);
+    session.handle_input(now, Input::TcpFailed);
+    session.handle_input(now, Input::TcpConnected);
+    assert_eq!(session.state(), State::OpenSent);
+}
+
+#[test]
+fn a_passive_session_takes_the_peers_connection_right_after_an_error() {
+    // A passive session never connects, so holding it in Idle (where connections are
+    // refused) would only shut the peer out: after an error it waits in Active at once.
+    let now = epoch();
+    let mut passive = config(65001, 65002, 1);
+    passive.passive = true;
+    let mut session = Session::new(passive);
+    session.handle_input(now, Input::ManualStart);
+    for _ in 0..5 {
+        assert_eq!(session.state(), State::Active);
+        session.handle_input(now, Input::TcpConnected);
+        assert_eq!(
+            session.state(),
+            State::OpenSent,
+            "the peer's connection is taken"
+        );
+        session.handle_input(now, Input::Bytes(&malformed()));
+        let outputs = drain(&mut session);
+        assert!(outputs
+            .iter()
+            .any(|o| matches!(o, Output::Down(DownReason::NotificationSent(_)))));
+        assert!(!outputs.contains(&Output::Connect), "never connects");
+    }
+    assert_eq!(session.state(), State::Active);
+    assert_eq!(session.poll_timeout(), None, "no timer: it only listens");
 }
 
 #[test]

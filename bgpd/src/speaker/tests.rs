@@ -805,3 +805,33 @@ fn add_path_identifiers_sent_to_a_peer_never_collide() {
     net.run();
     assert_eq!(net.speakers[&addr(4)].rib().paths(&p).len(), 1);
 }
+
+#[test]
+fn a_passive_speaker_takes_its_peers_connection_again_right_after_an_error() {
+    // A listens (passive, with a long idle hold); B connects. An error ends the session;
+    // B is back one idle hold (1 s) later, and A must not refuse it for A's back-off.
+    let mut a = neighbor(2, 65001, 65002, 1);
+    a.session.passive = true;
+    a.session.idle_hold = Duration::from_secs(60);
+    a.session.idle_hold_max = Duration::from_secs(60);
+    let mut net = two_speakers(a, neighbor(1, 65002, 65001, 2));
+    assert!(net.established(addr(1), addr(2)));
+    for round in 0..3 {
+        let connection = net.connection(addr(1), addr(2));
+        let now = net.now;
+        let mut bad = vec![0xff; 16];
+        bad.extend_from_slice(&[0x00, 0x05, 0x04]);
+        net.speaker(addr(1))
+            .handle_bytes(now, addr(2), connection, &bad);
+        net.run();
+        assert!(
+            !net.established(addr(1), addr(2)),
+            "round {round}: the error ends it"
+        );
+        net.advance(5);
+        assert!(
+            net.established(addr(1), addr(2)) && net.established(addr(2), addr(1)),
+            "round {round}: up again within B's retry, whatever A's back-off"
+        );
+    }
+}
