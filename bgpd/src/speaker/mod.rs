@@ -525,7 +525,8 @@ impl Speaker {
 
     /// RFC 4271 §6.8: once the contender has the peer's OPEN, keep the connection opened by
     /// the side with the higher BGP identifier; the other closes with Cease / Connection
-    /// Collision Resolution.
+    /// Collision Resolution. When the first connection was lost meanwhile, the contender is
+    /// kept whatever the identifiers.
     fn resolve_collision(&mut self, address: IpAddr) {
         let Some(peer) = self.peers.get_mut(&address) else {
             return;
@@ -544,7 +545,9 @@ impl Speaker {
         };
         let (connection, local, mut contender) = peer.contender.take().expect("checked above");
         let cease = NotificationMsg::new(ErrorCode::Cease, 7, Bytes::new());
-        if u32::from(self.config.router_id) < u32::from(remote_id) {
+        // With the first connection already lost there is nothing to collide with: keep this one.
+        let first_lost = peer.connection.is_none();
+        if first_lost || u32::from(self.config.router_id) < u32::from(remote_id) {
             // Keep the peer's connection.
             if let Some(old) = peer.connection.replace(connection) {
                 self.actions.push_back(Action::Send(

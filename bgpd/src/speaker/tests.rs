@@ -835,3 +835,34 @@ fn a_passive_speaker_takes_its_peers_connection_again_right_after_an_error() {
         );
     }
 }
+
+#[test]
+fn a_passive_speaker_keeps_the_peers_second_connection_when_the_first_is_lost() {
+    // A (router ID .9, above B's .2) listens. B connects twice; the first connection is lost
+    // while A is in OpenSent. With no connection of A's own left there is no collision to
+    // resolve (RFC 4271 §6.8): the second connection is the session, not refused.
+    let mut a = Speaker::new(SpeakerConfig {
+        local_as: 65001,
+        router_id: Ipv4Addr::new(198, 18, 0, 9),
+        cluster_id: None,
+        max_paths: 1,
+        always_compare_med: false,
+    });
+    let mut config = neighbor(2, 65001, 65002, 9);
+    config.session.passive = true;
+    let now = epoch();
+    a.set_neighbors(now, vec![config]);
+    let (first, second) = (ConnectionId(1), ConnectionId(2));
+    a.handle_connected(now, addr(2), first, addr(9), true);
+    a.handle_connected(now, addr(2), second, addr(9), true);
+    a.handle_closed(now, addr(2), first);
+    std::iter::from_fn(|| a.poll_action()).for_each(drop);
+    let b = fsm::Config::new(65002, 65001, Ipv4Addr::new(198, 18, 0, 2));
+    let cx = Context::initial();
+    let mut bytes = Message::Open(b.open()).encode(&cx).to_vec();
+    bytes.extend_from_slice(&Message::Keepalive.encode(&cx));
+    a.handle_bytes(now, addr(2), second, &bytes);
+    let actions: Vec<Action> = std::iter::from_fn(|| a.poll_action()).collect();
+    assert!(!actions.contains(&Action::Close(second)), "{actions:?}");
+    assert!(actions.contains(&Action::PeerUp(addr(2))), "{actions:?}");
+}
