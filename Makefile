@@ -9,7 +9,7 @@ CARGO ?= cargo
 # the namespaces tests make.
 # Debian packages the build and the tests need: protoc for etcd-client's build, etcd and the
 # BGP peers (gobgpd, bird2, frr) as real peers, and the kernel tools.
-DEB_PACKAGES := protobuf-compiler etcd-server etcd-client gobgpd bird2 frr iproute2 iptables ipset curl containernetworking-plugins python3
+DEB_PACKAGES := protobuf-compiler etcd-server etcd-client gobgpd bird2 frr iproute2 iptables ipset curl containernetworking-plugins python3 conntrack tcpdump
 # Cargo says where it builds (CARGO_TARGET_DIR, build.target-dir or ./target); asked only when
 # a recipe uses it, so that `make deps` works before cargo is installed.
 TWILLCTL = $(shell $(CARGO) metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')/debug/twillctl

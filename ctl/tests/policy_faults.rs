@@ -318,9 +318,18 @@ fn twill_node_reports_health_metrics_and_status() {
 
 /// Probes TCP ports of the node (198.18.0.11) from the underlay's router namespace.
 fn probe_node(lab: &LabGuard, ports: &[u16]) -> BTreeMap<u16, bool> {
-    let targets: Vec<serde_json::Value> = ports
+    let targets: Vec<(&str, u16)> = ports.iter().map(|&p| ("198.18.0.11", p)).collect();
+    probe_from_underlay(lab, &targets)
+        .into_iter()
+        .map(|((_, port), connected)| (port, connected))
+        .collect()
+}
+
+/// TCP connects from the underlay (outside the node) to addresses and ports.
+fn probe_from_underlay(lab: &LabGuard, targets: &[(&str, u16)]) -> BTreeMap<(String, u16), bool> {
+    let targets: Vec<serde_json::Value> = targets
         .iter()
-        .map(|p| serde_json::json!({"to": "node-1", "ip": "198.18.0.11", "port": p, "protocol": "TCP"}))
+        .map(|(ip, p)| serde_json::json!({"to": ip, "ip": ip, "port": p, "protocol": "TCP"}))
         .collect();
     let mut child = Command::new("ip")
         .args([
@@ -345,7 +354,10 @@ fn probe_node(lab: &LabGuard, ports: &[u16]) -> BTreeMap<u16, bool> {
         .iter()
         .map(|o| {
             (
-                o["port"].as_u64().unwrap() as u16,
+                (
+                    o["ip"].as_str().unwrap().to_string(),
+                    o["port"].as_u64().unwrap() as u16,
+                ),
                 o["connected"].as_bool().unwrap(),
             )
         })
@@ -428,4 +440,176 @@ impl Drop for KillOnDrop {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// Calico's host endpoint flavours on the wire, from outside the node (the underlay):
+/// traffic forwarded through the node's eth0 to a pod is allowed with a host endpoint and no
+/// `applyOnForward` policy; an `applyOnForward` Deny closes one pod port; a `preDNAT` Deny from
+/// the underlay's address closes the other before anything else sees it; a `doNotTrack`
+/// policy opens a port of the node's own with no connection tracked for it, while a tracked
+/// port the normal policy opens shows in conntrack.
+#[test]
+fn host_endpoint_forward_pre_dnat_and_untracked_policy() {
+    let lab = LabGuard::up(
+        "namespaces:\n  x: {ns: x}\npods:\n  - {ns: x, name: a, labels: {pod: a}}\nports:\n  \
+         - {name: p80, port: 80, protocol: TCP}\n  - {name: p81, port: 81, protocol: TCP}\n",
+    );
+    let pod = lab.ip("x/a");
+    // The underlay reaches the pods through the node (a route inside the lab's namespace).
+    let underlay = format!("twl-{}.underlay", lab.name);
+    let output = Command::new("ip")
+        .args([
+            "-n",
+            &underlay,
+            "route",
+            "replace",
+            "10.90.0.0/16",
+            "via",
+            "198.18.0.11",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let _server = KillOnDrop(
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &lab.node_netns(),
+                env!("CARGO_BIN_EXE_twillctl"),
+            ])
+            .args([
+                "lab",
+                "responder",
+                "--answer",
+                "node",
+                "--port",
+                "8080/TCP",
+                "--port",
+                "9090/TCP",
+            ])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let probe = || {
+        probe_from_underlay(
+            &lab,
+            &[
+                (&pod, 80),
+                (&pod, 81),
+                ("198.18.0.11", 8080),
+                ("198.18.0.11", 9090),
+            ],
+        )
+        .into_iter()
+        .map(|((ip, port), ok)| {
+            (
+                format!("{}:{port}", if ip == pod { "pod" } else { "node" }),
+                ok,
+            )
+        })
+        .collect::<BTreeMap<String, bool>>()
+    };
+    let want = |cells: [bool; 4]| -> BTreeMap<String, bool> {
+        ["pod:80", "pod:81", "node:8080", "node:9090"]
+            .into_iter()
+            .map(String::from)
+            .zip(cells)
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while probe() != want([true, true, true, true]) {
+        assert!(
+            Instant::now() < deadline,
+            "the lab never answered: {:?}",
+            probe()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let apply = |text: &str| {
+        let run = lab.run(&["apply", "-f", "-"], Some(text));
+        assert_eq!(run.code, 0, "{}", run.stderr);
+    };
+    let hep = "apiVersion: projectcalico.org/v3\nkind: HostEndpoint\nmetadata: {name: node-1-eth0, labels: {role: node}}\n\
+         spec: {node: node-1, interfaceName: eth0, expectedIPs: [198.18.0.11]}\n";
+    apply(hep);
+    assert_eq!(
+        probe(),
+        want([true, true, false, false]),
+        "a host endpoint closes the node (failsafe ports aside) but not forwarded traffic"
+    );
+    apply(
+        "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {name: forward}\n\
+         spec:\n  selector: role == 'node'\n  applyOnForward: true\n  types: [Ingress]\n  ingress:\n  \
+         - {action: Deny, protocol: TCP, destination: {ports: [81]}}\n  - {action: Allow}\n",
+    );
+    assert_eq!(
+        probe(),
+        want([true, false, true, true]),
+        "applyOnForward: the Deny closes the pod's 81; its Allow opens the node itself too"
+    );
+    apply(
+        "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {name: pre-dnat}\n\
+         spec:\n  selector: role == 'node'\n  preDNAT: true\n  applyOnForward: true\n  ingress:\n  \
+         - {action: Deny, protocol: TCP, source: {nets: [198.18.0.1/32]}, destination: {ports: [80, 9090]}}\n",
+    );
+    assert_eq!(
+        probe(),
+        want([false, false, true, false]),
+        "preDNAT Deny from the underlay's address, before the forward policy's Allow"
+    );
+    let run = lab.run(
+        &["delete", "-f", "-"],
+        Some("apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {name: pre-dnat}\n"),
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let run = lab.run(
+        &["delete", "-f", "-"],
+        Some("apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {name: forward}\n"),
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(probe(), want([true, true, false, false]));
+    // Untracked: 8080 allowed both ways before conntrack; 9090 opened by normal policy.
+    apply(
+        "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {name: untracked}\n\
+         spec:\n  selector: role == 'node'\n  doNotTrack: true\n  applyOnForward: true\n  ingress:\n  \
+         - {action: Allow, protocol: TCP, destination: {ports: [8080]}}\n  egress:\n  \
+         - {action: Allow, protocol: TCP, source: {ports: [8080]}}\n---\n\
+         apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {name: tracked}\n\
+         spec:\n  selector: role == 'node'\n  types: [Ingress]\n  ingress:\n  \
+         - {action: Allow, protocol: TCP, destination: {ports: [9090]}}\n",
+    );
+    let _ = node_exec_status(&lab, "conntrack", &["-F"]);
+    assert_eq!(probe(), want([true, true, true, true]));
+    let tracked = node_exec(&lab, "conntrack", &["-L", "-p", "tcp"]);
+    assert!(
+        tracked.contains("dport=9090"),
+        "the tracked port's connection is in conntrack: {tracked}"
+    );
+    assert!(
+        !tracked.contains("dport=8080"),
+        "the untracked port's connection is not: {tracked}"
+    );
+    // Without the host endpoint the node is open again and nothing of the flavours is left.
+    let run = lab.run(&["delete", "-f", "-"], Some(hep));
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(probe(), want([true, true, true, true]));
+    for table in ["raw", "mangle"] {
+        let save = node_exec(&lab, "iptables-save", &["-t", table]);
+        assert!(!save.contains("twl"), "{table}: {save}");
+    }
+}
+
+/// Runs a program in the node's namespace; whether it succeeded.
+fn node_exec_status(lab: &LabGuard, program: &str, args: &[&str]) -> bool {
+    Command::new("ip")
+        .args(["netns", "exec", &lab.node_netns(), program])
+        .args(args)
+        .output()
+        .is_ok_and(|o| o.status.success())
 }

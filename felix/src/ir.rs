@@ -182,6 +182,8 @@ pub enum Target {
         /// Bits affected.
         mask: u32,
     },
+    /// Exempt the packet from connection tracking (raw table only) and go on.
+    NoTrack,
     /// Log through NFLOG (readable with `tcpdump -i nflog:GROUP`) and go on.
     Nflog {
         /// The group.

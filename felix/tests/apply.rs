@@ -702,7 +702,10 @@ fn changes_planned_against_the_last_apply_leave_the_kernel_exactly_as_desired() 
         steps.push(dataplane(&["10.0.0.7/32"]));
         for (index, step) in steps.iter().enumerate() {
             let stats = node.apply_change(step);
-            assert!(!stats.wrote_nothing(), "{backend:?} step {index}: {stats:?}");
+            assert!(
+                !stats.wrote_nothing(),
+                "{backend:?} step {index}: {stats:?}"
+            );
             let again = node.apply(step);
             assert!(
                 again.wrote_nothing(),

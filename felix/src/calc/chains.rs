@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 use twill_shared::resource::fields::Action;
 
 use super::compile::{compile_policy, compile_rule, digest, CompiledRule, Condition};
-use super::programs::{Direction, Program, World};
+use super::programs::{Direction, Flavour, Program, World};
 use super::{Config, EndpointToHost};
 use crate::ir::{
     Family, Hook, Match, Member, Ports, Rule, SetKind, Target, MARK_ACCEPT, MARK_MASK, MARK_PASS,
@@ -310,8 +310,31 @@ pub fn log_prefix(owner: &str, direction: Direction, index: usize) -> String {
     prefix
 }
 
+/// How an endpoint chain ends its tiers and itself.
+#[derive(Debug, Clone, Copy)]
+struct Style {
+    /// A tier whose policies all fell through denies (Deny tiers).
+    tier_end_drop: bool,
+    /// Profiles follow the tiers, and nothing allowed at the end drops.
+    profiles_and_drop: bool,
+}
+
+const FULL: Style = Style {
+    tier_end_drop: true,
+    profiles_and_drop: true,
+};
+
 /// The chain of an endpoint in one direction.
 fn endpoint_rules(program: &Program, world: &World, direction: Direction) -> Vec<Rule> {
+    styled_endpoint_rules(program, world, direction, FULL)
+}
+
+fn styled_endpoint_rules(
+    program: &Program,
+    world: &World,
+    direction: Direction,
+    style: Style,
+) -> Vec<Rule> {
     let mut out = vec![rule(
         vec![],
         Target::SetMark {
@@ -351,13 +374,16 @@ fn endpoint_rules(program: &Program, world: &World, direction: Direction) -> Vec
                 format!("policy {} accepted", policy.name),
             ));
         }
-        if tier.default_action == Action::Deny {
+        if tier.default_action == Action::Deny && style.tier_end_drop {
             out.push(rule(
                 vec![not_passed()],
                 Target::Drop,
                 format!("end of tier {}: deny", tier.name),
             ));
         }
+    }
+    if !style.profiles_and_drop {
+        return out;
     }
     for profile in &program.profiles {
         out.push(rule(
@@ -380,19 +406,30 @@ fn endpoint_rules(program: &Program, world: &World, direction: Direction) -> Vec
 }
 
 /// Twill's jumps from the built-in chains.
-pub fn hooks() -> Vec<Hook> {
-    [
-        ("FORWARD", FORWARD_CHAIN),
-        ("INPUT", INPUT_CHAIN),
-        ("OUTPUT", OUTPUT_CHAIN),
-    ]
-    .into_iter()
-    .map(|(chain, target)| Hook {
-        table: "filter".into(),
-        chain: chain.into(),
-        target: target.into(),
-    })
-    .collect()
+///
+/// With host endpoints on this node, also raw PREROUTING and OUTPUT (untracked policy) and
+/// mangle PREROUTING (pre-DNAT policy).
+pub fn hooks(hosts: bool) -> Vec<Hook> {
+    let mut hooks = vec![
+        ("filter", "FORWARD", FORWARD_CHAIN),
+        ("filter", "INPUT", INPUT_CHAIN),
+        ("filter", "OUTPUT", OUTPUT_CHAIN),
+    ];
+    if hosts {
+        hooks.extend([
+            ("raw", "PREROUTING", PREROUTING_CHAIN),
+            ("raw", "OUTPUT", OUTPUT_CHAIN),
+            ("mangle", "PREROUTING", PREROUTING_CHAIN),
+        ]);
+    }
+    hooks
+        .into_iter()
+        .map(|(table, chain, target)| Hook {
+            table: table.into(),
+            chain: chain.into(),
+            target: target.into(),
+        })
+        .collect()
 }
 
 /// A policy or profile chain with what it refers to.
@@ -525,9 +562,20 @@ pub fn fixed_chains(
     local: &BTreeMap<String, Entity>,
     config: &Config,
     family: Family,
+    hosts: bool,
 ) -> Vec<(String, Vec<Rule>)> {
     let mut forward = Vec::new();
     let mut input = Vec::new();
+    if hosts {
+        forward.push(rule(
+            vec![Match::Mark {
+                value: 0,
+                mask: MARK_ACCEPT,
+            }],
+            Target::Jump(FROM_HEP_FORWARD.into()),
+            "forwarded from host endpoints: their applyOnForward policy",
+        ));
+    }
     for prefix in &config.interface_prefixes {
         let wildcard = format!("{prefix}+");
         let from = Match::InInterface(wildcard.clone());
@@ -557,6 +605,13 @@ pub fn fixed_chains(
             vec![from],
             Target::Goto(WL_TO_HOST_CHAIN.into()),
             "from workloads to this host",
+        ));
+    }
+    if hosts {
+        forward.push(rule(
+            vec![],
+            Target::Jump(TO_HEP_FORWARD.into()),
+            "forwarded to host endpoints: their applyOnForward policy",
         ));
     }
     forward.push(rule(
@@ -626,6 +681,13 @@ pub fn fixed_chains(
     vec![
         (FORWARD_CHAIN.into(), forward),
         (INPUT_CHAIN.into(), {
+            if hosts {
+                input.push(rule(
+                    vec![accepted()],
+                    Target::Return,
+                    "allowed by untracked or pre-DNAT host endpoint policy",
+                ));
+            }
             input.push(rule(
                 vec![],
                 Target::Jump(FROM_HEP_DISPATCH.into()),
@@ -693,6 +755,13 @@ fn conntrack(side: Option<Match>) -> Vec<Rule> {
 /// failsafe ports (so no policy cuts the node off its datastore, SSH or BGP) are accepted.
 fn host_prefix(config: &Config, direction: Direction) -> Vec<Rule> {
     let mut rules = conntrack(None);
+    rules.extend(failsafe_rules(config, direction));
+    rules
+}
+
+/// The failsafe ports of one direction, accepted.
+fn failsafe_rules(config: &Config, direction: Direction) -> Vec<Rule> {
+    let mut rules = Vec::new();
     let failsafe = match direction {
         Direction::Ingress => &config.failsafe_inbound,
         Direction::Egress => &config.failsafe_outbound,
@@ -746,6 +815,13 @@ pub fn host_dispatch(
         "loopback",
     )];
     let mut output = Vec::new();
+    if !hosts.is_empty() {
+        output.push(rule(
+            vec![accepted()],
+            Target::Return,
+            "allowed by untracked host endpoint policy",
+        ));
+    }
     for prefix in &config.interface_prefixes {
         output.push(rule(
             vec![Match::OutInterface(format!("{prefix}+"))],
@@ -788,4 +864,190 @@ pub fn host_dispatch(
         (TO_HEP_DISPATCH.into(), to),
         (OUTPUT_CHAIN.into(), output),
     ]
+}
+
+/// Forwarded traffic arriving through host endpoints (filter): `applyOnForward` policy.
+pub const FROM_HEP_FORWARD: &str = "twl-from-hep-fwd";
+/// Forwarded traffic leaving through host endpoints (filter).
+pub const TO_HEP_FORWARD: &str = "twl-to-hep-fwd";
+/// Chain of Twill's PREROUTING hooks (raw: untracked policy; mangle: pre-DNAT policy).
+pub const PREROUTING_CHAIN: &str = "twl-PREROUTING";
+/// Dispatch of pre-DNAT host endpoint policy (mangle).
+pub const FROM_HEP_PREDNAT: &str = "twl-from-hep-pd";
+/// Dispatch of untracked host endpoint policy, arriving (raw).
+pub const FROM_HEP_UNTRACKED: &str = "twl-from-hep-nt";
+/// Dispatch of untracked host endpoint policy, leaving (raw).
+pub const TO_HEP_UNTRACKED: &str = "twl-to-hep-nt";
+
+/// The chain of a host endpoint's interface for one direction and flavour.
+pub fn host_flavour_chain(interface: &str, direction: Direction, flavour: Flavour) -> String {
+    let interface = if interface == "*" { "any" } else { interface };
+    let side = match direction {
+        Direction::Ingress => "fh",
+        Direction::Egress => "th",
+    };
+    match flavour {
+        Flavour::Normal => format!("twl-{side}-{interface}"),
+        Flavour::Forward => format!("twl-{side}fw-{interface}"),
+        Flavour::PreDnat => format!("twl-{side}pd-{interface}"),
+        Flavour::Untracked => format!("twl-{side}nt-{interface}"),
+    }
+}
+
+/// A host endpoint's chain of one flavour but Normal (whose chain is
+/// [`endpoint_chain_rules`] with `host`).
+///
+/// - Forward: established traffic accepted; with no `applyOnForward` policy, forwarded
+///   traffic is allowed (Calico: "allow forwarded traffic by default"); otherwise the tiers,
+///   and a drop when none allowed (no profiles).
+/// - PreDnat and Untracked: the failsafe ports, then the tiers; an Allow marks the packet
+///   accepted and returns, a Deny drops; no end-of-tier drop and no default, so what no rule
+///   decided goes on to the normal policy.
+pub fn host_flavour_rules(
+    program: &Program,
+    world: &World,
+    config: &Config,
+    direction: Direction,
+    flavour: Flavour,
+) -> Vec<Rule> {
+    match flavour {
+        Flavour::Normal => endpoint_chain_rules(program, world, config, direction, true),
+        Flavour::Forward => {
+            let mut rules = conntrack(None);
+            if program.tiers.is_empty() {
+                rules.push(rule(
+                    vec![],
+                    Target::SetMark {
+                        value: MARK_ACCEPT,
+                        mask: MARK_MASK,
+                    },
+                    "no applyOnForward policy: forwarded traffic is allowed",
+                ));
+                return rules;
+            }
+            rules.extend(styled_endpoint_rules(
+                &Program {
+                    tiers: program.tiers.clone(),
+                    profiles: Vec::new(),
+                },
+                world,
+                direction,
+                FULL,
+            ));
+            rules
+        }
+        Flavour::PreDnat | Flavour::Untracked => {
+            let mut rules = failsafe_rules(config, direction);
+            rules.extend(styled_endpoint_rules(
+                program,
+                world,
+                direction,
+                Style {
+                    tier_end_drop: false,
+                    profiles_and_drop: false,
+                },
+            ));
+            rules
+        }
+    }
+}
+
+/// A dispatch chain over host endpoint interfaces (named ones first, `*` last); what matches
+/// none returns.
+pub fn flavour_dispatch(
+    hosts: &BTreeMap<String, Entity>,
+    config: &Config,
+    direction: Direction,
+    flavour: Flavour,
+) -> Vec<Rule> {
+    let ordered = hosts
+        .iter()
+        .filter(|(i, _)| *i != "*")
+        .chain(hosts.iter().filter(|(i, _)| *i == "*"));
+    let mut rules = workloads_return(config, direction);
+    rules.extend(ordered.map(|(interface, endpoint)| {
+        let matches = match (interface.as_str(), direction) {
+            ("*", _) => vec![],
+            (_, Direction::Ingress) => vec![Match::InInterface(interface.clone())],
+            (_, Direction::Egress) => vec![Match::OutInterface(interface.clone())],
+        };
+        rule(
+            matches,
+            Target::Goto(host_flavour_chain(interface, direction, flavour)),
+            format!("host endpoint {}", endpoint.display()),
+        )
+    }));
+    rules
+}
+
+/// The raw table's hook chains (untracked policy): workloads' traffic returns; what a host
+/// endpoint's untracked policy allowed is exempted from connection tracking.
+pub fn raw_hooks(config: &Config) -> Vec<(String, Vec<Rule>)> {
+    let mut chains = Vec::new();
+    for (name, dispatch, direction) in [
+        (PREROUTING_CHAIN, FROM_HEP_UNTRACKED, Direction::Ingress),
+        (OUTPUT_CHAIN, TO_HEP_UNTRACKED, Direction::Egress),
+    ] {
+        let mut rules = workloads_return(config, direction);
+        rules.push(rule(
+            vec![],
+            Target::SetMark {
+                value: 0,
+                mask: MARK_MASK,
+            },
+            "clear marks",
+        ));
+        rules.push(rule(
+            vec![],
+            Target::Jump(dispatch.into()),
+            "untracked host endpoint policy",
+        ));
+        rules.push(rule(vec![accepted()], Target::NoTrack, "allowed untracked"));
+        chains.push((name.to_string(), rules));
+    }
+    chains
+}
+
+/// The mangle table's hook chain (pre-DNAT policy, arriving traffic only).
+pub fn mangle_hooks(config: &Config) -> Vec<(String, Vec<Rule>)> {
+    let mut rules = vec![rule(
+        vec![accepted()],
+        Target::Return,
+        "already allowed by untracked policy",
+    )];
+    rules.extend(workloads_return(config, Direction::Ingress));
+    rules.push(rule(
+        vec![Match::ConntrackState("RELATED,ESTABLISHED".into())],
+        Target::Return,
+        "established",
+    ));
+    rules.push(rule(
+        vec![],
+        Target::SetMark {
+            value: 0,
+            mask: MARK_MASK,
+        },
+        "clear marks",
+    ));
+    rules.push(rule(
+        vec![],
+        Target::Jump(FROM_HEP_PREDNAT.into()),
+        "pre-DNAT host endpoint policy",
+    ));
+    vec![(PREROUTING_CHAIN.to_string(), rules)]
+}
+
+fn workloads_return(config: &Config, direction: Direction) -> Vec<Rule> {
+    config
+        .interface_prefixes
+        .iter()
+        .map(|prefix| {
+            let wildcard = format!("{prefix}+");
+            let side = match direction {
+                Direction::Ingress => Match::InInterface(wildcard),
+                Direction::Egress => Match::OutInterface(wildcard),
+            };
+            rule(vec![side], Target::Return, "workloads: their own policy")
+        })
+        .collect()
 }

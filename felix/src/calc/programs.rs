@@ -122,6 +122,33 @@ pub struct World {
     pub warnings: Vec<String>,
 }
 
+/// Which of an endpoint's chains a program is for: Calico's host endpoint policy flavours.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Flavour {
+    /// Traffic of the endpoint itself (workloads; a host's own traffic): every policy but
+    /// the pre-DNAT and untracked ones.
+    Normal,
+    /// Traffic forwarded through a host endpoint: `applyOnForward` policies (not pre-DNAT or
+    /// untracked).
+    Forward,
+    /// Before DNAT, in the mangle table: `preDNAT` policies (ingress only).
+    PreDnat,
+    /// Before connection tracking, in the raw table: `doNotTrack` policies.
+    Untracked,
+}
+
+impl Flavour {
+    /// Whether a policy belongs in this flavour's chains.
+    pub fn admits(self, policy: &Policy) -> bool {
+        match self {
+            Flavour::Normal => !policy.pre_dnat && !policy.do_not_track,
+            Flavour::Forward => policy.apply_on_forward && !policy.pre_dnat && !policy.do_not_track,
+            Flavour::PreDnat => policy.pre_dnat,
+            Flavour::Untracked => policy.do_not_track,
+        }
+    }
+}
+
 /// One tier as an endpoint sees it in one direction.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TierProgram {
@@ -265,16 +292,18 @@ impl World {
             (0..self.policies.len())
                 .filter(|&i| self.policies[i].selector.matches(&endpoint.labels)),
             direction,
+            Flavour::Normal,
         )
     }
 
-    /// The program of an endpoint in one direction, given (in ascending order) the indexes in
-    /// [`World::policies`] of the policies whose selector matches it.
+    /// The program of an endpoint in one direction and flavour, given (in ascending order)
+    /// the indexes in [`World::policies`] of the policies whose selector matches it.
     pub fn program_of(
         &self,
         endpoint: &Entity,
         matching: impl Iterator<Item = usize>,
         direction: Direction,
+        flavour: Flavour,
     ) -> Program {
         let mut tiers: Vec<TierProgram> = Vec::new();
         for index in matching {
@@ -283,7 +312,7 @@ impl World {
                 Direction::Ingress => policy.ingress.is_some(),
                 Direction::Egress => policy.egress.is_some(),
             };
-            if !applies {
+            if !applies || !flavour.admits(policy) {
                 continue;
             }
             match tiers.last_mut() {

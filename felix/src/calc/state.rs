@@ -22,7 +22,7 @@ use twill_shared::resource::{Key, Kind, Resource};
 
 use super::chains::{self, OwnedChain};
 use super::compile::Condition;
-use super::programs::{Direction, World};
+use super::programs::{Direction, Flavour, World};
 use super::{Computed, Config};
 use crate::ir::{Chain, Dataplane, Family, IpSet, Table};
 use crate::model::{Entity, EntityKind, Model, Policy, ENTITY_KINDS};
@@ -61,6 +61,8 @@ const DIRECTIONS: [Direction; 2] = [Direction::Ingress, Direction::Egress];
 struct FamilyState {
     /// Policy and profile chains by chain name.
     owned: HashMap<String, OwnedChain>,
+    /// Whether this node had host endpoints at the last calculation.
+    hosts_present: bool,
     /// Per set, how many entities put each member there.
     counts: HashMap<String, BTreeMap<crate::ir::Member, u32>>,
 }
@@ -467,6 +469,16 @@ impl Calculator {
 
     /// The program of one of this node's endpoints.
     fn program(&self, local: &Local, direction: Direction) -> super::programs::Program {
+        self.flavoured(local, direction, Flavour::Normal)
+    }
+
+    /// The program of one of this node's host endpoints for one of its flavours of chain.
+    fn flavoured(
+        &self,
+        local: &Local,
+        direction: Direction,
+        flavour: Flavour,
+    ) -> super::programs::Program {
         let mut ranks: Vec<usize> = local
             .matching
             .iter()
@@ -474,7 +486,7 @@ impl Calculator {
             .collect();
         ranks.sort_unstable();
         self.world
-            .program_of(&local.entity, ranks.into_iter(), direction)
+            .program_of(&local.entity, ranks.into_iter(), direction, flavour)
     }
 
     /// The chains an endpoint's program uses in one direction.
@@ -504,9 +516,6 @@ impl Calculator {
     ) {
         let config = &self.config;
         let world = &self.world;
-        if dataplane.hooks.is_empty() {
-            dataplane.hooks = chains::hooks();
-        }
         let mut table = std::mem::take(dataplane.tables.entry("filter".to_string()).or_default());
         let put = |table: &mut Table, name: &str, rules: &[crate::ir::Rule]| {
             if table.chains.get(name).is_some_and(|c| c.rules == rules) {
@@ -604,18 +613,128 @@ impl Calculator {
                 endpoint_chains.insert(chain_name);
             }
         }
-        state.owned.retain(|name, _| needed.contains(name.as_str()));
+        // Host endpoints are few: their other chains are written (if they differ) every time.
+        // Forwarded traffic in filter, with the policy chains it shares; pre-DNAT policy in
+        // mangle and untracked policy in raw, each with its own copy of its policies' chains
+        // (a chain cannot jump to another table).
+        let mut host_chains: BTreeSet<String> = BTreeSet::new();
+        let mut needed_by_hosts: BTreeSet<String> = BTreeSet::new();
+        let mut other_tables: BTreeMap<&str, Table> = BTreeMap::new();
+        let mut other_sets: BTreeMap<String, Condition> = BTreeMap::new();
+        for (interface, entity) in hosts {
+            let Some(local) = self.endpoints.get(&entity.key) else {
+                continue;
+            };
+            for (flavour, directions, table_name) in [
+                (Flavour::Forward, &DIRECTIONS[..], "filter"),
+                (Flavour::PreDnat, &DIRECTIONS[..1], "mangle"),
+                (Flavour::Untracked, &DIRECTIONS[..], "raw"),
+            ] {
+                for &direction in directions {
+                    let program = self.flavoured(local, direction, flavour);
+                    let rules =
+                        chains::host_flavour_rules(&program, world, config, direction, flavour);
+                    let name = chains::host_flavour_chain(interface, direction, flavour);
+                    for (index, chain) in chains::program_chains(&program, world, direction) {
+                        let policy = &world.policies[index];
+                        if table_name == "filter" {
+                            if !state.owned.contains_key(&chain) {
+                                let owned = chains::policy_rules(policy, direction, family);
+                                put(&mut table, &chain, &owned.rules);
+                                state.owned.insert(chain.clone(), owned);
+                            }
+                            needed_by_hosts.insert(chain);
+                        } else {
+                            let owned = chains::policy_rules(policy, direction, family);
+                            other_sets.extend(owned.sets);
+                            let target = other_tables.entry(table_name).or_default();
+                            put(target, &chain, &owned.rules);
+                        }
+                    }
+                    if table_name == "filter" {
+                        put(&mut table, &name, &rules);
+                        host_chains.insert(name);
+                    } else {
+                        put(other_tables.entry(table_name).or_default(), &name, &rules);
+                    }
+                }
+            }
+        }
+        if !hosts.is_empty() {
+            let dispatch =
+                |direction, flavour| chains::flavour_dispatch(hosts, config, direction, flavour);
+            for (name, rules) in [
+                (
+                    chains::FROM_HEP_FORWARD,
+                    dispatch(Direction::Ingress, Flavour::Forward),
+                ),
+                (
+                    chains::TO_HEP_FORWARD,
+                    dispatch(Direction::Egress, Flavour::Forward),
+                ),
+            ] {
+                put(&mut table, name, &rules);
+                host_chains.insert(name.to_string());
+            }
+            let raw = other_tables.entry("raw").or_default();
+            for (name, rules) in chains::raw_hooks(config) {
+                put(raw, &name, &rules);
+            }
+            put(
+                raw,
+                chains::FROM_HEP_UNTRACKED,
+                &dispatch(Direction::Ingress, Flavour::Untracked),
+            );
+            put(
+                raw,
+                chains::TO_HEP_UNTRACKED,
+                &dispatch(Direction::Egress, Flavour::Untracked),
+            );
+            let mangle = other_tables.entry("mangle").or_default();
+            for (name, rules) in chains::mangle_hooks(config) {
+                put(mangle, &name, &rules);
+            }
+            put(
+                mangle,
+                chains::FROM_HEP_PREDNAT,
+                &dispatch(Direction::Ingress, Flavour::PreDnat),
+            );
+        }
+        for name in ["raw", "mangle"] {
+            match other_tables.remove(name) {
+                Some(built) => match dataplane.tables.get_mut(name) {
+                    // Written only if it differs, so that the delta stays empty.
+                    Some(current) if *current == built => {}
+                    _ => {
+                        dataplane.tables.insert(name.to_string(), built);
+                    }
+                },
+                None => {
+                    dataplane.tables.remove(name);
+                }
+            }
+        }
+        dataplane.hooks = chains::hooks(!hosts.is_empty());
+        state
+            .owned
+            .retain(|name, _| needed.contains(name.as_str()) || needed_by_hosts.contains(name));
 
         // The fixed and dispatch chains.
-        // Host endpoints are few: their dispatch is written (if it differs) every time.
         for (name, rules) in chains::host_dispatch(hosts, config) {
             put(&mut table, &name, &rules);
         }
-        if changes.endpoints_changed || !table.chains.contains_key(chains::FORWARD_CHAIN) {
-            for (name, rules) in chains::fixed_chains(&self.computed.local, config, family) {
+        let hosts_present = !hosts.is_empty();
+        if changes.endpoints_changed
+            || !table.chains.contains_key(chains::FORWARD_CHAIN)
+            || state.hosts_present != hosts_present
+        {
+            for (name, rules) in
+                chains::fixed_chains(&self.computed.local, config, family, hosts_present)
+            {
                 put(&mut table, &name, &rules);
             }
         }
+        state.hosts_present = hosts_present;
         let fixed: BTreeSet<String> = [
             chains::FORWARD_CHAIN,
             chains::INPUT_CHAIN,
@@ -633,22 +752,40 @@ impl Calculator {
             .iter()
             .filter(|f| table.chains.contains_key(*f))
             .count();
-        let extra = table.chains.len() != needed.len() + endpoint_chains.len() + present;
+        let needed_by_hosts_only = needed_by_hosts
+            .iter()
+            .filter(|n| !needed.contains(n.as_str()))
+            .count();
+        let extra = table.chains.len()
+            != needed.len()
+                + needed_by_hosts_only
+                + endpoint_chains.len()
+                + present
+                + host_chains.len();
         if extra {
             table.chains.retain(|name, _| {
                 needed.contains(name.as_str())
+                    || needed_by_hosts.contains(name)
                     || endpoint_chains.contains(name)
                     || fixed.contains(name)
+                    || host_chains.contains(name)
             });
         }
         dataplane.tables.insert("filter".to_string(), table);
 
         // Sets: the ones some chain refers to; members again where a changed entity matches.
         let mut wanted: BTreeMap<&str, &Condition> = BTreeMap::new();
-        for name in &needed {
-            for (set, condition) in &state.owned[*name].sets {
+        for name in needed
+            .iter()
+            .copied()
+            .chain(needed_by_hosts.iter().map(String::as_str))
+        {
+            for (set, condition) in &state.owned[name].sets {
                 wanted.insert(set, condition);
             }
+        }
+        for (set, condition) in &other_sets {
+            wanted.insert(set, condition);
         }
         let sets = &mut dataplane.sets;
         sets.retain(|name, _| wanted.contains_key(name.as_str()));

@@ -290,7 +290,34 @@ apiVersion: projectcalico.org/v3
 kind: NetworkSet
 metadata: {name: same-address, namespace: x, labels: {app: db, zone: outside}}
 spec: {nets: [10.90.0.9/32, 10.90.1.3/32]}
+---
+apiVersion: projectcalico.org/v3
+kind: GlobalNetworkPolicy
+metadata: {name: untracked}
+spec:
+  selector: host == 'yes'
+  doNotTrack: true
+  applyOnForward: true
+  ingress: [{action: Allow, protocol: TCP, source: {selector: app == 'db'}, destination: {ports: [22]}}]
+  egress: [{action: Allow, protocol: TCP, source: {ports: [22]}}]
+---
+apiVersion: projectcalico.org/v3
+kind: GlobalNetworkPolicy
+metadata: {name: pre-dnat}
+spec:
+  selector: has(host)
+  preDNAT: true
+  applyOnForward: true
+  ingress: [{action: Deny, source: {nets: [203.0.113.0/24]}}]
+---
+apiVersion: projectcalico.org/v3
+kind: GlobalNetworkPolicy
+metadata: {name: forward}
+spec:
+  selector: all()
+  applyOnForward: true
+  egress: [{action: Allow, destination: {selector: zone == 'outside'}}]
 "#;
 
 /// How many documents VARIANTS holds.
-const VARIANT_COUNT: usize = 11;
+const VARIANT_COUNT: usize = 14;
