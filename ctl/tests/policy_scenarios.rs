@@ -1385,6 +1385,20 @@ fn log_scenario(lab: &LabGuard) -> Vec<String> {
         })
     };
     let before = logged(&lab.iptables_save());
+    // What a user reads with standard tools: tcpdump on the NFLOG group of ingress logs.
+    let capture = tempfile::NamedTempFile::new().unwrap();
+    let mut tcpdump = Command::new("ip")
+        .args(["netns", "exec", &format!("twl-{}.node-1", lab.name)])
+        .args(["tcpdump", "-U", "-i", "nflog:1", "-w"])
+        .arg(capture.path())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // tcpdump says "listening" once its socket is bound.
+    let mut stderr = std::io::BufReader::new(tcpdump.stderr.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut stderr, &mut line).unwrap();
+    assert!(line.contains("listening on nflog:1"), "{line}");
     let mut wrong = lab.check(
         "Log then Allow",
         open()
@@ -1392,6 +1406,28 @@ fn log_scenario(lab: &LabGuard) -> Vec<String> {
             .allow_ingress("*", "y/c", "*/TCP"),
     );
     let after = logged(&lab.iptables_save());
+    let _ = Command::new("kill")
+        .args(["-INT", &tcpdump.id().to_string()])
+        .status();
+    let _ = tcpdump.wait();
+    let read = Command::new("tcpdump")
+        .args(["-n", "-r"])
+        .arg(capture.path())
+        .output()
+        .unwrap();
+    let packets = String::from_utf8_lossy(&read.stdout).into_owned();
+    let bytes = std::fs::read(capture.path()).unwrap();
+    let prefix = b"twl in policy y/c-log 0";
+    let to_c = format!("> {}.", lab.ip("y/c"));
+    if !packets.lines().any(|l| l.contains(&to_c))
+        || !bytes.windows(prefix.len()).any(|w| w == prefix)
+    {
+        wrong.push(format!(
+            "Log then Allow: tcpdump -i nflog:1 should show packets to y/c with the prefix \
+             {:?}; it read:\n{packets}",
+            String::from_utf8_lossy(prefix)
+        ));
+    }
     match (before, after) {
         (Some(before), Some(after)) if after > before => {}
         _ => wrong.push(format!(
