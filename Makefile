@@ -92,6 +92,9 @@ demo: deps
 	for f in examples/calico-policies/*.yaml; do step apply -f $$f; done; \
 	step get globalnetworkpolicies -o wide; \
 	step get networkpolicies -A -o wide; \
+	echo; echo "# audit-all-traffic logs every packet it sees (Log, then Allow): tcpdump reads the node's NFLOG group 1 (ingress logs) while a probe runs:"; \
+	( ip netns exec twl-demo.node-1 timeout 5 tcpdump -l -n -i nflog:1 -c 4 2>/dev/null & ); sleep 1; \
+	$(TWILLCTL) lab --name demo probe --port 80/TCP >/dev/null; sleep 1; \
 	echo; echo "# A bad document is refused, naming the document, the field and the reason:"; \
 	printf 'apiVersion: projectcalico.org/v3\nkind: NetworkPolicy\nmetadata:\n  name: bad\nspec:\n  selector: app = '"'"'x'"'"'\n' \
 		| $(TWILLCTL) --datastore "$$datastore" apply -f - || true; \
