@@ -154,6 +154,7 @@ pub const KINDS: &[Kind] = &[
     Kind::Profile,
     Kind::Namespace,
     Kind::Pod,
+    Kind::ServiceAccount,
     Kind::FelixConfiguration,
 ];
 
@@ -317,7 +318,15 @@ impl Model {
                         _ => None,
                     }
                 });
-                Some(workload_entity(o, pod, profiles))
+                let accounts = |namespace: &str, name: &str| match self.get(&Key::namespaced(
+                    Kind::ServiceAccount,
+                    namespace,
+                    name,
+                )) {
+                    Some(Resource::ServiceAccount(sa)) => sa.metadata.labels.clone(),
+                    _ => None,
+                };
+                Some(workload_entity(o, pod, accounts, profiles))
             }
             Resource::HostEndpoint(o) => Some(host_entity(o, profiles)),
             resource @ (Resource::NetworkSet(o) | Resource::GlobalNetworkSet(o)) => {
@@ -415,6 +424,7 @@ fn protocol_number(protocol: Option<Protocol>) -> u8 {
 fn workload_entity(
     o: &Object<WorkloadEndpointSpec>,
     pod: Option<&Object<twill_shared::resource::kube::PodSpec>>,
+    accounts: impl Fn(&str, &str) -> Option<BTreeMap<String, String>>,
     profiles: &BTreeMap<String, Profile>,
 ) -> Entity {
     let spec = &o.spec;
@@ -456,10 +466,24 @@ fn workload_entity(
         own.entry(SERVICE_ACCOUNT_LABEL.into())
             .or_insert_with(|| account.clone());
     }
+    // The service account's labels as `pcsa.*` and its name as `pcsa.projectcalico.org/name`
+    // (what Calico's `ksa.<ns>.<sa>` profile gives), for serviceAccountSelector.
+    let mut labels_of_account = BTreeMap::new();
+    if let Some(account) = own.get(SERVICE_ACCOUNT_LABEL).cloned() {
+        for (key, value) in accounts(&namespace, &account).unwrap_or_default() {
+            labels_of_account.insert(format!("{SERVICE_ACCOUNT_PREFIX}{key}"), value);
+        }
+        labels_of_account.insert(
+            format!("{SERVICE_ACCOUNT_PREFIX}projectcalico.org/name"),
+            account,
+        );
+    }
     let profile_names = spec
         .profiles
         .clone()
         .unwrap_or_else(|| vec![format!("kns.{namespace}")]);
+    let mut labels = labels_of_account;
+    labels.extend(effective_labels(&own, &profile_names, profiles));
     Entity {
         key: Key::namespaced(
             Kind::WorkloadEndpoint,
@@ -469,7 +493,7 @@ fn workload_entity(
         kind: EntityKind::Workload,
         node: spec.node.clone(),
         namespace: Some(namespace),
-        labels: effective_labels(&own, &profile_names, profiles),
+        labels,
         nets: spec
             .ip_networks
             .iter()

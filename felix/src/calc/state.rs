@@ -225,6 +225,15 @@ impl Calculator {
                         .endpoints_of_pod(key.namespace.as_deref().unwrap_or(""), &key.name),
                 ),
                 Kind::Namespace | Kind::Profile => profiles_changed = true,
+                // Its labels reach the workloads in its namespace that run as it.
+                Kind::ServiceAccount => entity_keys.extend(
+                    self.model
+                        .in_namespace(
+                            Kind::WorkloadEndpoint,
+                            key.namespace.as_deref().unwrap_or(""),
+                        )
+                        .map(|(k, _)| k.clone()),
+                ),
                 Kind::NetworkPolicy | Kind::GlobalNetworkPolicy | Kind::KubernetesNetworkPolicy => {
                     policy_keys.insert(key);
                 }

@@ -242,6 +242,7 @@ apiVersion: v1
 kind: Pod
 metadata: {name: a, namespace: x, labels: {app: web, version: v2}}
 spec:
+  serviceAccountName: api
   containers:
   - name: main
     ports: [{name: http, containerPort: 9090, protocol: TCP}]
@@ -317,7 +318,55 @@ spec:
   selector: all()
   applyOnForward: true
   egress: [{action: Allow, destination: {selector: zone == 'outside'}}]
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: api, namespace: x, labels: {tier: api}}
+---
+apiVersion: projectcalico.org/v3
+kind: GlobalNetworkPolicy
+metadata: {name: by-account}
+spec:
+  serviceAccountSelector: tier == 'api'
+  ingress: [{action: Allow, source: {serviceAccounts: {names: [api]}}}]
 "#;
 
 /// How many documents VARIANTS holds.
-const VARIANT_COUNT: usize = 14;
+const VARIANT_COUNT: usize = 16;
+
+/// A GlobalNetworkPolicy's serviceAccountSelector picks workloads by their service account's
+/// labels (as Calico's `ksa.<ns>.<sa>` profile gives them): x/a runs as `api` (labelled
+/// tier=api), so the policy is in its chain; y/b runs as no account, so it is not. Removing the
+/// label from the ServiceAccount takes the policy off x/a.
+#[test]
+fn service_account_selectors_read_the_service_accounts_labels() {
+    let mut all = resources(DOCUMENTS);
+    all.extend(resources(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: x, labels: {app: web}}\n\
+         spec: {serviceAccountName: api, containers: [{name: main}]}\n---\n\
+         apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: api, namespace: x, labels: {tier: api}}\n---\n\
+         apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {name: by-account}\n\
+         spec: {serviceAccountSelector: \"tier == 'api'\", ingress: [{action: Allow}]}\n",
+    ));
+    let mut calculator = super::Calculator::with_config(Model::default(), config());
+    for resource in &all {
+        calculator.update(resource.key(), Some(resource.clone()));
+    }
+    let jumps = |computed: &super::Computed, chain: &str| -> bool {
+        computed.v4.tables["filter"].chains[chain]
+            .rules
+            .iter()
+            .any(|r| r.comment == "policy by-account")
+    };
+    let computed = calculator.compute().clone();
+    assert!(jumps(&computed, "twl-tw-twa"), "x/a runs as api");
+    assert!(!jumps(&computed, "twl-tw-twb"), "y/b runs as no account");
+    let unlabelled =
+        resources("apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: api, namespace: x}\n");
+    calculator.update(unlabelled[0].key(), Some(unlabelled[0].clone()));
+    let computed = calculator.compute().clone();
+    assert!(
+        !jumps(&computed, "twl-tw-twa"),
+        "the account lost its label"
+    );
+}

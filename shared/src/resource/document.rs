@@ -198,6 +198,11 @@ fn parse_one(
     let Some(kind) = Kind::from_type(&api_version, &kind_name) else {
         return Err(vec![fail(None, unknown_type(&api_version, &kind_name))]);
     };
+    let value = if kind == Kind::ServiceAccount {
+        service_account_fields_as_spec(value)
+    } else {
+        value
+    };
     let mut resource = Resource::decode(kind, value).map_err(|err| {
         let path = err.path().to_string();
         let reason = err.inner().to_string();
@@ -220,6 +225,27 @@ fn parse_one(
             .map(|p| fail(Some(p.path), p.reason))
             .collect())
     }
+}
+
+/// A ServiceAccount's fields beside `metadata`, moved under `spec` where the model keeps them.
+fn service_account_fields_as_spec(mut value: serde_yaml::Value) -> serde_yaml::Value {
+    let Some(map) = value.as_mapping_mut() else {
+        return value;
+    };
+    let mut spec = serde_yaml::Mapping::new();
+    for field in [
+        "automountServiceAccountToken",
+        "secrets",
+        "imagePullSecrets",
+    ] {
+        if let Some(v) = map.remove(field) {
+            spec.insert(field.into(), v);
+        }
+    }
+    if !spec.is_empty() && !map.contains_key("spec") {
+        map.insert("spec".into(), serde_yaml::Value::Mapping(spec));
+    }
+    value
 }
 
 fn unknown_type(api_version: &str, kind_name: &str) -> String {

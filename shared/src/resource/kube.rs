@@ -115,6 +115,21 @@ pub struct NamespaceSpec {
     pub finalizers: Option<Vec<String>>,
 }
 
+/// `v1` ServiceAccount. Kubernetes writes these fields beside `metadata` (a ServiceAccount
+/// has no spec); the parser reads them into this struct. Twill uses the labels only (they
+/// feed serviceAccountSelector).
+#[skip_serializing_none]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ServiceAccountSpec {
+    /// Whether pods mount its token.
+    pub automount_service_account_token: Option<bool>,
+    /// Secrets (object references).
+    pub secrets: Option<Vec<BTreeMap<String, String>>>,
+    /// Image pull secrets (object references).
+    pub image_pull_secrets: Option<Vec<BTreeMap<String, String>>>,
+}
+
 /// A container port.
 #[skip_serializing_none]
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -28,7 +28,7 @@ use self::ipam::{
     BlockAffinitySpec, IpPoolSpec, IpReservationSpec, IpamBlockSpec, IpamConfigurationSpec,
     IpamHandleSpec,
 };
-use self::kube::{KubeNetworkPolicySpec, NamespaceSpec, PodSpec};
+use self::kube::{KubeNetworkPolicySpec, NamespaceSpec, PodSpec, ServiceAccountSpec};
 use self::policy::{
     GlobalNetworkPolicySpec, NetworkPolicySpec, NetworkSetSpec, ProfileSpec, TierSpec,
 };
@@ -244,6 +244,9 @@ kinds! {
     Namespace(NamespaceSpec) = "v1", "Namespace", "namespaces", Cluster, ["namespace", "ns"];
     /// Kubernetes Pod.
     Pod(PodSpec) = "v1", "Pod", "pods", Namespaced, ["pod", "po"];
+    /// Kubernetes ServiceAccount (its labels feed serviceAccountSelector).
+    ServiceAccount(ServiceAccountSpec) = "v1", "ServiceAccount", "serviceaccounts", Namespaced,
+        ["serviceaccount", "sa"];
 }
 
 impl Kind {
