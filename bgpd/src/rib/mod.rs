@@ -650,10 +650,16 @@ impl Rib {
     }
 
     /// The peer's session went down: its paths are removed, or with `keep_stale` (graceful
-    /// restart helper) kept and marked stale.
+    /// restart helper) kept and marked stale, except those still stale from a restart before,
+    /// which go.
     pub fn peer_down(&mut self, peer: PeerId, keep_stale: bool) -> Vec<BestChange> {
         let mut changes = Vec::new();
         if keep_stale {
+            // RFC 4724 §4.2: a peer that restarts again before its End-of-RIB loses what is
+            // still stale from the restart before (BIRD ends its refresh cycle here, FRR
+            // deletes stale paths); only what it announced since becomes stale.
+            changes.extend(self.sweep(peer, true, Path::STALE));
+            changes.extend(self.sweep(peer, false, Path::STALE));
             for (prefix, paths) in self.table.iter_mut() {
                 let paths = paths.as_mut_slice();
                 if !paths.iter().any(|p| p.peer() == peer) {

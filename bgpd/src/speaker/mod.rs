@@ -55,6 +55,11 @@ pub struct NeighborConfig {
 /// default of routers' stale-path timers).
 pub const ENHANCED_REFRESH_STALE_TIME: Duration = Duration::from_secs(360);
 
+/// Graceful restart helper: once a restarting peer is back, how long its stale paths wait
+/// for its End-of-RIB (RFC 4724 §4.2 allows such an upper bound; 360 s is FRR's
+/// `stalepath-time` default). The peer's restart time bounds only the wait for the session.
+pub const STALE_PATH_TIME: Duration = Duration::from_secs(360);
+
 /// Speaker-wide configuration.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SpeakerConfig {
@@ -662,12 +667,16 @@ impl Speaker {
             .unwrap_or_default();
         self.actions.push_back(Action::PeerUp(address));
         self.refresh_rib_info(address);
-        // RFC 4724 §4.2: stale paths of a family whose forwarding state was not preserved go now.
-        if self
+        // RFC 4724 §4.2: stale paths of a family whose forwarding state was not preserved go
+        // now. The rest wait for End-of-RIB: the restart time bounded the wait for this
+        // session, and a new wait, the stale-path time, starts now (as in FRR; BIRD stops its
+        // restart timer here too).
+        if let Some(peer) = self
             .peers
-            .get(&address)
-            .is_some_and(|p| p.restart_deadline.is_some())
+            .get_mut(&address)
+            .filter(|p| p.restart_deadline.is_some())
         {
+            peer.restart_deadline = Some(now + STALE_PATH_TIME);
             for family in [Family::Ipv4Unicast, Family::Ipv6Unicast] {
                 if !keeps_forwarding.contains(&family) {
                     self.sweep_stale(now, address, Some(family));

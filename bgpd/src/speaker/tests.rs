@@ -866,3 +866,140 @@ fn a_passive_speaker_keeps_the_peers_second_connection_when_the_first_is_lost() 
     assert!(!actions.contains(&Action::Close(second)), "{actions:?}");
     assert!(actions.contains(&Action::PeerUp(addr(2))), "{actions:?}");
 }
+
+/// B (.2, AS 65002, passive) alone, with its peer A (.1, AS 65001) played by hand: A's side
+/// of each connection is written as bytes, so the test decides when A's End-of-RIB comes.
+struct HandPeer {
+    b: Speaker,
+    now: Instant,
+    connection: u64,
+}
+
+impl HandPeer {
+    fn new() -> HandPeer {
+        let mut b = speaker(65002, 2);
+        let mut config = neighbor(1, 65002, 65001, 2);
+        config.session.passive = true;
+        let now = epoch();
+        b.set_neighbors(now, vec![config]);
+        HandPeer {
+            b,
+            now,
+            connection: 0,
+        }
+    }
+
+    /// A connects and opens a session (graceful restart, `restarting` = R bit and
+    /// forwarding preserved; hold time 0 so no keepalives are needed).
+    fn connect(&mut self, restarting: bool) {
+        self.connection += 1;
+        let id = ConnectionId(self.connection);
+        self.b
+            .handle_connected(self.now, addr(1), id, addr(2), true);
+        let mut a = fsm::Config::new(65001, 65002, Ipv4Addr::new(198, 18, 0, 1));
+        a.hold_time = 0;
+        a.graceful_restart = Some(GracefulRestartConfig {
+            restart_time: 120,
+            restarting,
+        });
+        let cx = Context::initial();
+        let mut bytes = Message::Open(a.open()).encode(&cx).to_vec();
+        bytes.extend_from_slice(&Message::Keepalive.encode(&cx));
+        self.b.handle_bytes(self.now, addr(1), id, &bytes);
+        self.drain();
+        assert_eq!(self.b.peers_status(self.now)[0].state, "Established");
+    }
+
+    fn announce(&mut self, prefixes: &[&str]) {
+        let mut update = announcement(prefixes.iter().map(|p| prefix(p)).collect(), None);
+        update.attributes.as_path = Some(AsPath::sequence(vec![65001]));
+        update.attributes.next_hop = Some(Ipv4Addr::new(198, 18, 0, 1));
+        let id = ConnectionId(self.connection);
+        self.b
+            .handle_bytes(self.now, addr(1), id, &update_bytes(update));
+        self.drain();
+    }
+
+    fn end_of_rib(&mut self) {
+        let id = ConnectionId(self.connection);
+        let bytes = update_bytes(UpdateMsg::end_of_rib_for(Family::Ipv4Unicast));
+        self.b.handle_bytes(self.now, addr(1), id, &bytes);
+        self.drain();
+    }
+
+    /// A's TCP connection drops, without a NOTIFICATION.
+    fn drop_connection(&mut self) {
+        let id = ConnectionId(self.connection);
+        self.b.handle_closed(self.now, addr(1), id);
+        self.drain();
+    }
+
+    fn advance(&mut self, seconds: u64) {
+        for _ in 0..seconds {
+            self.now += Duration::from_secs(1);
+            self.b.handle_timeout(self.now);
+            self.drain();
+        }
+    }
+
+    fn drain(&mut self) -> Vec<Action> {
+        std::iter::from_fn(|| self.b.poll_action()).collect()
+    }
+
+    /// The path B has for a prefix: `None`, or `Some(stale)`.
+    fn path(&self, text: &str) -> Option<bool> {
+        self.b.rib().paths(&prefix(text)).first().map(|p| p.stale())
+    }
+}
+
+#[test]
+fn a_restarting_peers_stale_routes_wait_for_its_end_of_rib_after_it_is_back() {
+    // A restarts with a restart time of 120 s and is back after 100 s, but its End-of-RIB
+    // takes longer. RFC 4724 §4.2: the restart time bounds only the wait for the new
+    // session; once A is back, the wait for End-of-RIB starts over (FRR's stale-path time).
+    let mut net = HandPeer::new();
+    net.connect(false);
+    net.announce(&["10.3.0.0/24", "10.4.0.0/24"]);
+    net.end_of_rib();
+    net.drop_connection();
+    assert_eq!(net.path("10.4.0.0/24"), Some(true), "kept as stale");
+    net.advance(100);
+    net.connect(true);
+    net.announce(&["10.3.0.0/24"]);
+    net.advance(40);
+    assert_eq!(
+        net.path("10.4.0.0/24"),
+        Some(true),
+        "past the old restart deadline, still waiting for End-of-RIB"
+    );
+    assert_eq!(net.path("10.3.0.0/24"), Some(false));
+    net.advance(STALE_PATH_TIME.as_secs());
+    assert_eq!(
+        net.path("10.4.0.0/24"),
+        None,
+        "no End-of-RIB within the stale-path time: swept"
+    );
+    assert_eq!(net.path("10.3.0.0/24"), Some(false), "fresh paths stay");
+}
+
+#[test]
+fn a_second_restart_before_end_of_rib_deletes_what_is_still_stale() {
+    // RFC 4724 §4.2: A restarts, comes back, announces 10.3 again but not 10.4, and restarts
+    // again before its End-of-RIB. 10.4 was stale from the first restart and goes; 10.3,
+    // fresh, becomes stale in its turn.
+    let mut net = HandPeer::new();
+    net.connect(false);
+    net.announce(&["10.3.0.0/24", "10.4.0.0/24"]);
+    net.end_of_rib();
+    net.drop_connection();
+    net.advance(10);
+    net.connect(true);
+    net.announce(&["10.3.0.0/24"]);
+    net.drop_connection();
+    assert_eq!(net.path("10.4.0.0/24"), None, "stale twice: deleted");
+    assert_eq!(net.path("10.3.0.0/24"), Some(true), "fresh, now stale");
+    net.advance(10);
+    net.connect(true);
+    net.end_of_rib();
+    assert_eq!(net.path("10.3.0.0/24"), None, "not announced again: swept");
+}
