@@ -1,4 +1,8 @@
-//! `twill-bgpd --config FILE.toml [--control PATH]`: Twill's BGP speaker as a daemon.
+//! `twill-bgpd --config FILE.toml [--control PATH] [--graceful-restart]`: Twill's BGP speaker
+//! as a daemon. SIGHUP reloads the configuration; SIGTERM and SIGINT stop it (every session
+//! ends with Cease / Administrative Shutdown, and Twill's kernel routes are removed); SIGUSR2
+//! stops it for a graceful restart (no NOTIFICATION, kernel routes kept: start it again with
+//! `--graceful-restart`).
 
 #![allow(clippy::disallowed_methods)] // The binary is an edge.
 
@@ -77,15 +81,27 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if let Some(address) = daemon.metrics_listen() {
         control::serve_metrics(address, sender.clone()).await?;
     }
-    let hangups = sender.clone();
-    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
-    tokio::spawn(async move {
-        while hangup.recv().await.is_some() {
-            if hangups.send(daemon::Event::Reload).is_err() {
-                return;
+    use tokio::signal::unix::{signal, SignalKind};
+    for (kind, event) in [
+        (SignalKind::hangup(), None),
+        (SignalKind::terminate(), Some(daemon::StopMode::Shutdown)),
+        (SignalKind::interrupt(), Some(daemon::StopMode::Shutdown)),
+        (
+            SignalKind::user_defined2(),
+            Some(daemon::StopMode::GracefulRestart),
+        ),
+    ] {
+        let events = sender.clone();
+        let mut signals = signal(kind)?;
+        tokio::spawn(async move {
+            while signals.recv().await.is_some() {
+                let event = event.map_or(daemon::Event::Reload, daemon::Event::Stop);
+                if events.send(event).is_err() {
+                    return;
+                }
             }
-        }
-    });
+        });
+    }
     tracing::info!(control = %args.control.display(), "twill-bgpd started");
     daemon.run(receiver).await
 }

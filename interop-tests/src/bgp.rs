@@ -207,6 +207,21 @@ impl BgpLab {
         );
     }
 
+    /// Waits for twill-bgpd to exit (after a signal), failing with its log.
+    pub fn wait_twill_exit(&mut self, limit: Duration) {
+        let exited = poll(limit, || {
+            self.twill
+                .as_mut()
+                .is_none_or(|d| !d.is_running())
+                .then_some(())
+        });
+        assert!(
+            exited.is_some(),
+            "twill-bgpd did not exit:\n{}",
+            self.log("twill.log")
+        );
+    }
+
     /// A log file's content.
     pub fn log(&self, name: &str) -> String {
         std::fs::read_to_string(self.path(name)).unwrap_or_default()

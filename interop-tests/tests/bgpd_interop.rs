@@ -448,3 +448,102 @@ fn kernel_routes_follow_the_rib_and_survive_a_restart() {
     });
     assert!(lab.kernel_routes().contains("fd00:21::/64"));
 }
+
+/// SIGTERM: the peer hears Cease / Administrative Shutdown (so it drops Twill's routes at
+/// once rather than keeping them stale for a restart), twill-bgpd exits, and its kernel
+/// routes (protocol 210) are gone.
+fn stop_ends_sessions_and_removes_kernel_routes(kind: PeerKind) {
+    let mut lab = BgpLab::start(
+        kind,
+        Options {
+            kernel: true,
+            ..Options::default()
+        },
+    );
+    established(&lab);
+    lab.wait(LONG, "routes both ways", |l| {
+        l.peer_route("10.20.0.0/24").is_some()
+            && l.kernel_routes().contains("10.21.0.0/24 via 198.18.110.2")
+    });
+    signal(lab.twill.as_ref().unwrap(), "TERM");
+    lab.wait_twill_exit(LONG);
+    assert!(lab.kernel_routes().is_empty(), "{}", lab.kernel_routes());
+    assert!(
+        lab.log("twill.log").contains("twill-bgpd stopped"),
+        "{}",
+        lab.log("twill.log")
+    );
+    lab.wait(LONG, "the peer to drop Twill's routes", |l| {
+        !l.peer_established() && l.peer_route("10.20.0.0/24").is_none()
+    });
+    if kind == PeerKind::Bird {
+        let view = lab.peer_view();
+        assert!(
+            view.contains("Administrative shutdown")
+                && view.contains("twill-bgpd is shutting down"),
+            "BIRD shows the Cease and its RFC 8203 message: {view}"
+        );
+    }
+}
+
+/// SIGUSR2: a graceful-restart stop. No NOTIFICATION: the peer keeps Twill's routes as
+/// stale; the kernel keeps Twill's routes; twill-bgpd started with --graceful-restart picks
+/// the session up again.
+fn graceful_restart_stop_keeps_forwarding(kind: PeerKind) {
+    let mut lab = BgpLab::start(
+        kind,
+        Options {
+            kernel: true,
+            ..Options::default()
+        },
+    );
+    established(&lab);
+    lab.wait(LONG, "routes both ways", |l| {
+        l.peer_route("10.20.0.0/24").is_some()
+            && l.kernel_routes().contains("10.21.0.0/24 via 198.18.110.2")
+    });
+    signal(lab.twill.as_ref().unwrap(), "USR2");
+    lab.wait_twill_exit(LONG);
+    lab.wait(LONG, "the peer to notice", |l| !l.peer_established());
+    assert!(
+        lab.kernel_routes()
+            .contains("10.21.0.0/24 via 198.18.110.2"),
+        "kernel routes stay: {}",
+        lab.kernel_routes()
+    );
+    assert!(
+        lab.peer_route("10.20.0.0/24").is_some(),
+        "{kind:?}: the peer dropped Twill's routes instead of keeping them stale"
+    );
+    lab.start_twill(true);
+    established(&lab);
+    lab.wait(LONG, "routes after the restart", |l| {
+        l.peer_route("10.20.0.0/24").is_some()
+            && l.kernel_routes().contains("10.21.0.0/24 via 198.18.110.2")
+    });
+}
+
+#[test]
+fn gobgpd_stop_ends_sessions_and_removes_kernel_routes() {
+    stop_ends_sessions_and_removes_kernel_routes(PeerKind::Gobgp);
+}
+
+#[test]
+fn bird_stop_ends_sessions_and_removes_kernel_routes() {
+    stop_ends_sessions_and_removes_kernel_routes(PeerKind::Bird);
+}
+
+#[test]
+fn frr_stop_ends_sessions_and_removes_kernel_routes() {
+    stop_ends_sessions_and_removes_kernel_routes(PeerKind::Frr);
+}
+
+#[test]
+fn gobgpd_graceful_restart_stop_keeps_forwarding() {
+    graceful_restart_stop_keeps_forwarding(PeerKind::Gobgp);
+}
+
+#[test]
+fn bird_graceful_restart_stop_keeps_forwarding() {
+    graceful_restart_stop_keeps_forwarding(PeerKind::Bird);
+}

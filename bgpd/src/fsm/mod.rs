@@ -308,7 +308,7 @@ impl Session {
     pub fn handle_input(&mut self, now: Instant, input: Input<'_>) {
         match input {
             Input::ManualStart => self.on_start(now),
-            Input::ManualStop => self.on_stop(),
+            Input::ManualStop => self.on_stop(Bytes::new()),
             Input::TcpConnected => self.on_connected(now),
             Input::TcpFailed => self.on_connection_failed(now),
             Input::Bytes(bytes) => self.on_bytes(now, bytes),
@@ -409,13 +409,21 @@ impl Session {
         }
     }
 
-    fn on_stop(&mut self) {
+    /// Event 2 (ManualStop) with a reason for the peer's operator: Cease / Administrative
+    /// Shutdown carrying `message` as a Shutdown Communication (RFC 8203, lengthened to 255
+    /// octets by RFC 9003 §2; cut at a character boundary). Call [`Session::poll_output`]
+    /// afterwards.
+    pub fn administrative_shutdown(&mut self, message: &str) {
+        self.on_stop(shutdown_communication(message));
+    }
+
+    fn on_stop(&mut self, data: Bytes) {
         self.enabled = false;
         if matches!(
             self.state,
             State::OpenSent | State::OpenConfirm | State::Established
         ) {
-            let cease = NotificationMsg::new(ErrorCode::Cease, 2, Bytes::new());
+            let cease = NotificationMsg::new(ErrorCode::Cease, 2, data);
             self.send(&Message::Notification(cease));
             self.outputs.push_back(Output::Close);
             self.outputs.push_back(Output::Down(DownReason::Stopped));
@@ -683,6 +691,19 @@ impl Session {
             self.set_timer(Timer::IdleHold, Some(now + wait));
         }
     }
+}
+
+/// The data of a Cease / Administrative Shutdown NOTIFICATION: a length octet and at most 255
+/// octets of UTF-8 (RFC 8203 §2, RFC 9003 §2), the text cut at a character boundary.
+pub fn shutdown_communication(message: &str) -> Bytes {
+    let mut end = message.len().min(255);
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut data = Vec::with_capacity(end + 1);
+    data.push(end as u8);
+    data.extend_from_slice(&message.as_bytes()[..end]);
+    Bytes::from(data)
 }
 
 /// What our configuration and the peer's OPEN agree on.

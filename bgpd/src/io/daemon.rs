@@ -38,13 +38,33 @@ pub enum Event {
     Reload,
     /// Graceful restart took too long: remove the kernel routes not re-learned.
     KernelSweep,
+    /// Stop the daemon (SIGTERM, SIGINT; SIGUSR2 for a graceful-restart stop).
+    Stop(StopMode),
 }
+
+/// How the daemon stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopMode {
+    /// For good: every session ends with Cease / Administrative Shutdown and an RFC 8203
+    /// message, and Twill's kernel routes are removed.
+    Shutdown,
+    /// To be started again with `--graceful-restart` (RFC 4724): connections close with no
+    /// NOTIFICATION, so peers keep our routes, and the kernel routes stay (forwarding goes
+    /// on while we are away).
+    GracefulRestart,
+}
+
+/// How long a stop waits for its NOTIFICATIONs to be written and for the kernel routes to
+/// be removed.
+const STOP_WAIT: Duration = Duration::from_secs(5);
 
 #[derive(Debug)]
 struct Connection {
     peer: IpAddr,
     writer: mpsc::UnboundedSender<Bytes>,
     reader: tokio::task::JoinHandle<()>,
+    /// The task writing what `writer` queues; it ends once the queue is written and closed.
+    writing: tokio::task::JoinHandle<()>,
 }
 
 /// The running daemon.
@@ -68,6 +88,8 @@ pub struct Daemon {
     kernel_writes: Arc<std::sync::atomic::AtomicU64>,
     /// Restarting: which neighbours' End-of-RIBs the kernel sweep still waits for.
     awaiting_end_of_rib: Option<HashSet<(IpAddr, crate::wire::Family)>>,
+    /// Writer tasks of closed connections still writing their last bytes (a NOTIFICATION).
+    closing: Vec<tokio::task::JoinHandle<()>>,
 }
 
 /// Normalises an IPv4-mapped IPv6 address (from a dual-stack socket) to IPv4.
@@ -133,6 +155,7 @@ impl Daemon {
             kernel,
             kernel_batch: Vec::new(),
             kernel_writes,
+            closing: Vec::new(),
         })
     }
 
@@ -167,6 +190,7 @@ impl Daemon {
                 .map(tokio::time::Instant::from_std);
             tokio::select! {
                 event = events.recv() => match event {
+                    Some(Event::Stop(mode)) => return self.stop(mode).await,
                     Some(event) => self.on_event(event),
                     None => return Ok(()),
                 },
@@ -250,6 +274,7 @@ impl Daemon {
                 let _ = reply.send(answer);
             }
             Event::KernelSweep => self.sweep_kernel("graceful restart timer"),
+            Event::Stop(_) => unreachable!("the loop handles stops"),
             Event::Reload => {
                 if let Err(err) = self.reload(now) {
                     tracing::error!(error = %format!("{err:#}"), "reload failed; keeping the running configuration");
@@ -292,7 +317,7 @@ impl Daemon {
         let (mut read, mut write) = stream.into_split();
         let (writer, mut outgoing) = mpsc::unbounded_channel::<Bytes>();
         let events = self.events.clone();
-        tokio::spawn(async move {
+        let writing = tokio::spawn(async move {
             while let Some(bytes) = outgoing.recv().await {
                 if write.write_all(&bytes).await.is_err() {
                     break;
@@ -325,6 +350,7 @@ impl Daemon {
                 peer,
                 writer,
                 reader,
+                writing,
             },
         );
     }
@@ -351,6 +377,8 @@ impl Daemon {
                 Action::Close(id) => {
                     if let Some(connection) = self.connections.remove(&id) {
                         connection.reader.abort();
+                        self.closing.retain(|task| !task.is_finished());
+                        self.closing.push(connection.writing);
                         tracing::debug!(peer = %connection.peer, "connection closed");
                     }
                 }
@@ -402,6 +430,50 @@ impl Daemon {
                 let _ = kernel.send(KernelCommand::Sweep);
             }
         }
+    }
+
+    /// Stops the daemon. A shutdown sends every peer Cease / Administrative Shutdown (RFC
+    /// 8203 message), waits for those to be written, and removes Twill's kernel routes; a
+    /// graceful-restart stop closes the connections silently and leaves the routes.
+    async fn stop(mut self, mode: StopMode) -> anyhow::Result<()> {
+        match mode {
+            StopMode::Shutdown => {
+                tracing::info!("stopping: administrative shutdown of every session");
+                self.speaker.shutdown("twill-bgpd is shutting down");
+            }
+            StopMode::GracefulRestart => {
+                tracing::info!(
+                    "stopping for a graceful restart: sessions close silently, kernel routes stay"
+                );
+                self.speaker.stop_for_restart(Instant::now());
+            }
+        }
+        self.carry_out_actions();
+        let closing = std::mem::take(&mut self.closing);
+        let written = async {
+            for task in closing {
+                let _ = task.await;
+            }
+        };
+        if tokio::time::timeout(STOP_WAIT, written).await.is_err() {
+            tracing::warn!("some peers did not take their NOTIFICATION in time");
+        }
+        if mode == StopMode::Shutdown {
+            if let Some(kernel) = self.kernel.take() {
+                let (done, gone) = std::sync::mpsc::channel();
+                if kernel.send(KernelCommand::Flush(done)).is_ok() {
+                    let waited =
+                        tokio::task::spawn_blocking(move || gone.recv_timeout(STOP_WAIT)).await;
+                    if !matches!(waited, Ok(Ok(()))) {
+                        tracing::error!(
+                            "kernel routes may remain: their removal did not finish in time"
+                        );
+                    }
+                }
+            }
+        }
+        tracing::info!("twill-bgpd stopped");
+        Ok(())
     }
 
     fn reload(&mut self, now: Instant) -> anyhow::Result<()> {

@@ -85,6 +85,9 @@ pub enum KernelCommand {
     Routes(Vec<(IpNet, NextHops)>),
     /// Remove Twill's routes not installed since start (after graceful restart).
     Sweep,
+    /// Remove every route of Twill's in the table (the daemon is stopping), after the writes
+    /// queued before; the sender hears back once they are gone.
+    Flush(mpsc::Sender<()>),
 }
 
 /// Writes routes into one table.
@@ -326,6 +329,26 @@ fn acknowledgements(datagram: &[u8]) -> Vec<(u32, i32)> {
         .collect()
 }
 
+/// Removes every route of Twill's from the table, as listed by the kernel.
+fn flush(kernel: &mut Kernel) {
+    let routes: Vec<(IpNet, NextHops)> = match kernel.list() {
+        Ok(routes) => routes.into_iter().map(|p| (p, NextHops::None)).collect(),
+        Err(error) => {
+            tracing::error!(%error, "cannot list Twill's kernel routes to remove them");
+            return;
+        }
+    };
+    match kernel.apply(&routes) {
+        Ok(failures) => {
+            for (prefix, error) in failures {
+                tracing::warn!(%prefix, %error, "the kernel refused to remove a route");
+            }
+            tracing::info!(removed = routes.len(), "kernel routes removed");
+        }
+        Err(error) => tracing::error!(%error, "netlink write failed"),
+    }
+}
+
 /// Runs the kernel writer on its own thread; `writes` counts route writes done. With `keep_existing` (graceful restart), Twill's
 /// routes from before stay until [`KernelCommand::Sweep`]; otherwise they are removed now.
 pub fn spawn(
@@ -353,6 +376,7 @@ pub fn spawn(
             while let Ok(first) = receiver.recv() {
                 let mut pending: BTreeMap<IpNet, NextHops> = BTreeMap::new();
                 let mut sweep = false;
+                let mut flushed = None;
                 let mut gathered = 0;
                 let mut next = Some(first);
                 while let Some(command) = next.take() {
@@ -365,6 +389,10 @@ pub fn spawn(
                             }
                         }
                         KernelCommand::Sweep => sweep = true,
+                        KernelCommand::Flush(done) => {
+                            flushed = Some(done);
+                            break;
+                        }
                     }
                     if gathered < ROUND {
                         next = receiver.try_recv().ok();
@@ -387,6 +415,11 @@ pub fn spawn(
                         }
                     }
                     Err(error) => tracing::error!(%error, "netlink write failed"),
+                }
+                if let Some(done) = flushed {
+                    flush(&mut kernel);
+                    let _ = done.send(());
+                    return;
                 }
             }
         })?;

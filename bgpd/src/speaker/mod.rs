@@ -403,6 +403,50 @@ impl Speaker {
         asked
     }
 
+    /// Stops every session for good (the daemon is stopping): each open one is closed with
+    /// Cease / Administrative Shutdown carrying `message` (RFC 8203), and nothing connects
+    /// again. Routes are not withdrawn one by one, to the kernel or to peers: the sessions
+    /// end, and the driver removes the kernel routes wholesale.
+    pub fn shutdown(&mut self, message: &str) {
+        for peer in self.peers.values_mut() {
+            peer.session.administrative_shutdown(message);
+            if let Some((connection, _, contender)) = peer.contender.as_mut() {
+                contender.administrative_shutdown(message);
+                while let Some(output) = contender.poll_output() {
+                    if let Output::Send(bytes) = output {
+                        self.actions.push_back(Action::Send(*connection, bytes));
+                    }
+                }
+                self.actions.push_back(Action::Close(*connection));
+            }
+            peer.contender = None;
+            while let Some(output) = peer.session.poll_output() {
+                if let Output::Send(bytes) = output {
+                    self.actions
+                        .extend(peer.connection.map(|c| Action::Send(c, bytes)));
+                }
+            }
+            self.actions
+                .extend(peer.connection.take().map(Action::Close));
+        }
+    }
+
+    /// Stops for a graceful restart (RFC 4724 §4.1): every connection closes with no
+    /// NOTIFICATION, so peers that announced graceful restart keep our routes, marked stale,
+    /// until we are back; the driver leaves the kernel routes in place.
+    pub fn stop_for_restart(&mut self, now: Instant) {
+        for peer in self.peers.values_mut() {
+            // Stop the session without its NOTIFICATION: only the closes go out.
+            peer.session.handle_input(now, Input::ManualStop);
+            std::iter::from_fn(|| peer.session.poll_output()).for_each(drop);
+            self.actions
+                .extend(peer.connection.take().map(Action::Close));
+            if let Some((connection, _, _)) = peer.contender.take() {
+                self.actions.push_back(Action::Close(connection));
+            }
+        }
+    }
+
     /// Status of every neighbour.
     pub fn peers_status(&self, now: Instant) -> Vec<PeerStatus> {
         self.peers

@@ -1003,3 +1003,72 @@ fn a_second_restart_before_end_of_rib_deletes_what_is_still_stale() {
     net.end_of_rib();
     assert_eq!(net.path("10.3.0.0/24"), None, "not announced again: swept");
 }
+
+fn graceful(mut config: NeighborConfig) -> NeighborConfig {
+    config.session.graceful_restart = Some(GracefulRestartConfig {
+        restart_time: 120,
+        restarting: false,
+    });
+    config
+}
+
+#[test]
+fn shutdown_sends_an_administrative_shutdown_with_its_message_and_stays_down() {
+    let mut net = two_speakers(neighbor(2, 65001, 65002, 1), neighbor(1, 65002, 65001, 2));
+    net.wire.clear();
+    net.speaker(addr(1)).shutdown("twill-bgpd stopping");
+    net.run();
+    let ceases: Vec<NotificationMsg> = net
+        .sent_by(addr(1))
+        .into_iter()
+        .filter_map(|m| match m {
+            Message::Notification(n) => Some(n),
+            _ => None,
+        })
+        .collect();
+    let mut data = vec![19u8];
+    data.extend_from_slice(b"twill-bgpd stopping");
+    assert_eq!(
+        ceases,
+        vec![NotificationMsg::new(ErrorCode::Cease, 2, Bytes::from(data))],
+        "one Cease / Administrative Shutdown with the RFC 8203 message"
+    );
+    assert!(net.ends.is_empty(), "the connection is closed");
+    net.advance(30);
+    assert!(!net.established(addr(2), addr(1)), "A never comes back");
+}
+
+#[test]
+fn a_graceful_restart_stop_sends_no_notification_and_the_peer_keeps_our_routes() {
+    let mut net = two_speakers(
+        graceful(neighbor(2, 65001, 65002, 1)),
+        graceful(neighbor(1, 65002, 65001, 2)),
+    );
+    let now = net.now;
+    net.speaker(addr(1))
+        .set_originated(now, originate(&["10.3.0.0/24"], 1));
+    net.run();
+    net.wire.clear();
+    net.speaker(addr(1)).stop_for_restart(now);
+    net.run();
+    assert!(
+        !net.sent_by(addr(1))
+            .iter()
+            .any(|m| matches!(m, Message::Notification(_))),
+        "no NOTIFICATION"
+    );
+    assert!(net.ends.is_empty(), "the connection is closed");
+    let kept = net.speakers[&addr(2)].rib().best(&prefix("10.3.0.0/24"));
+    assert!(
+        kept.len() == 1 && kept[0].stale(),
+        "B keeps A's route, stale"
+    );
+}
+
+#[test]
+fn a_shutdown_communication_is_cut_at_255_octets_on_a_character_boundary() {
+    let data = fsm::shutdown_communication(&"é".repeat(200));
+    assert_eq!(data[0], 254);
+    assert!(std::str::from_utf8(&data[1..]).is_ok());
+    assert_eq!(fsm::shutdown_communication("")[..], [0]);
+}
