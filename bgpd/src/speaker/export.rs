@@ -9,7 +9,7 @@ use std::time::Instant;
 use bytes::BytesMut;
 use ipnet::IpNet;
 
-use super::{Action, Peer, Speaker};
+use super::{Action, Peer, Received, Speaker};
 use crate::fsm::State;
 use crate::policy::Filter;
 use crate::rib::{BestChange, PeerId};
@@ -167,6 +167,7 @@ impl Speaker {
         let mut touched: Vec<IpNet> = withdrawn.iter().map(|(p, _)| *p).collect();
         for key in &withdrawn {
             peer.rejected.remove(key);
+            peer.adj_in.remove(key);
         }
         changes.extend(self.rib.update(
             id,
@@ -189,10 +190,12 @@ impl Speaker {
                 );
                 continue;
             }
+            let received = Arc::new(attributes.clone());
             for n in nlri {
                 let key = (n.prefix, n.path_id.unwrap_or(0));
                 let mut filtered = attributes.clone();
                 let peer = self.peers.get_mut(&address).expect("present above");
+                peer.adj_in.insert(key, (next_hop, received.clone()));
                 if Filter::apply_all(&import, &n.prefix, &mut filtered) {
                     peer.rejected.remove(&key);
                     changes.extend(self.rib.update(id, &[key], next_hop, filtered, &[]));
@@ -208,6 +211,54 @@ impl Speaker {
                 }
             }
         }
+        self.after_rib_change(now, changes, &touched);
+    }
+
+    /// Runs the peer's import filters again over what it sent: its Adj-RIB-In, kept while it
+    /// has filters, or its paths in the RIB when it had none (`from_rib`). Paths kept stale
+    /// for a graceful restart are left alone: the peer announces them again.
+    pub(super) fn reimport(&mut self, now: Instant, address: IpAddr, from_rib: bool) {
+        let Some(peer) = self.peers.get_mut(&address) else {
+            return;
+        };
+        let id = peer.id;
+        let received: Vec<((IpNet, u32), Received)> = if from_rib {
+            self.rib
+                .iter()
+                .flat_map(|(prefix, paths)| {
+                    paths
+                        .iter()
+                        .filter(|p| p.peer() == id && !p.stale())
+                        .map(move |p| {
+                            let attributes = Arc::new((**p.attributes()).clone());
+                            ((prefix, p.path_id()), (p.next_hop(), attributes))
+                        })
+                })
+                .collect()
+        } else {
+            peer.adj_in.drain().collect()
+        };
+        let import = peer.config.import.clone();
+        peer.rejected.clear();
+        let mut changes = Vec::new();
+        let mut touched = Vec::with_capacity(received.len());
+        for (key, (next_hop, attributes)) in received {
+            touched.push(key.0);
+            let mut filtered = (*attributes).clone();
+            let peer = self.peers.get_mut(&address).expect("present above");
+            if !import.is_empty() {
+                peer.adj_in.insert(key, (next_hop, attributes));
+            }
+            if Filter::apply_all(&import, &key.0, &mut filtered) {
+                changes.extend(self.rib.update(id, &[key], next_hop, filtered, &[]));
+            } else {
+                peer.rejected.insert(key);
+                let none = PathAttributes::default();
+                changes.extend(self.rib.update(id, &[], next_hop, none, &[key]));
+            }
+        }
+        touched.sort();
+        touched.dedup();
         self.after_rib_change(now, changes, &touched);
     }
 

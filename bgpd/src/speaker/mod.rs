@@ -11,7 +11,7 @@ mod export;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -119,6 +119,9 @@ pub struct PeerStatus {
     pub updates_out: u64,
 }
 
+/// A path as a peer sent it: next hop and attributes, before import policy.
+type Received = (IpAddr, Arc<PathAttributes>);
+
 /// A neighbour's live state.
 #[derive(Debug)]
 struct Peer {
@@ -139,6 +142,9 @@ struct Peer {
     add_path_ids: BTreeMap<(IpNet, u32), (PeerId, u32)>,
     /// Announced prefixes that import policy rejected (received = accepted + these).
     rejected: HashSet<(IpNet, u32)>,
+    /// What the peer announced, before import policy, when it has import filters (without
+    /// them the RIB holds exactly that): a changed filter is run over it again.
+    adj_in: HashMap<(IpNet, u32), Received>,
     established_at: Option<Instant>,
     /// Stale paths are dropped at this instant (graceful restart helper).
     restart_deadline: Option<Instant>,
@@ -238,9 +244,8 @@ impl Speaker {
                         && peer.config.address == config.address =>
                 {
                     // Only filters or RR/next-hop roles changed: re-run policy, keep the session.
-                    peer.config = config;
-                    self.refresh_rib_info(address);
-                    self.readvertise(now, address, None);
+                    let old = std::mem::replace(&mut peer.config, config);
+                    self.reconfigure_peer(now, address, &old);
                 }
                 Some(_) => {
                     self.remove_peer(now, address);
@@ -509,6 +514,7 @@ impl Speaker {
                 adj_out: BTreeMap::new(),
                 add_path_ids: BTreeMap::new(),
                 rejected: HashSet::new(),
+                adj_in: HashMap::new(),
                 established_at: None,
                 restart_deadline: None,
                 refreshing: BTreeMap::new(),
@@ -540,6 +546,29 @@ impl Speaker {
         let touched = self.prefixes_of(peer.id);
         let changes = self.rib.remove_peer(peer.id);
         self.after_rib_change(now, changes, &touched);
+    }
+
+    /// Applies a peer's new filters and roles (its session parameters are unchanged): a new
+    /// import filter is run over what the peer sent (its Adj-RIB-In, no route refresh); a
+    /// change of route reflector client re-exports to every peer, since whether the peer's
+    /// routes may be reflected to the others changed; export settings re-export to the peer.
+    fn reconfigure_peer(&mut self, now: Instant, address: IpAddr, old: &NeighborConfig) {
+        let Some(peer) = self.peers.get(&address) else {
+            return;
+        };
+        let new = peer.config.clone();
+        self.refresh_rib_info(address);
+        if new.import != old.import {
+            self.reimport(now, address, old.import.is_empty());
+        }
+        if new.rr_client != old.rr_client {
+            let everyone: Vec<IpAddr> = self.peers.keys().copied().collect();
+            for other in everyone {
+                self.readvertise(now, other, None);
+            }
+        } else {
+            self.readvertise(now, address, None);
+        }
     }
 
     fn refresh_rib_info(&mut self, address: IpAddr) {
@@ -749,6 +778,7 @@ impl Speaker {
         peer.adj_out.clear();
         peer.add_path_ids.clear();
         peer.rejected.clear();
+        peer.adj_in.clear();
         // An unfinished refresh ends with the session: its marks go with the paths, or stay
         // harmlessly on paths kept for graceful restart (announced again, they are fresh).
         peer.refreshing.clear();

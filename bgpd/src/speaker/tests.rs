@@ -1072,3 +1072,105 @@ fn a_shutdown_communication_is_cut_at_255_octets_on_a_character_boundary() {
     assert!(std::str::from_utf8(&data[1..]).is_ok());
     assert_eq!(fsm::shutdown_communication("")[..], [0]);
 }
+
+#[test]
+fn making_a_peer_a_route_reflector_client_on_reload_reflects_its_routes_to_the_others() {
+    // X (.1) has iBGP peers .2 and .3, not clients: .2's route does not go to .3. A reload
+    // makes .2 a client, and .3 must now hear .2's route, with no session reset.
+    let mut net = Net::new();
+    for n in [1, 2, 3] {
+        net.add(addr(n), speaker(65000, n));
+    }
+    let now = net.now;
+    let (to_2, to_3) = (neighbor(2, 65000, 65000, 1), neighbor(3, 65000, 65000, 1));
+    net.speaker(addr(1))
+        .set_neighbors(now, vec![to_2.clone(), to_3.clone()]);
+    net.speaker(addr(2))
+        .set_neighbors(now, vec![neighbor(1, 65000, 65000, 2)]);
+    net.speaker(addr(3))
+        .set_neighbors(now, vec![neighbor(1, 65000, 65000, 3)]);
+    net.speaker(addr(2))
+        .set_originated(now, originate(&["10.2.0.0/26"], 1));
+    net.run();
+    let p = prefix("10.2.0.0/26");
+    assert!(
+        net.speakers[&addr(3)].rib().best(&p).is_empty(),
+        "not reflected"
+    );
+    let mut client = to_2.clone();
+    client.rr_client = true;
+    net.speaker(addr(1))
+        .set_neighbors(now, vec![client, to_3.clone()]);
+    net.run();
+    assert_eq!(
+        net.speakers[&addr(3)].rib().best(&p).len(),
+        1,
+        "reflected to .3 once .2 is a client"
+    );
+    net.speaker(addr(1)).set_neighbors(now, vec![to_2, to_3]);
+    net.run();
+    assert!(
+        net.speakers[&addr(3)].rib().best(&p).is_empty(),
+        "withdrawn from .3 once .2 is no longer a client"
+    );
+    assert!(net.established(addr(1), addr(2)) && net.established(addr(1), addr(3)));
+}
+
+fn reject(prefixes: &str) -> Filter {
+    Filter {
+        rules: vec![Rule {
+            matches: Match {
+                prefixes: vec![prefixes.parse().unwrap()],
+                ..Match::default()
+            },
+            accept: false,
+            modify: Default::default(),
+        }],
+        default_accept: true,
+    }
+}
+
+#[test]
+fn an_import_filter_changed_on_reload_is_applied_to_the_routes_already_received() {
+    // B rejects 10.9.0.0/16 from A. A reload without the filter takes A's 10.9.1.0/24; one
+    // with a filter on 10.10.0.0/16 drops that one. No ROUTE-REFRESH, no session reset.
+    let mut b = neighbor(1, 65002, 65001, 2);
+    b.import = vec![reject("10.9.0.0/16 le 32")];
+    let mut net = two_speakers(neighbor(2, 65001, 65002, 1), b.clone());
+    let now = net.now;
+    net.speaker(addr(1))
+        .set_originated(now, originate(&["10.9.1.0/24", "10.10.0.0/24"], 1));
+    net.run();
+    let (nine, ten) = (prefix("10.9.1.0/24"), prefix("10.10.0.0/24"));
+    assert!(net.speakers[&addr(2)].rib().best(&nine).is_empty());
+    net.wire.clear();
+    b.import = vec![];
+    net.speaker(addr(2)).set_neighbors(now, vec![b.clone()]);
+    net.run();
+    assert_eq!(
+        net.speakers[&addr(2)].rib().best(&nine).len(),
+        1,
+        "taken now"
+    );
+    let status = &net.speakers[&addr(2)].peers_status(net.now)[0];
+    assert_eq!((status.received, status.accepted), (2, 2));
+    b.import = vec![reject("10.10.0.0/16 le 32")];
+    net.speaker(addr(2)).set_neighbors(now, vec![b]);
+    net.run();
+    let rib = net.speakers[&addr(2)].rib();
+    assert!(rib.best(&ten).is_empty(), "rejected now");
+    assert_eq!(rib.best(&nine).len(), 1);
+    assert!(
+        !net.fib[&addr(2)].contains_key(&ten),
+        "and gone from forwarding"
+    );
+    let status = &net.speakers[&addr(2)].peers_status(net.now)[0];
+    assert_eq!((status.received, status.accepted), (2, 1));
+    assert!(
+        !net.sent_by(addr(2))
+            .iter()
+            .any(|m| matches!(m, Message::RouteRefresh(_))),
+        "no refresh asked"
+    );
+    assert!(net.established(addr(2), addr(1)));
+}
