@@ -132,8 +132,13 @@ struct Peer {
     connection: Option<ConnectionId>,
     /// Our address on that connection.
     local_address: Option<IpAddr>,
-    /// A second, incoming connection during a collision, with its own session.
+    /// Whether the peer opened `connection` (we accepted it).
+    inbound: bool,
+    /// A second connection during a collision (RFC 4271 §6.8), with its own session: the
+    /// peer's, or ours when it comes up after the peer's was accepted.
     contender: Option<(ConnectionId, IpAddr, Session)>,
+    /// Whether the peer opened the contender.
+    contender_inbound: bool,
     /// What we announced: (prefix, path id) → (next hop, attributes).
     adj_out: BTreeMap<(IpNet, u32), (IpAddr, Arc<PathAttributes>)>,
     /// With add-path (RFC 7911): the path behind each identifier we announced, (prefix, our
@@ -310,14 +315,18 @@ impl Speaker {
                     }
                 }
                 peer.local_address = Some(local);
+                peer.inbound = inbound;
                 peer.session.handle_input(now, Input::TcpConnected);
             }
-            State::OpenSent | State::OpenConfirm if inbound && peer.contender.is_none() => {
-                // A collision: run the incoming connection alongside until an OPEN tells.
+            State::OpenSent | State::OpenConfirm if peer.contender.is_none() => {
+                // A collision: the peer's connection while ours is opening, or ours coming up
+                // after we took the peer's (the SYNs crossed). Run it alongside until an OPEN
+                // tells which stays.
                 let mut contender = Session::new(peer.config.session.clone());
                 contender.handle_input(now, Input::ManualStart);
                 contender.handle_input(now, Input::TcpConnected);
                 peer.contender = Some((connection, local, contender));
+                peer.contender_inbound = inbound;
             }
             _ => self.actions.push_back(Action::Close(connection)),
         }
@@ -510,7 +519,9 @@ impl Speaker {
                 session,
                 connection: None,
                 local_address: None,
+                inbound: false,
                 contender: None,
+                contender_inbound: false,
                 adj_out: BTreeMap::new(),
                 add_path_ids: BTreeMap::new(),
                 rejected: HashSet::new(),
@@ -602,9 +613,10 @@ impl Speaker {
     }
 
     /// RFC 4271 §6.8: once the contender has the peer's OPEN, keep the connection opened by
-    /// the side with the higher BGP identifier; the other closes with Cease / Connection
+    /// the side with the higher BGP identifier, or with equal identifiers (possible on eBGP)
+    /// the side with the larger AS (RFC 6286 §2.3); the other closes with Cease / Connection
     /// Collision Resolution. When the first connection was lost meanwhile, the contender is
-    /// kept whatever the identifiers.
+    /// kept whatever the identifiers; when the first is already Established, it stays.
     fn resolve_collision(&mut self, address: IpAddr) {
         let Some(peer) = self.peers.get_mut(&address) else {
             return;
@@ -623,9 +635,21 @@ impl Speaker {
         };
         let (connection, local, mut contender) = peer.contender.take().expect("checked above");
         let cease = NotificationMsg::new(ErrorCode::Cease, 7, Bytes::new());
-        // With the first connection already lost there is nothing to collide with: keep this one.
-        let first_lost = peer.connection.is_none();
-        if first_lost || u32::from(self.config.router_id) < u32::from(remote_id) {
+        let (ours, theirs) = (u32::from(self.config.router_id), u32::from(remote_id));
+        let keep_peers = if ours == theirs {
+            peer.config.session.remote_as > peer.config.session.local_as
+        } else {
+            theirs > ours
+        };
+        let keep_contender = if peer.connection.is_none() {
+            // The first connection is already lost: there is nothing to collide with.
+            true
+        } else if peer.session.state() == State::Established {
+            false
+        } else {
+            keep_peers == peer.contender_inbound
+        };
+        if keep_contender {
             // Keep the peer's connection.
             if let Some(old) = peer.connection.replace(connection) {
                 self.actions.push_back(Action::Send(
@@ -635,6 +659,7 @@ impl Speaker {
                 self.actions.push_back(Action::Close(old));
             }
             peer.local_address = Some(local);
+            peer.inbound = peer.contender_inbound;
             std::mem::swap(&mut peer.session, &mut contender);
         } else {
             self.actions.push_back(Action::Send(

@@ -34,6 +34,12 @@ struct Net {
     cut: Vec<IpAddr>,
     /// Every message delivered: (sender, bytes).
     wire: Vec<(IpAddr, Bytes)>,
+    /// Connections asked for and not yet up: (who connects, to whom). They come up once
+    /// nothing else is left to do, all at once, like SYNs crossing: first every listener
+    /// accepts, then every connecting side hears its connection is up.
+    connecting: Vec<(IpAddr, IpAddr)>,
+    /// Who opened each connection.
+    opened_by: HashMap<ConnectionId, IpAddr>,
 }
 
 impl Net {
@@ -46,6 +52,8 @@ impl Net {
             fib: BTreeMap::new(),
             cut: Vec::new(),
             wire: Vec::new(),
+            connecting: Vec::new(),
+            opened_by: HashMap::new(),
         }
     }
 
@@ -69,7 +77,11 @@ impl Net {
                 }
             }
             if pending.is_empty() {
-                return;
+                if self.connecting.is_empty() {
+                    return;
+                }
+                self.connect_all();
+                continue;
             }
             for (at, action) in pending {
                 self.carry_out(at, action);
@@ -81,23 +93,7 @@ impl Net {
     fn carry_out(&mut self, at: IpAddr, action: Action) {
         let now = self.now;
         match action {
-            Action::Connect(peer) => {
-                let mine = ConnectionId(self.next);
-                let theirs = ConnectionId(self.next + 1);
-                self.next += 2;
-                let reachable = !self.cut.contains(&peer)
-                    && self.speakers.get(&peer).is_some_and(|s| s.accepts(&at));
-                if reachable {
-                    self.ends.insert(mine, (at, theirs, peer));
-                    self.ends.insert(theirs, (peer, mine, at));
-                    self.speaker(at)
-                        .handle_connected(now, peer, mine, at, false);
-                    self.speaker(peer)
-                        .handle_connected(now, at, theirs, peer, true);
-                } else {
-                    self.speaker(at).handle_closed(now, peer, mine);
-                }
-            }
+            Action::Connect(peer) => self.connecting.push((at, peer)),
             Action::Send(connection, bytes) => {
                 let Some(&(_, other, peer)) = self.ends.get(&connection) else {
                     return;
@@ -130,6 +126,36 @@ impl Net {
                 }
             }
             Action::PeerUp(_) | Action::PeerDown(..) | Action::EndOfRib(..) => {}
+        }
+    }
+
+    /// Brings up the connections asked for: every accept first, then every connect.
+    fn connect_all(&mut self) {
+        let now = self.now;
+        let mut up = Vec::new();
+        for (at, peer) in std::mem::take(&mut self.connecting) {
+            let mine = ConnectionId(self.next);
+            let theirs = ConnectionId(self.next + 1);
+            self.next += 2;
+            let reachable = !self.cut.contains(&peer)
+                && self.speakers.get(&peer).is_some_and(|s| s.accepts(&at));
+            if reachable {
+                self.ends.insert(mine, (at, theirs, peer));
+                self.ends.insert(theirs, (peer, mine, at));
+                self.opened_by.insert(mine, at);
+                self.opened_by.insert(theirs, at);
+                self.speaker(peer)
+                    .handle_connected(now, at, theirs, peer, true);
+                up.push((at, peer, mine));
+            } else {
+                self.speaker(at).handle_closed(now, peer, mine);
+            }
+        }
+        for (at, peer, mine) in up {
+            if self.ends.contains_key(&mine) {
+                self.speaker(at)
+                    .handle_connected(now, peer, mine, at, false);
+            }
         }
     }
 
@@ -417,16 +443,54 @@ fn a_restarting_peers_routes_stay_stale_until_end_of_rib() {
     assert!(!net.fib[&addr(2)].contains_key(&prefix("10.4.0.0/24")));
 }
 
-#[test]
-fn both_sides_connecting_at_once_leave_one_session() {
-    let mut net = two_speakers(neighbor(2, 65001, 65002, 1), neighbor(1, 65002, 65001, 2));
-    net.advance(20);
+/// Who opened the one connection left between .1 and .2, once both are up.
+fn collision_winner(net: &Net) -> IpAddr {
     assert!(net.established(addr(1), addr(2)) && net.established(addr(2), addr(1)));
     assert_eq!(
         net.ends.len(),
         2,
         "exactly one connection (two ends) survives"
     );
+    let connection = net.ends.keys().next().expect("one connection");
+    net.opened_by[connection]
+}
+
+/// The Cease / Connection Collision Resolution NOTIFICATIONs sent (RFC 4271 §6.8).
+fn collision_ceases(net: &Net) -> usize {
+    [addr(1), addr(2)]
+        .iter()
+        .flat_map(|at| net.sent_by(*at))
+        .filter(|m| {
+            matches!(m, Message::Notification(n)
+                if *n == NotificationMsg::new(ErrorCode::Cease, 7, Bytes::new()))
+        })
+        .count()
+}
+
+#[test]
+fn both_sides_connecting_at_once_leave_one_session() {
+    // The SYNs cross: each side accepts the other's connection, then its own comes up. The
+    // connection opened by the higher BGP identifier (.2) stays (RFC 4271 §6.8).
+    let net = two_speakers(neighbor(2, 65001, 65002, 1), neighbor(1, 65002, 65001, 2));
+    assert_eq!(collision_winner(&net), addr(2));
+    assert_eq!(collision_ceases(&net), 1, "the other closed with Cease/7");
+}
+
+#[test]
+fn a_collision_between_equal_bgp_identifiers_keeps_the_larger_as_connection() {
+    // eBGP with one BGP identifier on both sides (RFC 6286 §2.2 allows it): the connection
+    // opened by the side with the larger AS stays (RFC 6286 §2.3), here .1 (AS 65009).
+    let mut net = Net::new();
+    net.add(addr(1), speaker(65009, 7));
+    net.add(addr(2), speaker(65002, 7));
+    let now = net.now;
+    net.speaker(addr(1))
+        .set_neighbors(now, vec![neighbor(2, 65009, 65002, 7)]);
+    net.speaker(addr(2))
+        .set_neighbors(now, vec![neighbor(1, 65002, 65009, 7)]);
+    net.run();
+    assert_eq!(collision_winner(&net), addr(1));
+    assert_eq!(collision_ceases(&net), 1, "the other closed with Cease/7");
 }
 
 #[test]
