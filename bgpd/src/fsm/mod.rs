@@ -181,6 +181,11 @@ pub enum Input<'a> {
     TcpFailed,
     /// Bytes read from the connection (Events 19-28 follow from the messages in them).
     Bytes(&'a [u8]),
+    /// The peer is not taking what we send: the driver's output queue for the connection is
+    /// full. The SendHoldTimer starts (RFC 9687 §3).
+    SendBlocked,
+    /// The output queue has drained: the SendHoldTimer stops.
+    SendDrained,
 }
 
 /// Why a session is down.
@@ -233,7 +238,12 @@ enum Timer {
     Hold,
     Keepalive,
     IdleHold,
+    /// RFC 9687: runs while the peer does not take what we send.
+    SendHold,
 }
+
+/// RFC 9687 §3: the send hold time when no hold time was negotiated (8 minutes).
+const SEND_HOLD_WITHOUT_HOLD_TIME: Duration = Duration::from_secs(480);
 
 /// RFC 4271 §10: the large hold time used until OPENs are exchanged.
 const LARGE_HOLD: Duration = Duration::from_secs(240);
@@ -243,7 +253,7 @@ const LARGE_HOLD: Duration = Duration::from_secs(240);
 pub struct Session {
     config: Config,
     state: State,
-    timers: [Option<Instant>; 4],
+    timers: [Option<Instant>; 5],
     negotiated: Option<Negotiated>,
     context: Context,
     buffer: Vec<u8>,
@@ -261,7 +271,7 @@ impl Session {
         Session {
             config,
             state: State::Idle,
-            timers: [None; 4],
+            timers: [None; 5],
             negotiated: None,
             context: Context::initial(),
             buffer: Vec::new(),
@@ -312,6 +322,8 @@ impl Session {
             Input::TcpConnected => self.on_connected(now),
             Input::TcpFailed => self.on_connection_failed(now),
             Input::Bytes(bytes) => self.on_bytes(now, bytes),
+            Input::SendBlocked => self.on_send_blocked(now),
+            Input::SendDrained => self.set_timer(Timer::SendHold, None),
         }
     }
 
@@ -322,6 +334,7 @@ impl Session {
             Timer::ConnectRetry,
             Timer::Hold,
             Timer::Keepalive,
+            Timer::SendHold,
         ] {
             if self.timers[timer as usize].is_some_and(|due| due <= now) {
                 self.timers[timer as usize] = None;
@@ -431,7 +444,7 @@ impl Session {
             self.outputs.push_back(Output::Close);
         }
         self.state = State::Idle;
-        self.timers = [None; 4];
+        self.timers = [None; 5];
         self.negotiated = None;
     }
 
@@ -471,7 +484,7 @@ impl Session {
         self.outputs.push_back(Output::Close);
         self.outputs
             .push_back(Output::Down(DownReason::ConnectionLost));
-        self.timers = [None; 4];
+        self.timers = [None; 5];
         self.negotiated = None;
         self.buffer.clear();
         self.context = Context::initial();
@@ -504,6 +517,15 @@ impl Session {
                     now,
                     NotificationMsg::new(ErrorCode::HoldTimerExpired, 0, Bytes::new()),
                     None,
+                );
+            }
+            Timer::SendHold if matches!(self.state, State::OpenConfirm | State::Established) => {
+                // RFC 9687 §4: the NOTIFICATION is queued behind what the peer did not take;
+                // the driver gives it a moment, then drops the connection anyway.
+                self.notify_and_fail(
+                    now,
+                    NotificationMsg::new(ErrorCode::SendHoldTimerExpired, 0, Bytes::new()),
+                    Some("the peer stopped reading what we send".to_string()),
                 );
             }
             Timer::Keepalive if matches!(self.state, State::OpenConfirm | State::Established) => {
@@ -627,6 +649,20 @@ impl Session {
             .push_back(Output::Established(Box::new(negotiated)));
     }
 
+    /// RFC 9687 §3: the driver's queue for this connection is full. Once OPENs are exchanged,
+    /// the SendHoldTimer starts (unless running): the hold time, as BIRD and FRR use, or 8
+    /// minutes without one. It stops when the queue drains.
+    fn on_send_blocked(&mut self, now: Instant) {
+        if matches!(self.state, State::OpenConfirm | State::Established)
+            && self.timers[Timer::SendHold as usize].is_none()
+        {
+            let wait = self
+                .negotiated_hold()
+                .unwrap_or(SEND_HOLD_WITHOUT_HOLD_TIME);
+            self.set_timer(Timer::SendHold, Some(now + wait));
+        }
+    }
+
     fn negotiated_hold(&self) -> Option<Duration> {
         let hold = self.negotiated.as_ref()?.hold_time;
         (hold > 0).then(|| Duration::from_secs(u64::from(hold)))
@@ -675,7 +711,7 @@ impl Session {
             self.outputs.push_back(Output::Down(reason));
         }
         self.state = State::Idle;
-        self.timers = [None; 4];
+        self.timers = [None; 5];
         self.negotiated = None;
         self.buffer.clear();
         self.failures = self.failures.saturating_add(1);

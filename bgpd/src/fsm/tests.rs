@@ -370,3 +370,33 @@ fn updates_and_route_refresh_reach_the_driver_once_established() {
             subtype: 0
         })));
 }
+
+#[test]
+fn a_peer_that_stops_reading_is_dropped_at_the_hold_time() {
+    // RFC 9687: the driver reports that a's output is not being taken (its queue is full);
+    // b still sends keepalives, so a's hold timer alone would never fire. After the hold
+    // time a gives up with Send Hold Timer Expired; output taken again in time saves it.
+    let mut a = config(65001, 65002, 1);
+    a.hold_time = 9;
+    let mut pair = Pair::new(a.clone(), config(65002, 65001, 2));
+    let now = pair.now;
+    pair.a.handle_input(now, Input::SendBlocked);
+    pair.advance(Duration::from_secs(5), Duration::from_secs(1));
+    let now = pair.now;
+    pair.a.handle_input(now, Input::SendDrained);
+    pair.advance(Duration::from_secs(30), Duration::from_secs(1));
+    assert_eq!(pair.a.state(), State::Established, "drained in time");
+    let now = pair.now;
+    pair.a.handle_input(now, Input::SendBlocked);
+    pair.advance(Duration::from_secs(8), Duration::from_secs(1));
+    assert_eq!(pair.a.state(), State::Established, "within the hold time");
+    pair.advance(Duration::from_secs(1), Duration::from_secs(1));
+    assert_eq!(pair.a.state(), State::Idle);
+    let expiry = NotificationMsg::new(ErrorCode::SendHoldTimerExpired, 0, Bytes::new());
+    assert!(
+        pair.a_events
+            .contains(&Output::Down(DownReason::NotificationSent(expiry))),
+        "{:?}",
+        pair.a_events
+    );
+}

@@ -32,6 +32,8 @@ pub enum Event {
     Bytes(IpAddr, ConnectionId, Vec<u8>),
     /// A connection closed.
     Closed(IpAddr, ConnectionId),
+    /// A connection's output queue, full before, has been written out.
+    Drained(IpAddr, ConnectionId),
     /// A control request, answered on the channel.
     Control(String, oneshot::Sender<String>),
     /// Reload the configuration (SIGHUP).
@@ -54,6 +56,11 @@ pub enum StopMode {
     GracefulRestart,
 }
 
+/// Bytes queued for one connection above which the peer counts as not reading: the
+/// speaker starts its send hold timer (RFC 9687) and drops the peer at its hold time. Large
+/// enough for a full table sent at once to a slow reader.
+const OUTPUT_QUEUE_LIMIT: usize = 64 * 1024 * 1024;
+
 /// How long a stop waits for its NOTIFICATIONs to be written and for the kernel routes to
 /// be removed.
 const STOP_WAIT: Duration = Duration::from_secs(5);
@@ -65,6 +72,10 @@ struct Connection {
     reader: tokio::task::JoinHandle<()>,
     /// The task writing what `writer` queues; it ends once the queue is written and closed.
     writing: tokio::task::JoinHandle<()>,
+    /// Bytes queued and not yet written.
+    queued: Arc<std::sync::atomic::AtomicUsize>,
+    /// Set while the queue is over [`OUTPUT_QUEUE_LIMIT`]; the writer reports the drain.
+    blocked: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// The running daemon.
@@ -263,6 +274,11 @@ impl Daemon {
                 self.speaker.handle_closed(now, peer, id);
             }
             Event::Bytes(peer, id, bytes) => self.speaker.handle_bytes(now, peer, id, &bytes),
+            Event::Drained(peer, id) => {
+                if self.connections.contains_key(&id) {
+                    self.speaker.handle_send_blocked(now, peer, id, false);
+                }
+            }
             Event::Closed(peer, id) => {
                 if let Some(connection) = self.connections.remove(&id) {
                     connection.reader.abort();
@@ -317,10 +333,18 @@ impl Daemon {
         let (mut read, mut write) = stream.into_split();
         let (writer, mut outgoing) = mpsc::unbounded_channel::<Bytes>();
         let events = self.events.clone();
+        let queued = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let blocked = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (left, stuck, drained) = (queued.clone(), blocked.clone(), self.events.clone());
         let writing = tokio::spawn(async move {
+            use std::sync::atomic::Ordering;
             while let Some(bytes) = outgoing.recv().await {
                 if write.write_all(&bytes).await.is_err() {
                     break;
+                }
+                let before = left.fetch_sub(bytes.len(), Ordering::Relaxed);
+                if before == bytes.len() && stuck.swap(false, Ordering::Relaxed) {
+                    let _ = drained.send(Event::Drained(peer, id));
                 }
             }
             let _ = write.shutdown().await;
@@ -351,6 +375,8 @@ impl Daemon {
                 writer,
                 reader,
                 writing,
+                queued,
+                blocked,
             },
         );
     }
@@ -369,15 +395,23 @@ impl Daemon {
                         let _ = events.send(Event::Connected(peer, id, result));
                     });
                 }
-                Action::Send(id, bytes) => {
-                    if let Some(connection) = self.connections.get(&id) {
-                        let _ = connection.writer.send(bytes);
-                    }
-                }
+                Action::Send(id, bytes) => self.send(id, bytes),
                 Action::Close(id) => {
                     if let Some(connection) = self.connections.remove(&id) {
                         connection.reader.abort();
                         self.closing.retain(|task| !task.is_finished());
+                        if connection
+                            .blocked
+                            .load(std::sync::atomic::Ordering::Relaxed)
+                        {
+                            // A peer that stopped reading: its last NOTIFICATION gets a
+                            // moment, then the queue goes with the task.
+                            let abort = connection.writing.abort_handle();
+                            tokio::spawn(async move {
+                                tokio::time::sleep(STOP_WAIT).await;
+                                abort.abort();
+                            });
+                        }
                         self.closing.push(connection.writing);
                         tracing::debug!(peer = %connection.peer, "connection closed");
                     }
@@ -407,6 +441,28 @@ impl Daemon {
             }
         }
         self.flush_kernel_batch();
+    }
+
+    /// Queues bytes for a connection; a queue grown past [`OUTPUT_QUEUE_LIMIT`] tells the
+    /// speaker the peer is not reading.
+    fn send(&mut self, id: ConnectionId, bytes: Bytes) {
+        use std::sync::atomic::Ordering;
+        let Some(connection) = self.connections.get(&id) else {
+            return;
+        };
+        let len = bytes.len();
+        // Counted before the writer can take it, so its count never goes below zero.
+        let queued = connection.queued.fetch_add(len, Ordering::Relaxed) + len;
+        if connection.writer.send(bytes).is_err() {
+            connection.queued.fetch_sub(len, Ordering::Relaxed);
+            return;
+        }
+        if queued > OUTPUT_QUEUE_LIMIT && !connection.blocked.swap(true, Ordering::Relaxed) {
+            let peer = connection.peer;
+            tracing::warn!(%peer, queued, "the peer is not reading what we send");
+            self.speaker
+                .handle_send_blocked(Instant::now(), peer, id, true);
+        }
     }
 
     /// Hands the route writes gathered so far to the kernel thread, as one command.

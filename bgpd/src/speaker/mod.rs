@@ -367,6 +367,31 @@ impl Speaker {
         self.flush(now);
     }
 
+    /// The driver's output queue for a connection is full (`blocked`) or has drained: a
+    /// peer that does not take what we send is dropped at its hold time (RFC 9687).
+    pub fn handle_send_blocked(
+        &mut self,
+        now: Instant,
+        address: IpAddr,
+        connection: ConnectionId,
+        blocked: bool,
+    ) {
+        let Some(peer) = self.peers.get_mut(&address) else {
+            return;
+        };
+        let input = if blocked {
+            Input::SendBlocked
+        } else {
+            Input::SendDrained
+        };
+        if let Some((_, _, contender)) = peer.contender.as_mut().filter(|c| c.0 == connection) {
+            contender.handle_input(now, input);
+        } else if peer.connection == Some(connection) {
+            peer.session.handle_input(now, input);
+        }
+        self.flush(now);
+    }
+
     /// Fires due timers.
     pub fn handle_timeout(&mut self, now: Instant) {
         let mut expired = Vec::new();

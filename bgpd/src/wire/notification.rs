@@ -21,6 +21,8 @@ pub enum ErrorCode {
     Cease,
     /// 7: ROUTE-REFRESH Message Error (RFC 7313).
     RouteRefresh,
+    /// 8: Send Hold Timer Expired (RFC 9687).
+    SendHoldTimerExpired,
     /// Any other code, as received.
     Other(u8),
 }
@@ -36,6 +38,7 @@ impl ErrorCode {
             ErrorCode::FiniteStateMachine => 5,
             ErrorCode::Cease => 6,
             ErrorCode::RouteRefresh => 7,
+            ErrorCode::SendHoldTimerExpired => 8,
             ErrorCode::Other(code) => code,
         }
     }
@@ -50,6 +53,7 @@ impl ErrorCode {
             5 => ErrorCode::FiniteStateMachine,
             6 => ErrorCode::Cease,
             7 => ErrorCode::RouteRefresh,
+            8 => ErrorCode::SendHoldTimerExpired,
             other => ErrorCode::Other(other),
         }
     }
@@ -142,6 +146,7 @@ impl NotificationMsg {
             (ErrorCode::Cease, _) => "Cease",
             (ErrorCode::MessageHeader, _) => "Message Header Error",
             (ErrorCode::RouteRefresh, _) => "ROUTE-REFRESH Message Error",
+            (ErrorCode::SendHoldTimerExpired, _) => "Send Hold Timer Expired",
             (ErrorCode::Other(_), _) => "unknown error code",
         }
     }
