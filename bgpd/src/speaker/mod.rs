@@ -241,7 +241,17 @@ impl Speaker {
         for address in gone {
             self.remove_peer(now, address);
         }
-        for (address, config) in wanted {
+        for (address, mut config) in wanted {
+            // Whether we are restarting (the R bit, RFC 4724 §3) is the daemon's state, not
+            // configuration: a configuration read again keeps it, and resets no session.
+            if let (Some(running), Some(new)) = (
+                self.peers
+                    .get(&address)
+                    .and_then(|p| p.config.session.graceful_restart),
+                config.session.graceful_restart.as_mut(),
+            ) {
+                new.restarting = running.restarting;
+            }
             match self.peers.get_mut(&address) {
                 Some(peer) if peer.config == config => {}
                 Some(peer)

@@ -1238,3 +1238,28 @@ fn an_import_filter_changed_on_reload_is_applied_to_the_routes_already_received(
     );
     assert!(net.established(addr(2), addr(1)));
 }
+
+#[test]
+fn a_reload_after_a_graceful_restart_start_resets_no_session() {
+    // twill-bgpd --graceful-restart sets the R bit on every neighbour; the configuration
+    // read again on SIGHUP does not. That difference alone must not restart a session.
+    let mut restarting = graceful(neighbor(2, 65001, 65002, 1));
+    if let Some(gr) = restarting.session.graceful_restart.as_mut() {
+        gr.restarting = true;
+    }
+    let mut net = two_speakers(restarting, graceful(neighbor(1, 65002, 65001, 2)));
+    assert!(net.established(addr(1), addr(2)));
+    net.wire.clear();
+    let now = net.now;
+    net.speaker(addr(1))
+        .set_neighbors(now, vec![graceful(neighbor(2, 65001, 65002, 1))]);
+    net.run();
+    assert!(
+        !net.sent_by(addr(1))
+            .iter()
+            .any(|m| matches!(m, Message::Notification(_) | Message::Open(_))),
+        "the session was reset: {:?}",
+        net.sent_by(addr(1))
+    );
+    assert!(net.established(addr(1), addr(2)));
+}
