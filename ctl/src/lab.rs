@@ -52,6 +52,10 @@ enum LabCommand {
         /// Give pods an IPv6 address too.
         #[arg(long)]
         dual_stack: bool,
+        /// Policy-only: pods wired by the reference ptp CNI plugin (host-local addresses),
+        /// twill-node in --mode policy-only with interfacePrefix veth.
+        #[arg(long, conflicts_with = "dual_stack")]
+        policy_only: bool,
     },
     /// Remove everything the lab made (also after its processes were killed).
     Down,
@@ -171,6 +175,7 @@ pub async fn run(args: LabArgs, datastore_flag: Option<String>) -> Result<(), Fa
             topology,
             nodes,
             dual_stack,
+            policy_only,
         } => {
             let topology = match topology {
                 Some(path) => Topology::parse(&read(&path)?)
@@ -182,6 +187,7 @@ pub async fn run(args: LabArgs, datastore_flag: Option<String>) -> Result<(), Fa
                 nodes,
                 datastore: datastore_flag,
                 dual_stack,
+                policy_only,
             };
             let state = lab.up(options).await?;
             println!(

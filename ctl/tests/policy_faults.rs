@@ -430,6 +430,19 @@ fn host_endpoints_guard_the_node_except_its_failsafe_ports() {
         all(true),
         "without the host endpoint the node is open again"
     );
+    // A host endpoint naming only its address applies to the interface holding it (eth0).
+    let by_address = "apiVersion: projectcalico.org/v3\nkind: HostEndpoint\nmetadata: {name: node-1-by-address, labels: {role: node}}\n\
+        spec: {node: node-1, expectedIPs: [198.18.0.11]}\n";
+    let run = lab.run(&["apply", "-f", "-"], Some(by_address));
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(
+        probe_node(&lab, &[22, 8080, 9090]),
+        BTreeMap::from([(22, true), (8080, true), (9090, false)]),
+        "expectedIPs alone: the node's eth0 is guarded, the policy's 8080 open"
+    );
+    let run = lab.run(&["delete", "-f", "-"], Some(by_address));
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(probe_node(&lab, &[22, 8080, 9090]), all(true));
 }
 
 /// A process of the test, killed and reaped when the test ends.
@@ -612,4 +625,37 @@ fn node_exec_status(lab: &LabGuard, program: &str, args: &[&str]) -> bool {
         .args(args)
         .output()
         .is_ok_and(|o| o.status.success())
+}
+
+/// Policy-only mode: the pods are wired by another CNI (the reference ptp plugin with
+/// host-local addresses, host interfaces `veth…`), twill-node runs `--mode policy-only` with
+/// FelixConfiguration's interfacePrefix `veth`: the same policy gives the same matrix, the
+/// dispatch is on the other plugin's interfaces, and the node's routes are the other
+/// plugin's (no endpoint routes of Twill's).
+#[test]
+fn policy_only_mode_enforces_policy_on_another_plugins_pods() {
+    let lab = LabGuard::up_with(TOPOLOGY, &["--policy-only"]);
+    assert!(lab.ip("x/a").starts_with("10.91."), "host-local's range");
+    let run = lab.run(&["apply", "-f", "-"], Some(ONLY_B_TO_A));
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(lab.probe(&["80/TCP"]), expected());
+    let save = node_exec(&lab, "iptables-save", &["-t", "filter"]);
+    let dispatched: Vec<&str> = save
+        .lines()
+        .filter(|l| l.starts_with("-A twl-to-wl-dispatch -o "))
+        .collect();
+    assert_eq!(dispatched.len(), 3, "{save}");
+    assert!(
+        dispatched.iter().all(|l| l.contains("-o veth")),
+        "{dispatched:?}"
+    );
+    let routes = node_exec(&lab, "ip", &["route", "show", "table", "all"]);
+    assert!(!routes.contains("proto 211"), "{routes}");
+    assert_eq!(
+        routes.lines().filter(|l| l.starts_with("10.91.")).count(),
+        3,
+        "ptp's host routes: {routes}"
+    );
+    let status = lab.status();
+    assert!(status["pods"].as_array().unwrap().len() == 3);
 }

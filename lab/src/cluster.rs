@@ -30,6 +30,10 @@ pub const POD_POOL_V6: &str = "fd00:90::/48";
 pub const UNDERLAY_GATEWAY: &str = "198.18.0.1";
 /// How long `up` and `apply` wait for every pod to answer.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
+/// Where Debian's containernetworking-plugins put the reference plugins.
+pub const REFERENCE_CNI_DIR: &str = "/usr/lib/cni";
+/// Policy-only labs' pods: `10.91.N.0/24` on node N (host-local).
+const POLICY_ONLY_POOL_PREFIX: &str = "10.91";
 
 /// What `node_agent` does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,6 +57,8 @@ pub struct UpOptions {
     pub datastore: Option<String>,
     /// Give pods an IPv6 address too.
     pub dual_stack: bool,
+    /// Pods wired by another CNI, twill-node in policy-only mode (see [`State::policy_only`]).
+    pub policy_only: bool,
 }
 
 /// One lab on this machine.
@@ -135,6 +141,7 @@ impl Lab {
             ports: options.topology.ports.clone(),
             created: 0,
             relays: Vec::new(),
+            policy_only: options.policy_only,
         };
         let result = self.build(&mut state, &options).await;
         if let Err(err) = result {
@@ -253,6 +260,14 @@ impl Lab {
         let mut command = named::command(&node.netns, self.tools.twill_node.as_os_str());
         command
             .args(["--datastore", &state.datastore, "--node-name", &node.name])
+            .args([
+                "--mode",
+                if state.policy_only {
+                    "policy-only"
+                } else {
+                    "full"
+                },
+            ])
             .args([
                 "--health-listen",
                 "127.0.0.1:9099",
@@ -419,6 +434,12 @@ impl Lab {
                 "spec": {"cidr": POD_POOL_V6, "blockSize": 122, "nodeSelector": "all()"}}),
             );
         }
+        if state.policy_only {
+            documents.push(
+                json!({"apiVersion": "projectcalico.org/v3", "kind": "FelixConfiguration",
+                "metadata": {"name": "default"}, "spec": {"interfacePrefix": "veth"}}),
+            );
+        }
         for node in &state.nodes {
             documents.push(json!({"apiVersion": "projectcalico.org/v3", "kind": "Node",
                 "metadata": {"name": node.name, "labels": {"kubernetes.io/hostname": node.name}},
@@ -444,6 +465,33 @@ impl Lab {
     ) -> anyhow::Result<()> {
         let dir = self.node_dir(&node.name);
         std::fs::create_dir_all(dir.join("net.d"))?;
+        if state.policy_only {
+            // Another CNI: the reference ptp plugin, addresses from host-local (one /24 per
+            // node, its state in the node's directory).
+            let index = state
+                .nodes
+                .iter()
+                .position(|n| n.name == node.name)
+                .unwrap_or(0);
+            let conflist = json!({
+                "cniVersion": "1.0.0",
+                "name": NETWORK,
+                "plugins": [{
+                    "type": "ptp",
+                    "ipMasq": false,
+                    "mtu": 1500,
+                    "ipam": {"type": "host-local",
+                             "ranges": [[{"subnet": format!("{POLICY_ONLY_POOL_PREFIX}.{}.0/24", index + 1)}]],
+                             "routes": [{"dst": "0.0.0.0/0"}],
+                             "dataDir": dir.join("host-local")},
+                }],
+            });
+            std::fs::write(
+                dir.join("net.d/10-twill.conflist"),
+                serde_json::to_vec_pretty(&conflist)?,
+            )?;
+            return Ok(());
+        }
         let conflist = json!({
             "cniVersion": "1.0.0",
             "name": NETWORK,
@@ -477,33 +525,39 @@ impl Lab {
         Ok(plugin)
     }
 
-    /// Calls the `twill` plugin inside the node's namespace, as kubelet's runtime would.
+    /// Calls the `twill` plugin (policy-only: the reference `ptp`) inside the node's
+    /// namespace, as kubelet's runtime would.
     async fn call_cni(
         &self,
         command: &str,
         node: &NodeState,
         pod: &PodState,
+        policy_only: bool,
     ) -> anyhow::Result<serde_json::Value> {
         let config = serde_json::to_vec(&self.plugin_config(&node.name)?)?;
+        let (program, path) = if policy_only {
+            let dir = PathBuf::from(REFERENCE_CNI_DIR);
+            (dir.join("ptp"), dir)
+        } else {
+            (self.tools.twill.clone(), self.tools.cni_dir())
+        };
         let args = format!(
             "IgnoreUnknown=1;K8S_POD_NAMESPACE={};K8S_POD_NAME={};K8S_POD_INFRA_CONTAINER_ID={}",
             pod.namespace, pod.name, pod.container_id
         );
-        let mut child = tokio::process::Command::from(named::command(
-            &node.netns,
-            self.tools.twill.as_os_str(),
-        ))
-        .env("CNI_COMMAND", command)
-        .env("CNI_CONTAINERID", &pod.container_id)
-        .env("CNI_NETNS", format!("/run/netns/{}", pod.netns))
-        .env("CNI_IFNAME", "eth0")
-        .env("CNI_ARGS", args)
-        .env("CNI_PATH", self.tools.cni_dir())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("cannot run the twill plugin")?;
+        let mut child =
+            tokio::process::Command::from(named::command(&node.netns, program.as_os_str()))
+                .env("CNI_COMMAND", command)
+                .env("CNI_CONTAINERID", &pod.container_id)
+                .env("CNI_NETNS", format!("/run/netns/{}", pod.netns))
+                .env("CNI_IFNAME", "eth0")
+                .env("CNI_ARGS", args)
+                .env("CNI_PATH", path)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .with_context(|| format!("cannot run the CNI plugin {}", program.display()))?;
         if let Some(mut stdin) = child.stdin.take() {
             use tokio::io::AsyncWriteExt;
             stdin.write_all(&config).await?;
@@ -574,7 +628,10 @@ impl Lab {
             command: None,
         };
         named::add(&record.netns).map_err(anyhow::Error::msg)?;
-        let result = match self.call_cni("ADD", &node, &record).await {
+        let result = match self
+            .call_cni("ADD", &node, &record, state.policy_only)
+            .await
+        {
             Ok(result) => result,
             Err(err) => {
                 let _ = named::delete(&record.netns);
@@ -588,6 +645,22 @@ impl Lab {
             .filter_map(|ip| ip["address"].as_str())
             .map(|a| a.split('/').next().unwrap_or(a).to_string())
             .collect();
+        if state.policy_only {
+            // What an orchestrator integration writes for a pod another CNI wired: its
+            // WorkloadEndpoint, with the host side of the veth the plugin reported.
+            let host_side = result["interfaces"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|i| i.get("sandbox").is_none())
+                .and_then(|i| i["name"].as_str())
+                .with_context(|| format!("ptp reported no host interface for {}", record.id()))?
+                .to_string();
+            let endpoint = workload_endpoint(&pod, &node.name, &host_side, &record.ips);
+            Client::new(store.clone())
+                .write_all(&[endpoint], WriteMode::Apply)
+                .await?;
+        }
         let (serves, command) = workload_of(&pod, &state.ports);
         record.serves = serves;
         record.command = command;
@@ -876,7 +949,18 @@ impl Lab {
     async fn remove_pod(&self, state: &State, pod: &PodState) -> anyhow::Result<()> {
         named::kill_all(&pod.netns);
         if let Some(node) = state.node(&pod.node) {
-            self.call_cni("DEL", node, pod).await?;
+            self.call_cni("DEL", node, pod, state.policy_only).await?;
+            if state.policy_only {
+                let key = twill_shared::resource::Key::namespaced(
+                    twill_shared::resource::Kind::WorkloadEndpoint,
+                    &pod.namespace,
+                    &format!("{}-k8s-{}-eth0", node.name, pod.name.replace('-', "--")),
+                );
+                match self.store(state).await?.delete(&key, None).await {
+                    Ok(_) | Err(twill_shared::datastore::DatastoreError::NotFound { .. }) => {}
+                    Err(err) => return Err(err.into()),
+                }
+            }
         }
         named::delete(&pod.netns).map_err(anyhow::Error::msg)?;
         let _ = std::fs::remove_dir_all(Path::new("/etc/netns").join(&pod.netns));
@@ -898,7 +982,7 @@ impl Lab {
                 for pod in &state.pods {
                     named::kill_all(&pod.netns);
                     if let Some(node) = state.node(&pod.node) {
-                        if let Err(err) = self.call_cni("DEL", node, pod).await {
+                        if let Err(err) = self.call_cni("DEL", node, pod, state.policy_only).await {
                             tracing::warn!(pod = %pod.id(), error = %err, "CNI DEL failed during lab down");
                         }
                     }
@@ -1109,4 +1193,42 @@ fn fnv64(text: &str) -> u64 {
     text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |hash, byte| {
         (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
     })
+}
+
+/// The WorkloadEndpoint of a pod another CNI wired (policy-only), as Calico's Kubernetes
+/// integration derives it: `<node>-k8s-<pod>-eth0`, the pod's labels with the namespace and
+/// orchestrator labels, the namespace profile.
+fn workload_endpoint(
+    pod: &Object<PodSpec>,
+    node: &str,
+    interface: &str,
+    ips: &[String],
+) -> Resource {
+    let namespace = pod
+        .metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".into());
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    let mut labels = pod.metadata.labels.clone().unwrap_or_default();
+    labels.insert("projectcalico.org/namespace".into(), namespace.clone());
+    labels.insert("projectcalico.org/orchestrator".into(), "k8s".into());
+    let networks: Vec<String> = ips
+        .iter()
+        .map(|ip| {
+            if ip.contains(':') {
+                format!("{ip}/128")
+            } else {
+                format!("{ip}/32")
+            }
+        })
+        .collect();
+    let document = json!({"apiVersion": "projectcalico.org/v3", "kind": "WorkloadEndpoint",
+        "metadata": {"name": format!("{node}-k8s-{}-eth0", name.replace('-', "--")),
+                     "namespace": namespace, "labels": labels},
+        "spec": {"node": node, "orchestrator": "k8s", "pod": name, "endpoint": "eth0",
+                 "interfaceName": interface, "ipNetworks": networks,
+                 "profiles": [format!("kns.{namespace}")]}});
+    let mut resources = parse_documents(&document.to_string()).expect("a well-formed endpoint");
+    resources.remove(0)
 }

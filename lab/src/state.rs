@@ -72,6 +72,11 @@ pub struct State {
     /// Relays that let node namespaces reach a datastore on the machine's loopback.
     #[serde(default)]
     pub relays: Vec<u32>,
+    /// Policy-only: pods wired by another CNI (the reference `ptp` plugin with `host-local`
+    /// addresses), their WorkloadEndpoints written as an orchestrator would, and twill-node
+    /// in `--mode policy-only` with FelixConfiguration's interfacePrefix `veth`.
+    #[serde(default)]
+    pub policy_only: bool,
 }
 
 impl State {

@@ -112,6 +112,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         health: health_sender,
         lists: 0,
     };
+    agent.read_addresses().await;
     agent.write_status();
     let mut refresh = tokio::time::interval(agent.options.refresh);
     refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -129,6 +130,9 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
             _ = refresh.tick() => repair = true,
             _ = tokio::signal::ctrl_c() => break,
             _ = terminate.recv() => break,
+        }
+        if repair {
+            agent.read_addresses().await;
         }
         if agent.in_sync && (agent.dirty || agent.calculator.is_dirty() || repair) {
             agent.calculate_and_apply(repair).await;
@@ -190,6 +194,19 @@ impl Agent {
             }
         }
         self.status.datastore_revision = self.revision;
+    }
+
+    /// Reads this node's interface addresses (host endpoints by expectedIPs follow them).
+    async fn read_addresses(&mut self) {
+        match crate::interfaces::addresses().await {
+            Ok(addresses) => {
+                if self.calculator.set_host_addresses(addresses) {
+                    tracing::info!("this node's interface addresses changed");
+                    self.dirty = true;
+                }
+            }
+            Err(err) => tracing::warn!(error = %err, "cannot read this node's addresses"),
+        }
     }
 
     /// `fresh`: read the kernel first (drift repair) rather than trusting the last apply.

@@ -4,6 +4,7 @@
 //!
 //! - [`agent`]: the loop — syncer updates in, calculation, apply, status.
 //! - [`routes`]: endpoint routes (protocol 211), added and repaired.
+//! - [`interfaces`]: this node's interfaces and addresses (host endpoints by expectedIPs).
 //! - [`health`]: `/livez`, `/readyz`, `/metrics`.
 //! - [`status`]: the status file and the metrics.
 
@@ -11,5 +12,6 @@
 
 pub mod agent;
 pub mod health;
+pub mod interfaces;
 pub mod routes;
 pub mod status;

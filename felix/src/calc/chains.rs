@@ -724,14 +724,29 @@ pub fn local_hosts<'a>(
         {
             continue;
         }
-        match entity.interface.as_deref().filter(|i| !i.is_empty()) {
-            Some(interface) => {
-                hosts.insert(interface.to_string(), entity.clone());
-            }
-            None => warnings.push(format!(
-                "host endpoint {} names no interfaceName; Twill applies host endpoints by interface only",
+        if let Some(interface) = entity.interface.as_deref().filter(|i| !i.is_empty()) {
+            hosts.insert(interface.to_string(), entity.clone());
+            continue;
+        }
+        // No interfaceName: the interfaces that hold one of its expectedIPs.
+        let holding: Vec<&String> = config
+            .host_addresses
+            .iter()
+            .filter(|(_, addresses)| {
+                addresses
+                    .iter()
+                    .any(|a| entity.nets.iter().any(|n| n.contains(a)))
+            })
+            .map(|(interface, _)| interface)
+            .collect();
+        if holding.is_empty() {
+            warnings.push(format!(
+                "host endpoint {} names no interfaceName and no interface of this node holds one of its expectedIPs: it applies nowhere",
                 entity.display()
-            )),
+            ));
+        }
+        for interface in holding {
+            hosts.insert(interface.clone(), entity.clone());
         }
     }
     hosts

@@ -36,6 +36,9 @@ pub struct Config {
     pub failsafe_inbound: Vec<FailsafePort>,
     /// Ports host endpoint policy never blocks, from the host.
     pub failsafe_outbound: Vec<FailsafePort>,
+    /// This node's interfaces and their addresses: a host endpoint with `expectedIPs` and no
+    /// `interfaceName` applies to the interfaces that hold one of them (as Calico's).
+    pub host_addresses: BTreeMap<String, Vec<std::net::IpAddr>>,
 }
 
 /// A failsafe port (FelixConfiguration `failsafeInboundHostPorts` / `…Outbound…`).
@@ -110,6 +113,7 @@ impl Config {
             endpoint_to_host: EndpointToHost::Accept,
             failsafe_inbound: default_failsafe(true),
             failsafe_outbound: default_failsafe(false),
+            host_addresses: BTreeMap::new(),
         };
         for name in ["default".to_string(), format!("node.{node}")] {
             let key = twill_shared::resource::Key::cluster(

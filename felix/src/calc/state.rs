@@ -75,6 +75,8 @@ pub struct Calculator {
     /// Given from outside (tests, benchmarks): FelixConfiguration is then not read.
     fixed_config: Option<Config>,
     config: Config,
+    /// This node's interfaces and addresses (from the edge).
+    host_addresses: BTreeMap<String, Vec<std::net::IpAddr>>,
     world: World,
     policies: BTreeMap<Key, Arc<Policy>>,
     rank: HashMap<Key, usize>,
@@ -105,6 +107,7 @@ impl Calculator {
             node: node.to_string(),
             fixed_config: None,
             config: Config::from_model(&Model::default(), node),
+            host_addresses: BTreeMap::new(),
             world: World::default(),
             policies: BTreeMap::new(),
             rank: HashMap::new(),
@@ -151,13 +154,29 @@ impl Calculator {
         self.fresh || !self.pending.is_empty()
     }
 
+    /// This node's interfaces and their addresses (read by the edge); returns whether they
+    /// changed. A change recalculates everything at the next [`Calculator::compute`].
+    pub fn set_host_addresses(
+        &mut self,
+        addresses: BTreeMap<String, Vec<std::net::IpAddr>>,
+    ) -> bool {
+        if addresses == self.host_addresses {
+            return false;
+        }
+        self.host_addresses = addresses;
+        if self.fixed_config.is_none() {
+            self.fresh = true;
+        }
+        true
+    }
+
     /// The desired dataplane after every update so far.
     pub fn compute(&mut self) -> &Computed {
         let pending = std::mem::take(&mut self.pending);
-        let config = self
-            .fixed_config
-            .clone()
-            .unwrap_or_else(|| Config::from_model(&self.model, &self.node));
+        let config = self.fixed_config.clone().unwrap_or_else(|| Config {
+            host_addresses: self.host_addresses.clone(),
+            ..Config::from_model(&self.model, &self.node)
+        });
         if config != self.config {
             self.config = config;
             self.fresh = true;

@@ -91,6 +91,7 @@ const COUNT: usize = 10;
 
 fn config() -> Config {
     Config {
+        host_addresses: [("eth1".to_string(), vec!["198.18.0.20".parse().unwrap()])].into(),
         node: "n1".into(),
         ..Config::from_model(&Model::default(), "n1")
     }
@@ -329,10 +330,15 @@ metadata: {name: by-account}
 spec:
   serviceAccountSelector: tier == 'api'
   ingress: [{action: Allow, source: {serviceAccounts: {names: [api]}}}]
+---
+apiVersion: projectcalico.org/v3
+kind: HostEndpoint
+metadata: {name: n1-by-address, labels: {host: "yes"}}
+spec: {node: n1, expectedIPs: [198.18.0.20]}
 "#;
 
 /// How many documents VARIANTS holds.
-const VARIANT_COUNT: usize = 16;
+const VARIANT_COUNT: usize = 17;
 
 /// A GlobalNetworkPolicy's serviceAccountSelector picks workloads by their service account's
 /// labels (as Calico's `ksa.<ns>.<sa>` profile gives them): x/a runs as `api` (labelled
@@ -368,5 +374,38 @@ fn service_account_selectors_read_the_service_accounts_labels() {
     assert!(
         !jumps(&computed, "twl-tw-twa"),
         "the account lost its label"
+    );
+}
+
+/// A host endpoint with expectedIPs and no interfaceName applies to the interfaces of this
+/// node that hold one of them (here eth1, holding 198.18.0.20); with none holding one, it
+/// applies nowhere and says so.
+#[test]
+fn a_host_endpoint_without_an_interface_name_applies_where_its_addresses_are() {
+    let hep = resources(
+        "apiVersion: projectcalico.org/v3\nkind: HostEndpoint\nmetadata: {name: n1-by-address}\n\
+         spec: {node: n1, expectedIPs: [198.18.0.20]}\n",
+    );
+    let mut model = Model::default();
+    model.set(hep[0].key(), Some(hep[0].clone()));
+    let computed = compute(&model, &config());
+    let chains = &computed.v4.tables["filter"].chains;
+    assert!(chains.contains_key("twl-fh-eth1") && chains.contains_key("twl-th-eth1"));
+    let elsewhere = Config {
+        host_addresses: [("eth2".to_string(), vec!["198.18.0.99".parse().unwrap()])].into(),
+        ..config()
+    };
+    let computed = compute(&model, &elsewhere);
+    assert!(!computed.v4.tables["filter"]
+        .chains
+        .keys()
+        .any(|c| c.starts_with("twl-fh-")));
+    assert!(
+        computed
+            .warnings
+            .iter()
+            .any(|w| w.contains("n1-by-address") && w.contains("applies nowhere")),
+        "{:?}",
+        computed.warnings
     );
 }
