@@ -36,28 +36,49 @@ impl Direction {
 /// Entities are slots of [`World`]; the index follows their arrivals and departures.
 #[derive(Debug, Clone, Default)]
 pub struct LabelIndex {
-    pairs: HashMap<(String, String), BTreeSet<usize>>,
+    /// Label key → value → slots.
+    pairs: HashMap<String, HashMap<String, BTreeSet<usize>>>,
+    /// Label key → slots.
     keys: HashMap<String, BTreeSet<usize>>,
 }
 
 impl LabelIndex {
     fn insert(&mut self, slot: usize, entity: &Entity) {
         for (key, value) in &entity.labels {
-            self.pairs
-                .entry((key.clone(), value.clone()))
-                .or_default()
-                .insert(slot);
-            self.keys.entry(key.clone()).or_default().insert(slot);
+            let values = match self.pairs.get_mut(key) {
+                Some(values) => values,
+                None => self.pairs.entry(key.clone()).or_default(),
+            };
+            match values.get_mut(value) {
+                Some(slots) => {
+                    slots.insert(slot);
+                }
+                None => {
+                    values.insert(value.clone(), BTreeSet::from([slot]));
+                }
+            }
+            match self.keys.get_mut(key) {
+                Some(slots) => {
+                    slots.insert(slot);
+                }
+                None => {
+                    self.keys.insert(key.clone(), BTreeSet::from([slot]));
+                }
+            }
         }
     }
 
     fn remove(&mut self, slot: usize, entity: &Entity) {
         for (key, value) in &entity.labels {
-            let pair = (key.clone(), value.clone());
-            if let Some(slots) = self.pairs.get_mut(&pair) {
-                slots.remove(&slot);
-                if slots.is_empty() {
-                    self.pairs.remove(&pair);
+            if let Some(values) = self.pairs.get_mut(key) {
+                if let Some(slots) = values.get_mut(value) {
+                    slots.remove(&slot);
+                    if slots.is_empty() {
+                        values.remove(value);
+                    }
+                }
+                if values.is_empty() {
+                    self.pairs.remove(key);
                 }
             }
             if let Some(slots) = self.keys.get_mut(key) {
@@ -69,35 +90,50 @@ impl LabelIndex {
         }
     }
 
+    fn pair(&self, key: &str, value: &str) -> Option<&BTreeSet<usize>> {
+        self.pairs.get(key)?.get(value)
+    }
+
     /// A superset of the entities the selector matches, or None for "any".
     fn candidates(&self, selector: &Selector) -> Option<Vec<usize>> {
         let collect = |slots: Option<&BTreeSet<usize>>| -> Vec<usize> {
             slots.map_or_else(Vec::new, |s| s.iter().copied().collect())
         };
         match selector {
-            Selector::Equal(key, value) => {
-                Some(collect(self.pairs.get(&(key.clone(), value.clone()))))
-            }
+            Selector::Equal(key, value) => Some(collect(self.pair(key, value))),
             Selector::Has(key) => Some(collect(self.keys.get(key))),
             Selector::In(key, values) => {
                 let mut all: Vec<usize> = values
                     .iter()
-                    .flat_map(|v| {
-                        self.pairs
-                            .get(&(key.clone(), v.clone()))
-                            .into_iter()
-                            .flatten()
-                    })
+                    .flat_map(|v| self.pair(key, v).into_iter().flatten())
                     .copied()
                     .collect();
                 all.sort_unstable();
                 all.dedup();
                 Some(all)
             }
+            // The operand with the fewest candidates (sized before any list is built).
             Selector::And(operands) => operands
                 .iter()
-                .filter_map(|o| self.candidates(o))
-                .min_by_key(Vec::len),
+                .filter_map(|o| Some((self.estimate(o)?, o)))
+                .min_by_key(|(size, _)| *size)
+                .and_then(|(_, o)| self.candidates(o)),
+            _ => None,
+        }
+    }
+
+    /// How many candidates [`LabelIndex::candidates`] would give, or None for "any".
+    fn estimate(&self, selector: &Selector) -> Option<usize> {
+        match selector {
+            Selector::Equal(key, value) => Some(self.pair(key, value).map_or(0, BTreeSet::len)),
+            Selector::Has(key) => Some(self.keys.get(key).map_or(0, BTreeSet::len)),
+            Selector::In(key, values) => Some(
+                values
+                    .iter()
+                    .map(|v| self.pair(key, v).map_or(0, BTreeSet::len))
+                    .sum(),
+            ),
+            Selector::And(operands) => operands.iter().filter_map(|o| self.estimate(o)).min(),
             _ => None,
         }
     }

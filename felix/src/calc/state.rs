@@ -290,17 +290,18 @@ impl Calculator {
         }
 
         // Entities.
-        let mut changes: Vec<(Option<Entity>, Option<Entity>)> = Vec::new();
-        for key in &entity_keys {
-            let new = self.model.entity(key, &self.world.profiles);
-            let old = match &new {
-                Some(entity) if self.world.entity(key) == Some(entity) => continue,
-                Some(entity) => self.world.upsert(entity.clone()),
-                None => self.world.remove(key),
+        let mut changes: Vec<Change> = Vec::new();
+        for key in entity_keys {
+            let new = self.model.entity(&key, &self.world.profiles);
+            let old = match new {
+                Some(entity) if self.world.entity(&key) == Some(&entity) => continue,
+                Some(entity) => self.world.upsert(entity),
+                None => match self.world.remove(&key) {
+                    Some(old) => Some(old),
+                    None => continue,
+                },
             };
-            if old.is_some() || new.is_some() {
-                changes.push((old, new));
-            }
+            changes.push(Change { key, old });
         }
 
         // Policies, in order.
@@ -326,36 +327,35 @@ impl Calculator {
 
         // This node's endpoints and the policies that select them.
         let mut dirty: BTreeSet<Key> = BTreeSet::new();
-        let mut arrived: BTreeSet<Key> = BTreeSet::new();
-        for (old, new) in &changes {
-            let key = new.as_ref().or(old.as_ref()).map(|e| e.key.clone());
-            let Some(key) = key else { continue };
-            match new.as_ref().filter(|e| self.is_local(e)) {
-                Some(entity) => {
-                    let matching = self
-                        .policies
-                        .iter()
-                        .filter(|(_, p)| p.selector.matches(&entity.labels))
-                        .map(|(k, _)| k.clone())
-                        .collect();
-                    self.endpoints.insert(
-                        key.clone(),
-                        Local {
-                            entity: entity.clone(),
-                            matching,
-                            needs: Default::default(),
-                        },
-                    );
-                    arrived.insert(key.clone());
-                    dirty.insert(key);
-                }
+        let mut arrived: Vec<Entity> = Vec::new();
+        for change in &changes {
+            match self.world.entity(&change.key).filter(|e| self.is_local(e)) {
+                Some(entity) => arrived.push(entity.clone()),
                 None => {
-                    if self.endpoints.remove(&key).is_some() {
-                        dirty.insert(key);
+                    if self.endpoints.remove(&change.key).is_some() {
+                        dirty.insert(change.key.clone());
                     }
                 }
             }
         }
+        let matchings = matching_policies(&arrived, &self.policies);
+        let arrived: BTreeSet<Key> = arrived
+            .into_iter()
+            .zip(matchings)
+            .map(|(entity, matching)| {
+                let key = entity.key.clone();
+                self.endpoints.insert(
+                    key.clone(),
+                    Local {
+                        entity,
+                        matching,
+                        needs: Default::default(),
+                    },
+                );
+                dirty.insert(key.clone());
+                key
+            })
+            .collect();
         for policy_key in &policy_keys {
             let policy = self.policies.get(policy_key);
             for (key, local) in &mut self.endpoints {
@@ -823,7 +823,15 @@ impl Calculator {
         for (name, condition) in wanted {
             if let (Some(set), Some(counts)) = (sets.get_mut(name), state.counts.get_mut(name)) {
                 if let Some(selector) = chains::set_selector(condition) {
-                    follow(set, counts, condition, selector, changes.changes, family);
+                    follow(
+                        set,
+                        counts,
+                        condition,
+                        selector,
+                        changes.changes,
+                        world,
+                        family,
+                    );
                 }
                 continue;
             }
@@ -850,10 +858,12 @@ fn follow(
     counts: &mut BTreeMap<crate::ir::Member, u32>,
     condition: &Condition,
     selector: &twill_shared::selector::Selector,
-    changes: &[(Option<Entity>, Option<Entity>)],
+    changes: &[Change],
+    world: &World,
     family: Family,
 ) {
-    for (old, new) in changes {
+    for change in changes {
+        let (old, new) = (&change.old, world.entity(&change.key));
         if let Some(old) = old.as_ref().filter(|e| selector.matches(&e.labels)) {
             for member in chains::contributions(condition, old, family) {
                 if let Some(count) = counts.get_mut(&member) {
@@ -865,7 +875,7 @@ fn follow(
                 }
             }
         }
-        if let Some(new) = new.as_ref().filter(|e| selector.matches(&e.labels)) {
+        if let Some(new) = new.filter(|e| selector.matches(&e.labels)) {
             for member in chains::contributions(condition, new, family) {
                 let count = counts.entry(member.clone()).or_default();
                 *count += 1;
@@ -877,10 +887,50 @@ fn follow(
     }
 }
 
+/// An entity that changed: its key (the new version, if any, is in the world) and its old
+/// version, if it had one.
+#[derive(Debug)]
+struct Change {
+    key: Key,
+    old: Option<Entity>,
+}
+
+/// For each endpoint, the policies whose selector matches it. Many endpoints at once (a
+/// start, a namespace relabelled) are matched through a label index over them, so each
+/// policy is evaluated on its candidates only.
+fn matching_policies(
+    endpoints: &[Entity],
+    policies: &BTreeMap<Key, Arc<Policy>>,
+) -> Vec<BTreeSet<Key>> {
+    let mut out = vec![BTreeSet::new(); endpoints.len()];
+    if endpoints.len() < 16 {
+        for (entity, matching) in endpoints.iter().zip(&mut out) {
+            *matching = policies
+                .iter()
+                .filter(|(_, p)| p.selector.matches(&entity.labels))
+                .map(|(k, _)| k.clone())
+                .collect();
+        }
+        return out;
+    }
+    let mut world = World::default();
+    let mut position: HashMap<Key, usize> = HashMap::new();
+    for (index, entity) in endpoints.iter().enumerate() {
+        position.insert(entity.key.clone(), index);
+        world.upsert(entity.clone());
+    }
+    for (key, policy) in policies {
+        for entity in world.select(&policy.selector) {
+            out[position[&entity.key]].insert(key.clone());
+        }
+    }
+    out
+}
+
 /// What changed, as one family's update reads it.
 struct FamilyChanges<'a> {
     /// Entities before and after.
-    changes: &'a [(Option<Entity>, Option<Entity>)],
+    changes: &'a [Change],
     /// This node's endpoints whose chains must be written again.
     dirty: &'a BTreeSet<Key>,
     /// Policies whose resource changed.
