@@ -114,8 +114,8 @@ bench: deps
 FUZZ_SECONDS ?= 60
 fuzz:
 	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
-	cd fuzz && for t in selector_parse documents_parse bgp_message; do \
-		mkdir -p corpus/$$t && cp -n corpus-seed/$$t/* corpus/$$t/ ; \
+	cd fuzz && for t in $$(ls fuzz_targets | sed 's/\.rs$$//'); do \
+		mkdir -p corpus/$$t; if [ -d corpus-seed/$$t ]; then cp -n corpus-seed/$$t/* corpus/$$t/; fi; \
 		RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run $$t corpus/$$t -- -max_total_time=$(FUZZ_SECONDS) -max_len=4096 || exit 1; \
 	done
 
