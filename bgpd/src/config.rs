@@ -65,6 +65,16 @@ struct Global {
     /// `true` is the default and `false` is refused rather than silently ignored.
     #[serde(default = "yes")]
     deterministic_med: bool,
+    /// After a restart with `--graceful-restart`, the longest wait for every neighbour's
+    /// End-of-RIB before routes are selected, installed and sent anyway (RFC 4724 §4.1,
+    /// the Selection_Deferral_Timer; FRR's `select-defer-time`, BIRD's `graceful restart
+    /// wait`).
+    #[serde(default = "default_selection_deferral")]
+    selection_deferral_time: u64,
+}
+
+fn default_selection_deferral() -> u64 {
+    120
 }
 
 fn default_listen() -> Vec<SocketAddr> {
@@ -228,6 +238,8 @@ pub struct DaemonConfig {
     pub kernel: Option<KernelConfig>,
     /// Prometheus endpoint.
     pub metrics_listen: Option<SocketAddr>,
+    /// After a graceful restart, the longest wait for End-of-RIBs (RFC 4724 §4.1).
+    pub selection_deferral: Duration,
 }
 
 /// `65001:100`, `65001:1:2`, `no-export`, `no-advertise`: a standard or large community.
@@ -382,6 +394,7 @@ impl File {
                 metric: k.metric.unwrap_or(1024),
             }),
             metrics_listen: self.global.metrics_listen,
+            selection_deferral: Duration::from_secs(self.global.selection_deferral_time.max(1)),
         })
     }
 
@@ -543,6 +556,7 @@ impl Neighbor {
         session.graceful_restart = self.graceful_restart.then_some(GracefulRestartConfig {
             restart_time: self.restart_time.min(4095),
             restarting: false,
+            forwarding_preserved: false,
         });
         if direction != 0 {
             session.add_path = families.iter().map(|f| (*f, direction)).collect();
@@ -615,7 +629,8 @@ table = 254
             neighbor.session.graceful_restart,
             Some(GracefulRestartConfig {
                 restart_time: 120,
-                restarting: false
+                restarting: false,
+                forwarding_preserved: false,
             })
         );
         assert_eq!(transport.password.as_deref(), Some("secret"));
@@ -720,6 +735,15 @@ table = 254
         );
         let config = DaemonConfig::parse(&text).unwrap();
         assert!(config.speaker.always_compare_med);
+    }
+
+    #[test]
+    fn the_selection_deferral_time_is_read() {
+        let config = DaemonConfig::parse(BRIEF).unwrap();
+        assert_eq!(config.selection_deferral, Duration::from_secs(120));
+        let text = BRIEF.replace("[global]", "[global]\nselection_deferral_time = 300");
+        let config = DaemonConfig::parse(&text).unwrap();
+        assert_eq!(config.selection_deferral, Duration::from_secs(300));
     }
 
     #[test]

@@ -60,8 +60,13 @@ impl State {
 pub struct GracefulRestartConfig {
     /// Seconds the peer should keep our routes while we restart.
     pub restart_time: u16,
-    /// We are restarting now (set the R bit): the peer keeps our routes as stale.
+    /// We are restarting now (set the R bit, RFC 4724 §3): the peer sends its routes at
+    /// once, without waiting for our End-of-RIB. Set only in the OPENs of a restart, until
+    /// its route selection is done (§4.1).
     pub restarting: bool,
+    /// Our forwarding state was preserved across the restart (the F bit of every family,
+    /// RFC 4724 §3): the peer keeps forwarding along the routes it had from us.
+    pub forwarding_preserved: bool,
 }
 
 /// What a session proposes and requires.
@@ -133,7 +138,11 @@ impl Config {
                 restarting: gr.restarting,
                 notification: false,
                 restart_time: gr.restart_time,
-                families: self.families.iter().map(|f| (*f, gr.restarting)).collect(),
+                families: self
+                    .families
+                    .iter()
+                    .map(|f| (*f, gr.forwarding_preserved))
+                    .collect(),
             }));
         }
         if !self.add_path.is_empty() {
@@ -290,6 +299,12 @@ impl Session {
     /// The configuration.
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// Changes the graceful restart capability announced from the next OPEN on (the R and
+    /// F bits end with a restart); the session as it is goes on.
+    pub fn set_graceful_restart(&mut self, graceful_restart: Option<GracefulRestartConfig>) {
+        self.config.graceful_restart = graceful_restart;
     }
 
     /// What was negotiated, once Established.

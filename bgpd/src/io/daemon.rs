@@ -3,7 +3,7 @@
 
 #![allow(clippy::disallowed_methods)] // The driver is the edge that reads the clock.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -38,8 +38,6 @@ pub enum Event {
     Control(String, oneshot::Sender<String>),
     /// Reload the configuration (SIGHUP).
     Reload,
-    /// Graceful restart took too long: remove the kernel routes not re-learned.
-    KernelSweep,
     /// Stop the daemon (SIGTERM, SIGINT; SIGUSR2 for a graceful-restart stop).
     Stop(StopMode),
 }
@@ -97,8 +95,6 @@ pub struct Daemon {
     kernel_batch: Vec<(IpNet, NextHops)>,
     /// Route writes the kernel writer has done.
     kernel_writes: Arc<std::sync::atomic::AtomicU64>,
-    /// Restarting: which neighbours' End-of-RIBs the kernel sweep still waits for.
-    awaiting_end_of_rib: Option<HashSet<(IpAddr, crate::wire::Family)>>,
     /// Writer tasks of closed connections still writing their last bytes (a NOTIFICATION).
     closing: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -120,15 +116,8 @@ impl Daemon {
     ) -> anyhow::Result<Daemon> {
         let text = std::fs::read_to_string(&config_path)
             .with_context(|| format!("cannot read {}", config_path.display()))?;
-        let mut config = DaemonConfig::parse(&text)
+        let config = DaemonConfig::parse(&text)
             .with_context(|| format!("{} is not valid", config_path.display()))?;
-        if restarting {
-            for (neighbor, _) in &mut config.neighbors {
-                if let Some(gr) = neighbor.session.graceful_restart.as_mut() {
-                    gr.restarting = true;
-                }
-            }
-        }
         let mut listeners = Vec::new();
         for address in &config.listen {
             listeners.push(Arc::new(
@@ -138,19 +127,27 @@ impl Daemon {
         let mut speaker = Speaker::new(config.speaker.clone());
         speaker.set_route_output(config.kernel.is_some());
         let kernel_writes = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let kernel = match config.kernel {
-            Some(kernel_config) => Some(
-                kernel::spawn(kernel_config, restarting, kernel_writes.clone())
-                    .context("cannot open rtnetlink")?,
-            ),
-            None => None,
+        let (kernel, kept) = match config.kernel {
+            Some(kernel_config) => {
+                let (sender, kept) =
+                    kernel::spawn(kernel_config, restarting, kernel_writes.clone())
+                        .context("cannot open rtnetlink")?;
+                (Some(sender), kept)
+            }
+            None => (None, 0),
         };
-        if restarting && kernel.is_some() {
-            let sender = events.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(Duration::from_secs(120)).await;
-                let _ = sender.send(Event::KernelSweep);
-            });
+        if restarting {
+            // RFC 4724 §3: forwarding state was preserved when the previous stop left its
+            // kernel routes (a SIGUSR2 stop or a crash; a SIGTERM stop removes them). Without
+            // `[kernel]` Twill forwards nothing, so it preserved nothing either.
+            let preserved = kept > 0;
+            tracing::info!(
+                forwarding_preserved = preserved,
+                kernel_routes_kept = kept,
+                deferral_s = config.selection_deferral.as_secs(),
+                "restarting: route selection waits for every neighbour's End-of-RIB"
+            );
+            speaker.begin_restart(Instant::now(), preserved, config.selection_deferral);
         }
         Ok(Daemon {
             config_path,
@@ -162,7 +159,6 @@ impl Daemon {
             events,
             listeners,
             started: Instant::now(),
-            awaiting_end_of_rib: (restarting && kernel.is_some()).then(HashSet::new),
             kernel,
             kernel_batch: Vec::new(),
             kernel_writes,
@@ -289,7 +285,6 @@ impl Daemon {
                 let answer = self.on_control(now, request.trim());
                 let _ = reply.send(answer);
             }
-            Event::KernelSweep => self.sweep_kernel("graceful restart timer"),
             Event::Stop(_) => unreachable!("the loop handles stops"),
             Event::Reload => {
                 if let Err(err) = self.reload(now) {
@@ -423,19 +418,9 @@ impl Daemon {
                     }
                 }
                 Action::EndOfRib(peer, family) => {
-                    if let Some(waiting) = self.awaiting_end_of_rib.as_mut() {
-                        waiting.insert((peer, family));
-                        let everyone = self.config.neighbors.len();
-                        let established = self.speaker.established_families();
-                        let done = established.len() == everyone
-                            && established.iter().all(|(p, families)| {
-                                families.iter().all(|f| waiting.contains(&(*p, *f)))
-                            });
-                        if done {
-                            self.sweep_kernel("End-of-RIB from every neighbour");
-                        }
-                    }
+                    tracing::debug!(%peer, %family, "End-of-RIB received");
                 }
+                Action::SelectionDone => self.sweep_kernel(),
                 Action::PeerUp(peer) => tracing::info!(%peer, "session established"),
                 Action::PeerDown(peer, reason) => tracing::info!(%peer, %reason, "session down"),
             }
@@ -476,15 +461,17 @@ impl Daemon {
         }
     }
 
-    /// After a graceful restart: routes from before that were not learned again go.
-    fn sweep_kernel(&mut self, why: &str) {
-        if self.awaiting_end_of_rib.take().is_some() {
-            tracing::info!(reason = why, "removing stale kernel routes");
-            // Route writes decided before the sweep go first.
-            self.flush_kernel_batch();
-            if let Some(kernel) = &self.kernel {
-                let _ = kernel.send(KernelCommand::Sweep);
-            }
+    /// After a graceful restart's route selection: routes from before that were not
+    /// written again go.
+    fn sweep_kernel(&mut self) {
+        if self.kernel.is_none() {
+            return;
+        }
+        tracing::info!("removing kernel routes from before the restart not learned again");
+        // Route writes decided before the sweep (the whole table) go first.
+        self.flush_kernel_batch();
+        if let Some(kernel) = &self.kernel {
+            let _ = kernel.send(KernelCommand::Sweep);
         }
     }
 

@@ -349,13 +349,15 @@ fn flush(kernel: &mut Kernel) {
     }
 }
 
-/// Runs the kernel writer on its own thread; `writes` counts route writes done. With `keep_existing` (graceful restart), Twill's
-/// routes from before stay until [`KernelCommand::Sweep`]; otherwise they are removed now.
+/// Runs the kernel writer on its own thread; `writes` counts route writes done. With
+/// `keep_existing` (graceful restart), Twill's routes from before stay until
+/// [`KernelCommand::Sweep`]; otherwise they are removed now. Returns the sender and how many
+/// routes from before were kept.
 pub fn spawn(
     config: KernelConfig,
     keep_existing: bool,
     writes: std::sync::Arc<std::sync::atomic::AtomicU64>,
-) -> io::Result<mpsc::Sender<KernelCommand>> {
+) -> io::Result<(mpsc::Sender<KernelCommand>, usize)> {
     let mut kernel = Kernel::open(config)?;
     let mut leftovers = kernel.list()?;
     if !keep_existing {
@@ -369,6 +371,7 @@ pub fn spawn(
         kept = leftovers.len(),
         "kernel route sync started"
     );
+    let kept = leftovers.len();
     let (sender, receiver) = mpsc::channel::<KernelCommand>();
     std::thread::Builder::new()
         .name("twill-kernel".into())
@@ -423,5 +426,5 @@ pub fn spawn(
                 }
             }
         })?;
-    Ok(sender)
+    Ok((sender, kept))
 }

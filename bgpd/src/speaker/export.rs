@@ -116,6 +116,10 @@ impl Speaker {
             if peer.restart_deadline.is_some() {
                 self.sweep_stale(now, address, Some(family));
             }
+            if let Some(restart) = self.restart.as_mut() {
+                restart.end_of_rib.insert((address, family));
+                self.check_restart(now);
+            }
             return;
         }
         let id = peer.id;
@@ -287,9 +291,11 @@ impl Speaker {
         }
     }
 
-    /// Route changes for the kernel: our own originations are not installed.
+    /// Route changes for the kernel: our own originations are not installed. While our
+    /// restart defers route selection (RFC 4724 §4.1) nothing is: the kernel keeps the
+    /// routes from before, and gets the whole table once selection is done.
     pub(super) fn emit_routes(&mut self, changes: Vec<BestChange>) {
-        if !self.route_output {
+        if !self.route_output || self.restart.is_some() {
             return;
         }
         for mut change in changes {
@@ -321,6 +327,10 @@ impl Speaker {
     /// Brings the peer's Adj-RIB-Out for `prefixes` in line with the RIB; `force` re-sends
     /// announcements that did not change.
     fn export_to(&mut self, now: Instant, address: IpAddr, prefixes: &[IpNet], force: bool) {
+        if self.restart.is_some() {
+            // RFC 4724 §4.1: nothing is sent before route selection after our restart.
+            return;
+        }
         let Some(peer) = self.peers.get(&address) else {
             return;
         };

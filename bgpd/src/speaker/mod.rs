@@ -92,6 +92,10 @@ pub enum Action {
     PeerDown(IpAddr, String),
     /// A neighbour finished sending its routes of a family (End-of-RIB, RFC 4724).
     EndOfRib(IpAddr, Family),
+    /// Route selection after our restart is done (RFC 4724 §4.1): every route is in the
+    /// [`Action::Route`]s before this one, so kernel routes from before the restart that were
+    /// not written again can go.
+    SelectionDone,
 }
 
 /// What `twillctl bgp peers` shows for one neighbour.
@@ -117,6 +121,18 @@ pub struct PeerStatus {
     pub updates_in: u64,
     /// UPDATE messages sent.
     pub updates_out: u64,
+}
+
+/// Our own restart (RFC 4724 §4.1), from a start with `--graceful-restart` until route
+/// selection is done: every neighbour's End-of-RIB, or the selection deferral timer.
+#[derive(Debug)]
+struct Restart {
+    /// When selection goes ahead whatever is missing (the Selection_Deferral_Timer).
+    deadline: Instant,
+    /// Our forwarding state survived the restart (the F bits).
+    forwarding_preserved: bool,
+    /// End-of-RIBs received, per neighbour and family.
+    end_of_rib: HashSet<(IpAddr, Family)>,
 }
 
 /// A path as a peer sent it: next hop and attributes, before import policy.
@@ -172,6 +188,8 @@ pub struct Speaker {
     next_peer_id: u32,
     /// Whether route changes are reported ([`Action::Route`]); off when nothing installs them.
     route_output: bool,
+    /// Our restart, while its route selection is deferred.
+    restart: Option<Restart>,
 }
 
 impl Speaker {
@@ -192,6 +210,130 @@ impl Speaker {
             actions: VecDeque::new(),
             next_peer_id: 1,
             route_output: true,
+            restart: None,
+        }
+    }
+
+    /// We are restarting (RFC 4724 §4.1; call before the first [`Speaker::set_neighbors`]):
+    /// OPENs carry the R bit, and the F bits when `forwarding_preserved`, until route
+    /// selection is done. Selection is deferred until every neighbour is up and has sent
+    /// End-of-RIB for each family (neighbours without graceful restart, or restarting
+    /// themselves, are not waited for: RFC 4724 §4.1 excludes them), or until `deferral`
+    /// has passed. Meanwhile routes received go into the RIB, but nothing is installed or
+    /// sent; then the whole table is, followed by [`Action::SelectionDone`] and End-of-RIB.
+    pub fn begin_restart(&mut self, now: Instant, forwarding_preserved: bool, deferral: Duration) {
+        self.restart = Some(Restart {
+            deadline: now + deferral,
+            forwarding_preserved,
+            end_of_rib: HashSet::new(),
+        });
+        let addresses: Vec<IpAddr> = self.peers.keys().copied().collect();
+        for address in addresses {
+            self.stamp_restart_bits(address);
+        }
+    }
+
+    /// Whether our restart's route selection is still deferred.
+    pub fn restarting(&self) -> bool {
+        self.restart.is_some()
+    }
+
+    /// The graceful restart capability a neighbour's next OPEN carries: R and F bits from
+    /// our restart state, not from configuration.
+    fn restart_bits(&self, config: &mut NeighborConfig) {
+        if let Some(gr) = config.session.graceful_restart.as_mut() {
+            gr.restarting = self.restart.is_some();
+            gr.forwarding_preserved = self
+                .restart
+                .as_ref()
+                .is_some_and(|r| r.forwarding_preserved);
+        }
+    }
+
+    fn stamp_restart_bits(&mut self, address: IpAddr) {
+        let Some(mut config) = self.peers.get(&address).map(|p| p.config.clone()) else {
+            return;
+        };
+        self.restart_bits(&mut config);
+        let peer = self.peers.get_mut(&address).expect("present above");
+        peer.session
+            .set_graceful_restart(config.session.graceful_restart);
+        peer.config = config;
+    }
+
+    /// RFC 4724 §4.1: selection is done once every neighbour is up and has sent End-of-RIB
+    /// for each family it negotiated — but for neighbours that announced no graceful
+    /// restart, or restart themselves (they wait for ours) — or once the deferral timer
+    /// has passed.
+    fn check_restart(&mut self, now: Instant) {
+        let Some(restart) = self.restart.as_ref() else {
+            return;
+        };
+        let timed_out = restart.deadline <= now;
+        let complete = self.peers.iter().all(|(address, peer)| {
+            let Some(negotiated) = peer.session.negotiated() else {
+                return false;
+            };
+            let waited_for = negotiated
+                .peer_graceful_restart
+                .as_ref()
+                .is_some_and(|gr| !gr.restarting);
+            !waited_for
+                || negotiated
+                    .families
+                    .iter()
+                    .all(|f| restart.end_of_rib.contains(&(*address, *f)))
+        });
+        if !complete && !timed_out {
+            return;
+        }
+        if timed_out && !complete {
+            tracing::warn!("selection deferral timer expired: going ahead without every neighbour's End-of-RIB");
+        } else {
+            tracing::info!("End-of-RIB from every neighbour: route selection done");
+        }
+        self.restart = None;
+        let addresses: Vec<IpAddr> = self.peers.keys().copied().collect();
+        for address in &addresses {
+            self.stamp_restart_bits(*address);
+        }
+        // The whole table, now selected, for the kernel; then what was not written can go.
+        let table: Vec<BestChange> = self
+            .rib
+            .iter()
+            .map(|(prefix, _)| BestChange {
+                prefix,
+                paths: self.rib.best(&prefix),
+            })
+            .collect();
+        self.emit_routes(table);
+        self.actions.push_back(Action::SelectionDone);
+        for address in addresses {
+            self.send_table(now, address);
+        }
+    }
+
+    /// Sends a newly established peer the table, then End-of-RIB per family (RFC 4724 §2).
+    fn send_table(&mut self, now: Instant, address: IpAddr) {
+        let Some(families) = self
+            .peers
+            .get(&address)
+            .and_then(|p| p.session.negotiated())
+            .map(|n| n.families.clone())
+        else {
+            return;
+        };
+        self.readvertise(now, address, None);
+        let Some(peer) = self.peers.get_mut(&address) else {
+            return;
+        };
+        for family in families {
+            if peer
+                .session
+                .send_update(now, UpdateMsg::end_of_rib_for(family))
+            {
+                peer.updates_out += 1;
+            }
         }
     }
 
@@ -224,6 +366,7 @@ impl Speaker {
                 ]
             })
             .flatten()
+            .chain(self.restart.as_ref().map(|r| r.deadline))
             .min()
     }
 
@@ -242,16 +385,10 @@ impl Speaker {
             self.remove_peer(now, address);
         }
         for (address, mut config) in wanted {
-            // Whether we are restarting (the R bit, RFC 4724 §3) is the daemon's state, not
-            // configuration: a configuration read again keeps it, and resets no session.
-            if let (Some(running), Some(new)) = (
-                self.peers
-                    .get(&address)
-                    .and_then(|p| p.config.session.graceful_restart),
-                config.session.graceful_restart.as_mut(),
-            ) {
-                new.restarting = running.restarting;
-            }
+            // Whether we are restarting (the R and F bits, RFC 4724 §3) is the speaker's
+            // state, not configuration: a configuration read again keeps it, and resets no
+            // session.
+            self.restart_bits(&mut config);
             match self.peers.get_mut(&address) {
                 Some(peer) if peer.config == config => {}
                 Some(peer)
@@ -270,6 +407,7 @@ impl Speaker {
             }
         }
         self.flush(now);
+        self.check_restart(now);
     }
 
     /// Sets the prefixes we originate, with their attributes (communities etc.).
@@ -433,6 +571,7 @@ impl Speaker {
         for (address, family) in refresh_expired {
             self.end_refresh(now, address, family);
         }
+        self.check_restart(now);
         self.flush(now);
     }
 
@@ -781,11 +920,6 @@ impl Speaker {
             .negotiated()
             .and_then(|n| n.peer_graceful_restart.as_ref())
             .map(|gr| gr.restart_time);
-        let families = peer
-            .session
-            .negotiated()
-            .map(|n| n.families.clone())
-            .unwrap_or_default();
         let keeps_forwarding = peer
             .session
             .negotiated()
@@ -816,17 +950,12 @@ impl Speaker {
                 }
             }
         }
-        self.readvertise(now, address, None);
-        let Some(peer) = self.peers.get_mut(&address) else {
-            return;
-        };
-        for family in families {
-            if peer
-                .session
-                .send_update(now, UpdateMsg::end_of_rib_for(family))
-            {
-                peer.updates_out += 1;
-            }
+        if self.restart.is_some() {
+            // RFC 4724 §4.1: our routes go once selection is done; this peer may be the
+            // last one waited for (if it is not waited for at all).
+            self.check_restart(now);
+        } else {
+            self.send_table(now, address);
         }
     }
 
@@ -835,6 +964,10 @@ impl Speaker {
             return;
         };
         let was_up = peer.established_at.take().is_some();
+        if let Some(restart) = self.restart.as_mut() {
+            // Its End-of-RIBs are awaited again from its next session.
+            restart.end_of_rib.retain(|(from, _)| *from != address);
+        }
         peer.adj_out.clear();
         peer.add_path_ids.clear();
         peer.rejected.clear();
@@ -879,6 +1012,9 @@ impl Speaker {
         }
         let enhanced = negotiated.enhanced_route_refresh;
         match refresh.subtype {
+            0 if self.restart.is_some() => {
+                tracing::debug!(%family, "route refresh asked while route selection is deferred; the table follows once it is done");
+            }
             0 => {
                 tracing::info!(%family, enhanced, "route refresh asked; sending the routes again");
                 peer.session.send_refresh_marker(family, true);

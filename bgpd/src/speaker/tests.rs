@@ -40,6 +40,8 @@ struct Net {
     connecting: Vec<(IpAddr, IpAddr)>,
     /// Who opened each connection.
     opened_by: HashMap<ConnectionId, IpAddr>,
+    /// Speakers that finished route selection after a restart, in order.
+    selection_done: Vec<IpAddr>,
 }
 
 impl Net {
@@ -54,6 +56,7 @@ impl Net {
             wire: Vec::new(),
             connecting: Vec::new(),
             opened_by: HashMap::new(),
+            selection_done: Vec::new(),
         }
     }
 
@@ -125,6 +128,7 @@ impl Net {
                     );
                 }
             }
+            Action::SelectionDone => self.selection_done.push(at),
             Action::PeerUp(_) | Action::PeerDown(..) | Action::EndOfRib(..) => {}
         }
     }
@@ -388,11 +392,13 @@ fn a_restarting_peers_routes_stay_stale_until_end_of_rib() {
     a.session.graceful_restart = Some(GracefulRestartConfig {
         restart_time: 120,
         restarting: false,
+        forwarding_preserved: false,
     });
     let mut b = neighbor(1, 65002, 65001, 2);
     b.session.graceful_restart = Some(GracefulRestartConfig {
         restart_time: 120,
         restarting: false,
+        forwarding_preserved: false,
     });
     let mut net = two_speakers(a.clone(), b);
     let now = net.now;
@@ -420,11 +426,9 @@ fn a_restarting_peers_routes_stay_stale_until_end_of_rib() {
     );
     // A comes back (restarting, forwarding preserved), now originating only 10.3.0.0/24.
     net.add(addr(1), speaker(65001, 1));
-    a.session.graceful_restart = Some(GracefulRestartConfig {
-        restart_time: 120,
-        restarting: true,
-    });
     let now = net.now;
+    net.speaker(addr(1))
+        .begin_restart(now, true, Duration::from_secs(120));
     net.speaker(addr(1))
         .set_originated(now, originate(&["10.3.0.0/24"], 1));
     net.speaker(addr(1)).set_neighbors(now, vec![a]);
@@ -965,6 +969,7 @@ impl HandPeer {
         a.graceful_restart = Some(GracefulRestartConfig {
             restart_time: 120,
             restarting,
+            forwarding_preserved: restarting,
         });
         let cx = Context::initial();
         let mut bytes = Message::Open(a.open()).encode(&cx).to_vec();
@@ -1072,6 +1077,7 @@ fn graceful(mut config: NeighborConfig) -> NeighborConfig {
     config.session.graceful_restart = Some(GracefulRestartConfig {
         restart_time: 120,
         restarting: false,
+        forwarding_preserved: false,
     });
     config
 }
@@ -1240,19 +1246,36 @@ fn an_import_filter_changed_on_reload_is_applied_to_the_routes_already_received(
 }
 
 #[test]
-fn a_reload_after_a_graceful_restart_start_resets_no_session() {
+fn a_reload_during_a_graceful_restart_resets_no_session() {
     // twill-bgpd --graceful-restart sets the R bit on every neighbour; the configuration
     // read again on SIGHUP does not. That difference alone must not restart a session.
-    let mut restarting = graceful(neighbor(2, 65001, 65002, 1));
-    if let Some(gr) = restarting.session.graceful_restart.as_mut() {
-        gr.restarting = true;
-    }
-    let mut net = two_speakers(restarting, graceful(neighbor(1, 65002, 65001, 2)));
-    assert!(net.established(addr(1), addr(2)));
-    net.wire.clear();
+    let mut net = Net::new();
+    net.add(addr(1), speaker(65001, 1));
+    net.add(addr(2), speaker(65002, 2));
     let now = net.now;
     net.speaker(addr(1))
-        .set_neighbors(now, vec![graceful(neighbor(2, 65001, 65002, 1))]);
+        .begin_restart(now, true, Duration::from_secs(120));
+    net.speaker(addr(1)).set_neighbors(
+        now,
+        vec![
+            graceful(neighbor(2, 65001, 65002, 1)),
+            graceful(neighbor(3, 65001, 65003, 1)),
+        ],
+    );
+    net.speaker(addr(2))
+        .set_neighbors(now, vec![graceful(neighbor(1, 65002, 65001, 2))]);
+    net.run();
+    assert!(net.established(addr(1), addr(2)));
+    assert!(net.speakers[&addr(1)].restarting(), "waiting for .3");
+    net.wire.clear();
+    let now = net.now;
+    net.speaker(addr(1)).set_neighbors(
+        now,
+        vec![
+            graceful(neighbor(2, 65001, 65002, 1)),
+            graceful(neighbor(3, 65001, 65003, 1)),
+        ],
+    );
     net.run();
     assert!(
         !net.sent_by(addr(1))
@@ -1262,4 +1285,172 @@ fn a_reload_after_a_graceful_restart_start_resets_no_session() {
         net.sent_by(addr(1))
     );
     assert!(net.established(addr(1), addr(2)));
+}
+
+/// The graceful restart capability in each OPEN `from` sent: (R bit, F bits).
+fn restart_bits(net: &Net, from: IpAddr) -> Vec<(bool, Vec<bool>)> {
+    net.sent_by(from)
+        .iter()
+        .filter_map(|m| match m {
+            Message::Open(open) => open.capabilities.iter().find_map(|c| match c {
+                crate::wire::Capability::GracefulRestart(gr) => {
+                    Some((gr.restarting, gr.families.iter().map(|(_, f)| *f).collect()))
+                }
+                _ => None,
+            }),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Drops every connection of `at`'s (both ends see it close), as a cable pulled.
+fn drop_connections(net: &mut Net, at: IpAddr) {
+    let connections: Vec<ConnectionId> = net
+        .ends
+        .iter()
+        .filter(|(_, (owner, _, _))| *owner == at)
+        .map(|(c, _)| *c)
+        .collect();
+    let now = net.now;
+    for connection in connections {
+        if let Some((_, other, peer)) = net.ends.remove(&connection) {
+            net.ends.remove(&other);
+            net.speaker(peer).handle_closed(now, at, other);
+            net.speaker(at).handle_closed(now, peer, connection);
+        }
+    }
+    net.run();
+}
+
+#[test]
+fn the_r_bit_is_sent_only_until_every_peers_end_of_rib() {
+    // RFC 4724 §4.1: the R bit says "I have restarted"; once route selection is done (every
+    // peer's End-of-RIB here), a later OPEN (the session reset) must not say it again, or the
+    // peer would take a session reset for a restart. F bits follow forwarding preserved.
+    let mut net = Net::new();
+    net.add(addr(1), speaker(65001, 1));
+    net.add(addr(2), speaker(65002, 2));
+    let now = net.now;
+    net.speaker(addr(1))
+        .begin_restart(now, true, Duration::from_secs(120));
+    net.speaker(addr(1))
+        .set_neighbors(now, vec![graceful(neighbor(2, 65001, 65002, 1))]);
+    net.speaker(addr(2))
+        .set_neighbors(now, vec![graceful(neighbor(1, 65002, 65001, 2))]);
+    net.run();
+    assert!(net.established(addr(1), addr(2)));
+    let first = restart_bits(&net, addr(1));
+    assert!(!first.is_empty());
+    assert!(
+        first.iter().all(|(r, f)| *r && f.iter().all(|f| *f)),
+        "restarting, forwarding preserved: {first:?}"
+    );
+    assert!(
+        !net.speakers[&addr(1)].restarting(),
+        "B's End-of-RIB ended it"
+    );
+    assert_eq!(net.selection_done, vec![addr(1)]);
+    net.wire.clear();
+    drop_connections(&mut net, addr(1));
+    net.advance(10);
+    assert!(net.established(addr(1), addr(2)));
+    let again = restart_bits(&net, addr(1));
+    assert!(!again.is_empty());
+    assert!(
+        again.iter().all(|(r, f)| !*r && f.iter().all(|f| !*f)),
+        "no R bit, no F bits once the restart is over: {again:?}"
+    );
+}
+
+#[test]
+fn forwarding_bits_are_clear_when_forwarding_was_not_preserved() {
+    let mut net = Net::new();
+    net.add(addr(1), speaker(65001, 1));
+    net.add(addr(2), speaker(65002, 2));
+    let now = net.now;
+    net.speaker(addr(1))
+        .begin_restart(now, false, Duration::from_secs(120));
+    net.speaker(addr(1))
+        .set_neighbors(now, vec![graceful(neighbor(2, 65001, 65002, 1))]);
+    net.speaker(addr(2))
+        .set_neighbors(now, vec![graceful(neighbor(1, 65002, 65001, 2))]);
+    net.run();
+    let bits = restart_bits(&net, addr(1));
+    assert!(
+        !bits.is_empty() && bits.iter().all(|(r, f)| *r && f.iter().all(|f| !*f)),
+        "{bits:?}"
+    );
+}
+
+#[test]
+fn a_restarting_speaker_defers_selection_until_end_of_rib_or_the_deferral_timer() {
+    // RFC 4724 §4.1: A restarts with two neighbours; B is back at once, C never. Until the
+    // deferral timer A installs nothing new and sends B nothing (no routes, no End-of-RIB);
+    // then the whole table goes to the kernel (before the sweep of what was not learned
+    // again) and to B, followed by End-of-RIB.
+    let mut net = Net::new();
+    net.add(addr(1), speaker(65001, 1));
+    net.add(addr(2), speaker(65002, 2));
+    let now = net.now;
+    net.speaker(addr(1))
+        .begin_restart(now, true, Duration::from_secs(60));
+    net.speaker(addr(1))
+        .set_originated(now, originate(&["10.1.0.0/24"], 1));
+    net.speaker(addr(1)).set_neighbors(
+        now,
+        vec![
+            graceful(neighbor(2, 65001, 65002, 1)),
+            graceful(neighbor(3, 65001, 65003, 1)),
+        ],
+    );
+    net.speaker(addr(2))
+        .set_originated(now, originate(&["10.2.0.0/24"], 2));
+    net.speaker(addr(2))
+        .set_neighbors(now, vec![graceful(neighbor(1, 65002, 65001, 2))]);
+    net.run();
+    net.advance(30);
+    assert!(net.established(addr(1), addr(2)));
+    assert_eq!(
+        net.speakers[&addr(1)]
+            .rib()
+            .best(&prefix("10.2.0.0/24"))
+            .len(),
+        1,
+        "B's routes are taken in"
+    );
+    assert!(
+        net.fib.get(&addr(1)).is_none_or(|f| f.is_empty()),
+        "but not installed yet"
+    );
+    assert!(
+        !net.sent_by(addr(1))
+            .iter()
+            .any(|m| matches!(m, Message::Update(_))),
+        "nothing sent to B before selection is done"
+    );
+    assert!(net.selection_done.is_empty());
+    net.advance(31);
+    assert_eq!(net.selection_done, vec![addr(1)]);
+    assert_eq!(net.fib[&addr(1)][&prefix("10.2.0.0/24")], vec![addr(2)]);
+    assert_eq!(
+        net.speakers[&addr(2)]
+            .rib()
+            .best(&prefix("10.1.0.0/24"))
+            .len(),
+        1
+    );
+    let updates: Vec<UpdateMsg> = net
+        .sent_by(addr(1))
+        .into_iter()
+        .filter_map(|m| match m {
+            Message::Update(u) => Some(*u),
+            _ => None,
+        })
+        .collect();
+    let first_eor = updates.iter().position(|u| u.end_of_rib().is_some());
+    let last_route = updates.iter().rposition(|u| !u.nlri.is_empty());
+    assert!(
+        first_eor > last_route,
+        "End-of-RIB after the routes: {updates:?}"
+    );
 }
