@@ -106,9 +106,28 @@ pub fn peers(control: &Path, output: Output) -> Result<(), Failure> {
     Ok(())
 }
 
+/// The control request for `bgp rib [TARGET] [--peer P --in|--out]`.
+pub fn rib_request(target: Option<&str>, peer: Option<&str>, received: bool, sent: bool) -> String {
+    let mut request = String::from("rib");
+    if let Some(target) = target {
+        request.push(' ');
+        request.push_str(target);
+    }
+    if let Some(peer) = peer {
+        request.push_str(" --peer ");
+        request.push_str(peer);
+        if received {
+            request.push_str(" --in");
+        } else if sent {
+            request.push_str(" --out");
+        }
+    }
+    request
+}
+
 /// `bgp rib`.
-pub fn rib(control: &Path, output: Output) -> Result<(), Failure> {
-    let paths = ask(control, "rib")?;
+pub fn rib(control: &Path, request: &str, output: Output) -> Result<(), Failure> {
+    let paths = ask(control, request)?;
     if output == Output::Json {
         println!("{}", serde_json::to_string_pretty(&paths)?);
         return Ok(());
@@ -156,9 +175,31 @@ pub fn rib(control: &Path, output: Output) -> Result<(), Failure> {
     Ok(())
 }
 
-/// `bgp reload` and `bgp refresh ADDRESS`.
+/// `bgp reload`, `bgp refresh ADDRESS`, `bgp disable|enable ADDRESS`.
 pub fn command(control: &Path, request: &str) -> Result<(), Failure> {
     ask(control, request)?;
     println!("ok");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rib_requests_carry_the_target_and_the_view() {
+        assert_eq!(rib_request(None, None, false, false), "rib");
+        assert_eq!(
+            rib_request(Some("10.1.2.3"), None, false, false),
+            "rib 10.1.2.3"
+        );
+        assert_eq!(
+            rib_request(Some("10.0.0.0/8"), Some("198.18.0.2"), true, false),
+            "rib 10.0.0.0/8 --peer 198.18.0.2 --in"
+        );
+        assert_eq!(
+            rib_request(None, Some("198.18.0.2"), false, true),
+            "rib --peer 198.18.0.2 --out"
+        );
+    }
 }

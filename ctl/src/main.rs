@@ -125,8 +125,31 @@ struct BgpArgs {
 enum BgpCommand {
     /// Neighbours and their sessions.
     Peers,
-    /// Every path in the RIB.
-    Rib,
+    /// Paths in the RIB (every one, or one prefix's); with --peer, a neighbour's Adj-RIB-In
+    /// (--in: what it sent, before import policy) or Adj-RIB-Out (--out: what we announce).
+    Rib {
+        /// A prefix (exact match) or an address (longest match, as forwarding would).
+        target: Option<String>,
+        /// The neighbour whose Adj-RIB-In or -Out to show.
+        #[arg(long, requires = "direction")]
+        peer: Option<String>,
+        /// What the neighbour sent (before import policy).
+        #[arg(long = "in", group = "direction", requires = "peer")]
+        received: bool,
+        /// What we announce to the neighbour (after export policy).
+        #[arg(long = "out", group = "direction", requires = "peer")]
+        sent: bool,
+    },
+    /// Stop a neighbour's session (Cease / Administrative Shutdown) until `enable`.
+    Disable {
+        /// The neighbour's address.
+        address: String,
+    },
+    /// Start a neighbour's session again after `disable`.
+    Enable {
+        /// The neighbour's address.
+        address: String,
+    },
     /// Reload the configuration file (as SIGHUP does).
     Reload,
     /// Ask a neighbour to send its routes again (route refresh).
@@ -316,7 +339,21 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         }
         Command::Bgp(args) => match args.command {
             BgpCommand::Peers => bgp::peers(&args.control, args.output),
-            BgpCommand::Rib => bgp::rib(&args.control, args.output),
+            BgpCommand::Rib {
+                target,
+                peer,
+                received,
+                sent,
+            } => {
+                let request = bgp::rib_request(target.as_deref(), peer.as_deref(), received, sent);
+                bgp::rib(&args.control, &request, args.output)
+            }
+            BgpCommand::Disable { address } => {
+                bgp::command(&args.control, &format!("disable {address}"))
+            }
+            BgpCommand::Enable { address } => {
+                bgp::command(&args.control, &format!("enable {address}"))
+            }
             BgpCommand::Reload => bgp::command(&args.control, "reload"),
             BgpCommand::Refresh { address } => {
                 bgp::command(&args.control, &format!("refresh {address}"))

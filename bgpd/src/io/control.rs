@@ -10,7 +10,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::{mpsc, oneshot};
 
 use super::daemon::Event;
-use crate::speaker::{PeerStatus, Speaker};
+use crate::speaker::{PeerStatus, RibRow, Speaker};
 use crate::wire::attribute::Origin;
 
 /// Serves the control socket at `path` (replacing a stale one).
@@ -29,6 +29,12 @@ pub fn serve(path: &Path, events: mpsc::UnboundedSender<Event>) -> std::io::Resu
                 if BufReader::new(read).read_line(&mut line).await.is_err() {
                     return;
                 }
+                let request = line.trim();
+                if request == "rib" || request.starts_with("rib ") {
+                    let query = request.trim_start_matches("rib").to_string();
+                    let _ = serve_rib(&events, query, &mut write).await;
+                    return;
+                }
                 let (reply, answer) = oneshot::channel();
                 if events.send(Event::Control(line, reply)).is_err() {
                     return;
@@ -41,6 +47,64 @@ pub fn serve(path: &Path, events: mpsc::UnboundedSender<Event>) -> std::io::Resu
         }
     });
     Ok(())
+}
+
+/// Prefixes per chunk of a `rib` listing: each chunk is one event for the driver, so a
+/// million-prefix table is listed in about a thousand short turns between other work.
+pub const RIB_CHUNK: usize = 1024;
+
+/// Streams a `rib` listing: the driver names the prefixes (one cheap pass), this task sorts
+/// them, then asks for their rows a chunk at a time and writes each as it comes. The driver
+/// never renders more than [`RIB_CHUNK`] prefixes in one turn.
+async fn serve_rib(
+    events: &mpsc::UnboundedSender<Event>,
+    query: String,
+    write: &mut (impl AsyncWriteExt + Unpin),
+) -> std::io::Result<()> {
+    let (reply, answer) = oneshot::channel();
+    if events.send(Event::RibPrefixes(query, reply)).is_err() {
+        return Ok(());
+    }
+    let Ok(listing) = answer.await else {
+        return Ok(());
+    };
+    let (query, mut prefixes) = match listing {
+        Ok(found) => found,
+        Err(error) => {
+            let text = json!({ "error": error }).to_string();
+            write.write_all(text.as_bytes()).await?;
+            return write.write_all(b"\n").await;
+        }
+    };
+    let prefixes = tokio::task::spawn_blocking(move || {
+        prefixes.sort_unstable();
+        prefixes
+    })
+    .await
+    .unwrap_or_default();
+    write.write_all(b"[").await?;
+    let mut first = true;
+    for chunk in prefixes.chunks(RIB_CHUNK) {
+        let (reply, answer) = oneshot::channel();
+        if events
+            .send(Event::RibRows(query, chunk.to_vec(), reply))
+            .is_err()
+        {
+            return Ok(());
+        }
+        let Ok(rows) = answer.await else {
+            return Ok(());
+        };
+        if rows.is_empty() {
+            continue;
+        }
+        if !first {
+            write.write_all(b",").await?;
+        }
+        first = false;
+        write.write_all(rows.as_bytes()).await?;
+    }
+    write.write_all(b"]\n").await
 }
 
 /// Serves Prometheus metrics over HTTP at `address` (any path answers the metrics).
@@ -96,6 +160,7 @@ pub fn peers_json(peers: &[PeerStatus]) -> String {
                 "accepted": p.accepted,
                 "advertised": p.advertised,
                 "last_error": p.last_error,
+                "disabled": p.disabled,
                 "updates_in": p.updates_in,
                 "updates_out": p.updates_out,
             })
@@ -104,42 +169,38 @@ pub fn peers_json(peers: &[PeerStatus]) -> String {
     Value::Array(list).to_string()
 }
 
-/// `twillctl bgp rib -o json`: one object per path.
-pub fn rib_json(speaker: &Speaker) -> String {
-    let mut rows: Vec<(String, Value)> = Vec::new();
-    for (prefix, paths) in speaker.rib().iter() {
-        let best = speaker.rib().best(&prefix);
-        for path in paths {
-            let a = path.attributes();
-            let origin = match a.origin {
-                Some(Origin::Igp) => "igp",
-                Some(Origin::Egp) => "egp",
-                _ => "incomplete",
-            };
-            let from = speaker
-                .peer_address(path.peer())
-                .map_or_else(|| "local".to_string(), |p| p.to_string());
-            rows.push((
-                prefix.to_string(),
-                json!({
-                    "prefix": prefix.to_string(),
-                    "next_hop": path.next_hop().to_string(),
-                    "as_path": a.as_path.as_ref().map(|p| p.asns().collect::<Vec<u32>>()).unwrap_or_default(),
-                    "origin": origin,
-                    "med": a.med,
-                    "local_pref": a.local_pref,
-                    "communities": a.communities.iter().map(|c| format!("{}:{}", c >> 16, c & 0xffff)).collect::<Vec<_>>(),
-                    "large_communities": a.large_communities.iter().map(|(x, y, z)| format!("{x}:{y}:{z}")).collect::<Vec<_>>(),
-                    "from": from,
-                    "best": best.iter().any(|b| b == path),
-                    "stale": path.stale(),
-                    "refreshing": path.refreshing(),
-                }),
-            ));
+/// `twillctl bgp rib -o json`, one chunk: the rows' objects separated by commas (the
+/// listing's brackets are the caller's).
+pub fn rib_rows_json(rows: &[RibRow]) -> String {
+    let mut out = String::new();
+    for row in rows {
+        let a = &row.attributes;
+        let origin = match a.origin {
+            Some(Origin::Igp) => "igp",
+            Some(Origin::Egp) => "egp",
+            _ => "incomplete",
+        };
+        let object = json!({
+            "prefix": row.prefix.to_string(),
+            "path_id": row.path_id,
+            "next_hop": row.next_hop.to_string(),
+            "as_path": a.as_path.as_ref().map(|p| p.asns().collect::<Vec<u32>>()).unwrap_or_default(),
+            "origin": origin,
+            "med": a.med,
+            "local_pref": a.local_pref,
+            "communities": a.communities.iter().map(|c| format!("{}:{}", c >> 16, c & 0xffff)).collect::<Vec<_>>(),
+            "large_communities": a.large_communities.iter().map(|(x, y, z)| format!("{x}:{y}:{z}")).collect::<Vec<_>>(),
+            "from": row.from.map_or_else(|| "local".to_string(), |p| p.to_string()),
+            "best": row.best,
+            "stale": row.stale,
+            "refreshing": row.refreshing,
+        });
+        if !out.is_empty() {
+            out.push(',');
         }
+        out.push_str(&object.to_string());
     }
-    rows.sort_by(|a, b| a.0.cmp(&b.0));
-    Value::Array(rows.into_iter().map(|(_, v)| v).collect()).to_string()
+    out
 }
 
 /// Prometheus text exposition.
@@ -202,4 +263,42 @@ pub fn metrics(peers: &[PeerStatus], speaker: &Speaker, uptime: Duration) -> Str
     let _ = writeln!(out, "# HELP twill_bgp_uptime_seconds Seconds since start.\n# TYPE twill_bgp_uptime_seconds gauge");
     let _ = writeln!(out, "twill_bgp_uptime_seconds {}", uptime.as_secs());
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::attribute::{AsPath, PathAttributes};
+
+    #[test]
+    fn rib_chunks_join_into_one_json_array() {
+        let row = |prefix: &str, from: Option<&str>| RibRow {
+            prefix: prefix.parse().unwrap(),
+            path_id: 0,
+            next_hop: "198.18.0.2".parse().unwrap(),
+            attributes: std::sync::Arc::new(PathAttributes {
+                origin: Some(Origin::Igp),
+                as_path: Some(AsPath::sequence(vec![65002])),
+                communities: vec![(65002 << 16) | 7],
+                ..PathAttributes::default()
+            }),
+            from: from.map(|f| f.parse().unwrap()),
+            best: true,
+            stale: false,
+            refreshing: false,
+        };
+        let first = rib_rows_json(&[
+            row("10.1.0.0/24", Some("198.18.0.2")),
+            row("10.2.0.0/24", None),
+        ]);
+        let second = rib_rows_json(&[row("10.3.0.0/24", Some("198.18.0.2"))]);
+        let joined: Value = serde_json::from_str(&format!("[{first},{second}]")).unwrap();
+        let rows = joined.as_array().unwrap();
+        assert_eq!(rows.len(), 3);
+        assert_eq!(rows[0]["as_path"], json!([65002]));
+        assert_eq!(rows[0]["communities"], json!(["65002:7"]));
+        assert_eq!(rows[1]["from"], "local");
+        assert_eq!(rows[2]["prefix"], "10.3.0.0/24");
+        assert_eq!(rib_rows_json(&[]), "");
+    }
 }

@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::kernel::{self, KernelCommand, NextHops};
 use super::{control, socket};
 use crate::config::{DaemonConfig, Transport};
-use crate::speaker::{Action, ConnectionId, Speaker};
+use crate::speaker::{Action, ConnectionId, RibQuery, Speaker};
 
 /// Something that happened outside the driver.
 #[derive(Debug)]
@@ -36,6 +36,13 @@ pub enum Event {
     Drained(IpAddr, ConnectionId),
     /// A control request, answered on the channel.
     Control(String, oneshot::Sender<String>),
+    /// `rib …`: which prefixes the query shows (the words after `rib`), or why none.
+    RibPrefixes(
+        String,
+        oneshot::Sender<Result<(RibQuery, Vec<IpNet>), String>>,
+    ),
+    /// `rib …`: the rows of a chunk of those prefixes, as JSON objects separated by commas.
+    RibRows(RibQuery, Vec<IpNet>, oneshot::Sender<String>),
     /// Reload the configuration (SIGHUP).
     Reload,
     /// Stop the daemon (SIGTERM, SIGINT; SIGUSR2 for a graceful-restart stop).
@@ -280,6 +287,18 @@ impl Daemon {
                     connection.reader.abort();
                     self.speaker.handle_closed(now, peer, id);
                 }
+            }
+            Event::RibPrefixes(text, reply) => {
+                let listing = text.parse::<RibQuery>().and_then(|query| {
+                    self.speaker
+                        .rib_prefixes(&query)
+                        .map(|prefixes| (query, prefixes))
+                });
+                let _ = reply.send(listing);
+            }
+            Event::RibRows(query, prefixes, reply) => {
+                let rows = self.speaker.rib_rows(&query, &prefixes);
+                let _ = reply.send(control::rib_rows_json(&rows));
             }
             Event::Control(request, reply) => {
                 let answer = self.on_control(now, request.trim());
@@ -540,7 +559,6 @@ impl Daemon {
         let (command, argument) = request.split_once(' ').unwrap_or((request, ""));
         match command {
             "peers" => control::peers_json(&self.speaker.peers_status(now)),
-            "rib" => control::rib_json(&self.speaker),
             "metrics" => {
                 let mut text = control::metrics(&self.speaker.peers_status(now), &self.speaker, self.started.elapsed());
                 if self.kernel.is_some() {
@@ -560,7 +578,12 @@ impl Daemon {
                 Ok(peer) => serde_json::json!({ "error": format!("{peer} is not an established neighbour with route refresh") }).to_string(),
                 Err(_) => serde_json::json!({ "error": format!("{argument:?} is not an address") }).to_string(),
             },
-            other => serde_json::json!({ "error": format!("unknown command {other:?} (peers, rib, metrics, reload, refresh ADDRESS)") }).to_string(),
+            "disable" | "enable" => match argument.parse::<IpAddr>() {
+                Ok(peer) if self.speaker.set_enabled(now, peer, command == "enable") => "{\"ok\":true}".into(),
+                Ok(peer) => serde_json::json!({ "error": format!("{peer} is not a neighbour") }).to_string(),
+                Err(_) => serde_json::json!({ "error": format!("{argument:?} is not an address") }).to_string(),
+            },
+            other => serde_json::json!({ "error": format!("unknown command {other:?} (peers, rib [PREFIX|ADDRESS] [--peer ADDRESS --in|--out], metrics, reload, refresh ADDRESS, disable ADDRESS, enable ADDRESS)") }).to_string(),
         }
     }
 }

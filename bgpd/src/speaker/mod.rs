@@ -8,6 +8,7 @@
 //! §6.8) a neighbour has two, and the speaker keeps the one the BGP identifiers choose.
 
 mod export;
+mod show;
 #[cfg(test)]
 mod tests;
 
@@ -19,6 +20,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use ipnet::IpNet;
 
+pub use self::show::{PrefixQuery, RibQuery, RibRow, RibTable};
 use crate::fsm::{self, DownReason, Input, Output, Session, State};
 use crate::policy::Filter;
 use crate::rib::{BestChange, PeerId, PeerInfo, Rib, RibConfig};
@@ -117,6 +119,8 @@ pub struct PeerStatus {
     pub advertised: usize,
     /// The last error.
     pub last_error: Option<String>,
+    /// Disabled by the operator.
+    pub disabled: bool,
     /// UPDATE messages received.
     pub updates_in: u64,
     /// UPDATE messages sent.
@@ -173,6 +177,8 @@ struct Peer {
     refreshing: BTreeMap<Family, Instant>,
     /// The restart time the peer announced in its last session (RFC 4724), if any.
     peer_restart_time: Option<u16>,
+    /// Stopped by the operator (`twillctl bgp disable`) until enabled again.
+    disabled: bool,
     updates_in: u64,
     updates_out: u64,
 }
@@ -271,6 +277,9 @@ impl Speaker {
         };
         let timed_out = restart.deadline <= now;
         let complete = self.peers.iter().all(|(address, peer)| {
+            if peer.disabled {
+                return true;
+            }
             let Some(negotiated) = peer.session.negotiated() else {
                 return false;
             };
@@ -399,11 +408,13 @@ impl Speaker {
                     let old = std::mem::replace(&mut peer.config, config);
                     self.reconfigure_peer(now, address, &old);
                 }
-                Some(_) => {
+                Some(peer) => {
+                    // Disabled stays disabled through a reload.
+                    let enabled = !peer.disabled;
                     self.remove_peer(now, address);
-                    self.add_peer(now, config);
+                    self.add_peer(now, config, enabled);
                 }
-                None => self.add_peer(now, config),
+                None => self.add_peer(now, config, true),
             }
         }
         self.flush(now);
@@ -437,9 +448,43 @@ impl Speaker {
 
     /// Whether an incoming connection from `address` is wanted.
     pub fn accepts(&self, address: &IpAddr) -> bool {
-        self.peers
-            .get(address)
-            .is_some_and(|p| p.contender.is_none() && p.session.state() != State::Established)
+        self.peers.get(address).is_some_and(|p| {
+            !p.disabled && p.contender.is_none() && p.session.state() != State::Established
+        })
+    }
+
+    /// `twillctl bgp disable|enable`: disabling ends the neighbour's session with Cease /
+    /// Administrative Shutdown (RFC 4486 subcode 2, with an RFC 8203 message), removes its
+    /// routes and refuses its connections until it is enabled again; a reload keeps it
+    /// disabled (as `birdc disable`). `false` when it is not a neighbour.
+    pub fn set_enabled(&mut self, now: Instant, address: IpAddr, enabled: bool) -> bool {
+        let Some(peer) = self.peers.get_mut(&address) else {
+            return false;
+        };
+        if peer.disabled != enabled {
+            return true;
+        }
+        peer.disabled = !enabled;
+        if enabled {
+            tracing::info!(peer = %address, "neighbour enabled");
+            peer.session.handle_input(now, Input::ManualStart);
+        } else {
+            tracing::info!(peer = %address, "neighbour disabled");
+            let message = "session disabled by the operator";
+            peer.session.administrative_shutdown(message);
+            if let Some((connection, _, mut contender)) = peer.contender.take() {
+                contender.administrative_shutdown(message);
+                while let Some(output) = contender.poll_output() {
+                    if let Output::Send(bytes) = output {
+                        self.actions.push_back(Action::Send(connection, bytes));
+                    }
+                }
+                self.actions.push_back(Action::Close(connection));
+            }
+        }
+        self.flush(now);
+        self.check_restart(now);
+        true
     }
 
     /// A connection is up: ours (`inbound` false) after [`Action::Connect`], or the peer's.
@@ -652,6 +697,7 @@ impl Speaker {
                     accepted,
                     advertised: peer.adj_out.len(),
                     last_error: peer.session.last_error().map(str::to_string),
+                    disabled: peer.disabled,
                     updates_in: peer.updates_in,
                     updates_out: peer.updates_out,
                 }
@@ -679,11 +725,13 @@ impl Speaker {
             .map(|p| p.config.address)
     }
 
-    fn add_peer(&mut self, now: Instant, config: NeighborConfig) {
+    fn add_peer(&mut self, now: Instant, config: NeighborConfig, enabled: bool) {
         let id = PeerId(self.next_peer_id);
         self.next_peer_id += 1;
         let mut session = Session::new(config.session.clone());
-        session.handle_input(now, Input::ManualStart);
+        if enabled {
+            session.handle_input(now, Input::ManualStart);
+        }
         let address = config.address;
         self.peers.insert(
             address,
@@ -704,6 +752,7 @@ impl Speaker {
                 restart_deadline: None,
                 refreshing: BTreeMap::new(),
                 peer_restart_time: None,
+                disabled: !enabled,
                 updates_in: 0,
                 updates_out: 0,
             },

@@ -1454,3 +1454,208 @@ fn a_restarting_speaker_defers_selection_until_end_of_rib_or_the_deferral_timer(
         "End-of-RIB after the routes: {updates:?}"
     );
 }
+
+#[test]
+fn rib_queries_parse() {
+    let parse = |text: &str| text.parse::<RibQuery>();
+    assert_eq!(
+        parse("").unwrap(),
+        RibQuery {
+            table: RibTable::Loc,
+            prefixes: PrefixQuery::All
+        }
+    );
+    assert_eq!(
+        parse("10.1.2.3").unwrap().prefixes,
+        PrefixQuery::LongestMatch("10.1.2.3".parse().unwrap())
+    );
+    assert_eq!(
+        parse("10.1.2.3/24").unwrap().prefixes,
+        PrefixQuery::Exact(prefix("10.1.2.0/24")),
+        "host bits are dropped"
+    );
+    assert_eq!(
+        parse("--peer 198.18.0.2 --out fd00::/64").unwrap(),
+        RibQuery {
+            table: RibTable::Out(addr(2)),
+            prefixes: PrefixQuery::Exact(prefix("fd00::/64"))
+        }
+    );
+    assert_eq!(
+        parse("--in --peer 198.18.0.2").unwrap().table,
+        RibTable::In(addr(2))
+    );
+    for (bad, reason) in [
+        ("--peer 198.18.0.2", "--peer needs --in or --out"),
+        ("--in", "--in needs --peer"),
+        ("--peer nope --in", "is not an address"),
+        ("10.0.0.0/8 10.0.0.0/16", "one prefix or address at most"),
+        ("ten", "neither a prefix nor an address"),
+    ] {
+        let error = parse(bad).unwrap_err();
+        assert!(error.contains(reason), "{bad}: {error}");
+    }
+}
+
+/// A (.1) with an import filter refusing 10.1.2.0/24 from B (.2), which originates
+/// 10.1.0.0/16 and 10.1.2.0/24; A originates 10.9.0.0/24.
+fn views_net() -> Net {
+    let mut to_b = neighbor(2, 65001, 65002, 1);
+    to_b.import = vec![reject("10.1.2.0/24")];
+    let mut net = two_speakers(to_b, neighbor(1, 65002, 65001, 2));
+    let now = net.now;
+    net.speaker(addr(2))
+        .set_originated(now, originate(&["10.1.0.0/16", "10.1.2.0/24"], 2));
+    net.speaker(addr(1))
+        .set_originated(now, originate(&["10.9.0.0/24"], 1));
+    net.run();
+    net
+}
+
+fn shown(speaker: &Speaker, query: &str) -> Vec<(IpNet, Option<IpAddr>, bool)> {
+    let query: RibQuery = query.parse().unwrap();
+    let mut prefixes = speaker.rib_prefixes(&query).unwrap();
+    prefixes.sort();
+    speaker
+        .rib_rows(&query, &prefixes)
+        .into_iter()
+        .map(|row| (row.prefix, row.from, row.best))
+        .collect()
+}
+
+#[test]
+fn the_rib_shows_one_prefix_by_longest_match_or_exactly() {
+    let net = views_net();
+    let b = &net.speakers[&addr(2)];
+    let a_path = |p: &str| vec![(prefix(p), Some(addr(1)), true)];
+    let own = |p: &str| vec![(prefix(p), None, true)];
+    assert_eq!(shown(b, "10.1.2.3"), own("10.1.2.0/24"), "longest match");
+    assert_eq!(shown(b, "10.1.9.9"), own("10.1.0.0/16"));
+    assert_eq!(shown(b, "10.9.0.77"), a_path("10.9.0.0/24"));
+    assert_eq!(shown(b, "10.1.0.0/16"), own("10.1.0.0/16"), "exact");
+    assert!(shown(b, "10.1.0.0/24").is_empty(), "exact: no such prefix");
+    assert!(shown(b, "192.0.2.1").is_empty(), "nothing covers it");
+    assert_eq!(shown(b, "").len(), 3);
+}
+
+#[test]
+fn adj_rib_in_shows_what_the_peer_sent_and_adj_rib_out_what_we_announce() {
+    let net = views_net();
+    let a = &net.speakers[&addr(1)];
+    let from_b = |p: &str| (prefix(p), Some(addr(2)), false);
+    assert_eq!(
+        shown(a, "--peer 198.18.0.2 --in"),
+        vec![from_b("10.1.0.0/16"), from_b("10.1.2.0/24")],
+        "before import policy: the refused prefix too"
+    );
+    assert_eq!(
+        shown(a, ""),
+        vec![
+            (prefix("10.1.0.0/16"), Some(addr(2)), true),
+            (prefix("10.9.0.0/24"), None, true)
+        ],
+        "the Loc-RIB has only what policy accepted"
+    );
+    assert_eq!(
+        shown(a, "--peer 198.18.0.2 --in 10.1.2.9"),
+        vec![from_b("10.1.2.0/24")]
+    );
+    assert_eq!(
+        shown(a, "--peer 198.18.0.2 --out"),
+        vec![from_b("10.9.0.0/24")]
+    );
+    let out: RibQuery = "--peer 198.18.0.2 --out".parse().unwrap();
+    let row = &a.rib_rows(&out, &[prefix("10.9.0.0/24")])[0];
+    assert_eq!(
+        row.attributes
+            .as_path
+            .as_ref()
+            .unwrap()
+            .asns()
+            .collect::<Vec<_>>(),
+        vec![65001],
+        "as sent: our AS prepended"
+    );
+    assert_eq!(row.next_hop, addr(1));
+    let b = &net.speakers[&addr(2)];
+    assert_eq!(
+        shown(b, "--peer 198.18.0.1 --in"),
+        vec![(prefix("10.9.0.0/24"), Some(addr(1)), false)],
+        "without import filters, the peer's paths in the RIB"
+    );
+    assert!(a
+        .rib_prefixes(&"--peer 198.18.0.9 --in".parse().unwrap())
+        .unwrap_err()
+        .contains("not a neighbour"));
+}
+
+#[test]
+fn a_rib_listed_in_chunks_leaves_out_what_went_meanwhile() {
+    let mut net = views_net();
+    let query = RibQuery {
+        table: RibTable::Loc,
+        prefixes: PrefixQuery::All,
+    };
+    let b = &net.speakers[&addr(2)];
+    let mut prefixes = b.rib_prefixes(&query).unwrap();
+    prefixes.sort();
+    let whole = b.rib_rows(&query, &prefixes);
+    let chunked: Vec<RibRow> = prefixes
+        .chunks(2)
+        .flat_map(|chunk| b.rib_rows(&query, chunk))
+        .collect();
+    assert_eq!(whole, chunked);
+    let now = net.now;
+    net.speaker(addr(1)).set_originated(now, BTreeMap::new());
+    net.run();
+    let later = net.speakers[&addr(2)].rib_rows(&query, &prefixes);
+    assert_eq!(later.len(), 2, "10.9.0.0/24 was withdrawn: {later:?}");
+}
+
+#[test]
+fn a_disabled_neighbour_gets_an_administrative_shutdown_and_stays_down_until_enabled() {
+    let mut net = two_speakers(neighbor(2, 65001, 65002, 1), neighbor(1, 65002, 65001, 2));
+    let now = net.now;
+    net.speaker(addr(2))
+        .set_originated(now, originate(&["10.2.0.0/24"], 2));
+    net.run();
+    assert_eq!(net.fib[&addr(1)][&prefix("10.2.0.0/24")], vec![addr(2)]);
+    net.wire.clear();
+    let now = net.now;
+    assert!(net.speaker(addr(1)).set_enabled(now, addr(2), false));
+    net.run();
+    let ceases: Vec<(ErrorCode, u8)> = net
+        .sent_by(addr(1))
+        .iter()
+        .filter_map(|m| match m {
+            Message::Notification(n) => Some((n.code, n.subcode)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        ceases,
+        vec![(ErrorCode::Cease, 2)],
+        "Cease / Administrative Shutdown"
+    );
+    assert!(!net.fib[&addr(1)].contains_key(&prefix("10.2.0.0/24")));
+    net.advance(60);
+    assert!(
+        !net.established(addr(1), addr(2)),
+        "B's connections are refused"
+    );
+    let status = &net.speakers[&addr(1)].peers_status(net.now)[0];
+    assert!(status.disabled && status.state == "Idle", "{status:?}");
+    // A reload keeps it disabled, even one that changes the session.
+    let mut changed = neighbor(2, 65001, 65002, 1);
+    changed.session.hold_time = 30;
+    let now = net.now;
+    net.speaker(addr(1)).set_neighbors(now, vec![changed]);
+    net.advance(20);
+    assert!(!net.established(addr(1), addr(2)));
+    let now = net.now;
+    assert!(net.speaker(addr(1)).set_enabled(now, addr(2), true));
+    net.advance(10);
+    assert!(net.established(addr(1), addr(2)));
+    assert_eq!(net.fib[&addr(1)][&prefix("10.2.0.0/24")], vec![addr(2)]);
+    assert!(!net.speaker(addr(1)).set_enabled(now, addr(9), false));
+}
