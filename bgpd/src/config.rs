@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 use crate::fsm::{self, GracefulRestartConfig};
 use crate::policy::{Filter, Match, Modify, PrefixMatch, Rule};
-use crate::speaker::{NeighborConfig, SpeakerConfig};
+use crate::speaker::{LimitAction, NeighborConfig, PrefixLimit, SpeakerConfig};
 use crate::wire::attribute::{community, Origin, PathAttributes};
 use crate::wire::Family;
 
@@ -71,6 +71,11 @@ struct Global {
     /// wait`).
     #[serde(default = "default_selection_deferral")]
     selection_deferral_time: u64,
+    /// RFC 8212: an eBGP neighbour without import (export) filters accepts (sends) no
+    /// routes. `false` lets everything through instead, as before RFC 8212 (FRR's
+    /// `no bgp ebgp-requires-policy`).
+    #[serde(default = "yes")]
+    ebgp_requires_policy: bool,
 }
 
 fn default_selection_deferral() -> u64 {
@@ -124,10 +129,28 @@ struct Neighbor {
     add_path: Option<String>,
     #[serde(default)]
     extended_messages: bool,
+    /// Import filters by name; `all` accepts everything, `none` nothing. RFC 8212: an eBGP
+    /// neighbour with none takes no routes (unless `global.ebgp_requires_policy = false`).
     #[serde(default)]
     import: Vec<String>,
+    /// Export filters by name, as `import`; RFC 8212: an eBGP neighbour with none is sent
+    /// nothing.
     #[serde(default)]
     export: Vec<String>,
+    /// Most prefixes accepted per family, after import policy (BIRD's `import limit`, FRR's
+    /// `maximum-prefix`): `{ "ipv4-unicast" = 1000 }`.
+    #[serde(default)]
+    prefix_limit: BTreeMap<String, u32>,
+    /// Above the limit: `warn`, `drop` (Cease, down until `twillctl bgp enable`; the
+    /// default) or `restart` (Cease, back after `prefix_limit_restart` seconds).
+    #[serde(default = "default_limit_action")]
+    prefix_limit_action: String,
+    /// Seconds before a session dropped by its prefix limit starts again (`restart`).
+    prefix_limit_restart: Option<u64>,
+}
+
+fn default_limit_action() -> String {
+    "drop".into()
 }
 
 fn default_hold() -> u16 {
@@ -412,6 +435,15 @@ impl File {
                     ))
                 }
             };
+            if matches!(spec.name.as_str(), "all" | "none") {
+                return Err(err(
+                    format!("{path}.name"),
+                    format!(
+                        "{:?} is built in (accept everything, or nothing)",
+                        spec.name
+                    ),
+                ));
+            }
             let mut rules = Vec::new();
             for (at, rule) in spec.rule.iter().enumerate() {
                 rules.push(rule.check(&format!("{path}.rule[{at}]"))?);
@@ -487,6 +519,50 @@ impl RuleSpec {
 }
 
 impl Neighbor {
+    fn prefix_limits(&self, path: &str) -> Result<Vec<PrefixLimit>, ConfigError> {
+        let action = match (self.prefix_limit_action.as_str(), self.prefix_limit_restart) {
+            ("warn", None) => LimitAction::Warn,
+            ("drop", None) => LimitAction::Drop,
+            ("restart", Some(seconds)) if seconds > 0 => {
+                LimitAction::Restart(Duration::from_secs(seconds))
+            }
+            ("restart", _) => {
+                return Err(err(
+                    format!("{path}.prefix_limit_restart"),
+                    "restart needs the seconds to wait, at least 1",
+                ))
+            }
+            ("warn" | "drop", Some(_)) => {
+                return Err(err(
+                    format!("{path}.prefix_limit_restart"),
+                    "only with prefix_limit_action = \"restart\"",
+                ))
+            }
+            (other, _) => {
+                return Err(err(
+                    format!("{path}.prefix_limit_action"),
+                    format!("{other:?} is not warn, drop or restart"),
+                ))
+            }
+        };
+        self.prefix_limit
+            .iter()
+            .map(|(family, max)| {
+                let family = parse_family(family).ok_or_else(|| {
+                    err(
+                        format!("{path}.prefix_limit.{family}"),
+                        format!("{family:?} is not ipv4-unicast or ipv6-unicast"),
+                    )
+                })?;
+                Ok(PrefixLimit {
+                    family,
+                    max: *max,
+                    action,
+                })
+            })
+            .collect()
+    }
+
     fn check(
         &self,
         index: usize,
@@ -533,17 +609,30 @@ impl Neighbor {
                 ))
             }
         };
+        let ebgp = self.remote_asn != global.asn;
         let pick = |names: &[String], key: &str| -> Result<Vec<Filter>, ConfigError> {
+            if names.is_empty() && ebgp && global.ebgp_requires_policy {
+                // RFC 8212 §2: no policy on an eBGP session means nothing in or out.
+                return Ok(vec![Filter {
+                    rules: Vec::new(),
+                    default_accept: false,
+                }]);
+            }
             names
                 .iter()
                 .enumerate()
-                .map(|(at, name)| {
-                    filters.get(name).cloned().ok_or_else(|| {
+                .filter(|(_, name)| name.as_str() != "all")
+                .map(|(at, name)| match name.as_str() {
+                    "none" => Ok(Filter {
+                        rules: Vec::new(),
+                        default_accept: false,
+                    }),
+                    _ => filters.get(name).cloned().ok_or_else(|| {
                         err(
                             format!("{path}.{key}[{at}]"),
-                            format!("no filter named {name:?}"),
+                            format!("no filter named {name:?} (all and none are built in)"),
                         )
-                    })
+                    }),
                 })
                 .collect()
         };
@@ -572,6 +661,7 @@ impl Neighbor {
             },
             import: pick(&self.import, "import")?,
             export: pick(&self.export, "export")?,
+            prefix_limits: self.prefix_limits(&path)?,
         };
         let transport = Transport {
             remote: SocketAddr::new(self.address, self.port),
@@ -735,6 +825,99 @@ table = 254
         );
         let config = DaemonConfig::parse(&text).unwrap();
         assert!(config.speaker.always_compare_med);
+    }
+
+    fn accepts(filters: &[Filter]) -> bool {
+        let prefix: IpNet = "10.1.0.0/24".parse().unwrap();
+        Filter::apply_all(filters, &prefix, &mut PathAttributes::default())
+    }
+
+    #[test]
+    fn an_ebgp_neighbour_without_policy_takes_and_sends_nothing() {
+        // RFC 8212 §2, as BIRD 2 and FRR (bgp ebgp-requires-policy) do by default.
+        let config = DaemonConfig::parse(BRIEF).unwrap();
+        let neighbor = &config.neighbors[0].0;
+        assert!(!accepts(&neighbor.import) && !accepts(&neighbor.export));
+        let explicit = BRIEF.replace(
+            "remote_asn = 65002",
+            "remote_asn = 65002\nimport = [\"all\"]\nexport = [\"all\"]",
+        );
+        let neighbor = &DaemonConfig::parse(&explicit).unwrap().neighbors[0].0;
+        assert!(neighbor.import.is_empty() && neighbor.export.is_empty());
+        let none = BRIEF.replace(
+            "remote_asn = 65002",
+            "remote_asn = 65002\nexport = [\"none\"]",
+        );
+        assert!(!accepts(
+            &DaemonConfig::parse(&none).unwrap().neighbors[0].0.export
+        ));
+        let hatch = BRIEF.replace("[global]", "[global]\nebgp_requires_policy = false");
+        let neighbor = &DaemonConfig::parse(&hatch).unwrap().neighbors[0].0;
+        assert!(accepts(&neighbor.import) && accepts(&neighbor.export));
+        let ibgp = BRIEF.replace("remote_asn = 65002", "remote_asn = 65001");
+        let neighbor = &DaemonConfig::parse(&ibgp).unwrap().neighbors[0].0;
+        assert!(
+            neighbor.import.is_empty() && neighbor.export.is_empty(),
+            "iBGP needs no policy"
+        );
+        let named_all = format!("{BRIEF}\n[[filter]]\nname = \"all\"\n");
+        assert!(DaemonConfig::parse(&named_all)
+            .unwrap_err()
+            .to_string()
+            .contains("filter[0].name: \"all\" is built in"));
+    }
+
+    #[test]
+    fn prefix_limits_are_read_with_their_action() {
+        let with = |extra: &str| {
+            DaemonConfig::parse(&BRIEF.replace(
+                "remote_asn = 65002",
+                &format!("remote_asn = 65002\n{extra}"),
+            ))
+        };
+        let config =
+            with("prefix_limit = { \"ipv4-unicast\" = 1000, \"ipv6-unicast\" = 10 }").unwrap();
+        assert_eq!(
+            config.neighbors[0].0.prefix_limits,
+            vec![
+                PrefixLimit {
+                    family: Family::Ipv4Unicast,
+                    max: 1000,
+                    action: LimitAction::Drop
+                },
+                PrefixLimit {
+                    family: Family::Ipv6Unicast,
+                    max: 10,
+                    action: LimitAction::Drop
+                },
+            ]
+        );
+        let config = with("prefix_limit = { \"ipv4-unicast\" = 5 }\nprefix_limit_action = \"restart\"\nprefix_limit_restart = 60").unwrap();
+        assert_eq!(
+            config.neighbors[0].0.prefix_limits[0].action,
+            LimitAction::Restart(Duration::from_secs(60))
+        );
+        for (extra, expected) in [
+            (
+                "prefix_limit = { \"l2vpn\" = 5 }",
+                "neighbor[0].prefix_limit.l2vpn",
+            ),
+            (
+                "prefix_limit_action = \"restart\"",
+                "neighbor[0].prefix_limit_restart: restart needs",
+            ),
+            (
+                "prefix_limit_action = \"shout\"",
+                "neighbor[0].prefix_limit_action: \"shout\" is not",
+            ),
+            (
+                "prefix_limit_restart = 5",
+                "only with prefix_limit_action = \"restart\"",
+            ),
+        ] {
+            let message = with(extra).unwrap_err().to_string();
+            assert!(message.contains(expected), "{extra}: {message}");
+        }
     }
 
     #[test]

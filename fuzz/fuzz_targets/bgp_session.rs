@@ -28,6 +28,7 @@ fn neighbor(address: Ipv4Addr, remote_as: u32, add_path: u8) -> NeighborConfig {
         next_hop_other: None,
         import: Vec::new(),
         export: Vec::new(),
+        prefix_limits: Vec::new(),
     }
 }
 

@@ -156,7 +156,7 @@ impl BgpLab {
         };
         let mut text = format!(
             "[global]\nasn = {TWILL_AS}\nrouter_id = \"{TWILL}\"\nlisten = [\"{listen}\"]\n\n[[neighbor]]\naddress = \"{}\"\n\
-             remote_asn = {PEER_AS}\npassive = {}\nhold_time = {}\nconnect_retry = 1\n{other_family_next_hop}\n",
+             remote_asn = {PEER_AS}\nimport = [\"all\"]\nexport = [\"all\"]\npassive = {}\nhold_time = {}\nconnect_retry = 1\n{other_family_next_hop}\n",
             self.peer_addr(),
             o.twill_passive,
             if o.hold_time == 0 { 30 } else { o.hold_time }

@@ -31,9 +31,9 @@ fn equal_paths_from_three_peers_become_a_multipath_route() {
         &twill,
         dir.path(),
         "[global]\nasn = 65001\nrouter_id = \"198.18.111.1\"\nlisten = [\"0.0.0.0:179\"]\nmax_paths = 3\n\
-         [[neighbor]]\naddress = \"198.18.111.2\"\nremote_asn = 65002\nconnect_retry = 1\nfamilies = [\"ipv4-unicast\"]\n\
-         [[neighbor]]\naddress = \"198.18.112.2\"\nremote_asn = 65003\nconnect_retry = 1\nfamilies = [\"ipv4-unicast\"]\n\
-         [[neighbor]]\naddress = \"198.18.113.2\"\nremote_asn = 65004\nconnect_retry = 1\nfamilies = [\"ipv4-unicast\"]\n\
+         [[neighbor]]\naddress = \"198.18.111.2\"\nremote_asn = 65002\nimport = [\"all\"]\nexport = [\"all\"]\nconnect_retry = 1\nfamilies = [\"ipv4-unicast\"]\n\
+         [[neighbor]]\naddress = \"198.18.112.2\"\nremote_asn = 65003\nimport = [\"all\"]\nexport = [\"all\"]\nconnect_retry = 1\nfamilies = [\"ipv4-unicast\"]\n\
+         [[neighbor]]\naddress = \"198.18.113.2\"\nremote_asn = 65004\nimport = [\"all\"]\nexport = [\"all\"]\nconnect_retry = 1\nfamilies = [\"ipv4-unicast\"]\n\
          [kernel]\ntable = 254\n",
     );
     let _gobgpd = spawn_gobgpd(

@@ -26,7 +26,7 @@ fn lab() -> Lab {
     let config = dir.path().join("twill.toml");
     std::fs::write(
         &config,
-        "[global]\nasn = 65001\nrouter_id = \"198.18.110.1\"\nlisten = [\"198.18.110.1:179\"]\nmetrics_listen = \"127.0.0.1:9179\"\n[[neighbor]]\naddress = \"198.18.110.2\"\nremote_asn = 65002\npassive = true\n",
+        "[global]\nasn = 65001\nrouter_id = \"198.18.110.1\"\nlisten = [\"198.18.110.1:179\"]\nmetrics_listen = \"127.0.0.1:9179\"\n[[neighbor]]\naddress = \"198.18.110.2\"\nremote_asn = 65002\npassive = true\nimport = [\"all\"]\nexport = [\"all\"]\n",
     )
     .unwrap();
     let control = dir.path().join("bgpd.sock");

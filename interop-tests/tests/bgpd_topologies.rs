@@ -148,8 +148,8 @@ fn add_path_sends_two_paths_for_one_prefix() {
         &twill_ns,
         dir.path(),
         "[global]\nasn = 65001\nrouter_id = \"198.18.150.1\"\nlisten = [\"0.0.0.0:179\"]\n\
-         [[neighbor]]\naddress = \"198.18.150.2\"\nremote_asn = 65002\nconnect_retry = 1\n\
-         [[neighbor]]\naddress = \"198.18.151.2\"\nremote_asn = 65003\nconnect_retry = 1\n\
+         [[neighbor]]\naddress = \"198.18.150.2\"\nremote_asn = 65002\nimport = [\"all\"]\nexport = [\"all\"]\nconnect_retry = 1\n\
+         [[neighbor]]\naddress = \"198.18.151.2\"\nremote_asn = 65003\nimport = [\"all\"]\nexport = [\"all\"]\nconnect_retry = 1\n\
          [[neighbor]]\naddress = \"198.18.152.2\"\nremote_asn = 65001\nconnect_retry = 1\nadd_path = \"send\"\nfamilies = [\"ipv4-unicast\"]\n\
          [[neighbor]]\naddress = \"198.18.153.2\"\nremote_asn = 65001\nconnect_retry = 1\nadd_path = \"send\"\nfamilies = [\"ipv4-unicast\"]\n\
          [[neighbor]]\naddress = \"198.18.154.2\"\nremote_asn = 65001\nconnect_retry = 1\nadd_path = \"send\"\nfamilies = [\"ipv4-unicast\"]\n",
@@ -291,8 +291,8 @@ fn a_two_octet_peer_sees_as_trans_and_as4_path() {
         &twill_ns,
         dir.path(),
         "[global]\nasn = 65001\nrouter_id = \"198.18.160.1\"\nlisten = [\"0.0.0.0:179\"]\n\
-         [[neighbor]]\naddress = \"198.18.160.2\"\nremote_asn = 65002\nconnect_retry = 1\nfamilies = [\"ipv4-unicast\"]\n\
-         [[neighbor]]\naddress = \"198.18.161.2\"\nremote_asn = 4200000002\nconnect_retry = 1\nfamilies = [\"ipv4-unicast\"]\n",
+         [[neighbor]]\naddress = \"198.18.160.2\"\nremote_asn = 65002\nimport = [\"all\"]\nexport = [\"all\"]\nconnect_retry = 1\nfamilies = [\"ipv4-unicast\"]\n\
+         [[neighbor]]\naddress = \"198.18.161.2\"\nremote_asn = 4200000002\nimport = [\"all\"]\nexport = [\"all\"]\nconnect_retry = 1\nfamilies = [\"ipv4-unicast\"]\n",
     );
     let _new = gobgpd(
         &new,

@@ -94,7 +94,7 @@ impl TwoHops {
             self.dir.path(),
             &format!(
                 "[global]\nasn = 65001\nrouter_id = \"198.18.160.1\"\nlisten = [\"0.0.0.0:179\", \"[::]:179\"]\n\
-                 [[neighbor]]\naddress = \"{bird}\"\nremote_asn = 65002\nconnect_retry = 1\n{transport}\n"
+                 [[neighbor]]\naddress = \"{bird}\"\nremote_asn = 65002\nconnect_retry = 1\nimport = [\"all\"]\nexport = [\"all\"]\n{transport}\n"
             ),
         )
     }

@@ -39,7 +39,7 @@ fn start(receiver: Receiver, ns: &Netns, dir: &Path, kernel: bool) -> Daemon {
         Receiver::Twill => {
             let mut config = format!(
                 "[global]\nasn = 65001\nrouter_id = \"{RECEIVER}\"\nlisten = [\"{RECEIVER}:179\"]\nmetrics_listen = \"127.0.0.1:9179\"\n\
-                 [[neighbor]]\naddress = \"{SENDER}\"\nremote_asn = 65002\npassive = true\nhold_time = 240\n"
+                 [[neighbor]]\naddress = \"{SENDER}\"\nremote_asn = 65002\npassive = true\nhold_time = 240\nimport = [\"all\"]\nexport = [\"all\"]\n"
             );
             if kernel {
                 config.push_str("[kernel]\ntable = 254\n");

@@ -43,6 +43,7 @@ fn run_once(count: u32, kernel: bool) -> f64 {
             next_hop_other: None,
             import: Vec::new(),
             export: Vec::new(),
+            prefix_limits: Vec::new(),
         }],
     );
     let connection = ConnectionId(1);

@@ -445,13 +445,29 @@ impl Session {
         self.on_stop(shutdown_communication(message));
     }
 
+    /// Stops the session with Cease / Maximum Number of Prefixes Reached (RFC 4486 §4,
+    /// subcode 1; the data is AFI, SAFI and the upper bound), like ManualStop otherwise: it
+    /// stays down until started again.
+    pub fn prefix_limit_reached(&mut self, family: Family, limit: u32) {
+        let mut data = Vec::with_capacity(7);
+        data.extend_from_slice(&family.afi().to_be_bytes());
+        data.push(family.safi());
+        data.extend_from_slice(&limit.to_be_bytes());
+        self.cease(1, Bytes::from(data));
+        self.last_error = Some(format!("prefix limit of {limit} reached ({family})"));
+    }
+
     fn on_stop(&mut self, data: Bytes) {
+        self.cease(2, data);
+    }
+
+    fn cease(&mut self, subcode: u8, data: Bytes) {
         self.enabled = false;
         if matches!(
             self.state,
             State::OpenSent | State::OpenConfirm | State::Established
         ) {
-            let cease = NotificationMsg::new(ErrorCode::Cease, 2, data);
+            let cease = NotificationMsg::new(ErrorCode::Cease, subcode, data);
             self.send(&Message::Notification(cease));
             self.outputs.push_back(Output::Close);
             self.outputs.push_back(Output::Down(DownReason::Stopped));

@@ -457,8 +457,8 @@ pub struct Rib {
     interner: Interner,
     /// Writes since the interner was last collected.
     churn: usize,
-    /// Paths per peer, kept as paths come and go.
-    path_counts: FastMap<PeerId, usize>,
+    /// Paths per peer and family (IPv4 or not), kept as paths come and go.
+    path_counts: FastMap<(PeerId, bool), usize>,
     /// Whether writes report [`BestChange`]s (off when nothing consumes them).
     report_changes: bool,
 }
@@ -540,7 +540,12 @@ impl Rib {
 
     /// How many paths a peer has in the table.
     pub fn path_count(&self, peer: PeerId) -> usize {
-        self.path_counts.get(&peer).copied().unwrap_or(0)
+        self.family_path_count(peer, true) + self.family_path_count(peer, false)
+    }
+
+    /// Paths of one family (IPv4 or IPv6) a peer has in the table (prefix limits count these).
+    pub fn family_path_count(&self, peer: PeerId, ipv4: bool) -> usize {
+        self.path_counts.get(&(peer, ipv4)).copied().unwrap_or(0)
     }
 
     /// Distinct attribute sets in use.
@@ -764,7 +769,10 @@ impl Rib {
         // A prefix new to the table: its one path is the ECMP set.
         let fresh = report.then(|| path.clone());
         let Some((paths, path)) = self.table.place(prefix, path) else {
-            *self.path_counts.entry(peer).or_default() += 1;
+            *self
+                .path_counts
+                .entry((peer, prefix.addr().is_ipv4()))
+                .or_default() += 1;
             changes.extend(fresh.map(|path| BestChange {
                 prefix,
                 paths: vec![path],
@@ -789,7 +797,10 @@ impl Rib {
             }),
         };
         if added {
-            *self.path_counts.entry(peer).or_default() += 1;
+            *self
+                .path_counts
+                .entry((peer, prefix.addr().is_ipv4()))
+                .or_default() += 1;
         }
         if report && before != Some(Rib::ecmp_identity(config, peers, paths.as_slice())) {
             changes.push(BestChange {
@@ -813,7 +824,7 @@ impl Rib {
         if !paths.as_slice().iter().any(|p| p.same_slot(peer, path_id)) {
             return;
         }
-        if let Some(n) = self.path_counts.get_mut(&peer) {
+        if let Some(n) = self.path_counts.get_mut(&(peer, prefix.addr().is_ipv4())) {
             *n = n.saturating_sub(1);
         }
         let report = self.report_changes;

@@ -216,6 +216,7 @@ impl Speaker {
             }
         }
         self.after_rib_change(now, changes, &touched);
+        self.check_prefix_limits(now, address);
     }
 
     /// Runs the peer's import filters again over what it sent: its Adj-RIB-In, kept while it

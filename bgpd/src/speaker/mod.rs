@@ -50,6 +50,32 @@ pub struct NeighborConfig {
     pub import: Vec<Filter>,
     /// Export filters, in order.
     pub export: Vec<Filter>,
+    /// Most prefixes accepted per family (after import policy), and what then.
+    pub prefix_limits: Vec<PrefixLimit>,
+}
+
+/// A prefix limit (BIRD's `import limit`, FRR's `maximum-prefix`): the most paths of a
+/// family a neighbour may have accepted, after import policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PrefixLimit {
+    /// The family counted.
+    pub family: Family,
+    /// The most paths allowed.
+    pub max: u32,
+    /// What happens above it.
+    pub action: LimitAction,
+}
+
+/// What happens when a neighbour goes above its prefix limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitAction {
+    /// Log a warning (once, until the count is back under the limit).
+    Warn,
+    /// End the session with Cease / Maximum Number of Prefixes Reached (RFC 4486) and keep
+    /// it down until `twillctl bgp enable`.
+    Drop,
+    /// The same, then start the session again after this long.
+    Restart(Duration),
 }
 
 /// How long an enhanced route refresh from a peer may take before the routes it did not
@@ -177,8 +203,13 @@ struct Peer {
     refreshing: BTreeMap<Family, Instant>,
     /// The restart time the peer announced in its last session (RFC 4724), if any.
     peer_restart_time: Option<u16>,
-    /// Stopped by the operator (`twillctl bgp disable`) until enabled again.
+    /// Stopped by the operator (`twillctl bgp disable`), or by a prefix limit, until
+    /// enabled again.
     disabled: bool,
+    /// Families over their prefix limit already warned about.
+    limit_warned: HashSet<Family>,
+    /// Stopped by a prefix limit: started again at this instant.
+    limit_restart_at: Option<Instant>,
     updates_in: u64,
     updates_out: u64,
 }
@@ -372,6 +403,7 @@ impl Speaker {
                     p.contender.as_ref().and_then(|c| c.2.poll_timeout()),
                     p.restart_deadline,
                     p.refreshing.values().min().copied(),
+                    p.limit_restart_at,
                 ]
             })
             .flatten()
@@ -465,6 +497,7 @@ impl Speaker {
             return true;
         }
         peer.disabled = !enabled;
+        peer.limit_restart_at = None;
         if enabled {
             tracing::info!(peer = %address, "neighbour enabled");
             peer.session.handle_input(now, Input::ManualStart);
@@ -597,6 +630,14 @@ impl Speaker {
             if peer.restart_deadline.is_some_and(|d| d <= now) {
                 peer.restart_deadline = None;
                 expired.push(*address);
+            }
+            if peer.limit_restart_at.is_some_and(|d| d <= now) {
+                peer.limit_restart_at = None;
+                if peer.disabled {
+                    tracing::info!(peer = %address, "starting again after the prefix limit");
+                    peer.disabled = false;
+                    peer.session.handle_input(now, Input::ManualStart);
+                }
             }
             let due: Vec<Family> = peer
                 .refreshing
@@ -753,6 +794,8 @@ impl Speaker {
                 refreshing: BTreeMap::new(),
                 peer_restart_time: None,
                 disabled: !enabled,
+                limit_warned: HashSet::new(),
+                limit_restart_at: None,
                 updates_in: 0,
                 updates_out: 0,
             },
@@ -802,6 +845,38 @@ impl Speaker {
             }
         } else {
             self.readvertise(now, address, None);
+        }
+    }
+
+    /// Checks a neighbour's prefix limits after its routes changed (RFC 4486 §4).
+    fn check_prefix_limits(&mut self, now: Instant, address: IpAddr) {
+        let Some(peer) = self.peers.get_mut(&address) else {
+            return;
+        };
+        for limit in peer.config.prefix_limits.clone() {
+            let ipv4 = limit.family == Family::Ipv4Unicast;
+            let count = self.rib.family_path_count(peer.id, ipv4);
+            if count <= limit.max as usize {
+                peer.limit_warned.remove(&limit.family);
+                continue;
+            }
+            let family = limit.family;
+            match limit.action {
+                LimitAction::Warn => {
+                    if peer.limit_warned.insert(family) {
+                        tracing::warn!(peer = %address, %family, count, limit = limit.max, "prefix limit exceeded");
+                    }
+                }
+                LimitAction::Drop | LimitAction::Restart(_) => {
+                    tracing::warn!(peer = %address, %family, count, limit = limit.max, "prefix limit exceeded: session ended (Cease, Maximum Number of Prefixes Reached)");
+                    peer.disabled = true;
+                    if let LimitAction::Restart(after) = limit.action {
+                        peer.limit_restart_at = Some(now + after);
+                    }
+                    peer.session.prefix_limit_reached(family, limit.max);
+                    return;
+                }
+            }
         }
     }
 

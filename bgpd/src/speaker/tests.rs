@@ -235,6 +235,7 @@ fn neighbor(peer: u8, local_as: u32, remote_as: u32, me: u8) -> NeighborConfig {
         next_hop_other: None,
         import: vec![],
         export: vec![],
+        prefix_limits: Vec::new(),
     }
 }
 
@@ -1658,4 +1659,114 @@ fn a_disabled_neighbour_gets_an_administrative_shutdown_and_stays_down_until_ena
     assert!(net.established(addr(1), addr(2)));
     assert_eq!(net.fib[&addr(1)][&prefix("10.2.0.0/24")], vec![addr(2)]);
     assert!(!net.speaker(addr(1)).set_enabled(now, addr(9), false));
+}
+
+/// B (.2) announcing `count` IPv4 prefixes 10.50.N.0/24 to A (.1), whose limit is `limit`.
+fn over_the_limit(limit: PrefixLimit, count: u8) -> Net {
+    let mut to_b = neighbor(2, 65001, 65002, 1);
+    to_b.prefix_limits = vec![limit];
+    let mut net = two_speakers(to_b, neighbor(1, 65002, 65001, 2));
+    let prefixes: Vec<String> = (0..count).map(|n| format!("10.50.{n}.0/24")).collect();
+    let prefixes: Vec<&str> = prefixes.iter().map(String::as_str).collect();
+    let now = net.now;
+    net.wire.clear();
+    net.speaker(addr(2))
+        .set_originated(now, originate(&prefixes, 2));
+    net.run();
+    net
+}
+
+fn notifications(net: &Net, from: IpAddr) -> Vec<NotificationMsg> {
+    net.sent_by(from)
+        .into_iter()
+        .filter_map(|m| match m {
+            Message::Notification(n) => Some(n),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_prefix_limit_ends_the_session_with_the_rfc_4486_cease() {
+    let limit = PrefixLimit {
+        family: Family::Ipv4Unicast,
+        max: 3,
+        action: LimitAction::Drop,
+    };
+    let mut net = over_the_limit(limit, 4);
+    let sent = notifications(&net, addr(1));
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert_eq!((sent[0].code, sent[0].subcode), (ErrorCode::Cease, 1));
+    // RFC 4486 §4: AFI 1, SAFI 1, the upper bound 3.
+    assert_eq!(&sent[0].data[..], &[0, 1, 1, 0, 0, 0, 3]);
+    assert!(
+        net.fib[&addr(1)].is_empty(),
+        "the peer's routes went with it"
+    );
+    net.advance(120);
+    let status = &net.speakers[&addr(1)].peers_status(net.now)[0];
+    assert!(
+        status.disabled && status.state == "Idle",
+        "down until enabled"
+    );
+    assert!(status
+        .last_error
+        .as_deref()
+        .unwrap()
+        .contains("prefix limit of 3"));
+    let now = net.now;
+    net.speaker(addr(1)).set_enabled(now, addr(2), true);
+    net.advance(5);
+    assert!(
+        !net.established(addr(1), addr(2)),
+        "still over: dropped again"
+    );
+}
+
+#[test]
+fn a_prefix_limit_at_its_bound_or_in_another_family_does_nothing() {
+    let limit = PrefixLimit {
+        family: Family::Ipv4Unicast,
+        max: 4,
+        action: LimitAction::Drop,
+    };
+    let net = over_the_limit(limit, 4);
+    assert!(notifications(&net, addr(1)).is_empty());
+    assert_eq!(net.fib[&addr(1)].len(), 4);
+    let v6 = PrefixLimit {
+        family: Family::Ipv6Unicast,
+        max: 1,
+        action: LimitAction::Drop,
+    };
+    let net = over_the_limit(v6, 4);
+    assert!(notifications(&net, addr(1)).is_empty());
+}
+
+#[test]
+fn a_prefix_limit_that_warns_keeps_the_session_and_one_that_restarts_comes_back() {
+    let warn = PrefixLimit {
+        family: Family::Ipv4Unicast,
+        max: 1,
+        action: LimitAction::Warn,
+    };
+    let net = over_the_limit(warn, 3);
+    assert!(notifications(&net, addr(1)).is_empty());
+    assert!(net.established(addr(1), addr(2)));
+    assert_eq!(net.fib[&addr(1)].len(), 3);
+    let restart = PrefixLimit {
+        family: Family::Ipv4Unicast,
+        max: 1,
+        action: LimitAction::Restart(Duration::from_secs(30)),
+    };
+    let mut net = over_the_limit(restart, 3);
+    assert_eq!(notifications(&net, addr(1)).len(), 1);
+    net.advance(20);
+    assert!(!net.established(addr(1), addr(2)), "down for 30 s");
+    net.wire.clear();
+    net.advance(11);
+    assert_eq!(
+        notifications(&net, addr(1)).len(),
+        1,
+        "started again after 30 s, and over the limit again"
+    );
 }
