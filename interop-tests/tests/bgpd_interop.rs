@@ -287,25 +287,45 @@ fn route_refresh(kind: PeerKind) {
     );
 }
 
-/// twill-bgpd killed with SIGKILL: the peer keeps Twill's routes as stale meanwhile; Twill
-/// restarted (restarting bit set) re-establishes and the routes are fresh again.
+/// twill-bgpd (writing its routes to the kernel) killed with SIGKILL: the peer keeps Twill's
+/// routes as stale meanwhile; Twill restarted (restarting bit set, and the forwarding bit,
+/// since its kernel routes stayed) re-establishes and the routes are fresh again. The peer's
+/// view is polled through the whole restart: the route is never missing from it. (Without
+/// forwarding preserved, the F bit is clear and RFC 4724 §4.2 has the peer drop the routes at
+/// once — which BIRD does.)
 fn graceful_restart_of_twill(kind: PeerKind) {
-    let mut lab = BgpLab::start(kind, Options::default());
+    let mut lab = BgpLab::start(
+        kind,
+        Options {
+            kernel: true,
+            ..Options::default()
+        },
+    );
     established(&lab);
     lab.wait(LONG, "Twill's routes at the peer", |l| {
         l.peer_route("10.20.0.0/24").is_some()
     });
+    let held = |l: &BgpLab, when: &str| {
+        assert!(
+            l.peer_route("10.20.0.0/24").is_some(),
+            "{kind:?}: the peer dropped Twill's route {when} instead of keeping it through the restart"
+        );
+    };
     signal(lab.twill.as_ref().unwrap(), "KILL");
-    lab.wait(LONG, "the peer to notice", |l| !l.peer_established());
-    std::thread::sleep(Duration::from_secs(2));
-    assert!(
-        lab.peer_route("10.20.0.0/24").is_some(),
-        "{kind:?}: the peer dropped Twill's routes instead of keeping them stale"
-    );
+    lab.wait(LONG, "the peer to notice", |l| {
+        held(l, "while noticing the loss");
+        !l.peer_established()
+    });
+    // A while down (the peer's restart timer runs), polled.
+    let until = std::time::Instant::now() + Duration::from_secs(2);
+    lab.wait(LONG, "two seconds down", |l| {
+        held(l, "while Twill was down");
+        std::time::Instant::now() >= until
+    });
     lab.start_twill(true);
-    established(&lab);
-    lab.wait(LONG, "routes after the restart", |l| {
-        l.peer_route("10.20.0.0/24").is_some() && !l.twill_paths("10.21.0.0/24").is_empty()
+    lab.wait(LONG, "the session and routes after the restart", |l| {
+        held(l, "during the restart");
+        l.peer_established() && !l.twill_paths("10.21.0.0/24").is_empty()
     });
 }
 
@@ -397,6 +417,30 @@ fn bird_graceful_restart_of_twill() {
     graceful_restart_of_twill(PeerKind::Bird);
 }
 
+/// The forwarding bit is honest: twill-bgpd with no kernel routes (nothing forwarded through
+/// it survives it) restarts with F clear, and BIRD, as RFC 4724 §4.2 asks, drops its stale
+/// routes at once instead of keeping them for the restart; they come back with the session.
+#[test]
+fn bird_drops_twills_routes_when_twill_restarts_without_forwarding_state() {
+    let mut lab = BgpLab::start(PeerKind::Bird, Options::default());
+    established(&lab);
+    lab.wait(LONG, "Twill's routes at the peer", |l| {
+        l.peer_route("10.20.0.0/24").is_some()
+    });
+    signal(lab.twill.as_ref().unwrap(), "KILL");
+    lab.wait(LONG, "the peer to notice", |l| !l.peer_established());
+    assert!(
+        lab.peer_route("10.20.0.0/24").is_some(),
+        "kept as stale while Twill is away (its last OPEN had the R capability)"
+    );
+    lab.start_twill(true);
+    let mut dropped = false;
+    lab.wait(LONG, "the session and routes after the restart", |l| {
+        dropped |= l.peer_route("10.20.0.0/24").is_none();
+        dropped && l.peer_established() && l.peer_route("10.20.0.0/24").is_some()
+    });
+}
+
 #[test]
 fn frr_graceful_restart_of_twill() {
     graceful_restart_of_twill(PeerKind::Frr);
@@ -428,24 +472,39 @@ fn kernel_routes_follow_the_rib_and_survive_a_restart() {
         !lab.kernel_routes().contains("10.20.0.0/24"),
         "our own originations are not installed"
     );
+    // Every route change in Twill's namespace from here on, as the kernel reports it: a
+    // restart that deletes and re-adds a route shows here even if a poll would miss it.
+    let monitor_log = lab.path("monitor.log");
+    let monitor = lab
+        .twill_ns
+        .spawn("ip", &["monitor", "route"], &monitor_log);
+    let deletions = || {
+        std::fs::read_to_string(&monitor_log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.starts_with("Deleted 10.21.0.0/24"))
+            .count()
+    };
     signal(lab.twill.as_ref().unwrap(), "KILL");
-    std::thread::sleep(Duration::from_millis(500));
-    assert!(
-        lab.kernel_routes().contains("10.21.0.0/24"),
-        "routes stay while twill-bgpd is down"
-    );
     lab.start_twill(true);
     established(&lab);
-    std::thread::sleep(Duration::from_secs(2));
-    assert!(
-        lab.kernel_routes()
-            .contains("10.21.0.0/24 via 198.18.110.2"),
-        "kept through the restart"
-    );
+    lab.wait(LONG, "the route through the restart", |l| {
+        l.kernel_routes().contains("10.21.0.0/24 via 198.18.110.2")
+    });
     lab.peer_withdraw_v4();
     lab.wait(LONG, "the withdrawn route to leave the kernel", |l| {
         !l.kernel_routes().contains("10.21.0.0/24")
     });
+    lab.wait(LONG, "the monitor to report the withdrawal", |_| {
+        deletions() >= 1
+    });
+    drop(monitor);
+    assert_eq!(
+        deletions(),
+        1,
+        "the route was deleted during the restart, not only at the withdrawal:\n{}",
+        std::fs::read_to_string(&monitor_log).unwrap_or_default()
+    );
     assert!(lab.kernel_routes().contains("fd00:21::/64"));
 }
 
