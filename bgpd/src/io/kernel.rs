@@ -2,15 +2,34 @@
 //!
 //! Routes carry protocol number 210 (`twill-bgp`, see docs/ARCHITECTURE.md), so Twill
 //! recognises its own after a restart with no memory. Changes are coalesced per prefix and
-//! written in batches of many messages per `send`; each message is acknowledged and a
-//! failure is logged with its prefix. ECMP sets become multipath routes (RTA_MULTIPATH).
+//! written in batches of many messages per `send` (netlink-packet-route's typed messages on
+//! this thread's own netlink-sys socket); each message is acknowledged and a failure is
+//! logged with its prefix, the rest of the batch going in regardless. ECMP sets become
+//! multipath routes.
+//!
+//! Next hops are checked before anything is written (RFC 4271 §5.1.3, §6.3): the unspecified
+//! address, an address of this host, and an address the kernel has no route to are never
+//! installed. A next hop that is not on a connected network is resolved recursively through
+//! the kernel's table (as Calico's BIRD does with `gateway recursive`): the route goes in via
+//! the gateway that reaches it. A route the kernel refused, or whose next hop did not
+//! resolve, is tried again every [`RETRY`], and resolved routes are checked again then too.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::net::IpAddr;
 use std::sync::mpsc;
+use std::time::Duration;
 
 use ipnet::IpNet;
+use netlink_packet_core::{
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP,
+    NLM_F_REPLACE, NLM_F_REQUEST,
+};
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteNextHop, RouteProtocol,
+    RouteScope, RouteType,
+};
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 
 use crate::config::KernelConfig;
@@ -18,22 +37,6 @@ use crate::config::KernelConfig;
 /// Route protocol number of routes twill-bgpd writes.
 pub const RTPROT_TWILL_BGP: u8 = 210;
 
-const RTM_NEWROUTE: u16 = 24;
-const RTM_DELROUTE: u16 = 25;
-const RTM_GETROUTE: u16 = 26;
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
-const NLM_F_REQUEST: u16 = 0x1;
-const NLM_F_ACK: u16 = 0x4;
-const NLM_F_DUMP: u16 = 0x300;
-const NLM_F_REPLACE: u16 = 0x100;
-const NLM_F_CREATE: u16 = 0x400;
-const RTA_DST: u16 = 1;
-const RTA_GATEWAY: u16 = 5;
-const RTA_PRIORITY: u16 = 6;
-const RTA_MULTIPATH: u16 = 9;
-const RTA_TABLE: u16 = 15;
-const RTN_UNICAST: u8 = 1;
 /// Messages per `send`.
 const BATCH: usize = 2_000;
 
@@ -41,6 +44,9 @@ const BATCH: usize = 2_000;
 /// wait in the queue, so a backlog (a full table arriving faster than the kernel takes it) is
 /// never copied whole.
 const ROUND: usize = 65_536;
+
+/// How often refused or unresolved routes are tried again, and recursive ones re-resolved.
+pub const RETRY: Duration = Duration::from_secs(5);
 
 /// The next hops of a route write: none (the route goes), one (held inline: no allocation
 /// for the usual route), or several (an ECMP route).
@@ -78,6 +84,44 @@ impl FromIterator<IpAddr> for NextHops {
     }
 }
 
+/// How the kernel reaches a next hop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reach {
+    /// On a connected network: the next hop is the gateway.
+    Direct,
+    /// Through another gateway (recursive resolution).
+    Via(IpAddr),
+    /// One of this host's own addresses.
+    Local,
+    /// No route, or a blackhole/unreachable/prohibit one.
+    Unreachable,
+}
+
+/// The gateways a route is installed with: each next hop of the family, not unspecified,
+/// reachable and not this host's, replaced by the gateway that reaches it when it is not on a
+/// connected network; duplicates once. Empty: the route is not installed.
+pub fn gateways(
+    prefix: &IpNet,
+    next_hops: &[IpAddr],
+    mut reach: impl FnMut(IpAddr) -> Reach,
+) -> Vec<IpAddr> {
+    let mut out: Vec<IpAddr> = Vec::new();
+    for &hop in next_hops {
+        if hop.is_ipv4() != prefix.addr().is_ipv4() || hop.is_unspecified() {
+            continue;
+        }
+        let gateway = match reach(hop) {
+            Reach::Direct => hop,
+            Reach::Via(gateway) => gateway,
+            Reach::Local | Reach::Unreachable => continue,
+        };
+        if !out.contains(&gateway) {
+            out.push(gateway);
+        }
+    }
+    out
+}
+
 /// What the kernel thread is asked to do, in order.
 #[derive(Debug)]
 pub enum KernelCommand {
@@ -105,19 +149,43 @@ impl std::fmt::Debug for Kernel {
     }
 }
 
-fn attribute(out: &mut Vec<u8>, kind: u16, value: &[u8]) {
-    let len = 4 + value.len();
-    out.extend_from_slice(&(len as u16).to_ne_bytes());
-    out.extend_from_slice(&kind.to_ne_bytes());
-    out.extend_from_slice(value);
-    out.resize(out.len() + (4 - len % 4) % 4, 0);
+fn route_address(address: IpAddr) -> RouteAddress {
+    match address {
+        IpAddr::V4(a) => RouteAddress::Inet(a),
+        IpAddr::V6(a) => RouteAddress::Inet6(a),
+    }
 }
 
-fn address_bytes(address: &IpAddr) -> Vec<u8> {
-    match address {
-        IpAddr::V4(a) => a.octets().to_vec(),
-        IpAddr::V6(a) => a.octets().to_vec(),
+fn family_of(address: IpAddr) -> AddressFamily {
+    if address.is_ipv4() {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
     }
+}
+
+/// Every message of a netlink datagram that decodes (others are skipped).
+fn decode(datagram: &[u8]) -> Vec<NetlinkMessage<RouteNetlinkMessage>> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at + 16 <= datagram.len() {
+        let len = u32::from_ne_bytes([
+            datagram[at],
+            datagram[at + 1],
+            datagram[at + 2],
+            datagram[at + 3],
+        ]) as usize;
+        if len < 16 || at + len > datagram.len() {
+            break;
+        }
+        if let Ok(message) =
+            NetlinkMessage::<RouteNetlinkMessage>::deserialize(&datagram[at..at + len])
+        {
+            out.push(message);
+        }
+        at += len.div_ceil(4) * 4;
+    }
+    out
 }
 
 impl Kernel {
@@ -134,94 +202,94 @@ impl Kernel {
         })
     }
 
-    fn message(&mut self, kind: u16, flags: u16, prefix: &IpNet, next_hops: &[IpAddr]) -> Vec<u8> {
-        let mut body = Vec::with_capacity(64);
-        let family = if prefix.addr().is_ipv4() {
-            libc::AF_INET
-        } else {
-            libc::AF_INET6
-        } as u8;
-        let table = u8::try_from(self.config.table).unwrap_or(0);
-        // struct rtmsg
-        body.extend_from_slice(&[
-            family,
-            prefix.prefix_len(),
-            0,
-            0,
-            table,
-            RTPROT_TWILL_BGP,
-            0,
-            RTN_UNICAST,
-        ]);
-        body.extend_from_slice(&0u32.to_ne_bytes());
-        attribute(&mut body, RTA_DST, &address_bytes(&prefix.network()));
-        attribute(&mut body, RTA_TABLE, &self.config.table.to_ne_bytes());
-        attribute(&mut body, RTA_PRIORITY, &self.config.metric.to_ne_bytes());
-        match next_hops {
-            [] => {}
-            [one] => attribute(&mut body, RTA_GATEWAY, &address_bytes(one)),
-            many => {
-                let mut hops = Vec::new();
-                for hop in many {
-                    let mut gateway = Vec::new();
-                    attribute(&mut gateway, RTA_GATEWAY, &address_bytes(hop));
-                    // struct rtnexthop: len, flags, hops, ifindex.
-                    hops.extend_from_slice(&((8 + gateway.len()) as u16).to_ne_bytes());
-                    hops.extend_from_slice(&[0, 0]);
-                    hops.extend_from_slice(&0i32.to_ne_bytes());
-                    hops.extend_from_slice(&gateway);
-                }
-                attribute(&mut body, RTA_MULTIPATH, &hops);
-            }
-        }
+    /// Appends one request to `out`; returns its sequence number.
+    fn encode(&mut self, payload: RouteNetlinkMessage, flags: u16, out: &mut Vec<u8>) -> u32 {
         self.sequence = self.sequence.wrapping_add(1);
-        let mut message = Vec::with_capacity(16 + body.len());
-        message.extend_from_slice(&((16 + body.len()) as u32).to_ne_bytes());
-        message.extend_from_slice(&kind.to_ne_bytes());
-        message.extend_from_slice(&flags.to_ne_bytes());
-        message.extend_from_slice(&self.sequence.to_ne_bytes());
-        message.extend_from_slice(&0u32.to_ne_bytes());
-        message.extend_from_slice(&body);
-        message
+        let mut header = NetlinkHeader::default();
+        header.flags = flags;
+        header.sequence_number = self.sequence;
+        let mut message = NetlinkMessage::new(header, NetlinkPayload::from(payload));
+        message.finalize();
+        let at = out.len();
+        out.resize(at + message.buffer_len(), 0);
+        message.serialize(&mut out[at..]);
+        self.sequence
     }
 
-    /// Installs or removes routes; returns the prefixes the kernel refused, with why.
+    /// A route of Twill's in our table: its header and attributes, next hops aside.
+    fn route(&self, prefix: &IpNet, gateways: &[IpAddr]) -> RouteMessage {
+        let mut route = RouteMessage::default();
+        route.header.address_family = family_of(prefix.addr());
+        route.header.destination_prefix_length = prefix.prefix_len();
+        route.header.table =
+            u8::try_from(self.config.table).unwrap_or(RouteHeader::RT_TABLE_UNSPEC);
+        route.header.protocol = RouteProtocol::from(RTPROT_TWILL_BGP);
+        route.header.scope = RouteScope::Universe;
+        route.header.kind = RouteType::Unicast;
+        route.attributes = vec![
+            RouteAttribute::Destination(route_address(prefix.network())),
+            RouteAttribute::Table(self.config.table),
+            RouteAttribute::Priority(self.config.metric),
+        ];
+        match gateways {
+            [] => {}
+            [one] => route
+                .attributes
+                .push(RouteAttribute::Gateway(route_address(*one))),
+            many => route.attributes.push(RouteAttribute::MultiPath(
+                many.iter()
+                    .map(|hop| {
+                        let mut next_hop = RouteNextHop::default();
+                        next_hop.attributes = vec![RouteAttribute::Gateway(route_address(*hop))];
+                        next_hop
+                    })
+                    .collect(),
+            )),
+        }
+        route
+    }
+
+    /// Installs (with gateways) or removes (without) routes; returns the prefixes the kernel
+    /// refused, with why. One refusal never keeps the others of its batch out.
     pub fn apply(&mut self, routes: &[(IpNet, NextHops)]) -> io::Result<Vec<(IpNet, io::Error)>> {
         let mut failures = Vec::new();
         for chunk in routes.chunks(BATCH) {
             let mut buffer = Vec::with_capacity(chunk.len() * 80);
             let mut by_sequence = BTreeMap::new();
-            for (prefix, next_hops) in chunk {
-                // IPv4-mapped next hops cannot be kernel gateways: such routes are not installed.
-                let usable: Vec<IpAddr> = next_hops
-                    .as_slice()
-                    .iter()
-                    .filter(|hop| hop.is_ipv4() == prefix.addr().is_ipv4() && !hop.is_unspecified())
-                    .copied()
-                    .collect();
-                let message = if usable.is_empty() {
-                    self.message(RTM_DELROUTE, NLM_F_REQUEST | NLM_F_ACK, prefix, &[])
+            for (prefix, gateways) in chunk {
+                let gateways = gateways.as_slice();
+                let sequence = if gateways.is_empty() {
+                    let route = self.route(prefix, &[]);
+                    self.encode(
+                        RouteNetlinkMessage::DelRoute(route),
+                        NLM_F_REQUEST | NLM_F_ACK,
+                        &mut buffer,
+                    )
                 } else {
-                    self.message(
-                        RTM_NEWROUTE,
+                    let route = self.route(prefix, gateways);
+                    self.encode(
+                        RouteNetlinkMessage::NewRoute(route),
                         NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE,
-                        prefix,
-                        &usable,
+                        &mut buffer,
                     )
                 };
-                by_sequence.insert(self.sequence, (*prefix, usable.is_empty()));
-                buffer.extend_from_slice(&message);
+                by_sequence.insert(sequence, (*prefix, gateways.is_empty()));
             }
             self.socket.send(&buffer, 0)?;
             let mut pending = by_sequence.len();
             while pending > 0 {
                 let (reply, _) = self.socket.recv_from_full()?;
-                for (sequence, error) in acknowledgements(&reply) {
+                for message in decode(&reply) {
+                    let NetlinkPayload::Error(error) = &message.payload else {
+                        continue;
+                    };
+                    let sequence = message.header.sequence_number;
                     if let Some((prefix, deleting)) = by_sequence.remove(&sequence) {
                         pending -= 1;
+                        let code = error.code.map_or(0, |c| c.get());
                         // Deleting a route that is not there is fine.
-                        if error != 0 && !(deleting && error == -libc::ESRCH) {
-                            failures.push((prefix, io::Error::from_raw_os_error(-error)));
+                        if code != 0 && !(deleting && code == -libc::ESRCH) {
+                            failures.push((prefix, io::Error::from_raw_os_error(-code)));
                         }
                     }
                 }
@@ -230,27 +298,78 @@ impl Kernel {
         Ok(failures)
     }
 
+    /// How the kernel reaches `address` now (`ip route get`).
+    pub fn reach(&mut self, address: IpAddr) -> io::Result<Reach> {
+        let mut route = RouteMessage::default();
+        route.header.address_family = family_of(address);
+        route.header.destination_prefix_length = if address.is_ipv4() { 32 } else { 128 };
+        route.attributes = vec![RouteAttribute::Destination(route_address(address))];
+        let mut buffer = Vec::new();
+        let sequence = self.encode(
+            RouteNetlinkMessage::GetRoute(route),
+            NLM_F_REQUEST,
+            &mut buffer,
+        );
+        self.socket.send(&buffer, 0)?;
+        loop {
+            let (reply, _) = self.socket.recv_from_full()?;
+            for message in decode(&reply) {
+                if message.header.sequence_number != sequence {
+                    continue;
+                }
+                return Ok(match message.payload {
+                    NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewRoute(found)) => {
+                        match found.header.kind {
+                            RouteType::Local => Reach::Local,
+                            RouteType::Unicast => found
+                                .attributes
+                                .iter()
+                                .find_map(|a| match a {
+                                    RouteAttribute::Gateway(RouteAddress::Inet(g)) => {
+                                        Some(Reach::Via(IpAddr::V4(*g)))
+                                    }
+                                    RouteAttribute::Gateway(RouteAddress::Inet6(g)) => {
+                                        Some(Reach::Via(IpAddr::V6(*g)))
+                                    }
+                                    _ => None,
+                                })
+                                .unwrap_or(Reach::Direct),
+                            _ => Reach::Unreachable,
+                        }
+                    }
+                    _ => Reach::Unreachable,
+                });
+            }
+        }
+    }
+
     /// Twill's routes in the table now (protocol 210).
     pub fn list(&mut self) -> io::Result<BTreeSet<IpNet>> {
         let mut routes = BTreeSet::new();
-        for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
-            let mut request = Vec::new();
-            let body = [family, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
-            request.extend_from_slice(&((16 + body.len()) as u32).to_ne_bytes());
-            request.extend_from_slice(&RTM_GETROUTE.to_ne_bytes());
-            request.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
-            request.extend_from_slice(&self.sequence.to_ne_bytes());
-            request.extend_from_slice(&0u32.to_ne_bytes());
-            request.extend_from_slice(&body);
-            self.socket.send(&request, 0)?;
+        for family in [AddressFamily::Inet, AddressFamily::Inet6] {
+            let mut request = RouteMessage::default();
+            request.header.address_family = family;
+            let mut buffer = Vec::new();
+            let sequence = self.encode(
+                RouteNetlinkMessage::GetRoute(request),
+                NLM_F_REQUEST | NLM_F_DUMP,
+                &mut buffer,
+            );
+            self.socket.send(&buffer, 0)?;
             'dump: loop {
                 let (reply, _) = self.socket.recv_from_full()?;
-                for message in messages(&reply) {
-                    if message.0 == NLMSG_DONE || message.0 == NLMSG_ERROR {
-                        break 'dump;
+                for message in decode(&reply) {
+                    if message.header.sequence_number != sequence {
+                        continue;
                     }
-                    if let Some(prefix) = self.parse_route(message.1) {
-                        routes.insert(prefix);
+                    match message.payload {
+                        NetlinkPayload::Done(_) | NetlinkPayload::Error(_) => break 'dump,
+                        NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewRoute(route)) => {
+                            if let Some(prefix) = self.ours(&route) {
+                                routes.insert(prefix);
+                            }
+                        }
+                        _ => {}
                     }
                 }
             }
@@ -259,74 +378,33 @@ impl Kernel {
     }
 
     /// A dumped route's prefix, when it is Twill's and in our table.
-    fn parse_route(&self, body: &[u8]) -> Option<IpNet> {
-        let header = body.get(..12)?;
-        let (family, length, table, protocol) = (header[0], header[1], header[4], header[5]);
-        if protocol != RTPROT_TWILL_BGP {
+    fn ours(&self, route: &RouteMessage) -> Option<IpNet> {
+        if u8::from(route.header.protocol) != RTPROT_TWILL_BGP {
             return None;
         }
-        let mut table = u32::from(table);
+        let mut table = u32::from(route.header.table);
         let mut destination = None;
-        let mut at = 12;
-        while at + 4 <= body.len() {
-            let len = usize::from(u16::from_ne_bytes([body[at], body[at + 1]]));
-            let kind = u16::from_ne_bytes([body[at + 2], body[at + 3]]);
-            let value = body.get(at + 4..at + len.max(4))?;
-            match kind {
-                RTA_TABLE if value.len() == 4 => {
-                    table = u32::from_ne_bytes([value[0], value[1], value[2], value[3]])
+        for attribute in &route.attributes {
+            match attribute {
+                RouteAttribute::Table(t) => table = *t,
+                RouteAttribute::Destination(RouteAddress::Inet(a)) => {
+                    destination = Some(IpAddr::V4(*a))
                 }
-                RTA_DST => destination = Some(value.to_vec()),
+                RouteAttribute::Destination(RouteAddress::Inet6(a)) => {
+                    destination = Some(IpAddr::V6(*a))
+                }
                 _ => {}
             }
-            at += len.max(4).div_ceil(4) * 4;
         }
         if table != self.config.table {
             return None;
         }
-        let address: IpAddr = match (family as i32, destination.as_deref()) {
-            (libc::AF_INET, Some(v)) => IpAddr::from(<[u8; 4]>::try_from(v).ok()?),
-            (libc::AF_INET6, Some(v)) => IpAddr::from(<[u8; 16]>::try_from(v).ok()?),
-            _ => return None,
-        };
-        IpNet::new(address, length).ok()
+        let destination = destination.unwrap_or(match route.header.address_family {
+            AddressFamily::Inet6 => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+            _ => IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+        });
+        IpNet::new(destination, route.header.destination_prefix_length).ok()
     }
-}
-
-/// (type, body) of each message in a netlink datagram.
-fn messages(datagram: &[u8]) -> Vec<(u16, &[u8])> {
-    let mut out = Vec::new();
-    let mut at = 0;
-    while at + 16 <= datagram.len() {
-        let len = u32::from_ne_bytes([
-            datagram[at],
-            datagram[at + 1],
-            datagram[at + 2],
-            datagram[at + 3],
-        ]) as usize;
-        if len < 16 || at + len > datagram.len() {
-            break;
-        }
-        let kind = u16::from_ne_bytes([datagram[at + 4], datagram[at + 5]]);
-        out.push((kind, &datagram[at + 16..at + len]));
-        at += len.div_ceil(4) * 4;
-    }
-    out
-}
-
-/// (sequence, error) of each acknowledgement in a datagram (error 0: success). An
-/// acknowledgement's body is the error code followed by the request's header, whose sequence
-/// number sits 8 octets in.
-fn acknowledgements(datagram: &[u8]) -> Vec<(u32, i32)> {
-    messages(datagram)
-        .into_iter()
-        .filter(|(kind, body)| *kind == NLMSG_ERROR && body.len() >= 20)
-        .map(|(_, body)| {
-            let error = i32::from_ne_bytes([body[0], body[1], body[2], body[3]]);
-            let sequence = u32::from_ne_bytes([body[12], body[13], body[14], body[15]]);
-            (sequence, error)
-        })
-        .collect()
 }
 
 /// Removes every route of Twill's from the table, as listed by the kernel.
@@ -349,10 +427,88 @@ fn flush(kernel: &mut Kernel) {
     }
 }
 
-/// Runs the kernel writer on its own thread; `writes` counts route writes done. With
-/// `keep_existing` (graceful restart), Twill's routes from before stay until
-/// [`KernelCommand::Sweep`]; otherwise they are removed now. Returns the sender and how many
-/// routes from before were kept.
+/// What the writer keeps between rounds: routes it could not install as asked.
+#[derive(Debug, Default)]
+struct Held {
+    /// Refused by the kernel, or no next hop resolved: tried again every [`RETRY`].
+    retry: BTreeMap<IpNet, NextHops>,
+    /// Installed through a recursively resolved gateway: resolved again every [`RETRY`].
+    recursive: BTreeMap<IpNet, (NextHops, Vec<IpAddr>)>,
+}
+
+impl Held {
+    fn is_empty(&self) -> bool {
+        self.retry.is_empty() && self.recursive.is_empty()
+    }
+}
+
+/// One round: resolve the next hops of the gathered writes (once per distinct next hop),
+/// write them, and remember what must be tried again. Returns how many writes the kernel
+/// acknowledged.
+fn write_round(kernel: &mut Kernel, pending: BTreeMap<IpNet, NextHops>, held: &mut Held) -> u64 {
+    let mut reach: BTreeMap<IpAddr, Reach> = BTreeMap::new();
+    let mut routes: Vec<(IpNet, NextHops)> = Vec::with_capacity(pending.len());
+    let mut asked: BTreeMap<IpNet, NextHops> = BTreeMap::new();
+    for (prefix, hops) in pending {
+        held.retry.remove(&prefix);
+        held.recursive.remove(&prefix);
+        if hops == NextHops::None {
+            routes.push((prefix, NextHops::None));
+            continue;
+        }
+        let mut recursive = false;
+        let gateways = gateways(&prefix, hops.as_slice(), |hop| {
+            let found = *reach.entry(hop).or_insert_with(|| {
+                kernel.reach(hop).unwrap_or_else(|error| {
+                    tracing::warn!(%hop, %error, "cannot resolve a next hop");
+                    Reach::Unreachable
+                })
+            });
+            recursive |= matches!(found, Reach::Via(_));
+            found
+        });
+        if gateways.is_empty() {
+            // Not installable now (RFC 4271 §5.1.3, §6.3): out of the table until it is.
+            tracing::debug!(%prefix, ?hops, "no usable next hop: not installed");
+            held.retry.insert(prefix, hops);
+            routes.push((prefix, NextHops::None));
+            continue;
+        }
+        if recursive {
+            held.recursive
+                .insert(prefix, (hops.clone(), gateways.clone()));
+        }
+        asked.insert(prefix, hops);
+        routes.push((prefix, gateways.into_iter().collect()));
+    }
+    let written = routes.len() as u64;
+    match kernel.apply(&routes) {
+        Ok(failures) => {
+            for (prefix, error) in &failures {
+                tracing::warn!(%prefix, %error, "the kernel refused a route; it is tried again");
+                if let Some(hops) = asked.remove(prefix) {
+                    held.recursive.remove(prefix);
+                    held.retry.insert(*prefix, hops);
+                }
+            }
+            written - failures.len() as u64
+        }
+        Err(error) => {
+            tracing::error!(%error, "netlink write failed; the routes are tried again");
+            held.retry.extend(asked);
+            0
+        }
+    }
+}
+
+/// Runs the kernel writer on its own thread; `writes` counts route writes the kernel
+/// acknowledged. With `keep_existing` (graceful restart), Twill's routes from before stay
+/// until [`KernelCommand::Sweep`]; otherwise they are removed now. Returns the sender and how
+/// many routes from before were kept.
+#[allow(
+    clippy::disallowed_methods,
+    reason = "the writer is an edge: it times its retries"
+)]
 pub fn spawn(
     config: KernelConfig,
     keep_existing: bool,
@@ -376,12 +532,26 @@ pub fn spawn(
     std::thread::Builder::new()
         .name("twill-kernel".into())
         .spawn(move || {
-            while let Ok(first) = receiver.recv() {
+            let mut held = Held::default();
+            let mut last_retry = std::time::Instant::now();
+            loop {
+                let first = if held.is_empty() {
+                    match receiver.recv() {
+                        Ok(command) => Some(command),
+                        Err(_) => return,
+                    }
+                } else {
+                    match receiver.recv_timeout(RETRY.saturating_sub(last_retry.elapsed())) {
+                        Ok(command) => Some(command),
+                        Err(mpsc::RecvTimeoutError::Timeout) => None,
+                        Err(mpsc::RecvTimeoutError::Disconnected) => return,
+                    }
+                };
                 let mut pending: BTreeMap<IpNet, NextHops> = BTreeMap::new();
                 let mut sweep = false;
                 let mut flushed = None;
                 let mut gathered = 0;
-                let mut next = Some(first);
+                let mut next = first;
                 while let Some(command) = next.take() {
                     match command {
                         KernelCommand::Routes(routes) => {
@@ -401,6 +571,20 @@ pub fn spawn(
                         next = receiver.try_recv().ok();
                     }
                 }
+                if last_retry.elapsed() >= RETRY && !held.is_empty() {
+                    last_retry = std::time::Instant::now();
+                    for (prefix, hops) in std::mem::take(&mut held.retry) {
+                        pending.entry(prefix).or_insert(hops);
+                    }
+                    let recursive: Vec<(IpNet, NextHops)> = held
+                        .recursive
+                        .iter()
+                        .map(|(prefix, (hops, _))| (*prefix, hops.clone()))
+                        .collect();
+                    for (prefix, hops) in recursive {
+                        pending.entry(prefix).or_insert(hops);
+                    }
+                }
                 if sweep {
                     // Every route write queued before the sweep has been gathered by now, so
                     // what is left over was not learned again.
@@ -408,16 +592,9 @@ pub fn spawn(
                         pending.entry(prefix).or_insert(NextHops::None);
                     }
                 }
-                let routes: Vec<(IpNet, NextHops)> = pending.into_iter().collect();
-                let written = routes.len() as u64;
-                match kernel.apply(&routes) {
-                    Ok(failures) => {
-                        writes.fetch_add(written, std::sync::atomic::Ordering::Relaxed);
-                        for (prefix, error) in failures {
-                            tracing::warn!(%prefix, %error, "the kernel refused a route");
-                        }
-                    }
-                    Err(error) => tracing::error!(%error, "netlink write failed"),
+                if !pending.is_empty() {
+                    let done = write_round(&mut kernel, pending, &mut held);
+                    writes.fetch_add(done, std::sync::atomic::Ordering::Relaxed);
                 }
                 if let Some(done) = flushed {
                     flush(&mut kernel);
@@ -427,4 +604,68 @@ pub fn spawn(
             }
         })?;
     Ok((sender, kept))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn net(text: &str) -> IpNet {
+        text.parse().unwrap()
+    }
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().unwrap()
+    }
+
+    /// RFC 4271 §5.1.3 / §6.3 and Calico's `gateway recursive`: which gateways a route gets.
+    #[test]
+    fn next_hops_are_checked_and_resolved_before_a_route_is_installed() {
+        let reach = |hop: IpAddr| match hop.to_string().as_str() {
+            "198.18.0.2" | "198.18.0.3" | "fd00::2" => Reach::Direct,
+            "10.99.0.7" => Reach::Via(ip("198.18.0.2")),
+            "198.18.0.1" => Reach::Local,
+            _ => Reach::Unreachable,
+        };
+        let v4 = net("10.50.0.0/24");
+        assert_eq!(
+            gateways(&v4, &[ip("198.18.0.2")], reach),
+            [ip("198.18.0.2")]
+        );
+        assert_eq!(
+            gateways(&v4, &[ip("10.99.0.7")], reach),
+            [ip("198.18.0.2")],
+            "recursive"
+        );
+        assert!(
+            gateways(&v4, &[ip("0.0.0.0")], reach).is_empty(),
+            "unspecified"
+        );
+        assert!(
+            gateways(&v4, &[ip("198.18.0.1")], reach).is_empty(),
+            "our own address"
+        );
+        assert!(
+            gateways(&v4, &[ip("192.0.2.9")], reach).is_empty(),
+            "unreachable"
+        );
+        assert!(
+            gateways(&v4, &[ip("fd00::2")], reach).is_empty(),
+            "another family"
+        );
+        assert_eq!(
+            gateways(
+                &v4,
+                &[
+                    ip("192.0.2.9"),
+                    ip("198.18.0.3"),
+                    ip("10.99.0.7"),
+                    ip("198.18.0.2")
+                ],
+                reach
+            ),
+            [ip("198.18.0.3"), ip("198.18.0.2")],
+            "the usable ones of an ECMP set, each gateway once"
+        );
+    }
 }
