@@ -9,7 +9,10 @@ use ipnet::IpNet;
 use serde::Deserialize;
 
 use crate::fsm::{self, GracefulRestartConfig};
-use crate::policy::{Filter, Match, Modify, PrefixMatch, Rule};
+use crate::policy::{
+    parse_extended_community, AsPathRegex, DeletePattern, Filter, Match, Modify, PrefixMatch,
+    PrependTimes, Rule, SetNextHop,
+};
 use crate::speaker::{LimitAction, NeighborConfig, PrefixLimit, SpeakerConfig};
 use crate::wire::attribute::{community, Origin, PathAttributes};
 use crate::wire::Family;
@@ -213,13 +216,34 @@ struct RuleSpec {
     as_path_min_len: Option<usize>,
     #[serde(default)]
     as_path_prefix: Vec<u32>,
+    /// AS path regular expressions, FRR's `bgp as-path access-list` syntax (any matches).
+    #[serde(default)]
+    as_path_regex: Vec<String>,
+    /// Origin ASes: the last AS of the path (BIRD's `bgp_path.last`; any matches).
+    #[serde(default)]
+    origin_as: Vec<u32>,
+    /// Extended communities: `rt:ASN:N`, `ro:ASN:N`, `rt:A.B.C.D:N`, `0x` + 16 hex digits.
+    #[serde(default)]
+    ext_community: Vec<String>,
     action: String,
+    /// Communities to delete: `65001:100`, `65001:*`, `65001:1:*`, `no-export`.
+    #[serde(default)]
+    delete_community: Vec<String>,
     #[serde(default)]
     add_community: Vec<String>,
     local_pref: Option<u32>,
+    /// LOCAL_PREF for routes without one.
+    default_local_pref: Option<u32>,
     med: Option<u32>,
+    /// MED for routes without one.
+    default_med: Option<u32>,
     #[serde(default)]
     prepend: Vec<u32>,
+    /// Prepend an AS this many times (1 to 32): `prepend_as`, or our AS on the session.
+    prepend_times: Option<u8>,
+    prepend_as: Option<u32>,
+    /// `self` or an address.
+    next_hop: Option<String>,
 }
 
 /// How to reach one neighbour: what the socket layer needs.
@@ -484,8 +508,21 @@ impl RuleSpec {
             as_path_max_len: self.as_path_max_len,
             as_path_min_len: self.as_path_min_len,
             as_path_prefix: self.as_path_prefix.clone(),
+            origin_as: self.origin_as.clone(),
             ..Match::default()
         };
+        for (at, text) in self.as_path_regex.iter().enumerate() {
+            matches.as_path_regex.push(
+                text.parse::<AsPathRegex>()
+                    .map_err(|reason| err(format!("{path}.as_path_regex[{at}]"), reason))?,
+            );
+        }
+        for (at, text) in self.ext_community.iter().enumerate() {
+            matches.extended_communities.push(
+                parse_extended_community(text)
+                    .map_err(|reason| err(format!("{path}.ext_community[{at}]"), reason))?,
+            );
+        }
         for (at, text) in self.prefix.iter().enumerate() {
             matches.prefixes.push(
                 text.parse::<PrefixMatch>()
@@ -498,12 +535,7 @@ impl RuleSpec {
             &mut matches.communities,
             &mut matches.large_communities,
         )?;
-        let mut modify = Modify {
-            local_pref: self.local_pref,
-            med: self.med,
-            prepend: self.prepend.clone(),
-            ..Modify::default()
-        };
+        let mut modify = self.modify(path)?;
         sort_communities(
             &self.add_community,
             &format!("{path}.add_community"),
@@ -514,6 +546,66 @@ impl RuleSpec {
             matches,
             accept,
             modify,
+        })
+    }
+
+    /// The actions besides adding communities, each checked.
+    fn modify(&self, path: &str) -> Result<Modify, ConfigError> {
+        if self.local_pref.is_some() && self.default_local_pref.is_some() {
+            return Err(err(
+                format!("{path}.default_local_pref"),
+                "local_pref is set too: it always wins; keep one",
+            ));
+        }
+        if self.med.is_some() && self.default_med.is_some() {
+            return Err(err(
+                format!("{path}.default_med"),
+                "med is set too: it always wins; keep one",
+            ));
+        }
+        let prepend_times = match (self.prepend_times, self.prepend_as) {
+            (None, None) => None,
+            (None, Some(_)) => {
+                return Err(err(
+                    format!("{path}.prepend_as"),
+                    "needs prepend_times, how many times to prepend it",
+                ))
+            }
+            (Some(times @ 1..=32), asn) => Some(PrependTimes { asn, times }),
+            (Some(times), _) => {
+                return Err(err(
+                    format!("{path}.prepend_times"),
+                    format!("{times} is not from 1 to 32"),
+                ))
+            }
+        };
+        let next_hop = match self.next_hop.as_deref() {
+            None => None,
+            Some("self") => Some(SetNextHop::Own),
+            Some(text) => Some(SetNextHop::Address(text.parse().map_err(|_| {
+                err(
+                    format!("{path}.next_hop"),
+                    format!("{text:?} is not an IP address or self"),
+                )
+            })?)),
+        };
+        let mut delete_communities = Vec::new();
+        for (at, text) in self.delete_community.iter().enumerate() {
+            delete_communities.push(
+                text.parse::<DeletePattern>()
+                    .map_err(|reason| err(format!("{path}.delete_community[{at}]"), reason))?,
+            );
+        }
+        Ok(Modify {
+            delete_communities,
+            local_pref: self.local_pref,
+            default_local_pref: self.default_local_pref,
+            med: self.med,
+            default_med: self.default_med,
+            prepend: self.prepend.clone(),
+            prepend_times,
+            next_hop,
+            ..Modify::default()
         })
     }
 }
@@ -683,6 +775,7 @@ impl Neighbor {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::Route;
 
     const BRIEF: &str = r#"
 [global]
@@ -828,8 +921,9 @@ table = 254
     }
 
     fn accepts(filters: &[Filter]) -> bool {
+        let mut attributes = PathAttributes::default();
         let prefix: IpNet = "10.1.0.0/24".parse().unwrap();
-        Filter::apply_all(filters, &prefix, &mut PathAttributes::default())
+        Filter::apply_all(filters, &mut Route::new(prefix, &mut attributes, 65001))
     }
 
     #[test]
@@ -927,6 +1021,87 @@ table = 254
         let text = BRIEF.replace("[global]", "[global]\nselection_deferral_time = 300");
         let config = DaemonConfig::parse(&text).unwrap();
         assert_eq!(config.selection_deferral, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn the_new_match_and_action_keys_are_read_and_checked() {
+        let rule = |body: &str| {
+            DaemonConfig::parse(
+                &format!(
+                    "{BRIEF}\n[[filter]]\nname = \"f\"\n[[filter.rule]]\naction = \"accept\"\n{body}\n"
+                )
+                .replace("remote_asn = 65002", "remote_asn = 65002\nimport = [\"f\"]"),
+            )
+        };
+        let config = rule(
+            r#"as_path_regex = ["^65002_", "_64512$"]
+origin_as = [64512]
+ext_community = ["rt:65000:100", "0x0003fde800000001"]
+delete_community = ["65002:*", "65002:1:*", "no-export"]
+default_med = 10
+default_local_pref = 150
+prepend_times = 3
+prepend_as = 64999
+next_hop = "self""#,
+        )
+        .unwrap();
+        let rule_of = &config.neighbors[0].0.import[0].rules[0];
+        assert_eq!(rule_of.matches.as_path_regex.len(), 2);
+        assert_eq!(rule_of.matches.as_path_regex[1].as_str(), "_64512$");
+        assert_eq!(rule_of.matches.origin_as, vec![64512]);
+        assert_eq!(
+            rule_of.matches.extended_communities[0],
+            [0, 2, 0xfd, 0xe8, 0, 0, 0, 100]
+        );
+        assert_eq!(rule_of.modify.delete_communities.len(), 3);
+        assert_eq!(
+            (
+                rule_of.modify.default_med,
+                rule_of.modify.default_local_pref
+            ),
+            (Some(10), Some(150))
+        );
+        assert_eq!(
+            rule_of.modify.prepend_times,
+            Some(PrependTimes {
+                asn: Some(64999),
+                times: 3
+            })
+        );
+        assert_eq!(rule_of.modify.next_hop, Some(SetNextHop::Own));
+        for (body, expected) in [
+            (
+                "as_path_regex = [\"(\"]",
+                "filter[0].rule[0].as_path_regex[0]: \"(\" is not a regular expression",
+            ),
+            (
+                "ext_community = [\"rt:1\"]",
+                "filter[0].rule[0].ext_community[0]: \"rt:1\" is not an extended community",
+            ),
+            (
+                "delete_community = [\"65002:x\"]",
+                "filter[0].rule[0].delete_community[0]: \"65002:x\" is not a community pattern",
+            ),
+            (
+                "next_hop = \"here\"",
+                "filter[0].rule[0].next_hop: \"here\" is not an IP address or self",
+            ),
+            (
+                "prepend_times = 40",
+                "filter[0].rule[0].prepend_times: 40 is not from 1 to 32",
+            ),
+            (
+                "prepend_as = 1",
+                "filter[0].rule[0].prepend_as: needs prepend_times",
+            ),
+            (
+                "med = 1\ndefault_med = 2",
+                "filter[0].rule[0].default_med: med is set too",
+            ),
+        ] {
+            let message = rule(body).unwrap_err().to_string();
+            assert!(message.contains(expected), "{body}: {message}");
+        }
     }
 
     #[test]

@@ -1,9 +1,18 @@
-//! Import and export filters, pure: `(prefix, attributes) → accept (possibly changed) or
-//! reject`. A filter is an ordered list of rules; the first rule whose match holds decides.
+//! Import and export filters, pure: a [`Route`] (prefix, attributes, our AS on the session)
+//! → accept (possibly changed, perhaps with a new next hop) or reject. A filter is an ordered list of rules; the first rule whose match holds decides.
 //! When none holds, the filter's default decides (accept, as Calico's BGPFilter does).
+
+mod aspath;
+mod community;
+
+use std::net::IpAddr;
 
 use ipnet::IpNet;
 
+pub use self::aspath::{origin_as, AsPathRegex};
+pub use self::community::{
+    parse_extended_community, CommunityPattern, DeletePattern, LargeCommunityPattern,
+};
 use crate::wire::attribute::PathAttributes;
 
 /// A prefix-list entry: `prefix` with the length range `ge..=le` (both default to the
@@ -84,58 +93,121 @@ pub struct Match {
     pub communities: Vec<u32>,
     /// The path carries one of these large communities (any).
     pub large_communities: Vec<(u32, u32, u32)>,
+    /// The path carries one of these extended communities (any; RFC 4360).
+    pub extended_communities: Vec<[u8; 8]>,
     /// The AS path is at most this long.
     pub as_path_max_len: Option<usize>,
     /// The AS path is at least this long.
     pub as_path_min_len: Option<usize>,
     /// The AS path starts with these ASes (nearest first).
     pub as_path_prefix: Vec<u32>,
+    /// The AS path matches one of these regular expressions (any), FRR-style.
+    pub as_path_regex: Vec<AsPathRegex>,
+    /// The route was originated by one of these ASes (any): the last AS of the path, as
+    /// BIRD's `bgp_path.last` and RFC 6811 §2 (a path ending in an AS_SET has none).
+    pub origin_as: Vec<u32>,
+}
+
+/// Whether `wanted` is empty (no criterion) or `holds` for one of its entries.
+fn any_of<T>(wanted: &[T], holds: impl Fn(&T) -> bool) -> bool {
+    wanted.is_empty() || wanted.iter().any(holds)
 }
 
 impl Match {
-    fn holds(&self, prefix: &IpNet, attributes: &PathAttributes) -> bool {
-        let path_len = attributes.as_path.as_ref().map_or(0, |p| p.len());
-        (self.prefixes.is_empty() || self.prefixes.iter().any(|m| m.matches(prefix)))
-            && (self.communities.is_empty()
-                || self
-                    .communities
-                    .iter()
-                    .any(|c| attributes.communities.contains(c)))
-            && (self.large_communities.is_empty()
-                || self
-                    .large_communities
-                    .iter()
-                    .any(|c| attributes.large_communities.contains(c)))
+    fn holds(&self, route: &Route<'_>) -> bool {
+        let attributes = &*route.attributes;
+        let path = attributes.as_path.as_ref();
+        let path_len = path.map_or(0, |p| p.len());
+        any_of(&self.prefixes, |m| m.matches(&route.prefix))
+            && any_of(&self.communities, |c| attributes.communities.contains(c))
+            && any_of(&self.large_communities, |c| {
+                attributes.large_communities.contains(c)
+            })
+            && any_of(&self.extended_communities, |c| {
+                attributes.extended_communities.contains(c)
+            })
             && self.as_path_max_len.is_none_or(|max| path_len <= max)
             && self.as_path_min_len.is_none_or(|min| path_len >= min)
             && (self.as_path_prefix.is_empty() || {
-                let asns: Vec<u32> = attributes
-                    .as_path
-                    .as_ref()
-                    .map(|p| p.asns().collect())
-                    .unwrap_or_default();
+                let asns: Vec<u32> = path.map(|p| p.asns().collect()).unwrap_or_default();
                 asns.starts_with(&self.as_path_prefix)
+            })
+            && any_of(&self.as_path_regex, |r| r.matches(path))
+            && (self.origin_as.is_empty() || {
+                let origin = aspath::origin_as(path, route.local_as);
+                origin.is_some_and(|o| self.origin_as.contains(&o))
             })
     }
 }
 
-/// What an accepting rule changes.
+/// A next hop set by a filter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SetNextHop {
+    /// This address, for routes of its family (an IPv4 address for IPv4 routes).
+    Address(IpAddr),
+    /// `self`: on export our address on the session (FRR's `next-hop-self`, BIRD's
+    /// `next hop self`); on import the neighbour's own address (FRR's `set ip next-hop
+    /// peer-address`).
+    Own,
+}
+
+impl SetNextHop {
+    /// The address for a route of `prefix`'s family, if this one is of that family (`self`
+    /// always is).
+    pub fn for_prefix(self, prefix: &IpNet) -> Option<Option<IpAddr>> {
+        match self {
+            SetNextHop::Own => Some(None),
+            SetNextHop::Address(address) => {
+                (address.is_ipv4() == prefix.addr().is_ipv4()).then_some(Some(address))
+            }
+        }
+    }
+}
+
+/// AS path prepending by count (FRR's `set as-path prepend`, BIRD's `bgp_path.prepend`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PrependTimes {
+    /// The AS to prepend; `None` is our AS on the session.
+    pub asn: Option<u32>,
+    /// How many times.
+    pub times: u8,
+}
+
+/// What an accepting rule changes. Deletions come before additions, so a rule can replace
+/// a peer's communities with its own.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Modify {
+    /// Standard and large communities to delete (exact or with `*` parts).
+    pub delete_communities: Vec<DeletePattern>,
     /// Communities to add.
     pub add_communities: Vec<u32>,
     /// Large communities to add.
     pub add_large_communities: Vec<(u32, u32, u32)>,
     /// LOCAL_PREF to set.
     pub local_pref: Option<u32>,
+    /// LOCAL_PREF to set when the route has none.
+    pub default_local_pref: Option<u32>,
     /// MED to set.
     pub med: Option<u32>,
+    /// MED to set when the route has none.
+    pub default_med: Option<u32>,
     /// ASes to put in front of the AS path (the first is nearest).
     pub prepend: Vec<u32>,
+    /// An AS to put in front of the AS path, repeatedly (in front of `prepend`).
+    pub prepend_times: Option<PrependTimes>,
+    /// The next hop to set.
+    pub next_hop: Option<SetNextHop>,
 }
 
 impl Modify {
-    fn apply(&self, attributes: &mut PathAttributes) {
+    fn apply(&self, route: &mut Route<'_>) {
+        let attributes = &mut *route.attributes;
+        for pattern in &self.delete_communities {
+            match pattern {
+                DeletePattern::Standard(p) => attributes.communities.retain(|c| !p.matches(*c)),
+                DeletePattern::Large(p) => attributes.large_communities.retain(|c| !p.matches(*c)),
+            }
+        }
         for community in &self.add_communities {
             if !attributes.communities.contains(community) {
                 attributes.communities.push(*community);
@@ -146,17 +218,30 @@ impl Modify {
                 attributes.large_communities.push(*community);
             }
         }
-        if let Some(local_pref) = self.local_pref {
-            attributes.local_pref = Some(local_pref);
+        match (self.local_pref, self.default_local_pref) {
+            (Some(value), _) => attributes.local_pref = Some(value),
+            (None, Some(value)) => _ = attributes.local_pref.get_or_insert(value),
+            (None, None) => {}
         }
-        if let Some(med) = self.med {
-            attributes.med = Some(med);
+        match (self.med, self.default_med) {
+            (Some(value), _) => attributes.med = Some(value),
+            (None, Some(value)) => _ = attributes.med.get_or_insert(value),
+            (None, None) => {}
         }
-        if !self.prepend.is_empty() {
+        let repeated = self.prepend_times.map_or(0, |p| p.times);
+        if !self.prepend.is_empty() || repeated > 0 {
             let path = attributes.as_path.get_or_insert_with(Default::default);
             for asn in self.prepend.iter().rev() {
                 path.prepend(*asn);
             }
+            if let Some(PrependTimes { asn, times }) = self.prepend_times {
+                for _ in 0..times {
+                    path.prepend(asn.unwrap_or(route.local_as));
+                }
+            }
+        }
+        if self.next_hop.is_some() {
+            route.next_hop = self.next_hop;
         }
     }
 }
@@ -191,16 +276,39 @@ impl Default for Filter {
     }
 }
 
+/// A route as filters see and change it: the prefix, its attributes, and what they need to
+/// know of the session.
+#[derive(Debug)]
+pub struct Route<'a> {
+    /// The prefix.
+    pub prefix: IpNet,
+    /// The attributes, changed in place by accepting rules.
+    pub attributes: &'a mut PathAttributes,
+    /// Our AS on the session (the neighbour's `local_as` when it has one): the origin AS of
+    /// an empty path, and what `prepend_times` repeats unless told another AS.
+    pub local_as: u32,
+    /// The next hop a rule set, if any: the caller applies it.
+    pub next_hop: Option<SetNextHop>,
+}
+
+impl<'a> Route<'a> {
+    /// A route seen on a session where our AS is `local_as`.
+    pub fn new(prefix: IpNet, attributes: &'a mut PathAttributes, local_as: u32) -> Route<'a> {
+        Route {
+            prefix,
+            attributes,
+            local_as,
+            next_hop: None,
+        }
+    }
+}
+
 impl Filter {
-    /// Runs the filter: `true` to accept, with `attributes` possibly changed.
-    pub fn apply(&self, prefix: &IpNet, attributes: &mut PathAttributes) -> bool {
-        match self
-            .rules
-            .iter()
-            .find(|rule| rule.matches.holds(prefix, attributes))
-        {
+    /// Runs the filter: `true` to accept, with the route possibly changed.
+    pub fn apply(&self, route: &mut Route<'_>) -> bool {
+        match self.rules.iter().find(|rule| rule.matches.holds(route)) {
             Some(rule) if rule.accept => {
-                rule.modify.apply(attributes);
+                rule.modify.apply(route);
                 true
             }
             Some(_) => false,
@@ -209,106 +317,10 @@ impl Filter {
     }
 
     /// Runs filters in order; each must accept.
-    pub fn apply_all(filters: &[Filter], prefix: &IpNet, attributes: &mut PathAttributes) -> bool {
-        filters
-            .iter()
-            .all(|filter| filter.apply(prefix, attributes))
+    pub fn apply_all(filters: &[Filter], route: &mut Route<'_>) -> bool {
+        filters.iter().all(|filter| filter.apply(route))
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::wire::attribute::AsPath;
-
-    fn net(text: &str) -> IpNet {
-        text.parse().unwrap()
-    }
-
-    #[test]
-    fn prefix_lists_follow_ge_and_le() {
-        let exact: PrefixMatch = "10.0.0.0/8".parse().unwrap();
-        assert!(exact.matches(&net("10.0.0.0/8")) && !exact.matches(&net("10.1.0.0/16")));
-        let upto: PrefixMatch = "10.0.0.0/8 le 24".parse().unwrap();
-        assert!(upto.matches(&net("10.1.2.0/24")) && !upto.matches(&net("10.1.2.0/25")));
-        let band: PrefixMatch = "10.0.0.0/8 ge 16 le 24".parse().unwrap();
-        assert!(!band.matches(&net("10.0.0.0/8")) && band.matches(&net("10.9.0.0/16")));
-        let from: PrefixMatch = "fd00::/16 ge 64".parse().unwrap();
-        assert!(
-            from.matches(&net("fd00:1::/64"))
-                && from.matches(&net("fd00:1::1/128"))
-                && !from.matches(&net("fd00::/48"))
-        );
-        assert!(!upto.matches(&net("11.0.0.0/24")));
-        assert!("10.0.0.0/8 le 40"
-            .parse::<PrefixMatch>()
-            .unwrap_err()
-            .contains("le needs a length from 8 to 32"));
-        assert!("10.0.0.0/8 ge 24 le 16".parse::<PrefixMatch>().is_err());
-        assert!("10.0.0.0/8 gt 9".parse::<PrefixMatch>().is_err());
-    }
-
-    #[test]
-    fn the_first_matching_rule_decides_and_modifies() {
-        let filter = Filter {
-            rules: vec![
-                Rule {
-                    matches: Match {
-                        communities: vec![0xfde8_0001],
-                        ..Match::default()
-                    },
-                    accept: false,
-                    modify: Modify::default(),
-                },
-                Rule {
-                    matches: Match {
-                        prefixes: vec!["10.0.0.0/8 le 24".parse().unwrap()],
-                        as_path_max_len: Some(2),
-                        ..Match::default()
-                    },
-                    accept: true,
-                    modify: Modify {
-                        add_communities: vec![0xfde8_0064],
-                        local_pref: Some(200),
-                        prepend: vec![65000, 65000],
-                        ..Modify::default()
-                    },
-                },
-            ],
-            default_accept: false,
-        };
-        let mut attributes = PathAttributes {
-            as_path: Some(AsPath::sequence(vec![65001])),
-            ..PathAttributes::default()
-        };
-        assert!(filter.apply(&net("10.1.0.0/16"), &mut attributes));
-        assert_eq!(attributes.local_pref, Some(200));
-        assert_eq!(attributes.communities, vec![0xfde8_0064]);
-        assert_eq!(
-            attributes
-                .as_path
-                .as_ref()
-                .unwrap()
-                .asns()
-                .collect::<Vec<_>>(),
-            vec![65000, 65000, 65001]
-        );
-        let mut tagged = PathAttributes {
-            communities: vec![0xfde8_0001],
-            ..PathAttributes::default()
-        };
-        assert!(
-            !filter.apply(&net("10.1.0.0/16"), &mut tagged),
-            "the reject rule comes first"
-        );
-        let mut long = PathAttributes {
-            as_path: Some(AsPath::sequence(vec![1, 2, 3])),
-            ..PathAttributes::default()
-        };
-        assert!(
-            !filter.apply(&net("10.1.0.0/16"), &mut long),
-            "falls through to the default"
-        );
-        assert!(Filter::default().apply(&net("0.0.0.0/0"), &mut PathAttributes::default()));
-    }
-}
+mod tests;

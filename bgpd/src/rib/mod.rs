@@ -591,7 +591,9 @@ impl Rib {
     }
 
     /// Applies what `peer` announced and withdrew. Announced paths that fail the loop checks
-    /// are treated as withdrawn. Returns the prefixes whose ECMP set changed.
+    /// are treated as withdrawn. LOCAL_PREF is taken as given: the speaker drops the one an
+    /// external peer sent before import policy (RFC 4271 §5.1.5), so a filter may set one.
+    /// Returns the prefixes whose ECMP set changed.
     pub fn update(
         &mut self,
         peer: PeerId,
@@ -611,10 +613,6 @@ impl Rib {
         attributes.next_hop = None;
         attributes.mp_reach = None;
         attributes.mp_unreach = None;
-        if self.peers.get(&peer).is_some_and(|p| !p.ibgp) {
-            // RFC 4271 §5.1.5: LOCAL_PREF from an external peer is ignored.
-            attributes.local_pref = None;
-        }
         // Loop checks are for paths learned from peers, not our own originations.
         if peer != PeerId::LOCAL && self.check_import(&attributes).is_err() {
             for (prefix, path_id) in announced {

@@ -416,8 +416,9 @@ struct Candidate {
     stale: bool,
     /// Learned over eBGP.
     external: bool,
-    /// The degree of preference: LOCAL_PREF, or 100 when absent or learned over eBGP
-    /// (RFC 4271 §5.1.5, §9.1.1).
+    /// The degree of preference: LOCAL_PREF, or 100 when absent (RFC 4271 §9.1.1). The
+    /// RIB takes LOCAL_PREF as given: the one an eBGP peer sent is dropped before import
+    /// policy, by the speaker (§5.1.5), and policy may set one on any path.
     preference: u32,
     as_path_len: usize,
     /// IGP 0, EGP 1, INCOMPLETE 2.
@@ -457,11 +458,7 @@ fn candidate_of(path: &Path, peers: &HashMap<PeerId, PeerInfo>) -> Candidate {
         next_hop: path.next_hop(),
         stale: path.stale(),
         external,
-        preference: if external {
-            100
-        } else {
-            attributes.local_pref.unwrap_or(100)
-        },
+        preference: attributes.local_pref.unwrap_or(100),
         as_path_len: as_path.len(),
         origin: match attributes.origin {
             Some(Origin::Igp) => 0,

@@ -11,7 +11,7 @@ use ipnet::IpNet;
 
 use super::{Action, Peer, Received, Speaker};
 use crate::fsm::State;
-use crate::policy::Filter;
+use crate::policy::{Filter, Route, SetNextHop};
 use crate::rib::{BestChange, PeerId};
 use crate::wire::attribute::{MpReach, MpUnreach, PathAttributes};
 use crate::wire::{Context, Family, Nlri, UpdateMsg};
@@ -99,6 +99,15 @@ fn refuse_families_not_negotiated(
     }
 }
 
+/// The next hop an import filter set, if it set one for the route's family: `self` is the
+/// neighbour's own address (FRR's `set ip next-hop peer-address`), for routes of its family.
+fn imported_next_hop(set: Option<SetNextHop>, neighbour: IpAddr, prefix: &IpNet) -> Option<IpAddr> {
+    match set?.for_prefix(prefix)? {
+        Some(address) => Some(address),
+        None => (neighbour.is_ipv4() == prefix.addr().is_ipv4()).then_some(neighbour),
+    }
+}
+
 /// The announcements and withdrawals for one peer, grouped for packing.
 #[derive(Default)]
 struct Outbox {
@@ -131,6 +140,11 @@ impl Speaker {
             .map(|n| (n.prefix, n.path_id.unwrap_or(0)))
             .collect();
         let mut attributes = update.attributes;
+        if !peer.config.session.is_ibgp() {
+            // RFC 4271 §5.1.5: a LOCAL_PREF from an external peer is ignored; the degree of
+            // preference is ours to set (§9.1.1), by import policy or the default.
+            attributes.local_pref = None;
+        }
         if let Some(unreach) = attributes.mp_unreach.take() {
             withdrawn.extend(
                 unreach
@@ -180,7 +194,7 @@ impl Speaker {
             PathAttributes::default(),
             &withdrawn,
         ));
-        let import = peer.config.import.clone();
+        let (import, session_as) = (peer.config.import.clone(), peer.config.session.local_as);
         for (next_hop, nlri) in announced {
             touched.extend(nlri.iter().map(|n| n.prefix));
             if import.is_empty() {
@@ -200,7 +214,10 @@ impl Speaker {
                 let mut filtered = attributes.clone();
                 let peer = self.peers.get_mut(&address).expect("present above");
                 peer.adj_in.insert(key, (next_hop, received.clone()));
-                if Filter::apply_all(&import, &n.prefix, &mut filtered) {
+                let mut route = Route::new(n.prefix, &mut filtered, session_as);
+                if Filter::apply_all(&import, &mut route) {
+                    let next_hop =
+                        imported_next_hop(route.next_hop, address, &n.prefix).unwrap_or(next_hop);
                     peer.rejected.remove(&key);
                     changes.extend(self.rib.update(id, &[key], next_hop, filtered, &[]));
                 } else {
@@ -243,7 +260,7 @@ impl Speaker {
         } else {
             peer.adj_in.drain().collect()
         };
-        let import = peer.config.import.clone();
+        let (import, session_as) = (peer.config.import.clone(), peer.config.session.local_as);
         peer.rejected.clear();
         let mut changes = Vec::new();
         let mut touched = Vec::with_capacity(received.len());
@@ -254,7 +271,10 @@ impl Speaker {
             if !import.is_empty() {
                 peer.adj_in.insert(key, (next_hop, attributes));
             }
-            if Filter::apply_all(&import, &key.0, &mut filtered) {
+            let mut route = Route::new(key.0, &mut filtered, session_as);
+            if Filter::apply_all(&import, &mut route) {
+                let next_hop =
+                    imported_next_hop(route.next_hop, address, &key.0).unwrap_or(next_hop);
                 changes.extend(self.rib.update(id, &[key], next_hop, filtered, &[]));
             } else {
                 peer.rejected.insert(key);
@@ -339,11 +359,12 @@ impl Speaker {
             return;
         };
         let (families, context) = (negotiated.families.clone(), negotiated.context.clone());
-        let (id, local, export, other) = (
+        let (id, local, export, other, session_as) = (
             peer.id,
             peer.local_address,
             peer.config.export.clone(),
             peer.config.next_hop_other,
+            peer.config.session.local_as,
         );
         let mut outbox = Outbox::default();
         let mut shared: HashMap<PathAttributes, Arc<PathAttributes>> = HashMap::new();
@@ -366,9 +387,14 @@ impl Speaker {
                 let Some((next_hop, mut attributes)) = self.rib.export(id, path) else {
                     continue;
                 };
-                if !Filter::apply_all(&export, prefix, &mut attributes) {
+                let mut route = Route::new(*prefix, &mut attributes, session_as);
+                if !Filter::apply_all(&export, &mut route) {
                     continue;
                 }
+                let next_hop = match route.next_hop.and_then(|set| set.for_prefix(prefix)) {
+                    Some(set) => set,
+                    None => next_hop,
+                };
                 let configured = other.filter(|o| family_matches(*o, family));
                 let Some(next_hop) = next_hop
                     .or(configured)

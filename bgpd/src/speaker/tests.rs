@@ -387,6 +387,83 @@ fn import_policy_counts_received_and_accepted() {
         .is_empty());
 }
 
+/// A filter of one accepting rule for everything, changing routes by `modify`.
+fn changing(modify: crate::policy::Modify) -> Filter {
+    Filter {
+        rules: vec![Rule {
+            matches: Match::default(),
+            accept: true,
+            modify,
+        }],
+        default_accept: true,
+    }
+}
+
+#[test]
+fn filters_set_the_next_hop_prepend_and_set_local_pref_on_ebgp_routes() {
+    use crate::policy::{Modify, PrependTimes, SetNextHop};
+    let mut a = neighbor(2, 65001, 65002, 1);
+    a.export = vec![changing(Modify {
+        next_hop: Some(SetNextHop::Address("198.18.0.9".parse().unwrap())),
+        prepend_times: Some(PrependTimes {
+            asn: None,
+            times: 2,
+        }),
+        ..Modify::default()
+    })];
+    let mut b = neighbor(1, 65002, 65001, 2);
+    b.import = vec![changing(Modify {
+        local_pref: Some(250),
+        ..Modify::default()
+    })];
+    let mut net = two_speakers(a, b);
+    let now = net.now;
+    net.speaker(addr(1))
+        .set_originated(now, originate(&["10.1.0.0/24"], 1));
+    net.run();
+    let paths = net.speakers[&addr(2)].rib().best(&prefix("10.1.0.0/24"));
+    assert_eq!(paths[0].next_hop(), "198.18.0.9".parse::<IpAddr>().unwrap());
+    assert_eq!(
+        paths[0]
+            .attributes()
+            .as_path
+            .as_ref()
+            .unwrap()
+            .asns()
+            .collect::<Vec<_>>(),
+        vec![65001, 65001, 65001],
+        "two by the filter, one as eBGP always does"
+    );
+    assert_eq!(
+        paths[0].attributes().local_pref,
+        Some(250),
+        "an import filter's LOCAL_PREF stands on a route from eBGP (RFC 4271 §5.1.5 ignores \
+         only the one received)"
+    );
+}
+
+#[test]
+fn an_import_filter_may_set_the_next_hop_to_the_neighbour_itself() {
+    use crate::policy::{Modify, SetNextHop};
+    let mut a = neighbor(2, 65001, 65002, 1);
+    a.export = vec![changing(Modify {
+        next_hop: Some(SetNextHop::Address("198.18.0.9".parse().unwrap())),
+        ..Modify::default()
+    })];
+    let mut b = neighbor(1, 65002, 65001, 2);
+    b.import = vec![changing(Modify {
+        next_hop: Some(SetNextHop::Own),
+        ..Modify::default()
+    })];
+    let mut net = two_speakers(a, b);
+    let now = net.now;
+    net.speaker(addr(1))
+        .set_originated(now, originate(&["10.1.0.0/24"], 1));
+    net.run();
+    let paths = net.speakers[&addr(2)].rib().best(&prefix("10.1.0.0/24"));
+    assert_eq!(paths[0].next_hop(), addr(1));
+}
+
 #[test]
 fn a_restarting_peers_routes_stay_stale_until_end_of_rib() {
     let mut a = neighbor(2, 65001, 65002, 1);
