@@ -13,7 +13,7 @@ use crate::policy::{
     parse_extended_community, AsPathRegex, DeletePattern, Filter, Match, Modify, PrefixMatch,
     PrependTimes, Rule, SetNextHop,
 };
-use crate::speaker::{LimitAction, NeighborConfig, PrefixLimit, SpeakerConfig};
+use crate::speaker::{LimitAction, LocalAs, NeighborConfig, PrefixLimit, SpeakerConfig};
 use crate::wire::attribute::{community, Origin, PathAttributes};
 use crate::wire::Family;
 
@@ -107,6 +107,22 @@ struct Neighbor {
     password: Option<String>,
     #[serde(default = "default_hold")]
     hold_time: u16,
+    /// Seconds between KEEPALIVEs; default a third of the hold time (RFC 4271 §10).
+    keepalive_time: Option<u16>,
+    /// Accept paths with our AS in them up to this many times (Calico's
+    /// `numAllowedLocalASNumbers`, BIRD's `allow local as`, FRR's `allowas-in`): 0 to 10.
+    #[serde(default)]
+    allowas_in: u8,
+    /// Use this AS on the session instead of `global.asn` (FRR's `local-as`; Calico's
+    /// `localASNumber`); eBGP only.
+    local_as: Option<u32>,
+    /// With `local_as`: do not put it in front of the paths received (FRR's `no-prepend`).
+    #[serde(default)]
+    local_as_no_prepend: bool,
+    /// With `local_as`: send it instead of `global.asn`, not in front of it (FRR's
+    /// `replace-as`).
+    #[serde(default)]
+    local_as_replace_as: bool,
     families: Option<Vec<String>>,
     #[serde(default)]
     route_reflector_client: bool,
@@ -611,6 +627,55 @@ impl RuleSpec {
 }
 
 impl Neighbor {
+    /// RFC 4271 §10 suggests a third of the hold time; more would let the peer's hold timer
+    /// expire between two KEEPALIVEs.
+    fn keepalive_time(&self, path: &str) -> Result<Option<u16>, ConfigError> {
+        match (self.keepalive_time, self.hold_time) {
+            (None, _) | (Some(0), 0) => Ok(None),
+            (Some(_), 0) => Err(err(
+                format!("{path}.keepalive_time"),
+                "hold_time = 0 sends no KEEPALIVEs; leave keepalive_time out or 0",
+            )),
+            (Some(time), hold) if time >= 1 && time <= hold / 3 => Ok(Some(time)),
+            (Some(time), hold) => Err(err(
+                format!("{path}.keepalive_time"),
+                format!(
+                    "{time} is not from 1 to {} (a third of hold_time {hold}, RFC 4271 §10)",
+                    hold / 3
+                ),
+            )),
+        }
+    }
+
+    /// `local_as` and its options, checked: eBGP only, as FRR's `local-as`.
+    fn check_local_as(&self, path: &str, global: &Global) -> Result<Option<LocalAs>, ConfigError> {
+        let Some(asn) = self.local_as else {
+            for (set, key) in [
+                (self.local_as_no_prepend, "local_as_no_prepend"),
+                (self.local_as_replace_as, "local_as_replace_as"),
+            ] {
+                if set {
+                    return Err(err(format!("{path}.{key}"), "only with local_as"));
+                }
+            }
+            return Ok(None);
+        };
+        let reason = if self.remote_asn == global.asn {
+            "is for eBGP neighbours only (remote_asn is global.asn)"
+        } else if asn == self.remote_asn {
+            "is the neighbour's own AS: that would make the session iBGP"
+        } else if asn == global.asn || asn == 0 {
+            "is global.asn (or 0): leave it out"
+        } else {
+            return Ok(Some(LocalAs {
+                asn,
+                no_prepend: self.local_as_no_prepend,
+                replace_as: self.local_as_replace_as,
+            }));
+        };
+        Err(err(format!("{path}.local_as"), format!("{asn} {reason}")))
+    }
+
     fn prefix_limits(&self, path: &str) -> Result<Vec<PrefixLimit>, ConfigError> {
         let action = match (self.prefix_limit_action.as_str(), self.prefix_limit_restart) {
             ("warn", None) => LimitAction::Warn,
@@ -728,8 +793,20 @@ impl Neighbor {
                 })
                 .collect()
         };
-        let mut session = fsm::Config::new(global.asn, self.remote_asn, global.router_id);
+        if self.allowas_in > 10 {
+            return Err(err(
+                format!("{path}.allowas_in"),
+                format!(
+                    "{} is not from 0 to 10 (as FRR's allowas-in)",
+                    self.allowas_in
+                ),
+            ));
+        }
+        let local_as = self.check_local_as(&path, global)?;
+        let session_as = local_as.map_or(global.asn, |l| l.asn);
+        let mut session = fsm::Config::new(session_as, self.remote_asn, global.router_id);
         session.hold_time = self.hold_time;
+        session.keepalive_time = self.keepalive_time(&path)?;
         session.passive = self.passive;
         session.connect_retry = Duration::from_secs(self.connect_retry.max(1));
         session.families = families.clone();
@@ -754,6 +831,8 @@ impl Neighbor {
             import: pick(&self.import, "import")?,
             export: pick(&self.export, "export")?,
             prefix_limits: self.prefix_limits(&path)?,
+            allowas_in: self.allowas_in,
+            local_as,
         };
         let transport = Transport {
             remote: SocketAddr::new(self.address, self.port),
@@ -1012,6 +1091,75 @@ table = 254
             let message = with(extra).unwrap_err().to_string();
             assert!(message.contains(expected), "{extra}: {message}");
         }
+    }
+
+    #[test]
+    fn keepalive_local_as_and_allowas_in_are_read_and_checked() {
+        let with = |extra: &str| {
+            DaemonConfig::parse(&BRIEF.replace(
+                "remote_asn = 65002",
+                &format!("remote_asn = 65002\n{extra}"),
+            ))
+        };
+        let config = with(
+            "keepalive_time = 10\nallowas_in = 2\nlocal_as = 64999\nlocal_as_replace_as = true",
+        )
+        .unwrap();
+        let neighbor = &config.neighbors[0].0;
+        assert_eq!(neighbor.session.keepalive_time, Some(10));
+        assert_eq!(neighbor.allowas_in, 2);
+        assert_eq!(
+            neighbor.local_as,
+            Some(LocalAs {
+                asn: 64999,
+                no_prepend: false,
+                replace_as: true
+            })
+        );
+        assert_eq!(neighbor.session.local_as, 64999, "the OPEN carries it");
+        assert_eq!(
+            with("").unwrap().neighbors[0].0.session.keepalive_time,
+            None
+        );
+        for (extra, expected) in [
+            (
+                "keepalive_time = 31",
+                "neighbor[0].keepalive_time: 31 is not from 1 to 30 (a third of hold_time 90",
+            ),
+            (
+                "keepalive_time = 0",
+                "neighbor[0].keepalive_time: 0 is not from 1 to 30",
+            ),
+            (
+                "allowas_in = 11",
+                "neighbor[0].allowas_in: 11 is not from 0 to 10",
+            ),
+            (
+                "local_as = 65002",
+                "neighbor[0].local_as: 65002 is the neighbour's own AS",
+            ),
+            (
+                "local_as = 65001",
+                "neighbor[0].local_as: 65001 is global.asn",
+            ),
+            (
+                "local_as_no_prepend = true",
+                "neighbor[0].local_as_no_prepend: only with local_as",
+            ),
+        ] {
+            let message = with(extra).unwrap_err().to_string();
+            assert!(message.contains(expected), "{extra}: {message}");
+        }
+        let ibgp = BRIEF.replace("remote_asn = 65002", "remote_asn = 65001\nlocal_as = 64999");
+        assert!(DaemonConfig::parse(&ibgp)
+            .unwrap_err()
+            .to_string()
+            .contains("neighbor[0].local_as: 64999 is for eBGP neighbours only"));
+        let no_hold = BRIEF.replace("hold_time = 90", "hold_time = 0\nkeepalive_time = 5");
+        assert!(DaemonConfig::parse(&no_hold)
+            .unwrap_err()
+            .to_string()
+            .contains("hold_time = 0 sends no KEEPALIVEs"));
     }
 
     #[test]

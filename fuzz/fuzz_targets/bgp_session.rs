@@ -29,6 +29,8 @@ fn neighbor(address: Ipv4Addr, remote_as: u32, add_path: u8) -> NeighborConfig {
         import: Vec::new(),
         export: Vec::new(),
         prefix_limits: Vec::new(),
+        allowas_in: 0,
+        local_as: None,
     }
 }
 

@@ -44,6 +44,8 @@ fn run_once(count: u32, kernel: bool) -> f64 {
             import: Vec::new(),
             export: Vec::new(),
             prefix_limits: Vec::new(),
+            allowas_in: 0,
+            local_as: None,
         }],
     );
     let connection = ConnectionId(1);

@@ -80,6 +80,10 @@ pub struct Config {
     pub router_id: Ipv4Addr,
     /// Hold time we propose (0: no keepalives); RFC 4271 suggests 90 s.
     pub hold_time: u16,
+    /// Seconds between our KEEPALIVEs, independent of the hold time; `None` is a third of the
+    /// negotiated hold time (RFC 4271 §10's suggestion). Never more than that third, as FRR:
+    /// a peer proposing a shorter hold time shortens it.
+    pub keepalive_time: Option<u16>,
     /// Wait between outgoing connection attempts (ConnectRetryTimer).
     pub connect_retry: Duration,
     /// Never connect; wait for the peer.
@@ -108,6 +112,7 @@ impl Config {
             remote_as,
             router_id,
             hold_time: 90,
+            keepalive_time: None,
             connect_retry: Duration::from_secs(5),
             passive: false,
             families: vec![Family::Ipv4Unicast, Family::Ipv6Unicast],
@@ -704,8 +709,17 @@ impl Session {
         self.set_timer(Timer::Hold, due);
     }
 
+    /// KEEPALIVEs go every third of the negotiated hold time (RFC 4271 §4.4, §10), or every
+    /// `keepalive_time` when that is shorter.
     fn restart_keepalive(&mut self, now: Instant) {
-        let due = self.negotiated_hold().map(|hold| now + hold / 3);
+        let configured = self
+            .config
+            .keepalive_time
+            .map(|k| Duration::from_secs(u64::from(k)));
+        let due = self.negotiated_hold().map(|hold| {
+            let interval = configured.map_or(hold / 3, |k| k.min(hold / 3));
+            now + interval.max(Duration::from_secs(1))
+        });
         self.set_timer(Timer::Keepalive, due);
     }
 

@@ -172,6 +172,32 @@ fn keepalives_keep_the_session_and_hold_expiry_ends_it() {
 }
 
 #[test]
+fn the_keepalive_time_is_configured_apart_from_the_hold_time() {
+    let mut a = config(65001, 65002, 1);
+    a.keepalive_time = Some(2);
+    let mut pair = Pair::new(a, config(65002, 65001, 2));
+    assert_eq!(pair.a.state(), State::Established);
+    let start = pair.now;
+    assert_eq!(
+        pair.a.poll_timeout(),
+        Some(start + Duration::from_secs(2)),
+        "every 2 s, not 30 s (a third of 90)"
+    );
+    pair.advance(Duration::from_secs(2), Duration::from_secs(1));
+    assert_eq!(pair.a.poll_timeout(), Some(start + Duration::from_secs(4)));
+    // A peer proposing a shorter hold time caps it at a third of the negotiated one.
+    let mut a = config(65001, 65002, 1);
+    a.keepalive_time = Some(20);
+    let mut b = config(65002, 65001, 2);
+    b.hold_time = 9;
+    let pair = Pair::new(a, b);
+    assert_eq!(
+        pair.a.poll_timeout(),
+        Some(pair.now + Duration::from_secs(3))
+    );
+}
+
+#[test]
 fn a_peer_with_the_wrong_as_is_refused_with_bad_peer_as() {
     let pair = Pair::new(config(65001, 65009, 1), config(65002, 65001, 2));
     let refused = pair.a_events.iter().find_map(|o| match o {

@@ -53,6 +53,26 @@ pub struct PeerInfo {
     pub local_address: IpAddr,
     /// Always announce ourselves as next hop, also to iBGP peers.
     pub next_hop_self: bool,
+    /// Paths from this peer with our AS in them up to this many times are accepted (Calico's
+    /// `numAllowedLocalASNumbers`, BIRD's `allow local as`, FRR's `allowas-in`); 0 is the
+    /// loop check of RFC 4271 §9.1.2.
+    pub allowas_in: u8,
+    /// The AS this session uses instead of ours, if any (FRR's `local-as`).
+    pub local_as: Option<LocalAs>,
+}
+
+/// A session's own AS in place of the speaker's (FRR's `neighbor local-as`): the peer sees
+/// it in our OPEN and in front of the paths we send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LocalAs {
+    /// The AS.
+    pub asn: u32,
+    /// Not put in front of the paths received from the peer (FRR's `no-prepend`); by
+    /// default they carry it, as if learned through that AS.
+    pub no_prepend: bool,
+    /// Paths sent to the peer carry it instead of our real AS, not in front of it (FRR's
+    /// `replace-as`).
+    pub replace_as: bool,
 }
 
 /// Speaker-wide RIB settings.
@@ -572,14 +592,30 @@ impl Rib {
             .map_or_else(Vec::new, |paths| self.ecmp_set(paths.as_slice()))
     }
 
-    /// Checks the loop rules for a path from `peer` (RFC 4271 §9.1.2, RFC 4456 §8).
-    pub fn check_import(&self, attributes: &PathAttributes) -> Result<(), RejectReason> {
-        if attributes
-            .as_path
-            .as_ref()
-            .is_some_and(|p| p.asns().any(|asn| asn == self.config.local_as))
-        {
+    /// Checks the loop rules for a path from `peer` (RFC 4271 §9.1.2, RFC 4456 §8). Our AS
+    /// may be in the path as often as the peer's `allowas_in` says; a session `local_as` is
+    /// ours too, allowed once more when it was put in front on receipt.
+    pub fn check_import(
+        &self,
+        peer: PeerId,
+        attributes: &PathAttributes,
+    ) -> Result<(), RejectReason> {
+        let info = self.peers.get(&peer);
+        let allowed = info.map_or(0, |p| usize::from(p.allowas_in));
+        let count = |asn: u32| {
+            attributes
+                .as_path
+                .as_ref()
+                .map_or(0, |p| p.asns().filter(|a| *a == asn).count())
+        };
+        if count(self.config.local_as) > allowed {
             return Err(RejectReason::AsPathLoop);
+        }
+        if let Some(local) = info.and_then(|p| p.local_as) {
+            let prepended = usize::from(!local.no_prepend);
+            if local.asn != self.config.local_as && count(local.asn) > allowed + prepended {
+                return Err(RejectReason::AsPathLoop);
+            }
         }
         if attributes.originator_id == Some(self.config.router_id) {
             return Err(RejectReason::OriginatorLoop);
@@ -614,7 +650,7 @@ impl Rib {
         attributes.mp_reach = None;
         attributes.mp_unreach = None;
         // Loop checks are for paths learned from peers, not our own originations.
-        if peer != PeerId::LOCAL && self.check_import(&attributes).is_err() {
+        if peer != PeerId::LOCAL && self.check_import(peer, &attributes).is_err() {
             for (prefix, path_id) in announced {
                 self.remove_path(*prefix, peer, *path_id, &mut changes);
             }
@@ -958,7 +994,17 @@ impl Rib {
             return None;
         }
         let mut as_path = out.as_path.take().unwrap_or_default();
-        as_path.prepend(self.config.local_as);
+        match target.local_as {
+            None => as_path.prepend(self.config.local_as),
+            Some(local) => {
+                // FRR's local-as: the peer sees the path through that AS (and, unless
+                // replace-as, through ours behind it).
+                if !local.replace_as {
+                    as_path.prepend(self.config.local_as);
+                }
+                as_path.prepend(local.asn);
+            }
+        }
         out.as_path = Some(as_path);
         out.local_pref = None;
         out.originator_id = None;

@@ -25,6 +25,8 @@ fn peer(n: u8, remote_as: u32, rr_client: bool) -> PeerInfo {
         rr_client,
         local_address: IpAddr::V4(Ipv4Addr::new(198, 18, 0, 1)),
         next_hop_self: false,
+        allowas_in: 0,
+        local_as: None,
     }
 }
 
@@ -172,17 +174,23 @@ fn loops_are_rejected_and_withdraw_what_was_there() {
         "our AS in the path"
     );
     assert_eq!(
-        r.check_import(&PathAttributes {
-            originator_id: Some(Ipv4Addr::new(198, 18, 0, 1)),
-            ..PathAttributes::default()
-        }),
+        r.check_import(
+            PeerId(1),
+            &PathAttributes {
+                originator_id: Some(Ipv4Addr::new(198, 18, 0, 1)),
+                ..PathAttributes::default()
+            }
+        ),
         Err(RejectReason::OriginatorLoop)
     );
     assert_eq!(
-        r.check_import(&PathAttributes {
-            cluster_list: vec![Ipv4Addr::new(198, 18, 0, 1)],
-            ..PathAttributes::default()
-        }),
+        r.check_import(
+            PeerId(1),
+            &PathAttributes {
+                cluster_list: vec![Ipv4Addr::new(198, 18, 0, 1)],
+                ..PathAttributes::default()
+            }
+        ),
         Err(RejectReason::ClusterLoop)
     );
 }

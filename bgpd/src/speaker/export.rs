@@ -140,6 +140,12 @@ impl Speaker {
             .map(|n| (n.prefix, n.path_id.unwrap_or(0)))
             .collect();
         let mut attributes = update.attributes;
+        if let Some(local) = peer.config.local_as.filter(|l| !l.no_prepend) {
+            // FRR's local-as: routes from the peer look learned through that AS.
+            if let Some(path) = attributes.as_path.as_mut() {
+                path.prepend(local.asn);
+            }
+        }
         if !peer.config.session.is_ibgp() {
             // RFC 4271 §5.1.5: a LOCAL_PREF from an external peer is ignored; the degree of
             // preference is ours to set (§9.1.1), by import policy or the default.

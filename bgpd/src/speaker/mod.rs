@@ -23,6 +23,7 @@ use ipnet::IpNet;
 pub use self::show::{PrefixQuery, RibQuery, RibRow, RibTable};
 use crate::fsm::{self, DownReason, Input, Output, Session, State};
 use crate::policy::Filter;
+pub use crate::rib::LocalAs;
 use crate::rib::{BestChange, PeerId, PeerInfo, Rib, RibConfig};
 use crate::wire::attribute::PathAttributes;
 use crate::wire::{ErrorCode, Family, NotificationMsg, RouteRefreshMsg, UpdateMsg};
@@ -52,6 +53,12 @@ pub struct NeighborConfig {
     pub export: Vec<Filter>,
     /// Most prefixes accepted per family (after import policy), and what then.
     pub prefix_limits: Vec<PrefixLimit>,
+    /// Paths with our AS in them up to this many times are accepted (see
+    /// [`PeerInfo::allowas_in`]).
+    pub allowas_in: u8,
+    /// The AS this session uses instead of ours (FRR's `local-as`); `session.local_as` is
+    /// set to it too, for the OPEN.
+    pub local_as: Option<LocalAs>,
 }
 
 /// A prefix limit (BIRD's `import limit`, FRR's `maximum-prefix`): the most paths of a
@@ -434,7 +441,9 @@ impl Speaker {
                 Some(peer) if peer.config == config => {}
                 Some(peer)
                     if peer.config.session == config.session
-                        && peer.config.address == config.address =>
+                        && peer.config.address == config.address
+                        && peer.config.allowas_in == config.allowas_in
+                        && peer.config.local_as == config.local_as =>
                 {
                     // Only filters or RR/next-hop roles changed: re-run policy, keep the session.
                     let old = std::mem::replace(&mut peer.config, config);
@@ -896,6 +905,8 @@ impl Speaker {
             rr_client: peer.config.rr_client,
             local_address: peer.local_address.unwrap_or(address),
             next_hop_self: peer.config.next_hop_self,
+            allowas_in: peer.config.allowas_in,
+            local_as: peer.config.local_as,
         };
         let id = peer.id;
         let changes = self.rib.set_peer(id, info);

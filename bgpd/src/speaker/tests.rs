@@ -236,6 +236,8 @@ fn neighbor(peer: u8, local_as: u32, remote_as: u32, me: u8) -> NeighborConfig {
         import: vec![],
         export: vec![],
         prefix_limits: Vec::new(),
+        allowas_in: 0,
+        local_as: None,
     }
 }
 
@@ -462,6 +464,78 @@ fn an_import_filter_may_set_the_next_hop_to_the_neighbour_itself() {
     net.run();
     let paths = net.speakers[&addr(2)].rib().best(&prefix("10.1.0.0/24"));
     assert_eq!(paths[0].next_hop(), addr(1));
+}
+
+#[test]
+fn allowas_in_accepts_paths_with_our_as_up_to_its_count() {
+    for (allowas_in, accepted) in [(0, false), (1, true)] {
+        let mut a = neighbor(2, 65001, 65002, 1);
+        a.allowas_in = allowas_in;
+        let mut net = two_speakers(a, neighbor(1, 65002, 65001, 2));
+        let now = net.now;
+        let mut routes = originate(&["10.1.0.0/24"], 1);
+        for attributes in routes.values_mut() {
+            // Learned by B from AS 65001 elsewhere (a site of A's AS, as with Calico's
+            // numAllowedLocalASNumbers).
+            attributes.as_path = Some(AsPath::sequence(vec![65001]));
+        }
+        net.speaker(addr(2)).set_originated(now, routes);
+        net.run();
+        let paths = net.speakers[&addr(1)].rib().best(&prefix("10.1.0.0/24"));
+        assert_eq!(!paths.is_empty(), accepted, "allowas_in {allowas_in}");
+    }
+}
+
+#[test]
+fn local_as_is_what_the_peer_sees_in_the_open_and_the_paths() {
+    use crate::rib::LocalAs;
+    for (no_prepend, replace_as) in [(false, false), (true, true)] {
+        let mut a = neighbor(2, 64999, 65002, 1);
+        a.local_as = Some(LocalAs {
+            asn: 64999,
+            no_prepend,
+            replace_as,
+        });
+        let mut net = Net::new();
+        net.add(addr(1), speaker(65001, 1));
+        net.add(addr(2), speaker(65002, 2));
+        let now = net.now;
+        net.speaker(addr(1)).set_neighbors(now, vec![a]);
+        // B knows A as AS 64999 only.
+        net.speaker(addr(2))
+            .set_neighbors(now, vec![neighbor(1, 65002, 64999, 2)]);
+        net.run();
+        assert!(
+            net.established(addr(1), addr(2)),
+            "B takes A's OPEN as AS 64999"
+        );
+        net.speaker(addr(1))
+            .set_originated(now, originate(&["10.1.0.0/24"], 1));
+        net.speaker(addr(2))
+            .set_originated(now, originate(&["10.2.0.0/24"], 1));
+        net.run();
+        let path_at = |at: u8, p: &str| -> Vec<u32> {
+            let paths = net.speakers[&addr(at)].rib().best(&prefix(p));
+            paths[0]
+                .attributes()
+                .as_path
+                .as_ref()
+                .unwrap()
+                .asns()
+                .collect()
+        };
+        let (sent, received) = (path_at(2, "10.1.0.0/24"), path_at(1, "10.2.0.0/24"));
+        if replace_as {
+            assert_eq!(sent, vec![64999], "replace-as: 65001 is hidden");
+        } else {
+            assert_eq!(sent, vec![64999, 65001]);
+        }
+        if no_prepend {
+            assert_eq!(received, vec![65002]);
+        } else {
+            assert_eq!(received, vec![64999, 65002], "learned through 64999");
+        }
+    }
 }
 
 #[test]
