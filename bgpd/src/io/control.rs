@@ -10,7 +10,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::{mpsc, oneshot};
 
 use super::daemon::Event;
-use crate::speaker::{PeerStatus, RibRow, Speaker};
+use crate::speaker::{Outcome, PeerStatus, RibRow, Speaker};
 use crate::wire::attribute::Origin;
 
 /// Serves the control socket at `path` (replacing a stale one).
@@ -163,6 +163,8 @@ pub fn peers_json(peers: &[PeerStatus]) -> String {
                 "disabled": p.disabled,
                 "updates_in": p.updates_in,
                 "updates_out": p.updates_out,
+                "treat_as_withdraw": p.treat_as_withdraw,
+                "attribute_discard": p.attribute_discard,
             })
         })
         .collect();
@@ -258,6 +260,24 @@ pub fn metrics(peers: &[PeerStatus], speaker: &Speaker, uptime: Duration) -> Str
             let _ = writeln!(out, "{name}{{peer=\"{}\"}} {}", peer.address, value(peer));
         }
     }
+    let name = "twill_bgp_rfc7606_updates_total";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Malformed UPDATEs handled by RFC 7606, by outcome.\n# TYPE {name} counter"
+    );
+    for peer in peers {
+        for (outcome, count) in [
+            (Outcome::TreatAsWithdraw, peer.treat_as_withdraw),
+            (Outcome::AttributeDiscard, peer.attribute_discard),
+        ] {
+            let _ = writeln!(
+                out,
+                "{name}{{peer=\"{}\",outcome=\"{}\"}} {count}",
+                peer.address,
+                outcome.label()
+            );
+        }
+    }
     let _ = writeln!(out, "# HELP twill_bgp_rib_prefixes Prefixes in the Loc-RIB.\n# TYPE twill_bgp_rib_prefixes gauge");
     let _ = writeln!(out, "twill_bgp_rib_prefixes {}", speaker.rib().len());
     let _ = writeln!(out, "# HELP twill_bgp_uptime_seconds Seconds since start.\n# TYPE twill_bgp_uptime_seconds gauge");
@@ -300,5 +320,39 @@ mod tests {
         assert_eq!(rows[1]["from"], "local");
         assert_eq!(rows[2]["prefix"], "10.3.0.0/24");
         assert_eq!(rib_rows_json(&[]), "");
+    }
+
+    #[test]
+    fn metrics_count_rfc_7606_outcomes_per_peer() {
+        let speaker = Speaker::new(crate::speaker::SpeakerConfig {
+            local_as: 65001,
+            router_id: "198.18.0.1".parse().unwrap(),
+            cluster_id: None,
+            max_paths: 1,
+            always_compare_med: false,
+        });
+        let peer = PeerStatus {
+            address: "198.18.0.2".parse().unwrap(),
+            remote_as: 65002,
+            state: "Established",
+            uptime_s: 1,
+            received: 0,
+            accepted: 0,
+            advertised: 0,
+            last_error: None,
+            disabled: false,
+            updates_in: 5,
+            updates_out: 0,
+            treat_as_withdraw: 3,
+            attribute_discard: 1,
+        };
+        let text = metrics(&[peer], &speaker, Duration::from_secs(1));
+        assert!(text.contains("# TYPE twill_bgp_rfc7606_updates_total counter"));
+        assert!(text.contains(
+            "twill_bgp_rfc7606_updates_total{peer=\"198.18.0.2\",outcome=\"treat-as-withdraw\"} 3"
+        ));
+        assert!(text.contains(
+            "twill_bgp_rfc7606_updates_total{peer=\"198.18.0.2\",outcome=\"attribute-discard\"} 1"
+        ));
     }
 }

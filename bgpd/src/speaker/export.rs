@@ -132,6 +132,7 @@ impl Speaker {
             return;
         }
         let id = peer.id;
+        peer.malformed.record(address, &update.error_action);
         // RFC 7606 treat-as-withdraw: what the UPDATE announces is withdrawn instead.
         let treat_as_withdraw = update.treat_as_withdraw();
         let mut withdrawn: Vec<(IpNet, u32)> = update

@@ -8,6 +8,7 @@
 //! §6.8) a neighbour has two, and the speaker keeps the one the BGP identifiers choose.
 
 mod export;
+mod malformed;
 mod show;
 #[cfg(test)]
 mod tests;
@@ -20,6 +21,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use ipnet::IpNet;
 
+pub use self::malformed::Outcome;
 pub use self::show::{PrefixQuery, RibQuery, RibRow, RibTable};
 use crate::fsm::{self, DownReason, Input, Output, Session, State};
 use crate::policy::Filter;
@@ -158,6 +160,10 @@ pub struct PeerStatus {
     pub updates_in: u64,
     /// UPDATE messages sent.
     pub updates_out: u64,
+    /// UPDATEs whose routes were treated as withdrawn (RFC 7606).
+    pub treat_as_withdraw: u64,
+    /// UPDATEs that had attributes discarded (RFC 7606).
+    pub attribute_discard: u64,
 }
 
 /// Our own restart (RFC 4724 §4.1), from a start with `--graceful-restart` until route
@@ -219,6 +225,8 @@ struct Peer {
     limit_restart_at: Option<Instant>,
     updates_in: u64,
     updates_out: u64,
+    /// RFC 7606 outcomes of the neighbour's UPDATEs.
+    malformed: malformed::Malformed,
 }
 
 /// The sans-IO BGP speaker.
@@ -750,6 +758,8 @@ impl Speaker {
                     disabled: peer.disabled,
                     updates_in: peer.updates_in,
                     updates_out: peer.updates_out,
+                    treat_as_withdraw: peer.malformed.treat_as_withdraw,
+                    attribute_discard: peer.malformed.attribute_discard,
                 }
             })
             .collect()
@@ -806,6 +816,7 @@ impl Speaker {
                 limit_warned: HashSet::new(),
                 limit_restart_at: None,
                 updates_in: 0,
+                malformed: Default::default(),
                 updates_out: 0,
             },
         );

@@ -539,6 +539,65 @@ fn local_as_is_what_the_peer_sees_in_the_open_and_the_paths() {
 }
 
 #[test]
+fn rfc_7606_outcomes_are_counted_per_neighbour() {
+    use crate::wire::attribute::{AttributeError, Remedy};
+    use crate::wire::update::ErrorAction;
+    let mut net = two_speakers(neighbor(2, 65001, 65002, 1), neighbor(1, 65002, 65001, 2));
+    let now = net.now;
+    let error = |remedy| AttributeError {
+        code: 7,
+        remedy,
+        data: Bytes::new(),
+        reason: "malformed attribute value",
+    };
+    let update = |action| UpdateMsg {
+        nlri: vec![Nlri {
+            path_id: None,
+            prefix: prefix("10.7.0.0/24"),
+        }],
+        attributes: PathAttributes {
+            origin: Some(Origin::Igp),
+            as_path: Some(AsPath::sequence(vec![65001])),
+            next_hop: Some(Ipv4Addr::new(198, 18, 0, 1)),
+            ..PathAttributes::default()
+        },
+        error_action: action,
+        ..UpdateMsg::default()
+    };
+    let b = net.speaker(addr(2));
+    b.on_update(
+        now,
+        addr(1),
+        update(ErrorAction::TreatAsWithdraw(vec![error(
+            Remedy::TreatAsWithdraw,
+        )])),
+    );
+    b.on_update(
+        now,
+        addr(1),
+        update(ErrorAction::TreatAsWithdraw(vec![error(
+            Remedy::TreatAsWithdraw,
+        )])),
+    );
+    assert!(
+        b.rib().best(&prefix("10.7.0.0/24")).is_empty(),
+        "withdrawn, not announced"
+    );
+    b.on_update(
+        now,
+        addr(1),
+        update(ErrorAction::Discarded(vec![error(Remedy::Discard)])),
+    );
+    assert_eq!(
+        b.rib().best(&prefix("10.7.0.0/24")).len(),
+        1,
+        "the routes stand"
+    );
+    let status = &b.peers_status(now)[0];
+    assert_eq!((status.treat_as_withdraw, status.attribute_discard), (2, 1));
+}
+
+#[test]
 fn a_restarting_peers_routes_stay_stale_until_end_of_rib() {
     let mut a = neighbor(2, 65001, 65002, 1);
     a.session.graceful_restart = Some(GracefulRestartConfig {
