@@ -229,10 +229,42 @@ fn a_prefix_limit_exceeded_by_gobgpd_ends_the_session_with_cease_1() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+    // Back under the limit on gobgpd's side (two prefixes), then enabled: the session comes
+    // up and stays (with three it would end again at once).
+    let withdrawn = lab.peer_ns.output(
+        "gobgp",
+        &[
+            "-u",
+            "127.0.0.1",
+            "-p",
+            "50051",
+            "global",
+            "rib",
+            "del",
+            "10.23.0.0/24",
+            "-a",
+            "ipv4",
+        ],
+    );
+    assert!(withdrawn.status.success());
     assert!(lab.twillctl(&["enable", PEER]).is_ok());
-    lab.wait(LONG, "Established again after enable", |l| {
-        l.twill_state().as_deref() == Some("Established")
-    });
+    lab.wait(
+        LONG,
+        "Established again after enable, with both prefixes",
+        |l| {
+            l.twill_state().as_deref() == Some("Established")
+                && !l.twill_paths("10.22.0.0/24").is_empty()
+        },
+    );
+    let steady_until = std::time::Instant::now() + Duration::from_secs(3);
+    while std::time::Instant::now() < steady_until {
+        assert_eq!(
+            lab.twill_state().as_deref(),
+            Some("Established"),
+            "under the limit it stays up"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// An import filter with AS-path regular expressions: `^65002$` (originated by BIRD, next
