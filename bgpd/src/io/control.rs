@@ -1,7 +1,6 @@
 //! The control socket (a Unix socket, one request line, one JSON answer) and the JSON and
 //! Prometheus renderings of the speaker's state.
 
-use std::fmt::Write as _;
 use std::path::Path;
 use std::time::Duration;
 
@@ -135,7 +134,7 @@ pub async fn serve_metrics(
                 }
                 let Ok(body) = answer.await else { return };
                 let head = format!(
-                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/openmetrics-text; version=1.0.0; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
                     body.len()
                 );
                 let _ = write.write_all(head.as_bytes()).await;
@@ -205,13 +204,24 @@ pub fn rib_rows_json(rows: &[RibRow]) -> String {
     out
 }
 
-/// Prometheus text exposition.
-pub fn metrics(peers: &[PeerStatus], speaker: &Speaker, uptime: Duration) -> String {
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "# HELP twill_bgp_sessions Sessions by state.\n# TYPE twill_bgp_sessions gauge"
-    );
+/// Labels of a metric sample.
+type Labels = Vec<(&'static str, String)>;
+
+/// The OpenMetrics text exposition (through prometheus-client), built from the sessions'
+/// status; `kernel_writes` when routes go to the kernel.
+pub fn metrics(
+    peers: &[PeerStatus],
+    speaker: &Speaker,
+    uptime: Duration,
+    kernel_writes: Option<u64>,
+) -> String {
+    use prometheus_client::metrics::counter::Counter;
+    use prometheus_client::metrics::family::Family;
+    use prometheus_client::metrics::gauge::Gauge;
+    use prometheus_client::registry::Registry;
+
+    let mut registry = Registry::default();
+    let sessions = Family::<Labels, Gauge>::default();
     for state in [
         "Idle",
         "Connect",
@@ -221,67 +231,90 @@ pub fn metrics(peers: &[PeerStatus], speaker: &Speaker, uptime: Duration) -> Str
         "Established",
     ] {
         let count = peers.iter().filter(|p| p.state == state).count();
-        let _ = writeln!(out, "twill_bgp_sessions{{state=\"{state}\"}} {count}");
+        sessions
+            .get_or_create(&vec![("state", state.to_string())])
+            .set(count as i64);
     }
-    for (name, help, value) in [
-        (
-            "twill_bgp_prefixes_received",
-            "Prefixes a neighbour announces.",
-            (|p: &PeerStatus| p.received as u64) as fn(&PeerStatus) -> u64,
-        ),
-        (
-            "twill_bgp_prefixes_accepted",
-            "Prefixes accepted by import policy.",
-            |p| p.accepted as u64,
-        ),
-        (
-            "twill_bgp_prefixes_advertised",
-            "Prefixes announced to a neighbour.",
-            |p| p.advertised as u64,
-        ),
-        (
-            "twill_bgp_updates_received_total",
-            "UPDATE messages received.",
-            |p| p.updates_in,
-        ),
-        (
-            "twill_bgp_updates_sent_total",
-            "UPDATE messages sent.",
-            |p| p.updates_out,
-        ),
-    ] {
-        let kind = if name.ends_with("_total") {
-            "counter"
-        } else {
-            "gauge"
-        };
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    registry.register("twill_bgp_sessions", "Sessions by state", sessions);
+    let per_peer = |value: fn(&PeerStatus) -> u64| {
+        let family = Family::<Labels, Gauge>::default();
         for peer in peers {
-            let _ = writeln!(out, "{name}{{peer=\"{}\"}} {}", peer.address, value(peer));
+            family
+                .get_or_create(&vec![("peer", peer.address.to_string())])
+                .set(value(peer) as i64);
         }
-    }
-    let name = "twill_bgp_rfc7606_updates_total";
-    let _ = writeln!(
-        out,
-        "# HELP {name} Malformed UPDATEs handled by RFC 7606, by outcome.\n# TYPE {name} counter"
+        family
+    };
+    let per_peer_total = |value: fn(&PeerStatus) -> u64| {
+        let family = Family::<Labels, Counter>::default();
+        for peer in peers {
+            family
+                .get_or_create(&vec![("peer", peer.address.to_string())])
+                .inc_by(value(peer));
+        }
+        family
+    };
+    registry.register(
+        "twill_bgp_prefixes_received",
+        "Prefixes a neighbour announces",
+        per_peer(|p| p.received as u64),
     );
+    registry.register(
+        "twill_bgp_prefixes_accepted",
+        "Prefixes accepted by import policy",
+        per_peer(|p| p.accepted as u64),
+    );
+    registry.register(
+        "twill_bgp_prefixes_advertised",
+        "Prefixes announced to a neighbour",
+        per_peer(|p| p.advertised as u64),
+    );
+    registry.register(
+        "twill_bgp_updates_received",
+        "UPDATE messages received",
+        per_peer_total(|p| p.updates_in),
+    );
+    registry.register(
+        "twill_bgp_updates_sent",
+        "UPDATE messages sent",
+        per_peer_total(|p| p.updates_out),
+    );
+    let outcomes = Family::<Labels, Counter>::default();
     for peer in peers {
         for (outcome, count) in [
             (Outcome::TreatAsWithdraw, peer.treat_as_withdraw),
             (Outcome::AttributeDiscard, peer.attribute_discard),
         ] {
-            let _ = writeln!(
-                out,
-                "{name}{{peer=\"{}\",outcome=\"{}\"}} {count}",
-                peer.address,
-                outcome.label()
-            );
+            outcomes
+                .get_or_create(&vec![
+                    ("peer", peer.address.to_string()),
+                    ("outcome", outcome.label().to_string()),
+                ])
+                .inc_by(count);
         }
     }
-    let _ = writeln!(out, "# HELP twill_bgp_rib_prefixes Prefixes in the Loc-RIB.\n# TYPE twill_bgp_rib_prefixes gauge");
-    let _ = writeln!(out, "twill_bgp_rib_prefixes {}", speaker.rib().len());
-    let _ = writeln!(out, "# HELP twill_bgp_uptime_seconds Seconds since start.\n# TYPE twill_bgp_uptime_seconds gauge");
-    let _ = writeln!(out, "twill_bgp_uptime_seconds {}", uptime.as_secs());
+    registry.register(
+        "twill_bgp_rfc7606_updates",
+        "Malformed UPDATEs handled by RFC 7606, by outcome",
+        outcomes,
+    );
+    let rib = Gauge::<i64>::default();
+    rib.set(speaker.rib().len() as i64);
+    registry.register("twill_bgp_rib_prefixes", "Prefixes in the Loc-RIB", rib);
+    let up = Gauge::<i64>::default();
+    up.set(uptime.as_secs() as i64);
+    registry.register("twill_bgp_uptime_seconds", "Seconds since start", up);
+    if let Some(writes) = kernel_writes {
+        let counter = Counter::<u64>::default();
+        counter.inc_by(writes);
+        registry.register(
+            "twill_bgp_kernel_writes",
+            "Route writes the kernel acknowledged",
+            counter,
+        );
+    }
+    let mut out = String::new();
+    let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
     out
 }
 
@@ -346,8 +379,13 @@ mod tests {
             treat_as_withdraw: 3,
             attribute_discard: 1,
         };
-        let text = metrics(&[peer], &speaker, Duration::from_secs(1));
-        assert!(text.contains("# TYPE twill_bgp_rfc7606_updates_total counter"));
+        let text = metrics(&[peer], &speaker, Duration::from_secs(1), Some(7));
+        // OpenMetrics: a counter's family is named without `_total`, its samples with it.
+        assert!(text.contains("# TYPE twill_bgp_rfc7606_updates counter"));
+        assert!(text.contains("twill_bgp_sessions{state=\"Established\"} 1"));
+        assert!(text.contains("twill_bgp_updates_received_total{peer=\"198.18.0.2\"} 5"));
+        assert!(text.contains("twill_bgp_kernel_writes_total 7"));
+        assert!(text.ends_with("# EOF\n"), "{text}");
         assert!(text.contains(
             "twill_bgp_rfc7606_updates_total{peer=\"198.18.0.2\",outcome=\"treat-as-withdraw\"} 3"
         ));

@@ -560,14 +560,16 @@ impl Daemon {
         match command {
             "peers" => control::peers_json(&self.speaker.peers_status(now)),
             "metrics" => {
-                let mut text = control::metrics(&self.speaker.peers_status(now), &self.speaker, self.started.elapsed());
-                if self.kernel.is_some() {
-                    let writes = self.kernel_writes.load(std::sync::atomic::Ordering::Relaxed);
-                    text.push_str(&format!(
-                        "# HELP twill_bgp_kernel_writes_total Route writes to the kernel.\n# TYPE twill_bgp_kernel_writes_total counter\ntwill_bgp_kernel_writes_total {writes}\n"
-                    ));
-                }
-                text
+                let writes = self
+                    .kernel
+                    .is_some()
+                    .then(|| self.kernel_writes.load(std::sync::atomic::Ordering::Relaxed));
+                control::metrics(
+                    &self.speaker.peers_status(now),
+                    &self.speaker,
+                    self.started.elapsed(),
+                    writes,
+                )
             }
             "reload" => match self.reload(now) {
                 Ok(()) => "{\"ok\":true}".into(),
