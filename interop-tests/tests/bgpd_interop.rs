@@ -153,13 +153,21 @@ fn md5(kind: PeerKind) {
         ..Options::default()
     };
     let lab = BgpLab::start(kind, wrong);
-    std::thread::sleep(Duration::from_secs(8)); // Give it every chance to (wrongly) come up.
-    assert_ne!(
-        lab.twill_state().as_deref(),
-        Some("Established"),
-        "{kind:?}: up with a wrong password"
-    );
-    assert!(!lab.peer_established());
+    // Eight seconds of every chance to (wrongly) come up, watched throughout: a session that
+    // came up and went down again in between is caught too.
+    let until = std::time::Instant::now() + Duration::from_secs(8);
+    while std::time::Instant::now() < until {
+        assert_ne!(
+            lab.twill_state().as_deref(),
+            Some("Established"),
+            "{kind:?}: up with a wrong password"
+        );
+        assert!(
+            !lab.peer_established(),
+            "{kind:?}: the peer is up with a wrong password"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
 }
 
 /// The peer frozen with SIGSTOP: Twill's hold timer expires and it sends the NOTIFICATION;
