@@ -21,6 +21,14 @@ fn main() -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Some("bench-sqlite-sync") => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
+            print!("{}", runtime.block_on(bench::synchronous_only())?);
+            Ok(())
+        }
         Some("bench-cni") => {
             print!("{}", cni::run());
             Ok(())
@@ -50,7 +58,7 @@ fn main() -> anyhow::Result<()> {
         }
         _ => {
             eprintln!(
-                "usage: cargo xtask bench [OUTPUT.md] | bench-bgp [PREFIXES...] | bench-policy | bench-cni | bench-ingest [PREFIXES...]"
+                "usage: cargo xtask bench [OUTPUT.md] | bench-bgp [PREFIXES...] | bench-sqlite-sync | bench-policy | bench-cni | bench-ingest [PREFIXES...]"
             );
             std::process::exit(2);
         }

@@ -47,6 +47,29 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE INDEX IF NOT EXISTS events_by_rev ON events (rev);
 ";
 
+/// SQLite's `synchronous` setting for the store's writes: how much a power loss can take
+/// (docs/design/datastore.md). Either way a crash of the process loses nothing committed, and
+/// the file is never corrupted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Synchronous {
+    /// `NORMAL` (the default): in WAL mode a commit is not synced; the WAL is synced at each
+    /// checkpoint. A power loss may roll back the last commits, never corrupt the file.
+    #[default]
+    Normal,
+    /// `FULL`: every commit syncs the WAL before it returns, so a power loss loses nothing
+    /// acknowledged; each write waits for the disk.
+    Full,
+}
+
+impl Synchronous {
+    fn pragma(self) -> &'static str {
+        match self {
+            Synchronous::Normal => "NORMAL",
+            Synchronous::Full => "FULL",
+        }
+    }
+}
+
 /// The SQLite datastore.
 #[derive(Debug)]
 pub struct SqliteStore {
@@ -75,12 +98,22 @@ fn op_code(event_type: EventType) -> i64 {
 }
 
 impl SqliteStore {
-    /// Opens (creating if needed) the database at `path`.
+    /// Opens (creating if needed) the database at `path`, with `synchronous=NORMAL`.
     pub async fn open(url: &str, path: &Path) -> Result<SqliteStore, DatastoreError> {
+        SqliteStore::open_with(url, path, Synchronous::Normal).await
+    }
+
+    /// Opens (creating if needed) the database at `path`; this store's writes commit with
+    /// `synchronous`.
+    pub async fn open_with(
+        url: &str,
+        path: &Path,
+        synchronous: Synchronous,
+    ) -> Result<SqliteStore, DatastoreError> {
         let (url_owned, path_owned) = (url.to_string(), path.to_path_buf());
         let (writer, reader) = tokio::task::spawn_blocking(move || {
-            let writer = open_connection(&url_owned, &path_owned, true)?;
-            let reader = open_connection(&url_owned, &path_owned, false)?;
+            let writer = open_connection(&url_owned, &path_owned, true, synchronous)?;
+            let reader = open_connection(&url_owned, &path_owned, false, Synchronous::Normal)?;
             Ok::<_, DatastoreError>((writer, reader))
         })
         .await
@@ -119,7 +152,7 @@ impl SqliteStore {
         if self.poller.get().is_some() {
             return Ok(());
         }
-        let connection = open_connection(&self.url, &self.path, false)?;
+        let connection = open_connection(&self.url, &self.path, false, Synchronous::Normal)?;
         // The baseline is read here, before any watch reads the log: a commit that lands
         // after this point changes data_version and is noticed.
         let baseline = data_version(&connection).map_err(|err| sqlite_error(&self.url, err))?;
@@ -190,7 +223,13 @@ fn sqlite_error(url: &str, err: rusqlite::Error) -> DatastoreError {
     }
 }
 
-fn open_connection(url: &str, path: &Path, create: bool) -> Result<Connection, DatastoreError> {
+/// Opens a connection; `synchronous` matters only for one that writes (readers never sync).
+fn open_connection(
+    url: &str,
+    path: &Path,
+    create: bool,
+    synchronous: Synchronous,
+) -> Result<Connection, DatastoreError> {
     if create {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(|err| DatastoreError::Unavailable {
@@ -205,7 +244,7 @@ fn open_connection(url: &str, path: &Path, create: bool) -> Result<Connection, D
         .map_err(|err| sqlite_error(url, err))?;
     let setup = |connection: &Connection| -> rusqlite::Result<i64> {
         connection.pragma_update(None, "journal_mode", "WAL")?;
-        connection.pragma_update(None, "synchronous", "NORMAL")?;
+        connection.pragma_update(None, "synchronous", synchronous.pragma())?;
         if create {
             connection.execute_batch(&format!("BEGIN IMMEDIATE; {SCHEMA} COMMIT;"))?;
         }
@@ -527,7 +566,8 @@ impl super::Datastore for SqliteStore {
         self.start_poller()?;
         // Fail now, not in the stream, when the history is gone.
         let first = {
-            let mut connection = open_connection(&self.url, &self.path, false)?;
+            let mut connection =
+                open_connection(&self.url, &self.path, false, Synchronous::Normal)?;
             read_events(&mut connection, &self.url, kind, after)?;
             connection
         };
