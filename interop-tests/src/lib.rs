@@ -8,6 +8,7 @@ pub mod bgp;
 pub mod blast;
 pub mod etcd;
 pub use twill_lab::netns;
+pub mod route_table;
 pub mod severable;
 
 use std::time::{Duration, Instant};

@@ -1,5 +1,7 @@
-//! The benchmark sender: `twill-bgp-blast ADDR:PORT COUNT`. It encodes COUNT distinct IPv4
-//! /32 prefixes (10.0.0.0/8, 100 attribute sets) into UPDATEs before it connects, opens a
+//! The benchmark sender: `twill-bgp-blast ADDR:PORT COUNT [realistic]`. It connects, encodes
+//! COUNT distinct IPv4 /32 prefixes (10.0.0.0/8, 100 attribute sets) into UPDATEs, or with
+//! `realistic` a realistic table of COUNT prefixes (`blast::realistic_updates`, seed
+//! `blast::REALISTIC_SEED`; it prints `table prefixes=N sets=S updates=U bytes=B`), opens a
 //! session as AS 65002, then writes every UPDATE as fast as the socket takes them and an
 //! End-of-RIB. It prints `start NANOS` (Unix time) just before the first UPDATE byte and
 //! `sent NANOS` after the last, then keeps the session alive until killed.
@@ -22,8 +24,10 @@ fn nanos() -> u128 {
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    let [_, address, count] = args.as_slice() else {
-        bail!("usage: twill-bgp-blast ADDR:PORT COUNT")
+    let (address, count, realistic) = match args.as_slice() {
+        [_, address, count] => (address, count, false),
+        [_, address, count, table] if table == "realistic" => (address, count, true),
+        _ => bail!("usage: twill-bgp-blast ADDR:PORT COUNT [realistic]"),
     };
     let count: u32 = count.parse()?;
     let cx = Context {
@@ -40,7 +44,16 @@ fn main() -> anyhow::Result<()> {
         std::net::IpAddr::V4(v4) => v4,
         other => bail!("an IPv4 session is needed, got {other}"),
     };
-    let updates = blast::updates(count, local, &cx);
+    let updates = if realistic {
+        let (updates, summary) = blast::realistic_updates(count, blast::REALISTIC_SEED, local, &cx);
+        println!(
+            "table prefixes={} sets={} updates={} bytes={}",
+            summary.prefixes, summary.attribute_sets, summary.updates, summary.bytes
+        );
+        updates
+    } else {
+        blast::updates(count, local, &cx)
+    };
     let caps = vec![
         Capability::Multiprotocol(Family::Ipv4Unicast),
         Capability::RouteRefresh,
