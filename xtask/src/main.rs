@@ -7,6 +7,7 @@ mod bench;
 mod bgp;
 mod cni;
 mod ingest;
+mod kernel_routes;
 mod policy;
 
 fn main() -> anyhow::Result<()> {
@@ -14,11 +15,21 @@ fn main() -> anyhow::Result<()> {
     match args.first().map(String::as_str) {
         Some("bench") => bench::run(args.get(1).map(String::as_str)),
         Some("bench-bgp") => {
-            let sizes: Vec<u64> = args[1..].iter().filter_map(|a| a.parse().ok()).collect();
-            println!(
-                "{}",
-                bgp::run(1, if sizes.is_empty() { &[100_000] } else { &sizes })
-            );
+            // bench-bgp [PREFIXES...] [realistic PREFIXES...]: one run a row.
+            let split = args
+                .iter()
+                .position(|a| a == "realistic")
+                .unwrap_or(args.len());
+            let sizes = |from: &[String]| -> Vec<u64> {
+                from.iter().filter_map(|a| a.parse().ok()).collect()
+            };
+            let (synthetic, realistic) = (sizes(&args[1..split]), sizes(&args[split..]));
+            let synthetic = if synthetic.is_empty() && realistic.is_empty() {
+                vec![100_000]
+            } else {
+                synthetic
+            };
+            println!("{}", bgp::run(1, &synthetic, &realistic));
             Ok(())
         }
         Some("bench-sqlite-sync") => {
@@ -58,7 +69,7 @@ fn main() -> anyhow::Result<()> {
         }
         _ => {
             eprintln!(
-                "usage: cargo xtask bench [OUTPUT.md] | bench-bgp [PREFIXES...] | bench-sqlite-sync | bench-policy | bench-cni | bench-ingest [PREFIXES...]"
+                "usage: cargo xtask bench [OUTPUT.md] | bench-bgp [PREFIXES...] [realistic PREFIXES...] | bench-sqlite-sync | bench-policy | bench-cni | bench-ingest [PREFIXES...]"
             );
             std::process::exit(2);
         }
