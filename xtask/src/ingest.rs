@@ -20,7 +20,7 @@ const PEER: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
 const CHUNK: usize = 64 * 1024;
 
 /// One run: seconds from the first UPDATE byte until the RIB holds every prefix.
-fn run_once(count: u32, kernel: bool) -> f64 {
+fn run_once(count: u32, kernel: bool, realistic: bool) -> f64 {
     let now = Instant::now();
     let mut speaker = Speaker::new(SpeakerConfig {
         local_as: 65001,
@@ -67,7 +67,11 @@ fn run_once(count: u32, kernel: bool) -> f64 {
     hello.extend_from_slice(&Message::Keepalive.encode(&cx));
     speaker.handle_bytes(now, PEER.into(), connection, &hello);
     while speaker.poll_action().is_some() {}
-    let updates = blast::updates(count, PEER, &cx);
+    let updates = if realistic {
+        blast::realistic_updates(count, blast::REALISTIC_SEED, PEER, &cx).0
+    } else {
+        blast::updates(count, PEER, &cx)
+    };
     let started = Instant::now();
     let mut routes = 0usize;
     for chunk in updates.chunks(CHUNK) {
@@ -87,15 +91,19 @@ fn run_once(count: u32, kernel: bool) -> f64 {
 }
 
 /// Median seconds over `runs` for each size, as lines of text.
-pub fn run(runs: usize, sizes: &[u32]) -> String {
+/// With `realistic`, the realistic table (see `route_table`) instead of 100 attribute sets.
+pub fn run(runs: usize, sizes: &[u32], realistic: bool) -> String {
     let mut out = String::new();
     for &count in sizes {
         for kernel in [false, true] {
-            let mut times: Vec<f64> = (0..runs).map(|_| run_once(count, kernel)).collect();
+            let mut times: Vec<f64> = (0..runs)
+                .map(|_| run_once(count, kernel, realistic))
+                .collect();
             times.sort_by(f64::total_cmp);
             let median = times[times.len() / 2];
             out.push_str(&format!(
-                "in-process ingest {count} prefixes, route output {}: {median:.3} s ({:.0} ns/prefix)\n",
+                "in-process ingest {count} prefixes ({}), route output {}: {median:.3} s ({:.0} ns/prefix)\n",
+                if realistic { "realistic table" } else { "100 attribute sets" },
                 if kernel { "on" } else { "off" },
                 median * 1e9 / f64::from(count)
             ));

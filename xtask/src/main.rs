@@ -62,14 +62,15 @@ fn main() -> anyhow::Result<()> {
                         &[1_000_000]
                     } else {
                         &sizes
-                    }
+                    },
+                    args.iter().any(|a| a == "realistic"),
                 )
             );
             Ok(())
         }
         _ => {
             eprintln!(
-                "usage: cargo xtask bench [OUTPUT.md] | bench-bgp [PREFIXES...] [realistic PREFIXES...] | bench-sqlite-sync | bench-policy | bench-cni | bench-ingest [PREFIXES...]"
+                "usage: cargo xtask bench [OUTPUT.md] | bench-bgp [PREFIXES...] [realistic PREFIXES...] | bench-sqlite-sync | bench-policy | bench-cni | bench-ingest [realistic] [PREFIXES...]"
             );
             std::process::exit(2);
         }

@@ -18,7 +18,7 @@ mod decision;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::hash::Hash;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
@@ -287,20 +287,73 @@ impl Paths {
     }
 }
 
-/// Shares equal attribute sets, and equal (next hop, attribute set) pairs.
+/// The attribute sets of one hash: almost always one.
+#[derive(Debug)]
+enum Sets {
+    One(Arc<PathAttributes>),
+    Many(Vec<Arc<PathAttributes>>),
+}
+
+impl Sets {
+    fn find(&self, attributes: &PathAttributes) -> Option<Arc<PathAttributes>> {
+        match self {
+            Sets::One(a) => (**a == *attributes).then(|| a.clone()),
+            Sets::Many(all) => all.iter().find(|a| ***a == *attributes).cloned(),
+        }
+    }
+
+    fn push(&mut self, shared: Arc<PathAttributes>) {
+        match self {
+            Sets::One(first) => *self = Sets::Many(vec![first.clone(), shared]),
+            Sets::Many(all) => all.push(shared),
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Sets::One(_) => 1,
+            Sets::Many(all) => all.len(),
+        }
+    }
+
+    /// Forgets the sets no path uses; whether any is left.
+    fn retain_used(&mut self) -> bool {
+        match self {
+            Sets::One(a) => Arc::strong_count(a) > 1,
+            Sets::Many(all) => {
+                all.retain(|a| Arc::strong_count(a) > 1);
+                !all.is_empty()
+            }
+        }
+    }
+}
+
+/// Shares equal attribute sets, and equal (next hop, attribute set) pairs. Sets are found by
+/// their hash, computed once per UPDATE: a table of hundreds of thousands of distinct sets (a
+/// real Internet table) grows without hashing any set again, and a set seen before costs no
+/// allocation.
 #[derive(Debug, Default)]
 struct Interner {
-    attributes: HashSet<Arc<PathAttributes>>,
+    hasher: ahash::RandomState,
+    attributes: FastMap<u64, Sets>,
     hops: FastMap<(IpAddr, usize), Arc<Hop>>,
 }
 
 impl Interner {
     fn intern(&mut self, next_hop: IpAddr, attributes: PathAttributes) -> Arc<Hop> {
-        let attributes = match self.attributes.get(&attributes) {
-            Some(shared) => shared.clone(),
+        let hash = self.hasher.hash_one(&attributes);
+        let attributes = match self.attributes.get_mut(&hash) {
+            Some(same) => match same.find(&attributes) {
+                Some(shared) => shared,
+                None => {
+                    let shared = Arc::new(attributes);
+                    same.push(shared.clone());
+                    shared
+                }
+            },
             None => {
                 let shared = Arc::new(attributes);
-                self.attributes.insert(shared.clone());
+                self.attributes.insert(hash, Sets::One(shared.clone()));
                 shared
             }
         };
@@ -320,7 +373,7 @@ impl Interner {
     /// Forgets hops and attribute sets no path uses any more.
     fn collect(&mut self) {
         self.hops.retain(|_, hop| Arc::strong_count(hop) > 1);
-        self.attributes.retain(|a| Arc::strong_count(a) > 1);
+        self.attributes.retain(|_, same| same.retain_used());
     }
 }
 
@@ -570,7 +623,7 @@ impl Rib {
 
     /// Distinct attribute sets in use.
     pub fn attribute_sets(&self) -> usize {
-        self.interner.attributes.len()
+        self.interner.attributes.values().map(Sets::len).sum()
     }
 
     /// Every path of a prefix, best first.
