@@ -462,6 +462,18 @@ impl Session {
         self.last_error = Some(format!("prefix limit of {limit} reached ({family})"));
     }
 
+    /// Stops the session because its neighbour left the configuration: Cease / Peer
+    /// De-configured (RFC 4486 §3, subcode 3).
+    pub fn deconfigured(&mut self) {
+        self.cease(3, Bytes::new());
+    }
+
+    /// Stops the session because its parameters changed and it must start again: Cease /
+    /// Other Configuration Change (RFC 4486 §3, subcode 6).
+    pub fn reconfigured(&mut self) {
+        self.cease(6, Bytes::new());
+    }
+
     fn on_stop(&mut self, data: Bytes) {
         self.cease(2, data);
     }

@@ -181,6 +181,15 @@ struct Restart {
 /// A path as a peer sent it: next hop and attributes, before import policy.
 type Received = (IpAddr, Arc<PathAttributes>);
 
+/// Why a neighbour's session is ended by configuration (RFC 4486 §3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Removal {
+    /// It is gone from the configuration: Cease / Peer De-configured.
+    Deconfigured,
+    /// Its session parameters changed and it starts again: Cease / Other Configuration Change.
+    Reconfigured,
+}
+
 /// A neighbour's live state.
 #[derive(Debug)]
 struct Peer {
@@ -438,7 +447,7 @@ impl Speaker {
             .copied()
             .collect();
         for address in gone {
-            self.remove_peer(now, address);
+            self.remove_peer(now, address, Removal::Deconfigured);
         }
         for (address, mut config) in wanted {
             // Whether we are restarting (the R and F bits, RFC 4724 §3) is the speaker's
@@ -460,7 +469,7 @@ impl Speaker {
                 Some(peer) => {
                     // Disabled stays disabled through a reload.
                     let enabled = !peer.disabled;
-                    self.remove_peer(now, address);
+                    self.remove_peer(now, address, Removal::Reconfigured);
                     self.add_peer(now, config, enabled);
                 }
                 None => self.add_peer(now, config, true),
@@ -823,11 +832,14 @@ impl Speaker {
         self.refresh_rib_info(address);
     }
 
-    fn remove_peer(&mut self, now: Instant, address: IpAddr) {
+    fn remove_peer(&mut self, now: Instant, address: IpAddr, why: Removal) {
         let Some(mut peer) = self.peers.remove(&address) else {
             return;
         };
-        peer.session.handle_input(now, Input::ManualStop);
+        match why {
+            Removal::Deconfigured => peer.session.deconfigured(),
+            Removal::Reconfigured => peer.session.reconfigured(),
+        }
         while let Some(output) = peer.session.poll_output() {
             match output {
                 Output::Send(bytes) => self
@@ -866,6 +878,8 @@ impl Speaker {
         } else {
             self.readvertise(now, address, None);
         }
+        // A new import filter or a lower limit may take the neighbour over its limit.
+        self.check_prefix_limits(now, address);
     }
 
     /// Checks a neighbour's prefix limits after its routes changed (RFC 4486 §4).

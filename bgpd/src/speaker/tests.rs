@@ -1980,3 +1980,70 @@ fn a_prefix_limit_that_warns_keeps_the_session_and_one_that_restarts_comes_back(
         "started again after 30 s, and over the limit again"
     );
 }
+
+/// RFC 4486 §3: a neighbour taken out of the configuration hears Cease / Peer De-configured
+/// (subcode 3); one whose session parameters changed, Cease / Other Configuration Change
+/// (subcode 6) before the session starts again.
+#[test]
+fn a_reload_ends_sessions_with_the_cease_subcode_that_says_why() {
+    let ceases = |net: &mut Net| -> Vec<(ErrorCode, u8)> {
+        net.sent_by(addr(1))
+            .iter()
+            .filter_map(|m| match m {
+                Message::Notification(n) => Some((n.code, n.subcode)),
+                _ => None,
+            })
+            .collect()
+    };
+    let mut net = two_speakers(neighbor(2, 65001, 65002, 1), neighbor(1, 65002, 65001, 2));
+    net.run();
+    assert!(net.established(addr(1), addr(2)));
+    net.wire.clear();
+    let mut changed = neighbor(2, 65001, 65002, 1);
+    changed.session.hold_time = 30;
+    let now = net.now;
+    net.speaker(addr(1)).set_neighbors(now, vec![changed]);
+    net.run();
+    assert_eq!(
+        ceases(&mut net),
+        vec![(ErrorCode::Cease, 6)],
+        "Other Configuration Change"
+    );
+    net.advance(20);
+    assert!(net.established(addr(1), addr(2)), "and it comes back");
+    net.wire.clear();
+    let now = net.now;
+    net.speaker(addr(1)).set_neighbors(now, vec![]);
+    net.run();
+    assert_eq!(
+        ceases(&mut net),
+        vec![(ErrorCode::Cease, 3)],
+        "Peer De-configured"
+    );
+}
+
+/// A reload that lowers a neighbour's prefix limit below what it already sent ends the
+/// session with the RFC 4486 Cease at once, with no new UPDATE needed.
+#[test]
+fn a_prefix_limit_lowered_on_reload_below_what_the_peer_sent_ends_the_session() {
+    let generous = PrefixLimit {
+        family: Family::Ipv4Unicast,
+        max: 10,
+        action: LimitAction::Drop,
+    };
+    let mut net = over_the_limit(generous, 4);
+    assert!(notifications(&net, addr(1)).is_empty(), "under the limit");
+    assert_eq!(net.fib[&addr(1)].len(), 4);
+    net.wire.clear();
+    let mut lowered = neighbor(2, 65001, 65002, 1);
+    lowered.prefix_limits = vec![PrefixLimit { max: 3, ..generous }];
+    let now = net.now;
+    net.speaker(addr(1)).set_neighbors(now, vec![lowered]);
+    net.run();
+    let sent = notifications(&net, addr(1));
+    assert_eq!(
+        sent.iter().map(|n| (n.code, n.subcode)).collect::<Vec<_>>(),
+        vec![(ErrorCode::Cease, 1)],
+        "{sent:?}"
+    );
+}
