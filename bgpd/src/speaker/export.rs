@@ -495,10 +495,10 @@ fn pack(outbox: Outbox, context: &Context) -> Vec<UpdateMsg> {
             if family == Family::Ipv4Unicast {
                 update.withdrawn = chunk.to_vec();
             } else {
-                update.attributes.mp_unreach = Some(MpUnreach {
+                update.attributes.mp_unreach = Some(Box::new(MpUnreach {
                     family,
                     withdrawn: chunk.to_vec(),
-                });
+                }));
             }
             updates.push(update);
         }
@@ -522,11 +522,11 @@ fn pack(outbox: Outbox, context: &Context) -> Vec<UpdateMsg> {
                         IpAddr::V4(v4) => IpAddr::V6(v4.to_ipv6_mapped()),
                         v6 => v6,
                     };
-                    attrs.mp_reach = Some(MpReach {
+                    attrs.mp_reach = Some(Box::new(MpReach {
                         family,
                         next_hops: vec![next_hop],
                         nlri: chunk.to_vec(),
-                    });
+                    }));
                 }
             }
             update.attributes = attrs;

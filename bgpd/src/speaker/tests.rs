@@ -962,11 +962,11 @@ fn announcement(nlri: Vec<IpNet>, mp: Option<(Family, IpAddr)>) -> UpdateMsg {
     let mut update = UpdateMsg::default();
     match mp {
         Some((family, next_hop)) => {
-            attributes.mp_reach = Some(MpReach {
+            attributes.mp_reach = Some(Box::new(MpReach {
                 family,
                 next_hops: vec![next_hop],
                 nlri,
-            })
+            }))
         }
         None => {
             attributes.next_hop = Some(Ipv4Addr::new(198, 18, 0, 2));

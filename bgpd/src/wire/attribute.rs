@@ -317,9 +317,9 @@ pub struct PathAttributes {
     /// CLUSTER_LIST (RFC 4456).
     pub cluster_list: Vec<Ipv4Addr>,
     /// MP_REACH_NLRI.
-    pub mp_reach: Option<MpReach>,
+    pub mp_reach: Option<Box<MpReach>>,
     /// MP_UNREACH_NLRI.
-    pub mp_unreach: Option<MpUnreach>,
+    pub mp_unreach: Option<Box<MpUnreach>>,
     /// EXTENDED_COMMUNITIES (RFC 4360).
     pub extended_communities: Vec<[u8; 8]>,
     /// LARGE_COMMUNITIES (RFC 8092): global administrator, local data 1, local data 2.
@@ -492,10 +492,10 @@ impl Decoded {
                 .map(|ids| attributes.cluster_list = ids.into_iter().map(Ipv4Addr::from).collect())
                 .is_some(),
             code::MP_REACH_NLRI => decode_mp_reach(value, cx)
-                .map(|m| attributes.mp_reach = Some(m))
+                .map(|m| attributes.mp_reach = Some(Box::new(m)))
                 .is_some(),
             code::MP_UNREACH_NLRI => decode_mp_unreach(value, cx)
-                .map(|m| attributes.mp_unreach = Some(m))
+                .map(|m| attributes.mp_unreach = Some(Box::new(m)))
                 .is_some(),
             code::EXTENDED_COMMUNITIES => {
                 (!value.is_empty() && value.len().is_multiple_of(8)) && {

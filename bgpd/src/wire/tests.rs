@@ -506,8 +506,8 @@ prop_compose! {
             large_communities: large,
             cluster_list: cluster.into_iter().map(Ipv4Addr::from).collect(),
             originator_id: originator.map(Ipv4Addr::from),
-            mp_reach: (!v6.is_empty()).then(|| MpReach { family: Family::Ipv6Unicast, next_hops: vec!["fd00::1".parse().unwrap()], nlri: strip(v6) }),
-            mp_unreach: (!v6_gone.is_empty()).then(|| MpUnreach { family: Family::Ipv6Unicast, withdrawn: strip(v6_gone) }),
+            mp_reach: (!v6.is_empty()).then(|| Box::new(MpReach { family: Family::Ipv6Unicast, next_hops: vec!["fd00::1".parse().unwrap()], nlri: strip(v6) })),
+            mp_unreach: (!v6_gone.is_empty()).then(|| Box::new(MpUnreach { family: Family::Ipv6Unicast, withdrawn: strip(v6_gone) })),
             ..PathAttributes::default()
         };
         (cx, UpdateMsg { withdrawn: strip(withdrawn), attributes, nlri: strip(announced), error_action: ErrorAction::None })

@@ -66,10 +66,10 @@ impl UpdateMsg {
     pub fn end_of_rib_for(family: Family) -> UpdateMsg {
         let mut update = UpdateMsg::default();
         if family != Family::Ipv4Unicast {
-            update.attributes.mp_unreach = Some(super::attribute::MpUnreach {
+            update.attributes.mp_unreach = Some(Box::new(super::attribute::MpUnreach {
                 family,
                 withdrawn: Vec::new(),
-            });
+            }));
         }
         update
     }
