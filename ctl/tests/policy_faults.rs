@@ -368,30 +368,7 @@ fn probe_from_underlay(lab: &LabGuard, targets: &[(&str, u16)]) -> BTreeMap<(Str
 fn host_endpoints_guard_the_node_except_its_failsafe_ports() {
     let lab = enforced_lab();
     // The node serves 8080, 9090 and 22 (SSH's port, a failsafe port) on its own address.
-    let _server = KillOnDrop(
-        Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &lab.node_netns(),
-                env!("CARGO_BIN_EXE_twillctl"),
-            ])
-            .args([
-                "lab",
-                "responder",
-                "--answer",
-                "node",
-                "--port",
-                "8080/TCP",
-                "--port",
-                "9090/TCP",
-                "--port",
-                "22/TCP",
-            ])
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let _server = node_responder(&lab, &["8080/TCP", "9090/TCP", "22/TCP"]);
     let all = |open: bool| BTreeMap::from([(22, true), (8080, open), (9090, open)]);
     let deadline = Instant::now() + Duration::from_secs(10);
     while probe_node(&lab, &[22, 8080, 9090]) != all(true) {
@@ -445,6 +422,22 @@ fn host_endpoints_guard_the_node_except_its_failsafe_ports() {
     assert_eq!(probe_node(&lab, &[22, 8080, 9090]), all(true));
 }
 
+/// A responder on the node's own address (in its namespace, not a pod's) for these ports.
+fn node_responder(lab: &LabGuard, ports: &[&str]) -> KillOnDrop {
+    let mut command = Command::new("ip");
+    command.args([
+        "netns",
+        "exec",
+        &lab.node_netns(),
+        env!("CARGO_BIN_EXE_twillctl"),
+    ]);
+    command.args(["lab", "responder", "--answer", "node"]);
+    for port in ports {
+        command.args(["--port", port]);
+    }
+    KillOnDrop(command.stdout(std::process::Stdio::null()).spawn().unwrap())
+}
+
 /// A process of the test, killed and reaped when the test ends.
 struct KillOnDrop(std::process::Child);
 
@@ -487,28 +480,7 @@ fn host_endpoint_forward_pre_dnat_and_untracked_policy() {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let _server = KillOnDrop(
-        Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &lab.node_netns(),
-                env!("CARGO_BIN_EXE_twillctl"),
-            ])
-            .args([
-                "lab",
-                "responder",
-                "--answer",
-                "node",
-                "--port",
-                "8080/TCP",
-                "--port",
-                "9090/TCP",
-            ])
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let _server = node_responder(&lab, &["8080/TCP", "9090/TCP"]);
     let probe = || {
         probe_from_underlay(
             &lab,

@@ -130,16 +130,6 @@ impl Calculator {
         calculator
     }
 
-    /// What the calculator holds.
-    pub fn model(&self) -> &Model {
-        &self.model
-    }
-
-    /// The configuration in force (after the last [`Calculator::compute`]).
-    pub fn config(&self) -> &Config {
-        &self.config
-    }
-
     /// Sets (or, with `None`, removes) one resource. Returns whether anything changed.
     pub fn update(&mut self, key: Key, resource: Option<Resource>) -> bool {
         let changed = self.model.set(key.clone(), resource);
