@@ -279,15 +279,7 @@ fn twill_node_reports_health_metrics_and_status() {
         assert!(metrics.contains(name), "{name} missing from:\n{metrics}");
     }
     let status = lab.status_file();
-    let run = common::twillctl(
-        &[
-            "node",
-            "status",
-            "--status-file",
-            &format!("/run/twill/lab/{}/node-1/status.json", lab.name),
-        ],
-        None,
-    );
+    let run = node_status(&lab);
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert!(
         run.stdout.contains("in sync:            true"),
@@ -304,15 +296,7 @@ fn twill_node_reports_health_metrics_and_status() {
     );
     assert!(run.stdout.contains("running"), "{}", run.stdout);
     lab.ok(&["node", "kill", "node-1"]);
-    let run = common::twillctl(
-        &[
-            "node",
-            "status",
-            "--status-file",
-            &format!("/run/twill/lab/{}/node-1/status.json", lab.name),
-        ],
-        None,
-    );
+    let run = node_status(&lab);
     assert!(run.stdout.contains("NOT RUNNING"), "{}", run.stdout);
 }
 
@@ -436,6 +420,19 @@ fn node_responder(lab: &LabGuard, ports: &[&str]) -> KillOnDrop {
         command.args(["--port", port]);
     }
     KillOnDrop(command.stdout(std::process::Stdio::null()).spawn().unwrap())
+}
+
+/// `twillctl node status` of node-1, as a user runs it.
+fn node_status(lab: &LabGuard) -> common::Run {
+    common::twillctl(
+        &[
+            "node",
+            "status",
+            "--status-file",
+            &format!("/run/twill/lab/{}/node-1/status.json", lab.name),
+        ],
+        None,
+    )
 }
 
 /// A process of the test, killed and reaped when the test ends.

@@ -516,11 +516,10 @@ fn kernel_routes_follow_the_rib_and_survive_a_restart() {
     assert!(lab.kernel_routes().contains("fd00:21::/64"));
 }
 
-/// SIGTERM: the peer hears Cease / Administrative Shutdown (so it drops Twill's routes at
-/// once rather than keeping them stale for a restart), twill-bgpd exits, and its kernel
-/// routes (protocol 210) are gone.
-fn stop_ends_sessions_and_removes_kernel_routes(kind: PeerKind) {
-    let mut lab = BgpLab::start(
+/// A lab whose twill-bgpd writes the kernel table, once routes flow both ways (Twill's at the
+/// peer, the peer's in the kernel).
+fn kernel_lab_with_routes_both_ways(kind: PeerKind) -> BgpLab {
+    let lab = BgpLab::start(
         kind,
         Options {
             kernel: true,
@@ -532,6 +531,14 @@ fn stop_ends_sessions_and_removes_kernel_routes(kind: PeerKind) {
         l.peer_route("10.20.0.0/24").is_some()
             && l.kernel_routes().contains("10.21.0.0/24 via 198.18.110.2")
     });
+    lab
+}
+
+/// SIGTERM: the peer hears Cease / Administrative Shutdown (so it drops Twill's routes at
+/// once rather than keeping them stale for a restart), twill-bgpd exits, and its kernel
+/// routes (protocol 210) are gone.
+fn stop_ends_sessions_and_removes_kernel_routes(kind: PeerKind) {
+    let mut lab = kernel_lab_with_routes_both_ways(kind);
     signal(lab.twill.as_ref().unwrap(), "TERM");
     lab.wait_twill_exit(LONG);
     assert!(lab.kernel_routes().is_empty(), "{}", lab.kernel_routes());
@@ -557,18 +564,7 @@ fn stop_ends_sessions_and_removes_kernel_routes(kind: PeerKind) {
 /// stale; the kernel keeps Twill's routes; twill-bgpd started with --graceful-restart picks
 /// the session up again.
 fn graceful_restart_stop_keeps_forwarding(kind: PeerKind) {
-    let mut lab = BgpLab::start(
-        kind,
-        Options {
-            kernel: true,
-            ..Options::default()
-        },
-    );
-    established(&lab);
-    lab.wait(LONG, "routes both ways", |l| {
-        l.peer_route("10.20.0.0/24").is_some()
-            && l.kernel_routes().contains("10.21.0.0/24 via 198.18.110.2")
-    });
+    let mut lab = kernel_lab_with_routes_both_ways(kind);
     signal(lab.twill.as_ref().unwrap(), "USR2");
     lab.wait_twill_exit(LONG);
     lab.wait(LONG, "the peer to notice", |l| !l.peer_established());

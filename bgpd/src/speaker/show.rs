@@ -177,20 +177,11 @@ impl Speaker {
                     let Some(peer) = self.peers.get(&address) else {
                         continue;
                     };
-                    for ((net, path_id), (next_hop, attributes)) in
-                        peer.adj_out.range((*prefix, 0)..=(*prefix, u32::MAX))
-                    {
-                        rows.push(RibRow {
-                            prefix: *net,
-                            path_id: *path_id,
-                            next_hop: *next_hop,
-                            attributes: attributes.clone(),
-                            from: Some(address),
-                            best: false,
-                            stale: false,
-                            refreshing: false,
-                        });
-                    }
+                    rows.extend(
+                        peer.adj_out
+                            .range((*prefix, 0)..=(*prefix, u32::MAX))
+                            .map(|entry| adj_row(address, entry)),
+                    );
                 }
             }
         }
@@ -237,17 +228,7 @@ impl Speaker {
             }
             return;
         }
-        let row =
-            |((net, path_id), (next_hop, attributes)): (&(IpNet, u32), &super::Received)| RibRow {
-                prefix: *net,
-                path_id: *path_id,
-                next_hop: *next_hop,
-                attributes: attributes.clone(),
-                from: Some(address),
-                best: false,
-                stale: false,
-                refreshing: false,
-            };
+        let row = |entry| adj_row(address, entry);
         let family = if prefix.addr().is_ipv4() {
             Family::Ipv4Unicast
         } else {
@@ -275,4 +256,21 @@ impl Speaker {
 
 fn unknown(address: IpAddr) -> String {
     format!("{address} is not a neighbour")
+}
+
+/// A row of an Adj-RIB-In (before policy) or Adj-RIB-Out (as announced) of `address`.
+fn adj_row(
+    address: IpAddr,
+    ((net, path_id), (next_hop, attributes)): (&(IpNet, u32), &super::Received),
+) -> RibRow {
+    RibRow {
+        prefix: *net,
+        path_id: *path_id,
+        next_hop: *next_hop,
+        attributes: attributes.clone(),
+        from: Some(address),
+        best: false,
+        stale: false,
+        refreshing: false,
+    }
 }
