@@ -102,6 +102,10 @@ fn yes() -> bool {
 struct Neighbor {
     address: IpAddr,
     remote_asn: u32,
+    /// A name shown by `twillctl bgp peers` (twill-node writes Calico's protocol names,
+    /// `Mesh_198_18_0_12`, from which `node status` takes the peer type). Changing it
+    /// resets nothing.
+    description: Option<String>,
     #[serde(default)]
     passive: bool,
     password: Option<String>,
@@ -201,6 +205,10 @@ struct Kernel {
     #[serde(default = "main_table")]
     table: u32,
     metric: Option<u32>,
+    /// Prefixes inside these are not written to the kernel (something else routes them:
+    /// twill-node's encapsulation writes the routes to encapsulated pools itself).
+    #[serde(default)]
+    exclude: Vec<IpNet>,
 }
 
 fn main_table() -> u32 {
@@ -278,12 +286,14 @@ pub struct Transport {
 }
 
 /// Kernel route sync settings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KernelConfig {
     /// Routing table.
     pub table: u32,
     /// Route metric (priority); Calico's normal routes use 1024.
     pub metric: u32,
+    /// Routes inside these prefixes are not written (and are removed if they were).
+    pub exclude: Vec<IpNet>,
 }
 
 /// The whole checked configuration.
@@ -303,6 +313,8 @@ pub struct DaemonConfig {
     pub metrics_listen: Option<SocketAddr>,
     /// After a graceful restart, the longest wait for End-of-RIBs (RFC 4724 §4.1).
     pub selection_deferral: Duration,
+    /// Neighbours' descriptions, for the peer listing.
+    pub descriptions: BTreeMap<IpAddr, String>,
 }
 
 /// `65001:100`, `65001:1:2`, `no-export`, `no-advertise`: a standard or large community.
@@ -441,7 +453,13 @@ impl File {
                 ));
             }
         }
+        let descriptions = self
+            .neighbor
+            .iter()
+            .filter_map(|n| Some((n.address, n.description.clone()?)))
+            .collect();
         Ok(DaemonConfig {
+            descriptions,
             speaker: SpeakerConfig {
                 local_as: self.global.asn,
                 router_id: self.global.router_id,
@@ -455,6 +473,7 @@ impl File {
             kernel: self.kernel.map(|k| KernelConfig {
                 table: k.table,
                 metric: k.metric.unwrap_or(1024),
+                exclude: k.exclude.iter().map(IpNet::trunc).collect(),
             }),
             metrics_listen: self.global.metrics_listen,
             selection_deferral: Duration::from_secs(self.global.selection_deferral_time.max(1)),
@@ -904,7 +923,8 @@ table = 254
             config.kernel,
             Some(KernelConfig {
                 table: 254,
-                metric: 1024
+                metric: 1024,
+                exclude: Vec::new(),
             })
         );
     }

@@ -7,7 +7,10 @@
 //!   process, Adj-RIB-Out), `policy/` (import/export filters), and the `io/` edges (TCP with
 //!   MD5 and TTL security, control socket, rtnetlink route sync, the `twill-bgpd` daemon):
 //!   to come.
+//! - [`calico`]: Calico's BGP resources compiled to this daemon's configuration (what
+//!   twill-node runs).
 
+pub mod calico;
 pub mod config;
 pub mod fsm;
 #[cfg(feature = "runtime")]

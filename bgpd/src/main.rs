@@ -75,7 +75,7 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    let (sender, receiver) = mpsc::unbounded_channel();
+    let (sender, mut receiver) = mpsc::unbounded_channel();
     let daemon = daemon::Daemon::new(args.config, args.graceful_restart, sender.clone())?;
     control::serve(&args.control, sender.clone())?;
     if let Some(address) = daemon.metrics_listen() {
@@ -103,5 +103,5 @@ async fn run(args: Args) -> anyhow::Result<()> {
         });
     }
     tracing::info!(control = %args.control.display(), "twill-bgpd started");
-    daemon.run(receiver).await
+    daemon.run(&mut receiver).await
 }

@@ -40,6 +40,12 @@ pub enum LabOutput {
 }
 
 #[derive(Debug, Subcommand)]
+enum TorCommand {
+    /// Print the rack router's RIB, as its own command line shows it.
+    Routes,
+}
+
+#[derive(Debug, Subcommand)]
 enum LabCommand {
     /// Build the lab: nodes, namespaces and pods of the topology; returns when every pod answers.
     Up {
@@ -56,6 +62,18 @@ enum LabCommand {
         /// twill-node in --mode policy-only with interfacePrefix veth.
         #[arg(long, conflicts_with = "dual_stack")]
         policy_only: bool,
+        /// A top-of-rack router in the underlay namespace (AS 65000), peering eBGP with every
+        /// node through a BGPPeer the lab writes: bird, frr or gobgp.
+        #[arg(long, conflicts_with = "policy_only")]
+        tor: Option<String>,
+        /// How pods reach other nodes: none (BGP-routed), vxlan, vxlan-cross-subnet.
+        #[arg(long, default_value = "none", conflicts_with = "policy_only")]
+        encap: String,
+    },
+    /// The top-of-rack router.
+    Tor {
+        #[command(subcommand)]
+        command: TorCommand,
     },
     /// Remove everything the lab made (also after its processes were killed).
     Down,
@@ -176,7 +194,21 @@ pub async fn run(args: LabArgs, datastore_flag: Option<String>) -> Result<(), Fa
             nodes,
             dual_stack,
             policy_only,
+            tor,
+            encap,
         } => {
+            let tor = tor
+                .map(|t| t.parse::<twill_lab::tor::TorKind>())
+                .transpose()
+                .map_err(|err| usage(format!("--tor {err}")))?;
+            if !matches!(
+                encap.as_str(),
+                "none" | "vxlan" | "vxlan-cross-subnet" | "ipip" | "ipip-cross-subnet"
+            ) {
+                return Err(usage(format!(
+                    "--encap {encap:?} is not none, vxlan, vxlan-cross-subnet, ipip or ipip-cross-subnet"
+                )));
+            }
             let topology = match topology {
                 Some(path) => Topology::parse(&read(&path)?)
                     .map_err(|err| anyhow::anyhow!("{path}: {err:#}"))?,
@@ -188,6 +220,8 @@ pub async fn run(args: LabArgs, datastore_flag: Option<String>) -> Result<(), Fa
                 datastore: datastore_flag,
                 dual_stack,
                 policy_only,
+                tor,
+                encap: Some(encap),
             };
             let state = lab.up(options).await?;
             println!(
@@ -217,6 +251,9 @@ pub async fn run(args: LabArgs, datastore_flag: Option<String>) -> Result<(), Fa
             }
         }
         LabCommand::Status { output } => status(&lab, output)?,
+        LabCommand::Tor {
+            command: TorCommand::Routes,
+        } => print!("{}", lab.tor_routes()?),
         LabCommand::Probe {
             ports,
             output,
@@ -273,7 +310,15 @@ fn status(lab: &Lab, output: LabOutput) -> Result<(), Failure> {
     let value = json!({
         "name": state.name,
         "datastore": state.datastore,
-        "nodes": state.nodes.iter().map(|n| json!({"name": n.name, "address": n.address})).collect::<Vec<_>>(),
+        "tor": state.tor,
+        "encap": state.encap,
+        "nodes": state.nodes.iter().map(|n| json!({
+            "name": n.name, "address": n.address,
+            "bgp": lab.bgp_peers(&n.name).iter().map(|p| json!({
+                "peer": p["address"], "description": p["description"],
+                "state": p["state"], "uptime_s": p["uptime_s"], "accepted": p["accepted"],
+            })).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
         "pods": state.pods.iter().map(|p| json!({
             "namespace": p.namespace, "name": p.name, "node": p.node,
             "ip": p.ips.first(), "ips": p.ips, "labels": p.labels,
@@ -283,9 +328,30 @@ fn status(lab: &Lab, output: LabOutput) -> Result<(), Failure> {
         LabOutput::Json => println!("{}", serde_json::to_string_pretty(&value)?),
         LabOutput::Table => {
             println!("lab {} (datastore {})", state.name, state.datastore);
-            println!("{:<10} ADDRESS", "NODE");
-            for node in &state.nodes {
-                println!("{:<10} {}", node.name, node.address);
+            println!("{:<10} {:<14} BGP SESSIONS", "NODE", "ADDRESS");
+            for node in value["nodes"].as_array().into_iter().flatten() {
+                let sessions: Vec<String> = node["bgp"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|s| {
+                        format!(
+                            "{} {}",
+                            s["peer"].as_str().unwrap_or("?"),
+                            s["state"].as_str().unwrap_or("?")
+                        )
+                    })
+                    .collect();
+                println!(
+                    "{:<10} {:<14} {}",
+                    node["name"].as_str().unwrap_or(""),
+                    node["address"].as_str().unwrap_or(""),
+                    if sessions.is_empty() {
+                        "-".to_string()
+                    } else {
+                        sessions.join(", ")
+                    }
+                );
             }
             println!();
             println!("{:<24} {:<10} {:<28} LABELS", "POD", "NODE", "IPS");

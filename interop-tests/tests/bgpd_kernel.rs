@@ -26,6 +26,7 @@ fn writer_in(netns: &Netns) -> mpsc::Sender<KernelCommand> {
                 let config = KernelConfig {
                     table: 254,
                     metric: 1024,
+                    exclude: Vec::new(),
                 };
                 spawn(config, false, Arc::new(AtomicU64::new(0)))
                     .expect("the writer starts")

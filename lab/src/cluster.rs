@@ -59,6 +59,10 @@ pub struct UpOptions {
     pub dual_stack: bool,
     /// Pods wired by another CNI, twill-node in policy-only mode (see [`State::policy_only`]).
     pub policy_only: bool,
+    /// A top-of-rack router in the underlay namespace, peering eBGP with every node.
+    pub tor: Option<crate::tor::TorKind>,
+    /// `none`, `vxlan`, `vxlan-cross-subnet` (see [`State::encap`]).
+    pub encap: Option<String>,
 }
 
 /// One lab on this machine.
@@ -142,6 +146,8 @@ impl Lab {
             created: 0,
             relays: Vec::new(),
             policy_only: options.policy_only,
+            tor: options.tor.map(|t| t.as_str().to_string()),
+            encap: options.encap.clone().unwrap_or_else(|| "none".into()),
         };
         let result = self.build(&mut state, &options).await;
         if let Err(err) = result {
@@ -178,6 +184,16 @@ impl Lab {
         for node in &state.nodes {
             self.write_cni_config(state, node, options.dual_stack)?;
             self.start_agent(state, node)?;
+        }
+        if let Some(kind) = options.tor {
+            crate::tor::start(
+                kind,
+                &underlay,
+                &self.dir().join("tor"),
+                UNDERLAY_GATEWAY,
+                &state.nodes,
+                twill_bgpd_default_as(),
+            )?;
         }
         state::save(state)?;
         let namespaces: Vec<Resource> = options
@@ -276,6 +292,8 @@ impl Lab {
             ])
             .arg("--status-file")
             .arg(&status)
+            .arg("--run-dir")
+            .arg(self.node_dir(&node.name))
             .env("TWILL_LOG", "info");
         use std::os::unix::process::CommandExt;
         command
@@ -373,7 +391,97 @@ impl Lab {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }
+        if !state.policy_only {
+            self.wait_routed(&state, &store, deadline).await?;
+        }
         Ok(())
+    }
+
+    /// Full labs: every node's BGP sessions are Established and its kernel has a route to
+    /// every other node's blocks.
+    async fn wait_routed(
+        &self,
+        state: &State,
+        store: &Arc<dyn Datastore>,
+        deadline: Instant,
+    ) -> anyhow::Result<()> {
+        let affinities = store.list(Some(Kind::BlockAffinity), None).await?;
+        let mut blocks: Vec<(String, String)> = Vec::new();
+        for stored in affinities.items {
+            if let Ok(Resource::BlockAffinity(affinity)) = twill_shared::client::decode(stored) {
+                if let (Some(node), Some(cidr)) = (affinity.spec.node, affinity.spec.cidr) {
+                    blocks.push((node, cidr.0.to_string()));
+                }
+            }
+        }
+        let expect_peers = state.nodes.len() > 1 || state.tor.is_some();
+        for node in &state.nodes {
+            loop {
+                let peers = self.bgp_peers(&node.name);
+                let sessions_up = !expect_peers
+                    || (!peers.is_empty() && peers.iter().all(|p| p["state"] == "Established"));
+                let missing: Vec<&String> = blocks
+                    .iter()
+                    .filter(|(owner, _)| *owner != node.name)
+                    .map(|(_, block)| block)
+                    .filter(|block| {
+                        named::ip(&node.netns, &["route", "show", "exact", block])
+                            .map_or(true, |o| o.stdout.is_empty())
+                    })
+                    .collect();
+                if sessions_up && missing.is_empty() {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    bail!(
+                        "node {} is not routed yet: sessions {}, no route to {:?} (log: {})",
+                        node.name,
+                        serde_json::Value::Array(peers),
+                        missing,
+                        self.dir()
+                            .join("logs")
+                            .join(format!("{}.twill-node.log", node.name))
+                            .display()
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// A node's BGP sessions, as `twillctl bgp peers -o json` prints them (empty when its
+    /// speaker does not run).
+    pub fn bgp_peers(&self, node: &str) -> Vec<serde_json::Value> {
+        use std::io::{Read, Write};
+        let socket = self.node_dir(node).join("bgpd.sock");
+        let Ok(mut stream) = std::os::unix::net::UnixStream::connect(&socket) else {
+            return Vec::new();
+        };
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+        if stream.write_all(b"peers\n").is_err() {
+            return Vec::new();
+        }
+        let mut answer = String::new();
+        let _ = stream.read_to_string(&mut answer);
+        serde_json::from_str(&answer).unwrap_or_default()
+    }
+
+    /// The top-of-rack router's RIB, as its own command line prints it.
+    pub fn tor_routes(&self) -> anyhow::Result<String> {
+        let state = self.state()?;
+        let Some(kind) = state.tor.as_deref() else {
+            bail!(
+                "lab {:?} has no top-of-rack router (lab up --tor bird|frr|gobgp)",
+                self.name
+            );
+        };
+        let kind: crate::tor::TorKind = kind.parse().map_err(anyhow::Error::msg)?;
+        crate::tor::routes(
+            kind,
+            &format!("{}underlay", self.prefix()),
+            &self.dir().join("tor"),
+        )
     }
 
     fn add_node(&self, underlay: &str, index: usize) -> anyhow::Result<NodeState> {
@@ -438,6 +546,13 @@ impl Lab {
             documents.push(
                 json!({"apiVersion": "projectcalico.org/v3", "kind": "FelixConfiguration",
                 "metadata": {"name": "default"}, "spec": {"interfacePrefix": "veth"}}),
+            );
+        }
+        if options.tor.is_some() {
+            documents.push(
+                json!({"apiVersion": "projectcalico.org/v3", "kind": "BGPPeer",
+                "metadata": {"name": "rack"},
+                "spec": {"peerIP": UNDERLAY_GATEWAY, "asNumber": crate::tor::TOR_AS}}),
             );
         }
         for node in &state.nodes {
@@ -665,7 +780,9 @@ impl Lab {
         record.serves = serves;
         record.command = command;
         self.start_workload(&record)?;
-        routes_to_pod(state, &record, "add")?;
+        if state.policy_only {
+            routes_to_pod(state, &record, "add")?;
+        }
         state.pods.push(record);
         state::save(state)?;
         Ok(())
@@ -964,7 +1081,9 @@ impl Lab {
         }
         named::delete(&pod.netns).map_err(anyhow::Error::msg)?;
         let _ = std::fs::remove_dir_all(Path::new("/etc/netns").join(&pod.netns));
-        routes_to_pod(state, pod, "del")?;
+        if state.policy_only {
+            routes_to_pod(state, pod, "del")?;
+        }
         Ok(())
     }
 
@@ -1062,8 +1181,13 @@ impl Lab {
     }
 }
 
-/// Until nodes route pods to each other themselves (BGP or encapsulation, a later issue), the
-/// lab gives every other node a static route to each pod via the pod's node.
+/// Calico's default AS number, which the lab's nodes use.
+fn twill_bgpd_default_as() -> u32 {
+    64512
+}
+
+/// Policy-only labs' pods are wired by another CNI with no routing of its own: the lab gives
+/// every other node a static route to each pod via the pod's node (full labs route by BGP).
 fn routes_to_pod(state: &State, pod: &PodState, action: &str) -> anyhow::Result<()> {
     let Some(home) = state.node(&pod.node) else {
         return Ok(());

@@ -12,6 +12,7 @@
 //! - [`cluster`]: up, apply, delete, exec, down.
 //! - [`probe`]: the pod × pod matrix.
 //! - [`agent`]: the responder and the probe agent, run inside pods by `twillctl`.
+//! - [`tor`]: the top-of-rack router (bird2, frr or gobgpd) in the underlay namespace.
 //! - [`netns`]: namespaces and processes, for the lab and for tests.
 
 #![allow(clippy::disallowed_methods)] // The lab is an edge: it starts processes and waits.
@@ -22,5 +23,6 @@ pub mod netns;
 pub mod probe;
 pub mod state;
 pub mod topology;
+pub mod tor;
 
 pub use cluster::{AgentAction, Lab, UpOptions};

@@ -77,6 +77,17 @@ pub struct State {
     /// in `--mode policy-only` with FelixConfiguration's interfacePrefix `veth`.
     #[serde(default)]
     pub policy_only: bool,
+    /// The top-of-rack router the underlay namespace runs (`bird`, `frr`, `gobgp`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tor: Option<String>,
+    /// How pods reach other nodes: `none` (BGP-routed), `vxlan`, `vxlan-cross-subnet`,
+    /// `ipip`, `ipip-cross-subnet`.
+    #[serde(default = "no_encap")]
+    pub encap: String,
+}
+
+fn no_encap() -> String {
+    "none".into()
 }
 
 impl State {

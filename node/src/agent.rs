@@ -46,6 +46,10 @@ pub struct Options {
     pub status_file: PathBuf,
     /// How often the kernel is compared with the desired state (drift repair).
     pub refresh: Duration,
+    /// Where the BGP speaker's configuration and control socket go (full mode).
+    pub run_dir: PathBuf,
+    /// Secrets (BGP passwords) as files `DIR/NAME/KEY`.
+    pub secrets_dir: PathBuf,
 }
 
 struct Agent {
@@ -61,6 +65,8 @@ struct Agent {
     metrics: Arc<Mutex<Metrics>>,
     health: watch::Sender<Health>,
     lists: u64,
+    /// BGP (full mode).
+    bgp: Option<crate::bgp::Bgp>,
 }
 
 /// Runs until the process is stopped.
@@ -90,7 +96,16 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         tokio::task::spawn_blocking(move || twill_felix::apply::Applier::new(&config)).await?;
     tracing::info!(backend = ?applier.backend(), "iptables backend");
     let mut updates = driver::spawn(store, Vec::new());
+    let bgp = match options.mode {
+        Mode::Full => Some(crate::bgp::Bgp::new(
+            &options.node,
+            &options.run_dir,
+            crate::bgp::SecretFiles(options.secrets_dir.clone()),
+        )?),
+        Mode::PolicyOnly => None,
+    };
     let mut agent = Agent {
+        bgp,
         status: Status {
             node: options.node.clone(),
             mode: match options.mode {
@@ -139,8 +154,16 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         } else {
             agent.advance();
         }
+        if agent.in_sync {
+            agent.apply_bgp(repair).await;
+        }
     }
-    tracing::info!("stopping; the kernel keeps the rules last applied");
+    if let Some(bgp) = agent.bgp.as_mut() {
+        // As a graceful restart: peers keep our routes, the kernel keeps its routes.
+        bgp.stop(twill_bgpd::io::daemon::StopMode::GracefulRestart)
+            .await;
+    }
+    tracing::info!("stopping; the kernel keeps the rules and routes last applied");
     Ok(())
 }
 
@@ -169,7 +192,8 @@ impl Agent {
                 value,
             } => {
                 self.revision = self.revision.max(revision);
-                if !Model::wants(key.kind) {
+                let for_bgp = self.bgp.is_some() && twill_bgpd::calico::Cluster::wants(key.kind);
+                if !Model::wants(key.kind) && !for_bgp {
                     return;
                 }
                 let resource = match value {
@@ -188,7 +212,12 @@ impl Agent {
                         }
                     },
                 };
-                if self.calculator.update(key, resource) {
+                if for_bgp {
+                    if let Some(bgp) = self.bgp.as_mut() {
+                        bgp.update(key.kind, &key.name, resource.clone());
+                    }
+                }
+                if Model::wants(key.kind) && self.calculator.update(key, resource) {
                     self.dirty = true;
                 }
             }
@@ -270,6 +299,40 @@ impl Agent {
             }
         }
         Ok(())
+    }
+
+    /// Brings BGP in line (once in sync: never originate or withdraw from a partial view).
+    async fn apply_bgp(&mut self, repair: bool) {
+        let Some(bgp) = self.bgp.as_mut() else {
+            return;
+        };
+        bgp.reap().await;
+        if !bgp.is_dirty() && !repair {
+            return;
+        }
+        // Local workload addresses outside this node's blocks were borrowed: host routes.
+        let blocks = bgp.own_blocks();
+        let borrowed: Vec<IpNet> = if self.computed {
+            self.calculator
+                .computed()
+                .local
+                .values()
+                .flat_map(|e| e.nets.iter().copied())
+                .filter(|net| !blocks.iter().any(|b| b.contains(net)))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        match bgp.apply(&borrowed, repair).await {
+            Ok(()) => self.status.bgp_last_error = None,
+            Err(err) => {
+                tracing::error!(error = %format!("{err:#}"), "BGP apply failed; retrying at the next change or refresh");
+                self.status.bgp_last_error = Some(format!("{err:#}"));
+            }
+        }
+        self.status.bgp_running = bgp.is_running();
+        self.status.bgp_warnings = bgp.warnings();
+        self.write_status();
     }
 
     fn record(&mut self, elapsed: Duration) {

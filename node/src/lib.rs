@@ -1,9 +1,11 @@
 //! twill-node: the per-node agent. It follows the datastore through the syncer and runs
-//! felix (policy as iptables chains and ipsets, endpoint routes); BGP and encapsulation
-//! join it with later issues.
+//! felix (policy as iptables chains and ipsets, endpoint routes), BGP (twill-bgpd's speaker,
+//! configured from the datastore as Calico configures BIRD) and encapsulation (VXLAN).
 //!
 //! - [`agent`]: the loop — syncer updates in, calculation, apply, status.
-//! - [`routes`]: endpoint routes (protocol 211), added and repaired.
+//! - [`bgp`]: the speaker, its configuration from the datastore, the block blackholes.
+//! - [`routes`]: routes Twill owns by protocol: endpoint routes (211), encapsulation routes
+//!   (212), cluster routes (213: blackholes, `reachableBy`), added and repaired.
 //! - [`interfaces`]: this node's interfaces and addresses (host endpoints by expectedIPs).
 //! - [`health`]: `/livez`, `/readyz`, `/metrics`.
 //! - [`status`]: the status file and the metrics.
@@ -11,6 +13,7 @@
 #![allow(clippy::disallowed_methods)] // The agent is an edge: it reads clocks and runs tools.
 
 pub mod agent;
+pub mod bgp;
 pub mod health;
 pub mod interfaces;
 pub mod routes;

@@ -137,3 +137,181 @@ fn destination(message: &RouteMessage) -> Option<(IpNet, u32)> {
         oif?,
     ))
 }
+
+/// Twill's route protocol for the routes twill-node keeps for the cluster: blackholes for
+/// this node's IPAM blocks, BGPPeers' `reachableBy` routes.
+pub const CLUSTER_ROUTE_PROTOCOL: u8 = 213;
+/// Twill's route protocol for routes through an encapsulation device (or, CrossSubnet,
+/// straight over the underlay) to other nodes' blocks.
+pub const ENCAP_ROUTE_PROTOCOL: u8 = 212;
+
+/// Where an owned route sends packets.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Target {
+    /// Discarded (a block's unallocated addresses).
+    Blackhole,
+    /// Via a gateway the kernel finds the interface for.
+    Gateway(IpAddr),
+    /// Via a gateway on this interface, taken as on-link (a tunnel's remote VTEP).
+    OnLink(IpAddr, String),
+}
+
+/// Makes the routes of `protocol` in the main table exactly `desired`; returns what changed.
+/// Routes of other protocols are never touched; a route the kernel refuses is reported and
+/// the rest still go in.
+pub async fn sync_owned(
+    protocol: u8,
+    desired: &BTreeMap<IpNet, Target>,
+) -> Result<RouteChanges, String> {
+    let (connection, handle, _) =
+        rtnetlink::new_connection().map_err(|e| format!("netlink: {e}"))?;
+    let task = tokio::spawn(connection);
+    let result = sync_owned_with(&handle, protocol, desired).await;
+    task.abort();
+    result
+}
+
+async fn sync_owned_with(
+    handle: &rtnetlink::Handle,
+    protocol: u8,
+    desired: &BTreeMap<IpNet, Target>,
+) -> Result<RouteChanges, String> {
+    use rtnetlink::packet_route::route::RouteType;
+    let mut names: BTreeMap<u32, String> = BTreeMap::new();
+    let mut links = handle.link().get().execute();
+    while let Some(link) = links
+        .try_next()
+        .await
+        .map_err(|e| format!("listing links: {e}"))?
+    {
+        for attribute in &link.attributes {
+            if let rtnetlink::packet_route::link::LinkAttribute::IfName(name) = attribute {
+                names.insert(link.header.index, name.clone());
+            }
+        }
+    }
+    let mut present: BTreeMap<IpNet, (Target, RouteMessage)> = BTreeMap::new();
+    for query in [
+        RouteMessageBuilder::<Ipv4Addr>::new().build(),
+        RouteMessageBuilder::<Ipv6Addr>::new().build(),
+    ] {
+        let messages: Vec<RouteMessage> = handle
+            .route()
+            .get(query)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| format!("listing routes: {e}"))?;
+        for message in messages
+            .into_iter()
+            .filter(|m| m.header.protocol == RouteProtocol::Other(protocol))
+        {
+            let mut destination = None;
+            let mut gateway = None;
+            let mut oif = None;
+            for attribute in &message.attributes {
+                match attribute {
+                    RouteAttribute::Destination(RouteAddress::Inet(v4)) => {
+                        destination = Some(IpAddr::V4(*v4));
+                    }
+                    RouteAttribute::Destination(RouteAddress::Inet6(v6)) => {
+                        destination = Some(IpAddr::V6(*v6));
+                    }
+                    RouteAttribute::Gateway(RouteAddress::Inet(v4)) => {
+                        gateway = Some(IpAddr::V4(*v4));
+                    }
+                    RouteAttribute::Gateway(RouteAddress::Inet6(v6)) => {
+                        gateway = Some(IpAddr::V6(*v6));
+                    }
+                    RouteAttribute::Oif(index) => oif = Some(*index),
+                    _ => {}
+                }
+            }
+            let Some(net) = destination
+                .and_then(|a| IpNet::new(a, message.header.destination_prefix_length).ok())
+            else {
+                continue;
+            };
+            let onlink = message
+                .header
+                .flags
+                .contains(rtnetlink::packet_route::route::RouteFlags::Onlink);
+            let target = match (message.header.kind, gateway) {
+                (RouteType::BlackHole, _) => Target::Blackhole,
+                (_, Some(gateway)) if onlink => Target::OnLink(
+                    gateway,
+                    oif.and_then(|i| names.get(&i).cloned()).unwrap_or_default(),
+                ),
+                (_, Some(gateway)) => Target::Gateway(gateway),
+                _ => continue,
+            };
+            present.insert(net, (target, message));
+        }
+    }
+    let indexes: BTreeMap<&str, u32> = names.iter().map(|(i, n)| (n.as_str(), *i)).collect();
+    let mut changes = RouteChanges::default();
+    for (net, (target, message)) in &present {
+        if desired.get(net) != Some(target) {
+            let mut message = message.clone();
+            message
+                .attributes
+                .retain(|a| matches!(a, RouteAttribute::Destination(_) | RouteAttribute::Table(_)));
+            if handle.route().del(message).execute().await.is_ok() {
+                changes.removed.push(*net);
+            }
+        }
+    }
+    let mut refused = Vec::new();
+    for (net, target) in desired {
+        if present.get(net).map(|(t, _)| t) == Some(target) {
+            continue;
+        }
+        let message = match owned_route(*net, target, protocol, &indexes) {
+            Ok(message) => message,
+            Err(err) => {
+                refused.push(err);
+                continue;
+            }
+        };
+        match handle.route().add(message).replace().execute().await {
+            Ok(()) => changes.added.push(*net),
+            Err(err) => refused.push(format!("{net} ({target:?}): {err}")),
+        }
+    }
+    if !refused.is_empty() {
+        return Err(format!("routes refused: {}", refused.join("; ")));
+    }
+    Ok(changes)
+}
+
+fn owned_route(
+    net: IpNet,
+    target: &Target,
+    protocol: u8,
+    indexes: &BTreeMap<&str, u32>,
+) -> Result<RouteMessage, String> {
+    use rtnetlink::packet_route::route::RouteType;
+    let mut builder = RouteMessageBuilder::<IpAddr>::new()
+        .destination_prefix(net.addr(), net.prefix_len())
+        .map_err(|e| format!("{net}: {e}"))?
+        .protocol(RouteProtocol::Other(protocol));
+    match target {
+        Target::Blackhole => builder = builder.kind(RouteType::BlackHole),
+        Target::Gateway(gateway) => {
+            builder = builder
+                .gateway(*gateway)
+                .map_err(|e| format!("{net} via {gateway}: {e}"))?;
+        }
+        Target::OnLink(gateway, device) => {
+            let index = indexes
+                .get(device.as_str())
+                .ok_or_else(|| format!("{net}: no interface {device}"))?;
+            builder = builder
+                .gateway(*gateway)
+                .map_err(|e| format!("{net} via {gateway}: {e}"))?
+                .output_interface(*index)
+                .onlink();
+        }
+    }
+    Ok(builder.build())
+}

@@ -46,6 +46,15 @@ pub struct Status {
     pub warnings: Vec<String>,
     /// Process ID, so a reader can tell a dead agent's file.
     pub pid: u32,
+    /// Whether the BGP speaker runs (full mode, a Node resource with a BGP address).
+    #[serde(default)]
+    pub bgp_running: bool,
+    /// The last error bringing BGP in line with the datastore, if the last attempt failed.
+    #[serde(default)]
+    pub bgp_last_error: Option<String>,
+    /// What the BGP resources ask that Twill cannot honour, in words.
+    #[serde(default)]
+    pub bgp_warnings: Vec<String>,
 }
 
 impl Status {

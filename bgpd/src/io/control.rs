@@ -146,12 +146,16 @@ pub async fn serve_metrics(
 }
 
 /// `twillctl bgp peers -o json`: one object per neighbour, with the BRIEF's fields.
-pub fn peers_json(peers: &[PeerStatus]) -> String {
+pub fn peers_json(
+    peers: &[PeerStatus],
+    descriptions: &std::collections::BTreeMap<std::net::IpAddr, String>,
+) -> String {
     let list: Vec<Value> = peers
         .iter()
         .map(|p| {
             json!({
                 "address": p.address.to_string(),
+                "description": descriptions.get(&p.address),
                 "remote_asn": p.remote_as,
                 "state": p.state,
                 "uptime_s": p.uptime_s,

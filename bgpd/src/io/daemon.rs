@@ -66,6 +66,11 @@ pub enum StopMode {
 /// enough for a full table sent at once to a slow reader.
 const OUTPUT_QUEUE_LIMIT: usize = 64 * 1024 * 1024;
 
+/// Connection IDs are unique in the process, so a daemon started again in the same process
+/// (twill-node restarts its speaker when global settings change) never takes a late event
+/// of its predecessor's connection for one of its own.
+static NEXT_CONNECTION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
 /// How long a stop waits for its NOTIFICATIONs to be written and for the kernel routes to
 /// be removed.
 const STOP_WAIT: Duration = Duration::from_secs(5);
@@ -91,7 +96,6 @@ pub struct Daemon {
     speaker: Speaker,
     transports: HashMap<IpAddr, Transport>,
     connections: HashMap<ConnectionId, Connection>,
-    next_connection: u64,
     events: mpsc::UnboundedSender<Event>,
     /// Shared with their accept tasks; TCP-MD5 keys are set on them per neighbour.
     listeners: Vec<Arc<tokio::net::TcpListener>>,
@@ -135,9 +139,9 @@ impl Daemon {
         speaker.set_route_output(config.kernel.is_some());
         let kernel_writes = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let (kernel, kept) = match config.kernel {
-            Some(kernel_config) => {
+            Some(ref kernel_config) => {
                 let (sender, kept) =
-                    kernel::spawn(kernel_config, restarting, kernel_writes.clone())
+                    kernel::spawn(kernel_config.clone(), restarting, kernel_writes.clone())
                         .context("cannot open rtnetlink")?;
                 (Some(sender), kept)
             }
@@ -162,7 +166,6 @@ impl Daemon {
             speaker,
             transports: HashMap::new(),
             connections: HashMap::new(),
-            next_connection: 1,
             events,
             listeners,
             started: Instant::now(),
@@ -179,10 +182,13 @@ impl Daemon {
     }
 
     /// Runs until the process ends.
-    pub async fn run(mut self, mut events: mpsc::UnboundedReceiver<Event>) -> anyhow::Result<()> {
+    /// Runs until a [`Event::Stop`] (or until every sender is gone). The channel stays the
+    /// caller's: a supervisor can start another daemon on it, with the same control socket.
+    pub async fn run(mut self, events: &mut mpsc::UnboundedReceiver<Event>) -> anyhow::Result<()> {
+        let mut accepting = Vec::new();
         for listener in self.listeners.clone() {
             let sender = self.events.clone();
-            tokio::spawn(async move {
+            accepting.push(tokio::spawn(async move {
                 loop {
                     match listener.accept().await {
                         Ok((stream, peer)) => {
@@ -193,8 +199,18 @@ impl Daemon {
                         Err(err) => tracing::warn!(error = %err, "accept failed"),
                     }
                 }
-            });
+            }));
         }
+        // The listeners close with the daemon, so a successor can bind the same addresses.
+        struct AbortOnDrop(Vec<tokio::task::JoinHandle<()>>);
+        impl Drop for AbortOnDrop {
+            fn drop(&mut self) {
+                for task in &self.0 {
+                    task.abort();
+                }
+            }
+        }
+        let _accepting = AbortOnDrop(accepting);
         self.apply_config(Instant::now());
         loop {
             self.carry_out_actions();
@@ -337,9 +353,7 @@ impl Daemon {
     }
 
     fn new_connection_id(&mut self) -> ConnectionId {
-        let id = ConnectionId(self.next_connection);
-        self.next_connection += 1;
-        id
+        ConnectionId(NEXT_CONNECTION.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
     }
 
     /// Starts the reader and writer tasks of a connection.
@@ -432,7 +446,16 @@ impl Daemon {
                 }
                 Action::Route(change) => {
                     if self.kernel.is_some() {
-                        let hops = change.paths.iter().map(|p| p.next_hop()).collect();
+                        // An excluded prefix is written as a removal: one written before
+                        // the exclusion (a reload) goes at its next change.
+                        let excluded = self.config.kernel.as_ref().is_some_and(|k| {
+                            k.exclude.iter().any(|net| net.contains(&change.prefix))
+                        });
+                        let hops = if excluded {
+                            NextHops::None
+                        } else {
+                            change.paths.iter().map(|p| p.next_hop()).collect()
+                        };
                         self.kernel_batch.push((change.prefix, hops));
                     }
                 }
@@ -558,7 +581,7 @@ impl Daemon {
     fn on_control(&mut self, now: Instant, request: &str) -> String {
         let (command, argument) = request.split_once(' ').unwrap_or((request, ""));
         match command {
-            "peers" => control::peers_json(&self.speaker.peers_status(now)),
+            "peers" => control::peers_json(&self.speaker.peers_status(now), &self.config.descriptions),
             "metrics" => {
                 let writes = self
                     .kernel

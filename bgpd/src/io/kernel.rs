@@ -501,6 +501,12 @@ fn write_round(kernel: &mut Kernel, pending: BTreeMap<IpNet, NextHops>, held: &m
     }
 }
 
+/// How many of Twill's BGP routes a previous run left in `config`'s table: a supervisor
+/// that finds some starts the speaker as restarting (RFC 4724), keeping them.
+pub fn leftovers(config: &KernelConfig) -> io::Result<usize> {
+    Ok(Kernel::open(config.clone())?.list()?.len())
+}
+
 /// Runs the kernel writer on its own thread; `writes` counts route writes the kernel
 /// acknowledged. With `keep_existing` (graceful restart), Twill's routes from before stay
 /// until [`KernelCommand::Sweep`]; otherwise they are removed now. Returns the sender and how
@@ -514,7 +520,7 @@ pub fn spawn(
     keep_existing: bool,
     writes: std::sync::Arc<std::sync::atomic::AtomicU64>,
 ) -> io::Result<(mpsc::Sender<KernelCommand>, usize)> {
-    let mut kernel = Kernel::open(config)?;
+    let mut kernel = Kernel::open(config.clone())?;
     let mut leftovers = kernel.list()?;
     if !keep_existing {
         let stale: Vec<(IpNet, NextHops)> =

@@ -28,6 +28,12 @@ struct Cli {
     /// Seconds between comparisons of the kernel with the desired state (drift repair).
     #[arg(long, default_value_t = 10.0)]
     refresh_interval: f64,
+    /// Where the BGP speaker's configuration (bgpd.toml) and control socket (bgpd.sock) go.
+    #[arg(long, default_value = "/run/twill")]
+    run_dir: PathBuf,
+    /// BGP passwords' Secrets, as files DIR/NAME/KEY.
+    #[arg(long, default_value = "/etc/twill/secrets")]
+    secrets_dir: PathBuf,
     /// Log as JSON.
     #[arg(long)]
     log_json: bool,
@@ -68,6 +74,8 @@ fn main() -> std::process::ExitCode {
         health_listen: cli.health_listen,
         status_file: cli.status_file,
         refresh: Duration::from_secs_f64(cli.refresh_interval.max(0.1)),
+        run_dir: cli.run_dir,
+        secrets_dir: cli.secrets_dir,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

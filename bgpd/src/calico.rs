@@ -1,0 +1,1092 @@
+//! Calico's BGP model, compiled to twill-bgpd's configuration: what calico-node's confd does
+//! for BIRD, as a pure function of the datastore's resources.
+//!
+//! [`Cluster`] keeps the resources that matter (Nodes, BGPConfigurations, BGPPeers, IPPools,
+//! BlockAffinities); [`Cluster::render`] gives, for one node, the TOML twill-bgpd reads (the
+//! same file a user can read, like confd's `bird.cfg`), the blackhole routes for the node's
+//! blocks, the static routes BGPPeers' `reachableBy` asks for, and warnings for what it could
+//! not honour. The rules follow Calico's `bgp_processor.go`:
+//!
+//! - the node-to-node mesh: every other node with an address of the family, unless either
+//!   side is a route reflector; a node is passive towards peers whose address *string*
+//!   compares greater than its own, exactly Calico's rule, so a mixed Calico/Twill cluster
+//!   has one active side per pair;
+//! - BGPPeers for this node (`node`, `nodeSelector`, or every node), to `peerIP` or to the
+//!   nodes `peerSelector` matches; only global peerings towards another node take the passive
+//!   rule; route reflection is derived from `routeReflectorClusterID`;
+//! - each affine block originated once, with a blackhole so unallocated addresses never leak;
+//!   addresses borrowed from other nodes' blocks as host routes; LOCAL_PREF 2147482623
+//!   (Calico ≥ 3.32: 2147483647 − the normal route priority 1024) and communities from
+//!   `prefixAdvertisements`;
+//! - export: only routes inside an enabled pool whose BGP export is not disabled; import:
+//!   everything, except that routes to encapsulated pools are not written to the kernel (the
+//!   encapsulation writes those, through its device).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use ipnet::IpNet;
+use toml::{Table, Value};
+use twill_shared::resource::bgp::{BgpConfigurationSpec, BgpPassword, BgpPeerSpec, SecretKeyRef};
+use twill_shared::resource::config::NodeSpec;
+use twill_shared::resource::fields::EncapMode;
+use twill_shared::resource::ipam::{BlockAffinitySpec, IpPoolSpec};
+use twill_shared::resource::{Object, Resource};
+
+/// Calico's default AS number.
+pub const DEFAULT_AS: u32 = 64512;
+/// LOCAL_PREF of a normal route: 2147483647 − 1024 (Calico's route priority encoding).
+pub const NORMAL_LOCAL_PREF: u32 = 2_147_482_623;
+/// Kernel metric of a normal route (2147483647 − [`NORMAL_LOCAL_PREF`]).
+pub const NORMAL_METRIC: u32 = 1024;
+/// The name of the export filter the rendering defines.
+const EXPORT_FILTER: &str = "calico_export";
+
+/// The resources BGP depends on, by name.
+#[derive(Debug, Clone, Default)]
+pub struct Cluster {
+    nodes: BTreeMap<String, Object<NodeSpec>>,
+    configurations: BTreeMap<String, Object<BgpConfigurationSpec>>,
+    peers: BTreeMap<String, Object<BgpPeerSpec>>,
+    pools: BTreeMap<String, Object<IpPoolSpec>>,
+    affinities: BTreeMap<String, Object<BlockAffinitySpec>>,
+}
+
+/// What [`Cluster::render`] gives for one node.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Rendered {
+    /// twill-bgpd's configuration; `None` when the node speaks no BGP (no Node resource or
+    /// no BGP address).
+    pub config: Option<String>,
+    /// Blocks affine to the node: a blackhole route each.
+    pub blackholes: BTreeSet<IpNet>,
+    /// `reachableBy`: a host route to a peer via a gateway.
+    pub static_routes: BTreeSet<(IpNet, IpAddr)>,
+    /// What could not be honoured, in words.
+    pub warnings: Vec<String>,
+}
+
+/// Something outside the resources the rendering needs.
+pub trait Secrets {
+    /// The value of a Secret's key (TCP-MD5 passwords), if it can be read.
+    fn get(&self, name: &str, key: &str) -> Option<String>;
+}
+
+impl Secrets for BTreeMap<(String, String), String> {
+    fn get(&self, name: &str, key: &str) -> Option<String> {
+        BTreeMap::get(self, &(name.to_string(), key.to_string())).cloned()
+    }
+}
+
+/// A peering's far end: address, port, AS, `Some(its cluster ID)` when it is one of our
+/// nodes, and our address of its family.
+type Target = (IpAddr, u16, u32, Option<Option<IpAddr>>, Option<IpAddr>);
+
+/// One BGP session's settings, before it becomes a `[[neighbor]]` table.
+#[derive(Debug, Clone)]
+struct Session {
+    address: IpAddr,
+    port: u16,
+    remote_as: u32,
+    passive: bool,
+    password: Option<String>,
+    source: Option<IpAddr>,
+    restart_time: Option<u64>,
+    keepalive: Option<u64>,
+    allowas_in: Option<u32>,
+    local_as: Option<u32>,
+    ttl_security: Option<u8>,
+    next_hop_self: bool,
+    rr_client: bool,
+    /// Calico's peer type: `Mesh`, `Global` or `Node`.
+    kind: &'static str,
+    /// The peering names BGPFilters Twill does not apply yet: it takes and sends nothing.
+    filtered: bool,
+}
+
+impl Cluster {
+    /// Takes a changed resource (`Some`) or a deleted one (`None`, by kind and name);
+    /// returns whether it is one BGP depends on.
+    pub fn update(
+        &mut self,
+        kind: twill_shared::resource::Kind,
+        name: &str,
+        resource: Option<Resource>,
+    ) -> bool {
+        use twill_shared::resource::Kind;
+        fn put<S>(map: &mut BTreeMap<String, Object<S>>, name: &str, object: Option<Object<S>>) {
+            match object {
+                Some(object) => map.insert(name.to_string(), object),
+                None => map.remove(name),
+            };
+        }
+        match (kind, resource) {
+            (Kind::Node, Some(Resource::Node(o))) => put(&mut self.nodes, name, Some(o)),
+            (Kind::Node, None) => put(&mut self.nodes, name, None),
+            (Kind::BgpConfiguration, Some(Resource::BgpConfiguration(o))) => {
+                put(&mut self.configurations, name, Some(o));
+            }
+            (Kind::BgpConfiguration, None) => put(&mut self.configurations, name, None),
+            (Kind::BgpPeer, Some(Resource::BgpPeer(o))) => put(&mut self.peers, name, Some(o)),
+            (Kind::BgpPeer, None) => put(&mut self.peers, name, None),
+            (Kind::IpPool, Some(Resource::IpPool(o))) => put(&mut self.pools, name, Some(o)),
+            (Kind::IpPool, None) => put(&mut self.pools, name, None),
+            (Kind::BlockAffinity, Some(Resource::BlockAffinity(o))) => {
+                put(&mut self.affinities, name, Some(o));
+            }
+            (Kind::BlockAffinity, None) => put(&mut self.affinities, name, None),
+            _ => return false,
+        }
+        true
+    }
+
+    /// Whether resources of `kind` matter here.
+    pub fn wants(kind: twill_shared::resource::Kind) -> bool {
+        use twill_shared::resource::Kind;
+        matches!(
+            kind,
+            Kind::Node
+                | Kind::BgpConfiguration
+                | Kind::BgpPeer
+                | Kind::IpPool
+                | Kind::BlockAffinity
+        )
+    }
+
+    /// The Node resource of `name`.
+    pub fn node(&self, name: &str) -> Option<&Object<NodeSpec>> {
+        self.nodes.get(name)
+    }
+
+    /// The IP pools.
+    pub fn pools(&self) -> impl Iterator<Item = &Object<IpPoolSpec>> {
+        self.pools.values()
+    }
+
+    /// The blocks affine to `node` (confirmed, or with no state: Calico's implicit
+    /// confirmation), with the pool each is in.
+    pub fn blocks_of(&self, node: &str) -> BTreeSet<IpNet> {
+        self.affinities
+            .values()
+            .filter(|a| a.spec.node.as_deref() == Some(node))
+            .filter(|a| a.spec.deleted != Some(true))
+            .filter(|a| matches!(a.spec.state.as_deref(), None | Some("") | Some("confirmed")))
+            .filter_map(|a| a.spec.cidr.as_ref().map(|c| c.0.trunc()))
+            .collect()
+    }
+
+    fn configuration(&self, name: &str) -> Option<&BgpConfigurationSpec> {
+        self.configurations.get(name).map(|o| &o.spec)
+    }
+
+    /// The AS number of `node`: its own, else the default BGPConfiguration's, else 64512.
+    pub fn as_of(&self, node: &Object<NodeSpec>) -> u32 {
+        node.spec
+            .bgp
+            .as_ref()
+            .and_then(|b| b.as_number)
+            .or_else(|| self.configuration("default").and_then(|c| c.as_number))
+            .map_or(DEFAULT_AS, |a| a.0)
+    }
+
+    /// The BGP port `node` listens on: its `node.<name>` BGPConfiguration's, else the
+    /// default's, else 179.
+    fn port_of(&self, node: &str) -> u16 {
+        self.configuration(&format!("node.{node}"))
+            .and_then(|c| c.listen_port)
+            .or_else(|| self.configuration("default").and_then(|c| c.listen_port))
+            .unwrap_or(179)
+    }
+
+    /// Renders `node`'s configuration. `borrowed`: addresses of this node's workloads outside
+    /// its own blocks (advertised as host routes).
+    pub fn render(&self, node_name: &str, borrowed: &[IpNet], secrets: &dyn Secrets) -> Rendered {
+        let mut rendered = Rendered {
+            blackholes: self.blocks_of(node_name),
+            ..Rendered::default()
+        };
+        let Some(node) = self.nodes.get(node_name) else {
+            return rendered;
+        };
+        let Some(bgp) = node.spec.bgp.as_ref() else {
+            return rendered;
+        };
+        let own_v4 = bgp.ipv4_address.as_ref().map(|c| c.0.addr());
+        let own_v6 = bgp.ipv6_address.as_ref().map(|c| c.0.addr());
+        if own_v4.is_none() && own_v6.is_none() {
+            return rendered;
+        }
+        let global = self.configuration("default").cloned().unwrap_or_default();
+        let local = self.configuration(&format!("node.{node_name}"));
+        let local_as = self.as_of(node);
+        let own_cluster = bgp.route_reflector_cluster_id.map(|c| c.0);
+        let port = self.port_of(node_name);
+        let router_id = match own_v4 {
+            Some(IpAddr::V4(v4)) => v4,
+            _ => hashed_router_id(node_name),
+        };
+
+        let mut sessions: Vec<Session> = Vec::new();
+        // The node-to-node mesh.
+        if global.node_to_node_mesh_enabled != Some(false) && own_cluster.is_none() {
+            let password = global.node_mesh_password.as_ref().and_then(|p| {
+                password(
+                    p,
+                    secrets,
+                    "BGPConfiguration default nodeMeshPassword",
+                    &mut rendered.warnings,
+                )
+            });
+            let restart = global.node_mesh_max_restart_time.as_ref().map(seconds);
+            for (name, other) in &self.nodes {
+                if name == node_name {
+                    continue;
+                }
+                let Some(other_bgp) = other.spec.bgp.as_ref() else {
+                    continue;
+                };
+                if other_bgp.route_reflector_cluster_id.is_some() {
+                    continue;
+                }
+                for (own, theirs) in [
+                    (own_v4, other_bgp.ipv4_address.as_ref().map(|c| c.0.addr())),
+                    (own_v6, other_bgp.ipv6_address.as_ref().map(|c| c.0.addr())),
+                ] {
+                    let (Some(own), Some(theirs)) = (own, theirs) else {
+                        continue;
+                    };
+                    sessions.push(Session {
+                        address: theirs,
+                        port: self.port_of(name),
+                        remote_as: self.as_of(other),
+                        passive: theirs.to_string() > own.to_string(),
+                        password: password.clone(),
+                        source: Some(own),
+                        restart_time: restart,
+                        keepalive: None,
+                        allowas_in: None,
+                        local_as: None,
+                        ttl_security: None,
+                        next_hop_self: false,
+                        rr_client: false,
+                        kind: "Mesh",
+                        filtered: false,
+                    });
+                }
+            }
+        }
+        // BGPPeers: global ones first (Calico's order), then node-specific ones.
+        let labels = node.metadata.labels.clone().unwrap_or_default();
+        let mut peers: Vec<(&String, &Object<BgpPeerSpec>)> = self.peers.iter().collect();
+        peers.sort_by_key(|(name, p)| {
+            (
+                p.spec.node.is_some() || p.spec.node_selector.is_some(),
+                *name,
+            )
+        });
+        for (peer_name, peer) in peers {
+            let spec = &peer.spec;
+            let applies = match (&spec.node, &spec.node_selector) {
+                (Some(only), _) => only == node_name,
+                (None, Some(selector)) => selector.selector().matches(&labels),
+                (None, None) => true,
+            };
+            if !applies {
+                continue;
+            }
+            let global_peering = spec.node.is_none() && spec.node_selector.is_none();
+            let what = format!("BGPPeer {peer_name}");
+            let password = spec
+                .password
+                .as_ref()
+                .and_then(|p| password(p, secrets, &what, &mut rendered.warnings));
+            let mut targets: Vec<Target> = Vec::new();
+            if let Some(text) = &spec.peer_ip {
+                let Some((address, peer_port)) = peer_address(text) else {
+                    rendered.warnings.push(format!(
+                        "{what}: peerIP {text:?} is not IP, IP:port or [IPv6]:port"
+                    ));
+                    continue;
+                };
+                let Some(remote_as) = spec.as_number else {
+                    rendered
+                        .warnings
+                        .push(format!("{what}: peerIP without asNumber"));
+                    continue;
+                };
+                // Is it another node of ours? (Its cluster ID decides reflection.)
+                let other = self.nodes.iter().find(|(n, o)| {
+                    n.as_str() != node_name
+                        && o.spec.bgp.as_ref().is_some_and(|b| {
+                            [b.ipv4_address.as_ref(), b.ipv6_address.as_ref()]
+                                .into_iter()
+                                .flatten()
+                                .any(|c| c.0.addr() == address)
+                        })
+                });
+                let own = if address.is_ipv4() { own_v4 } else { own_v6 };
+                targets.push((
+                    address,
+                    peer_port.unwrap_or(179),
+                    remote_as.0,
+                    other.map(|(_, o)| {
+                        o.spec
+                            .bgp
+                            .as_ref()
+                            .and_then(|b| b.route_reflector_cluster_id.map(|c| c.0))
+                    }),
+                    own,
+                ));
+            }
+            if let Some(selector) = &spec.peer_selector {
+                for (name, other) in &self.nodes {
+                    if name == node_name {
+                        continue;
+                    }
+                    let other_labels = other.metadata.labels.clone().unwrap_or_default();
+                    if !selector.selector().matches(&other_labels) {
+                        continue;
+                    }
+                    let Some(other_bgp) = other.spec.bgp.as_ref() else {
+                        continue;
+                    };
+                    for (own, theirs) in [
+                        (own_v4, other_bgp.ipv4_address.as_ref().map(|c| c.0.addr())),
+                        (own_v6, other_bgp.ipv6_address.as_ref().map(|c| c.0.addr())),
+                    ] {
+                        if let (Some(own), Some(theirs)) = (own, theirs) {
+                            targets.push((
+                                theirs,
+                                self.port_of(name),
+                                self.as_of(other),
+                                Some(other_bgp.route_reflector_cluster_id.map(|c| c.0)),
+                                Some(own),
+                            ));
+                        }
+                    }
+                }
+            }
+            for (address, peer_port, remote_as, other_node, own) in targets {
+                let Some(own) = own else {
+                    rendered.warnings.push(format!(
+                        "{what}: this node has no {} BGP address to peer with {address}",
+                        if address.is_ipv4() { "IPv4" } else { "IPv6" }
+                    ));
+                    continue;
+                };
+                if address == own {
+                    continue;
+                }
+                let ibgp = remote_as == local_as;
+                let rr_client = match (own_cluster, &other_node) {
+                    (Some(own), Some(Some(theirs))) => ibgp && *theirs != own,
+                    (Some(_), _) => ibgp,
+                    (None, _) => false,
+                };
+                let passive =
+                    global_peering && other_node.is_some() && address.to_string() > own.to_string();
+                let local_as_number = spec.local_as_number.map(|a| a.0).filter(|a| *a != local_as);
+                let next_hop_self = matches!(spec.next_hop_mode.as_deref(), Some("Self"));
+                if matches!(spec.next_hop_mode.as_deref(), Some("Keep"))
+                    || spec.keep_original_next_hop == Some(true)
+                {
+                    rendered.warnings.push(format!(
+                        "{what}: nextHopMode Keep is not supported yet; the next hop follows BGP's defaults"
+                    ));
+                }
+                if spec.filters.as_ref().is_some_and(|f| !f.is_empty()) {
+                    rendered.warnings.push(format!(
+                        "{what}: BGPFilters are not applied yet; this peering accepts and sends nothing until they are"
+                    ));
+                }
+                if spec.local_workload_selector.is_some() {
+                    rendered.warnings.push(format!(
+                        "{what}: localWorkloadSelector is not supported yet"
+                    ));
+                    continue;
+                }
+                if let Some(gateway) = spec.reachable_by.as_deref() {
+                    match gateway.parse::<IpAddr>() {
+                        Ok(gateway) => {
+                            rendered
+                                .static_routes
+                                .insert((IpNet::from(address), gateway));
+                        }
+                        Err(_) => rendered
+                            .warnings
+                            .push(format!("{what}: reachableBy {gateway:?} is not an address")),
+                    }
+                }
+                sessions.push(Session {
+                    address,
+                    port: peer_port,
+                    remote_as,
+                    passive,
+                    password: password.clone(),
+                    source: (spec.source_address.as_deref() != Some("None")).then_some(own),
+                    restart_time: spec.max_restart_time.as_ref().map(seconds),
+                    keepalive: spec.keepalive_time.as_ref().map(seconds),
+                    allowas_in: spec.num_allowed_local_as_numbers,
+                    local_as: local_as_number,
+                    ttl_security: spec.ttl_security.filter(|t| *t > 0),
+                    next_hop_self,
+                    rr_client,
+                    kind: if global_peering { "Global" } else { "Node" },
+                    filtered: spec.filters.as_ref().is_some_and(|f| !f.is_empty()),
+                });
+            }
+        }
+
+        // The configuration file.
+        let mut file = Table::new();
+        let mut global_table = Table::new();
+        global_table.insert("asn".into(), Value::Integer(local_as.into()));
+        global_table.insert("router_id".into(), Value::String(router_id.to_string()));
+        let bind_node_ip = global.bind_mode.as_deref() == Some("NodeIP");
+        let mut listen = Vec::new();
+        for own in [own_v4, own_v6].into_iter().flatten() {
+            let address = if bind_node_ip {
+                own
+            } else if own.is_ipv4() {
+                IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+            } else {
+                IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)
+            };
+            listen.push(Value::String(SocketAddr::new(address, port).to_string()));
+        }
+        global_table.insert("listen".into(), Value::Array(listen));
+        if let Some(cluster) = own_cluster {
+            if cluster.is_ipv4() {
+                global_table.insert("cluster_id".into(), Value::String(cluster.to_string()));
+            } else {
+                rendered.warnings.push(format!(
+                    "Node {node_name}: routeReflectorClusterID {cluster} is not an IPv4 address; the router ID is used"
+                ));
+            }
+        }
+        // ECMP: several nodes may announce the same (borrowed) prefix.
+        global_table.insert("max_paths".into(), Value::Integer(16));
+        // Calico's export filter is the policy towards eBGP peers too.
+        global_table.insert("ebgp_requires_policy".into(), Value::Boolean(true));
+        file.insert("global".into(), Value::Table(global_table));
+
+        let mut seen = BTreeSet::new();
+        let mut neighbors = Vec::new();
+        for session in sessions {
+            if !seen.insert(session.address) {
+                rendered.warnings.push(format!(
+                    "{} {}: already a neighbour through an earlier peering; skipped",
+                    session.kind, session.address
+                ));
+                continue;
+            }
+            neighbors.push(Value::Table(neighbor_table(&session, local_as)));
+        }
+        file.insert("neighbor".into(), Value::Array(neighbors));
+
+        // What is originated: each block once, borrowed addresses as host routes.
+        let advertisements = local
+            .and_then(|c| c.prefix_advertisements.clone())
+            .or_else(|| global.prefix_advertisements.clone())
+            .unwrap_or_default();
+        let named: BTreeMap<String, String> = global
+            .communities
+            .iter()
+            .flatten()
+            .filter_map(|c| Some((c.name.clone()?, c.value.clone()?)))
+            .collect();
+        let mut originate = Vec::new();
+        let blocks = rendered.blackholes.clone();
+        for prefix in blocks.iter().chain(
+            borrowed
+                .iter()
+                .filter(|b| !blocks.iter().any(|block| block.contains(*b))),
+        ) {
+            let mut entry = Table::new();
+            entry.insert("prefix".into(), Value::String(prefix.to_string()));
+            entry.insert(
+                "local_pref".into(),
+                Value::Integer(NORMAL_LOCAL_PREF.into()),
+            );
+            let mut communities = Vec::new();
+            for advertisement in &advertisements {
+                let Some(cidr) = advertisement.cidr.as_ref() else {
+                    continue;
+                };
+                if !cidr.0.contains(prefix) {
+                    continue;
+                }
+                for community in advertisement.communities.iter().flatten() {
+                    let value = named.get(community).unwrap_or(community);
+                    if !communities.contains(value) {
+                        communities.push(value.clone());
+                    }
+                }
+            }
+            if !communities.is_empty() {
+                entry.insert(
+                    "communities".into(),
+                    Value::Array(communities.into_iter().map(Value::String).collect()),
+                );
+            }
+            originate.push(Value::Table(entry));
+        }
+        file.insert("originate".into(), Value::Array(originate));
+
+        // Export: only what lies in a pool that exports; import: everything.
+        let mut rules = Vec::new();
+        let mut encapsulated = Vec::new();
+        for pool in self.pools.values() {
+            let Some(cidr) = pool.spec.cidr.as_ref().map(|c| c.0.trunc()) else {
+                continue;
+            };
+            let encap = |mode: Option<EncapMode>| mode.is_some_and(|m| m != EncapMode::Never);
+            if encap(pool.spec.vxlan_mode) || encap(pool.spec.ipip_mode) {
+                encapsulated.push(Value::String(cidr.to_string()));
+            }
+            if pool.spec.disabled == Some(true) || pool.spec.disable_bgp_export == Some(true) {
+                continue;
+            }
+            let mut rule = Table::new();
+            rule.insert(
+                "prefix".into(),
+                Value::Array(vec![Value::String(format!(
+                    "{cidr} le {}",
+                    cidr.max_prefix_len()
+                ))]),
+            );
+            rule.insert("action".into(), Value::String("accept".into()));
+            rules.push(Value::Table(rule));
+        }
+        let mut filter = Table::new();
+        filter.insert("name".into(), Value::String(EXPORT_FILTER.into()));
+        filter.insert("default".into(), Value::String("reject".into()));
+        filter.insert("rule".into(), Value::Array(rules));
+        file.insert("filter".into(), Value::Array(vec![Value::Table(filter)]));
+
+        let mut kernel = Table::new();
+        kernel.insert("table".into(), Value::Integer(254));
+        kernel.insert("metric".into(), Value::Integer(NORMAL_METRIC.into()));
+        kernel.insert("exclude".into(), Value::Array(encapsulated));
+        file.insert("kernel".into(), Value::Table(kernel));
+
+        let text = toml::to_string(&file).expect("a TOML table serializes");
+        rendered.config = Some(format!(
+            "# Written by twill-node for node {node_name:?} from the datastore's Node, \
+             BGPConfiguration, BGPPeer, IPPool and BlockAffinity resources; changes here are \
+             overwritten.\n{text}"
+        ));
+        rendered
+    }
+}
+
+fn neighbor_table(session: &Session, local_as: u32) -> Table {
+    let mut table = Table::new();
+    table.insert("address".into(), Value::String(session.address.to_string()));
+    table.insert(
+        "remote_asn".into(),
+        Value::Integer(session.remote_as.into()),
+    );
+    table.insert(
+        "description".into(),
+        Value::String(protocol_name(session.kind, session.address, session.port)),
+    );
+    if session.port != 179 {
+        table.insert("port".into(), Value::Integer(session.port.into()));
+    }
+    table.insert("passive".into(), Value::Boolean(session.passive));
+    if let Some(password) = &session.password {
+        table.insert("password".into(), Value::String(password.clone()));
+    }
+    if let Some(source) = session.source {
+        table.insert("source_address".into(), Value::String(source.to_string()));
+    }
+    let family = if session.address.is_ipv4() {
+        "ipv4-unicast"
+    } else {
+        "ipv6-unicast"
+    };
+    table.insert(
+        "families".into(),
+        Value::Array(vec![Value::String(family.into())]),
+    );
+    table.insert("graceful_restart".into(), Value::Boolean(true));
+    if let Some(restart) = session.restart_time {
+        table.insert(
+            "restart_time".into(),
+            Value::Integer(restart.min(4095) as i64),
+        );
+    }
+    if let Some(keepalive) = session.keepalive {
+        table.insert(
+            "keepalive_time".into(),
+            Value::Integer(keepalive.clamp(1, u64::from(u16::MAX)) as i64),
+        );
+    }
+    if let Some(allow) = session.allowas_in {
+        table.insert(
+            "allowas_in".into(),
+            Value::Integer(i64::from(allow.min(10))),
+        );
+    }
+    if let Some(local) = session.local_as {
+        table.insert("local_as".into(), Value::Integer(local.into()));
+    }
+    // Calico: `ttl security on; multihop N`, else `ttl security off; multihop` (any distance).
+    match session.ttl_security {
+        Some(hops) => {
+            table.insert("ttl_security".into(), Value::Boolean(true));
+            table.insert("multihop".into(), Value::Integer(hops.into()));
+        }
+        None => {
+            table.insert("multihop".into(), Value::Integer(64));
+        }
+    }
+    if session.next_hop_self {
+        table.insert("next_hop_self".into(), Value::Boolean(true));
+    }
+    if session.rr_client && session.remote_as == local_as {
+        table.insert("route_reflector_client".into(), Value::Boolean(true));
+    }
+    table.insert(
+        "import".into(),
+        Value::Array(vec![Value::String(
+            if session.filtered { "none" } else { "all" }.into(),
+        )]),
+    );
+    table.insert(
+        "export".into(),
+        Value::Array(vec![Value::String(
+            if session.filtered {
+                "none"
+            } else {
+                EXPORT_FILTER
+            }
+            .into(),
+        )]),
+    );
+    table
+}
+
+/// Calico's protocol names, which `node status` reads the peer type from: `Mesh_10_0_0_1`,
+/// `Global_…`, `Node_…`, with `_port_N` for a port other than 179.
+fn protocol_name(kind: &str, address: IpAddr, port: u16) -> String {
+    let mut name = format!("{kind}_{}", address.to_string().replace(['.', ':'], "_"));
+    if port != 179 {
+        name.push_str(&format!("_port_{port}"));
+    }
+    name
+}
+
+/// `IP`, `IP:port` or `[IPv6]:port`.
+fn peer_address(text: &str) -> Option<(IpAddr, Option<u16>)> {
+    if let Ok(address) = text.parse::<IpAddr>() {
+        return Some((address, None));
+    }
+    let socket: SocketAddr = text.parse().ok()?;
+    Some((socket.ip(), Some(socket.port())))
+}
+
+fn seconds(duration: &twill_shared::resource::fields::Duration) -> u64 {
+    (duration.nanos / 1_000_000_000) as u64
+}
+
+fn password(
+    password: &BgpPassword,
+    secrets: &dyn Secrets,
+    what: &str,
+    warnings: &mut Vec<String>,
+) -> Option<String> {
+    let SecretKeyRef { name, key } = password.secret_key_ref.as_ref()?;
+    let (Some(name), Some(key)) = (name, key) else {
+        warnings.push(format!("{what}: password secretKeyRef needs name and key"));
+        return None;
+    };
+    let value = secrets.get(name, key);
+    if value.is_none() {
+        warnings.push(format!(
+            "{what}: secret {name}/{key} cannot be read; the session is configured without a password and will not come up with a peer that wants one"
+        ));
+    }
+    value
+}
+
+/// A stable router ID for a node with no IPv4 address (Calico's `CALICO_ROUTER_ID=hash`
+/// idea): FNV-1a of the name, never 0.0.0.0.
+pub fn hashed_router_id(name: &str) -> Ipv4Addr {
+    let mut hash: u32 = 0x811c_9dc5;
+    for byte in name.bytes() {
+        hash ^= u32::from(byte);
+        hash = hash.wrapping_mul(0x0100_0193);
+    }
+    Ipv4Addr::from(hash.max(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use twill_shared::resource::document::parse_documents;
+    use twill_shared::resource::fields::Cidr;
+    use twill_shared::resource::Kind;
+
+    /// A cluster from YAML documents, plus blocks affine to nodes.
+    fn cluster(yaml: &str, blocks: &[(&str, &str)]) -> Cluster {
+        let mut cluster = Cluster::default();
+        for resource in parse_documents(yaml).expect("the test's documents are valid") {
+            let name = resource.meta().name.clone().unwrap();
+            assert!(cluster.update(resource.kind(), &name, Some(resource)));
+        }
+        for (index, (node, cidr)) in blocks.iter().enumerate() {
+            let affinity = Object {
+                api_version: "projectcalico.org/v3".into(),
+                kind: "BlockAffinity".into(),
+                spec: BlockAffinitySpec {
+                    state: Some("confirmed".into()),
+                    node: Some(node.to_string()),
+                    cidr: Some(Cidr(cidr.parse().unwrap())),
+                    ..BlockAffinitySpec::default()
+                },
+                ..Object::default()
+            };
+            cluster.update(
+                Kind::BlockAffinity,
+                &format!("a{index}"),
+                Some(Resource::BlockAffinity(affinity)),
+            );
+        }
+        cluster
+    }
+
+    fn node(name: &str, address: &str, extra: &str) -> String {
+        format!(
+            "---\napiVersion: projectcalico.org/v3\nkind: Node\nmetadata:\n  name: {name}\n{extra}spec:\n  bgp:\n    ipv4Address: {address}/24\n"
+        )
+    }
+
+    const POOL: &str = "---\napiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata:\n  name: pods\nspec:\n  cidr: 10.90.0.0/16\n";
+
+    /// The rendered file, checked by twill-bgpd's own parser, as a TOML table.
+    fn render(cluster: &Cluster, node: &str) -> (Table, Rendered) {
+        let secrets: BTreeMap<(String, String), String> = [(
+            ("bgp".to_string(), "mesh".to_string()),
+            "s3cret".to_string(),
+        )]
+        .into();
+        let rendered = cluster.render(node, &[], &secrets);
+        let text = rendered.config.clone().expect("the node speaks BGP");
+        crate::config::DaemonConfig::parse(&text)
+            .unwrap_or_else(|e| panic!("twill-bgpd refuses the rendering: {e}\n{text}"));
+        (text.parse::<Table>().unwrap(), rendered)
+    }
+
+    fn neighbors(table: &Table) -> BTreeMap<String, Table> {
+        table["neighbor"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| {
+                let n = n.as_table().unwrap().clone();
+                (n["address"].as_str().unwrap().to_string(), n)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_mesh_has_one_active_side_per_pair_by_string_comparison() {
+        // "10.0.0.10" < "10.0.0.9" as strings (Calico's Go comparison), the reverse of the
+        // numeric order: the node at .10 is the passive one towards .9.
+        let yaml = [
+            node("a", "10.0.0.9", ""),
+            node("b", "10.0.0.10", ""),
+            POOL.into(),
+        ]
+        .concat();
+        let cluster = cluster(&yaml, &[]);
+        let (a, _) = render(&cluster, "a");
+        let (b, _) = render(&cluster, "b");
+        let a_to_b = &neighbors(&a)["10.0.0.10"];
+        let b_to_a = &neighbors(&b)["10.0.0.9"];
+        assert_eq!(a_to_b["passive"].as_bool(), Some(false));
+        assert_eq!(b_to_a["passive"].as_bool(), Some(true));
+        assert_eq!(a_to_b["remote_asn"].as_integer(), Some(64512));
+        assert_eq!(a_to_b["source_address"].as_str(), Some("10.0.0.9"));
+        assert_eq!(a_to_b["description"].as_str(), Some("Mesh_10_0_0_10"));
+        assert_eq!(a["global"]["router_id"].as_str(), Some("10.0.0.9"));
+        assert_eq!(a["global"]["asn"].as_integer(), Some(64512));
+    }
+
+    #[test]
+    fn mesh_settings_come_from_the_default_bgp_configuration() {
+        let yaml = [
+            node("a", "10.0.0.1", ""),
+            node("b", "10.0.0.2", ""),
+            POOL.into(),
+            "---\napiVersion: projectcalico.org/v3\nkind: BGPConfiguration\nmetadata:\n  name: default\nspec:\n  asNumber: 65100\n  \
+             listenPort: 1790\n  nodeMeshPassword:\n    secretKeyRef: {name: bgp, key: mesh}\n  nodeMeshMaxRestartTime: 300s\n"
+                .into(),
+        ]
+        .concat();
+        let (a, rendered) = render(&cluster(&yaml, &[]), "a");
+        let b = &neighbors(&a)["10.0.0.2"];
+        assert_eq!(a["global"]["asn"].as_integer(), Some(65100));
+        assert_eq!(
+            a["global"]["listen"].as_array().unwrap()[0].as_str(),
+            Some("0.0.0.0:1790")
+        );
+        assert_eq!(b["port"].as_integer(), Some(1790));
+        assert_eq!(b["password"].as_str(), Some("s3cret"));
+        assert_eq!(b["restart_time"].as_integer(), Some(300));
+        assert_eq!(b["description"].as_str(), Some("Mesh_10_0_0_2_port_1790"));
+        assert!(rendered.warnings.is_empty(), "{:?}", rendered.warnings);
+    }
+
+    #[test]
+    fn the_mesh_can_be_turned_off() {
+        let yaml = [
+            node("a", "10.0.0.1", ""),
+            node("b", "10.0.0.2", ""),
+            "---\napiVersion: projectcalico.org/v3\nkind: BGPConfiguration\nmetadata:\n  name: default\nspec:\n  nodeToNodeMeshEnabled: false\n".into(),
+        ]
+        .concat();
+        let (a, _) = render(&cluster(&yaml, &[]), "a");
+        assert!(neighbors(&a).is_empty());
+    }
+
+    /// Calico's usual route reflector setup (its golden test explicit_peering/route_reflector):
+    /// reflectors labelled and given a cluster ID, the mesh off, reflectors peering with
+    /// non-reflectors and with each other.
+    #[test]
+    fn route_reflection_is_derived_from_cluster_ids() {
+        let rr = "  labels:\n    route-reflector: \"true\"\n";
+        let yaml = [
+            node("rr1", "10.0.0.1", rr).replace("    ipv4Address", "    routeReflectorClusterID: 224.0.0.1\n    ipv4Address"),
+            node("rr2", "10.0.0.2", rr).replace("    ipv4Address", "    routeReflectorClusterID: 224.0.0.1\n    ipv4Address"),
+            node("c1", "10.0.0.3", ""),
+            node("c2", "10.0.0.4", ""),
+            POOL.into(),
+            "---\napiVersion: projectcalico.org/v3\nkind: BGPConfiguration\nmetadata:\n  name: default\nspec:\n  nodeToNodeMeshEnabled: false\n".into(),
+            "---\napiVersion: projectcalico.org/v3\nkind: BGPPeer\nmetadata:\n  name: rr-to-clients\nspec:\n  nodeSelector: has(route-reflector)\n  peerSelector: \"!has(route-reflector)\"\n".into(),
+            "---\napiVersion: projectcalico.org/v3\nkind: BGPPeer\nmetadata:\n  name: clients-to-rr\nspec:\n  nodeSelector: \"!has(route-reflector)\"\n  peerSelector: has(route-reflector)\n".into(),
+            "---\napiVersion: projectcalico.org/v3\nkind: BGPPeer\nmetadata:\n  name: rr-mesh\nspec:\n  nodeSelector: has(route-reflector)\n  peerSelector: has(route-reflector)\n".into(),
+        ]
+        .concat();
+        let cluster = cluster(&yaml, &[]);
+        let (rr1, _) = render(&cluster, "rr1");
+        assert_eq!(rr1["global"]["cluster_id"].as_str(), Some("224.0.0.1"));
+        let rr1_neighbors = neighbors(&rr1);
+        let mut addresses: Vec<&String> = rr1_neighbors.keys().collect();
+        addresses.sort();
+        assert_eq!(addresses, ["10.0.0.2", "10.0.0.3", "10.0.0.4"]);
+        for client in ["10.0.0.3", "10.0.0.4"] {
+            let n = &rr1_neighbors[client];
+            assert_eq!(
+                n["route_reflector_client"].as_bool(),
+                Some(true),
+                "{client}"
+            );
+            // Node-specific peerings: both sides active (collision resolution).
+            assert_eq!(n["passive"].as_bool(), Some(false));
+            assert_eq!(
+                n["description"].as_str(),
+                Some(format!("Node_{}", client.replace('.', "_")).as_str())
+            );
+        }
+        // Reflectors of one cluster are not each other's clients.
+        assert!(rr1_neighbors["10.0.0.2"]
+            .get("route_reflector_client")
+            .is_none());
+        let (c1, _) = render(&cluster, "c1");
+        let c1_neighbors = neighbors(&c1);
+        let mut addresses: Vec<&String> = c1_neighbors.keys().collect();
+        addresses.sort();
+        assert_eq!(addresses, ["10.0.0.1", "10.0.0.2"]);
+        assert!(c1_neighbors
+            .values()
+            .all(|n| n.get("route_reflector_client").is_none()));
+        assert!(c1["global"].get("cluster_id").is_none());
+    }
+
+    #[test]
+    fn with_the_mesh_on_reflectors_are_left_out_of_it() {
+        let yaml = [
+            node("rr", "10.0.0.1", "").replace(
+                "    ipv4Address",
+                "    routeReflectorClusterID: 224.0.0.1\n    ipv4Address",
+            ),
+            node("a", "10.0.0.2", ""),
+            node("b", "10.0.0.3", ""),
+        ]
+        .concat();
+        let cluster = cluster(&yaml, &[]);
+        let (a, _) = render(&cluster, "a");
+        assert_eq!(neighbors(&a).keys().collect::<Vec<_>>(), ["10.0.0.3"]);
+        let (rr, _) = render(&cluster, "rr");
+        assert!(neighbors(&rr).is_empty());
+    }
+
+    #[test]
+    fn explicit_peers_follow_node_and_selector_scoping() {
+        let yaml = [
+            node("a", "10.0.0.1", "  labels:\n    rack: r1\n"),
+            node("b", "10.0.0.2", "  labels:\n    rack: r2\n"),
+            POOL.into(),
+            "---\napiVersion: projectcalico.org/v3\nkind: BGPPeer\nmetadata:\n  name: tor-r1\nspec:\n  nodeSelector: rack == 'r1'\n  \
+             peerIP: 198.18.0.1:1179\n  asNumber: 65000\n  keepaliveTime: 10s\n  maxRestartTime: 60s\n  ttlSecurity: 1\n  \
+             numAllowedLocalASNumbers: 2\n  reachableBy: 10.0.0.254\n  sourceAddress: None\n".into(),
+            "---\napiVersion: projectcalico.org/v3\nkind: BGPPeer\nmetadata:\n  name: only-b\nspec:\n  node: b\n  peerIP: 198.18.0.9\n  asNumber: 65009\n  localASNumber: 65555\n".into(),
+        ]
+        .concat();
+        let cluster = cluster(&yaml, &[]);
+        let (a, rendered) = render(&cluster, "a");
+        let a_neighbors = neighbors(&a);
+        let tor = &a_neighbors["198.18.0.1"];
+        assert_eq!(tor["port"].as_integer(), Some(1179));
+        assert_eq!(tor["remote_asn"].as_integer(), Some(65000));
+        assert_eq!(tor["keepalive_time"].as_integer(), Some(10));
+        assert_eq!(tor["restart_time"].as_integer(), Some(60));
+        assert_eq!(tor["ttl_security"].as_bool(), Some(true));
+        assert_eq!(tor["multihop"].as_integer(), Some(1));
+        assert_eq!(tor["allowas_in"].as_integer(), Some(2));
+        assert!(tor.get("source_address").is_none());
+        assert_eq!(tor["passive"].as_bool(), Some(false));
+        assert_eq!(
+            tor["export"].as_array().unwrap()[0].as_str(),
+            Some("calico_export")
+        );
+        assert!(!a_neighbors.contains_key("198.18.0.9"));
+        assert!(rendered.static_routes.contains(&(
+            "198.18.0.1/32".parse().unwrap(),
+            "10.0.0.254".parse().unwrap()
+        )));
+        let (b, _) = render(&cluster, "b");
+        let b_neighbors = neighbors(&b);
+        assert!(!b_neighbors.contains_key("198.18.0.1"));
+        assert_eq!(
+            b_neighbors["198.18.0.9"]["local_as"].as_integer(),
+            Some(65555)
+        );
+    }
+
+    #[test]
+    fn a_global_peering_to_another_node_takes_the_passive_rule() {
+        let yaml = [
+            node("a", "10.0.0.9", ""),
+            node("b", "10.0.0.10", ""),
+            "---\napiVersion: projectcalico.org/v3\nkind: BGPConfiguration\nmetadata:\n  name: default\nspec:\n  nodeToNodeMeshEnabled: false\n".into(),
+            "---\napiVersion: projectcalico.org/v3\nkind: BGPPeer\nmetadata:\n  name: to-b\nspec:\n  peerIP: 10.0.0.10\n  asNumber: 64512\n".into(),
+            "---\napiVersion: projectcalico.org/v3\nkind: BGPPeer\nmetadata:\n  name: to-a\nspec:\n  peerIP: 10.0.0.9\n  asNumber: 64512\n".into(),
+        ]
+        .concat();
+        let cluster = cluster(&yaml, &[]);
+        let (a, _) = render(&cluster, "a");
+        let (b, _) = render(&cluster, "b");
+        assert_eq!(neighbors(&a)["10.0.0.10"]["passive"].as_bool(), Some(false));
+        assert_eq!(neighbors(&b)["10.0.0.9"]["passive"].as_bool(), Some(true));
+    }
+
+    #[test]
+    fn blocks_are_originated_with_blackholes_communities_and_calicos_local_pref() {
+        let yaml = [
+            node("a", "10.0.0.1", ""),
+            POOL.into(),
+            "---\napiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata:\n  name: quiet\nspec:\n  cidr: 10.91.0.0/16\n  disableBGPExport: true\n  vxlanMode: Always\n".into(),
+            "---\napiVersion: projectcalico.org/v3\nkind: BGPConfiguration\nmetadata:\n  name: default\nspec:\n  \
+             communities:\n  - name: pods\n    value: 65001:100\n  prefixAdvertisements:\n  - cidr: 10.90.0.0/16\n    \
+             communities: [pods, \"65001:1:2\"]\n".into(),
+        ]
+        .concat();
+        let cluster = cluster(
+            &yaml,
+            &[
+                ("a", "10.90.1.0/26"),
+                ("a", "10.91.0.0/26"),
+                ("b", "10.90.2.0/26"),
+            ],
+        );
+        let secrets: BTreeMap<(String, String), String> = BTreeMap::new();
+        let borrowed: Vec<IpNet> = vec![
+            "10.90.2.7/32".parse().unwrap(),
+            "10.90.1.5/32".parse().unwrap(),
+        ];
+        let rendered = cluster.render("a", &borrowed, &secrets);
+        let text = rendered.config.clone().unwrap();
+        let config = crate::config::DaemonConfig::parse(&text).unwrap();
+        let originated: Vec<String> = config.originate.keys().map(ToString::to_string).collect();
+        // Own blocks, and the borrowed address outside them; not the one inside a block.
+        assert_eq!(originated, ["10.90.1.0/26", "10.90.2.7/32", "10.91.0.0/26"]);
+        let block = &config.originate[&"10.90.1.0/26".parse().unwrap()];
+        assert_eq!(block.local_pref, Some(2_147_482_623));
+        assert_eq!(block.communities, vec![(65001 << 16) | 100]);
+        assert_eq!(block.large_communities, vec![(65001, 1, 2)]);
+        assert!(config.originate[&"10.91.0.0/26".parse().unwrap()]
+            .communities
+            .is_empty());
+        assert_eq!(
+            rendered
+                .blackholes
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>(),
+            ["10.90.1.0/26", "10.91.0.0/26"]
+        );
+        // Export: the exporting pool only. Kernel: the VXLAN pool is the encapsulation's.
+        let table: Table = text.parse().unwrap();
+        let rules = table["filter"][0]["rule"].as_array().unwrap();
+        assert_eq!(rules.len(), 1);
+        assert_eq!(rules[0]["prefix"][0].as_str(), Some("10.90.0.0/16 le 32"));
+        assert_eq!(
+            config.kernel.unwrap().exclude,
+            vec!["10.91.0.0/16".parse::<IpNet>().unwrap()]
+        );
+    }
+
+    #[test]
+    fn a_node_without_a_bgp_address_speaks_no_bgp_but_keeps_its_blackholes() {
+        let yaml =
+            "---\napiVersion: projectcalico.org/v3\nkind: Node\nmetadata:\n  name: a\nspec: {}\n";
+        let cluster = cluster(yaml, &[("a", "10.90.1.0/26")]);
+        let rendered = cluster.render("a", &[], &BTreeMap::new());
+        assert!(rendered.config.is_none());
+        assert_eq!(rendered.blackholes.len(), 1);
+        assert!(cluster
+            .render("missing", &[], &BTreeMap::new())
+            .config
+            .is_none());
+    }
+
+    #[test]
+    fn a_peering_with_bgp_filters_fails_closed_and_says_so() {
+        let yaml = [
+            node("a", "10.0.0.1", ""),
+            "---\napiVersion: projectcalico.org/v3\nkind: BGPPeer\nmetadata:\n  name: tor\nspec:\n  peerIP: 198.18.0.1\n  asNumber: 65000\n  filters: [only-pods]\n".into(),
+        ]
+        .concat();
+        let (a, rendered) = render(&cluster(&yaml, &[]), "a");
+        let tor = &neighbors(&a)["198.18.0.1"];
+        assert_eq!(tor["import"][0].as_str(), Some("none"));
+        assert_eq!(tor["export"][0].as_str(), Some("none"));
+        assert!(rendered.warnings.iter().any(|w| w.contains("BGPFilters")));
+    }
+
+    #[test]
+    fn a_password_that_cannot_be_read_is_reported() {
+        let yaml = [
+            node("a", "10.0.0.1", ""),
+            "---\napiVersion: projectcalico.org/v3\nkind: BGPPeer\nmetadata:\n  name: tor\nspec:\n  peerIP: 198.18.0.1\n  asNumber: 65000\n  password:\n    secretKeyRef: {name: nope, key: k}\n".into(),
+        ]
+        .concat();
+        let (_, rendered) = render(&cluster(&yaml, &[]), "a");
+        assert!(
+            rendered.warnings.iter().any(|w| w.contains("nope/k")),
+            "{:?}",
+            rendered.warnings
+        );
+    }
+
+    #[test]
+    fn hashed_router_ids_are_stable_and_never_zero() {
+        assert_eq!(hashed_router_id("node-1"), hashed_router_id("node-1"));
+        assert_ne!(hashed_router_id("node-1"), hashed_router_id("node-2"));
+        assert!(!hashed_router_id("").is_unspecified());
+    }
+}
