@@ -158,6 +158,28 @@ impl Cluster {
         self.nodes.get(name)
     }
 
+    /// Every Node resource, by name.
+    pub fn nodes(&self) -> impl Iterator<Item = (&String, &Object<NodeSpec>)> {
+        self.nodes.iter()
+    }
+
+    /// Every block with the node it is affine to (as [`Cluster::blocks_of`] counts them).
+    pub fn all_blocks(&self) -> Vec<(IpNet, String)> {
+        let owners: BTreeSet<&String> = self
+            .affinities
+            .values()
+            .filter_map(|a| a.spec.node.as_ref())
+            .collect();
+        owners
+            .into_iter()
+            .flat_map(|node| {
+                self.blocks_of(node)
+                    .into_iter()
+                    .map(move |block| (block, node.clone()))
+            })
+            .collect()
+    }
+
     /// The IP pools.
     pub fn pools(&self) -> impl Iterator<Item = &Object<IpPoolSpec>> {
         self.pools.values()

@@ -69,6 +69,10 @@ enum LabCommand {
         /// How pods reach other nodes: none (BGP-routed), vxlan, vxlan-cross-subnet.
         #[arg(long, default_value = "none", conflicts_with = "policy_only")]
         encap: String,
+        /// Underlay subnets (198.18.K.0/24, routed by the underlay namespace); nodes are
+        /// spread over them (for CrossSubnet encapsulation).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=8))]
+        subnets: u8,
     },
     /// The top-of-rack router.
     Tor {
@@ -196,6 +200,7 @@ pub async fn run(args: LabArgs, datastore_flag: Option<String>) -> Result<(), Fa
             policy_only,
             tor,
             encap,
+            subnets,
         } => {
             let tor = tor
                 .map(|t| t.parse::<twill_lab::tor::TorKind>())
@@ -222,6 +227,7 @@ pub async fn run(args: LabArgs, datastore_flag: Option<String>) -> Result<(), Fa
                 policy_only,
                 tor,
                 encap: Some(encap),
+                subnets: usize::from(subnets),
             };
             let state = lab.up(options).await?;
             println!(

@@ -1,5 +1,428 @@
-//! twill-ipip: Twill's encapsulation.
+//! twill-ipip: Twill's encapsulation between nodes, as Calico's felix does it.
 //!
-//! This crate will own the IP-in-IP (tunl0) and VXLAN (`vxlan.twill`) devices, the
-//! per-remote-node FDB, neighbour and route entries, the CrossSubnet decision and MTU
-//! detection. Nothing is implemented yet; see the project's issues.
+//! [`plan`] is the pure core: the cluster's nodes (underlay address, VTEP address and MAC),
+//! pools (their VXLAN / IP-in-IP mode) and blocks (which node each is affine to) in, this
+//! node's desired state out: the VXLAN device (`vxlan.twill`, VNI 4096, UDP 4789, learning
+//! off), one FDB entry (remote VTEP MAC → remote underlay address) and one permanent
+//! neighbour entry (remote VTEP address → MAC) per remote node, and a route per remote
+//! block: through the device to the remote VTEP (on-link) — or, for a `CrossSubnet` pool and
+//! a node in this node's underlay subnet, straight to the node's underlay address. IP-in-IP
+//! has the same shape over `tunl0`, which needs the kernel's ipip module: [`Plan::ipip_blocks`]
+//! lists what it would carry so the edge can report that it cannot.
+//!
+//! The edge that writes it (rtnetlink) is in twill-node; it owns the routes by protocol 212.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr};
+
+use ipnet::IpNet;
+
+/// The VXLAN device's name (IPv4).
+pub const VXLAN_DEVICE: &str = "vxlan.twill";
+/// The IPv6 VXLAN device's name.
+pub const VXLAN_DEVICE_V6: &str = "vxlan-v6.twill";
+/// Calico's VXLAN network identifier.
+pub const VXLAN_VNI: u32 = 4096;
+/// The IANA VXLAN port.
+pub const VXLAN_PORT: u16 = 4789;
+/// What VXLAN adds to a packet over IPv4: outer IPv4 (20) + UDP (8) + VXLAN (8) + inner
+/// Ethernet (14).
+pub const VXLAN_OVERHEAD: u32 = 50;
+/// What IP-in-IP adds: the outer IPv4 header.
+pub const IPIP_OVERHEAD: u32 = 20;
+
+/// How a pool's traffic between nodes is carried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Not encapsulated (BGP-routed).
+    Never,
+    /// Always encapsulated.
+    Always,
+    /// Encapsulated only towards nodes in another underlay subnet.
+    CrossSubnet,
+}
+
+/// A node as the encapsulation sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeInfo {
+    /// Its name.
+    pub name: String,
+    /// Its underlay IPv4 address with the subnet's prefix length (Node `bgp.ipv4Address`).
+    pub underlay: Option<ipnet::Ipv4Net>,
+    /// Its VXLAN tunnel address.
+    pub vtep: Option<Ipv4Addr>,
+    /// Its VXLAN device's MAC.
+    pub vtep_mac: Option<[u8; 6]>,
+}
+
+/// A pool as the encapsulation sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolInfo {
+    /// Its CIDR.
+    pub cidr: IpNet,
+    /// VXLAN mode.
+    pub vxlan: Mode,
+    /// IP-in-IP mode.
+    pub ipip: Mode,
+}
+
+/// The VXLAN device this node needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Device {
+    /// The local VTEP address (on the device, /32).
+    pub address: Ipv4Addr,
+    /// The device's MAC.
+    pub mac: [u8; 6],
+    /// The underlay address the tunnel is sourced from.
+    pub local: Ipv4Addr,
+}
+
+/// Where a remote block is sent.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Via {
+    /// Through the VXLAN device to this VTEP address (on-link).
+    Vxlan(Ipv4Addr),
+    /// Straight over the underlay to the node's address (CrossSubnet, same subnet).
+    Underlay(Ipv4Addr),
+}
+
+/// This node's desired encapsulation state.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// The VXLAN device, when some pool uses VXLAN and this node has its VTEP.
+    pub device: Option<Device>,
+    /// FDB: remote VTEP MAC → remote underlay address.
+    pub fdb: BTreeMap<[u8; 6], Ipv4Addr>,
+    /// Neighbours: remote VTEP address → MAC.
+    pub neighbours: BTreeMap<Ipv4Addr, [u8; 6]>,
+    /// Routes to remote blocks.
+    pub routes: BTreeMap<IpNet, Via>,
+    /// Remote blocks in IP-in-IP pools (carried by `tunl0` where the kernel has it).
+    pub ipip_blocks: BTreeSet<IpNet>,
+    /// Why something could not be planned, in words.
+    pub warnings: Vec<String>,
+}
+
+/// Whether some IPv4 pool uses VXLAN (this node then needs a VTEP).
+pub fn needs_vxlan(pools: &[PoolInfo]) -> bool {
+    pools
+        .iter()
+        .any(|p| p.cidr.addr().is_ipv4() && p.vxlan != Mode::Never)
+}
+
+/// This node's plan. `blocks`: every block with the node it is affine to.
+pub fn plan(me: &str, nodes: &[NodeInfo], pools: &[PoolInfo], blocks: &[(IpNet, String)]) -> Plan {
+    let mut plan = Plan::default();
+    let Some(own) = nodes.iter().find(|n| n.name == me) else {
+        return plan;
+    };
+    let vxlan_in_use = needs_vxlan(pools);
+    if vxlan_in_use {
+        match (own.vtep, own.vtep_mac, own.underlay) {
+            (Some(address), Some(mac), Some(underlay)) => {
+                plan.device = Some(Device {
+                    address,
+                    mac,
+                    local: underlay.addr(),
+                });
+            }
+            (_, _, None) => plan.warnings.push(format!(
+                "node {me} has no IPv4 underlay address (bgp.ipv4Address): no VXLAN"
+            )),
+            _ => plan
+                .warnings
+                .push(format!("node {me} has no VXLAN tunnel address or MAC yet")),
+        }
+    }
+    let by_name: BTreeMap<&str, &NodeInfo> = nodes.iter().map(|n| (n.name.as_str(), n)).collect();
+    for (block, owner) in blocks {
+        if owner == me || !block.addr().is_ipv4() {
+            continue;
+        }
+        let Some(pool) = pools.iter().find(|p| p.cidr.contains(block)) else {
+            continue;
+        };
+        let Some(remote) = by_name.get(owner.as_str()) else {
+            continue;
+        };
+        let same_subnet = match (own.underlay, remote.underlay) {
+            (Some(own), Some(remote)) => own.trunc() == remote.trunc(),
+            _ => false,
+        };
+        match pool.vxlan {
+            Mode::Never => {}
+            Mode::CrossSubnet if same_subnet => {
+                if let Some(underlay) = remote.underlay {
+                    plan.routes.insert(*block, Via::Underlay(underlay.addr()));
+                }
+                continue;
+            }
+            Mode::Always | Mode::CrossSubnet => {
+                let (Some(vtep), Some(mac), Some(underlay)) =
+                    (remote.vtep, remote.vtep_mac, remote.underlay)
+                else {
+                    plan.warnings.push(format!(
+                        "node {owner} has no VTEP yet: its block {block} is not routed"
+                    ));
+                    continue;
+                };
+                if plan.device.is_none() {
+                    continue;
+                }
+                plan.fdb.insert(mac, underlay.addr());
+                plan.neighbours.insert(vtep, mac);
+                plan.routes.insert(*block, Via::Vxlan(vtep));
+                continue;
+            }
+        }
+        match pool.ipip {
+            Mode::Never => {}
+            Mode::CrossSubnet if same_subnet => {
+                if let Some(underlay) = remote.underlay {
+                    plan.routes.insert(*block, Via::Underlay(underlay.addr()));
+                }
+            }
+            Mode::Always | Mode::CrossSubnet => {
+                plan.ipip_blocks.insert(*block);
+            }
+        }
+    }
+    plan
+}
+
+/// A stable, locally administered unicast MAC for a node's VXLAN device, from its name
+/// (Calico picks one at random and stores it on the Node; deriving it means a node that
+/// lost its Node resource gets the same one back).
+pub fn vtep_mac(node: &str) -> [u8; 6] {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in node.bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    let bytes = hash.to_be_bytes();
+    // Locally administered (bit 1 set), unicast (bit 0 clear).
+    [
+        (bytes[0] & 0xfc) | 0x02,
+        bytes[1],
+        bytes[2],
+        bytes[3],
+        bytes[4],
+        bytes[5],
+    ]
+}
+
+/// `aa:bb:cc:dd:ee:ff`.
+pub fn format_mac(mac: &[u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// Parses `aa:bb:cc:dd:ee:ff`.
+pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = text.split(':');
+    for byte in &mut mac {
+        *byte = u8::from_str_radix(parts.next()?, 16).ok()?;
+    }
+    parts.next().is_none().then_some(mac)
+}
+
+/// The device MTU for an underlay MTU: minus the encapsulation's overhead.
+pub fn tunnel_mtu(underlay_mtu: u32, overhead: u32) -> u32 {
+    underlay_mtu.saturating_sub(overhead)
+}
+
+/// The IP-version-agnostic address of a plan's route target.
+pub fn via_address(via: &Via) -> IpAddr {
+    match via {
+        Via::Vxlan(a) | Via::Underlay(a) => IpAddr::V4(*a),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(name: &str, underlay: &str, vtep: Option<&str>) -> NodeInfo {
+        NodeInfo {
+            name: name.into(),
+            underlay: Some(underlay.parse().unwrap()),
+            vtep: vtep.map(|v| v.parse().unwrap()),
+            vtep_mac: vtep.map(|_| vtep_mac(name)),
+        }
+    }
+
+    fn pool(cidr: &str, vxlan: Mode) -> PoolInfo {
+        PoolInfo {
+            cidr: cidr.parse().unwrap(),
+            vxlan,
+            ipip: Mode::Never,
+        }
+    }
+
+    fn blocks(list: &[(&str, &str)]) -> Vec<(IpNet, String)> {
+        list.iter()
+            .map(|(b, n)| (b.parse().unwrap(), n.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn vxlan_always_routes_every_remote_block_through_the_device() {
+        let nodes = [
+            node("a", "198.18.0.11/24", Some("10.90.0.1")),
+            node("b", "198.18.0.12/24", Some("10.90.0.65")),
+            node("c", "198.18.1.13/24", Some("10.90.0.129")),
+        ];
+        let plan = plan(
+            "a",
+            &nodes,
+            &[pool("10.90.0.0/16", Mode::Always)],
+            &blocks(&[
+                ("10.90.0.0/26", "a"),
+                ("10.90.0.64/26", "b"),
+                ("10.90.0.128/26", "c"),
+                ("10.90.1.0/26", "b"),
+            ]),
+        );
+        let device = plan.device.as_ref().unwrap();
+        assert_eq!(device.address, "10.90.0.1".parse::<Ipv4Addr>().unwrap());
+        assert_eq!(device.local, "198.18.0.11".parse::<Ipv4Addr>().unwrap());
+        assert_eq!(plan.routes.len(), 3);
+        assert_eq!(
+            plan.routes[&"10.90.0.64/26".parse().unwrap()],
+            Via::Vxlan("10.90.0.65".parse().unwrap())
+        );
+        assert_eq!(
+            plan.routes[&"10.90.1.0/26".parse().unwrap()],
+            Via::Vxlan("10.90.0.65".parse().unwrap())
+        );
+        assert_eq!(
+            plan.routes[&"10.90.0.128/26".parse().unwrap()],
+            Via::Vxlan("10.90.0.129".parse().unwrap())
+        );
+        assert_eq!(
+            plan.fdb[&vtep_mac("b")],
+            "198.18.0.12".parse::<Ipv4Addr>().unwrap()
+        );
+        assert_eq!(
+            plan.fdb[&vtep_mac("c")],
+            "198.18.1.13".parse::<Ipv4Addr>().unwrap()
+        );
+        assert_eq!(
+            plan.neighbours[&"10.90.0.129".parse().unwrap()],
+            vtep_mac("c")
+        );
+        assert!(
+            !plan.routes.contains_key(&"10.90.0.0/26".parse().unwrap()),
+            "own block"
+        );
+    }
+
+    #[test]
+    fn cross_subnet_encapsulates_only_towards_other_subnets() {
+        let nodes = [
+            node("a", "198.18.0.11/24", Some("10.90.0.1")),
+            node("b", "198.18.0.12/24", Some("10.90.0.65")),
+            node("c", "198.18.1.13/24", Some("10.90.0.129")),
+        ];
+        let plan = plan(
+            "a",
+            &nodes,
+            &[pool("10.90.0.0/16", Mode::CrossSubnet)],
+            &blocks(&[("10.90.0.64/26", "b"), ("10.90.0.128/26", "c")]),
+        );
+        assert_eq!(
+            plan.routes[&"10.90.0.64/26".parse().unwrap()],
+            Via::Underlay("198.18.0.12".parse().unwrap())
+        );
+        assert_eq!(
+            plan.routes[&"10.90.0.128/26".parse().unwrap()],
+            Via::Vxlan("10.90.0.129".parse().unwrap())
+        );
+        assert!(
+            !plan.fdb.contains_key(&vtep_mac("b")),
+            "no tunnel entries for a node reached natively"
+        );
+        assert!(plan.fdb.contains_key(&vtep_mac("c")));
+    }
+
+    #[test]
+    fn pools_without_encapsulation_are_left_to_bgp() {
+        let nodes = [
+            node("a", "198.18.0.11/24", None),
+            node("b", "198.18.0.12/24", None),
+        ];
+        let plan = plan(
+            "a",
+            &nodes,
+            &[pool("10.90.0.0/16", Mode::Never)],
+            &blocks(&[("10.90.0.64/26", "b")]),
+        );
+        assert_eq!(plan, Plan::default());
+    }
+
+    #[test]
+    fn a_node_without_a_vtep_is_not_routed_and_is_reported() {
+        let nodes = [
+            node("a", "198.18.0.11/24", Some("10.90.0.1")),
+            node("b", "198.18.0.12/24", None),
+        ];
+        let plan = plan(
+            "a",
+            &nodes,
+            &[pool("10.90.0.0/16", Mode::Always)],
+            &blocks(&[("10.90.0.64/26", "b")]),
+        );
+        assert!(plan.routes.is_empty());
+        assert!(plan
+            .warnings
+            .iter()
+            .any(|w| w.contains("node b has no VTEP")));
+    }
+
+    #[test]
+    fn ipip_blocks_are_listed_for_the_edge() {
+        let nodes = [
+            node("a", "198.18.0.11/24", None),
+            node("b", "198.18.1.12/24", None),
+            node("c", "198.18.0.13/24", None),
+        ];
+        let pools = [PoolInfo {
+            cidr: "10.90.0.0/16".parse().unwrap(),
+            vxlan: Mode::Never,
+            ipip: Mode::CrossSubnet,
+        }];
+        let plan = plan(
+            "a",
+            &nodes,
+            &pools,
+            &blocks(&[("10.90.0.64/26", "b"), ("10.90.0.128/26", "c")]),
+        );
+        assert_eq!(
+            plan.ipip_blocks
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>(),
+            ["10.90.0.64/26"]
+        );
+        assert_eq!(
+            plan.routes[&"10.90.0.128/26".parse().unwrap()],
+            Via::Underlay("198.18.0.13".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn macs_are_stable_locally_administered_unicast_and_round_trip() {
+        let mac = vtep_mac("node-1");
+        assert_eq!(mac, vtep_mac("node-1"));
+        assert_ne!(mac, vtep_mac("node-2"));
+        assert_eq!(mac[0] & 0x03, 0x02);
+        assert_eq!(parse_mac(&format_mac(&mac)), Some(mac));
+        assert_eq!(parse_mac("ee:ee:ee:ee:ee"), None);
+        assert_eq!(parse_mac("zz:ee:ee:ee:ee:ee"), None);
+        assert_eq!(tunnel_mtu(1500, VXLAN_OVERHEAD), 1450);
+        assert_eq!(tunnel_mtu(9000, IPIP_OVERHEAD), 8980);
+    }
+}

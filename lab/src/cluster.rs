@@ -63,6 +63,9 @@ pub struct UpOptions {
     pub tor: Option<crate::tor::TorKind>,
     /// `none`, `vxlan`, `vxlan-cross-subnet` (see [`State::encap`]).
     pub encap: Option<String>,
+    /// Underlay subnets (at least 1): `198.18.K.0/24`, joined by the underlay namespace as
+    /// their router; nodes are spread over them.
+    pub subnets: usize,
 }
 
 /// One lab on this machine.
@@ -160,23 +163,32 @@ impl Lab {
     async fn build(&self, state: &mut State, options: &UpOptions) -> anyhow::Result<()> {
         let underlay = format!("{}underlay", self.prefix());
         named::add(&underlay).map_err(anyhow::Error::msg)?;
-        named::ip(&underlay, &["link", "add", "br0", "type", "bridge"])
+        // The underlay's router: every node's default gateway, the rack's router, and the
+        // router between the subnets.
+        let subnets = options.subnets.clamp(1, 8);
+        for subnet in 0..subnets {
+            let bridge = format!("br{subnet}");
+            named::ip(&underlay, &["link", "add", &bridge, "type", "bridge"])
+                .map_err(anyhow::Error::msg)?;
+            named::ip(&underlay, &["link", "set", &bridge, "up"]).map_err(anyhow::Error::msg)?;
+            named::ip(
+                &underlay,
+                &[
+                    "addr",
+                    "add",
+                    &format!("{}/24", gateway(subnet)),
+                    "dev",
+                    &bridge,
+                ],
+            )
             .map_err(anyhow::Error::msg)?;
-        named::ip(&underlay, &["link", "set", "br0", "up"]).map_err(anyhow::Error::msg)?;
-        // The underlay's router: every node's default gateway (and, later, the rack's).
-        named::ip(
-            &underlay,
-            &[
-                "addr",
-                "add",
-                &format!("{UNDERLAY_GATEWAY}/24"),
-                "dev",
-                "br0",
-            ],
-        )
-        .map_err(anyhow::Error::msg)?;
+        }
+        named::exec(&underlay, "sysctl", &["-qw", "net.ipv4.ip_forward=1"])
+            .map_err(anyhow::Error::msg)?;
         for index in 1..=options.nodes.max(1) {
-            state.nodes.push(self.add_node(&underlay, index)?);
+            state
+                .nodes
+                .push(self.add_node(&underlay, index, (index - 1) % subnets)?);
         }
         self.start_relays(state)?;
         let store = self.store(state).await?;
@@ -190,7 +202,6 @@ impl Lab {
                 kind,
                 &underlay,
                 &self.dir().join("tor"),
-                UNDERLAY_GATEWAY,
                 &state.nodes,
                 twill_bgpd_default_as(),
             )?;
@@ -294,6 +305,8 @@ impl Lab {
             .arg(&status)
             .arg("--run-dir")
             .arg(self.node_dir(&node.name))
+            .arg("--mtu-file")
+            .arg(self.node_dir(&node.name).join("mtu"))
             .env("TWILL_LOG", "info");
         use std::os::unix::process::CommandExt;
         command
@@ -484,10 +497,11 @@ impl Lab {
         )
     }
 
-    fn add_node(&self, underlay: &str, index: usize) -> anyhow::Result<NodeState> {
+    fn add_node(&self, underlay: &str, index: usize, subnet: usize) -> anyhow::Result<NodeState> {
         let name = format!("node-{index}");
         let netns = format!("{}{name}", self.prefix());
-        let address = format!("198.18.0.{}", 10 + index);
+        let address = format!("198.18.{subnet}.{}", 10 + index);
+        let bridge = format!("br{subnet}");
         let port = format!("n{index}");
         let step = |result: Result<std::process::Output, String>| {
             result.map(|_| ()).map_err(anyhow::Error::msg)
@@ -501,7 +515,7 @@ impl Lab {
         ))?;
         step(named::ip(
             underlay,
-            &["link", "set", &port, "master", "br0", "up"],
+            &["link", "set", &port, "master", &bridge, "up"],
         ))?;
         step(named::ip(
             &netns,
@@ -512,7 +526,7 @@ impl Lab {
         // the node can route it out another interface.
         step(named::ip(
             &netns,
-            &["route", "add", "default", "via", UNDERLAY_GATEWAY],
+            &["route", "add", "default", "via", &gateway(subnet)],
         ))?;
         for setting in ["net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"] {
             step(named::exec(&netns, "sysctl", &["-qw", setting]))?;
@@ -549,15 +563,29 @@ impl Lab {
             );
         }
         if options.tor.is_some() {
-            documents.push(
-                json!({"apiVersion": "projectcalico.org/v3", "kind": "BGPPeer",
-                "metadata": {"name": "rack"},
-                "spec": {"peerIP": UNDERLAY_GATEWAY, "asNumber": crate::tor::TOR_AS}}),
-            );
+            // Each subnet's nodes peer with the rack on their own subnet.
+            for subnet in 0..options.subnets.clamp(1, 8) {
+                documents.push(
+                    json!({"apiVersion": "projectcalico.org/v3", "kind": "BGPPeer",
+                    "metadata": {"name": format!("rack-subnet-{subnet}")},
+                    "spec": {"peerIP": gateway(subnet), "asNumber": crate::tor::TOR_AS,
+                        "nodeSelector": format!("twill.lab/subnet == '{subnet}'")}}),
+                );
+            }
         }
+        let (vxlan, ipip) = match state.encap.as_str() {
+            "vxlan" => ("Always", "Never"),
+            "vxlan-cross-subnet" => ("CrossSubnet", "Never"),
+            "ipip" => ("Never", "Always"),
+            "ipip-cross-subnet" => ("Never", "CrossSubnet"),
+            _ => ("Never", "Never"),
+        };
+        documents[0]["spec"]["vxlanMode"] = json!(vxlan);
+        documents[0]["spec"]["ipipMode"] = json!(ipip);
         for node in &state.nodes {
             documents.push(json!({"apiVersion": "projectcalico.org/v3", "kind": "Node",
-                "metadata": {"name": node.name, "labels": {"kubernetes.io/hostname": node.name}},
+                "metadata": {"name": node.name, "labels": {"kubernetes.io/hostname": node.name,
+                    "twill.lab/subnet": subnet_of(&node.address).to_string()}},
                 "spec": {"bgp": {"ipv4Address": format!("{}/24", node.address)}}}));
         }
         let text: String = documents.iter().map(|d| format!("---\n{d}\n")).collect();
@@ -614,7 +642,10 @@ impl Lab {
                 "type": "twill",
                 "datastore": state.datastore,
                 "nodename": node.name,
-                "mtu": 1500,
+                // What twill-node detects (the veth underlay's 1500 minus VXLAN's 50); the
+                // lab's nodes share one filesystem, so the lab writes it here rather than
+                // letting the plugin read the machine's MTU file.
+                "mtu": if state.encap.starts_with("vxlan") { 1450 } else { 1500 },
                 "log_level": "info",
                 "log_file_path": dir.join("cni.log"),
                 "ipam_lock_file": dir.join("ipam.lock"),
@@ -1179,6 +1210,21 @@ impl Lab {
     pub fn tools(&self) -> &Tools {
         &self.tools
     }
+}
+
+/// The router's address on subnet `subnet` (`198.18.K.1`; subnet 0's is
+/// [`UNDERLAY_GATEWAY`]).
+pub fn gateway(subnet: usize) -> String {
+    format!("198.18.{subnet}.1")
+}
+
+/// The subnet of a node's underlay address.
+pub fn subnet_of(address: &str) -> usize {
+    address
+        .split('.')
+        .nth(2)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
 }
 
 /// Calico's default AS number, which the lab's nodes use.

@@ -56,15 +56,17 @@ impl TorKind {
 }
 
 /// Starts the rack's router in `underlay`, its files in `dir`, peering with `nodes` (AS
-/// `node_as`) from `address`.
+/// `node_as`), each from the router's address on the node's subnet.
 pub fn start(
     kind: TorKind,
     underlay: &str,
     dir: &Path,
-    address: &str,
     nodes: &[NodeState],
     node_as: u32,
 ) -> anyhow::Result<()> {
+    let address = crate::cluster::UNDERLAY_GATEWAY;
+    let local =
+        |node: &NodeState| crate::cluster::gateway(crate::cluster::subnet_of(&node.address));
     std::fs::create_dir_all(dir)?;
     // The rack's own network, announced to the nodes.
     let _ = named::ip(underlay, &["route", "add", "blackhole", TOR_PREFIX]);
@@ -78,10 +80,11 @@ pub fn start(
             );
             for node in nodes {
                 config.push_str(&format!(
-                    "protocol bgp {} {{\n  local {address} as {TOR_AS};\n  neighbor {} as {node_as};\n  \
+                    "protocol bgp {} {{\n  local {} as {TOR_AS};\n  neighbor {} as {node_as};\n  \
                      graceful restart on;\n  connect retry time 1;\n  error wait time 1, 5;\n  \
                      ipv4 {{ import all; export all; add paths off; }};\n}}\n",
                     node.name.replace('-', "_"),
+                    local(node),
                     node.address
                 ));
             }
@@ -103,8 +106,9 @@ pub fn start(
             let mut activate = String::new();
             for node in nodes {
                 neighbors.push_str(&format!(
-                    " neighbor {0} remote-as {node_as}\n neighbor {0} timers connect 1\n",
-                    node.address
+                    " neighbor {0} remote-as {node_as}\n neighbor {0} timers connect 1\n neighbor {0} update-source {1}\n",
+                    node.address,
+                    local(node)
                 ));
                 activate.push_str(&format!("  neighbor {} activate\n", node.address));
             }
@@ -134,20 +138,22 @@ pub fn start(
                     "--vty_socket".into(),
                     vty.display().to_string(),
                     "-l".into(),
-                    address.into(),
+                    "0.0.0.0".into(),
                 ],
             )
         }
         TorKind::Gobgp => {
             let mut config = format!(
-                "[global.config]\n  as = {TOR_AS}\n  router-id = \"{address}\"\n  port = 179\n  local-address-list = [\"{address}\"]\n"
+                "[global.config]\n  as = {TOR_AS}\n  router-id = \"{address}\"\n  port = 179\n  local-address-list = [\"0.0.0.0\"]\n"
             );
             for node in nodes {
                 config.push_str(&format!(
                     "\n[[neighbors]]\n  [neighbors.config]\n    neighbor-address = \"{}\"\n    peer-as = {node_as}\n  \
+                     [neighbors.transport.config]\n    local-address = \"{}\"\n  \
                      [neighbors.graceful-restart.config]\n    enabled = true\n  \
                      [[neighbors.afi-safis]]\n    [neighbors.afi-safis.config]\n      afi-safi-name = \"ipv4-unicast\"\n",
-                    node.address
+                    node.address,
+                    local(node)
                 ));
             }
             let path = dir.join("gobgpd.toml");

@@ -50,6 +50,9 @@ pub struct Options {
     pub run_dir: PathBuf,
     /// Secrets (BGP passwords) as files `DIR/NAME/KEY`.
     pub secrets_dir: PathBuf,
+    /// Where the MTU pods should use is written (the CNI plugin reads it when its
+    /// configuration names none).
+    pub mtu_file: PathBuf,
 }
 
 struct Agent {
@@ -67,6 +70,8 @@ struct Agent {
     lists: u64,
     /// BGP (full mode).
     bgp: Option<crate::bgp::Bgp>,
+    /// Encapsulation (full mode).
+    encap: Option<crate::encap::Encap>,
 }
 
 /// Runs until the process is stopped.
@@ -95,6 +100,8 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     let applier =
         tokio::task::spawn_blocking(move || twill_felix::apply::Applier::new(&config)).await?;
     tracing::info!(backend = ?applier.backend(), "iptables backend");
+    let encap = (options.mode == Mode::Full)
+        .then(|| crate::encap::Encap::new(&options.node, store.clone()));
     let mut updates = driver::spawn(store, Vec::new());
     let bgp = match options.mode {
         Mode::Full => Some(crate::bgp::Bgp::new(
@@ -106,6 +113,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     };
     let mut agent = Agent {
         bgp,
+        encap,
         status: Status {
             node: options.node.clone(),
             mode: match options.mode {
@@ -310,6 +318,33 @@ impl Agent {
         if !bgp.is_dirty() && !repair {
             return;
         }
+        if let Some(encap) = self.encap.as_mut() {
+            match encap.apply(bgp.cluster()).await {
+                Ok(status) => {
+                    if let Some(mtu) = status.mtu {
+                        if self.status.vxlan_mtu != Some(mtu) {
+                            if let Err(err) = write_mtu(&self.options.mtu_file, mtu) {
+                                tracing::warn!(path = %self.options.mtu_file.display(), error = %err, "cannot write the pod MTU");
+                            }
+                        }
+                    }
+                    self.status.encap_last_error = None;
+                    self.status.vxlan_mtu = status.mtu;
+                    self.status.encap_routes = status.routes;
+                    self.status.ipip_unavailable = status.ipip_unavailable;
+                    self.status.encap_warnings = status.warnings;
+                    if let Ok(metrics) = self.metrics.lock() {
+                        metrics
+                            .ipip_unavailable
+                            .set(i64::from(status.ipip_unavailable));
+                    }
+                }
+                Err(err) => {
+                    tracing::error!(error = %format!("{err:#}"), "encapsulation apply failed; retrying at the next change or refresh");
+                    self.status.encap_last_error = Some(format!("{err:#}"));
+                }
+            }
+        }
         // Local workload addresses outside this node's blocks were borrowed: host routes.
         let blocks = bgp.own_blocks();
         let borrowed: Vec<IpNet> = if self.computed {
@@ -390,6 +425,16 @@ impl Agent {
             tracing::warn!(path = %self.options.status_file.display(), error = %err, "cannot write the status file");
         }
     }
+}
+
+/// Writes the MTU pods should use, atomically.
+fn write_mtu(path: &std::path::Path, mtu: u32) -> std::io::Result<()> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let temporary = path.with_extension("new");
+    std::fs::write(&temporary, format!("{mtu}\n"))?;
+    std::fs::rename(&temporary, path)
 }
 
 /// Applies IPv4, then IPv6 where the kernel has it.

@@ -4,6 +4,7 @@
 //!
 //! - [`agent`]: the loop — syncer updates in, calculation, apply, status.
 //! - [`bgp`]: the speaker, its configuration from the datastore, the block blackholes.
+//! - [`encap`]: the VTEP, `vxlan.twill`, FDB and neighbour entries, routes through it.
 //! - [`routes`]: routes Twill owns by protocol: endpoint routes (211), encapsulation routes
 //!   (212), cluster routes (213: blackholes, `reachableBy`), added and repaired.
 //! - [`interfaces`]: this node's interfaces and addresses (host endpoints by expectedIPs).
@@ -14,6 +15,7 @@
 
 pub mod agent;
 pub mod bgp;
+pub mod encap;
 pub mod health;
 pub mod interfaces;
 pub mod routes;

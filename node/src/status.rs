@@ -55,6 +55,21 @@ pub struct Status {
     /// What the BGP resources ask that Twill cannot honour, in words.
     #[serde(default)]
     pub bgp_warnings: Vec<String>,
+    /// The VXLAN device's MTU, when it is up.
+    #[serde(default)]
+    pub vxlan_mtu: Option<u32>,
+    /// Routes to other nodes' blocks through the encapsulation (protocol 212).
+    #[serde(default)]
+    pub encap_routes: usize,
+    /// IP-in-IP pools exist but this kernel has no ipip module.
+    #[serde(default)]
+    pub ipip_unavailable: bool,
+    /// The last encapsulation error, if the last attempt failed.
+    #[serde(default)]
+    pub encap_last_error: Option<String>,
+    /// What the encapsulation could not do, in words.
+    #[serde(default)]
+    pub encap_warnings: Vec<String>,
 }
 
 impl Status {
@@ -102,6 +117,8 @@ pub struct Metrics {
     pub policies: Gauge,
     /// 1 when in sync and applied.
     pub ready: Gauge,
+    /// 1 when IP-in-IP pools exist and this kernel has no ipip module.
+    pub ipip_unavailable: Gauge,
 }
 
 impl Default for Metrics {
@@ -119,6 +136,7 @@ impl Default for Metrics {
             endpoints: Gauge::default(),
             policies: Gauge::default(),
             ready: Gauge::default(),
+            ipip_unavailable: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -157,6 +175,11 @@ impl Default for Metrics {
             "ready",
             "1 when in sync and the dataplane is applied",
             metrics.ready.clone(),
+        );
+        registry.register(
+            "encap_ipip_unavailable",
+            "1 when IP-in-IP pools exist but this kernel has no ipip module",
+            metrics.ipip_unavailable.clone(),
         );
         Metrics {
             registry,

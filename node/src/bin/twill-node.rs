@@ -34,6 +34,10 @@ struct Cli {
     /// BGP passwords' Secrets, as files DIR/NAME/KEY.
     #[arg(long, default_value = "/etc/twill/secrets")]
     secrets_dir: PathBuf,
+    /// Where the MTU pods should use goes (the twill CNI plugin reads it when its network
+    /// configuration names no mtu).
+    #[arg(long, default_value = "/var/lib/twill/mtu")]
+    mtu_file: PathBuf,
     /// Log as JSON.
     #[arg(long)]
     log_json: bool,
@@ -76,6 +80,7 @@ fn main() -> std::process::ExitCode {
         refresh: Duration::from_secs_f64(cli.refresh_interval.max(0.1)),
         run_dir: cli.run_dir,
         secrets_dir: cli.secrets_dir,
+        mtu_file: cli.mtu_file,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -1,0 +1,468 @@
+//! Encapsulation inside twill-node: the node's VTEP (an address from a VXLAN pool through
+//! IPAM, handle `vxlan-tunnel-addr-NODE`, and a MAC derived from the node's name, both written
+//! on its Node resource as Calico does), then [`twill_ipip::plan`] written to the kernel
+//! through rtnetlink: the `vxlan.twill` device, FDB and neighbour entries per remote node,
+//! and routes to remote blocks with protocol 212. IP-in-IP needs the kernel's ipip module;
+//! where it is missing, twill-node says so (status, log, metric) and keeps running.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+
+use anyhow::Context;
+use futures_util::TryStreamExt;
+use ipnet::IpNet;
+use rtnetlink::packet_route::link::{InfoData, InfoVxlan, LinkAttribute, LinkInfo};
+use rtnetlink::packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourState,
+};
+use rtnetlink::packet_route::AddressFamily;
+use rtnetlink::{LinkUnspec, LinkVxlan};
+use twill_bgpd::calico::Cluster;
+use twill_ipip::{Mode, NodeInfo, Plan, PoolInfo, Via};
+use twill_shared::client::{Client, WriteMode};
+use twill_shared::datastore::Datastore;
+use twill_shared::resource::fields::{EncapMode, Ip};
+use twill_shared::resource::{Key, Kind, Resource};
+
+use crate::routes::{self, Target};
+
+/// What the last apply found, for the status file and metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EncapStatus {
+    /// Whether `vxlan.twill` is up.
+    pub vxlan: bool,
+    /// Its MTU.
+    pub mtu: Option<u32>,
+    /// Routes to remote blocks written (protocol 212).
+    pub routes: usize,
+    /// IP-in-IP pools exist but the kernel has no ipip module.
+    pub ipip_unavailable: bool,
+    /// What could not be done, in words.
+    pub warnings: Vec<String>,
+}
+
+/// The encapsulation part of the agent.
+#[derive(Debug)]
+pub struct Encap {
+    node: String,
+    store: Arc<dyn Datastore>,
+    ipam: twill_ipam::runtime::Ipam,
+    /// FelixConfiguration's vxlanMTU, when set.
+    mtu_override: Option<u32>,
+    warned: BTreeSet<String>,
+}
+
+impl Encap {
+    /// The encapsulation of `node`.
+    pub fn new(node: &str, store: Arc<dyn Datastore>) -> Encap {
+        Encap {
+            node: node.to_string(),
+            ipam: twill_ipam::runtime::Ipam::new(store.clone(), node, None),
+            store,
+            mtu_override: None,
+            warned: BTreeSet::new(),
+        }
+    }
+
+    /// FelixConfiguration's `vxlanMTU` (None: detected from the underlay).
+    pub fn set_mtu_override(&mut self, mtu: Option<u32>) {
+        self.mtu_override = mtu;
+    }
+
+    /// Brings the kernel in line with the cluster's encapsulation.
+    pub async fn apply(&mut self, cluster: &Cluster) -> anyhow::Result<EncapStatus> {
+        let pools: Vec<PoolInfo> = cluster
+            .pools()
+            .filter(|p| p.spec.disabled != Some(true))
+            .filter_map(|p| {
+                let mode = |m: Option<EncapMode>| match m {
+                    Some(EncapMode::Always) => Mode::Always,
+                    Some(EncapMode::CrossSubnet) => Mode::CrossSubnet,
+                    _ => Mode::Never,
+                };
+                Some(PoolInfo {
+                    cidr: p.spec.cidr.as_ref()?.0.trunc(),
+                    vxlan: mode(p.spec.vxlan_mode),
+                    ipip: mode(p.spec.ipip_mode),
+                })
+            })
+            .collect();
+        let nodes: Vec<NodeInfo> = cluster
+            .nodes()
+            .map(|(name, node)| NodeInfo {
+                name: name.clone(),
+                underlay: node
+                    .spec
+                    .bgp
+                    .as_ref()
+                    .and_then(|b| b.ipv4_address.as_ref())
+                    .and_then(|c| match c.0 {
+                        IpNet::V4(v4) => Some(v4),
+                        IpNet::V6(_) => None,
+                    }),
+                vtep: node.spec.ipv4_vxlan_tunnel_addr.and_then(|a| match a.0 {
+                    IpAddr::V4(v4) => Some(v4),
+                    IpAddr::V6(_) => None,
+                }),
+                vtep_mac: node
+                    .spec
+                    .vxlan_tunnel_mac_addr
+                    .as_deref()
+                    .and_then(twill_ipip::parse_mac),
+            })
+            .collect();
+        let mut status = EncapStatus::default();
+        if twill_ipip::needs_vxlan(&pools) {
+            if let Some(own) = nodes.iter().find(|n| n.name == self.node) {
+                if own.vtep.is_none() || own.vtep_mac.is_none() {
+                    // The Node comes back through the syncer with its VTEP; the plan then
+                    // has the device.
+                    self.ensure_vtep(&pools).await?;
+                }
+            }
+        }
+        let blocks = cluster.all_blocks();
+        let plan = twill_ipip::plan(&self.node, &nodes, &pools, &blocks);
+        status.warnings.clone_from(&plan.warnings);
+        if !plan.ipip_blocks.is_empty() && !ipip_module_present() {
+            status.ipip_unavailable = true;
+            status.warnings.push(format!(
+                "IP-in-IP pools route {} remote block(s) through tunl0, but this kernel has no ipip module: those blocks are not reachable from this node (use VXLAN, or load ipip)",
+                plan.ipip_blocks.len()
+            ));
+        }
+        for warning in &status.warnings {
+            if self.warned.insert(warning.clone()) {
+                tracing::warn!("{warning}");
+            }
+        }
+        let (connection, handle, _) = rtnetlink::new_connection().context("netlink")?;
+        let task = tokio::spawn(connection);
+        let result = self.write(&handle, &plan, &mut status).await;
+        task.abort();
+        result?;
+        let desired: BTreeMap<IpNet, Target> = plan
+            .routes
+            .iter()
+            .map(|(block, via)| {
+                let target = match via {
+                    Via::Vxlan(vtep) => {
+                        Target::OnLink(IpAddr::V4(*vtep), twill_ipip::VXLAN_DEVICE.into())
+                    }
+                    Via::Underlay(address) => Target::Gateway(IpAddr::V4(*address)),
+                };
+                (*block, target)
+            })
+            .collect();
+        let changes = routes::sync_owned(routes::ENCAP_ROUTE_PROTOCOL, &desired)
+            .await
+            .map_err(anyhow::Error::msg)
+            .context("encapsulation routes")?;
+        if !changes.added.is_empty() || !changes.removed.is_empty() {
+            tracing::info!(added = ?changes.added, removed = ?changes.removed, "encapsulation routes");
+        }
+        status.routes = desired.len();
+        Ok(status)
+    }
+
+    /// Allocates this node's VTEP address (once: the handle finds an earlier one) and writes
+    /// it with the MAC on the Node resource.
+    async fn ensure_vtep(&self, pools: &[PoolInfo]) -> anyhow::Result<()> {
+        let handle = format!("vxlan-tunnel-addr-{}", self.node);
+        let mut addresses = self.ipam.addresses_of_handle(&handle).await?;
+        if addresses.is_empty() {
+            let args = twill_ipam::runtime::AssignArgs {
+                handle: handle.clone(),
+                attributes: [
+                    ("node".to_string(), self.node.clone()),
+                    ("type".to_string(), "vxlanTunnelAddress".to_string()),
+                ]
+                .into(),
+                ipv4: true,
+                ipv4_pools: pools
+                    .iter()
+                    .filter(|p| p.cidr.addr().is_ipv4() && p.vxlan != Mode::Never)
+                    .map(|p| p.cidr.to_string())
+                    .collect(),
+                tunnel: true,
+                ..Default::default()
+            };
+            let assigned = self
+                .ipam
+                .assign(&args)
+                .await
+                .context("allocating the VXLAN tunnel address")?;
+            addresses = assigned.addresses.iter().map(IpNet::addr).collect();
+        }
+        let Some(address) = addresses.into_iter().find(IpAddr::is_ipv4) else {
+            anyhow::bail!("IPAM gave no IPv4 address for {handle}");
+        };
+        let client = Client::new(self.store.clone());
+        let key = Key {
+            kind: Kind::Node,
+            namespace: None,
+            name: self.node.clone(),
+        };
+        let Some(Resource::Node(mut node)) = client.get(&key).await? else {
+            anyhow::bail!("node {} has no Node resource", self.node);
+        };
+        node.spec.ipv4_vxlan_tunnel_addr = Some(Ip(address));
+        node.spec.vxlan_tunnel_mac_addr =
+            Some(twill_ipip::format_mac(&twill_ipip::vtep_mac(&self.node)));
+        client
+            .write_all(&[Resource::Node(node)], WriteMode::Replace)
+            .await
+            .context("writing the VTEP on the Node resource")?;
+        tracing::info!(%address, "VXLAN tunnel address allocated and written on the Node");
+        Ok(())
+    }
+
+    async fn write(
+        &self,
+        handle: &rtnetlink::Handle,
+        plan: &Plan,
+        status: &mut EncapStatus,
+    ) -> anyhow::Result<()> {
+        let existing = link_index(handle, twill_ipip::VXLAN_DEVICE).await?;
+        let Some(device) = &plan.device else {
+            if let Some((index, _)) = existing {
+                tracing::info!(
+                    "no pool uses VXLAN any more: removing {}",
+                    twill_ipip::VXLAN_DEVICE
+                );
+                handle.link().del(index).execute().await?;
+            }
+            return Ok(());
+        };
+        let (underlay_index, underlay_mtu) = underlay_link(handle, device.local)
+            .await?
+            .with_context(|| format!("no interface has the underlay address {}", device.local))?;
+        let mtu = self
+            .mtu_override
+            .unwrap_or_else(|| twill_ipip::tunnel_mtu(underlay_mtu, twill_ipip::VXLAN_OVERHEAD));
+        let index = match existing {
+            Some((index, info))
+                if info == (twill_ipip::VXLAN_VNI, Some(device.local), underlay_index) =>
+            {
+                index
+            }
+            other => {
+                if let Some((index, _)) = other {
+                    tracing::info!(
+                        "{} has other parameters: recreating it",
+                        twill_ipip::VXLAN_DEVICE
+                    );
+                    handle.link().del(index).execute().await?;
+                }
+                handle
+                    .link()
+                    .add(
+                        LinkVxlan::new(twill_ipip::VXLAN_DEVICE, twill_ipip::VXLAN_VNI)
+                            .dev(underlay_index)
+                            .port(twill_ipip::VXLAN_PORT)
+                            .local(device.local)
+                            .learning(false)
+                            .build(),
+                    )
+                    .execute()
+                    .await
+                    .with_context(|| format!("creating {}", twill_ipip::VXLAN_DEVICE))?;
+                link_index(handle, twill_ipip::VXLAN_DEVICE)
+                    .await?
+                    .context("the VXLAN device vanished")?
+                    .0
+            }
+        };
+        handle
+            .link()
+            .set(
+                LinkUnspec::new_with_index(index)
+                    .mtu(mtu)
+                    .address(device.mac.to_vec())
+                    .up()
+                    .build(),
+            )
+            .execute()
+            .await
+            .context("setting the VXLAN device up")?;
+        handle
+            .address()
+            .add(index, IpAddr::V4(device.address), 32)
+            .replace()
+            .execute()
+            .await
+            .context("the VTEP address")?;
+        status.vxlan = true;
+        status.mtu = Some(mtu);
+        sync_neighbours(handle, index, plan).await
+    }
+}
+
+/// Whether the kernel can make `tunl0` (the module is loaded or built in).
+fn ipip_module_present() -> bool {
+    std::path::Path::new("/sys/module/ipip").exists()
+}
+
+/// A link's index and, for a VXLAN link, its (VNI, local address, underlay index).
+async fn link_index(
+    handle: &rtnetlink::Handle,
+    name: &str,
+) -> anyhow::Result<Option<(u32, (u32, Option<Ipv4Addr>, u32))>> {
+    let mut links = handle.link().get().match_name(name.to_string()).execute();
+    match links.try_next().await {
+        Ok(Some(link)) => {
+            let mut info = (0, None, 0);
+            for attribute in &link.attributes {
+                if let LinkAttribute::LinkInfo(infos) = attribute {
+                    for item in infos {
+                        if let LinkInfo::Data(InfoData::Vxlan(data)) = item {
+                            for field in data {
+                                match field {
+                                    InfoVxlan::Id(id) => info.0 = *id,
+                                    InfoVxlan::Local(local) => info.1 = Some(*local),
+                                    InfoVxlan::Link(index) => info.2 = *index,
+                                    _ => {}
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            Ok(Some((link.header.index, info)))
+        }
+        Ok(None) => Ok(None),
+        Err(rtnetlink::Error::NetlinkError(err))
+            if err.code.map(|c| c.get()) == Some(-libc_enodev()) =>
+        {
+            Ok(None)
+        }
+        Err(err) => Err(err.into()),
+    }
+}
+
+fn libc_enodev() -> i32 {
+    19
+}
+
+/// The interface holding `address`, and its MTU.
+async fn underlay_link(
+    handle: &rtnetlink::Handle,
+    address: Ipv4Addr,
+) -> anyhow::Result<Option<(u32, u32)>> {
+    let mut addresses = handle
+        .address()
+        .get()
+        .set_address_filter(IpAddr::V4(address))
+        .execute();
+    let Some(message) = addresses.try_next().await? else {
+        return Ok(None);
+    };
+    let index = message.header.index;
+    let mut links = handle.link().get().match_index(index).execute();
+    let mtu = match links.try_next().await? {
+        Some(link) => link
+            .attributes
+            .iter()
+            .find_map(|a| match a {
+                LinkAttribute::Mtu(mtu) => Some(*mtu),
+                _ => None,
+            })
+            .unwrap_or(1500),
+        None => 1500,
+    };
+    Ok(Some((index, mtu)))
+}
+
+/// FDB (MAC → remote underlay address) and neighbour (VTEP → MAC) entries on the device:
+/// exactly the plan's.
+async fn sync_neighbours(
+    handle: &rtnetlink::Handle,
+    index: u32,
+    plan: &Plan,
+) -> anyhow::Result<()> {
+    let mut fdb_present: BTreeMap<Vec<u8>, Option<IpAddr>> = BTreeMap::new();
+    let mut neighbours_present: BTreeMap<IpAddr, Vec<u8>> = BTreeMap::new();
+    let mut messages = Vec::new();
+    for family in [AddressFamily::Bridge, AddressFamily::Inet] {
+        let mut request = handle.neighbours().get().set_address_family(family);
+        request.message_mut().header.ifindex = index;
+        let found: Vec<_> = request.execute().try_collect().await?;
+        messages.extend(found.into_iter().filter(|m| m.header.ifindex == index));
+    }
+    for message in &messages {
+        let mut lladdr = None;
+        let mut destination = None;
+        for attribute in &message.attributes {
+            match attribute {
+                NeighbourAttribute::LinkLayerAddress(mac) => lladdr = Some(mac.clone()),
+                NeighbourAttribute::Destination(NeighbourAddress::Inet(v4)) => {
+                    destination = Some(IpAddr::V4(*v4));
+                }
+                _ => {}
+            }
+        }
+        match (message.header.family, lladdr, destination) {
+            (AddressFamily::Bridge, Some(mac), destination) => {
+                fdb_present.insert(mac, destination);
+            }
+            (AddressFamily::Inet, Some(mac), Some(destination))
+                if message.header.state == NeighbourState::Permanent =>
+            {
+                neighbours_present.insert(destination, mac);
+            }
+            _ => {}
+        }
+    }
+    for (mac, underlay) in &plan.fdb {
+        if fdb_present.get(&mac.to_vec()) != Some(&Some(IpAddr::V4(*underlay))) {
+            handle
+                .neighbours()
+                .add_bridge(index, mac)
+                // NTF_SELF: the entry is the VXLAN device's own (not a bridge port's).
+                .flags(NeighbourFlags::Own)
+                .destination(IpAddr::V4(*underlay))
+                .replace()
+                .execute()
+                .await
+                .with_context(|| format!("FDB entry {}", twill_ipip::format_mac(mac)))?;
+        }
+    }
+    for (vtep, mac) in &plan.neighbours {
+        if neighbours_present.get(&IpAddr::V4(*vtep)) != Some(&mac.to_vec()) {
+            handle
+                .neighbours()
+                .add(index, IpAddr::V4(*vtep))
+                .link_layer_address(mac)
+                .replace()
+                .execute()
+                .await
+                .with_context(|| format!("neighbour entry {vtep}"))?;
+        }
+    }
+    // Entries of nodes that left.
+    let wanted_macs: BTreeSet<Vec<u8>> = plan.fdb.keys().map(|m| m.to_vec()).collect();
+    let wanted_vteps: BTreeSet<IpAddr> = plan.neighbours.keys().map(|v| IpAddr::V4(*v)).collect();
+    for message in messages {
+        let stale = message
+            .attributes
+            .iter()
+            .any(|a| match (message.header.family, a) {
+                (AddressFamily::Bridge, NeighbourAttribute::LinkLayerAddress(mac)) => {
+                    !wanted_macs.contains(mac) && message.header.state == NeighbourState::Permanent
+                }
+                (
+                    AddressFamily::Inet,
+                    NeighbourAttribute::Destination(NeighbourAddress::Inet(v4)),
+                ) => {
+                    !wanted_vteps.contains(&IpAddr::V4(*v4))
+                        && message.header.state == NeighbourState::Permanent
+                }
+                _ => false,
+            });
+        if stale {
+            let _ = handle.neighbours().del(message).execute().await;
+        }
+    }
+    Ok(())
+}
