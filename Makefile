@@ -50,22 +50,26 @@ test: build check
 	awk '{ print; fflush() } /^test result:/ { p += $$4; f += $$6 } END { printf "summary: %d passed, %d failed\n", p, f }'
 
 # The lab (network namespaces on this machine, pods wired by the real twill CNI plugin, a
-# twill-node per node enforcing policy): the first seed article's pods and policies, matrix
-# after matrix; then the second article's three-tier example; then its other policies,
+# twill-node per node enforcing policy and routing by BGP, a BIRD top-of-rack router): the
+# first seed article's pods and policies across three nodes, matrix after matrix; then the second article's three-tier example; then its other policies,
 # stored and listed. The lab is always taken down at the end, also when a step fails.
 demo: deps
 	$(CARGO) build -q -p twillctl -p twill-cni -p twill-node
 	@set -e; lab() { echo; echo "\$$ twillctl lab $$*"; $(TWILLCTL) lab --name demo "$$@"; }; \
 	trap '$(TWILLCTL) lab --name demo down >/dev/null 2>&1 || true' EXIT; \
 	$(TWILLCTL) lab --name demo down >/dev/null; \
-	echo "# A one-node lab: namespaces on this machine, closed off from its own network."; \
-	lab up; \
+	echo "# A three-node lab with a BIRD top-of-rack router: namespaces on this machine, closed off from its own network."; \
+	echo "# Each node runs twill-node (policy, BGP mesh, eBGP to the rack); pods are wired by the twill CNI plugin."; \
+	lab up --nodes 3 --tor bird; \
 	datastore=$$($(TWILLCTL) lab --name demo status -o json | sed -n 's/.*"datastore": "\(.*\)".*/\1/p'); \
 	step() { echo; echo "\$$ twillctl $$*"; $(TWILLCTL) --datastore "$$datastore" "$$@"; }; \
 	curl_backend() { lab exec default/frontend -- curl -s -o /dev/null -w '%{http_code}\n' --max-time 2 http://backend:8000 || echo "(no answer within 2 s: the connection is dropped)"; }; \
 	echo; echo "# The first article's pods, created through the twill CNI plugin:"; \
 	lab apply -f examples/seed-walkthrough/01-pods.yaml; \
+	lab sync; \
 	lab status; \
+	echo; echo "# The rack learned every node's pod block (and routes to them):"; \
+	echo "\$$ twillctl lab tor routes"; $(TWILLCTL) lab --name demo tor routes | grep -E '^[0-9]|via|BGP.as_path'; \
 	echo; echo "# The frontend reaches the backend's python http.server by name:"; \
 	curl_backend; \
 	lab probe --port 80/TCP --port 8000/TCP; \

@@ -102,6 +102,9 @@ struct Session {
     kind: &'static str,
     /// The peering names BGPFilters Twill does not apply yet: it takes and sends nothing.
     filtered: bool,
+    /// eBGP to a router on our own underlay subnet: other nodes' routes go with their own
+    /// next hops (as BIRD does on a shared interface), not through us.
+    shared_subnet: Option<IpNet>,
 }
 
 impl Cluster {
@@ -233,6 +236,11 @@ impl Cluster {
         let Some(bgp) = node.spec.bgp.as_ref() else {
             return rendered;
         };
+        let own_nets: Vec<IpNet> = [bgp.ipv4_address.as_ref(), bgp.ipv6_address.as_ref()]
+            .into_iter()
+            .flatten()
+            .map(|c| c.0)
+            .collect();
         let own_v4 = bgp.ipv4_address.as_ref().map(|c| c.0.addr());
         let own_v6 = bgp.ipv6_address.as_ref().map(|c| c.0.addr());
         if own_v4.is_none() && own_v6.is_none() {
@@ -293,6 +301,7 @@ impl Cluster {
                         rr_client: false,
                         kind: "Mesh",
                         filtered: false,
+                        shared_subnet: None,
                     });
                 }
             }
@@ -455,6 +464,10 @@ impl Cluster {
                     rr_client,
                     kind: if global_peering { "Global" } else { "Node" },
                     filtered: spec.filters.as_ref().is_some_and(|f| !f.is_empty()),
+                    shared_subnet: own_nets
+                        .iter()
+                        .find(|net| !ibgp && net.contains(&address))
+                        .map(IpNet::trunc),
                 });
             }
         }
@@ -666,6 +679,9 @@ fn neighbor_table(session: &Session, local_as: u32) -> Table {
     }
     if session.next_hop_self {
         table.insert("next_hop_self".into(), Value::Boolean(true));
+    }
+    if let Some(subnet) = session.shared_subnet {
+        table.insert("shared_subnet".into(), Value::String(subnet.to_string()));
     }
     if session.rr_client && session.remote_as == local_as {
         table.insert("route_reflector_client".into(), Value::Boolean(true));
@@ -1102,6 +1118,28 @@ mod tests {
             rendered.warnings.iter().any(|w| w.contains("nope/k")),
             "{:?}",
             rendered.warnings
+        );
+    }
+
+    #[test]
+    fn an_external_peer_on_the_nodes_subnet_shares_it() {
+        let yaml = [
+            node("a", "198.18.0.11", ""),
+            "---\napiVersion: projectcalico.org/v3\nkind: BGPPeer\nmetadata:\n  name: tor\nspec:\n  peerIP: 198.18.0.1\n  asNumber: 65000\n".into(),
+            "---\napiVersion: projectcalico.org/v3\nkind: BGPPeer\nmetadata:\n  name: far\nspec:\n  peerIP: 198.19.0.1\n  asNumber: 65000\n".into(),
+            "---\napiVersion: projectcalico.org/v3\nkind: BGPPeer\nmetadata:\n  name: ibgp\nspec:\n  peerIP: 198.18.0.2\n  asNumber: 64512\n".into(),
+        ]
+        .concat();
+        let (a, _) = render(&cluster(&yaml, &[]), "a");
+        let n = neighbors(&a);
+        assert_eq!(
+            n["198.18.0.1"]["shared_subnet"].as_str(),
+            Some("198.18.0.0/24")
+        );
+        assert!(n["198.19.0.1"].get("shared_subnet").is_none());
+        assert!(
+            n["198.18.0.2"].get("shared_subnet").is_none(),
+            "iBGP keeps next hops anyway"
         );
     }
 

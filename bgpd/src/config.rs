@@ -132,6 +132,10 @@ struct Neighbor {
     route_reflector_client: bool,
     #[serde(default)]
     next_hop_self: bool,
+    /// eBGP: the subnet shared with this neighbour; routes whose next hop is another router
+    /// on it keep that next hop (RFC 4271 §5.1.3 (2), BIRD's behaviour on a shared
+    /// interface).
+    shared_subnet: Option<IpNet>,
     /// Our IPv6 next hop on an IPv4 session (BIRD's `next hop address`).
     next_hop_v6: Option<std::net::Ipv6Addr>,
     /// Our IPv4 next hop on an IPv6 session.
@@ -843,6 +847,7 @@ impl Neighbor {
             session,
             rr_client: self.route_reflector_client,
             next_hop_self: self.next_hop_self,
+            shared_subnet: self.shared_subnet.map(|net| net.trunc()),
             next_hop_other: match self.address {
                 IpAddr::V4(_) => self.next_hop_v6.map(IpAddr::V6),
                 IpAddr::V6(_) => self.next_hop_v4.map(IpAddr::V4),

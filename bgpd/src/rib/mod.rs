@@ -53,6 +53,10 @@ pub struct PeerInfo {
     pub local_address: IpAddr,
     /// Always announce ourselves as next hop, also to iBGP peers.
     pub next_hop_self: bool,
+    /// An external peer's subnet, shared with us: a path whose next hop is another router
+    /// on it is sent with that next hop (RFC 4271 §5.1.3 (2), a "third party" next hop, as
+    /// BIRD does on a shared interface), so the peer sends straight to that router.
+    pub shared_subnet: Option<IpNet>,
     /// Paths from this peer with our AS in them up to this many times are accepted (Calico's
     /// `numAllowedLocalASNumbers`, BIRD's `allow local as`, FRR's `allowas-in`); 0 is the
     /// loop check of RFC 4271 §9.1.2.
@@ -1068,6 +1072,14 @@ impl Rib {
             // originations keep theirs (as FRR does); an export filter may set one.
             out.med = None;
         }
-        Some((None, out))
+        let third_party = target
+            .shared_subnet
+            .filter(|_| !target.next_hop_self)
+            .and_then(|subnet| {
+                let hop = path.next_hop();
+                (path.peer() != PeerId::LOCAL && subnet.contains(&hop) && hop != target.address)
+                    .then_some(hop)
+            });
+        Some((third_party, out))
     }
 }

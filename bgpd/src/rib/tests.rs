@@ -25,6 +25,7 @@ fn peer(n: u8, remote_as: u32, rr_client: bool) -> PeerInfo {
         rr_client,
         local_address: IpAddr::V4(Ipv4Addr::new(198, 18, 0, 1)),
         next_hop_self: false,
+        shared_subnet: None,
         allowas_in: 0,
         local_as: None,
     }
@@ -804,4 +805,47 @@ fn always_compare_med_compares_it_across_neighbouring_ases() {
         "per AS: C holds A down, B's MED is not compared, B wins on router ID"
     );
     assert_eq!(ranking(true), vec![3, 1, 2], "lowest MED of all first");
+}
+
+#[test]
+fn an_external_peer_on_a_shared_subnet_gets_third_party_next_hops() {
+    // RFC 4271 §5.1.3 (2): towards eBGP peer 1 on 198.18.0.0/24, a path learned from
+    // another router on that subnet (peer 3, next hop 198.18.0.13) keeps its next hop;
+    // our own originations and next hops outside the subnet go as ourselves.
+    let mut r = rib(1);
+    let mut external = peer(1, 65001, false);
+    external.shared_subnet = Some(net("198.18.0.0/24"));
+    r.set_peer(PeerId(1), external);
+    announce(&mut r, 3, "10.4.0.0/24", attrs(&[], None, None));
+    let from_neighbour = r.best(&net("10.4.0.0/24"))[0].clone();
+    assert_eq!(
+        r.export(PeerId(1), &from_neighbour).unwrap().0,
+        Some(hop(3))
+    );
+    assert_eq!(
+        r.export(PeerId(2), &from_neighbour).unwrap().0,
+        None,
+        "a peer with no shared subnet hears us as next hop"
+    );
+    r.originate(net("10.9.0.0/24"), PathAttributes::default());
+    let ours = r.best(&net("10.9.0.0/24"))[0].clone();
+    assert_eq!(r.export(PeerId(1), &ours).unwrap().0, None);
+    let mut far = peer(1, 65001, false);
+    far.shared_subnet = Some(net("198.19.0.0/24"));
+    r.set_peer(PeerId(1), far);
+    assert_eq!(r.export(PeerId(1), &from_neighbour).unwrap().0, None);
+    // Never the peer's own address as next hop: a path it sent us is not sent back anyway,
+    // and one whose next hop is the peer (from elsewhere) goes as ourselves.
+    let mut own_hop = peer(1, 65001, false);
+    own_hop.shared_subnet = Some(net("198.18.0.0/24"));
+    r.set_peer(PeerId(1), own_hop);
+    r.update(
+        PeerId(4),
+        &[(net("10.5.0.0/24"), 0)],
+        hop(1),
+        attrs(&[], None, None),
+        &[],
+    );
+    let via_peer = r.best(&net("10.5.0.0/24"))[0].clone();
+    assert_eq!(r.export(PeerId(1), &via_peer).unwrap().0, None);
 }

@@ -45,6 +45,8 @@ pub struct NeighborConfig {
     pub rr_client: bool,
     /// Announce ourselves as next hop also to iBGP peers.
     pub next_hop_self: bool,
+    /// The subnet shared with an external peer (see [`crate::rib::PeerInfo::shared_subnet`]).
+    pub shared_subnet: Option<IpNet>,
     /// Our next hop for the other family than the session's (an IPv6 address on an IPv4
     /// session, or the reverse); without it an IPv4 session announces IPv6 routes with the
     /// IPv4-mapped address.
@@ -930,6 +932,7 @@ impl Speaker {
             rr_client: peer.config.rr_client,
             local_address: peer.local_address.unwrap_or(address),
             next_hop_self: peer.config.next_hop_self,
+            shared_subnet: peer.config.shared_subnet,
             allowas_in: peer.config.allowas_in,
             local_as: peer.config.local_as,
         };

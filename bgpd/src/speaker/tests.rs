@@ -232,6 +232,7 @@ fn neighbor(peer: u8, local_as: u32, remote_as: u32, me: u8) -> NeighborConfig {
         session,
         rr_client: false,
         next_hop_self: false,
+        shared_subnet: None,
         next_hop_other: None,
         import: vec![],
         export: vec![],

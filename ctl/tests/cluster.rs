@@ -1,0 +1,598 @@
+//! Many nodes, observed as a user would: pods on different nodes reaching each other through
+//! BGP routes, VXLAN or CrossSubnet; a real top-of-rack router (bird2, frr, gobgpd) learning
+//! every node's blocks; route reflectors; faults. Expected matrices and routes are written
+//! by hand from the topology (which pod is on which node, the lab's /26 blocks), never read
+//! back from Twill.
+
+#![allow(clippy::disallowed_methods)] // Tests run processes and read the clock.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::LabGuard;
+use ipnet::Ipv4Net;
+use serde_json::Value;
+
+/// Three pods, one per node, serving TCP 80.
+const SPREAD: &str = "namespaces:\n  x: {ns: x}\npods:\n  - {ns: x, name: a, labels: {pod: a}, node: node-1}\n  \
+    - {ns: x, name: b, labels: {pod: b}, node: node-2}\n  - {ns: x, name: c, labels: {pod: c}, node: node-3}\nports:\n  \
+    - {name: serve-80-tcp, port: 80, protocol: TCP}\n";
+
+/// Two pods on two nodes.
+const PAIR: &str = "namespaces:\n  x: {ns: x}\npods:\n  - {ns: x, name: a, labels: {pod: a}, node: node-1}\n  \
+    - {ns: x, name: b, labels: {pod: b}, node: node-2}\nports:\n  - {name: serve-80-tcp, port: 80, protocol: TCP}\n";
+
+type Matrix = BTreeMap<(String, String, u64, String), bool>;
+
+/// Every pod reaches every other on TCP 80, except the pairs in `cut` (hand-written).
+fn matrix(pods: &[&str], cut: &[(&str, &str)]) -> Matrix {
+    let mut cells = BTreeMap::new();
+    for from in pods {
+        for to in pods.iter().filter(|t| *t != from) {
+            let blocked = cut.contains(&(from, to));
+            cells.insert(
+                (from.to_string(), to.to_string(), 80, "TCP".to_string()),
+                !blocked,
+            );
+        }
+    }
+    cells
+}
+
+fn netns(lab: &LabGuard, host: &str) -> String {
+    format!("twl-{}.{host}", lab.name)
+}
+
+fn exec(netns: &str, program: &str, args: &[&str]) -> std::process::Output {
+    Command::new("ip")
+        .args(["netns", "exec", netns, program])
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn routes(lab: &LabGuard, node: &str) -> String {
+    String::from_utf8_lossy(&exec(&netns(lab, node), "ip", &["route"]).stdout).into_owned()
+}
+
+/// The route to `prefix` in `node`'s main table (one line), if any.
+fn route_to(lab: &LabGuard, node: &str, prefix: &str) -> Option<String> {
+    let output = exec(&netns(lab, node), "ip", &["route", "show", "exact", prefix]);
+    let text = String::from_utf8_lossy(&output.stdout).trim().to_string();
+    (!text.is_empty()).then_some(text)
+}
+
+/// The lab's pods are in /26 blocks (the lab's pool says blockSize 26).
+fn block_of(ip: &str) -> String {
+    let net: Ipv4Net = format!("{ip}/26").parse().unwrap();
+    net.trunc().to_string()
+}
+
+fn wait_until(limit: Duration, what: &str, mut check: impl FnMut() -> Option<String>) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let Some(last) = check() else {
+            return;
+        };
+        assert!(
+            Instant::now() < deadline,
+            "{what} within {limit:?}; last: {last}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn node_of(lab: &LabGuard, pod: &str) -> String {
+    let status = lab.status();
+    let (namespace, name) = pod.split_once('/').unwrap();
+    status["pods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["namespace"] == namespace && p["name"] == name)
+        .and_then(|p| p["node"].as_str())
+        .unwrap()
+        .to_string()
+}
+
+fn sessions(lab: &LabGuard, node: &str) -> BTreeMap<String, Value> {
+    lab.status()["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == node)
+        .unwrap()["bgp"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["peer"].as_str().unwrap().to_string(), s.clone()))
+        .collect()
+}
+
+fn ctl(lab: &LabGuard, args: &[&str], stdin: Option<&str>) -> common::Run {
+    let datastore = lab.datastore();
+    let mut full = vec!["--datastore", datastore.as_str()];
+    full.extend_from_slice(args);
+    common::twillctl(&full, stdin)
+}
+
+fn ipam_is_clean(lab: &LabGuard) {
+    let run = ctl(lab, &["ipam", "check"], None);
+    assert_eq!(run.code, 0, "ipam check:\n{}\n{}", run.stdout, run.stderr);
+}
+
+#[test]
+fn bgp_routed_pods_on_three_nodes_reach_each_other_and_a_bird_rack_learns_every_block() {
+    let lab = LabGuard::up_with(SPREAD, &["--nodes", "3", "--tor", "bird"]);
+    let pods = ["x/a", "x/b", "x/c"];
+    assert_eq!(lab.probe(&["80/TCP"]), matrix(&pods, &[]));
+    let nodes = [
+        ("x/a", "node-1", "198.18.0.11"),
+        ("x/b", "node-2", "198.18.0.12"),
+        ("x/c", "node-3", "198.18.0.13"),
+    ];
+    let tor = lab.ok(&["tor", "routes"]);
+    for (pod, home, address) in nodes {
+        assert_eq!(node_of(&lab, pod), home);
+        let block = block_of(&lab.ip(pod));
+        // The rack learned the block, from the node it lives on among others.
+        assert!(
+            tor.contains(&block),
+            "the rack has no route to {block}:\n{tor}"
+        );
+        // Every other node routes it via the block's node, learned by BGP (protocol 210).
+        for other in ["node-1", "node-2", "node-3"]
+            .into_iter()
+            .filter(|n| *n != home)
+        {
+            let route = route_to(&lab, other, &block).unwrap_or_default();
+            assert!(
+                route.contains(&format!("via {address}")) && route.contains("proto 210"),
+                "{other}'s route to {block}: {route:?}\n{}",
+                routes(&lab, other)
+            );
+        }
+        // Its own node discards the block's unallocated addresses.
+        let own = route_to(&lab, home, &block).unwrap_or_default();
+        assert!(
+            own.starts_with("blackhole"),
+            "{home}'s route to {block}: {own:?}"
+        );
+        // The rack sends straight to the block's node: every node announces it, the others
+        // with the block's node as next hop (a third-party next hop on the shared subnet,
+        // as BIRD would announce it), so no path detours through another node.
+        let rack = route_to(&lab, "underlay", &block).unwrap_or_default();
+        assert!(
+            rack.starts_with(&format!("{block} via {address} dev br0")),
+            "the rack's route to {block}: {rack:?}"
+        );
+        // The rack's namespace reaches the pod (BIRD wrote its routes to the kernel): the
+        // pod's responder answers with its name.
+        let url = format!("http://{}:80/", lab.ip(pod));
+        wait_until(
+            Duration::from_secs(10),
+            &format!("the rack reaches {pod}"),
+            || {
+                let curl = exec(
+                    &netns(&lab, "underlay"),
+                    "curl",
+                    &["-s", "--max-time", "1", &url],
+                );
+                let answer = String::from_utf8_lossy(&curl.stdout).trim().to_string();
+                (answer != pod)
+                    .then(|| format!("{answer:?} {}", String::from_utf8_lossy(&curl.stderr)))
+            },
+        );
+    }
+    // What the rack announces reaches every node's kernel.
+    for node in ["node-1", "node-2", "node-3"] {
+        let route = route_to(&lab, node, "198.19.0.0/24").unwrap_or_default();
+        assert!(
+            route.contains("via 198.18.0.1") && route.contains("proto 210"),
+            "{node}: {route:?}"
+        );
+        let sessions = sessions(&lab, node);
+        assert_eq!(
+            sessions.len(),
+            3,
+            "{node}: two mesh peers and the rack: {sessions:?}"
+        );
+        assert!(
+            sessions.values().all(|s| s["state"] == "Established"),
+            "{sessions:?}"
+        );
+    }
+}
+
+fn rack_learns_both_blocks(kind: &str) {
+    let lab = LabGuard::up_with(PAIR, &["--nodes", "2", "--tor", kind]);
+    let blocks: Vec<String> = ["x/a", "x/b"]
+        .iter()
+        .map(|p| block_of(&lab.ip(p)))
+        .collect();
+    wait_until(
+        Duration::from_secs(20),
+        &format!("the {kind} rack learns {blocks:?}"),
+        || {
+            let tor = lab.ok(&["tor", "routes"]);
+            (!blocks.iter().all(|b| tor.contains(b.as_str()))).then_some(tor)
+        },
+    );
+    for node in ["node-1", "node-2"] {
+        wait_until(
+            Duration::from_secs(20),
+            &format!("{node} learns the {kind} rack's prefix"),
+            || {
+                let route = route_to(&lab, node, "198.19.0.0/24").unwrap_or_default();
+                (!route.contains("via 198.18.0.1")).then(|| routes(&lab, node))
+            },
+        );
+    }
+    assert_eq!(lab.probe(&["80/TCP"]), matrix(&["x/a", "x/b"], &[]));
+}
+
+#[test]
+fn an_frr_rack_learns_every_block_and_its_prefix_reaches_the_nodes() {
+    rack_learns_both_blocks("frr");
+}
+
+#[test]
+fn a_gobgp_rack_learns_every_block_and_its_prefix_reaches_the_nodes() {
+    rack_learns_both_blocks("gobgp");
+}
+
+#[test]
+fn vxlan_always_carries_pods_between_nodes_through_vxlan_twill() {
+    let lab = LabGuard::up_with(SPREAD, &["--nodes", "3", "--encap", "vxlan"]);
+    assert_eq!(lab.probe(&["80/TCP"]), matrix(&["x/a", "x/b", "x/c"], &[]));
+    let b_block = block_of(&lab.ip("x/b"));
+    let route = route_to(&lab, "node-1", &b_block).unwrap_or_default();
+    assert!(
+        route.contains("dev vxlan.twill")
+            && route.contains("onlink")
+            && route.contains("proto 212"),
+        "node-1's route to {b_block}: {route:?}"
+    );
+    // Each node's VTEP is on its Node resource, from the pool, and on its device.
+    let nodes: Value =
+        serde_json::from_str(&ctl(&lab, &["get", "nodes", "-o", "json"], None).stdout).unwrap();
+    let items = nodes["items"]
+        .as_array()
+        .or_else(|| nodes.as_array())
+        .unwrap()
+        .clone();
+    assert_eq!(items.len(), 3);
+    let mut vteps = BTreeSet::new();
+    for node in &items {
+        let name = node["metadata"]["name"].as_str().unwrap();
+        let vtep = node["spec"]["ipv4VXLANTunnelAddr"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{name} has no VTEP: {node}"));
+        assert!(vtep.starts_with("10.90."), "{vtep} is not from the pool");
+        assert!(node["spec"]["vxlanTunnelMACAddr"].is_string());
+        vteps.insert(vtep.to_string());
+        let device = exec(
+            &netns(&lab, name),
+            "ip",
+            &["-d", "addr", "show", "dev", "vxlan.twill"],
+        );
+        let text = String::from_utf8_lossy(&device.stdout);
+        assert!(text.contains(&format!("inet {vtep}/32")), "{name}: {text}");
+        assert!(
+            text.contains("vxlan id 4096")
+                && text.contains("dstport 4789")
+                && text.contains("mtu 1450"),
+            "{name}: {text}"
+        );
+    }
+    assert_eq!(vteps.len(), 3, "one VTEP per node, none shared");
+    // Nothing of the pool goes by plain BGP routes in the kernel.
+    assert!(!routes(&lab, "node-1")
+        .lines()
+        .any(|l| l.starts_with("10.90.") && l.contains("proto 210")));
+    ipam_is_clean(&lab);
+}
+
+#[test]
+fn across_subnets_bgp_alone_cannot_reach_and_vxlan_cross_subnet_does_natively_within_one() {
+    // node-1 and node-3 share subnet 0; node-2 is on subnet 1, behind the underlay router,
+    // which knows no pod routes (no rack): BGP-routed traffic across subnets is lost, as with
+    // Calico.
+    let plain = LabGuard::up_with(SPREAD, &["--nodes", "3", "--subnets", "2"]);
+    let pods = ["x/a", "x/b", "x/c"];
+    let cut = [
+        ("x/a", "x/b"),
+        ("x/b", "x/a"),
+        ("x/c", "x/b"),
+        ("x/b", "x/c"),
+    ];
+    assert_eq!(plain.probe(&["80/TCP"]), matrix(&pods, &cut));
+    drop(plain);
+    let lab = LabGuard::up_with(
+        SPREAD,
+        &[
+            "--nodes",
+            "3",
+            "--subnets",
+            "2",
+            "--encap",
+            "vxlan-cross-subnet",
+        ],
+    );
+    assert_eq!(lab.probe(&["80/TCP"]), matrix(&pods, &[]));
+    let to_c = route_to(&lab, "node-1", &block_of(&lab.ip("x/c"))).unwrap_or_default();
+    assert!(
+        to_c.contains("via 198.18.0.13 dev eth0") && to_c.contains("proto 212"),
+        "same subnet, native: {to_c:?}"
+    );
+    let to_b = route_to(&lab, "node-1", &block_of(&lab.ip("x/b"))).unwrap_or_default();
+    assert!(
+        to_b.contains("dev vxlan.twill"),
+        "other subnet, encapsulated: {to_b:?}"
+    );
+}
+
+#[test]
+fn route_reflectors_with_the_mesh_off_connect_every_pod() {
+    let topology = "namespaces:\n  x: {ns: x}\npods:\n  - {ns: x, name: a, labels: {pod: a}, node: node-1}\n  \
+        - {ns: x, name: b, labels: {pod: b}, node: node-2}\n  - {ns: x, name: c, labels: {pod: c}, node: node-3}\n  \
+        - {ns: x, name: d, labels: {pod: d}, node: node-4}\nports:\n  - {name: serve-80-tcp, port: 80, protocol: TCP}\n";
+    let lab = LabGuard::up_with(topology, &["--nodes", "4"]);
+    let reflector = |name: &str, address: &str| {
+        format!(
+            "---\napiVersion: projectcalico.org/v3\nkind: Node\nmetadata:\n  name: {name}\n  labels:\n    kubernetes.io/hostname: {name}\n    \
+             route-reflector: \"true\"\n    twill.lab/subnet: \"0\"\nspec:\n  bgp:\n    ipv4Address: {address}/24\n    routeReflectorClusterID: 224.0.0.1\n"
+        )
+    };
+    let documents = [
+        reflector("node-1", "198.18.0.11"),
+        reflector("node-2", "198.18.0.12"),
+        "---\napiVersion: projectcalico.org/v3\nkind: BGPConfiguration\nmetadata:\n  name: default\nspec:\n  nodeToNodeMeshEnabled: false\n".into(),
+        "---\napiVersion: projectcalico.org/v3\nkind: BGPPeer\nmetadata:\n  name: rr-clients\nspec:\n  nodeSelector: has(route-reflector)\n  peerSelector: \"!has(route-reflector)\"\n".into(),
+        "---\napiVersion: projectcalico.org/v3\nkind: BGPPeer\nmetadata:\n  name: to-rrs\nspec:\n  nodeSelector: \"!has(route-reflector)\"\n  peerSelector: has(route-reflector)\n".into(),
+        "---\napiVersion: projectcalico.org/v3\nkind: BGPPeer\nmetadata:\n  name: rr-mesh\nspec:\n  nodeSelector: has(route-reflector)\n  peerSelector: has(route-reflector)\n".into(),
+    ]
+    .concat();
+    let run = ctl(&lab, &["apply", "-f", "-"], Some(&documents));
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    // Clients peer with the two reflectors only; the reflectors with everyone.
+    wait_until(
+        Duration::from_secs(30),
+        "clients peer with the reflectors only",
+        || {
+            let c = sessions(&lab, "node-3");
+            let peers: BTreeSet<&str> = c.keys().map(String::as_str).collect();
+            let up = c.values().all(|s| s["state"] == "Established");
+            (peers != BTreeSet::from(["198.18.0.11", "198.18.0.12"]) || !up)
+                .then(|| format!("{c:?}"))
+        },
+    );
+    wait_until(
+        Duration::from_secs(30),
+        "reflectors peer with every node",
+        || {
+            let r = sessions(&lab, "node-1");
+            let up = r.len() == 3 && r.values().all(|s| s["state"] == "Established");
+            (!up).then(|| format!("{r:?}"))
+        },
+    );
+    // node-3 and node-4 hear each other's blocks only through the reflectors.
+    let d_block = block_of(&lab.ip("x/d"));
+    wait_until(
+        Duration::from_secs(30),
+        "node-3 learns node-4's block by reflection",
+        || {
+            let route = route_to(&lab, "node-3", &d_block).unwrap_or_default();
+            (!route.contains("via 198.18.0.14")).then(|| routes(&lab, "node-3"))
+        },
+    );
+    let pods = ["x/a", "x/b", "x/c", "x/d"];
+    assert_eq!(lab.probe(&["80/TCP"]), matrix(&pods, &[]));
+}
+
+#[test]
+fn a_killed_agent_keeps_traffic_flowing_and_converges_with_no_stale_routes() {
+    let lab = LabGuard::up_with(SPREAD, &["--nodes", "3", "--tor", "bird"]);
+    let pods = ["x/a", "x/b", "x/c"];
+    let b_block = block_of(&lab.ip("x/b"));
+    let before = route_to(&lab, "node-1", &b_block).expect("node-1 routes node-2's block");
+    lab.ok(&["node", "kill", "node-2"]);
+    // While node-2's agent is dead: peers hold its routes (graceful restart), its kernel
+    // keeps everything, and traffic goes on. Watched for a while, never missing once.
+    let watch_until = Instant::now() + Duration::from_secs(6);
+    while Instant::now() < watch_until {
+        assert_eq!(
+            route_to(&lab, "node-1", &b_block).as_deref(),
+            Some(before.as_str()),
+            "node-1 lost {b_block}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(lab.probe(&["80/TCP"]), matrix(&pods, &[]));
+    lab.ok(&["node", "start", "node-2"]);
+    lab.ok(&["sync", "--timeout", "60"]);
+    assert_eq!(lab.probe(&["80/TCP"]), matrix(&pods, &[]));
+    // No stale routes: each node's BGP routes are exactly the other nodes' blocks and the
+    // rack's prefix.
+    let blocks: BTreeMap<&str, String> = [("node-1", "x/a"), ("node-2", "x/b"), ("node-3", "x/c")]
+        .into_iter()
+        .map(|(node, pod)| (node, block_of(&lab.ip(pod))))
+        .collect();
+    for node in ["node-1", "node-2", "node-3"] {
+        let learned: BTreeSet<String> = routes(&lab, node)
+            .lines()
+            .filter(|l| l.contains("proto 210"))
+            .map(|l| l.split_whitespace().next().unwrap().to_string())
+            .collect();
+        let mut expected: BTreeSet<String> = blocks
+            .iter()
+            .filter(|(owner, _)| **owner != node)
+            .map(|(_, b)| b.clone())
+            .collect();
+        expected.insert("198.19.0.0/24".into());
+        assert_eq!(learned, expected, "{node}:\n{}", routes(&lab, node));
+    }
+}
+
+#[test]
+fn a_node_removed_from_the_datastore_leaves_and_a_new_peer_flaps_no_mesh_session() {
+    let lab = LabGuard::up_with(SPREAD, &["--nodes", "3", "--tor", "bird"]);
+    // Take the rack's peerings away, then give them back: the mesh must not notice.
+    let rack = ctl(&lab, &["get", "bgppeers", "-o", "yaml"], None).stdout;
+    assert!(rack.contains("rack-subnet-0"), "{rack}");
+    let run = ctl(&lab, &["delete", "bgppeer", "rack-subnet-0"], None);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    wait_until(Duration::from_secs(20), "node-1 drops the rack", || {
+        let s = sessions(&lab, "node-1");
+        s.contains_key("198.18.0.1").then(|| format!("{s:?}"))
+    });
+    let mesh_before = sessions(&lab, "node-1");
+    let peer = "apiVersion: projectcalico.org/v3\nkind: BGPPeer\nmetadata:\n  name: rack-again\nspec:\n  peerIP: 198.18.0.1\n  asNumber: 65000\n";
+    let run = ctl(&lab, &["apply", "-f", "-"], Some(peer));
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    wait_until(
+        Duration::from_secs(30),
+        "node-1's new rack session comes up",
+        || {
+            let s = sessions(&lab, "node-1");
+            (s.get("198.18.0.1").map(|p| p["state"].clone()) != Some(Value::from("Established")))
+                .then(|| format!("{s:?}"))
+        },
+    );
+    let mesh_after = sessions(&lab, "node-1");
+    for (peer, before) in &mesh_before {
+        let after = &mesh_after[peer];
+        assert_eq!(after["state"], "Established", "{peer}");
+        assert!(
+            after["uptime_s"].as_u64().unwrap() >= before["uptime_s"].as_u64().unwrap(),
+            "the mesh session to {peer} was reset: {before} then {after}"
+        );
+    }
+    // node-3's Node resource deleted: its block leaves node-1's kernel.
+    let c_block = block_of(&lab.ip("x/c"));
+    assert!(route_to(&lab, "node-1", &c_block).is_some());
+    let run = ctl(&lab, &["delete", "node", "node-3"], None);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    wait_until(
+        Duration::from_secs(20),
+        "node-3's block leaves node-1",
+        || route_to(&lab, "node-1", &c_block),
+    );
+}
+
+#[test]
+fn the_seed_walkthrough_holds_across_nodes() {
+    let lab = LabGuard::up_with("ports: []\n", &["--nodes", "3"]);
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/seed-walkthrough");
+    lab.ok(&["apply", "-f", &format!("{root}/01-pods.yaml")]);
+    assert_ne!(
+        node_of(&lab, "default/frontend"),
+        node_of(&lab, "default/backend"),
+        "the pods are on different nodes"
+    );
+    let cell = |m: &Matrix, from: &str, to: &str, port: u64| {
+        m[&(from.to_string(), to.to_string(), port, "TCP".to_string())]
+    };
+    let open = lab.probe(&["8000/TCP"]);
+    assert!(cell(&open, "default/frontend", "default/backend", 8000));
+    lab.ok(&[
+        "apply",
+        "-f",
+        &format!("{root}/02-deny-all-ingress-to-backend.yaml"),
+    ]);
+    lab.ok(&["sync"]);
+    let denied = lab.probe(&["8000/TCP"]);
+    assert!(!cell(&denied, "default/frontend", "default/backend", 8000));
+    lab.ok(&[
+        "apply",
+        "-f",
+        &format!("{root}/03-allow-frontend-to-backend.yaml"),
+    ]);
+    lab.ok(&["sync"]);
+    let allowed = lab.probe(&["8000/TCP", "80/TCP"]);
+    assert!(cell(&allowed, "default/frontend", "default/backend", 8000));
+    assert!(
+        !cell(&allowed, "default/backend", "default/frontend", 8000),
+        "only ingress to backend was allowed; frontend serves 80"
+    );
+    assert!(
+        cell(&allowed, "default/backend", "default/frontend", 80),
+        "frontend's own ingress is open"
+    );
+}
+
+#[test]
+fn churn_of_a_hundred_pods_over_three_nodes_leaves_no_stale_route_and_no_leaked_address() {
+    let lab = LabGuard::up_with(
+        "ports:\n  - {name: serve-80-tcp, port: 80, protocol: TCP}\n",
+        &["--nodes", "3"],
+    );
+    let pods: String = (0..100)
+        .map(|i| format!("---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: p{i}\n  labels: {{app: churn}}\nspec:\n  containers: [{{name: c, image: x}}]\n"))
+        .collect();
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), &pods).unwrap();
+    let path = file.path().to_str().unwrap();
+    lab.ok(&["apply", "-f", path]);
+    lab.ok(&["sync", "--timeout", "60"]);
+    let status = lab.status();
+    let placed: BTreeMap<String, String> = status["pods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["ip"].as_str().unwrap().to_string(),
+                p["node"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(placed.len(), 100, "100 pods, 100 distinct addresses");
+    // Every pod's block is routed by every other node towards the pod's node.
+    let address = |node: &str| {
+        format!(
+            "198.18.0.{}",
+            10 + node.trim_start_matches("node-").parse::<u32>().unwrap()
+        )
+    };
+    let owners: BTreeMap<String, String> = placed
+        .iter()
+        .map(|(ip, node)| (block_of(ip), node.clone()))
+        .collect();
+    for (block, owner) in &owners {
+        for node in ["node-1", "node-2", "node-3"]
+            .into_iter()
+            .filter(|n| n != owner)
+        {
+            let route = route_to(&lab, node, block).unwrap_or_default();
+            assert!(
+                route.contains(&format!("via {}", address(owner))),
+                "{node} → {block}: {route:?}"
+            );
+        }
+    }
+    lab.ok(&["delete", "-f", path]);
+    lab.ok(&["sync", "--timeout", "60"]);
+    assert!(lab.status()["pods"].as_array().unwrap().is_empty());
+    ipam_is_clean(&lab);
+    // Blocks stay affine to their nodes (as Calico keeps them); no node routes anything
+    // else, and no node keeps a host route to a pod that is gone.
+    for node in ["node-1", "node-2", "node-3"] {
+        let text = routes(&lab, node);
+        for line in text.lines().filter(|l| l.contains("proto 210")) {
+            let prefix = line.split_whitespace().next().unwrap();
+            assert_ne!(
+                owners.get(prefix).map(String::as_str),
+                Some(node),
+                "{node} learned its own block: {line}"
+            );
+        }
+        assert!(
+            !text.lines().any(|l| l.contains("proto 211")),
+            "{node} keeps endpoint routes of deleted pods:\n{text}"
+        );
+    }
+}
