@@ -415,7 +415,7 @@ async fn sync_neighbours(
         }
     }
     for (mac, underlay) in &plan.fdb {
-        if fdb_present.get(&mac.to_vec()) != Some(&Some(IpAddr::V4(*underlay))) {
+        if fdb_present.get(mac.as_slice()) != Some(&Some(IpAddr::V4(*underlay))) {
             handle
                 .neighbours()
                 .add_bridge(index, mac)
