@@ -110,6 +110,9 @@ enum LabCommand {
         /// How long each probe waits for a reply, in milliseconds.
         #[arg(long, default_value_t = 1000)]
         timeout_ms: u64,
+        /// Probe the pods' IPv6 addresses (dual-stack labs) instead of their IPv4 ones.
+        #[arg(long)]
+        ipv6: bool,
     },
     /// Stop, kill or start a node's twill-node (fault tests).
     Node {
@@ -264,9 +267,12 @@ pub async fn run(args: LabArgs, datastore_flag: Option<String>) -> Result<(), Fa
             ports,
             output,
             timeout_ms,
+            ipv6,
         } => {
             let ports = parse_ports(&ports)?;
-            let results = lab.probe(&ports, Duration::from_millis(timeout_ms)).await?;
+            let results = lab
+                .probe_family(&ports, Duration::from_millis(timeout_ms), ipv6)
+                .await?;
             print_probe(&results, output)?;
         }
         LabCommand::Node { action, node } => {

@@ -60,7 +60,12 @@ fn routes(lab: &LabGuard, node: &str) -> String {
 
 /// The route to `prefix` in `node`'s main table (one line), if any.
 fn route_to(lab: &LabGuard, node: &str, prefix: &str) -> Option<String> {
-    let output = exec(&netns(lab, node), "ip", &["route", "show", "exact", prefix]);
+    let family = if prefix.contains(':') { "-6" } else { "-4" };
+    let output = exec(
+        &netns(lab, node),
+        "ip",
+        &[family, "route", "show", "exact", prefix],
+    );
     let text = String::from_utf8_lossy(&output.stdout).trim().to_string();
     (!text.is_empty()).then_some(text)
 }
@@ -595,4 +600,55 @@ fn churn_of_a_hundred_pods_over_three_nodes_leaves_no_stale_route_and_no_leaked_
             "{node} keeps endpoint routes of deleted pods:\n{text}"
         );
     }
+}
+
+#[test]
+fn dual_stack_pods_reach_each_other_over_both_families_across_nodes() {
+    let lab = LabGuard::up_with(SPREAD, &["--nodes", "3", "--dual-stack"]);
+    let pods = ["x/a", "x/b", "x/c"];
+    assert_eq!(lab.probe(&["80/TCP"]), matrix(&pods, &[]));
+    let v6: Value =
+        serde_json::from_str(&lab.ok(&["probe", "-o", "json", "--ipv6", "--port", "80/TCP"]))
+            .unwrap();
+    let cells: Matrix = v6["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let key = (
+                r["from"].as_str().unwrap().to_string(),
+                r["to"].as_str().unwrap().to_string(),
+                r["port"].as_u64().unwrap(),
+                r["protocol"].as_str().unwrap().to_string(),
+            );
+            (key, r["connected"].as_bool().unwrap())
+        })
+        .collect();
+    assert_eq!(cells, matrix(&pods, &[]), "over IPv6");
+    // IPv6 blocks (/122) go over IPv6 sessions between the nodes' IPv6 addresses.
+    let status = lab.status();
+    let b = status["pods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "b")
+        .unwrap()
+        .clone();
+    let b6 = b["ips"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .find(|ip| ip.contains(':'))
+        .unwrap()
+        .to_string();
+    let block: ipnet::Ipv6Net = format!("{b6}/122").parse().unwrap();
+    let route = route_to(&lab, "node-1", &block.trunc().to_string()).unwrap_or_default();
+    assert!(
+        route.contains("via fd00:198:18::12") && route.contains("proto 210"),
+        "{route:?}"
+    );
+    assert!(sessions(&lab, "node-1")
+        .get("fd00:198:18::12")
+        .is_some_and(|s| s["state"] == "Established"));
 }

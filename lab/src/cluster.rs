@@ -182,13 +182,32 @@ impl Lab {
                 ],
             )
             .map_err(anyhow::Error::msg)?;
+            if options.dual_stack {
+                let address = format!("{}/64", gateway_v6(subnet));
+                named::ip(
+                    &underlay,
+                    &["addr", "add", &address, "dev", &bridge, "nodad"],
+                )
+                .map_err(anyhow::Error::msg)?;
+            }
         }
         named::exec(&underlay, "sysctl", &["-qw", "net.ipv4.ip_forward=1"])
             .map_err(anyhow::Error::msg)?;
+        if options.dual_stack {
+            named::exec(
+                &underlay,
+                "sysctl",
+                &["-qw", "net.ipv6.conf.all.forwarding=1"],
+            )
+            .map_err(anyhow::Error::msg)?;
+        }
         for index in 1..=options.nodes.max(1) {
-            state
-                .nodes
-                .push(self.add_node(&underlay, index, (index - 1) % subnets)?);
+            state.nodes.push(self.add_node(
+                &underlay,
+                index,
+                (index - 1) % subnets,
+                options.dual_stack,
+            )?);
         }
         self.start_relays(state)?;
         let store = self.store(state).await?;
@@ -438,7 +457,8 @@ impl Lab {
                     .filter(|(owner, _)| *owner != node.name)
                     .map(|(_, block)| block)
                     .filter(|block| {
-                        named::ip(&node.netns, &["route", "show", "exact", block])
+                        let family = if block.contains(':') { "-6" } else { "-4" };
+                        named::ip(&node.netns, &[family, "route", "show", "exact", block])
                             .map_or(true, |o| o.stdout.is_empty())
                     })
                     .collect();
@@ -497,7 +517,13 @@ impl Lab {
         )
     }
 
-    fn add_node(&self, underlay: &str, index: usize, subnet: usize) -> anyhow::Result<NodeState> {
+    fn add_node(
+        &self,
+        underlay: &str,
+        index: usize,
+        subnet: usize,
+        dual_stack: bool,
+    ) -> anyhow::Result<NodeState> {
         let name = format!("node-{index}");
         let netns = format!("{}{name}", self.prefix());
         let address = format!("198.18.{subnet}.{}", 10 + index);
@@ -528,6 +554,17 @@ impl Lab {
             &netns,
             &["route", "add", "default", "via", &gateway(subnet)],
         ))?;
+        if dual_stack {
+            let v6 = format!("{}/64", node_v6(&address));
+            step(named::ip(
+                &netns,
+                &["addr", "add", &v6, "dev", "eth0", "nodad"],
+            ))?;
+            step(named::ip(
+                &netns,
+                &["-6", "route", "add", "default", "via", &gateway_v6(subnet)],
+            ))?;
+        }
         for setting in ["net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"] {
             step(named::exec(&netns, "sysctl", &["-qw", setting]))?;
         }
@@ -583,10 +620,14 @@ impl Lab {
         documents[0]["spec"]["vxlanMode"] = json!(vxlan);
         documents[0]["spec"]["ipipMode"] = json!(ipip);
         for node in &state.nodes {
+            let mut bgp = json!({"ipv4Address": format!("{}/24", node.address)});
+            if options.dual_stack {
+                bgp["ipv6Address"] = json!(format!("{}/64", node_v6(&node.address)));
+            }
             documents.push(json!({"apiVersion": "projectcalico.org/v3", "kind": "Node",
                 "metadata": {"name": node.name, "labels": {"kubernetes.io/hostname": node.name,
                     "twill.lab/subnet": subnet_of(&node.address).to_string()}},
-                "spec": {"bgp": {"ipv4Address": format!("{}/24", node.address)}}}));
+                "spec": {"bgp": bgp}}));
         }
         let text: String = documents.iter().map(|d| format!("---\n{d}\n")).collect();
         let resources = parse_documents(&text).map_err(document_errors)?;
@@ -1216,6 +1257,22 @@ impl Lab {
 /// [`UNDERLAY_GATEWAY`]).
 pub fn gateway(subnet: usize) -> String {
     format!("198.18.{subnet}.1")
+}
+
+/// The router's IPv6 address on subnet `subnet` (dual-stack labs: `fd00:198:18:K::1`, a
+/// unique local address inside the lab's namespaces).
+pub fn gateway_v6(subnet: usize) -> String {
+    format!("fd00:198:18:{subnet:x}::1")
+}
+
+/// A node's IPv6 underlay address, from its IPv4 one: `198.18.K.N` → `fd00:198:18:K::N`.
+pub fn node_v6(address: &str) -> String {
+    let parts: Vec<&str> = address.split('.').collect();
+    format!(
+        "fd00:198:18:{:x}::{}",
+        subnet_of(address),
+        parts.get(3).copied().unwrap_or("0")
+    )
 }
 
 /// The subnet of a node's underlay address.

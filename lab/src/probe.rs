@@ -48,11 +48,23 @@ pub fn default_ports(state: &State) -> Vec<Port> {
 }
 
 impl Lab {
-    /// Probes every ordered pair of distinct pods on every port, in parallel.
+    /// Probes every ordered pair of distinct pods on every port, in parallel, at their first
+    /// address.
     pub async fn probe(
         &self,
         ports: &[Port],
         timeout: Duration,
+    ) -> anyhow::Result<Vec<ProbeResult>> {
+        self.probe_family(ports, timeout, false).await
+    }
+
+    /// As [`Lab::probe`], at the pods' IPv6 addresses (`ipv6`) or their IPv4 ones; pods
+    /// without one are not probed.
+    pub async fn probe_family(
+        &self,
+        ports: &[Port],
+        timeout: Duration,
+        ipv6: bool,
     ) -> anyhow::Result<Vec<ProbeResult>> {
         let state = self.state()?;
         let ports = if ports.is_empty() {
@@ -64,7 +76,12 @@ impl Lab {
         for source in &state.pods {
             let mut targets = Vec::new();
             for destination in state.pods.iter().filter(|d| d.id() != source.id()) {
-                let Some(ip) = destination.ips.first().and_then(|ip| ip.parse().ok()) else {
+                let Some(ip) = destination
+                    .ips
+                    .iter()
+                    .filter_map(|ip| ip.parse::<std::net::IpAddr>().ok())
+                    .find(|ip| ip.is_ipv6() == ipv6)
+                else {
                     continue;
                 };
                 for port in &ports {

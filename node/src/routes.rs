@@ -1,6 +1,7 @@
 //! Endpoint routes: every local workload address has a host route via its interface with
 //! Twill's endpoint protocol (211); missing ones are added (a route lost after the CNI plugin
-//! added it comes back), Twill's routes to addresses no local workload has are removed.
+//! added it comes back); on an endpoint's interface, routes to addresses it no longer has are
+//! removed, and a route to an endpoint's address on another interface is moved.
 //! Routes of other protocols are never touched.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -79,8 +80,14 @@ async fn sync_with(
         .iter()
         .filter_map(|(net, interface)| Some((*net, *indexes.get(interface)?)))
         .collect();
+    // A route on an interface no local endpoint has yet is the CNI plugin's, between its
+    // route and its WorkloadEndpoint: left alone (removing it would cut a starting pod off).
+    // Interfaces that go take their routes with them.
+    let managed: BTreeSet<u32> = wanted.iter().map(|(_, oif)| *oif).collect();
+    let wanted_nets: BTreeSet<IpNet> = wanted.iter().map(|(net, _)| *net).collect();
     for (net, oif) in &present {
-        if !wanted.contains(&(*net, *oif)) {
+        let ours = managed.contains(oif) || wanted_nets.contains(net);
+        if ours && !wanted.contains(&(*net, *oif)) {
             let message = build(*net, *oif);
             if handle.route().del(message).execute().await.is_ok() {
                 changes.removed.push(*net);
