@@ -27,7 +27,9 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use ipnet::IpNet;
 use toml::{Table, Value};
-use twill_shared::resource::bgp::{BgpConfigurationSpec, BgpPassword, BgpPeerSpec, SecretKeyRef};
+use twill_shared::resource::bgp::{
+    BgpConfigurationSpec, BgpFilterSpec, BgpPassword, BgpPeerSpec, SecretKeyRef,
+};
 use twill_shared::resource::config::NodeSpec;
 use twill_shared::resource::fields::EncapMode;
 use twill_shared::resource::ipam::{BlockAffinitySpec, IpPoolSpec};
@@ -50,6 +52,7 @@ pub struct Cluster {
     peers: BTreeMap<String, Object<BgpPeerSpec>>,
     pools: BTreeMap<String, Object<IpPoolSpec>>,
     affinities: BTreeMap<String, Object<BlockAffinitySpec>>,
+    filters: BTreeMap<String, Object<BgpFilterSpec>>,
 }
 
 /// What [`Cluster::render`] gives for one node.
@@ -100,8 +103,8 @@ struct Session {
     rr_client: bool,
     /// Calico's peer type: `Mesh`, `Global` or `Node`.
     kind: &'static str,
-    /// The peering names BGPFilters Twill does not apply yet: it takes and sends nothing.
-    filtered: bool,
+    /// The BGPFilters the peering names, in order.
+    filters: Vec<String>,
     /// eBGP to a router on our own underlay subnet: other nodes' routes go with their own
     /// next hops (as BIRD does on a shared interface), not through us.
     shared_subnet: Option<IpNet>,
@@ -138,6 +141,10 @@ impl Cluster {
                 put(&mut self.affinities, name, Some(o));
             }
             (Kind::BlockAffinity, None) => put(&mut self.affinities, name, None),
+            (Kind::BgpFilter, Some(Resource::BgpFilter(o))) => {
+                put(&mut self.filters, name, Some(o))
+            }
+            (Kind::BgpFilter, None) => put(&mut self.filters, name, None),
             _ => return false,
         }
         true
@@ -151,6 +158,7 @@ impl Cluster {
             Kind::Node
                 | Kind::BgpConfiguration
                 | Kind::BgpPeer
+                | Kind::BgpFilter
                 | Kind::IpPool
                 | Kind::BlockAffinity
         )
@@ -300,7 +308,7 @@ impl Cluster {
                         next_hop_self: false,
                         rr_client: false,
                         kind: "Mesh",
-                        filtered: false,
+                        filters: Vec::new(),
                         shared_subnet: None,
                     });
                 }
@@ -425,11 +433,6 @@ impl Cluster {
                         "{what}: nextHopMode Keep is not supported yet; the next hop follows BGP's defaults"
                     ));
                 }
-                if spec.filters.as_ref().is_some_and(|f| !f.is_empty()) {
-                    rendered.warnings.push(format!(
-                        "{what}: BGPFilters are not applied yet; this peering accepts and sends nothing until they are"
-                    ));
-                }
                 if spec.local_workload_selector.is_some() {
                     rendered.warnings.push(format!(
                         "{what}: localWorkloadSelector is not supported yet"
@@ -463,7 +466,7 @@ impl Cluster {
                     next_hop_self,
                     rr_client,
                     kind: if global_peering { "Global" } else { "Node" },
-                    filtered: spec.filters.as_ref().is_some_and(|f| !f.is_empty()),
+                    filters: spec.filters.clone().unwrap_or_default(),
                     shared_subnet: own_nets
                         .iter()
                         .find(|net| !ibgp && net.contains(&address))
@@ -507,6 +510,7 @@ impl Cluster {
 
         let mut seen = BTreeSet::new();
         let mut neighbors = Vec::new();
+        let mut filtered_sessions = Vec::new();
         for session in sessions {
             if !seen.insert(session.address) {
                 rendered.warnings.push(format!(
@@ -516,6 +520,9 @@ impl Cluster {
                 continue;
             }
             neighbors.push(Value::Table(neighbor_table(&session, local_as)));
+            if !session.filters.is_empty() {
+                filtered_sessions.push(session);
+            }
         }
         file.insert("neighbor".into(), Value::Array(neighbors));
 
@@ -530,13 +537,39 @@ impl Cluster {
             .flatten()
             .filter_map(|c| Some((c.name.clone()?, c.value.clone()?)))
             .collect();
+        // Service ranges (Calico's static routes): advertised from every node, and routes
+        // learned inside them never written to the kernel. A node labelled
+        // exclude-from-external-load-balancers keeps the exclusion but advertises no
+        // external or load-balancer range. Single service addresses (/32, /128) are
+        // advertised per Service, which needs the Kubernetes backend's Services.
+        let excluded_from_lb =
+            labels.contains_key("node.kubernetes.io/exclude-from-external-load-balancers");
+        let mut service_ranges: BTreeSet<IpNet> = BTreeSet::new();
+        let mut service_advertised: BTreeSet<IpNet> = BTreeSet::new();
+        for (list, external) in [
+            (&global.service_cluster_ips, false),
+            (&global.service_external_ips, true),
+            (&global.service_load_balancer_ips, true),
+        ] {
+            for cidr in list.iter().flatten().filter_map(|s| s.cidr.as_ref()) {
+                let net = cidr.0.trunc();
+                service_ranges.insert(net);
+                if net.prefix_len() < net.max_prefix_len() && !(external && excluded_from_lb) {
+                    service_advertised.insert(net);
+                }
+            }
+        }
         let mut originate = Vec::new();
         let blocks = rendered.blackholes.clone();
-        for prefix in blocks.iter().chain(
-            borrowed
-                .iter()
-                .filter(|b| !blocks.iter().any(|block| block.contains(*b))),
-        ) {
+        for prefix in blocks
+            .iter()
+            .chain(
+                borrowed
+                    .iter()
+                    .filter(|b| !blocks.iter().any(|block| block.contains(*b))),
+            )
+            .chain(service_advertised.iter())
+        {
             let mut entry = Table::new();
             entry.insert("prefix".into(), Value::String(prefix.to_string()));
             entry.insert(
@@ -593,11 +626,80 @@ impl Cluster {
             rule.insert("action".into(), Value::String("accept".into()));
             rules.push(Value::Table(rule));
         }
+        for range in &service_advertised {
+            let mut rule = Table::new();
+            rule.insert(
+                "prefix".into(),
+                Value::Array(vec![Value::String(range.to_string())]),
+            );
+            rule.insert("action".into(), Value::String("accept".into()));
+            rules.push(Value::Table(rule));
+        }
+        encapsulated.extend(service_ranges.iter().map(|r| Value::String(r.to_string())));
+        let mut filters = Vec::new();
+        // Filtered sessions: their BGPFilters' rules in order, first match deciding, then
+        // Calico's defaults (import: accept; export: the pools' rules above).
+        for session in filtered_sessions {
+            let v4 = session.address.is_ipv4();
+            let ibgp = session.remote_as == local_as;
+            let mut import_rules = Vec::new();
+            let mut export_rules = Vec::new();
+            let mut broken = None;
+            for name in &session.filters {
+                let Some(filter) = self.filters.get(name) else {
+                    broken = Some(format!("BGPFilter {name} does not exist"));
+                    break;
+                };
+                let (import, export) = if v4 {
+                    (&filter.spec.import_v4, &filter.spec.export_v4)
+                } else {
+                    (&filter.spec.import_v6, &filter.spec.export_v6)
+                };
+                for (list, out) in [(import, &mut import_rules), (export, &mut export_rules)] {
+                    for (index, rule) in list.iter().flatten().enumerate() {
+                        match filter_rule(rule, v4, ibgp) {
+                            Ok(Some(table)) => out.push(Value::Table(table)),
+                            Ok(None) => {}
+                            Err(reason) => {
+                                broken = Some(format!("BGPFilter {name} rule {index}: {reason}"));
+                            }
+                        }
+                    }
+                }
+            }
+            let name = session_filter_name(&session);
+            let (import_default, export_default) = match &broken {
+                Some(reason) => {
+                    rendered.warnings.push(format!(
+                        "peering with {}: {reason}; it accepts and sends nothing until that is fixed",
+                        session.address
+                    ));
+                    import_rules.clear();
+                    export_rules.clear();
+                    ("reject", "reject")
+                }
+                None => {
+                    export_rules.extend(rules.iter().cloned());
+                    ("accept", "reject")
+                }
+            };
+            for (suffix, list, default) in [
+                ("import", import_rules, import_default),
+                ("export", export_rules, export_default),
+            ] {
+                let mut filter = Table::new();
+                filter.insert("name".into(), Value::String(format!("{name}_{suffix}")));
+                filter.insert("default".into(), Value::String(default.into()));
+                filter.insert("rule".into(), Value::Array(list));
+                filters.push(Value::Table(filter));
+            }
+        }
         let mut filter = Table::new();
         filter.insert("name".into(), Value::String(EXPORT_FILTER.into()));
         filter.insert("default".into(), Value::String("reject".into()));
         filter.insert("rule".into(), Value::Array(rules));
-        file.insert("filter".into(), Value::Array(vec![Value::Table(filter)]));
+        filters.insert(0, Value::Table(filter));
+        file.insert("filter".into(), Value::Array(filters));
 
         let mut kernel = Table::new();
         kernel.insert("table".into(), Value::Integer(254));
@@ -686,24 +788,158 @@ fn neighbor_table(session: &Session, local_as: u32) -> Table {
     if session.rr_client && session.remote_as == local_as {
         table.insert("route_reflector_client".into(), Value::Boolean(true));
     }
-    table.insert(
-        "import".into(),
-        Value::Array(vec![Value::String(
-            if session.filtered { "none" } else { "all" }.into(),
-        )]),
-    );
-    table.insert(
-        "export".into(),
-        Value::Array(vec![Value::String(
-            if session.filtered {
-                "none"
-            } else {
-                EXPORT_FILTER
-            }
-            .into(),
-        )]),
-    );
+    let (import, export) = if session.filters.is_empty() {
+        ("all".to_string(), EXPORT_FILTER.to_string())
+    } else {
+        let name = session_filter_name(session);
+        (format!("{name}_import"), format!("{name}_export"))
+    };
+    table.insert("import".into(), Value::Array(vec![Value::String(import)]));
+    table.insert("export".into(), Value::Array(vec![Value::String(export)]));
     table
+}
+
+/// The name of a filtered session's own filters (`…_import`, `…_export`).
+fn session_filter_name(session: &Session) -> String {
+    format!(
+        "bgpfilter_{}",
+        session.address.to_string().replace(['.', ':'], "_")
+    )
+}
+
+/// A whole family's catch-all: rules with no prefix criterion still only see their family.
+fn family_prefix(v4: bool) -> String {
+    if v4 { "0.0.0.0/0 le 32" } else { "::/0 le 128" }.to_string()
+}
+
+/// One Calico BGPFilter rule as a twill-bgpd rule; `None` when it can never match here
+/// (`interface`: Twill's speaker exports no interface routes; `peerType` of the other kind).
+fn filter_rule(
+    rule: &twill_shared::resource::bgp::BgpFilterRule,
+    v4: bool,
+    ibgp: bool,
+) -> Result<Option<Table>, String> {
+    if rule.interface.is_some() {
+        return Ok(None);
+    }
+    match rule.peer_type.as_deref() {
+        Some("eBGP") if ibgp => return Ok(None),
+        Some("iBGP") if !ibgp => return Ok(None),
+        Some("eBGP" | "iBGP") | None => {}
+        Some(other) => return Err(format!("peerType {other:?} is not eBGP or iBGP")),
+    }
+    let mut table = Table::new();
+    let action = match rule.action.as_deref() {
+        Some("Accept") => "accept",
+        Some("Reject") => "reject",
+        other => return Err(format!("action {other:?} is not Accept or Reject")),
+    };
+    table.insert("action".into(), Value::String(action.into()));
+    let max = if v4 { 32 } else { 128 };
+    let range = |base: u8| {
+        let (min, high) = rule
+            .prefix_length
+            .as_ref()
+            .map_or((None, None), |l| (l.min, l.max));
+        let low = min.unwrap_or(base).max(base);
+        let high = high.unwrap_or(max).min(max);
+        if low > high {
+            return Err(format!("prefixLength {low}..{high} is empty"));
+        }
+        Ok(if low == base {
+            format!("le {high}")
+        } else {
+            format!("ge {low} le {high}")
+        })
+    };
+    let family = family_prefix(v4);
+    match (&rule.cidr, rule.match_operator.as_deref()) {
+        (Some(cidr), operator) => {
+            let cidr = cidr.0.trunc();
+            if cidr.addr().is_ipv4() != v4 {
+                return Ok(None);
+            }
+            let within = format!("{cidr} {}", range(cidr.prefix_len())?);
+            let (key, value) = match operator {
+                Some("Equal") => ("prefix", cidr.to_string()),
+                Some("In") => ("prefix", within),
+                Some("NotEqual") => ("not_prefix", cidr.to_string()),
+                Some("NotIn") => ("not_prefix", within),
+                other => {
+                    return Err(format!(
+                        "matchOperator {other:?} is not Equal, NotEqual, In or NotIn"
+                    ))
+                }
+            };
+            table.insert(key.into(), Value::Array(vec![Value::String(value)]));
+            if key == "not_prefix" {
+                table.insert("prefix".into(), Value::Array(vec![Value::String(family)]));
+            }
+        }
+        (None, _) => {
+            let zero = if v4 { "0.0.0.0/0" } else { "::/0" };
+            table.insert(
+                "prefix".into(),
+                Value::Array(vec![Value::String(format!("{zero} {}", range(0)?))]),
+            );
+        }
+    }
+    match rule.source.as_deref() {
+        Some("RemotePeers") => {
+            table.insert("learned".into(), Value::Boolean(true));
+        }
+        None => {}
+        Some(other) => return Err(format!("source {other:?} is not RemotePeers")),
+    }
+    if let Some(values) = rule.communities.as_ref().and_then(|c| c.values.clone()) {
+        table.insert(
+            "community".into(),
+            Value::Array(values.into_iter().map(Value::String).collect()),
+        );
+    }
+    if let Some(prefix) = &rule.as_path_prefix {
+        table.insert(
+            "as_path_prefix".into(),
+            Value::Array(prefix.iter().map(|a| Value::Integer(a.0.into())).collect()),
+        );
+    }
+    if let Some(priority) = rule.priority {
+        table.insert(
+            "match_local_pref".into(),
+            Value::Integer(i64::from(i32::MAX as u32 - priority.min(i32::MAX as u32))),
+        );
+    }
+    let mut add = Vec::new();
+    let mut prepend = Vec::new();
+    for operation in rule.operations.iter().flatten() {
+        if let Some(values) = operation
+            .add_community
+            .as_ref()
+            .and_then(|c| c.values.clone())
+        {
+            add.extend(values.into_iter().map(Value::String));
+        }
+        if let Some(asns) = operation
+            .prepend_as_path
+            .as_ref()
+            .and_then(|p| p.prefix.clone())
+        {
+            prepend.extend(asns.into_iter().map(|a| Value::Integer(a.0.into())));
+        }
+        if let Some(value) = operation.set_priority.as_ref().and_then(|p| p.value) {
+            table.insert(
+                "local_pref".into(),
+                Value::Integer(i64::from(i32::MAX as u32 - value.min(i32::MAX as u32))),
+            );
+        }
+    }
+    if !add.is_empty() {
+        table.insert("add_community".into(), Value::Array(add));
+    }
+    if !prepend.is_empty() {
+        table.insert("prepend".into(), Value::Array(prepend));
+    }
+    Ok(Some(table))
 }
 
 /// Calico's protocol names, which `node status` reads the peer type from: `Mesh_10_0_0_1`,
@@ -1092,18 +1328,162 @@ mod tests {
             .is_none());
     }
 
+    /// The decision twill-bgpd's own filters take for a route on the session to `peer`.
+    fn decide(
+        config: &crate::config::DaemonConfig,
+        peer: &str,
+        export: bool,
+        prefix: &str,
+        learned: bool,
+        attributes: &mut crate::wire::attribute::PathAttributes,
+    ) -> bool {
+        let (neighbor, _) = config
+            .neighbors
+            .iter()
+            .find(|(n, _)| n.address.to_string() == peer)
+            .unwrap();
+        let filters = if export {
+            &neighbor.export
+        } else {
+            &neighbor.import
+        };
+        let mut route = crate::policy::Route::new(prefix.parse().unwrap(), attributes, 64512);
+        route.learned = learned;
+        crate::policy::Filter::apply_all(filters, &mut route)
+    }
+
+    const TOR: &str = "---\napiVersion: projectcalico.org/v3\nkind: BGPPeer\nmetadata:\n  name: tor\nspec:\n  peerIP: 198.18.0.1\n  asNumber: 65000\n  filters: [rack-in, rack-out]\n";
+
     #[test]
-    fn a_peering_with_bgp_filters_fails_closed_and_says_so() {
+    fn bgp_filters_decide_in_order_then_calicos_defaults_apply() {
+        let filters = "---\napiVersion: projectcalico.org/v3\nkind: BGPFilter\nmetadata:\n  name: rack-in\nspec:\n  importV4:\n  \
+            - {action: Accept, matchOperator: In, cidr: 198.19.0.0/16, prefixLength: {min: 24}}\n  - {action: Reject}\n\
+            ---\napiVersion: projectcalico.org/v3\nkind: BGPFilter\nmetadata:\n  name: rack-out\nspec:\n  exportV4:\n  \
+            - {action: Reject, matchOperator: In, cidr: 10.90.0.0/16, source: RemotePeers}\n  \
+            - action: Accept\n    matchOperator: Equal\n    cidr: 10.90.1.0/26\n    operations:\n    - addCommunity: {values: [\"65000:7\"]}\n    - prependASPath: {prefix: [64512, 64512]}\n    - setPriority: {value: 512}\n  \
+            - {action: Accept, matchOperator: NotIn, cidr: 10.0.0.0/8}\n  importV6:\n  - {action: Reject}\n";
         let yaml = [
             node("a", "10.0.0.1", ""),
-            "---\napiVersion: projectcalico.org/v3\nkind: BGPPeer\nmetadata:\n  name: tor\nspec:\n  peerIP: 198.18.0.1\n  asNumber: 65000\n  filters: [only-pods]\n".into(),
+            POOL.into(),
+            TOR.into(),
+            filters.into(),
         ]
         .concat();
-        let (a, rendered) = render(&cluster(&yaml, &[]), "a");
-        let tor = &neighbors(&a)["198.18.0.1"];
-        assert_eq!(tor["import"][0].as_str(), Some("none"));
-        assert_eq!(tor["export"][0].as_str(), Some("none"));
-        assert!(rendered.warnings.iter().any(|w| w.contains("BGPFilters")));
+        let cluster = cluster(&yaml, &[("a", "10.90.1.0/26"), ("a", "10.90.2.0/26")]);
+        let rendered = cluster.render("a", &[], &BTreeMap::new());
+        assert!(rendered.warnings.is_empty(), "{:?}", rendered.warnings);
+        let config = crate::config::DaemonConfig::parse(&rendered.config.unwrap()).unwrap();
+        let plain = || crate::wire::attribute::PathAttributes::default();
+        // Import: the rack's /24s and longer inside 198.19.0.0/16, nothing else.
+        assert!(decide(
+            &config,
+            "198.18.0.1",
+            false,
+            "198.19.4.0/24",
+            true,
+            &mut plain()
+        ));
+        assert!(!decide(
+            &config,
+            "198.18.0.1",
+            false,
+            "198.19.0.0/16",
+            true,
+            &mut plain()
+        ));
+        assert!(!decide(
+            &config,
+            "198.18.0.1",
+            false,
+            "0.0.0.0/0",
+            true,
+            &mut plain()
+        ));
+        // Export: pod routes learned from other nodes stay in; our block 10.90.1.0/26 goes
+        // with the operations; the other falls through to Calico's pool rule; NotIn
+        // 10.0.0.0/8 lets a non-pool route out by the filter's own accept.
+        assert!(!decide(
+            &config,
+            "198.18.0.1",
+            true,
+            "10.90.9.0/26",
+            true,
+            &mut plain()
+        ));
+        let mut changed = plain();
+        assert!(decide(
+            &config,
+            "198.18.0.1",
+            true,
+            "10.90.1.0/26",
+            false,
+            &mut changed
+        ));
+        assert_eq!(changed.communities, vec![(65000 << 16) | 7]);
+        assert_eq!(
+            changed.as_path.map(|p| p.asns().collect::<Vec<_>>()),
+            Some(vec![64512, 64512])
+        );
+        assert_eq!(changed.local_pref, Some(2_147_483_647 - 512));
+        assert!(decide(
+            &config,
+            "198.18.0.1",
+            true,
+            "10.90.2.0/26",
+            false,
+            &mut plain()
+        ));
+        assert!(decide(
+            &config,
+            "198.18.0.1",
+            true,
+            "192.168.0.0/16",
+            true,
+            &mut plain()
+        ));
+        assert!(
+            !decide(
+                &config,
+                "198.18.0.1",
+                true,
+                "10.200.0.0/16",
+                true,
+                &mut plain()
+            ),
+            "not in a pool: Calico's default"
+        );
+    }
+
+    #[test]
+    fn a_missing_bgp_filter_fails_closed_and_says_so() {
+        let yaml = [node("a", "10.0.0.1", ""), POOL.into(), TOR.into()].concat();
+        let rendered = cluster(&yaml, &[("a", "10.90.1.0/26")]).render("a", &[], &BTreeMap::new());
+        assert!(
+            rendered
+                .warnings
+                .iter()
+                .any(|w| w.contains("BGPFilter rack-in does not exist")),
+            "{:?}",
+            rendered.warnings
+        );
+        let config = crate::config::DaemonConfig::parse(&rendered.config.unwrap()).unwrap();
+        let mut plain = crate::wire::attribute::PathAttributes::default();
+        assert!(!decide(
+            &config,
+            "198.18.0.1",
+            false,
+            "198.19.4.0/24",
+            true,
+            &mut plain
+        ));
+        assert!(!decide(
+            &config,
+            "198.18.0.1",
+            true,
+            "10.90.1.0/26",
+            false,
+            &mut plain
+        ));
     }
 
     #[test]
@@ -1140,6 +1520,65 @@ mod tests {
         assert!(
             n["198.18.0.2"].get("shared_subnet").is_none(),
             "iBGP keeps next hops anyway"
+        );
+    }
+
+    #[test]
+    fn service_ranges_are_advertised_and_kept_out_of_the_kernel() {
+        let bgp_config = "---\napiVersion: projectcalico.org/v3\nkind: BGPConfiguration\nmetadata:\n  name: default\nspec:\n  \
+            serviceClusterIPs:\n  - cidr: 10.96.0.0/12\n  serviceExternalIPs:\n  - cidr: 198.19.10.0/24\n  - cidr: 198.19.11.7/32\n  \
+            serviceLoadBalancerIPs:\n  - cidr: 198.19.20.0/24\n";
+        let yaml = [
+            node("a", "10.0.0.1", ""),
+            node(
+                "b",
+                "10.0.0.2",
+                "  labels:\n    node.kubernetes.io/exclude-from-external-load-balancers: \"\"\n",
+            ),
+            bgp_config.into(),
+        ]
+        .concat();
+        let cluster = cluster(&yaml, &[]);
+        let config = |node: &str| {
+            crate::config::DaemonConfig::parse(
+                &cluster.render(node, &[], &BTreeMap::new()).config.unwrap(),
+            )
+            .unwrap()
+        };
+        let a = config("a");
+        let originated: Vec<String> = a.originate.keys().map(ToString::to_string).collect();
+        // Ranges, not the single address (that one is per Service).
+        assert_eq!(
+            originated,
+            ["10.96.0.0/12", "198.19.10.0/24", "198.19.20.0/24"]
+        );
+        let excluded: Vec<String> = a
+            .kernel
+            .unwrap()
+            .exclude
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            excluded,
+            [
+                "10.96.0.0/12",
+                "198.19.10.0/24",
+                "198.19.11.7/32",
+                "198.19.20.0/24"
+            ]
+        );
+        let b = config("b");
+        let originated: Vec<String> = b.originate.keys().map(ToString::to_string).collect();
+        assert_eq!(
+            originated,
+            ["10.96.0.0/12"],
+            "excluded from external load balancers"
+        );
+        assert_eq!(
+            b.kernel.unwrap().exclude.len(),
+            4,
+            "still never routes them"
         );
     }
 

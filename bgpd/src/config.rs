@@ -238,6 +238,13 @@ fn accept() -> String {
 struct RuleSpec {
     #[serde(default)]
     prefix: Vec<String>,
+    /// The prefix is in none of these.
+    #[serde(default)]
+    not_prefix: Vec<String>,
+    /// Learned from a BGP peer (true) or our own origination (false).
+    learned: Option<bool>,
+    /// The path's LOCAL_PREF is this.
+    match_local_pref: Option<u32>,
     #[serde(default)]
     community: Vec<String>,
     as_path_max_len: Option<usize>,
@@ -548,8 +555,16 @@ impl RuleSpec {
             as_path_min_len: self.as_path_min_len,
             as_path_prefix: self.as_path_prefix.clone(),
             origin_as: self.origin_as.clone(),
+            learned: self.learned,
+            local_pref: self.match_local_pref,
             ..Match::default()
         };
+        for (at, text) in self.not_prefix.iter().enumerate() {
+            matches.not_prefixes.push(
+                text.parse::<PrefixMatch>()
+                    .map_err(|reason| err(format!("{path}.not_prefix[{at}]"), reason))?,
+            );
+        }
         for (at, text) in self.as_path_regex.iter().enumerate() {
             matches.as_path_regex.push(
                 text.parse::<AsPathRegex>()

@@ -652,3 +652,51 @@ fn dual_stack_pods_reach_each_other_over_both_families_across_nodes() {
         .get("fd00:198:18::12")
         .is_some_and(|s| s["state"] == "Established"));
 }
+
+#[test]
+fn a_bgp_filter_on_the_rack_peering_changes_what_the_rack_and_the_node_learn() {
+    let lab = LabGuard::up_with(PAIR, &["--nodes", "2", "--tor", "bird"]);
+    let a_block = block_of(&lab.ip("x/a"));
+    let b_block = block_of(&lab.ip("x/b"));
+    assert!(route_to(&lab, "node-1", "198.19.0.0/24").is_some());
+    // The nodes take nothing of 198.19.0.0/16 from the rack and tell it only about their own
+    // blocks, not those they learned from each other.
+    let documents = format!(
+        "---\napiVersion: projectcalico.org/v3\nkind: BGPFilter\nmetadata:\n  name: rack-policy\nspec:\n  \
+         importV4:\n  - {{action: Reject, matchOperator: In, cidr: 198.19.0.0/16}}\n  \
+         exportV4:\n  - {{action: Reject, source: RemotePeers}}\n\
+         ---\napiVersion: projectcalico.org/v3\nkind: BGPPeer\nmetadata:\n  name: rack-subnet-0\nspec:\n  \
+         peerIP: 198.18.0.1\n  asNumber: 65000\n  nodeSelector: \"twill.lab/subnet == '0'\"\n  filters: [rack-policy]\n"
+    );
+    let run = ctl(&lab, &["apply", "-f", "-"], Some(&documents));
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    wait_until(
+        Duration::from_secs(30),
+        "the rack's prefix leaves the nodes",
+        || {
+            route_to(&lab, "node-1", "198.19.0.0/24")
+                .or_else(|| route_to(&lab, "node-2", "198.19.0.0/24"))
+        },
+    );
+    // The rack still has both blocks, each only from its own node now.
+    wait_until(
+        Duration::from_secs(30),
+        "the rack hears each block from its own node only",
+        || {
+            let tor = lab.ok(&["tor", "routes"]);
+            let a_from_1 = route_to(&lab, "underlay", &a_block).unwrap_or_default();
+            let b_from_2 = route_to(&lab, "underlay", &b_block).unwrap_or_default();
+            // BIRD lists each path it has; one path per block now.
+            let paths = tor.matches("BGP.as_path").count();
+            let ok = a_from_1.contains("via 198.18.0.11")
+                && b_from_2.contains("via 198.18.0.12")
+                && paths == 2;
+            (!ok).then(|| format!("{a_from_1:?} {b_from_2:?} {paths} paths\n{tor}"))
+        },
+    );
+    assert_eq!(
+        lab.probe(&["80/TCP"]),
+        matrix(&["x/a", "x/b"], &[]),
+        "the mesh is untouched"
+    );
+}

@@ -89,6 +89,13 @@ impl std::str::FromStr for PrefixMatch {
 pub struct Match {
     /// The prefix falls in one of these (any).
     pub prefixes: Vec<PrefixMatch>,
+    /// The prefix falls in none of these (Calico's NotEqual / NotIn).
+    pub not_prefixes: Vec<PrefixMatch>,
+    /// The route was learned from a BGP peer (`true`) or is our own (`false`): Calico's
+    /// `source: RemotePeers`.
+    pub learned: Option<bool>,
+    /// The path's LOCAL_PREF is this (Calico's `priority`, 2147483647 − priority).
+    pub local_pref: Option<u32>,
     /// The path carries one of these communities (any).
     pub communities: Vec<u32>,
     /// The path carries one of these large communities (any).
@@ -119,6 +126,11 @@ impl Match {
         let path = attributes.as_path.as_ref();
         let path_len = path.map_or(0, |p| p.len());
         any_of(&self.prefixes, |m| m.matches(&route.prefix))
+            && !self.not_prefixes.iter().any(|m| m.matches(&route.prefix))
+            && self.learned.is_none_or(|learned| learned == route.learned)
+            && self
+                .local_pref
+                .is_none_or(|wanted| attributes.local_pref == Some(wanted))
             && any_of(&self.communities, |c| attributes.communities.contains(c))
             && any_of(&self.large_communities, |c| {
                 attributes.large_communities.contains(c)
@@ -289,6 +301,8 @@ pub struct Route<'a> {
     pub local_as: u32,
     /// The next hop a rule set, if any: the caller applies it.
     pub next_hop: Option<SetNextHop>,
+    /// Learned from a BGP peer (every imported route; exported ones unless our own).
+    pub learned: bool,
 }
 
 impl<'a> Route<'a> {
@@ -299,6 +313,7 @@ impl<'a> Route<'a> {
             attributes,
             local_as,
             next_hop: None,
+            learned: true,
         }
     }
 }

@@ -296,3 +296,55 @@ fn defaults_set_med_and_local_pref_only_when_absent() {
     assert!(run(&filter, "10.1.0.0/16", &mut set));
     assert_eq!((set.med, set.local_pref), (Some(7), Some(300)), "kept");
 }
+
+#[test]
+fn negated_prefixes_origin_and_local_pref_match_as_calicos_bgp_filters_need() {
+    let rule = |matches: Match| Filter {
+        rules: vec![Rule {
+            matches,
+            accept: false,
+            modify: Modify::default(),
+        }],
+        default_accept: true,
+    };
+    // NotIn 10.0.0.0/8: everything outside it is rejected, what is inside falls through.
+    let not_in = rule(Match {
+        not_prefixes: vec!["10.0.0.0/8 le 32".parse().unwrap()],
+        ..Match::default()
+    });
+    assert!(!run(
+        &not_in,
+        "192.168.0.0/16",
+        &mut PathAttributes::default()
+    ));
+    assert!(run(&not_in, "10.1.0.0/16", &mut PathAttributes::default()));
+    // source: RemotePeers.
+    let learned = rule(Match {
+        learned: Some(true),
+        ..Match::default()
+    });
+    let mut attributes = PathAttributes::default();
+    let mut ours = Route::new(net("10.0.0.0/24"), &mut attributes, 65000);
+    ours.learned = false;
+    assert!(learned.apply(&mut ours), "our own route is not from a peer");
+    assert!(!run(
+        &learned,
+        "10.0.0.0/24",
+        &mut PathAttributes::default()
+    ));
+    // priority, as LOCAL_PREF.
+    let priority = rule(Match {
+        local_pref: Some(2_147_482_623),
+        ..Match::default()
+    });
+    let mut normal = PathAttributes {
+        local_pref: Some(2_147_482_623),
+        ..PathAttributes::default()
+    };
+    assert!(!run(&priority, "10.0.0.0/24", &mut normal));
+    assert!(run(
+        &priority,
+        "10.0.0.0/24",
+        &mut PathAttributes::default()
+    ));
+}

@@ -395,6 +395,7 @@ impl Speaker {
                     continue;
                 };
                 let mut route = Route::new(*prefix, &mut attributes, session_as);
+                route.learned = path.peer() != crate::rib::PeerId::LOCAL;
                 if !Filter::apply_all(&export, &mut route) {
                     continue;
                 }
