@@ -23,6 +23,7 @@ use std::hash::Hash;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
+use hashbrown::HashTable;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use crate::wire::attribute::{community, Origin, PathAttributes};
@@ -291,93 +292,60 @@ impl Paths {
     }
 }
 
-/// The attribute sets of one hash: almost always one.
-#[derive(Debug)]
-enum Sets {
-    One(Arc<PathAttributes>),
-    Many(Vec<Arc<PathAttributes>>),
-}
-
-impl Sets {
-    fn find(&self, attributes: &PathAttributes) -> Option<Arc<PathAttributes>> {
-        match self {
-            Sets::One(a) => (**a == *attributes).then(|| a.clone()),
-            Sets::Many(all) => all.iter().find(|a| ***a == *attributes).cloned(),
-        }
-    }
-
-    fn push(&mut self, shared: Arc<PathAttributes>) {
-        match self {
-            Sets::One(first) => *self = Sets::Many(vec![first.clone(), shared]),
-            Sets::Many(all) => all.push(shared),
-        }
-    }
-
-    fn len(&self) -> usize {
-        match self {
-            Sets::One(_) => 1,
-            Sets::Many(all) => all.len(),
-        }
-    }
-
-    /// Forgets the sets no path uses; whether any is left.
-    fn retain_used(&mut self) -> bool {
-        match self {
-            Sets::One(a) => Arc::strong_count(a) > 1,
-            Sets::Many(all) => {
-                all.retain(|a| Arc::strong_count(a) > 1);
-                !all.is_empty()
-            }
-        }
-    }
-}
-
 /// Shares equal attribute sets, and equal (next hop, attribute set) pairs. Sets are found by
-/// their hash, computed once per UPDATE: a table of hundreds of thousands of distinct sets (a
-/// real Internet table) grows without hashing any set again, and a set seen before costs no
-/// allocation.
+/// their hash, computed once per UPDATE and kept beside the set: a table of hundreds of
+/// thousands of distinct sets (a real Internet table) grows without hashing any set again, and
+/// a set seen before costs no allocation. Both tables hold bare entries (no key stored apart
+/// from its value): a hop is found by its next hop and its set's address, hashed again when
+/// the table grows.
 #[derive(Debug, Default)]
 struct Interner {
     hasher: ahash::RandomState,
-    attributes: FastMap<u64, Sets>,
-    hops: FastMap<(IpAddr, usize), Arc<Hop>>,
+    /// Each set with its hash.
+    attributes: HashTable<(u64, Arc<PathAttributes>)>,
+    hops: HashTable<Arc<Hop>>,
 }
 
 impl Interner {
     fn intern(&mut self, next_hop: IpAddr, attributes: PathAttributes) -> Arc<Hop> {
         let hash = self.hasher.hash_one(&attributes);
-        let attributes = match self.attributes.get_mut(&hash) {
-            Some(same) => match same.find(&attributes) {
-                Some(shared) => shared,
-                None => {
-                    let shared = Arc::new(attributes);
-                    same.push(shared.clone());
-                    shared
-                }
-            },
+        let attributes = match self
+            .attributes
+            .find(hash, |(h, a)| *h == hash && **a == attributes)
+        {
+            Some((_, shared)) => shared.clone(),
             None => {
                 let shared = Arc::new(attributes);
-                self.attributes.insert(hash, Sets::One(shared.clone()));
+                self.attributes
+                    .insert_unique(hash, (hash, shared.clone()), |(h, _)| *h);
                 shared
             }
         };
+        let hasher = &self.hasher;
         // The attribute set is interned, so its address identifies it.
-        let identity = Arc::as_ptr(&attributes) as usize;
-        self.hops
-            .entry((next_hop, identity))
-            .or_insert_with(|| {
-                Arc::new(Hop {
-                    next_hop,
-                    attributes,
-                })
-            })
-            .clone()
+        let hop_hash = |next_hop: IpAddr, attributes: &Arc<PathAttributes>| -> u64 {
+            hasher.hash_one((next_hop, Arc::as_ptr(attributes) as usize))
+        };
+        let hash = hop_hash(next_hop, &attributes);
+        let same =
+            |hop: &Arc<Hop>| hop.next_hop == next_hop && Arc::ptr_eq(&hop.attributes, &attributes);
+        if let Some(hop) = self.hops.find(hash, same) {
+            return hop.clone();
+        }
+        let hop = Arc::new(Hop {
+            next_hop,
+            attributes,
+        });
+        self.hops.insert_unique(hash, hop.clone(), |hop| {
+            hop_hash(hop.next_hop, &hop.attributes)
+        });
+        hop
     }
 
     /// Forgets hops and attribute sets no path uses any more.
     fn collect(&mut self) {
-        self.hops.retain(|_, hop| Arc::strong_count(hop) > 1);
-        self.attributes.retain(|_, same| same.retain_used());
+        self.hops.retain(|hop| Arc::strong_count(hop) > 1);
+        self.attributes.retain(|(_, a)| Arc::strong_count(a) > 1);
     }
 }
 
@@ -627,7 +595,7 @@ impl Rib {
 
     /// Distinct attribute sets in use.
     pub fn attribute_sets(&self) -> usize {
-        self.interner.attributes.values().map(Sets::len).sum()
+        self.interner.attributes.len()
     }
 
     /// Every path of a prefix, best first.

@@ -313,6 +313,41 @@ fn equal_attributes_are_stored_once() {
     assert_eq!(r.attribute_sets(), 1);
 }
 
+#[test]
+fn the_interner_shares_hops_and_sets_and_forgets_unused_ones() {
+    let mut interner = Interner::default();
+    let a = interner.intern(hop(1), attrs(&[65001], None, None));
+    let b = interner.intern(hop(1), attrs(&[65001], None, None));
+    let c = interner.intern(hop(2), attrs(&[65001], None, None));
+    let d = interner.intern(hop(1), attrs(&[65002], None, None));
+    assert!(Arc::ptr_eq(&a, &b), "one hop for one next hop and set");
+    assert!(!Arc::ptr_eq(&a, &c), "a hop per next hop");
+    assert!(
+        Arc::ptr_eq(&a.attributes, &c.attributes),
+        "next hops share a set"
+    );
+    assert!(!Arc::ptr_eq(&a.attributes, &d.attributes));
+    assert_eq!((interner.hops.len(), interner.attributes.len()), (3, 2));
+    drop((b, c));
+    interner.collect();
+    assert_eq!((interner.hops.len(), interner.attributes.len()), (2, 2));
+    drop((a, d));
+    interner.collect();
+    assert_eq!((interner.hops.len(), interner.attributes.len()), (0, 0));
+    // Enough sets for both tables to grow (hops are hashed again then): each is found again.
+    let kept: Vec<Arc<Hop>> = (0..5000)
+        .map(|i| interner.intern(hop((i % 3) as u8), attrs(&[64512 + i], None, None)))
+        .collect();
+    for (i, hop_kept) in (0..5000).zip(&kept) {
+        let again = interner.intern(hop((i % 3) as u8), attrs(&[64512 + i], None, None));
+        assert!(Arc::ptr_eq(&again, hop_kept));
+    }
+    assert_eq!(
+        (interner.hops.len(), interner.attributes.len()),
+        (5000, 5000)
+    );
+}
+
 #[derive(Debug, Clone)]
 enum Op {
     Announce {
