@@ -96,7 +96,7 @@ fn translate(text: &str) -> String {
 /// The path as FRR's `show bgp` writes it.
 fn render(path: Option<&AsPath>) -> String {
     let mut out = String::new();
-    for segment in path.map_or(&[][..], |p| &p.segments[..]) {
+    for segment in path.iter().flat_map(|p| p.segments()) {
         if !out.is_empty() {
             out.push(' ');
         }
@@ -124,10 +124,9 @@ fn render(path: Option<&AsPath>) -> String {
 /// inside our confederation, never the origin of a route with anything after them.
 pub fn origin_as(path: Option<&AsPath>, local_as: u32) -> Option<u32> {
     let last = path.and_then(|p| {
-        p.segments
-            .iter()
-            .rev()
-            .find(|s| matches!(s.kind, SegmentType::Sequence | SegmentType::Set))
+        p.segments()
+            .filter(|s| matches!(s.kind, SegmentType::Sequence | SegmentType::Set))
+            .last()
     });
     match last {
         None => Some(local_as),
@@ -142,15 +141,7 @@ mod tests {
     use crate::wire::attribute::Segment;
 
     fn path(segments: &[(SegmentType, &[u32])]) -> AsPath {
-        AsPath {
-            segments: segments
-                .iter()
-                .map(|(kind, asns)| Segment {
-                    kind: *kind,
-                    asns: asns.to_vec(),
-                })
-                .collect(),
-        }
+        AsPath::from_segments(segments.iter().map(|&(kind, asns)| Segment { kind, asns }))
     }
 
     fn re(text: &str) -> AsPathRegex {

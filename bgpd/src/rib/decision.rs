@@ -101,7 +101,7 @@ fn neighbour_as(config: &RibConfig, peers: &HashMap<PeerId, PeerInfo>, path: &Pa
         .attributes()
         .as_path
         .as_ref()
-        .and_then(|p| p.segments.first())
+        .and_then(|p| p.segments().next())
         .filter(|s| s.kind == SegmentType::Sequence)
         .and_then(|s| s.asns.first().copied());
     first.unwrap_or_else(|| {

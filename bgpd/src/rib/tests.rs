@@ -491,8 +491,8 @@ fn candidate_of(path: &Path, peers: &HashMap<PeerId, PeerInfo>) -> Candidate {
     // §9.1.2.2: the neighbour AS is the first AS of the path; a path that is empty or starts
     // with an AS_SET came from inside (the local AS), or from the eBGP peer itself.
     let first = as_path
-        .segments
-        .first()
+        .segments()
+        .next()
         .filter(|s| s.kind == crate::wire::attribute::SegmentType::Sequence)
         .and_then(|s| s.asns.first().copied());
     let neighbour_as = first.unwrap_or(if external { peer.remote_as } else { 65000 });

@@ -97,41 +97,79 @@ impl SegmentType {
     }
 }
 
-/// One AS_PATH segment.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Segment {
+/// One AS_PATH segment, borrowed from its [`AsPath`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Segment<'a> {
     /// Set, sequence, or their confederation forms.
     pub kind: SegmentType,
-    /// The AS numbers, 1 to 255 of them.
-    pub asns: Vec<u32>,
+    /// The AS numbers (1 to 255 of them on the wire).
+    pub asns: &'a [u32],
 }
 
-/// An AS_PATH (or AS4_PATH).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+/// An AS_PATH (or AS4_PATH), nearest AS first.
+///
+/// Kept compact, as hundreds of thousands of distinct paths live in a full table: the
+/// segments are flattened into one allocation of words, each segment a header word (its type
+/// code above [`AsPath::COUNT_BITS`] bits of AS count) followed by its AS numbers. A path of
+/// one sequence of five ASes is one 24-byte allocation, where a `Vec` of segments each with a
+/// `Vec` of numbers took two; the field is 16 bytes, not 24. Every path has exactly one such
+/// form, so equality and hashing are those of the segments.
+#[derive(Clone, Default, PartialEq, Eq, Hash)]
 pub struct AsPath {
-    /// Segments, nearest AS first.
-    pub segments: Vec<Segment>,
+    words: Box<[u32]>,
+}
+
+impl std::fmt::Debug for AsPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.segments()).finish()
+    }
 }
 
 impl AsPath {
+    /// Bits of a segment's header word that hold its AS count; the type code is above them.
+    /// A segment holds fewer than 2^24 ASes (on the wire, at most 255).
+    pub const COUNT_BITS: u32 = 24;
+
+    fn header(kind: SegmentType, count: usize) -> u32 {
+        let count = u32::try_from(count)
+            .ok()
+            .filter(|c| *c < 1 << AsPath::COUNT_BITS)
+            .expect("a segment holds fewer than 2^24 ASes (on the wire, at most 255)");
+        u32::from(kind.code()) << AsPath::COUNT_BITS | count
+    }
+
+    /// A path of these segments, in order.
+    pub fn from_segments<'a>(segments: impl IntoIterator<Item = Segment<'a>>) -> AsPath {
+        let mut words = Vec::new();
+        for segment in segments {
+            words.push(AsPath::header(segment.kind, segment.asns.len()));
+            words.extend_from_slice(segment.asns);
+        }
+        AsPath {
+            words: words.into_boxed_slice(),
+        }
+    }
+
     /// A path of one sequence.
     pub fn sequence(asns: Vec<u32>) -> AsPath {
         if asns.is_empty() {
             return AsPath::default();
         }
-        AsPath {
-            segments: vec![Segment {
-                kind: SegmentType::Sequence,
-                asns,
-            }],
-        }
+        AsPath::from_segments([Segment {
+            kind: SegmentType::Sequence,
+            asns: &asns,
+        }])
+    }
+
+    /// The segments, nearest first.
+    pub fn segments(&self) -> Segments<'_> {
+        Segments { rest: &self.words }
     }
 
     /// Path length for best-path selection (RFC 4271 §9.1.2.2): a sequence counts its ASes,
     /// a set counts one, confederation segments count nothing.
     pub fn len(&self) -> usize {
-        self.segments
-            .iter()
+        self.segments()
             .map(|s| match s.kind {
                 SegmentType::Sequence => s.asns.len(),
                 SegmentType::Set => 1,
@@ -142,36 +180,39 @@ impl AsPath {
 
     /// Whether the path is empty.
     pub fn is_empty(&self) -> bool {
-        self.segments.is_empty()
+        self.words.is_empty()
     }
 
     /// Every AS in the path, in order.
     pub fn asns(&self) -> impl Iterator<Item = u32> + '_ {
-        self.segments.iter().flat_map(|s| s.asns.iter().copied())
+        self.segments().flat_map(|s| s.asns.iter().copied())
     }
 
     /// The nearest AS of the first sequence (the neighbouring AS), if any.
     pub fn first_as(&self) -> Option<u32> {
-        self.segments
-            .iter()
+        self.segments()
             .find(|s| s.kind == SegmentType::Sequence)
             .and_then(|s| s.asns.first().copied())
     }
 
-    /// Puts `asn` in front, as a speaker does when it sends the path to an eBGP peer.
+    /// Puts `asn` in front, as a speaker does when it sends the path to an eBGP peer: into
+    /// the first segment when it is a sequence of fewer than 255 ASes, else as a sequence of
+    /// its own.
     pub fn prepend(&mut self, asn: u32) {
-        match self.segments.first_mut() {
+        let mut words = Vec::with_capacity(self.words.len() + 2);
+        match self.segments().next() {
             Some(first) if first.kind == SegmentType::Sequence && first.asns.len() < 255 => {
-                first.asns.insert(0, asn)
+                words.push(AsPath::header(SegmentType::Sequence, first.asns.len() + 1));
+                words.push(asn);
+                words.extend_from_slice(&self.words[1..]);
             }
-            _ => self.segments.insert(
-                0,
-                Segment {
-                    kind: SegmentType::Sequence,
-                    asns: vec![asn],
-                },
-            ),
+            _ => {
+                words.push(AsPath::header(SegmentType::Sequence, 1));
+                words.push(asn);
+                words.extend_from_slice(&self.words);
+            }
         }
+        self.words = words.into_boxed_slice();
     }
 
     /// Whether any AS of the path needs 4 octets.
@@ -187,7 +228,7 @@ impl AsPath {
         }
         let mut keep = len - len4;
         let mut segments = Vec::new();
-        for segment in &self.segments {
+        for segment in self.segments() {
             if keep == 0 {
                 break;
             }
@@ -195,49 +236,62 @@ impl AsPath {
                 SegmentType::Sequence if segment.asns.len() > keep => {
                     segments.push(Segment {
                         kind: SegmentType::Sequence,
-                        asns: segment.asns[..keep].to_vec(),
+                        asns: &segment.asns[..keep],
                     });
                     keep = 0;
                 }
                 SegmentType::Sequence => {
                     keep -= segment.asns.len();
-                    segments.push(segment.clone());
+                    segments.push(segment);
                 }
                 SegmentType::Set => {
                     keep -= 1;
-                    segments.push(segment.clone());
+                    segments.push(segment);
                 }
-                _ => segments.push(segment.clone()),
+                _ => segments.push(segment),
             }
         }
-        segments.extend(as4.segments.iter().cloned());
-        AsPath { segments }
+        AsPath::from_segments(segments.into_iter().chain(as4.segments()))
     }
 
     fn decode(bytes: &[u8], four_octet: bool) -> Option<AsPath> {
-        let mut reader = Reader::new(bytes);
-        let mut segments = Vec::new();
-        while !reader.is_empty() {
-            let kind = SegmentType::from_code(reader.u8().ok()?)?;
-            let count = reader.u8().ok()?;
+        let width = if four_octet { 4 } else { 2 };
+        // Checked first, so that the words are allocated once, at their size.
+        let mut words = 0;
+        let mut at = 0;
+        while at < bytes.len() {
+            let (code, count) = (*bytes.get(at)?, usize::from(*bytes.get(at + 1)?));
+            SegmentType::from_code(code)?;
             if count == 0 {
                 return None; // RFC 7606 §7.2: a zero-length segment is malformed.
             }
-            let mut asns = Vec::with_capacity(usize::from(count));
+            at += 2 + count * width;
+            words += 1 + count;
+        }
+        if at != bytes.len() {
+            return None;
+        }
+        let mut reader = Reader::new(bytes);
+        let mut path = Vec::with_capacity(words);
+        while !reader.is_empty() {
+            let kind = SegmentType::from_code(reader.u8().ok()?)?;
+            let count = reader.u8().ok()?;
+            path.push(AsPath::header(kind, usize::from(count)));
             for _ in 0..count {
-                asns.push(if four_octet {
+                path.push(if four_octet {
                     reader.u32().ok()?
                 } else {
                     u32::from(reader.u16().ok()?)
                 });
             }
-            segments.push(Segment { kind, asns });
         }
-        Some(AsPath { segments })
+        Some(AsPath {
+            words: path.into_boxed_slice(),
+        })
     }
 
     fn encode(&self, out: &mut BytesMut, four_octet: bool, skip_confed: bool) {
-        for segment in &self.segments {
+        for segment in self.segments() {
             if skip_confed
                 && matches!(
                     segment.kind,
@@ -258,6 +312,26 @@ impl AsPath {
                 }
             }
         }
+    }
+}
+
+/// The segments of an [`AsPath`], nearest first.
+#[derive(Debug, Clone)]
+pub struct Segments<'a> {
+    rest: &'a [u32],
+}
+
+impl<'a> Iterator for Segments<'a> {
+    type Item = Segment<'a>;
+
+    fn next(&mut self) -> Option<Segment<'a>> {
+        let (&header, rest) = self.rest.split_first()?;
+        let count = (header & ((1 << AsPath::COUNT_BITS) - 1)) as usize;
+        let kind = SegmentType::from_code((header >> AsPath::COUNT_BITS) as u8)
+            .expect("headers are written from a segment type");
+        let (asns, rest) = rest.split_at(count);
+        self.rest = rest;
+        Some(Segment { kind, asns })
     }
 }
 

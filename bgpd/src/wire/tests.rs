@@ -469,9 +469,14 @@ fn arb_path() -> impl Strategy<Value = AsPath> {
     let segment = (
         prop_oneof![Just(SegmentType::Sequence), Just(SegmentType::Set)],
         prop::collection::vec(any::<u32>(), 1..6),
-    )
-        .prop_map(|(kind, asns)| Segment { kind, asns });
-    prop::collection::vec(segment, 0..4).prop_map(|segments| AsPath { segments })
+    );
+    prop::collection::vec(segment, 0..4).prop_map(|segments| {
+        AsPath::from_segments(
+            segments
+                .iter()
+                .map(|(kind, asns)| Segment { kind: *kind, asns }),
+        )
+    })
 }
 
 prop_compose! {
@@ -495,7 +500,7 @@ prop_compose! {
         let cx = Context { four_octet_as: four, extended_messages: true, add_path_receive: families.clone(), add_path_send: families };
         let strip = |list: Vec<Nlri>| list.into_iter().map(|n| Nlri { path_id: if add_path { Some(n.path_id.unwrap_or(0)) } else { None }, ..n }).collect::<Vec<_>>();
         // Without 4-octet support only 2-octet numbers survive AS4_PATH merging when sets are involved.
-        let path = if four { path } else { AsPath { segments: path.segments.into_iter().map(|s| Segment { asns: s.asns.into_iter().map(|a| a & 0xffff).collect(), ..s }).collect() } };
+        let path = if four { path } else { let two: Vec<(SegmentType, Vec<u32>)> = path.segments().map(|s| (s.kind, s.asns.iter().map(|a| a & 0xffff).collect())).collect(); AsPath::from_segments(two.iter().map(|(kind, asns)| Segment { kind: *kind, asns })) };
         let attributes = PathAttributes {
             origin: Some(origin),
             as_path: Some(path),
@@ -530,5 +535,272 @@ proptest! {
         bytes.extend_from_slice(&body);
         let cx = Context { four_octet_as: four, ..Context::default() };
         let _ = Message::decode(&bytes, &cx);
+    }
+}
+
+/// An AS path as it was kept before it was flattened into one allocation: a list of segments,
+/// each a list of ASes. The compact [`AsPath`] must behave exactly as this model.
+type ModelPath = Vec<(SegmentType, Vec<u32>)>;
+
+fn arb_kind() -> impl Strategy<Value = SegmentType> {
+    prop_oneof![
+        Just(SegmentType::Sequence),
+        Just(SegmentType::Set),
+        Just(SegmentType::ConfedSequence),
+        Just(SegmentType::ConfedSet),
+    ]
+}
+
+/// Segments of 1 to 299 ASes (past the 255 of one wire segment), often from a few numbers, so
+/// that an AS repeats as in a loop or a prepend.
+fn arb_model_path() -> impl Strategy<Value = ModelPath> {
+    let asn = prop_oneof![64512u32..64516, any::<u32>(), 0u32..0x1_0000];
+    let segment = (
+        arb_kind(),
+        prop_oneof![
+            prop::collection::vec(asn.clone(), 1..12),
+            prop::collection::vec(asn, 250..300),
+        ],
+    );
+    prop::collection::vec(segment, 0..4)
+}
+
+fn compact(model: &ModelPath) -> AsPath {
+    AsPath::from_segments(
+        model
+            .iter()
+            .map(|(kind, asns)| Segment { kind: *kind, asns }),
+    )
+}
+
+fn model_of(path: &AsPath) -> ModelPath {
+    path.segments().map(|s| (s.kind, s.asns.to_vec())).collect()
+}
+
+fn model_len(model: &ModelPath) -> usize {
+    model
+        .iter()
+        .map(|(kind, asns)| match kind {
+            SegmentType::Sequence => asns.len(),
+            SegmentType::Set => 1,
+            _ => 0,
+        })
+        .sum()
+}
+
+fn model_prepend(model: &mut ModelPath, asn: u32) {
+    match model.first_mut() {
+        Some((SegmentType::Sequence, asns)) if asns.len() < 255 => asns.insert(0, asn),
+        _ => model.insert(0, (SegmentType::Sequence, vec![asn])),
+    }
+}
+
+fn model_merge_as4(model: &ModelPath, as4: &ModelPath) -> ModelPath {
+    let (len, len4) = (model_len(model), model_len(as4));
+    if len < len4 {
+        return model.clone();
+    }
+    let mut keep = len - len4;
+    let mut merged = Vec::new();
+    for (kind, asns) in model {
+        if keep == 0 {
+            break;
+        }
+        match kind {
+            SegmentType::Sequence if asns.len() > keep => {
+                merged.push((*kind, asns[..keep].to_vec()));
+                keep = 0;
+            }
+            SegmentType::Sequence => {
+                keep -= asns.len();
+                merged.push((*kind, asns.clone()));
+            }
+            SegmentType::Set => {
+                keep -= 1;
+                merged.push((*kind, asns.clone()));
+            }
+            _ => merged.push((*kind, asns.clone())),
+        }
+    }
+    merged.extend(as4.iter().cloned());
+    merged
+}
+
+/// The AS_PATH value as the segment list was written: segments of more than 255 ASes split.
+fn model_encode(model: &ModelPath, four_octet: bool) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (kind, asns) in model {
+        let code = match kind {
+            SegmentType::Set => 1,
+            SegmentType::Sequence => 2,
+            SegmentType::ConfedSequence => 3,
+            SegmentType::ConfedSet => 4,
+        };
+        for chunk in asns.chunks(255) {
+            out.extend([code, chunk.len() as u8]);
+            for &asn in chunk {
+                if four_octet {
+                    out.extend(asn.to_be_bytes());
+                } else {
+                    out.extend(u16::try_from(asn).unwrap_or(23456).to_be_bytes());
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The segment-list decoder, as it was: `None` for anything malformed.
+fn model_decode(mut bytes: &[u8], four_octet: bool) -> Option<ModelPath> {
+    let width = if four_octet { 4 } else { 2 };
+    let mut model = Vec::new();
+    while let [code, count, rest @ ..] = bytes {
+        let kind = match code {
+            1 => SegmentType::Set,
+            2 => SegmentType::Sequence,
+            3 => SegmentType::ConfedSequence,
+            4 => SegmentType::ConfedSet,
+            _ => return None,
+        };
+        let size = usize::from(*count) * width;
+        if *count == 0 || rest.len() < size {
+            return None;
+        }
+        let asns = rest[..size]
+            .chunks(width)
+            .map(|c| match *c {
+                [a, b] => u32::from(u16::from_be_bytes([a, b])),
+                [a, b, c, d] => u32::from_be_bytes([a, b, c, d]),
+                _ => unreachable!("chunks of the width"),
+            })
+            .collect();
+        model.push((kind, asns));
+        bytes = &rest[size..];
+    }
+    bytes.is_empty().then_some(model)
+}
+
+/// The AS_PATH attribute decoded from `value`, or `None` when it was found malformed.
+fn decode_as_path(value: &[u8], four_octet: bool) -> Option<AsPath> {
+    let cx = Context {
+        four_octet_as: four_octet,
+        ..Context::default()
+    };
+    let mut decoded = attribute::Decoded::default();
+    decoded.add(flags::TRANSITIVE, 2, value, value, &cx);
+    decoded
+        .errors
+        .is_empty()
+        .then(|| decoded.attributes.as_path.expect("decoded"))
+}
+
+/// Encodes a path as the AS_PATH attribute and returns its value.
+fn encode_as_path(path: &AsPath, four_octet: bool) -> Vec<u8> {
+    let cx = Context {
+        four_octet_as: four_octet,
+        ..Context::default()
+    };
+    let attributes = PathAttributes {
+        as_path: Some(path.clone()),
+        ..PathAttributes::default()
+    };
+    let mut out = bytes::BytesMut::new();
+    attributes.encode(&mut out, &cx);
+    let header = if out[0] & flags::EXTENDED_LENGTH != 0 {
+        4
+    } else {
+        3
+    };
+    assert_eq!(out[1], 2, "AS_PATH first");
+    let len = if header == 4 {
+        usize::from(u16::from_be_bytes([out[2], out[3]]))
+    } else {
+        usize::from(out[2])
+    };
+    out[header..header + len].to_vec()
+}
+
+#[test]
+fn as_paths_keep_their_segments() {
+    let model: ModelPath = vec![
+        (SegmentType::ConfedSequence, vec![64600]),
+        (SegmentType::Sequence, vec![65002, 65001]),
+        (SegmentType::Set, vec![64512, 64513]),
+    ];
+    let path = compact(&model);
+    assert_eq!(model_of(&path), model);
+    assert_eq!(path.len(), 3);
+    assert_eq!(path.first_as(), Some(65002));
+    assert_eq!(
+        format!("{path:?}"),
+        "[Segment { kind: ConfedSequence, asns: [64600] }, \
+         Segment { kind: Sequence, asns: [65002, 65001] }, \
+         Segment { kind: Set, asns: [64512, 64513] }]"
+    );
+    assert!(AsPath::default().is_empty() && AsPath::sequence(vec![]).is_empty());
+    assert_eq!(AsPath::sequence(vec![]), AsPath::default());
+    let mut path = AsPath::default();
+    path.prepend(65000);
+    assert_eq!(path, AsPath::sequence(vec![65000]));
+    path.prepend(65001);
+    assert_eq!(path, AsPath::sequence(vec![65001, 65000]));
+}
+
+#[test]
+fn malformed_as_paths_are_refused() {
+    for (value, why) in [
+        (&[2u8, 0][..], "a zero-length segment (RFC 7606 §7.2)"),
+        (&[5, 1, 0, 1], "an unknown segment type"),
+        (&[2, 2, 0, 1], "fewer ASes than counted"),
+        (&[2, 1, 0, 1, 2], "a lone octet after the last segment"),
+    ] {
+        assert_eq!(decode_as_path(value, false), None, "{why}");
+    }
+    assert_eq!(decode_as_path(&[], false), Some(AsPath::default()));
+}
+
+proptest! {
+    #[test]
+    fn as_path_behaves_as_the_segment_list(model in arb_model_path(), asn in prop_oneof![64512u32..64516, any::<u32>()]) {
+        let path = compact(&model);
+        prop_assert_eq!(model_of(&path), model.clone());
+        prop_assert_eq!(path.len(), model_len(&model));
+        prop_assert_eq!(path.is_empty(), model.is_empty());
+        let flat: Vec<u32> = model.iter().flat_map(|(_, asns)| asns.iter().copied()).collect();
+        prop_assert_eq!(path.asns().collect::<Vec<_>>(), flat.clone());
+        // The loop check counts our AS in the path.
+        prop_assert_eq!(path.asns().filter(|a| *a == asn).count(), flat.iter().filter(|a| **a == asn).count());
+        let first = model.iter().find(|(kind, _)| *kind == SegmentType::Sequence).and_then(|(_, asns)| asns.first().copied());
+        prop_assert_eq!(path.first_as(), first);
+        let (mut prepended, mut model_prepended) = (path.clone(), model.clone());
+        for _ in 0..3 {
+            prepended.prepend(asn);
+            model_prepend(&mut model_prepended, asn);
+            prop_assert_eq!(model_of(&prepended), model_prepended.clone());
+        }
+        prop_assert_eq!(&compact(&model_prepended), &prepended);
+        // Equal exactly when the segment lists are.
+        prop_assert_eq!(path == prepended, model == model_prepended);
+    }
+
+    #[test]
+    fn as_path_merges_as4_as_the_segment_list(model in arb_model_path(), as4 in arb_model_path()) {
+        let merged = compact(&model).merge_as4(&compact(&as4));
+        prop_assert_eq!(model_of(&merged), model_merge_as4(&model, &as4));
+    }
+
+    #[test]
+    fn as_path_encodes_and_decodes_as_the_segment_list(model in arb_model_path(), four in any::<bool>()) {
+        let path = compact(&model);
+        let value = encode_as_path(&path, four);
+        prop_assert_eq!(&value, &model_encode(&model, four));
+        let decoded = decode_as_path(&value, four).expect("what we encode decodes");
+        prop_assert_eq!(Some(model_of(&decoded)), model_decode(&value, four));
+    }
+
+    #[test]
+    fn as_path_decoding_accepts_what_the_segment_list_did(value in prop::collection::vec(prop_oneof![0u8..6, any::<u8>()], 0..40), four in any::<bool>()) {
+        let decoded = decode_as_path(&value, four);
+        prop_assert_eq!(decoded.as_ref().map(model_of), model_decode(&value, four));
     }
 }
