@@ -451,12 +451,14 @@ impl File {
                 local_pref: entry.local_pref,
                 ..PathAttributes::default()
             };
+            let mut large = Vec::new();
             sort_communities(
                 &entry.communities,
                 &format!("{path}.communities"),
                 &mut attributes.communities,
-                &mut attributes.large_communities,
+                &mut large,
             )?;
+            attributes.large_communities = large.into_boxed_slice();
             if originate.insert(entry.prefix, attributes).is_some() {
                 return Err(err(
                     format!("{path}.prefix"),
@@ -938,7 +940,7 @@ table = 254
         assert_eq!(transport.remote, "198.18.0.2:179".parse().unwrap());
         let attributes = &config.originate[&"10.10.0.0/24".parse().unwrap()];
         assert_eq!(attributes.communities, vec![(65001 << 16) | 100]);
-        assert_eq!(attributes.large_communities, vec![(65001, 1, 2)]);
+        assert_eq!(*attributes.large_communities, [(65001, 1, 2)]);
         assert_eq!(
             config.kernel,
             Some(KernelConfig {

@@ -129,7 +129,7 @@ fn check(peer: &str, v6_next_hops: &[&str]) {
             "{peer}"
         );
         assert!(a.communities.contains(&((65001 << 16) | 100)), "{peer}");
-        assert_eq!(a.large_communities, vec![(65001, 1, 2)], "{peer}");
+        assert_eq!(*a.large_communities, [(65001, 1, 2)], "{peer}");
     }
 }
 

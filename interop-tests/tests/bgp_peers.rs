@@ -169,7 +169,7 @@ fn check_capture(mut lab: Lab, peer_name: &str, peer_log: &Path) {
             "{peer_name}: communities {:?}",
             a.communities
         );
-        assert_eq!(a.large_communities, vec![(65001, 1, 2)], "{peer_name}");
+        assert_eq!(*a.large_communities, [(65001, 1, 2)], "{peer_name}");
     }
     assert!(text.contains("end-of-rib"), "{peer_name} sent End-of-RIB");
     drop(lab.twill);

@@ -217,7 +217,10 @@ impl Modify {
         for pattern in &self.delete_communities {
             match pattern {
                 DeletePattern::Standard(p) => attributes.communities.retain(|c| !p.matches(*c)),
-                DeletePattern::Large(p) => attributes.large_communities.retain(|c| !p.matches(*c)),
+                DeletePattern::Large(p) => {
+                    let kept = attributes.large_communities.iter().copied();
+                    attributes.large_communities = kept.filter(|c| !p.matches(*c)).collect();
+                }
             }
         }
         for community in &self.add_communities {
@@ -225,10 +228,19 @@ impl Modify {
                 attributes.communities.push(*community);
             }
         }
-        for community in &self.add_large_communities {
-            if !attributes.large_communities.contains(community) {
-                attributes.large_communities.push(*community);
+        let large = &attributes.large_communities;
+        if self
+            .add_large_communities
+            .iter()
+            .any(|c| !large.contains(c))
+        {
+            let mut large = std::mem::take(&mut attributes.large_communities).into_vec();
+            for community in &self.add_large_communities {
+                if !large.contains(community) {
+                    large.push(*community);
+                }
             }
+            attributes.large_communities = large.into_boxed_slice();
         }
         match (self.local_pref, self.default_local_pref) {
             (Some(value), _) => attributes.local_pref = Some(value),

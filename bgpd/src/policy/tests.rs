@@ -183,7 +183,7 @@ fn extended_communities_are_matched() {
         ..Match::default()
     };
     let tagged = |text: &str| PathAttributes {
-        extended_communities: vec![parse_extended_community(text).unwrap()],
+        extended_communities: [parse_extended_community(text).unwrap()].into(),
         ..PathAttributes::default()
     };
     assert!(accepts(target.clone(), tagged("rt:65000:100")));
@@ -208,7 +208,7 @@ fn communities_are_deleted_exactly_or_by_pattern_before_additions() {
     };
     let mut attributes = PathAttributes {
         communities: vec![(65002 << 16) | 1, (65003 << 16) | 1, (65003 << 16) | 2],
-        large_communities: vec![(65002, 1, 1), (65003, 1, 1)],
+        large_communities: [(65002, 1, 1), (65003, 1, 1)].into(),
         ..PathAttributes::default()
     };
     assert!(run(
@@ -221,7 +221,7 @@ fn communities_are_deleted_exactly_or_by_pattern_before_additions() {
         vec![(65003 << 16) | 2, (65002 << 16) | 9],
         "65002:1 and 65003:1 went; the added 65002:9 stays"
     );
-    assert_eq!(attributes.large_communities, vec![(65003, 1, 1)]);
+    assert_eq!(*attributes.large_communities, [(65003, 1, 1)]);
 }
 
 #[test]

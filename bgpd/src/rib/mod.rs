@@ -1001,7 +1001,9 @@ impl Rib {
                 // Reflecting (RFC 4456 §8).
                 out.originator_id
                     .get_or_insert(source.map_or(self.config.router_id, |s| s.router_id));
-                out.cluster_list.insert(0, self.config.cluster_id);
+                out.cluster_list = std::iter::once(self.config.cluster_id)
+                    .chain(out.cluster_list.iter().copied())
+                    .collect();
             }
             out.local_pref.get_or_insert(DEFAULT_LOCAL_PREF);
             let next_hop = if target.next_hop_self || path.peer() == PeerId::LOCAL {
@@ -1033,7 +1035,7 @@ impl Rib {
         out.as_path = Some(as_path);
         out.local_pref = None;
         out.originator_id = None;
-        out.cluster_list.clear();
+        out.cluster_list = Box::default();
         if path.peer() != PeerId::LOCAL {
             // RFC 4271 §5.1.4: a MED received from a neighbouring AS is not passed to another,
             // and one learned over iBGP came from some neighbouring AS too. Our own

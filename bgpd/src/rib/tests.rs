@@ -188,7 +188,7 @@ fn loops_are_rejected_and_withdraw_what_was_there() {
         r.check_import(
             PeerId(1),
             &PathAttributes {
-                cluster_list: vec![Ipv4Addr::new(198, 18, 0, 1)],
+                cluster_list: [Ipv4Addr::new(198, 18, 0, 1)].into(),
                 ..PathAttributes::default()
             }
         ),
@@ -211,7 +211,7 @@ fn export_follows_split_horizon_reflection_and_ebgp_rules() {
     let (next_hop, reflected) = r.export(PeerId(4), &path).unwrap();
     assert_eq!(next_hop, Some(hop(3)));
     assert_eq!(reflected.originator_id, Some(Ipv4Addr::new(198, 18, 1, 3)));
-    assert_eq!(reflected.cluster_list, vec![Ipv4Addr::new(198, 18, 0, 1)]);
+    assert_eq!(*reflected.cluster_list, [Ipv4Addr::new(198, 18, 0, 1)]);
     assert_eq!(reflected.local_pref, Some(300));
     // To eBGP: our AS prepended, LOCAL_PREF and reflection attributes removed, next hop self.
     let (next_hop, external) = r.export(PeerId(1), &path).unwrap();

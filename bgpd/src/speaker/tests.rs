@@ -357,8 +357,8 @@ fn a_route_reflector_reflects_between_clients() {
         Some(Ipv4Addr::new(198, 18, 0, 2))
     );
     assert_eq!(
-        paths[0].attributes().cluster_list,
-        vec![Ipv4Addr::new(198, 18, 0, 1)]
+        *paths[0].attributes().cluster_list,
+        [Ipv4Addr::new(198, 18, 0, 1)]
     );
     assert_eq!(paths[0].attributes().local_pref, Some(100));
 }

@@ -368,6 +368,10 @@ pub struct RawAttribute {
 }
 
 /// The path attributes of an UPDATE.
+///
+/// Hundreds of thousands of distinct sets live in a full table, so lists that are rarely
+/// present or changed (CLUSTER_LIST, EXTENDED_COMMUNITIES, LARGE_COMMUNITIES, unrecognised
+/// attributes) are boxed slices, 8 bytes smaller than a `Vec` each.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct PathAttributes {
     /// ORIGIN.
@@ -389,17 +393,17 @@ pub struct PathAttributes {
     /// ORIGINATOR_ID (RFC 4456).
     pub originator_id: Option<Ipv4Addr>,
     /// CLUSTER_LIST (RFC 4456).
-    pub cluster_list: Vec<Ipv4Addr>,
+    pub cluster_list: Box<[Ipv4Addr]>,
     /// MP_REACH_NLRI.
     pub mp_reach: Option<Box<MpReach>>,
     /// MP_UNREACH_NLRI.
     pub mp_unreach: Option<Box<MpUnreach>>,
     /// EXTENDED_COMMUNITIES (RFC 4360).
-    pub extended_communities: Vec<[u8; 8]>,
+    pub extended_communities: Box<[[u8; 8]]>,
     /// LARGE_COMMUNITIES (RFC 8092): global administrator, local data 1, local data 2.
-    pub large_communities: Vec<(u32, u32, u32)>,
+    pub large_communities: Box<[(u32, u32, u32)]>,
     /// Attributes passed through uninterpreted.
-    pub unknown: Vec<RawAttribute>,
+    pub unknown: Box<[RawAttribute]>,
 }
 
 /// What RFC 7606 says to do with a malformed attribute.
@@ -621,11 +625,14 @@ impl Decoded {
         } else if flags_byte & flags::TRANSITIVE != 0 {
             // Passed on with the partial bit set (RFC 4271 §5).
             let flags_byte = (flags_byte | flags::PARTIAL) & !flags::EXTENDED_LENGTH;
-            self.attributes.unknown.push(RawAttribute {
+            let raw = RawAttribute {
                 flags: flags_byte,
                 code: type_code,
                 value: Bytes::copy_from_slice(value),
-            });
+            };
+            let mut unknown = std::mem::take(&mut self.attributes.unknown).into_vec();
+            unknown.push(raw);
+            self.attributes.unknown = unknown.into_boxed_slice();
         }
         // Unrecognized optional non-transitive attributes are quietly ignored.
     }
