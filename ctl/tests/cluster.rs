@@ -661,14 +661,12 @@ fn a_bgp_filter_on_the_rack_peering_changes_what_the_rack_and_the_node_learn() {
     assert!(route_to(&lab, "node-1", "198.19.0.0/24").is_some());
     // The nodes take nothing of 198.19.0.0/16 from the rack and tell it only about their own
     // blocks, not those they learned from each other.
-    let documents = format!(
-        "---\napiVersion: projectcalico.org/v3\nkind: BGPFilter\nmetadata:\n  name: rack-policy\nspec:\n  \
-         importV4:\n  - {{action: Reject, matchOperator: In, cidr: 198.19.0.0/16}}\n  \
-         exportV4:\n  - {{action: Reject, source: RemotePeers}}\n\
+    let documents = "---\napiVersion: projectcalico.org/v3\nkind: BGPFilter\nmetadata:\n  name: rack-policy\nspec:\n  \
+         importV4:\n  - {action: Reject, matchOperator: In, cidr: 198.19.0.0/16}\n  \
+         exportV4:\n  - {action: Reject, source: RemotePeers}\n\
          ---\napiVersion: projectcalico.org/v3\nkind: BGPPeer\nmetadata:\n  name: rack-subnet-0\nspec:\n  \
-         peerIP: 198.18.0.1\n  asNumber: 65000\n  nodeSelector: \"twill.lab/subnet == '0'\"\n  filters: [rack-policy]\n"
-    );
-    let run = ctl(&lab, &["apply", "-f", "-"], Some(&documents));
+         peerIP: 198.18.0.1\n  asNumber: 65000\n  nodeSelector: \"twill.lab/subnet == '0'\"\n  filters: [rack-policy]\n";
+    let run = ctl(&lab, &["apply", "-f", "-"], Some(documents));
     assert_eq!(run.code, 0, "{}", run.stderr);
     wait_until(
         Duration::from_secs(30),
