@@ -1291,7 +1291,7 @@ mod tests {
         let block = &config.originate[&"10.90.1.0/26".parse().unwrap()];
         assert_eq!(block.local_pref, Some(2_147_482_623));
         assert_eq!(block.communities, vec![(65001 << 16) | 100]);
-        assert_eq!(block.large_communities, vec![(65001, 1, 2)]);
+        assert_eq!(&*block.large_communities, &[(65001, 1, 2)]);
         assert!(config.originate[&"10.91.0.0/26".parse().unwrap()]
             .communities
             .is_empty());
