@@ -698,3 +698,132 @@ fn a_bgp_filter_on_the_rack_peering_changes_what_the_rack_and_the_node_learn() {
         "the mesh is untouched"
     );
 }
+
+/// The reply-direction destination conntrack recorded on `node` for connections to
+/// `address`:`port` (the node's address when masqueraded, the pod's otherwise).
+fn reply_destinations(lab: &LabGuard, node: &str, address: &str, port: &str) -> BTreeSet<String> {
+    let output = exec(
+        &netns(lab, node),
+        "conntrack",
+        &["-L", "-p", "tcp", "--dst", address, "--dport", port],
+    );
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| {
+            // The second "dst=" is the reply tuple's.
+            line.split_whitespace()
+                .filter(|w| w.starts_with("dst="))
+                .nth(1)
+                .map(|w| w[4..].to_string())
+        })
+        .collect()
+}
+
+/// A process killed when the test ends.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn nat_outgoing_lets_pods_reach_outside_the_pools_as_their_node_and_leaves_pod_traffic_alone() {
+    let lab = LabGuard::up_with(PAIR, &["--nodes", "2"]);
+    let a = lab.ip("x/a");
+    let b = lab.ip("x/b");
+    // Something outside every pool: a server on the underlay router, which has no route
+    // to the pods (no rack here), so only a masqueraded connection can be answered.
+    let _server = Killed(
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &netns(&lab, "underlay"),
+                env!("CARGO_BIN_EXE_twillctl"),
+            ])
+            .args([
+                "lab",
+                "responder",
+                "--answer",
+                "outside",
+                "--port",
+                "8080/TCP",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let fetch = || {
+        let run = lab.run(
+            &[
+                "exec",
+                "x/a",
+                "--",
+                "curl",
+                "-s",
+                "--max-time",
+                "1",
+                "http://198.18.0.1:8080/",
+            ],
+            None,
+        );
+        run.stdout.trim().to_string()
+    };
+    // The server is up (from the node itself, whose address the router knows).
+    wait_until(Duration::from_secs(10), "the server answers node-1", || {
+        let curl = exec(
+            &netns(&lab, "node-1"),
+            "curl",
+            &["-s", "--max-time", "1", "http://198.18.0.1:8080/"],
+        );
+        let answer = String::from_utf8_lossy(&curl.stdout).trim().to_string();
+        (answer != "outside").then_some(answer)
+    });
+    assert_eq!(
+        fetch(),
+        "",
+        "without natOutgoing the answer has no way back to the pod"
+    );
+    assert!(
+        reply_destinations(&lab, "node-1", "198.18.0.1", "8080").contains(&a),
+        "sent with the pod's own address"
+    );
+    let pool = "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata:\n  name: default-ipv4-ippool\nspec:\n  \
+                cidr: 10.90.0.0/16\n  blockSize: 26\n  natOutgoing: true\n  nodeSelector: all()\n";
+    let run = ctl(&lab, &["apply", "-f", "-"], Some(pool));
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    lab.ok(&["sync"]);
+    wait_until(
+        Duration::from_secs(10),
+        "x/a reaches the server as node-1",
+        || {
+            let answer = fetch();
+            (answer != "outside").then_some(answer)
+        },
+    );
+    assert!(reply_destinations(&lab, "node-1", "198.18.0.1", "8080").contains("198.18.0.11"));
+    // Pod to pod stays unmasqueraded: the destination is in a pool.
+    let _ = lab.run(
+        &[
+            "exec",
+            "x/a",
+            "--",
+            "curl",
+            "-s",
+            "--max-time",
+            "1",
+            &format!("http://{b}:80/"),
+        ],
+        None,
+    );
+    let seen = reply_destinations(&lab, "node-1", &b, "80");
+    assert!(
+        seen.contains(&a) && !seen.contains("198.18.0.11"),
+        "{seen:?}"
+    );
+    assert_eq!(lab.probe(&["80/TCP"]), matrix(&["x/a", "x/b"], &[]));
+}

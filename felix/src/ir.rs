@@ -184,6 +184,8 @@ pub enum Target {
     },
     /// Exempt the packet from connection tracking (raw table only) and go on.
     NoTrack,
+    /// Source NAT to the outgoing interface's address (nat table, POSTROUTING).
+    Masquerade,
     /// Log through NFLOG (readable with `tcpdump -i nflog:GROUP`) and go on.
     Nflog {
         /// The group.

@@ -223,6 +223,22 @@ impl Agent {
                 if for_bgp {
                     if let Some(bgp) = self.bgp.as_mut() {
                         bgp.update(key.kind, &key.name, resource.clone());
+                        if key.kind == twill_shared::resource::Kind::IpPool {
+                            let pools = bgp
+                                .cluster()
+                                .pools()
+                                .filter_map(|p| {
+                                    Some(twill_felix::calc::nat::NatPool {
+                                        cidr: p.spec.cidr.as_ref()?.0.trunc(),
+                                        masquerade: p.spec.nat_outgoing == Some(true)
+                                            && p.spec.disabled != Some(true),
+                                    })
+                                })
+                                .collect();
+                            if self.calculator.set_nat_pools(pools) {
+                                self.dirty = true;
+                            }
+                        }
                     }
                 }
                 if Model::wants(key.kind) && self.calculator.update(key, resource) {

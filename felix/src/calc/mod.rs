@@ -13,6 +13,7 @@
 
 pub mod chains;
 pub mod compile;
+pub mod nat;
 pub mod programs;
 pub mod state;
 

@@ -88,6 +88,9 @@ pub struct Calculator {
     families: [FamilyState; 2],
     host_warnings: Vec<String>,
     computed: Computed,
+    /// The IP pools, for natOutgoing (from the edge, which follows them for BGP too).
+    nat_pools: Vec<super::nat::NatPool>,
+    nat_dirty: bool,
 }
 
 fn empty_computed() -> Computed {
@@ -118,7 +121,20 @@ impl Calculator {
             families: Default::default(),
             host_warnings: Vec::new(),
             computed: empty_computed(),
+            nat_pools: Vec::new(),
+            nat_dirty: false,
         }
+    }
+
+    /// The IP pools natOutgoing follows; returns whether they changed.
+    pub fn set_nat_pools(&mut self, mut pools: Vec<super::nat::NatPool>) -> bool {
+        pools.sort();
+        if pools == self.nat_pools {
+            return false;
+        }
+        self.nat_pools = pools;
+        self.nat_dirty = true;
+        true
     }
 
     /// A calculator with a configuration given from outside, starting from a model.
@@ -141,7 +157,7 @@ impl Calculator {
 
     /// Whether changes wait for [`Calculator::compute`].
     pub fn is_dirty(&self) -> bool {
-        self.fresh || !self.pending.is_empty()
+        self.fresh || !self.pending.is_empty() || self.nat_dirty
     }
 
     /// This node's interfaces and their addresses (read by the edge); returns whether they
@@ -176,6 +192,11 @@ impl Calculator {
         } else {
             self.apply_changes(pending);
         }
+        // natOutgoing's objects, put back after every calculation (which keeps only the
+        // sets its own chains refer to).
+        self.nat_dirty = false;
+        super::nat::apply(&mut self.computed.v4, Family::V4, &self.nat_pools);
+        super::nat::apply(&mut self.computed.v6, Family::V6, &self.nat_pools);
         &self.computed
     }
 

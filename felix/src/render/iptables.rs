@@ -218,6 +218,7 @@ pub fn target_text(target: &Target) -> String {
         Target::Drop => "-j DROP".to_owned(),
         Target::Return => "-j RETURN".to_owned(),
         Target::NoTrack => "-j CT --notrack".to_owned(),
+        Target::Masquerade => "-j MASQUERADE --random-fully".to_owned(),
         Target::Jump(chain) => format!("-j {chain}"),
         Target::Goto(chain) => format!("-g {chain}"),
         Target::SetMark { value, mask } => format!("-j MARK --set-xmark {value:#x}/{mask:#x}"),
