@@ -12,7 +12,7 @@
 //!
 //! The edge that writes it (rtnetlink) is in twill-node; it owns the routes by protocol 212.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 
 use ipnet::IpNet;
@@ -97,8 +97,9 @@ pub struct Plan {
     pub neighbours: BTreeMap<Ipv4Addr, [u8; 6]>,
     /// Routes to remote blocks.
     pub routes: BTreeMap<IpNet, Via>,
-    /// Remote blocks in IP-in-IP pools (carried by `tunl0` where the kernel has it).
-    pub ipip_blocks: BTreeSet<IpNet>,
+    /// Remote blocks in IP-in-IP pools, with the underlay address of their node: routed
+    /// through `tunl0` to it where the kernel has the ipip module.
+    pub ipip_blocks: BTreeMap<IpNet, Ipv4Addr>,
     /// Why something could not be planned, in words.
     pub warnings: Vec<String>,
 }
@@ -182,9 +183,14 @@ pub fn plan(me: &str, nodes: &[NodeInfo], pools: &[PoolInfo], blocks: &[(IpNet, 
                     plan.routes.insert(*block, Via::Underlay(underlay.addr()));
                 }
             }
-            Mode::Always | Mode::CrossSubnet => {
-                plan.ipip_blocks.insert(*block);
-            }
+            Mode::Always | Mode::CrossSubnet => match remote.underlay {
+                Some(underlay) => {
+                    plan.ipip_blocks.insert(*block, underlay.addr());
+                }
+                None => plan.warnings.push(format!(
+                    "node {owner} has no IPv4 underlay address: its block {block} is not routed"
+                )),
+            },
         }
     }
     plan
@@ -401,8 +407,12 @@ mod tests {
             &blocks(&[("10.90.0.64/26", "b"), ("10.90.0.128/26", "c")]),
         );
         assert_eq!(
+            plan.ipip_blocks[&"10.90.0.64/26".parse().unwrap()],
+            "198.18.1.12".parse::<Ipv4Addr>().unwrap()
+        );
+        assert_eq!(
             plan.ipip_blocks
-                .iter()
+                .keys()
                 .map(ToString::to_string)
                 .collect::<Vec<_>>(),
             ["10.90.0.64/26"]

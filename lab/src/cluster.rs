@@ -450,6 +450,11 @@ impl Lab {
         for node in &state.nodes {
             loop {
                 let peers = self.bgp_peers(&node.name);
+                // IP-in-IP pools on a kernel without ipip: nothing can route them; the node
+                // says so in its status, and that is what `sync` reports too.
+                let no_ipip = self
+                    .node_status(&node.name)
+                    .is_some_and(|s| s["ipip_unavailable"] == true);
                 let sessions_up = !expect_peers
                     || (!peers.is_empty() && peers.iter().all(|p| p["state"] == "Established"));
                 let missing: Vec<&String> = blocks
@@ -462,7 +467,10 @@ impl Lab {
                             .map_or(true, |o| o.stdout.is_empty())
                     })
                     .collect();
-                if sessions_up && missing.is_empty() {
+                if sessions_up && (missing.is_empty() || no_ipip) {
+                    if no_ipip && !missing.is_empty() {
+                        tracing::warn!(node = %node.name, "IP-in-IP pools, but the kernel has no ipip module: other nodes' blocks are not routed");
+                    }
                     break;
                 }
                 if Instant::now() > deadline {

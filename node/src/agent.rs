@@ -220,6 +220,21 @@ impl Agent {
                         }
                     },
                 };
+                if key.kind == twill_shared::resource::Kind::FelixConfiguration {
+                    if let Some(encap) = self.encap.as_mut() {
+                        let mtus = match &resource {
+                            Some(twill_shared::resource::Resource::FelixConfiguration(c)) => {
+                                Some((c.spec.vxlan_mtu, c.spec.ipip_mtu))
+                            }
+                            _ => None,
+                        };
+                        if encap.set_felix_configuration(&key.name, mtus) {
+                            if let Some(bgp) = self.bgp.as_mut() {
+                                bgp.mark_dirty();
+                            }
+                        }
+                    }
+                }
                 if for_bgp {
                     if let Some(bgp) = self.bgp.as_mut() {
                         bgp.update(key.kind, &key.name, resource.clone());

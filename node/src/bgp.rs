@@ -85,6 +85,11 @@ impl Bgp {
         relevant
     }
 
+    /// Asks for the next [`Bgp::apply`] (and the encapsulation with it) to run.
+    pub fn mark_dirty(&mut self) {
+        self.dirty = true;
+    }
+
     /// Whether something changed since the last [`Bgp::apply`].
     pub fn is_dirty(&self) -> bool {
         self.dirty

@@ -48,8 +48,11 @@ pub struct Encap {
     node: String,
     store: Arc<dyn Datastore>,
     ipam: twill_ipam::runtime::Ipam,
-    /// FelixConfiguration's vxlanMTU, when set.
+    /// FelixConfiguration's vxlanMTU and ipipMTU, when set (`node.NAME` over `default`).
     mtu_override: Option<u32>,
+    ipip_mtu_override: Option<u32>,
+    /// The FelixConfigurations they come from, by name.
+    felix_configurations: BTreeMap<String, (Option<u32>, Option<u32>)>,
     warned: BTreeSet<String>,
 }
 
@@ -61,13 +64,38 @@ impl Encap {
             ipam: twill_ipam::runtime::Ipam::new(store.clone(), node, None),
             store,
             mtu_override: None,
+            ipip_mtu_override: None,
+            felix_configurations: BTreeMap::new(),
             warned: BTreeSet::new(),
         }
     }
 
-    /// FelixConfiguration's `vxlanMTU` (None: detected from the underlay).
-    pub fn set_mtu_override(&mut self, mtu: Option<u32>) {
-        self.mtu_override = mtu;
+    /// Takes a FelixConfiguration (`default` or this node's `node.NAME`; `None`: deleted);
+    /// returns whether the MTUs it sets changed. Unset MTUs are detected from the underlay.
+    pub fn set_felix_configuration(
+        &mut self,
+        name: &str,
+        mtus: Option<(Option<u32>, Option<u32>)>,
+    ) -> bool {
+        let own = format!("node.{}", self.node);
+        if name != "default" && name != own {
+            return false;
+        }
+        match mtus {
+            Some(mtus) => self.felix_configurations.insert(name.to_string(), mtus),
+            None => self.felix_configurations.remove(name),
+        };
+        let pick = |field: fn(&(Option<u32>, Option<u32>)) -> Option<u32>| {
+            self.felix_configurations
+                .get(&own)
+                .and_then(field)
+                .or_else(|| self.felix_configurations.get("default").and_then(field))
+        };
+        let (vxlan, ipip) = (pick(|m| m.0), pick(|m| m.1));
+        let changed = (vxlan, ipip) != (self.mtu_override, self.ipip_mtu_override);
+        self.mtu_override = vxlan;
+        self.ipip_mtu_override = ipip;
+        changed
     }
 
     /// Brings the kernel in line with the cluster's encapsulation.
@@ -125,7 +153,19 @@ impl Encap {
         let blocks = cluster.all_blocks();
         let plan = twill_ipip::plan(&self.node, &nodes, &pools, &blocks);
         status.warnings.clone_from(&plan.warnings);
-        if !plan.ipip_blocks.is_empty() && !ipip_module_present() {
+        let ipip_present = ipip_module_present();
+        if !plan.ipip_blocks.is_empty() && ipip_present {
+            if let Some(own) = nodes.iter().find(|n| n.name == self.node) {
+                let has_address = cluster
+                    .node(&self.node)
+                    .and_then(|n| n.spec.bgp.as_ref())
+                    .is_some_and(|b| b.ipv4_ipip_tunnel_addr.is_some());
+                if !has_address && own.underlay.is_some() {
+                    self.ensure_ipip_address(&pools).await?;
+                }
+            }
+        }
+        if !plan.ipip_blocks.is_empty() && !ipip_present {
             status.ipip_unavailable = true;
             status.warnings.push(format!(
                 "IP-in-IP pools route {} remote block(s) through tunl0, but this kernel has no ipip module: those blocks are not reachable from this node (use VXLAN, or load ipip)",
@@ -139,10 +179,34 @@ impl Encap {
         }
         let (connection, handle, _) = rtnetlink::new_connection().context("netlink")?;
         let task = tokio::spawn(connection);
-        let result = self.write(&handle, &plan, &mut status).await;
+        let mut result = self.write(&handle, &plan, &mut status).await;
+        let tunnel_address = cluster
+            .node(&self.node)
+            .and_then(|n| n.spec.bgp.as_ref())
+            .and_then(|b| b.ipv4_ipip_tunnel_addr)
+            .and_then(|a| match a.0 {
+                IpAddr::V4(v4) => Some(v4),
+                IpAddr::V6(_) => None,
+            });
+        let ipip_up = if result.is_ok() && ipip_present && !plan.ipip_blocks.is_empty() {
+            let underlay = nodes
+                .iter()
+                .find(|n| n.name == self.node)
+                .and_then(|n| n.underlay)
+                .map(|u| u.addr());
+            match write_tunl0(&handle, tunnel_address, underlay, self.ipip_mtu_override).await {
+                Ok(()) => true,
+                Err(err) => {
+                    result = Err(err);
+                    false
+                }
+            }
+        } else {
+            false
+        };
         task.abort();
         result?;
-        let desired: BTreeMap<IpNet, Target> = plan
+        let mut desired: BTreeMap<IpNet, Target> = plan
             .routes
             .iter()
             .map(|(block, via)| {
@@ -155,6 +219,14 @@ impl Encap {
                 (*block, target)
             })
             .collect();
+        if ipip_up {
+            for (block, underlay) in &plan.ipip_blocks {
+                desired.insert(
+                    *block,
+                    Target::OnLink(IpAddr::V4(*underlay), IPIP_DEVICE.into()),
+                );
+            }
+        }
         let changes = routes::sync_owned(routes::ENCAP_ROUTE_PROTOCOL, &desired)
             .await
             .map_err(anyhow::Error::msg)
@@ -215,6 +287,62 @@ impl Encap {
             .await
             .context("writing the VTEP on the Node resource")?;
         tracing::info!(%address, "VXLAN tunnel address allocated and written on the Node");
+        Ok(())
+    }
+
+    /// Allocates this node's IP-in-IP tunnel address (handle `ipip-tunnel-addr-NODE`) and
+    /// writes it on its Node resource (`bgp.ipv4IPIPTunnelAddr`).
+    async fn ensure_ipip_address(&self, pools: &[PoolInfo]) -> anyhow::Result<()> {
+        let handle = format!("ipip-tunnel-addr-{}", self.node);
+        let mut addresses = self.ipam.addresses_of_handle(&handle).await?;
+        if addresses.is_empty() {
+            let args = twill_ipam::runtime::AssignArgs {
+                handle: handle.clone(),
+                attributes: [
+                    ("node".to_string(), self.node.clone()),
+                    ("type".to_string(), "ipipTunnelAddress".to_string()),
+                ]
+                .into(),
+                ipv4: true,
+                ipv4_pools: pools
+                    .iter()
+                    .filter(|p| p.cidr.addr().is_ipv4() && p.ipip != Mode::Never)
+                    .map(|p| p.cidr.to_string())
+                    .collect(),
+                tunnel: true,
+                ..Default::default()
+            };
+            addresses = self
+                .ipam
+                .assign(&args)
+                .await
+                .context("allocating the IP-in-IP tunnel address")?
+                .addresses
+                .iter()
+                .map(IpNet::addr)
+                .collect();
+        }
+        let Some(address) = addresses.into_iter().find(IpAddr::is_ipv4) else {
+            anyhow::bail!("IPAM gave no IPv4 address for {handle}");
+        };
+        let client = Client::new(self.store.clone());
+        let key = Key {
+            kind: Kind::Node,
+            namespace: None,
+            name: self.node.clone(),
+        };
+        let Some(Resource::Node(mut node)) = client.get(&key).await? else {
+            anyhow::bail!("node {} has no Node resource", self.node);
+        };
+        node.spec
+            .bgp
+            .get_or_insert_with(Default::default)
+            .ipv4_ipip_tunnel_addr = Some(Ip(address));
+        client
+            .write_all(&[Resource::Node(node)], WriteMode::Replace)
+            .await
+            .context("writing the IP-in-IP tunnel address on the Node resource")?;
+        tracing::info!(%address, "IP-in-IP tunnel address allocated and written on the Node");
         Ok(())
     }
 
@@ -299,9 +427,49 @@ impl Encap {
     }
 }
 
+/// The IP-in-IP device the ipip module makes in every namespace.
+const IPIP_DEVICE: &str = "tunl0";
+
 /// Whether the kernel can make `tunl0` (the module is loaded or built in).
 fn ipip_module_present() -> bool {
     std::path::Path::new("/sys/module/ipip").exists()
+}
+
+/// `tunl0` up, with the node's IP-in-IP tunnel address (for traffic the node itself sends
+/// to remote pods) and the underlay MTU minus 20.
+async fn write_tunl0(
+    handle: &rtnetlink::Handle,
+    address: Option<Ipv4Addr>,
+    underlay: Option<Ipv4Addr>,
+    mtu_override: Option<u32>,
+) -> anyhow::Result<()> {
+    let (index, _) = link_index(handle, IPIP_DEVICE)
+        .await?
+        .context("the ipip module is loaded but this namespace has no tunl0")?;
+    let underlay_mtu = match underlay {
+        Some(underlay) => underlay_link(handle, underlay)
+            .await?
+            .map_or(1500, |(_, mtu)| mtu),
+        None => 1500,
+    };
+    let mtu = mtu_override
+        .unwrap_or_else(|| twill_ipip::tunnel_mtu(underlay_mtu, twill_ipip::IPIP_OVERHEAD));
+    handle
+        .link()
+        .set(LinkUnspec::new_with_index(index).mtu(mtu).up().build())
+        .execute()
+        .await
+        .context("setting tunl0 up")?;
+    if let Some(address) = address {
+        handle
+            .address()
+            .add(index, IpAddr::V4(address), 32)
+            .replace()
+            .execute()
+            .await
+            .context("the IP-in-IP tunnel address")?;
+    }
+    Ok(())
 }
 
 /// A link's index and, for a VXLAN link, its (VNI, local address, underlay index).
