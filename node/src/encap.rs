@@ -27,6 +27,9 @@ use twill_shared::resource::{Key, Kind, Resource};
 
 use crate::routes::{self, Target};
 
+/// A FelixConfiguration's (vxlanMTU, ipipMTU).
+type Mtus = (Option<u32>, Option<u32>);
+
 /// What the last apply found, for the status file and metrics.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EncapStatus {
@@ -52,7 +55,7 @@ pub struct Encap {
     mtu_override: Option<u32>,
     ipip_mtu_override: Option<u32>,
     /// The FelixConfigurations they come from, by name.
-    felix_configurations: BTreeMap<String, (Option<u32>, Option<u32>)>,
+    felix_configurations: BTreeMap<String, Mtus>,
     warned: BTreeSet<String>,
 }
 
@@ -72,11 +75,7 @@ impl Encap {
 
     /// Takes a FelixConfiguration (`default` or this node's `node.NAME`; `None`: deleted);
     /// returns whether the MTUs it sets changed. Unset MTUs are detected from the underlay.
-    pub fn set_felix_configuration(
-        &mut self,
-        name: &str,
-        mtus: Option<(Option<u32>, Option<u32>)>,
-    ) -> bool {
+    pub fn set_felix_configuration(&mut self, name: &str, mtus: Option<Mtus>) -> bool {
         let own = format!("node.{}", self.node);
         if name != "default" && name != own {
             return false;
@@ -85,7 +84,7 @@ impl Encap {
             Some(mtus) => self.felix_configurations.insert(name.to_string(), mtus),
             None => self.felix_configurations.remove(name),
         };
-        let pick = |field: fn(&(Option<u32>, Option<u32>)) -> Option<u32>| {
+        let pick = |field: fn(&Mtus) -> Option<u32>| {
             self.felix_configurations
                 .get(&own)
                 .and_then(field)
