@@ -18,7 +18,8 @@
 //!   addresses borrowed from other nodes' blocks as host routes; LOCAL_PREF 2147482623
 //!   (Calico ≥ 3.32: 2147483647 − the normal route priority 1024) and communities from
 //!   `prefixAdvertisements`;
-//! - export: only routes inside an enabled pool whose BGP export is not disabled; import:
+//! - export: only routes inside a pool whose BGP export is not disabled (a disabled pool
+//!   still is: `disabled` only stops allocation); import:
 //!   everything, except that routes to encapsulated pools are not written to the kernel (the
 //!   encapsulation writes those, through its device).
 
@@ -234,8 +235,15 @@ impl Cluster {
     /// Renders `node`'s configuration. `borrowed`: addresses of this node's workloads outside
     /// its own blocks (advertised as host routes).
     pub fn render(&self, node_name: &str, borrowed: &[IpNet], secrets: &dyn Secrets) -> Rendered {
+        let own_blocks = self.blocks_of(node_name);
+        // A host-sized block (blockSize 32 or 128) is its one workload's route: no blackhole
+        // under it (Calico skips them too).
         let mut rendered = Rendered {
-            blackholes: self.blocks_of(node_name),
+            blackholes: own_blocks
+                .iter()
+                .filter(|b| b.prefix_len() < b.max_prefix_len())
+                .copied()
+                .collect(),
             ..Rendered::default()
         };
         let Some(node) = self.nodes.get(node_name) else {
@@ -560,7 +568,7 @@ impl Cluster {
             }
         }
         let mut originate = Vec::new();
-        let blocks = rendered.blackholes.clone();
+        let blocks = own_blocks;
         for prefix in blocks
             .iter()
             .chain(
@@ -612,7 +620,9 @@ impl Cluster {
             if encap(pool.spec.vxlan_mode) || encap(pool.spec.ipip_mode) {
                 encapsulated.push(Value::String(cidr.to_string()));
             }
-            if pool.spec.disabled == Some(true) || pool.spec.disable_bgp_export == Some(true) {
+            // A disabled pool only stops handing out addresses: what it already gave out is
+            // still routed (Calico exports it too).
+            if pool.spec.disable_bgp_export == Some(true) {
                 continue;
             }
             let mut rule = Table::new();
@@ -1264,6 +1274,7 @@ mod tests {
             node("a", "10.0.0.1", ""),
             POOL.into(),
             "---\napiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata:\n  name: quiet\nspec:\n  cidr: 10.91.0.0/16\n  disableBGPExport: true\n  vxlanMode: Always\n".into(),
+            "---\napiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata:\n  name: retired\nspec:\n  cidr: 10.93.0.0/16\n  disabled: true\n".into(),
             "---\napiVersion: projectcalico.org/v3\nkind: BGPConfiguration\nmetadata:\n  name: default\nspec:\n  \
              communities:\n  - name: pods\n    value: 65001:100\n  prefixAdvertisements:\n  - cidr: 10.90.0.0/16\n    \
              communities: [pods, \"65001:1:2\"]\n".into(),
@@ -1306,8 +1317,13 @@ mod tests {
         // Export: the exporting pool only. Kernel: the VXLAN pool is the encapsulation's.
         let table: Table = text.parse().unwrap();
         let rules = table["filter"][0]["rule"].as_array().unwrap();
-        assert_eq!(rules.len(), 1);
+        assert_eq!(
+            rules.len(),
+            2,
+            "a disabled pool is still exported; one with disableBGPExport is not"
+        );
         assert_eq!(rules[0]["prefix"][0].as_str(), Some("10.90.0.0/16 le 32"));
+        assert_eq!(rules[1]["prefix"][0].as_str(), Some("10.93.0.0/16 le 32"));
         assert_eq!(
             config.kernel.unwrap().exclude,
             vec!["10.91.0.0/16".parse::<IpNet>().unwrap()]
@@ -1579,6 +1595,24 @@ mod tests {
             b.kernel.unwrap().exclude.len(),
             4,
             "still never routes them"
+        );
+    }
+
+    #[test]
+    fn host_sized_blocks_are_originated_without_a_blackhole() {
+        let yaml = [node("a", "10.0.0.1", ""), POOL.into()].concat();
+        let cluster = cluster(&yaml, &[("a", "10.90.0.7/32"), ("a", "10.90.1.0/26")]);
+        let rendered = cluster.render("a", &[], &BTreeMap::new());
+        let config = crate::config::DaemonConfig::parse(&rendered.config.unwrap()).unwrap();
+        assert_eq!(config.originate.len(), 2);
+        assert_eq!(
+            rendered
+                .blackholes
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>(),
+            ["10.90.1.0/26"],
+            "a blackhole /32 would take the place of the workload's own route"
         );
     }
 

@@ -245,8 +245,9 @@ impl Agent {
                                 .filter_map(|p| {
                                     Some(twill_felix::calc::nat::NatPool {
                                         cidr: p.spec.cidr.as_ref()?.0.trunc(),
-                                        masquerade: p.spec.nat_outgoing == Some(true)
-                                            && p.spec.disabled != Some(true),
+                                        // Disabled pools' workloads still masquerade:
+                                        // `disabled` only stops allocation.
+                                        masquerade: p.spec.nat_outgoing == Some(true),
                                     })
                                 })
                                 .collect();

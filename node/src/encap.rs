@@ -101,7 +101,6 @@ impl Encap {
     pub async fn apply(&mut self, cluster: &Cluster) -> anyhow::Result<EncapStatus> {
         let pools: Vec<PoolInfo> = cluster
             .pools()
-            .filter(|p| p.spec.disabled != Some(true))
             .filter_map(|p| {
                 let mode = |m: Option<EncapMode>| match m {
                     Some(EncapMode::Always) => Mode::Always,

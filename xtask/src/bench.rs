@@ -23,7 +23,7 @@ fn median(mut values: Vec<f64>) -> f64 {
     values[values.len() / 2]
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
+pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
     let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[index]
 }
@@ -45,6 +45,8 @@ pub fn run(output: Option<&str>) -> anyhow::Result<()> {
     writeln!(report, "{}", crate::cni::run())?;
     println!("policy: start of day, one change, scaling (needs root for network namespaces) ...");
     writeln!(report, "{}", crate::policy::run())?;
+    println!("cluster: pod on A reachable from B, agents at rest, restart (needs root) ...");
+    writeln!(report, "{}", crate::cluster::run())?;
     println!("BGP ingest (twill-bgpd, BIRD 2, GoBGP; needs root for network namespaces) ...");
     writeln!(
         report,

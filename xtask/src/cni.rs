@@ -671,14 +671,14 @@ async fn ipam_bench() -> anyhow::Result<String> {
 // Lab
 
 /// `twillctl lab down` when dropped, unless already down.
-struct LabGuard {
-    twillctl: PathBuf,
-    name: String,
-    up: bool,
+pub(crate) struct LabGuard {
+    pub(crate) twillctl: PathBuf,
+    pub(crate) name: String,
+    pub(crate) up: bool,
 }
 
 impl LabGuard {
-    fn down(&mut self) -> anyhow::Result<f64> {
+    pub(crate) fn down(&mut self) -> anyhow::Result<f64> {
         self.up = false;
         let start = Instant::now();
         let out = Command::new(&self.twillctl)
@@ -725,7 +725,7 @@ ports:
   - {name: serve-81-udp, port: 81, protocol: UDP}
 ";
 
-fn twillctl(args: &[&str]) -> anyhow::Result<(f64, String)> {
+pub(crate) fn twillctl(args: &[&str]) -> anyhow::Result<(f64, String)> {
     let program = workspace_binary("twillctl");
     let start = Instant::now();
     let out = Command::new(&program).args(args).output()?;

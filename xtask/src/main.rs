@@ -5,6 +5,7 @@
 
 mod bench;
 mod bgp;
+mod cluster;
 mod cni;
 mod ingest;
 mod kernel_routes;
@@ -38,6 +39,10 @@ fn main() -> anyhow::Result<()> {
                 .enable_all()
                 .build()?;
             print!("{}", runtime.block_on(bench::synchronous_only())?);
+            Ok(())
+        }
+        Some("bench-cluster") => {
+            print!("{}", cluster::run());
             Ok(())
         }
         Some("bench-cni") => {

@@ -16,7 +16,7 @@ pub const NAT_OUTGOING_CHAIN: &str = "twl-nat-outgoing";
 pub struct NatPool {
     /// Its CIDR.
     pub cidr: IpNet,
-    /// `natOutgoing: true` (and the pool enabled).
+    /// `natOutgoing: true` (a disabled pool's workloads too).
     pub masquerade: bool,
 }
 
