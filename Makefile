@@ -51,8 +51,8 @@ test: build check
 
 # The lab (network namespaces on this machine, pods wired by the real twill CNI plugin, a
 # twill-node per node enforcing policy and routing by BGP, a BIRD top-of-rack router): the
-# first seed article's pods and policies across three nodes, matrix after matrix; then the second article's three-tier example; then its other policies,
-# stored and listed. The lab is always taken down at the end, also when a step fails.
+# first seed article's pods and policies across three nodes, matrix after matrix; then the
+# second article's three-tier example; then its other policies, stored and listed. The lab is always taken down at the end, also when a step fails.
 demo: deps
 	$(CARGO) build -q -p twillctl -p twill-cni -p twill-node
 	@set -e; lab() { echo; echo "\$$ twillctl lab $$*"; $(TWILLCTL) lab --name demo "$$@"; }; \
