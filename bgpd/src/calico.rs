@@ -618,7 +618,14 @@ impl Cluster {
             };
             let encap = |mode: Option<EncapMode>| mode.is_some_and(|m| m != EncapMode::Never);
             if encap(pool.spec.vxlan_mode) || encap(pool.spec.ipip_mode) {
-                encapsulated.push(Value::String(cidr.to_string()));
+                if cidr.addr().is_ipv4() {
+                    encapsulated.push(Value::String(cidr.to_string()));
+                } else {
+                    rendered.warnings.push(format!(
+                        "IPPool {}: IPv6 encapsulation (vxlan-v6.twill) is not built; the pool is routed by BGP",
+                        pool.metadata.name.as_deref().unwrap_or("?")
+                    ));
+                }
             }
             // A disabled pool only stops handing out addresses: what it already gave out is
             // still routed (Calico exports it too).
@@ -869,12 +876,15 @@ fn filter_rule(
             if cidr.addr().is_ipv4() != v4 {
                 return Ok(None);
             }
-            let within = format!("{cidr} {}", range(cidr.prefix_len())?);
+            // prefixLength narrows In and NotIn only; Equal names one prefix.
+            let within = || -> Result<String, String> {
+                Ok(format!("{cidr} {}", range(cidr.prefix_len())?))
+            };
             let (key, value) = match operator {
                 Some("Equal") => ("prefix", cidr.to_string()),
-                Some("In") => ("prefix", within),
+                Some("In") => ("prefix", within()?),
                 Some("NotEqual") => ("not_prefix", cidr.to_string()),
-                Some("NotIn") => ("not_prefix", within),
+                Some("NotIn") => ("not_prefix", within()?),
                 other => {
                     return Err(format!(
                         "matchOperator {other:?} is not Equal, NotEqual, In or NotIn"

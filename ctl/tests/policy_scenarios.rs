@@ -48,6 +48,10 @@ struct LabGuard {
 
 impl LabGuard {
     fn up(topology: &str) -> LabGuard {
+        LabGuard::up_with(topology, &[])
+    }
+
+    fn up_with(topology: &str, extra: &[&str]) -> LabGuard {
         let name = common::lab_name("p");
         let mut guard = LabGuard {
             name,
@@ -56,7 +60,9 @@ impl LabGuard {
         };
         let file = tempfile::NamedTempFile::new().unwrap();
         std::fs::write(file.path(), topology).unwrap();
-        guard.ok(&["up", "--topology", file.path().to_str().unwrap()], None);
+        let mut args = vec!["up", "--topology", file.path().to_str().unwrap()];
+        args.extend_from_slice(extra);
+        guard.ok(&args, None);
         guard.refresh();
         guard
     }
@@ -1227,6 +1233,28 @@ fn calico_policies_order_select_and_negate() {
     let started = Instant::now();
     let lab = LabGuard::up(XYZ);
     let wrong = run_all(&lab, &calico_rule_scenarios(&lab));
+    assert_none(started, &wrong);
+}
+
+/// The same scenarios with the nine pods spread over three nodes (the lab places pods round
+/// robin): policy decided on the destination's node for traffic that crossed the BGP mesh
+/// gives the same matrices as on one node.
+#[test]
+fn the_same_verdicts_with_pods_spread_over_three_nodes() {
+    let started = Instant::now();
+    let lab = LabGuard::up_with(XYZ, &["--nodes", "3"]);
+    let status: serde_json::Value =
+        serde_json::from_str(&lab.ok(&["status", "-o", "json"], None)).unwrap();
+    let nodes: std::collections::BTreeSet<&str> = status["pods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["node"].as_str())
+        .collect();
+    assert_eq!(nodes.len(), 3, "the pods are on three nodes");
+    let mut scenarios = kubernetes_peer_scenarios();
+    scenarios.extend(calico_rule_scenarios(&lab));
+    let wrong = run_all(&lab, &scenarios);
     assert_none(started, &wrong);
 }
 

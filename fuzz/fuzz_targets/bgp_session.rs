@@ -25,6 +25,7 @@ fn neighbor(address: Ipv4Addr, remote_as: u32, add_path: u8) -> NeighborConfig {
         session,
         rr_client: remote_as == 65001,
         next_hop_self: false,
+        shared_subnet: None,
         next_hop_other: None,
         import: Vec::new(),
         export: Vec::new(),

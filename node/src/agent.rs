@@ -72,6 +72,8 @@ struct Agent {
     bgp: Option<crate::bgp::Bgp>,
     /// Encapsulation (full mode).
     encap: Option<crate::encap::Encap>,
+    /// Endpoint routes on interfaces no endpoint has, waiting out their grace period.
+    unmanaged_routes: crate::routes::Unmanaged,
 }
 
 /// Runs until the process is stopped.
@@ -114,6 +116,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     let mut agent = Agent {
         bgp,
         encap,
+        unmanaged_routes: Default::default(),
         status: Status {
             node: options.node.clone(),
             mode: match options.mode {
@@ -331,7 +334,7 @@ impl Agent {
                     endpoint.nets.iter().map(move |n| (*n, interface.clone()))
                 })
                 .collect();
-            let changes = crate::routes::sync(&desired)
+            let changes = crate::routes::sync(&desired, &mut self.unmanaged_routes)
                 .await
                 .map_err(anyhow::Error::msg)?;
             if !changes.added.is_empty() || !changes.removed.is_empty() {
@@ -347,7 +350,20 @@ impl Agent {
             return;
         };
         bgp.reap().await;
-        if !bgp.is_dirty() && !repair {
+        // Local workload addresses outside this node's blocks were borrowed: host routes.
+        let blocks = bgp.own_blocks();
+        let borrowed: Vec<IpNet> = if self.computed {
+            self.calculator
+                .computed()
+                .local
+                .values()
+                .flat_map(|e| e.nets.iter().copied())
+                .filter(|net| !blocks.iter().any(|b| b.contains(net)))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        if !bgp.is_dirty() && !repair && !bgp.borrowed_changed(&borrowed) {
             return;
         }
         if let Some(encap) = self.encap.as_mut() {
@@ -377,19 +393,6 @@ impl Agent {
                 }
             }
         }
-        // Local workload addresses outside this node's blocks were borrowed: host routes.
-        let blocks = bgp.own_blocks();
-        let borrowed: Vec<IpNet> = if self.computed {
-            self.calculator
-                .computed()
-                .local
-                .values()
-                .flat_map(|e| e.nets.iter().copied())
-                .filter(|net| !blocks.iter().any(|b| b.contains(net)))
-                .collect()
-        } else {
-            Vec::new()
-        };
         match bgp.apply(&borrowed, repair).await {
             Ok(()) => self.status.bgp_last_error = None,
             Err(err) => {

@@ -11,6 +11,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -49,6 +50,10 @@ pub struct Bgp {
     secrets: SecretFiles,
     cluster: Cluster,
     events: mpsc::UnboundedSender<daemon::Event>,
+    /// Where the control socket's requests go: `events`, kept in step with it.
+    current: Arc<Mutex<mpsc::UnboundedSender<daemon::Event>>>,
+    /// The borrowed addresses last announced.
+    last_borrowed: Vec<IpNet>,
     /// The speaker's channel while no speaker runs.
     idle: Option<mpsc::UnboundedReceiver<daemon::Event>>,
     running: Option<Running>,
@@ -61,10 +66,25 @@ impl Bgp {
     /// BGP for `node`, with its files (`bgpd.toml`, `bgpd.sock`) in `dir`.
     pub fn new(node: &str, dir: &Path, secrets: SecretFiles) -> anyhow::Result<Bgp> {
         let (events, receiver) = mpsc::unbounded_channel();
+        // The control socket outlives any one speaker: its requests go to whichever channel
+        // is current (a speaker that had to be abandoned leaves its channel behind).
+        let current = Arc::new(Mutex::new(events.clone()));
+        let (control_events, mut control_requests) = mpsc::unbounded_channel();
+        let forward_to = current.clone();
+        tokio::spawn(async move {
+            while let Some(event) = control_requests.recv().await {
+                let sender = forward_to.lock().map(|s| s.clone());
+                if let Ok(sender) = sender {
+                    let _ = sender.send(event);
+                }
+            }
+        });
         let socket = dir.join("bgpd.sock");
-        control::serve(&socket, events.clone())
+        control::serve(&socket, control_events)
             .with_context(|| format!("cannot serve {}", socket.display()))?;
         Ok(Bgp {
+            current,
+            last_borrowed: Vec::new(),
             node: node.to_string(),
             dir: dir.to_path_buf(),
             secrets,
@@ -111,6 +131,7 @@ impl Bgp {
     pub async fn apply(&mut self, borrowed: &[IpNet], repair: bool) -> anyhow::Result<()> {
         if !self.dirty
             && !repair
+            && !self.borrowed_changed(borrowed)
             && self
                 .last
                 .as_ref()
@@ -118,6 +139,7 @@ impl Bgp {
         {
             return Ok(());
         }
+        self.last_borrowed = borrowed.to_vec();
         let rendered = self.cluster.render(&self.node, borrowed, &self.secrets);
         for warning in &rendered.warnings {
             if self.warned.insert(warning.clone()) {
@@ -132,12 +154,17 @@ impl Bgp {
         for (net, gateway) in &rendered.static_routes {
             desired.insert(*net, Target::Gateway(*gateway));
         }
-        let changes = routes::sync_owned(routes::CLUSTER_ROUTE_PROTOCOL, &desired)
-            .await
-            .map_err(anyhow::Error::msg)
-            .context("cluster routes")?;
-        if !changes.added.is_empty() || !changes.removed.is_empty() {
-            tracing::info!(added = ?changes.added, removed = ?changes.removed, "cluster routes (block blackholes, reachableBy)");
+        // A route the kernel refuses (a reachableBy gateway not on a connected network) is
+        // reported and retried at the next apply; it never keeps the speaker from its
+        // configuration.
+        let mut route_error = None;
+        match routes::sync_owned(routes::CLUSTER_ROUTE_PROTOCOL, &desired).await {
+            Ok(changes) => {
+                if !changes.added.is_empty() || !changes.removed.is_empty() {
+                    tracing::info!(added = ?changes.added, removed = ?changes.removed, "cluster routes (block blackholes, reachableBy)");
+                }
+            }
+            Err(err) => route_error = Some(anyhow::anyhow!("cluster routes: {err}")),
         }
         let changed = self.last.as_ref().map(|r| &r.config) != Some(&rendered.config);
         match &rendered.config {
@@ -181,8 +208,8 @@ impl Bgp {
             Some(_) => {}
         }
         self.last = Some(rendered);
-        self.dirty = false;
-        Ok(())
+        self.dirty = route_error.is_some();
+        route_error.map_or(Ok(()), Err)
     }
 
     fn start(&mut self, restarting: bool) -> anyhow::Result<()> {
@@ -216,6 +243,7 @@ impl Bgp {
             return;
         };
         let _ = self.events.send(daemon::Event::Stop(mode));
+        let abort = running.abort_handle();
         match tokio::time::timeout(Duration::from_secs(10), running).await {
             Ok(Ok((receiver, result))) => {
                 if let Err(err) = result {
@@ -223,13 +251,32 @@ impl Bgp {
                 }
                 self.idle = Some(receiver);
             }
-            _ => {
-                tracing::error!("the BGP speaker did not stop in time");
-                let (events, receiver) = mpsc::unbounded_channel();
-                self.events = events;
-                self.idle = Some(receiver);
+            Ok(Err(_)) => {
+                tracing::error!("the BGP speaker panicked while stopping");
+                self.new_channel();
+            }
+            Err(_) => {
+                // Aborted, its task drops its listeners and sessions, so a successor can bind.
+                tracing::error!("the BGP speaker did not stop in time; abandoning it");
+                abort.abort();
+                self.new_channel();
             }
         }
+    }
+
+    /// A fresh channel for the next speaker (the old one went with a task that failed).
+    fn new_channel(&mut self) {
+        let (events, receiver) = mpsc::unbounded_channel();
+        if let Ok(mut current) = self.current.lock() {
+            *current = events.clone();
+        }
+        self.events = events;
+        self.idle = Some(receiver);
+    }
+
+    /// Whether the borrowed addresses differ from those last announced.
+    pub fn borrowed_changed(&self, borrowed: &[IpNet]) -> bool {
+        self.last_borrowed != borrowed
     }
 
     /// Whether the speaker task ended on its own (an error); it is started again at the next
@@ -237,11 +284,17 @@ impl Bgp {
     pub async fn reap(&mut self) {
         if self.running.as_ref().is_some_and(|r| r.is_finished()) {
             if let Some(running) = self.running.take() {
-                if let Ok((receiver, result)) = running.await {
-                    if let Err(err) = result {
-                        tracing::error!(error = %format!("{err:#}"), "the BGP speaker stopped; starting it again");
+                match running.await {
+                    Ok((receiver, result)) => {
+                        if let Err(err) = result {
+                            tracing::error!(error = %format!("{err:#}"), "the BGP speaker stopped; starting it again");
+                        }
+                        self.idle = Some(receiver);
                     }
-                    self.idle = Some(receiver);
+                    Err(err) => {
+                        tracing::error!(error = %err, "the BGP speaker panicked; starting it again");
+                        self.new_channel();
+                    }
                 }
             }
             self.dirty = true;

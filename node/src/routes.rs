@@ -26,13 +26,26 @@ pub struct RouteChanges {
     pub removed: Vec<IpNet>,
 }
 
+/// How long an endpoint route may sit on an interface no endpoint has before it goes: longer
+/// than any CNI ADD takes between its route and its WorkloadEndpoint, short enough that a
+/// leaked interface does not keep an address that now lives elsewhere.
+pub const UNMANAGED_GRACE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Endpoint routes on interfaces no local endpoint has, with when they were first seen.
+pub type Unmanaged = BTreeMap<(IpNet, u32), std::time::Instant>;
+
 /// Makes the endpoint routes of this namespace exactly `desired` (address → interface).
-/// Interfaces that do not exist (yet) are skipped.
-pub async fn sync(desired: &BTreeMap<IpNet, String>) -> Result<RouteChanges, String> {
+/// Interfaces that do not exist (yet) are skipped. A route on an interface no endpoint has
+/// is left alone for [`UNMANAGED_GRACE`] (the CNI plugin's, between its route and its
+/// WorkloadEndpoint), then removed; `unmanaged` remembers them between calls.
+pub async fn sync(
+    desired: &BTreeMap<IpNet, String>,
+    unmanaged: &mut Unmanaged,
+) -> Result<RouteChanges, String> {
     let (connection, handle, _) =
         rtnetlink::new_connection().map_err(|e| format!("netlink: {e}"))?;
     let task = tokio::spawn(connection);
-    let result = sync_with(&handle, desired).await;
+    let result = sync_with(&handle, desired, unmanaged).await;
     task.abort();
     result
 }
@@ -40,6 +53,7 @@ pub async fn sync(desired: &BTreeMap<IpNet, String>) -> Result<RouteChanges, Str
 async fn sync_with(
     handle: &rtnetlink::Handle,
     desired: &BTreeMap<IpNet, String>,
+    unmanaged: &mut Unmanaged,
 ) -> Result<RouteChanges, String> {
     let mut indexes: BTreeMap<String, u32> = BTreeMap::new();
     let mut links = handle.link().get().execute();
@@ -85,8 +99,18 @@ async fn sync_with(
     // Interfaces that go take their routes with them.
     let managed: BTreeSet<u32> = wanted.iter().map(|(_, oif)| *oif).collect();
     let wanted_nets: BTreeSet<IpNet> = wanted.iter().map(|(net, _)| *net).collect();
+    let now = std::time::Instant::now();
+    unmanaged.retain(|key, _| present.get(&key.0) == Some(&key.1) && !managed.contains(&key.1));
     for (net, oif) in &present {
-        let ours = managed.contains(oif) || wanted_nets.contains(net);
+        let mut ours = managed.contains(oif) || wanted_nets.contains(net);
+        if !ours {
+            let since = *unmanaged.entry((*net, *oif)).or_insert(now);
+            if now.duration_since(since) >= UNMANAGED_GRACE {
+                tracing::warn!(%net, interface = oif, "an endpoint route on an interface no workload has, for {:?}: removed", UNMANAGED_GRACE);
+                unmanaged.remove(&(*net, *oif));
+                ours = true;
+            }
+        }
         if ours && !wanted.contains(&(*net, *oif)) {
             let message = build(*net, *oif);
             if handle.route().del(message).execute().await.is_ok() {

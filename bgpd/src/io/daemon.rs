@@ -569,8 +569,25 @@ impl Daemon {
         if config.speaker != self.config.speaker || config.listen != self.config.listen {
             anyhow::bail!("global settings changed; restart twill-bgpd to apply them");
         }
+        let excluded = |c: &DaemonConfig| {
+            c.kernel
+                .as_ref()
+                .map(|k| k.exclude.clone())
+                .unwrap_or_default()
+        };
+        let (before, after) = (excluded(&self.config), excluded(&config));
         self.config = config;
         self.apply_config(now);
+        if before != after {
+            // Prefixes that entered or left the exclusion: written (or removed) again now.
+            let changed: Vec<IpNet> = before
+                .iter()
+                .filter(|net| !after.contains(net))
+                .chain(after.iter().filter(|net| !before.contains(net)))
+                .copied()
+                .collect();
+            self.speaker.reemit_routes(&changed);
+        }
         tracing::info!(
             neighbors = self.config.neighbors.len(),
             "configuration reloaded"

@@ -339,6 +339,25 @@ impl Speaker {
         }
     }
 
+    /// Route changes for the kernel again for every prefix inside `within` (their current best
+    /// paths): after the kernel writer's exclusions changed, what it wrote (or skipped) before
+    /// is brought in line.
+    pub fn reemit_routes(&mut self, within: &[IpNet]) {
+        let changes: Vec<BestChange> = self
+            .rib
+            .iter()
+            .map(|(prefix, _)| prefix)
+            .filter(|prefix| within.iter().any(|net| net.contains(prefix)))
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|prefix| BestChange {
+                prefix,
+                paths: self.rib.best(&prefix),
+            })
+            .collect();
+        self.emit_routes(changes);
+    }
+
     /// Sends a peer the table again: everything of `family` (or every family), re-sending what
     /// it already has (route refresh) and fixing what policy now decides differently.
     pub(super) fn readvertise(&mut self, now: Instant, address: IpAddr, family: Option<Family>) {
