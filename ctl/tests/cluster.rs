@@ -955,3 +955,24 @@ fn ipip_carries_pods_between_nodes_where_the_kernel_has_it_and_is_reported_missi
         .collect();
     assert_eq!(lab.probe(&["80/TCP"]), matrix(&pods, &all_cut));
 }
+
+#[test]
+fn three_nodes_on_one_etcd_route_pods_to_each_other() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let etcd = runtime.block_on(twill_interop_tests::etcd::Etcd::start());
+    let url = etcd.url();
+    let lab = LabGuard::up_with(SPREAD, &["--nodes", "3", "--datastore", &url]);
+    assert_eq!(lab.datastore(), url);
+    assert_eq!(lab.probe(&["80/TCP"]), matrix(&["x/a", "x/b", "x/c"], &[]));
+    let b_block = block_of(&lab.ip("x/b"));
+    let route = route_to(&lab, "node-3", &b_block).unwrap_or_default();
+    assert!(
+        route.contains("via 198.18.0.12") && route.contains("proto 210"),
+        "{route:?}"
+    );
+    drop(lab);
+    drop(etcd);
+}
