@@ -617,15 +617,11 @@ impl Cluster {
                 continue;
             };
             let encap = |mode: Option<EncapMode>| mode.is_some_and(|m| m != EncapMode::Never);
-            if encap(pool.spec.vxlan_mode) || encap(pool.spec.ipip_mode) {
-                if cidr.addr().is_ipv4() {
-                    encapsulated.push(Value::String(cidr.to_string()));
-                } else {
-                    rendered.warnings.push(format!(
-                        "IPPool {}: IPv6 encapsulation (vxlan-v6.twill) is not built; the pool is routed by BGP",
-                        pool.metadata.name.as_deref().unwrap_or("?")
-                    ));
-                }
+            // VXLAN of either family and IPv4 IP-in-IP (there is no IPv6 IP-in-IP) are the
+            // encapsulation's to route.
+            if encap(pool.spec.vxlan_mode) || (encap(pool.spec.ipip_mode) && cidr.addr().is_ipv4())
+            {
+                encapsulated.push(Value::String(cidr.to_string()));
             }
             // A disabled pool only stops handing out addresses: what it already gave out is
             // still routed (Calico exports it too).

@@ -976,3 +976,75 @@ fn three_nodes_on_one_etcd_route_pods_to_each_other() {
     drop(lab);
     drop(etcd);
 }
+
+#[test]
+fn dual_stack_vxlan_carries_each_family_through_its_own_device() {
+    let lab = LabGuard::up_with(
+        SPREAD,
+        &["--nodes", "3", "--dual-stack", "--encap", "vxlan"],
+    );
+    let pods = ["x/a", "x/b", "x/c"];
+    assert_eq!(lab.probe(&["80/TCP"]), matrix(&pods, &[]));
+    let v6: Value =
+        serde_json::from_str(&lab.ok(&["probe", "-o", "json", "--ipv6", "--port", "80/TCP"]))
+            .unwrap();
+    assert!(
+        v6["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["connected"] == true),
+        "over IPv6: {v6}"
+    );
+    let status = lab.status();
+    let b = status["pods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "b")
+        .unwrap()
+        .clone();
+    let b6 = b["ips"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .find(|ip| ip.contains(':'))
+        .unwrap()
+        .to_string();
+    let block6: ipnet::Ipv6Net = format!("{b6}/122").parse().unwrap();
+    let route6 = route_to(&lab, "node-1", &block6.trunc().to_string()).unwrap_or_default();
+    assert!(
+        route6.contains("dev vxlan-v6.twill") && route6.contains("proto 212"),
+        "{route6:?}"
+    );
+    let route4 = route_to(&lab, "node-1", &block_of(&lab.ip("x/b"))).unwrap_or_default();
+    assert!(route4.contains("dev vxlan.twill"), "{route4:?}");
+    let device = exec(
+        &netns(&lab, "node-2"),
+        "ip",
+        &["-d", "addr", "show", "dev", "vxlan-v6.twill"],
+    );
+    let text = String::from_utf8_lossy(&device.stdout);
+    assert!(
+        text.contains("local fd00:198:18::12") && text.contains("mtu 1430"),
+        "{text}"
+    );
+    // The IPv6 VTEP is on the Node, from the IPv6 pool.
+    let nodes: Value =
+        serde_json::from_str(&ctl(&lab, &["get", "node", "node-2", "-o", "json"], None).stdout)
+            .unwrap();
+    let node = nodes["items"]
+        .as_array()
+        .and_then(|i| i.first())
+        .unwrap_or(&nodes);
+    let vtep6 = node["spec"]["ipv6VXLANTunnelAddr"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(vtep6.starts_with("fd00:90:"), "{node}");
+    assert!(text.contains(&format!("inet6 {vtep6}/128")), "{text}");
+    assert!(
+        !routes(&lab, "node-1").contains("proto 210"),
+        "no plain BGP routes for encapsulated pools"
+    );
+}

@@ -28,6 +28,8 @@ pub const VXLAN_PORT: u16 = 4789;
 /// What VXLAN adds to a packet over IPv4: outer IPv4 (20) + UDP (8) + VXLAN (8) + inner
 /// Ethernet (14).
 pub const VXLAN_OVERHEAD: u32 = 50;
+/// What VXLAN adds over IPv6: the outer header is 40 bytes.
+pub const VXLAN_OVERHEAD_V6: u32 = 70;
 /// What IP-in-IP adds: the outer IPv4 header.
 pub const IPIP_OVERHEAD: u32 = 20;
 
@@ -42,17 +44,37 @@ pub enum Mode {
     CrossSubnet,
 }
 
+/// A node's side of one family's tunnel.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Endpoint {
+    /// Its underlay address with the subnet's prefix length (Node `bgp.ipv4Address` or
+    /// `bgp.ipv6Address`).
+    pub underlay: Option<IpNet>,
+    /// Its VXLAN tunnel address (`ipv4VXLANTunnelAddr`, `ipv6VXLANTunnelAddr`).
+    pub vtep: Option<IpAddr>,
+    /// Its VXLAN device's MAC.
+    pub vtep_mac: Option<[u8; 6]>,
+}
+
 /// A node as the encapsulation sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeInfo {
     /// Its name.
     pub name: String,
-    /// Its underlay IPv4 address with the subnet's prefix length (Node `bgp.ipv4Address`).
-    pub underlay: Option<ipnet::Ipv4Net>,
-    /// Its VXLAN tunnel address.
-    pub vtep: Option<Ipv4Addr>,
-    /// Its VXLAN device's MAC.
-    pub vtep_mac: Option<[u8; 6]>,
+    /// IPv4: underlay and `vxlan.twill`.
+    pub v4: Endpoint,
+    /// IPv6: underlay and `vxlan-v6.twill`.
+    pub v6: Endpoint,
+}
+
+impl NodeInfo {
+    fn side(&self, v6: bool) -> &Endpoint {
+        if v6 {
+            &self.v6
+        } else {
+            &self.v4
+        }
+    }
 }
 
 /// A pool as the encapsulation sees it.
@@ -62,39 +84,48 @@ pub struct PoolInfo {
     pub cidr: IpNet,
     /// VXLAN mode.
     pub vxlan: Mode,
-    /// IP-in-IP mode.
+    /// IP-in-IP mode (IPv4 pools only).
     pub ipip: Mode,
 }
 
-/// The VXLAN device this node needs.
+/// A VXLAN device this node needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Device {
-    /// The local VTEP address (on the device, /32).
-    pub address: Ipv4Addr,
+    /// The local VTEP address (on the device, as a host prefix).
+    pub address: IpAddr,
     /// The device's MAC.
     pub mac: [u8; 6],
     /// The underlay address the tunnel is sourced from.
-    pub local: Ipv4Addr,
+    pub local: IpAddr,
+}
+
+/// One family's VXLAN state.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Tunnel {
+    /// The device, when some pool of the family uses VXLAN and this node has its VTEP.
+    pub device: Option<Device>,
+    /// FDB: remote VTEP MAC → remote underlay address.
+    pub fdb: BTreeMap<[u8; 6], IpAddr>,
+    /// Neighbours: remote VTEP address → MAC.
+    pub neighbours: BTreeMap<IpAddr, [u8; 6]>,
 }
 
 /// Where a remote block is sent.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Via {
-    /// Through the VXLAN device to this VTEP address (on-link).
-    Vxlan(Ipv4Addr),
+    /// Through the family's VXLAN device to this VTEP address (on-link).
+    Vxlan(IpAddr),
     /// Straight over the underlay to the node's address (CrossSubnet, same subnet).
-    Underlay(Ipv4Addr),
+    Underlay(IpAddr),
 }
 
 /// This node's desired encapsulation state.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Plan {
-    /// The VXLAN device, when some pool uses VXLAN and this node has its VTEP.
-    pub device: Option<Device>,
-    /// FDB: remote VTEP MAC → remote underlay address.
-    pub fdb: BTreeMap<[u8; 6], Ipv4Addr>,
-    /// Neighbours: remote VTEP address → MAC.
-    pub neighbours: BTreeMap<Ipv4Addr, [u8; 6]>,
+    /// IPv4 VXLAN (`vxlan.twill`).
+    pub v4: Tunnel,
+    /// IPv6 VXLAN (`vxlan-v6.twill`).
+    pub v6: Tunnel,
     /// Routes to remote blocks.
     pub routes: BTreeMap<IpNet, Via>,
     /// Remote blocks in IP-in-IP pools, with the underlay address of their node: routed
@@ -104,11 +135,22 @@ pub struct Plan {
     pub warnings: Vec<String>,
 }
 
-/// Whether some IPv4 pool uses VXLAN (this node then needs a VTEP).
-pub fn needs_vxlan(pools: &[PoolInfo]) -> bool {
+impl Plan {
+    /// The family's tunnel.
+    pub fn tunnel(&self, v6: bool) -> &Tunnel {
+        if v6 {
+            &self.v6
+        } else {
+            &self.v4
+        }
+    }
+}
+
+/// Whether some pool of the family uses VXLAN (this node then needs a VTEP of it).
+pub fn needs_vxlan(pools: &[PoolInfo], v6: bool) -> bool {
     pools
         .iter()
-        .any(|p| p.cidr.addr().is_ipv4() && p.vxlan != Mode::Never)
+        .any(|p| p.cidr.addr().is_ipv6() == v6 && p.vxlan != Mode::Never)
 }
 
 /// This node's plan. `blocks`: every block with the node it is affine to.
@@ -117,77 +159,92 @@ pub fn plan(me: &str, nodes: &[NodeInfo], pools: &[PoolInfo], blocks: &[(IpNet, 
     let Some(own) = nodes.iter().find(|n| n.name == me) else {
         return plan;
     };
-    let vxlan_in_use = needs_vxlan(pools);
-    if vxlan_in_use {
-        match (own.vtep, own.vtep_mac, own.underlay) {
+    for v6 in [false, true] {
+        if !needs_vxlan(pools, v6) {
+            continue;
+        }
+        let family = if v6 { "IPv6" } else { "IPv4" };
+        let side = own.side(v6);
+        match (side.vtep, side.vtep_mac, side.underlay) {
             (Some(address), Some(mac), Some(underlay)) => {
-                plan.device = Some(Device {
+                let device = Some(Device {
                     address,
                     mac,
                     local: underlay.addr(),
                 });
+                if v6 {
+                    plan.v6.device = device;
+                } else {
+                    plan.v4.device = device;
+                }
             }
             (_, _, None) => plan.warnings.push(format!(
-                "node {me} has no IPv4 underlay address (bgp.ipv4Address): no VXLAN"
+                "node {me} has no {family} underlay address: no {family} VXLAN"
             )),
-            _ => plan
-                .warnings
-                .push(format!("node {me} has no VXLAN tunnel address or MAC yet")),
+            _ => plan.warnings.push(format!(
+                "node {me} has no {family} VXLAN tunnel address or MAC yet"
+            )),
         }
     }
     let by_name: BTreeMap<&str, &NodeInfo> = nodes.iter().map(|n| (n.name.as_str(), n)).collect();
     for (block, owner) in blocks {
-        if owner == me || !block.addr().is_ipv4() {
+        if owner == me {
             continue;
         }
+        let v6 = block.addr().is_ipv6();
         let Some(pool) = pools.iter().find(|p| p.cidr.contains(block)) else {
             continue;
         };
         let Some(remote) = by_name.get(owner.as_str()) else {
             continue;
         };
-        let same_subnet = match (own.underlay, remote.underlay) {
+        let (own_side, remote_side) = (own.side(v6), remote.side(v6));
+        let same_subnet = match (own_side.underlay, remote_side.underlay) {
             (Some(own), Some(remote)) => own.trunc() == remote.trunc(),
             _ => false,
         };
         match pool.vxlan {
             Mode::Never => {}
             Mode::CrossSubnet if same_subnet => {
-                if let Some(underlay) = remote.underlay {
+                if let Some(underlay) = remote_side.underlay {
                     plan.routes.insert(*block, Via::Underlay(underlay.addr()));
                 }
                 continue;
             }
             Mode::Always | Mode::CrossSubnet => {
                 let (Some(vtep), Some(mac), Some(underlay)) =
-                    (remote.vtep, remote.vtep_mac, remote.underlay)
+                    (remote_side.vtep, remote_side.vtep_mac, remote_side.underlay)
                 else {
                     plan.warnings.push(format!(
                         "node {owner} has no VTEP yet: its block {block} is not routed"
                     ));
                     continue;
                 };
-                if plan.device.is_none() {
+                let tunnel = if v6 { &mut plan.v6 } else { &mut plan.v4 };
+                if tunnel.device.is_none() {
                     continue;
                 }
-                plan.fdb.insert(mac, underlay.addr());
-                plan.neighbours.insert(vtep, mac);
+                tunnel.fdb.insert(mac, underlay.addr());
+                tunnel.neighbours.insert(vtep, mac);
                 plan.routes.insert(*block, Via::Vxlan(vtep));
                 continue;
             }
         }
+        if v6 {
+            continue;
+        }
         match pool.ipip {
             Mode::Never => {}
             Mode::CrossSubnet if same_subnet => {
-                if let Some(underlay) = remote.underlay {
+                if let Some(underlay) = remote_side.underlay {
                     plan.routes.insert(*block, Via::Underlay(underlay.addr()));
                 }
             }
-            Mode::Always | Mode::CrossSubnet => match remote.underlay {
-                Some(underlay) => {
-                    plan.ipip_blocks.insert(*block, underlay.addr());
+            Mode::Always | Mode::CrossSubnet => match remote_side.underlay.map(|u| u.addr()) {
+                Some(IpAddr::V4(underlay)) => {
+                    plan.ipip_blocks.insert(*block, underlay);
                 }
-                None => plan.warnings.push(format!(
+                _ => plan.warnings.push(format!(
                     "node {owner} has no IPv4 underlay address: its block {block} is not routed"
                 )),
             },
@@ -240,13 +297,6 @@ pub fn tunnel_mtu(underlay_mtu: u32, overhead: u32) -> u32 {
     underlay_mtu.saturating_sub(overhead)
 }
 
-/// The IP-version-agnostic address of a plan's route target.
-pub fn via_address(via: &Via) -> IpAddr {
-    match via {
-        Via::Vxlan(a) | Via::Underlay(a) => IpAddr::V4(*a),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -254,10 +304,17 @@ mod tests {
     fn node(name: &str, underlay: &str, vtep: Option<&str>) -> NodeInfo {
         NodeInfo {
             name: name.into(),
-            underlay: Some(underlay.parse().unwrap()),
-            vtep: vtep.map(|v| v.parse().unwrap()),
-            vtep_mac: vtep.map(|_| vtep_mac(name)),
+            v4: Endpoint {
+                underlay: Some(underlay.parse().unwrap()),
+                vtep: vtep.map(|v| v.parse().unwrap()),
+                vtep_mac: vtep.map(|_| vtep_mac(name)),
+            },
+            v6: Endpoint::default(),
         }
+    }
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().unwrap()
     }
 
     fn pool(cidr: &str, vxlan: Mode) -> PoolInfo {
@@ -292,34 +349,25 @@ mod tests {
                 ("10.90.1.0/26", "b"),
             ]),
         );
-        let device = plan.device.as_ref().unwrap();
-        assert_eq!(device.address, "10.90.0.1".parse::<Ipv4Addr>().unwrap());
-        assert_eq!(device.local, "198.18.0.11".parse::<Ipv4Addr>().unwrap());
+        let device = plan.v4.device.as_ref().unwrap();
+        assert_eq!(device.address, ip("10.90.0.1"));
+        assert_eq!(device.local, ip("198.18.0.11"));
         assert_eq!(plan.routes.len(), 3);
         assert_eq!(
             plan.routes[&"10.90.0.64/26".parse().unwrap()],
-            Via::Vxlan("10.90.0.65".parse().unwrap())
+            Via::Vxlan(ip("10.90.0.65"))
         );
         assert_eq!(
             plan.routes[&"10.90.1.0/26".parse().unwrap()],
-            Via::Vxlan("10.90.0.65".parse().unwrap())
+            Via::Vxlan(ip("10.90.0.65"))
         );
         assert_eq!(
             plan.routes[&"10.90.0.128/26".parse().unwrap()],
-            Via::Vxlan("10.90.0.129".parse().unwrap())
+            Via::Vxlan(ip("10.90.0.129"))
         );
-        assert_eq!(
-            plan.fdb[&vtep_mac("b")],
-            "198.18.0.12".parse::<Ipv4Addr>().unwrap()
-        );
-        assert_eq!(
-            plan.fdb[&vtep_mac("c")],
-            "198.18.1.13".parse::<Ipv4Addr>().unwrap()
-        );
-        assert_eq!(
-            plan.neighbours[&"10.90.0.129".parse().unwrap()],
-            vtep_mac("c")
-        );
+        assert_eq!(plan.v4.fdb[&vtep_mac("b")], ip("198.18.0.12"));
+        assert_eq!(plan.v4.fdb[&vtep_mac("c")], ip("198.18.1.13"));
+        assert_eq!(plan.v4.neighbours[&ip("10.90.0.129")], vtep_mac("c"));
         assert!(
             !plan.routes.contains_key(&"10.90.0.0/26".parse().unwrap()),
             "own block"
@@ -341,17 +389,17 @@ mod tests {
         );
         assert_eq!(
             plan.routes[&"10.90.0.64/26".parse().unwrap()],
-            Via::Underlay("198.18.0.12".parse().unwrap())
+            Via::Underlay(ip("198.18.0.12"))
         );
         assert_eq!(
             plan.routes[&"10.90.0.128/26".parse().unwrap()],
-            Via::Vxlan("10.90.0.129".parse().unwrap())
+            Via::Vxlan(ip("10.90.0.129"))
         );
         assert!(
-            !plan.fdb.contains_key(&vtep_mac("b")),
+            !plan.v4.fdb.contains_key(&vtep_mac("b")),
             "no tunnel entries for a node reached natively"
         );
-        assert!(plan.fdb.contains_key(&vtep_mac("c")));
+        assert!(plan.v4.fdb.contains_key(&vtep_mac("c")));
     }
 
     #[test]
@@ -419,8 +467,42 @@ mod tests {
         );
         assert_eq!(
             plan.routes[&"10.90.0.128/26".parse().unwrap()],
-            Via::Underlay("198.18.0.13".parse().unwrap())
+            Via::Underlay(ip("198.18.0.13"))
         );
+    }
+
+    #[test]
+    fn ipv6_blocks_go_through_their_own_device_to_ipv6_vteps() {
+        let node6 = |name: &str, underlay: &str, vtep: &str| NodeInfo {
+            name: name.into(),
+            v4: Endpoint::default(),
+            v6: Endpoint {
+                underlay: Some(underlay.parse().unwrap()),
+                vtep: Some(ip(vtep)),
+                vtep_mac: Some(vtep_mac(&format!("{name}/v6"))),
+            },
+        };
+        let nodes = [
+            node6("a", "fd00:198:18::11/64", "fd00:90::1"),
+            node6("b", "fd00:198:18::12/64", "fd00:90::41"),
+        ];
+        let pools = [
+            pool("fd00:90::/48", Mode::Always),
+            pool("10.90.0.0/16", Mode::Never),
+        ];
+        let plan = plan("a", &nodes, &pools, &blocks(&[("fd00:90::40/122", "b")]));
+        assert!(plan.v4.device.is_none(), "no IPv4 pool uses VXLAN");
+        let device = plan.v6.device.as_ref().unwrap();
+        assert_eq!(
+            (device.address, device.local),
+            (ip("fd00:90::1"), ip("fd00:198:18::11"))
+        );
+        assert_eq!(
+            plan.routes[&"fd00:90::40/122".parse().unwrap()],
+            Via::Vxlan(ip("fd00:90::41"))
+        );
+        assert_eq!(plan.v6.fdb[&vtep_mac("b/v6")], ip("fd00:198:18::12"));
+        assert_eq!(plan.v6.neighbours[&ip("fd00:90::41")], vtep_mac("b/v6"));
     }
 
     #[test]

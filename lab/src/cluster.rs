@@ -627,6 +627,10 @@ impl Lab {
         };
         documents[0]["spec"]["vxlanMode"] = json!(vxlan);
         documents[0]["spec"]["ipipMode"] = json!(ipip);
+        if options.dual_stack {
+            // IPv6 has VXLAN (vxlan-v6.twill) but no IP-in-IP.
+            documents[1]["spec"]["vxlanMode"] = json!(vxlan);
+        }
         for node in &state.nodes {
             let mut bgp = json!({"ipv4Address": format!("{}/24", node.address)});
             if options.dual_stack {
@@ -691,10 +695,15 @@ impl Lab {
                 "type": "twill",
                 "datastore": state.datastore,
                 "nodename": node.name,
-                // What twill-node detects (the veth underlay's 1500 minus VXLAN's 50); the
-                // lab's nodes share one filesystem, so the lab writes it here rather than
-                // letting the plugin read the machine's MTU file.
-                "mtu": if state.encap.starts_with("vxlan") { 1450 } else { 1500 },
+                // What twill-node detects (the veth underlay's 1500 minus VXLAN's 50 over
+                // IPv4, 70 over IPv6; pods take the smaller); the lab's nodes share one
+                // filesystem, so the lab writes it here rather than letting the plugin read
+                // the machine's MTU file.
+                "mtu": match (state.encap.starts_with("vxlan"), dual_stack) {
+                    (true, true) => 1430,
+                    (true, false) => 1450,
+                    _ => 1500,
+                },
                 "log_level": "info",
                 "log_file_path": dir.join("cni.log"),
                 "ipam_lock_file": dir.join("ipam.lock"),

@@ -19,7 +19,7 @@ use rtnetlink::packet_route::neighbour::{
 use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::{LinkUnspec, LinkVxlan};
 use twill_bgpd::calico::Cluster;
-use twill_ipip::{Mode, NodeInfo, Plan, PoolInfo, Via};
+use twill_ipip::{Endpoint, Mode, NodeInfo, Plan, PoolInfo, Tunnel, Via};
 use twill_shared::client::{Client, WriteMode};
 use twill_shared::datastore::Datastore;
 use twill_shared::resource::fields::{EncapMode, Ip};
@@ -33,9 +33,9 @@ type Mtus = (Option<u32>, Option<u32>);
 /// What the last apply found, for the status file and metrics.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EncapStatus {
-    /// Whether `vxlan.twill` is up.
+    /// Whether a VXLAN device is up.
     pub vxlan: bool,
-    /// Its MTU.
+    /// The MTU pods should use: the smallest of the VXLAN devices'.
     pub mtu: Option<u32>,
     /// Routes to remote blocks written (protocol 212).
     pub routes: usize,
@@ -116,35 +116,41 @@ impl Encap {
             .collect();
         let nodes: Vec<NodeInfo> = cluster
             .nodes()
-            .map(|(name, node)| NodeInfo {
-                name: name.clone(),
-                underlay: node
-                    .spec
-                    .bgp
-                    .as_ref()
-                    .and_then(|b| b.ipv4_address.as_ref())
-                    .and_then(|c| match c.0 {
-                        IpNet::V4(v4) => Some(v4),
-                        IpNet::V6(_) => None,
-                    }),
-                vtep: node.spec.ipv4_vxlan_tunnel_addr.and_then(|a| match a.0 {
-                    IpAddr::V4(v4) => Some(v4),
-                    IpAddr::V6(_) => None,
-                }),
-                vtep_mac: node
-                    .spec
-                    .vxlan_tunnel_mac_addr
-                    .as_deref()
-                    .and_then(twill_ipip::parse_mac),
+            .map(|(name, node)| {
+                let bgp = node.spec.bgp.as_ref();
+                NodeInfo {
+                    name: name.clone(),
+                    v4: Endpoint {
+                        underlay: bgp.and_then(|b| b.ipv4_address.as_ref()).map(|c| c.0),
+                        vtep: node.spec.ipv4_vxlan_tunnel_addr.map(|a| a.0),
+                        vtep_mac: node
+                            .spec
+                            .vxlan_tunnel_mac_addr
+                            .as_deref()
+                            .and_then(twill_ipip::parse_mac),
+                    },
+                    v6: Endpoint {
+                        underlay: bgp.and_then(|b| b.ipv6_address.as_ref()).map(|c| c.0),
+                        vtep: node.spec.ipv6_vxlan_tunnel_addr.map(|a| a.0),
+                        vtep_mac: node
+                            .spec
+                            .vxlan_tunnel_mac_addr_v6
+                            .as_deref()
+                            .and_then(twill_ipip::parse_mac),
+                    },
+                }
             })
             .collect();
         let mut status = EncapStatus::default();
-        if twill_ipip::needs_vxlan(&pools) {
-            if let Some(own) = nodes.iter().find(|n| n.name == self.node) {
-                if own.vtep.is_none() || own.vtep_mac.is_none() {
+        if let Some(own) = nodes.iter().find(|n| n.name == self.node) {
+            for (v6, side) in [(false, &own.v4), (true, &own.v6)] {
+                if twill_ipip::needs_vxlan(&pools, v6)
+                    && side.underlay.is_some()
+                    && (side.vtep.is_none() || side.vtep_mac.is_none())
+                {
                     // The Node comes back through the syncer with its VTEP; the plan then
                     // has the device.
-                    self.ensure_vtep(&pools).await?;
+                    self.ensure_vtep(&pools, v6).await?;
                 }
             }
         }
@@ -158,7 +164,7 @@ impl Encap {
                     .node(&self.node)
                     .and_then(|n| n.spec.bgp.as_ref())
                     .is_some_and(|b| b.ipv4_ipip_tunnel_addr.is_some());
-                if !has_address && own.underlay.is_some() {
+                if !has_address && own.v4.underlay.is_some() {
                     self.ensure_ipip_address(&pools).await?;
                 }
             }
@@ -190,8 +196,11 @@ impl Encap {
             let underlay = nodes
                 .iter()
                 .find(|n| n.name == self.node)
-                .and_then(|n| n.underlay)
-                .map(|u| u.addr());
+                .and_then(|n| n.v4.underlay)
+                .and_then(|u| match u.addr() {
+                    IpAddr::V4(v4) => Some(v4),
+                    IpAddr::V6(_) => None,
+                });
             match write_tunl0(&handle, tunnel_address, underlay, self.ipip_mtu_override).await {
                 Ok(()) => true,
                 Err(err) => {
@@ -209,10 +218,8 @@ impl Encap {
             .iter()
             .map(|(block, via)| {
                 let target = match via {
-                    Via::Vxlan(vtep) => {
-                        Target::OnLink(IpAddr::V4(*vtep), twill_ipip::VXLAN_DEVICE.into())
-                    }
-                    Via::Underlay(address) => Target::Gateway(IpAddr::V4(*address)),
+                    Via::Vxlan(vtep) => Target::OnLink(*vtep, device_name(vtep.is_ipv6()).into()),
+                    Via::Underlay(address) => Target::Gateway(*address),
                 };
                 (*block, target)
             })
@@ -238,8 +245,12 @@ impl Encap {
 
     /// Allocates this node's VTEP address (once: the handle finds an earlier one) and writes
     /// it with the MAC on the Node resource.
-    async fn ensure_vtep(&self, pools: &[PoolInfo]) -> anyhow::Result<()> {
-        let handle = format!("vxlan-tunnel-addr-{}", self.node);
+    async fn ensure_vtep(&self, pools: &[PoolInfo], v6: bool) -> anyhow::Result<()> {
+        let handle = if v6 {
+            format!("vxlan-v6-tunnel-addr-{}", self.node)
+        } else {
+            format!("vxlan-tunnel-addr-{}", self.node)
+        };
         let mut addresses = self.ipam.addresses_of_handle(&handle).await?;
         if addresses.is_empty() {
             let args = twill_ipam::runtime::AssignArgs {
@@ -249,12 +260,10 @@ impl Encap {
                     ("type".to_string(), "vxlanTunnelAddress".to_string()),
                 ]
                 .into(),
-                ipv4: true,
-                ipv4_pools: pools
-                    .iter()
-                    .filter(|p| p.cidr.addr().is_ipv4() && p.vxlan != Mode::Never)
-                    .map(|p| p.cidr.to_string())
-                    .collect(),
+                ipv4: !v6,
+                ipv6: v6,
+                ipv4_pools: family_pools(pools, false),
+                ipv6_pools: family_pools(pools, true),
                 tunnel: true,
                 ..Default::default()
             };
@@ -265,8 +274,8 @@ impl Encap {
                 .context("allocating the VXLAN tunnel address")?;
             addresses = assigned.addresses.iter().map(IpNet::addr).collect();
         }
-        let Some(address) = addresses.into_iter().find(IpAddr::is_ipv4) else {
-            anyhow::bail!("IPAM gave no IPv4 address for {handle}");
+        let Some(address) = addresses.into_iter().find(|a| a.is_ipv6() == v6) else {
+            anyhow::bail!("IPAM gave no address of the family for {handle}");
         };
         let client = Client::new(self.store.clone());
         let key = Key {
@@ -277,9 +286,16 @@ impl Encap {
         let Some(Resource::Node(mut node)) = client.get(&key).await? else {
             anyhow::bail!("node {} has no Node resource", self.node);
         };
-        node.spec.ipv4_vxlan_tunnel_addr = Some(Ip(address));
-        node.spec.vxlan_tunnel_mac_addr =
-            Some(twill_ipip::format_mac(&twill_ipip::vtep_mac(&self.node)));
+        let mac = Some(twill_ipip::format_mac(&twill_ipip::vtep_mac(&mac_seed(
+            &self.node, v6,
+        ))));
+        if v6 {
+            node.spec.ipv6_vxlan_tunnel_addr = Some(Ip(address));
+            node.spec.vxlan_tunnel_mac_addr_v6 = mac;
+        } else {
+            node.spec.ipv4_vxlan_tunnel_addr = Some(Ip(address));
+            node.spec.vxlan_tunnel_mac_addr = mac;
+        }
         client
             .write_all(&[Resource::Node(node)], WriteMode::Replace)
             .await
@@ -350,78 +366,114 @@ impl Encap {
         plan: &Plan,
         status: &mut EncapStatus,
     ) -> anyhow::Result<()> {
-        let existing = link_index(handle, twill_ipip::VXLAN_DEVICE).await?;
-        let Some(device) = &plan.device else {
-            if let Some((index, _)) = existing {
-                tracing::info!(
-                    "no pool uses VXLAN any more: removing {}",
-                    twill_ipip::VXLAN_DEVICE
-                );
-                handle.link().del(index).execute().await?;
-            }
-            return Ok(());
-        };
-        let (underlay_index, underlay_mtu) = underlay_link(handle, device.local)
-            .await?
-            .with_context(|| format!("no interface has the underlay address {}", device.local))?;
-        let mtu = self
-            .mtu_override
-            .unwrap_or_else(|| twill_ipip::tunnel_mtu(underlay_mtu, twill_ipip::VXLAN_OVERHEAD));
-        let index = match existing {
-            Some((index, info))
-                if info == (twill_ipip::VXLAN_VNI, Some(device.local), underlay_index) =>
-            {
-                index
-            }
-            other => {
-                if let Some((index, _)) = other {
-                    tracing::info!(
-                        "{} has other parameters: recreating it",
-                        twill_ipip::VXLAN_DEVICE
-                    );
+        for v6 in [false, true] {
+            let name = device_name(v6);
+            let tunnel = plan.tunnel(v6);
+            let existing = link_index(handle, name).await?;
+            let Some(device) = &tunnel.device else {
+                if let Some((index, _)) = existing {
+                    tracing::info!("no pool of its family uses VXLAN any more: removing {name}");
                     handle.link().del(index).execute().await?;
                 }
-                handle
-                    .link()
-                    .add(
-                        LinkVxlan::new(twill_ipip::VXLAN_DEVICE, twill_ipip::VXLAN_VNI)
-                            .dev(underlay_index)
-                            .port(twill_ipip::VXLAN_PORT)
-                            .local(device.local)
-                            .learning(false)
-                            .build(),
-                    )
-                    .execute()
-                    .await
-                    .with_context(|| format!("creating {}", twill_ipip::VXLAN_DEVICE))?;
-                link_index(handle, twill_ipip::VXLAN_DEVICE)
-                    .await?
-                    .context("the VXLAN device vanished")?
-                    .0
+                continue;
+            };
+            let (underlay_index, underlay_mtu) = underlay_link(handle, device.local)
+                .await?
+                .with_context(|| {
+                    format!("no interface has the underlay address {}", device.local)
+                })?;
+            let overhead = if v6 {
+                twill_ipip::VXLAN_OVERHEAD_V6
+            } else {
+                twill_ipip::VXLAN_OVERHEAD
+            };
+            let mtu = self
+                .mtu_override
+                .unwrap_or_else(|| twill_ipip::tunnel_mtu(underlay_mtu, overhead));
+            let index = match existing {
+                Some((index, info))
+                    if info == (twill_ipip::VXLAN_VNI, Some(device.local), underlay_index) =>
+                {
+                    index
+                }
+                other => {
+                    if let Some((index, _)) = other {
+                        tracing::info!("{name} has other parameters: recreating it");
+                        handle.link().del(index).execute().await?;
+                    }
+                    let builder = LinkVxlan::new(name, twill_ipip::VXLAN_VNI)
+                        .dev(underlay_index)
+                        .port(twill_ipip::VXLAN_PORT)
+                        .learning(false);
+                    let builder = match device.local {
+                        IpAddr::V4(local) => builder.local(local),
+                        IpAddr::V6(local) => builder.local6(local),
+                    };
+                    handle
+                        .link()
+                        .add(builder.build())
+                        .execute()
+                        .await
+                        .with_context(|| format!("creating {name}"))?;
+                    link_index(handle, name)
+                        .await?
+                        .context("the VXLAN device vanished")?
+                        .0
+                }
+            };
+            handle
+                .link()
+                .set(
+                    LinkUnspec::new_with_index(index)
+                        .mtu(mtu)
+                        .address(device.mac.to_vec())
+                        .up()
+                        .build(),
+                )
+                .execute()
+                .await
+                .with_context(|| format!("setting {name} up"))?;
+            let host = if v6 { 128 } else { 32 };
+            let mut request = handle.address().add(index, device.address, host).replace();
+            if v6 {
+                // No duplicate address detection on a tunnel address (it would stay tentative).
+                request.message_mut().header.flags |=
+                    rtnetlink::packet_route::address::AddressHeaderFlags::Nodad;
             }
-        };
-        handle
-            .link()
-            .set(
-                LinkUnspec::new_with_index(index)
-                    .mtu(mtu)
-                    .address(device.mac.to_vec())
-                    .up()
-                    .build(),
-            )
-            .execute()
-            .await
-            .context("setting the VXLAN device up")?;
-        handle
-            .address()
-            .add(index, IpAddr::V4(device.address), 32)
-            .replace()
-            .execute()
-            .await
-            .context("the VTEP address")?;
-        status.vxlan = true;
-        status.mtu = Some(mtu);
-        sync_neighbours(handle, index, plan).await
+            request.execute().await.context("the VTEP address")?;
+            status.vxlan = true;
+            // Pods get the smallest: their packets may take either device.
+            status.mtu = Some(status.mtu.map_or(mtu, |m| m.min(mtu)));
+            sync_neighbours(handle, index, tunnel).await?;
+        }
+        Ok(())
+    }
+}
+
+/// The VXLAN device of a family.
+fn device_name(v6: bool) -> &'static str {
+    if v6 {
+        twill_ipip::VXLAN_DEVICE_V6
+    } else {
+        twill_ipip::VXLAN_DEVICE
+    }
+}
+
+/// The pools of a family that use VXLAN, by CIDR.
+fn family_pools(pools: &[PoolInfo], v6: bool) -> Vec<String> {
+    pools
+        .iter()
+        .filter(|p| p.cidr.addr().is_ipv6() == v6 && p.vxlan != Mode::Never)
+        .map(|p| p.cidr.to_string())
+        .collect()
+}
+
+/// What a VTEP MAC is derived from: the node's name (IPv4), its name and `/v6` (IPv6).
+fn mac_seed(node: &str, v6: bool) -> String {
+    if v6 {
+        format!("{node}/v6")
+    } else {
+        node.to_string()
     }
 }
 
@@ -445,7 +497,7 @@ async fn write_tunl0(
         .await?
         .context("the ipip module is loaded but this namespace has no tunl0")?;
     let underlay_mtu = match underlay {
-        Some(underlay) => underlay_link(handle, underlay)
+        Some(underlay) => underlay_link(handle, IpAddr::V4(underlay))
             .await?
             .map_or(1500, |(_, mtu)| mtu),
         None => 1500,
@@ -474,7 +526,7 @@ async fn write_tunl0(
 async fn link_index(
     handle: &rtnetlink::Handle,
     name: &str,
-) -> anyhow::Result<Option<(u32, (u32, Option<Ipv4Addr>, u32))>> {
+) -> anyhow::Result<Option<(u32, (u32, Option<IpAddr>, u32))>> {
     let mut links = handle.link().get().match_name(name.to_string()).execute();
     match links.try_next().await {
         Ok(Some(link)) => {
@@ -486,7 +538,8 @@ async fn link_index(
                             for field in data {
                                 match field {
                                     InfoVxlan::Id(id) => info.0 = *id,
-                                    InfoVxlan::Local(local) => info.1 = Some(*local),
+                                    InfoVxlan::Local(local) => info.1 = Some(IpAddr::V4(*local)),
+                                    InfoVxlan::Local6(local) => info.1 = Some(IpAddr::V6(*local)),
                                     InfoVxlan::Link(index) => info.2 = *index,
                                     _ => {}
                                 }
@@ -514,13 +567,9 @@ fn libc_enodev() -> i32 {
 /// The interface holding `address`, and its MTU.
 async fn underlay_link(
     handle: &rtnetlink::Handle,
-    address: Ipv4Addr,
+    address: IpAddr,
 ) -> anyhow::Result<Option<(u32, u32)>> {
-    let mut addresses = handle
-        .address()
-        .get()
-        .set_address_filter(IpAddr::V4(address))
-        .execute();
+    let mut addresses = handle.address().get().set_address_filter(address).execute();
     let Some(message) = addresses.try_next().await? else {
         return Ok(None);
     };
@@ -545,60 +594,69 @@ async fn underlay_link(
 async fn sync_neighbours(
     handle: &rtnetlink::Handle,
     index: u32,
-    plan: &Plan,
+    tunnel: &Tunnel,
 ) -> anyhow::Result<()> {
     let mut fdb_present: BTreeMap<Vec<u8>, Option<IpAddr>> = BTreeMap::new();
     let mut neighbours_present: BTreeMap<IpAddr, Vec<u8>> = BTreeMap::new();
     let mut messages = Vec::new();
-    for family in [AddressFamily::Bridge, AddressFamily::Inet] {
+    for family in [
+        AddressFamily::Bridge,
+        AddressFamily::Inet,
+        AddressFamily::Inet6,
+    ] {
         let mut request = handle.neighbours().get().set_address_family(family);
         request.message_mut().header.ifindex = index;
         let found: Vec<_> = request.execute().try_collect().await?;
         messages.extend(found.into_iter().filter(|m| m.header.ifindex == index));
     }
+    let destination_of = |message: &rtnetlink::packet_route::neighbour::NeighbourMessage| {
+        message.attributes.iter().find_map(|a| match a {
+            NeighbourAttribute::Destination(NeighbourAddress::Inet(v4)) => Some(IpAddr::V4(*v4)),
+            NeighbourAttribute::Destination(NeighbourAddress::Inet6(v6)) => Some(IpAddr::V6(*v6)),
+            _ => None,
+        })
+    };
+    let lladdr_of = |message: &rtnetlink::packet_route::neighbour::NeighbourMessage| {
+        message.attributes.iter().find_map(|a| match a {
+            NeighbourAttribute::LinkLayerAddress(mac) => Some(mac.clone()),
+            _ => None,
+        })
+    };
+    let permanent = |message: &rtnetlink::packet_route::neighbour::NeighbourMessage| {
+        message.header.state == NeighbourState::Permanent
+    };
     for message in &messages {
-        let mut lladdr = None;
-        let mut destination = None;
-        for attribute in &message.attributes {
-            match attribute {
-                NeighbourAttribute::LinkLayerAddress(mac) => lladdr = Some(mac.clone()),
-                NeighbourAttribute::Destination(NeighbourAddress::Inet(v4)) => {
-                    destination = Some(IpAddr::V4(*v4));
+        match (message.header.family, lladdr_of(message)) {
+            (AddressFamily::Bridge, Some(mac)) => {
+                fdb_present.insert(mac, destination_of(message));
+            }
+            (AddressFamily::Inet | AddressFamily::Inet6, Some(mac)) if permanent(message) => {
+                if let Some(destination) = destination_of(message) {
+                    neighbours_present.insert(destination, mac);
                 }
-                _ => {}
-            }
-        }
-        match (message.header.family, lladdr, destination) {
-            (AddressFamily::Bridge, Some(mac), destination) => {
-                fdb_present.insert(mac, destination);
-            }
-            (AddressFamily::Inet, Some(mac), Some(destination))
-                if message.header.state == NeighbourState::Permanent =>
-            {
-                neighbours_present.insert(destination, mac);
             }
             _ => {}
         }
     }
-    for (mac, underlay) in &plan.fdb {
-        if fdb_present.get(mac.as_slice()) != Some(&Some(IpAddr::V4(*underlay))) {
+    for (mac, underlay) in &tunnel.fdb {
+        if fdb_present.get(mac.as_slice()) != Some(&Some(*underlay)) {
             handle
                 .neighbours()
                 .add_bridge(index, mac)
                 // NTF_SELF: the entry is the VXLAN device's own (not a bridge port's).
                 .flags(NeighbourFlags::Own)
-                .destination(IpAddr::V4(*underlay))
+                .destination(*underlay)
                 .replace()
                 .execute()
                 .await
                 .with_context(|| format!("FDB entry {}", twill_ipip::format_mac(mac)))?;
         }
     }
-    for (vtep, mac) in &plan.neighbours {
-        if neighbours_present.get(&IpAddr::V4(*vtep)) != Some(&mac.to_vec()) {
+    for (vtep, mac) in &tunnel.neighbours {
+        if neighbours_present.get(vtep) != Some(&mac.to_vec()) {
             handle
                 .neighbours()
-                .add(index, IpAddr::V4(*vtep))
+                .add(index, *vtep)
                 .link_layer_address(mac)
                 .replace()
                 .execute()
@@ -607,25 +665,21 @@ async fn sync_neighbours(
         }
     }
     // Entries of nodes that left.
-    let wanted_macs: BTreeSet<Vec<u8>> = plan.fdb.keys().map(|m| m.to_vec()).collect();
-    let wanted_vteps: BTreeSet<IpAddr> = plan.neighbours.keys().map(|v| IpAddr::V4(*v)).collect();
     for message in messages {
-        let stale = message
-            .attributes
-            .iter()
-            .any(|a| match (message.header.family, a) {
-                (AddressFamily::Bridge, NeighbourAttribute::LinkLayerAddress(mac)) => {
-                    !wanted_macs.contains(mac) && message.header.state == NeighbourState::Permanent
-                }
-                (
-                    AddressFamily::Inet,
-                    NeighbourAttribute::Destination(NeighbourAddress::Inet(v4)),
-                ) => {
-                    !wanted_vteps.contains(&IpAddr::V4(*v4))
-                        && message.header.state == NeighbourState::Permanent
-                }
-                _ => false,
-            });
+        if !permanent(&message) {
+            continue;
+        }
+        let stale = match message.header.family {
+            AddressFamily::Bridge => lladdr_of(&message).is_some_and(|mac| {
+                !tunnel
+                    .fdb
+                    .keys()
+                    .any(|wanted| wanted.as_slice() == mac.as_slice())
+            }),
+            AddressFamily::Inet | AddressFamily::Inet6 => destination_of(&message)
+                .is_some_and(|destination| !tunnel.neighbours.contains_key(&destination)),
+            _ => false,
+        };
         if stale {
             let _ = handle.neighbours().del(message).execute().await;
         }
