@@ -90,6 +90,26 @@ fn wait_until(limit: Duration, what: &str, mut check: impl FnMut() -> Option<Str
     }
 }
 
+/// A dual-stack pod's IPv6 address.
+fn ipv6_of(lab: &LabGuard, pod: &str) -> String {
+    let status = lab.status();
+    let (namespace, name) = pod.split_once('/').unwrap();
+    status["pods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["namespace"] == namespace && p["name"] == name)
+        .and_then(|p| {
+            p["ips"]
+                .as_array()?
+                .iter()
+                .filter_map(Value::as_str)
+                .find(|ip| ip.contains(':'))
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| panic!("{pod} has no IPv6 address: {status}"))
+}
+
 fn node_of(lab: &LabGuard, pod: &str) -> String {
     let status = lab.status();
     let (namespace, name) = pod.split_once('/').unwrap();
@@ -649,41 +669,13 @@ fn dual_stack_pods_reach_each_other_over_both_families_across_nodes() {
     let lab = LabGuard::up_with(SPREAD, &["--nodes", "3", "--dual-stack"]);
     let pods = ["x/a", "x/b", "x/c"];
     assert_eq!(lab.probe(&["80/TCP"]), matrix(&pods, &[]));
-    let v6: Value =
-        serde_json::from_str(&lab.ok(&["probe", "-o", "json", "--ipv6", "--port", "80/TCP"]))
-            .unwrap();
-    let cells: Matrix = v6["results"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| {
-            let key = (
-                r["from"].as_str().unwrap().to_string(),
-                r["to"].as_str().unwrap().to_string(),
-                r["port"].as_u64().unwrap(),
-                r["protocol"].as_str().unwrap().to_string(),
-            );
-            (key, r["connected"].as_bool().unwrap())
-        })
-        .collect();
-    assert_eq!(cells, matrix(&pods, &[]), "over IPv6");
+    assert_eq!(
+        lab.probe_with(&["80/TCP"], &["--ipv6"]),
+        matrix(&pods, &[]),
+        "over IPv6"
+    );
     // IPv6 blocks (/122) go over IPv6 sessions between the nodes' IPv6 addresses.
-    let status = lab.status();
-    let b = status["pods"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == "b")
-        .unwrap()
-        .clone();
-    let b6 = b["ips"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(Value::as_str)
-        .find(|ip| ip.contains(':'))
-        .unwrap()
-        .to_string();
+    let b6 = ipv6_of(&lab, "x/b");
     let block: ipnet::Ipv6Net = format!("{b6}/122").parse().unwrap();
     let route = route_to(&lab, "node-1", &block.trunc().to_string()).unwrap_or_default();
     assert!(
@@ -985,33 +977,12 @@ fn dual_stack_vxlan_carries_each_family_through_its_own_device() {
     );
     let pods = ["x/a", "x/b", "x/c"];
     assert_eq!(lab.probe(&["80/TCP"]), matrix(&pods, &[]));
-    let v6: Value =
-        serde_json::from_str(&lab.ok(&["probe", "-o", "json", "--ipv6", "--port", "80/TCP"]))
-            .unwrap();
-    assert!(
-        v6["results"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|r| r["connected"] == true),
-        "over IPv6: {v6}"
+    assert_eq!(
+        lab.probe_with(&["80/TCP"], &["--ipv6"]),
+        matrix(&pods, &[]),
+        "over IPv6"
     );
-    let status = lab.status();
-    let b = status["pods"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == "b")
-        .unwrap()
-        .clone();
-    let b6 = b["ips"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(Value::as_str)
-        .find(|ip| ip.contains(':'))
-        .unwrap()
-        .to_string();
+    let b6 = ipv6_of(&lab, "x/b");
     let block6: ipnet::Ipv6Net = format!("{b6}/122").parse().unwrap();
     let route6 = route_to(&lab, "node-1", &block6.trunc().to_string()).unwrap_or_default();
     assert!(

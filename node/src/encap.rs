@@ -251,55 +251,23 @@ impl Encap {
         } else {
             format!("vxlan-tunnel-addr-{}", self.node)
         };
-        let mut addresses = self.ipam.addresses_of_handle(&handle).await?;
-        if addresses.is_empty() {
-            let args = twill_ipam::runtime::AssignArgs {
-                handle: handle.clone(),
-                attributes: [
-                    ("node".to_string(), self.node.clone()),
-                    ("type".to_string(), "vxlanTunnelAddress".to_string()),
-                ]
-                .into(),
-                ipv4: !v6,
-                ipv6: v6,
-                ipv4_pools: family_pools(pools, false),
-                ipv6_pools: family_pools(pools, true),
-                tunnel: true,
-                ..Default::default()
-            };
-            let assigned = self
-                .ipam
-                .assign(&args)
-                .await
-                .context("allocating the VXLAN tunnel address")?;
-            addresses = assigned.addresses.iter().map(IpNet::addr).collect();
-        }
-        let Some(address) = addresses.into_iter().find(|a| a.is_ipv6() == v6) else {
-            anyhow::bail!("IPAM gave no address of the family for {handle}");
-        };
-        let client = Client::new(self.store.clone());
-        let key = Key {
-            kind: Kind::Node,
-            namespace: None,
-            name: self.node.clone(),
-        };
-        let Some(Resource::Node(mut node)) = client.get(&key).await? else {
-            anyhow::bail!("node {} has no Node resource", self.node);
-        };
-        let mac = Some(twill_ipip::format_mac(&twill_ipip::vtep_mac(&mac_seed(
-            &self.node, v6,
-        ))));
-        if v6 {
-            node.spec.ipv6_vxlan_tunnel_addr = Some(Ip(address));
-            node.spec.vxlan_tunnel_mac_addr_v6 = mac;
-        } else {
-            node.spec.ipv4_vxlan_tunnel_addr = Some(Ip(address));
-            node.spec.vxlan_tunnel_mac_addr = mac;
-        }
-        client
-            .write_all(&[Resource::Node(node)], WriteMode::Replace)
-            .await
-            .context("writing the VTEP on the Node resource")?;
+        let (v4_pools, v6_pools) = (family_pools(pools, false), family_pools(pools, true));
+        let address = self
+            .tunnel_address(&handle, "vxlanTunnelAddress", v6, v4_pools, v6_pools)
+            .await?;
+        self.update_node("the VTEP", |node| {
+            let mac = Some(twill_ipip::format_mac(&twill_ipip::vtep_mac(&mac_seed(
+                &self.node, v6,
+            ))));
+            if v6 {
+                node.spec.ipv6_vxlan_tunnel_addr = Some(Ip(address));
+                node.spec.vxlan_tunnel_mac_addr_v6 = mac;
+            } else {
+                node.spec.ipv4_vxlan_tunnel_addr = Some(Ip(address));
+                node.spec.vxlan_tunnel_mac_addr = mac;
+            }
+        })
+        .await?;
         tracing::info!(%address, "VXLAN tunnel address allocated and written on the Node");
         Ok(())
     }
@@ -308,21 +276,48 @@ impl Encap {
     /// writes it on its Node resource (`bgp.ipv4IPIPTunnelAddr`).
     async fn ensure_ipip_address(&self, pools: &[PoolInfo]) -> anyhow::Result<()> {
         let handle = format!("ipip-tunnel-addr-{}", self.node);
-        let mut addresses = self.ipam.addresses_of_handle(&handle).await?;
+        let v4_pools = pools
+            .iter()
+            .filter(|p| p.cidr.addr().is_ipv4() && p.ipip != Mode::Never)
+            .map(|p| p.cidr.to_string())
+            .collect();
+        let address = self
+            .tunnel_address(&handle, "ipipTunnelAddress", false, v4_pools, Vec::new())
+            .await?;
+        self.update_node("the IP-in-IP tunnel address", |node| {
+            node.spec
+                .bgp
+                .get_or_insert_with(Default::default)
+                .ipv4_ipip_tunnel_addr = Some(Ip(address));
+        })
+        .await?;
+        tracing::info!(%address, "IP-in-IP tunnel address allocated and written on the Node");
+        Ok(())
+    }
+
+    /// The tunnel address of `handle` (of the family `v6` says): the one IPAM gave it
+    /// before (after a restart), else a new one from the given pools, for tunnels.
+    async fn tunnel_address(
+        &self,
+        handle: &str,
+        kind: &str,
+        v6: bool,
+        ipv4_pools: Vec<String>,
+        ipv6_pools: Vec<String>,
+    ) -> anyhow::Result<IpAddr> {
+        let mut addresses = self.ipam.addresses_of_handle(handle).await?;
         if addresses.is_empty() {
             let args = twill_ipam::runtime::AssignArgs {
-                handle: handle.clone(),
+                handle: handle.to_string(),
                 attributes: [
                     ("node".to_string(), self.node.clone()),
-                    ("type".to_string(), "ipipTunnelAddress".to_string()),
+                    ("type".to_string(), kind.to_string()),
                 ]
                 .into(),
-                ipv4: true,
-                ipv4_pools: pools
-                    .iter()
-                    .filter(|p| p.cidr.addr().is_ipv4() && p.ipip != Mode::Never)
-                    .map(|p| p.cidr.to_string())
-                    .collect(),
+                ipv4: !v6,
+                ipv6: v6,
+                ipv4_pools,
+                ipv6_pools,
                 tunnel: true,
                 ..Default::default()
             };
@@ -330,15 +325,27 @@ impl Encap {
                 .ipam
                 .assign(&args)
                 .await
-                .context("allocating the IP-in-IP tunnel address")?
+                .with_context(|| format!("allocating the tunnel address {handle}"))?
                 .addresses
                 .iter()
                 .map(IpNet::addr)
                 .collect();
         }
-        let Some(address) = addresses.into_iter().find(IpAddr::is_ipv4) else {
-            anyhow::bail!("IPAM gave no IPv4 address for {handle}");
-        };
+        addresses
+            .into_iter()
+            .find(|a| a.is_ipv6() == v6)
+            .with_context(|| format!("IPAM gave no address of the family for {handle}"))
+    }
+
+    /// Changes this node's Node resource and writes it back at the revision it was read at
+    /// (compare-and-swap: a concurrent change makes this fail, and the next apply retries).
+    async fn update_node(
+        &self,
+        what: &str,
+        change: impl FnOnce(
+            &mut twill_shared::resource::Object<twill_shared::resource::config::NodeSpec>,
+        ),
+    ) -> anyhow::Result<()> {
         let client = Client::new(self.store.clone());
         let key = Key {
             kind: Kind::Node,
@@ -348,15 +355,11 @@ impl Encap {
         let Some(Resource::Node(mut node)) = client.get(&key).await? else {
             anyhow::bail!("node {} has no Node resource", self.node);
         };
-        node.spec
-            .bgp
-            .get_or_insert_with(Default::default)
-            .ipv4_ipip_tunnel_addr = Some(Ip(address));
+        change(&mut node);
         client
             .write_all(&[Resource::Node(node)], WriteMode::Replace)
             .await
-            .context("writing the IP-in-IP tunnel address on the Node resource")?;
-        tracing::info!(%address, "IP-in-IP tunnel address allocated and written on the Node");
+            .with_context(|| format!("writing {what} on the Node resource"))?;
         Ok(())
     }
 

@@ -55,38 +55,15 @@ async fn sync_with(
     desired: &BTreeMap<IpNet, String>,
     unmanaged: &mut Unmanaged,
 ) -> Result<RouteChanges, String> {
-    let mut indexes: BTreeMap<String, u32> = BTreeMap::new();
-    let mut links = handle.link().get().execute();
-    while let Some(link) = links
-        .try_next()
-        .await
-        .map_err(|e| format!("listing links: {e}"))?
-    {
-        for attribute in &link.attributes {
-            if let rtnetlink::packet_route::link::LinkAttribute::IfName(name) = attribute {
-                indexes.insert(name.clone(), link.header.index);
-            }
-        }
-    }
+    let indexes: BTreeMap<String, u32> = interface_names(handle)
+        .await?
+        .into_iter()
+        .map(|(index, name)| (name, index))
+        .collect();
     let mut present: BTreeMap<IpNet, u32> = BTreeMap::new();
-    for query in [
-        RouteMessageBuilder::<Ipv4Addr>::new().build(),
-        RouteMessageBuilder::<Ipv6Addr>::new().build(),
-    ] {
-        let messages: Vec<RouteMessage> = handle
-            .route()
-            .get(query)
-            .execute()
-            .try_collect()
-            .await
-            .map_err(|e| format!("listing routes: {e}"))?;
-        for message in messages
-            .iter()
-            .filter(|m| m.header.protocol == RouteProtocol::Other(ENDPOINT_ROUTE_PROTOCOL))
-        {
-            if let Some((net, oif)) = destination(message) {
-                present.insert(net, oif);
-            }
+    for message in routes_of(handle, ENDPOINT_ROUTE_PROTOCOL).await? {
+        if let Some((net, oif)) = destination(&message) {
+            present.insert(net, oif);
         }
     }
     let mut changes = RouteChanges::default();
@@ -208,76 +185,49 @@ async fn sync_owned_with(
     desired: &BTreeMap<IpNet, Target>,
 ) -> Result<RouteChanges, String> {
     use rtnetlink::packet_route::route::RouteType;
-    let mut names: BTreeMap<u32, String> = BTreeMap::new();
-    let mut links = handle.link().get().execute();
-    while let Some(link) = links
-        .try_next()
-        .await
-        .map_err(|e| format!("listing links: {e}"))?
-    {
-        for attribute in &link.attributes {
-            if let rtnetlink::packet_route::link::LinkAttribute::IfName(name) = attribute {
-                names.insert(link.header.index, name.clone());
-            }
-        }
-    }
+    let names = interface_names(handle).await?;
     let mut present: BTreeMap<IpNet, (Target, RouteMessage)> = BTreeMap::new();
-    for query in [
-        RouteMessageBuilder::<Ipv4Addr>::new().build(),
-        RouteMessageBuilder::<Ipv6Addr>::new().build(),
-    ] {
-        let messages: Vec<RouteMessage> = handle
-            .route()
-            .get(query)
-            .execute()
-            .try_collect()
-            .await
-            .map_err(|e| format!("listing routes: {e}"))?;
-        for message in messages
-            .into_iter()
-            .filter(|m| m.header.protocol == RouteProtocol::Other(protocol))
-        {
-            let mut destination = None;
-            let mut gateway = None;
-            let mut oif = None;
-            for attribute in &message.attributes {
-                match attribute {
-                    RouteAttribute::Destination(RouteAddress::Inet(v4)) => {
-                        destination = Some(IpAddr::V4(*v4));
-                    }
-                    RouteAttribute::Destination(RouteAddress::Inet6(v6)) => {
-                        destination = Some(IpAddr::V6(*v6));
-                    }
-                    RouteAttribute::Gateway(RouteAddress::Inet(v4)) => {
-                        gateway = Some(IpAddr::V4(*v4));
-                    }
-                    RouteAttribute::Gateway(RouteAddress::Inet6(v6)) => {
-                        gateway = Some(IpAddr::V6(*v6));
-                    }
-                    RouteAttribute::Oif(index) => oif = Some(*index),
-                    _ => {}
+    for message in routes_of(handle, protocol).await? {
+        let mut destination = None;
+        let mut gateway = None;
+        let mut oif = None;
+        for attribute in &message.attributes {
+            match attribute {
+                RouteAttribute::Destination(RouteAddress::Inet(v4)) => {
+                    destination = Some(IpAddr::V4(*v4));
                 }
+                RouteAttribute::Destination(RouteAddress::Inet6(v6)) => {
+                    destination = Some(IpAddr::V6(*v6));
+                }
+                RouteAttribute::Gateway(RouteAddress::Inet(v4)) => {
+                    gateway = Some(IpAddr::V4(*v4));
+                }
+                RouteAttribute::Gateway(RouteAddress::Inet6(v6)) => {
+                    gateway = Some(IpAddr::V6(*v6));
+                }
+                RouteAttribute::Oif(index) => oif = Some(*index),
+                _ => {}
             }
-            let Some(net) = destination
-                .and_then(|a| IpNet::new(a, message.header.destination_prefix_length).ok())
-            else {
-                continue;
-            };
-            let onlink = message
-                .header
-                .flags
-                .contains(rtnetlink::packet_route::route::RouteFlags::Onlink);
-            let target = match (message.header.kind, gateway) {
-                (RouteType::BlackHole, _) => Target::Blackhole,
-                (_, Some(gateway)) if onlink => Target::OnLink(
-                    gateway,
-                    oif.and_then(|i| names.get(&i).cloned()).unwrap_or_default(),
-                ),
-                (_, Some(gateway)) => Target::Gateway(gateway),
-                _ => continue,
-            };
-            present.insert(net, (target, message));
         }
+        let Some(net) =
+            destination.and_then(|a| IpNet::new(a, message.header.destination_prefix_length).ok())
+        else {
+            continue;
+        };
+        let onlink = message
+            .header
+            .flags
+            .contains(rtnetlink::packet_route::route::RouteFlags::Onlink);
+        let target = match (message.header.kind, gateway) {
+            (RouteType::BlackHole, _) => Target::Blackhole,
+            (_, Some(gateway)) if onlink => Target::OnLink(
+                gateway,
+                oif.and_then(|i| names.get(&i).cloned()).unwrap_or_default(),
+            ),
+            (_, Some(gateway)) => Target::Gateway(gateway),
+            _ => continue,
+        };
+        present.insert(net, (target, message));
     }
     let indexes: BTreeMap<&str, u32> = names.iter().map(|(i, n)| (n.as_str(), *i)).collect();
     let mut changes = RouteChanges::default();
@@ -345,4 +295,45 @@ fn owned_route(
         }
     }
     Ok(builder.build())
+}
+
+/// Every interface: index → name.
+async fn interface_names(handle: &rtnetlink::Handle) -> Result<BTreeMap<u32, String>, String> {
+    let mut names = BTreeMap::new();
+    let mut links = handle.link().get().execute();
+    while let Some(link) = links
+        .try_next()
+        .await
+        .map_err(|e| format!("listing links: {e}"))?
+    {
+        for attribute in &link.attributes {
+            if let rtnetlink::packet_route::link::LinkAttribute::IfName(name) = attribute {
+                names.insert(link.header.index, name.clone());
+            }
+        }
+    }
+    Ok(names)
+}
+
+/// The main table's routes of both families with this protocol.
+async fn routes_of(handle: &rtnetlink::Handle, protocol: u8) -> Result<Vec<RouteMessage>, String> {
+    let mut found = Vec::new();
+    for query in [
+        RouteMessageBuilder::<Ipv4Addr>::new().build(),
+        RouteMessageBuilder::<Ipv6Addr>::new().build(),
+    ] {
+        let messages: Vec<RouteMessage> = handle
+            .route()
+            .get(query)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| format!("listing routes: {e}"))?;
+        found.extend(
+            messages
+                .into_iter()
+                .filter(|m| m.header.protocol == RouteProtocol::Other(protocol)),
+        );
+    }
+    Ok(found)
 }

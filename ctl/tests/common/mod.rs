@@ -128,7 +128,17 @@ impl LabGuard {
 
     /// (from, to, port, protocol) → connected.
     pub fn probe(&self, ports: &[&str]) -> BTreeMap<(String, String, u64, String), bool> {
+        self.probe_with(ports, &[])
+    }
+
+    /// As [`LabGuard::probe`], with more `lab probe` arguments (`--ipv6`).
+    pub fn probe_with(
+        &self,
+        ports: &[&str],
+        extra: &[&str],
+    ) -> BTreeMap<(String, String, u64, String), bool> {
         let mut args = vec!["probe", "-o", "json"];
+        args.extend_from_slice(extra);
         for port in ports {
             args.extend(["--port", port]);
         }
