@@ -958,7 +958,7 @@ impl Lab {
                         self.dir().join("logs").display()
                     );
                 }
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                tokio::time::sleep(Duration::from_millis(10)).await;
             }
         }
         Ok(())
