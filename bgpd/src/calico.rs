@@ -101,6 +101,7 @@ struct Session {
     local_as: Option<u32>,
     ttl_security: Option<u8>,
     next_hop_self: bool,
+    next_hop_keep: bool,
     rr_client: bool,
     /// Calico's peer type: `Mesh`, `Global` or `Node`.
     kind: &'static str,
@@ -314,6 +315,7 @@ impl Cluster {
                         local_as: None,
                         ttl_security: None,
                         next_hop_self: false,
+                        next_hop_keep: false,
                         rr_client: false,
                         kind: "Mesh",
                         filters: Vec::new(),
@@ -434,13 +436,10 @@ impl Cluster {
                     global_peering && other_node.is_some() && address.to_string() > own.to_string();
                 let local_as_number = spec.local_as_number.map(|a| a.0).filter(|a| *a != local_as);
                 let next_hop_self = matches!(spec.next_hop_mode.as_deref(), Some("Self"));
-                if matches!(spec.next_hop_mode.as_deref(), Some("Keep"))
-                    || spec.keep_original_next_hop == Some(true)
-                {
-                    rendered.warnings.push(format!(
-                        "{what}: nextHopMode Keep is not supported yet; the next hop follows BGP's defaults"
-                    ));
-                }
+                // Keep (or the older keepOriginalNextHop): paths go with their own next hop,
+                // also to an external peer.
+                let next_hop_keep = matches!(spec.next_hop_mode.as_deref(), Some("Keep"))
+                    || spec.keep_original_next_hop == Some(true);
                 if spec.local_workload_selector.is_some() {
                     rendered.warnings.push(format!(
                         "{what}: localWorkloadSelector is not supported yet"
@@ -472,6 +471,7 @@ impl Cluster {
                     local_as: local_as_number,
                     ttl_security: spec.ttl_security.filter(|t| *t > 0),
                     next_hop_self,
+                    next_hop_keep,
                     rr_client,
                     kind: if global_peering { "Global" } else { "Node" },
                     filters: spec.filters.clone().unwrap_or_default(),
@@ -794,6 +794,9 @@ fn neighbor_table(session: &Session, local_as: u32) -> Table {
     }
     if session.next_hop_self {
         table.insert("next_hop_self".into(), Value::Boolean(true));
+    }
+    if session.next_hop_keep && !session.next_hop_self {
+        table.insert("next_hop_keep".into(), Value::Boolean(true));
     }
     if let Some(subnet) = session.shared_subnet {
         table.insert("shared_subnet".into(), Value::String(subnet.to_string()));
@@ -1620,6 +1623,31 @@ mod tests {
             ["10.90.1.0/26"],
             "a blackhole /32 would take the place of the workload's own route"
         );
+    }
+
+    #[test]
+    fn next_hop_modes_follow_calico() {
+        let peer = |name: &str, ip: &str, extra: &str| {
+            format!("---\napiVersion: projectcalico.org/v3\nkind: BGPPeer\nmetadata:\n  name: {name}\nspec:\n  peerIP: {ip}\n  asNumber: 65000\n{extra}")
+        };
+        let yaml = [
+            node("a", "10.0.0.1", ""),
+            peer("keep", "198.18.0.1", "  nextHopMode: Keep\n"),
+            peer("legacy", "198.18.0.2", "  keepOriginalNextHop: true\n"),
+            peer("self", "198.18.0.3", "  nextHopMode: Self\n"),
+            peer("auto", "198.18.0.4", ""),
+        ]
+        .concat();
+        let (a, rendered) = render(&cluster(&yaml, &[]), "a");
+        let n = neighbors(&a);
+        assert_eq!(n["198.18.0.1"]["next_hop_keep"].as_bool(), Some(true));
+        assert_eq!(n["198.18.0.2"]["next_hop_keep"].as_bool(), Some(true));
+        assert_eq!(n["198.18.0.3"]["next_hop_self"].as_bool(), Some(true));
+        assert!(
+            n["198.18.0.4"].get("next_hop_keep").is_none()
+                && n["198.18.0.4"].get("next_hop_self").is_none()
+        );
+        assert!(rendered.warnings.is_empty(), "{:?}", rendered.warnings);
     }
 
     #[test]

@@ -136,6 +136,10 @@ struct Neighbor {
     /// on it keep that next hop (RFC 4271 §5.1.3 (2), BIRD's behaviour on a shared
     /// interface).
     shared_subnet: Option<IpNet>,
+    /// Send paths with their own next hop, also to an eBGP neighbour (BIRD's `next hop
+    /// keep`; Calico's `nextHopMode: Keep`). Not with `next_hop_self`.
+    #[serde(default)]
+    next_hop_keep: bool,
     /// Our IPv6 next hop on an IPv4 session (BIRD's `next hop address`).
     next_hop_v6: Option<std::net::Ipv6Addr>,
     /// Our IPv4 next hop on an IPv6 session.
@@ -859,12 +863,19 @@ impl Neighbor {
         if direction != 0 {
             session.add_path = families.iter().map(|f| (*f, direction)).collect();
         }
+        if self.next_hop_self && self.next_hop_keep {
+            return Err(err(
+                format!("{path}.next_hop_keep"),
+                "next_hop_self is set too: a neighbour gets our next hop or the path's, not both",
+            ));
+        }
         let neighbor = NeighborConfig {
             address: self.address,
             session,
             rr_client: self.route_reflector_client,
             next_hop_self: self.next_hop_self,
             shared_subnet: self.shared_subnet.map(|net| net.trunc()),
+            next_hop_keep: self.next_hop_keep,
             next_hop_other: match self.address {
                 IpAddr::V4(_) => self.next_hop_v6.map(IpAddr::V6),
                 IpAddr::V6(_) => self.next_hop_v4.map(IpAddr::V4),

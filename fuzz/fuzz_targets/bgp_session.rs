@@ -26,6 +26,7 @@ fn neighbor(address: Ipv4Addr, remote_as: u32, add_path: u8) -> NeighborConfig {
         rr_client: remote_as == 65001,
         next_hop_self: false,
         shared_subnet: None,
+        next_hop_keep: false,
         next_hop_other: None,
         import: Vec::new(),
         export: Vec::new(),

@@ -41,6 +41,7 @@ fn run_once(count: u32, kernel: bool, realistic: bool) -> f64 {
             rr_client: false,
             next_hop_self: false,
             shared_subnet: None,
+            next_hop_keep: false,
             next_hop_other: None,
             import: Vec::new(),
             export: Vec::new(),

@@ -54,6 +54,9 @@ pub struct PeerInfo {
     pub local_address: IpAddr,
     /// Always announce ourselves as next hop, also to iBGP peers.
     pub next_hop_self: bool,
+    /// Send paths with the next hop they have, also to an external peer (Calico's
+    /// `nextHopMode: Keep`, BIRD's `next hop keep`); our own originations still go as us.
+    pub next_hop_keep: bool,
     /// An external peer's subnet, shared with us: a path whose next hop is another router
     /// on it is sent with that next hop (RFC 4271 §5.1.3 (2), a "third party" next hop, as
     /// BIRD does on a shared interface), so the peer sends straight to that router.
@@ -1041,6 +1044,9 @@ impl Rib {
             // and one learned over iBGP came from some neighbouring AS too. Our own
             // originations keep theirs (as FRR does); an export filter may set one.
             out.med = None;
+        }
+        if target.next_hop_keep && !target.next_hop_self && path.peer() != PeerId::LOCAL {
+            return Some((Some(path.next_hop()), out));
         }
         let third_party = target
             .shared_subnet

@@ -26,6 +26,7 @@ fn peer(n: u8, remote_as: u32, rr_client: bool) -> PeerInfo {
         local_address: IpAddr::V4(Ipv4Addr::new(198, 18, 0, 1)),
         next_hop_self: false,
         shared_subnet: None,
+        next_hop_keep: false,
         allowas_in: 0,
         local_as: None,
     }
@@ -883,4 +884,25 @@ fn an_external_peer_on_a_shared_subnet_gets_third_party_next_hops() {
     );
     let via_peer = r.best(&net("10.5.0.0/24"))[0].clone();
     assert_eq!(r.export(PeerId(1), &via_peer).unwrap().0, None);
+}
+
+#[test]
+fn next_hop_keep_sends_paths_with_their_own_next_hop_to_an_external_peer() {
+    // BIRD's `next hop keep`, Calico's nextHopMode Keep: the eBGP peer hears the path's
+    // next hop (here peer 3's), not ours; our own originations still go as us.
+    let mut r = rib(1);
+    let mut external = peer(1, 65001, false);
+    external.next_hop_keep = true;
+    r.set_peer(PeerId(1), external);
+    announce(&mut r, 3, "10.4.0.0/24", attrs(&[], None, None));
+    let learned = r.best(&net("10.4.0.0/24"))[0].clone();
+    assert_eq!(r.export(PeerId(1), &learned).unwrap().0, Some(hop(3)));
+    assert_eq!(
+        r.export(PeerId(2), &learned).unwrap().0,
+        None,
+        "Auto: next hop self to eBGP"
+    );
+    r.originate(net("10.9.0.0/24"), PathAttributes::default());
+    let ours = r.best(&net("10.9.0.0/24"))[0].clone();
+    assert_eq!(r.export(PeerId(1), &ours).unwrap().0, None);
 }

@@ -47,6 +47,8 @@ pub struct NeighborConfig {
     pub next_hop_self: bool,
     /// The subnet shared with an external peer (see [`crate::rib::PeerInfo::shared_subnet`]).
     pub shared_subnet: Option<IpNet>,
+    /// Keep paths' next hops, also towards an external peer.
+    pub next_hop_keep: bool,
     /// Our next hop for the other family than the session's (an IPv6 address on an IPv4
     /// session, or the reverse); without it an IPv4 session announces IPv6 routes with the
     /// IPv4-mapped address.
@@ -933,6 +935,7 @@ impl Speaker {
             local_address: peer.local_address.unwrap_or(address),
             next_hop_self: peer.config.next_hop_self,
             shared_subnet: peer.config.shared_subnet,
+            next_hop_keep: peer.config.next_hop_keep,
             allowas_in: peer.config.allowas_in,
             local_as: peer.config.local_as,
         };

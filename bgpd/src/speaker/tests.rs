@@ -233,6 +233,7 @@ fn neighbor(peer: u8, local_as: u32, remote_as: u32, me: u8) -> NeighborConfig {
         rr_client: false,
         next_hop_self: false,
         shared_subnet: None,
+        next_hop_keep: false,
         next_hop_other: None,
         import: vec![],
         export: vec![],
