@@ -92,35 +92,19 @@ fn wait_until(limit: Duration, what: &str, mut check: impl FnMut() -> Option<Str
 
 /// A dual-stack pod's IPv6 address.
 fn ipv6_of(lab: &LabGuard, pod: &str) -> String {
-    let status = lab.status();
-    let (namespace, name) = pod.split_once('/').unwrap();
-    status["pods"]
+    let entry = lab.pod(pod);
+    entry["ips"]
         .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["namespace"] == namespace && p["name"] == name)
-        .and_then(|p| {
-            p["ips"]
-                .as_array()?
-                .iter()
-                .filter_map(Value::as_str)
-                .find(|ip| ip.contains(':'))
-                .map(str::to_string)
-        })
-        .unwrap_or_else(|| panic!("{pod} has no IPv6 address: {status}"))
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .find(|ip| ip.contains(':'))
+        .map(str::to_string)
+        .unwrap_or_else(|| panic!("{pod} has no IPv6 address: {entry}"))
 }
 
 fn node_of(lab: &LabGuard, pod: &str) -> String {
-    let status = lab.status();
-    let (namespace, name) = pod.split_once('/').unwrap();
-    status["pods"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["namespace"] == namespace && p["name"] == name)
-        .and_then(|p| p["node"].as_str())
-        .unwrap()
-        .to_string()
+    lab.pod(pod)["node"].as_str().unwrap().to_string()
 }
 
 fn sessions(lab: &LabGuard, node: &str) -> BTreeMap<String, Value> {

@@ -113,7 +113,8 @@ impl LabGuard {
         serde_json::from_str(&self.ok(&["status", "-o", "json"])).unwrap()
     }
 
-    pub fn ip(&self, pod: &str) -> String {
+    /// `NS/POD`'s entry in `lab status -o json`.
+    pub fn pod(&self, pod: &str) -> Value {
         let status = self.status();
         let (namespace, name) = pod.split_once('/').unwrap();
         status["pods"]
@@ -121,8 +122,14 @@ impl LabGuard {
             .unwrap()
             .iter()
             .find(|p| p["namespace"] == namespace && p["name"] == name)
-            .and_then(|p| p["ip"].as_str())
+            .cloned()
             .unwrap_or_else(|| panic!("no pod {pod} in {status}"))
+    }
+
+    pub fn ip(&self, pod: &str) -> String {
+        self.pod(pod)["ip"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{pod} has no address"))
             .to_string()
     }
 
