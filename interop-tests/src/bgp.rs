@@ -67,7 +67,15 @@ pub struct BgpLab {
     options: Options,
 }
 
-fn poll<T>(limit: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
+fn poll<T>(limit: Duration, check: impl FnMut() -> Option<T>) -> Option<T> {
+    poll_every(limit, Duration::from_millis(100), check)
+}
+
+fn poll_every<T>(
+    limit: Duration,
+    interval: Duration,
+    mut check: impl FnMut() -> Option<T>,
+) -> Option<T> {
     let deadline = Instant::now() + limit;
     loop {
         if let Some(value) = check() {
@@ -76,7 +84,7 @@ fn poll<T>(limit: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
         if Instant::now() > deadline {
             return None;
         }
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(interval);
     }
 }
 
@@ -307,8 +315,20 @@ impl BgpLab {
     }
 
     /// Polls until `check` holds, failing with both logs.
-    pub fn wait(&self, limit: Duration, what: &str, mut check: impl FnMut(&BgpLab) -> bool) {
-        if poll(limit, || check(self).then_some(())).is_none() {
+    pub fn wait(&self, limit: Duration, what: &str, check: impl FnMut(&BgpLab) -> bool) {
+        self.wait_every(limit, Duration::from_millis(100), what, check);
+    }
+
+    /// As [`BgpLab::wait`], looking every `interval`: for a state that lasts only a moment
+    /// (a route gone between a restart and its re-announcement, about 100 ms).
+    pub fn wait_every(
+        &self,
+        limit: Duration,
+        interval: Duration,
+        what: &str,
+        mut check: impl FnMut(&BgpLab) -> bool,
+    ) {
+        if poll_every(limit, interval, || check(self).then_some(())).is_none() {
             panic!(
                 "timed out waiting for {what}\n--- twill:\n{}\n--- peer:\n{}\n--- peer view:\n{}",
                 self.log("twill.log"),
