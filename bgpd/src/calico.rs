@@ -54,6 +54,11 @@ pub struct Cluster {
     pools: BTreeMap<String, Object<IpPoolSpec>>,
     affinities: BTreeMap<String, Object<BlockAffinitySpec>>,
     filters: BTreeMap<String, Object<BgpFilterSpec>>,
+    /// Workload endpoints (by `namespace/name`) holding an address outside the blocks
+    /// affine to their node when they came: the node each is on, with those addresses
+    /// ([`Cluster::borrowed_addresses`] checks them again against the affinities of the
+    /// moment).
+    borrowers: BTreeMap<String, (String, Vec<IpNet>)>,
 }
 
 /// What [`Cluster::render`] gives for one node.
@@ -196,6 +201,48 @@ impl Cluster {
     /// The IP pools.
     pub fn pools(&self) -> impl Iterator<Item = &Object<IpPoolSpec>> {
         self.pools.values()
+    }
+
+    /// Takes a workload endpoint (`id`: `namespace/name`; `Some((node, addresses))`, or
+    /// `None` when it is gone); returns whether the addresses borrowed from other nodes'
+    /// blocks changed. Addresses in no pool are not routed by the cluster and are ignored.
+    pub fn update_workload(&mut self, id: &str, workload: Option<(&str, &[IpNet])>) -> bool {
+        let borrowed = workload.and_then(|(node, nets)| {
+            let blocks = self.blocks_of(node);
+            let outside: Vec<IpNet> = nets
+                .iter()
+                .map(IpNet::trunc)
+                .filter(|net| {
+                    self.pools()
+                        .any(|p| p.spec.cidr.as_ref().is_some_and(|c| c.0.contains(net)))
+                })
+                .filter(|net| !blocks.iter().any(|b| b.contains(net)))
+                .collect();
+            (!outside.is_empty()).then(|| (node.to_string(), outside))
+        });
+        match borrowed {
+            Some(entry) => self.borrowers.insert(id.to_string(), entry.clone()) != Some(entry),
+            None => self.borrowers.remove(id).is_some(),
+        }
+    }
+
+    /// Every address a workload holds outside the blocks affine to its node, with that node
+    /// (Calico's borrowed addresses: routed to the borrower, not to the block's node). The
+    /// affinities are read now, so a block claimed after the workload came counts.
+    pub fn borrowed_addresses(&self) -> Vec<(IpNet, String)> {
+        let mut blocks: BTreeMap<&str, BTreeSet<IpNet>> = BTreeMap::new();
+        let mut found = Vec::new();
+        for (node, nets) in self.borrowers.values() {
+            let own = blocks
+                .entry(node.as_str())
+                .or_insert_with(|| self.blocks_of(node));
+            found.extend(
+                nets.iter()
+                    .filter(|net| !own.iter().any(|b| b.contains(*net)))
+                    .map(|net| (*net, node.clone())),
+            );
+        }
+        found
     }
 
     /// The blocks affine to `node` (confirmed, or with no state: Calico's implicit
@@ -1655,5 +1702,44 @@ mod tests {
         assert_eq!(hashed_router_id("node-1"), hashed_router_id("node-1"));
         assert_ne!(hashed_router_id("node-1"), hashed_router_id("node-2"));
         assert!(!hashed_router_id("").is_unspecified());
+    }
+
+    #[test]
+    fn borrowed_addresses_are_those_outside_the_blocks_of_the_workloads_node() {
+        let mut cluster = cluster(POOL, &[("a", "10.90.0.0/26"), ("b", "10.90.0.64/26")]);
+        let net = |t: &str| -> IpNet { t.parse().unwrap() };
+        // In its own node's block: not borrowed, nothing to do.
+        assert!(!cluster.update_workload("x/p1", Some(("a", &[net("10.90.0.5/32")]))));
+        // From b's block, on a: borrowed, routed to a.
+        assert!(cluster.update_workload("x/p2", Some(("a", &[net("10.90.0.70/32")]))));
+        // Outside every pool: the cluster does not route it.
+        assert!(!cluster.update_workload("x/p3", Some(("c", &[net("192.0.2.1/32")]))));
+        // The same again changes nothing.
+        assert!(!cluster.update_workload("x/p2", Some(("a", &[net("10.90.0.70/32")]))));
+        assert_eq!(
+            cluster.borrowed_addresses(),
+            vec![(net("10.90.0.70/32"), "a".to_string())]
+        );
+        // Its node claims that block later (the affinity moves): no longer borrowed.
+        let mut moved = cluster.clone();
+        let affinity = Object {
+            spec: BlockAffinitySpec {
+                state: Some("confirmed".into()),
+                node: Some("a".into()),
+                cidr: Some(Cidr(net("10.90.0.64/26"))),
+                ..BlockAffinitySpec::default()
+            },
+            ..Object::default()
+        };
+        moved.update(
+            Kind::BlockAffinity,
+            "a1",
+            Some(Resource::BlockAffinity(affinity)),
+        );
+        assert!(moved.borrowed_addresses().is_empty());
+        // Gone: nothing borrowed.
+        assert!(cluster.update_workload("x/p2", None));
+        assert!(!cluster.update_workload("x/p2", None));
+        assert!(cluster.borrowed_addresses().is_empty());
     }
 }

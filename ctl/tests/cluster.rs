@@ -648,6 +648,90 @@ fn churn_of_a_hundred_pods_over_three_nodes_leaves_no_stale_route_and_no_leaked_
     }
 }
 
+/// Pods on three nodes from a pool of one /30 block: the first node claims the block, the
+/// other two borrow from it (no strictAffinity). The borrowed addresses must reach their pods,
+/// not the claiming node's blackhole: through host routes to the borrowers, by VXLAN or BGP.
+#[test]
+fn addresses_borrowed_from_another_nodes_block_reach_their_pods_through_vxlan() {
+    borrowed_addresses_reach_their_pods("vxlan");
+}
+
+#[test]
+fn addresses_borrowed_from_another_nodes_block_reach_their_pods_by_bgp() {
+    borrowed_addresses_reach_their_pods("none");
+}
+
+fn borrowed_addresses_reach_their_pods(encap: &str) {
+    let lab = LabGuard::up_with(
+        "namespaces:\n  x: {ns: x}\nports:\n  - {name: serve-80-tcp, port: 80, protocol: TCP}\n",
+        &["--nodes", "3", "--encap", encap],
+    );
+    let mode = if encap == "vxlan" { "Always" } else { "Never" };
+    let tiny = format!(
+        "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata:\n  name: tiny\nspec:\n  \
+         cidr: 10.91.0.0/30\n  blockSize: 30\n  vxlanMode: {mode}\n  nodeSelector: all()\n"
+    );
+    let run = ctl(&lab, &["apply", "-f", "-"], Some(&tiny));
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let pod = |name: &str, node: &str| {
+        format!(
+            "---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: x\n  labels: {{pod: {name}}}\n  \
+             annotations:\n    cni.projectcalico.org/ipv4pools: '[\"tiny\"]'\nspec:\n  nodeName: {node}\n  \
+             containers: [{{name: c, image: x}}]\n"
+        )
+    };
+    let file = tempfile::NamedTempFile::new().unwrap();
+    let path = file.path().to_str().unwrap().to_string();
+    // node-1 first, so the block is node-1's.
+    std::fs::write(&path, pod("a", "node-1")).unwrap();
+    lab.ok(&["apply", "-f", &path]);
+    std::fs::write(&path, pod("b", "node-2") + &pod("c", "node-3")).unwrap();
+    lab.ok(&["apply", "-f", &path]);
+    lab.ok(&["sync", "--timeout", "60"]);
+    let block: Ipv4Net = "10.91.0.0/30".parse().unwrap();
+    let ips: BTreeSet<String> = ["x/a", "x/b", "x/c"].iter().map(|p| lab.ip(p)).collect();
+    assert_eq!(ips.len(), 3, "three distinct addresses: {ips:?}");
+    for ip in &ips {
+        assert!(
+            block.contains(&ip.parse::<std::net::Ipv4Addr>().unwrap()),
+            "{ip} not from tiny"
+        );
+    }
+    assert_eq!(lab.probe(&["80/TCP"]), matrix(&["x/a", "x/b", "x/c"], &[]));
+    // node-3 sends b's borrowed address to node-2 (its VTEP, or its underlay address by the
+    // route node-2 announces), not to the block's node.
+    let b = lab.ip("x/b");
+    let route = route_to(&lab, "node-3", &format!("{b}/32")).unwrap_or_default();
+    let expected = if encap == "vxlan" {
+        route.contains("dev vxlan.twill") && route.contains("proto 212")
+    } else {
+        route.contains("via 198.18.0.12") && route.contains("proto 210")
+    };
+    assert!(
+        expected,
+        "node-3's route to {b}: {route:?}\n{}",
+        routes(&lab, "node-3")
+    );
+    // Deleted, their host routes go; the block's route stays with node-1's pod.
+    std::fs::write(&path, pod("b", "node-2") + &pod("c", "node-3")).unwrap();
+    lab.ok(&["delete", "-f", &path]);
+    lab.ok(&["sync", "--timeout", "60"]);
+    wait_until(
+        Duration::from_secs(20),
+        "borrowed host routes removed",
+        || {
+            let text = routes(&lab, "node-1");
+            text.lines()
+                .any(|l| {
+                    l.starts_with("10.91.0.")
+                        && (l.contains("proto 212") || l.contains("proto 210"))
+                })
+                .then_some(text)
+        },
+    );
+    ipam_is_clean(&lab);
+}
+
 #[test]
 fn dual_stack_pods_reach_each_other_over_both_families_across_nodes() {
     let lab = LabGuard::up_with(SPREAD, &["--nodes", "3", "--dual-stack"]);

@@ -153,7 +153,10 @@ pub fn needs_vxlan(pools: &[PoolInfo], v6: bool) -> bool {
         .any(|p| p.cidr.addr().is_ipv6() == v6 && p.vxlan != Mode::Never)
 }
 
-/// This node's plan. `blocks`: every block with the node it is affine to.
+/// This node's plan. `blocks`: every block with the node it is affine to, and every address
+/// a node borrowed from another node's block (a host prefix) with the node using it: the
+/// host route beats the block's route, so the borrowed address reaches its pod rather than
+/// the block node's blackhole.
 pub fn plan(me: &str, nodes: &[NodeInfo], pools: &[PoolInfo], blocks: &[(IpNet, String)]) -> Plan {
     let mut plan = Plan::default();
     let Some(own) = nodes.iter().find(|n| n.name == me) else {
@@ -516,5 +519,37 @@ mod tests {
         assert_eq!(parse_mac("zz:ee:ee:ee:ee:ee"), None);
         assert_eq!(tunnel_mtu(1500, VXLAN_OVERHEAD), 1450);
         assert_eq!(tunnel_mtu(9000, IPIP_OVERHEAD), 8980);
+    }
+
+    #[test]
+    fn a_borrowed_address_goes_to_its_borrower_and_the_rest_of_the_block_to_its_node() {
+        let nodes = [
+            node("a", "198.18.0.11/24", Some("10.90.0.1")),
+            node("b", "198.18.0.12/24", Some("10.90.0.65")),
+            node("c", "198.18.1.13/24", Some("10.90.0.129")),
+        ];
+        let pools = [pool("10.90.0.0/16", Mode::CrossSubnet)];
+        // b's block; c uses 10.90.0.70 from it, a uses 10.90.0.71.
+        let destinations = blocks(&[
+            ("10.90.0.64/26", "b"),
+            ("10.90.0.70/32", "c"),
+            ("10.90.0.71/32", "a"),
+        ]);
+        let plan = plan("a", &nodes, &pools, &destinations);
+        let expected: BTreeMap<IpNet, Via> = [
+            // Same subnet as a: natively to b.
+            ("10.90.0.64/26", Via::Underlay(ip("198.18.0.12"))),
+            // Another subnet: through the tunnel to c's VTEP.
+            ("10.90.0.70/32", Via::Vxlan(ip("10.90.0.129"))),
+        ]
+        .into_iter()
+        .map(|(net, via)| (net.parse().unwrap(), via))
+        .collect();
+        // a's own borrowed address is its pod's (the endpoint route), not the plan's.
+        assert_eq!(plan.routes, expected);
+        assert_eq!(
+            plan.v4.neighbours.keys().collect::<Vec<_>>(),
+            vec![&ip("10.90.0.129")]
+        );
     }
 }

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use ipnet::IpNet;
 use serde_json::json;
 use twill_shared::client::{Client, WriteMode};
 use twill_shared::datastore::{connect, Datastore};
@@ -430,7 +431,7 @@ impl Lab {
     }
 
     /// Full labs: every node's BGP sessions are Established and its kernel has a route to
-    /// every other node's blocks.
+    /// every other node's blocks and to the addresses other nodes borrowed from a block.
     async fn wait_routed(
         &self,
         state: &State,
@@ -443,6 +444,30 @@ impl Lab {
             if let Ok(Resource::BlockAffinity(affinity)) = twill_shared::client::decode(stored) {
                 if let (Some(node), Some(cidr)) = (affinity.spec.node, affinity.spec.cidr) {
                     blocks.push((node, cidr.0.to_string()));
+                }
+            }
+        }
+        // Addresses a pod's node borrowed from another node's block: a host route each.
+        let parsed: Vec<(String, IpNet)> = blocks
+            .iter()
+            .filter_map(|(node, block)| Some((node.clone(), block.parse().ok()?)))
+            .collect();
+        let endpoints = store.list(Some(Kind::WorkloadEndpoint), None).await?;
+        for stored in endpoints.items {
+            if let Ok(Resource::WorkloadEndpoint(endpoint)) = twill_shared::client::decode(stored) {
+                let Some(node) = endpoint.spec.node else {
+                    continue;
+                };
+                for net in endpoint.spec.ip_networks.into_iter().flatten() {
+                    let net = net.0.trunc();
+                    let holders: Vec<&String> = parsed
+                        .iter()
+                        .filter(|(_, block)| block.contains(&net))
+                        .map(|(owner, _)| owner)
+                        .collect();
+                    if !holders.is_empty() && !holders.contains(&&node) {
+                        blocks.push((node.clone(), net.to_string()));
+                    }
                 }
             }
         }

@@ -260,6 +260,20 @@ impl Agent {
                         }
                     }
                 }
+                if key.kind == twill_shared::resource::Kind::WorkloadEndpoint {
+                    if let Some(bgp) = self.bgp.as_mut() {
+                        let id = format!("{}/{}", key.namespace.as_deref().unwrap_or(""), key.name);
+                        match &resource {
+                            Some(twill_shared::resource::Resource::WorkloadEndpoint(w)) => {
+                                let nets: Vec<IpNet> =
+                                    w.spec.ip_networks.iter().flatten().map(|c| c.0).collect();
+                                let node = w.spec.node.as_deref().unwrap_or_default();
+                                bgp.update_workload(&id, Some((node, &nets)));
+                            }
+                            _ => bgp.update_workload(&id, None),
+                        }
+                    }
+                }
                 if Model::wants(key.kind) && self.calculator.update(key, resource) {
                     self.dirty = true;
                 }

@@ -105,6 +105,13 @@ impl Bgp {
         relevant
     }
 
+    /// Takes a workload endpoint change (`id`: `namespace/name`): an address borrowed from
+    /// another node's block is routed to the borrower by the encapsulation, so a change in
+    /// those marks the next apply.
+    pub fn update_workload(&mut self, id: &str, workload: Option<(&str, &[IpNet])>) {
+        self.dirty |= self.cluster.update_workload(id, workload);
+    }
+
     /// Asks for the next [`Bgp::apply`] (and the encapsulation with it) to run.
     pub fn mark_dirty(&mut self) {
         self.dirty = true;

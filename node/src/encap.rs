@@ -154,8 +154,11 @@ impl Encap {
                 }
             }
         }
-        let blocks = cluster.all_blocks();
-        let plan = twill_ipip::plan(&self.node, &nodes, &pools, &blocks);
+        // Remote blocks go to their node; addresses a node borrowed from another's block go
+        // to the borrower (a host route, more specific than the block's).
+        let mut destinations = cluster.all_blocks();
+        destinations.extend(cluster.borrowed_addresses());
+        let plan = twill_ipip::plan(&self.node, &nodes, &pools, &destinations);
         status.warnings.clone_from(&plan.warnings);
         let ipip_present = ipip_module_present();
         if !plan.ipip_blocks.is_empty() && ipip_present {
