@@ -11,11 +11,11 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use twill_bgpd::config::KernelConfig;
-use twill_bgpd::io::kernel::{spawn, KernelCommand, NextHops};
+use twill_bgpd::io::kernel::{spawn, KernelCommand, NextHops, Writer};
 use twill_interop_tests::netns::{link, Netns};
 
 /// Starts the writer from a thread inside `netns` (its socket and thread live there).
-fn writer_in(netns: &Netns) -> mpsc::Sender<KernelCommand> {
+fn writer_in(netns: &Netns) -> Writer {
     let path = format!("/run/netns/{}", netns.name());
     std::thread::scope(|scope| {
         scope

@@ -66,6 +66,14 @@ pub enum StopMode {
 /// enough for a full table sent at once to a slow reader.
 const OUTPUT_QUEUE_LIMIT: usize = 64 * 1024 * 1024;
 
+/// Route writes queued for the kernel past which connections stop reading until it catches
+/// up: two of the writer's rounds (a few MB), where a full table arriving faster than the
+/// kernel takes it would otherwise queue whole (about 50 bytes a route).
+const KERNEL_BACKLOG_LIMIT: usize = 2 * kernel::ROUND;
+
+/// Bytes a connection reads ahead of the speaker: four reads.
+const INBOUND_LIMIT: usize = 1024 * 1024;
+
 /// Connection IDs are unique in the process, so a daemon started again in the same process
 /// (twill-node restarts its speaker when global settings change) never takes a late event
 /// of its predecessor's connection for one of its own.
@@ -86,6 +94,8 @@ struct Connection {
     queued: Arc<std::sync::atomic::AtomicUsize>,
     /// Set while the queue is over [`OUTPUT_QUEUE_LIMIT`]; the writer reports the drain.
     blocked: Arc<std::sync::atomic::AtomicBool>,
+    /// Bytes read and not yet taken by the speaker: past [`INBOUND_LIMIT`] the reader waits.
+    unread: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// The running daemon.
@@ -101,11 +111,14 @@ pub struct Daemon {
     listeners: Vec<Arc<tokio::net::TcpListener>>,
     started: Instant,
     /// The kernel writer, when `[kernel]` is configured.
-    kernel: Option<std::sync::mpsc::Sender<KernelCommand>>,
+    kernel: Option<kernel::Writer>,
     /// Route writes decided in this round of actions, for the kernel thread.
     kernel_batch: Vec<(IpNet, NextHops)>,
     /// Route writes the kernel writer has done.
     kernel_writes: Arc<std::sync::atomic::AtomicU64>,
+    /// Route writes handed to the kernel writer and not yet done: past
+    /// [`KERNEL_BACKLOG_LIMIT`] the connections stop reading.
+    kernel_backlog: Arc<std::sync::atomic::AtomicUsize>,
     /// Writer tasks of closed connections still writing their last bytes (a NOTIFICATION).
     closing: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -160,6 +173,9 @@ impl Daemon {
             );
             speaker.begin_restart(Instant::now(), preserved, config.selection_deferral);
         }
+        let kernel_backlog = kernel
+            .as_ref()
+            .map_or_else(Arc::default, kernel::Writer::backlog);
         Ok(Daemon {
             config_path,
             config,
@@ -172,6 +188,7 @@ impl Daemon {
             kernel,
             kernel_batch: Vec::new(),
             kernel_writes,
+            kernel_backlog,
             closing: Vec::new(),
         })
     }
@@ -292,7 +309,14 @@ impl Daemon {
                 tracing::debug!(%peer, error = %err, "connect failed");
                 self.speaker.handle_closed(now, peer, id);
             }
-            Event::Bytes(peer, id, bytes) => self.speaker.handle_bytes(now, peer, id, &bytes),
+            Event::Bytes(peer, id, bytes) => {
+                if let Some(connection) = self.connections.get(&id) {
+                    connection
+                        .unread
+                        .fetch_sub(bytes.len(), std::sync::atomic::Ordering::Relaxed);
+                }
+                self.speaker.handle_bytes(now, peer, id, &bytes);
+            }
             Event::Drained(peer, id) => {
                 if self.connections.contains_key(&id) {
                     self.speaker.handle_send_blocked(now, peer, id, false);
@@ -377,15 +401,29 @@ impl Daemon {
             }
             let _ = write.shutdown().await;
         });
+        let backlog = self.kernel_backlog.clone();
+        let unread = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let pending = unread.clone();
         let reader = tokio::spawn(async move {
+            use std::sync::atomic::Ordering;
             let mut buffer = vec![0u8; 256 * 1024];
             loop {
+                // Flow control: while the speaker or the kernel is behind, UPDATEs wait in
+                // the peer's TCP window rather than in our memory (as raw bytes, or as route
+                // writes). BIRD, single-threaded, reads nothing while it works either. Both
+                // drain in well under a second, far inside any hold time.
+                while pending.load(Ordering::Relaxed) > INBOUND_LIMIT
+                    || backlog.load(Ordering::Relaxed) > KERNEL_BACKLOG_LIMIT
+                {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
                 match read.read(&mut buffer).await {
                     Ok(0) | Err(_) => {
                         let _ = events.send(Event::Closed(peer, id));
                         return;
                     }
                     Ok(n) => {
+                        pending.fetch_add(n, Ordering::Relaxed);
                         if events
                             .send(Event::Bytes(peer, id, buffer[..n].to_vec()))
                             .is_err()
@@ -405,6 +443,7 @@ impl Daemon {
                 writing,
                 queued,
                 blocked,
+                unread,
             },
         );
     }
