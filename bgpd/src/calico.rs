@@ -54,11 +54,9 @@ pub struct Cluster {
     pools: BTreeMap<String, Object<IpPoolSpec>>,
     affinities: BTreeMap<String, Object<BlockAffinitySpec>>,
     filters: BTreeMap<String, Object<BgpFilterSpec>>,
-    /// Workload endpoints (by `namespace/name`) holding an address outside the blocks
-    /// affine to their node when they came: the node each is on, with those addresses
-    /// ([`Cluster::borrowed_addresses`] checks them again against the affinities of the
-    /// moment).
-    borrowers: BTreeMap<String, (String, Vec<IpNet>)>,
+    /// Workload endpoints (by `namespace/name`) with addresses: the node each is on, and
+    /// the addresses (for [`Cluster::borrowed_addresses`]).
+    workloads: BTreeMap<String, (String, Vec<IpNet>)>,
 }
 
 /// What [`Cluster::render`] gives for one node.
@@ -204,42 +202,65 @@ impl Cluster {
     }
 
     /// Takes a workload endpoint (`id`: `namespace/name`; `Some((node, addresses))`, or
-    /// `None` when it is gone); returns whether the addresses borrowed from other nodes'
-    /// blocks changed. Addresses in no pool are not routed by the cluster and are ignored.
+    /// `None` when it is gone); returns whether its borrowed addresses, as the pools and
+    /// affinities known now say, changed. Every endpoint is kept: the syncer may deliver
+    /// endpoints before the pools and affinities that decide (a start lists kinds in order),
+    /// and those mark the cluster changed themselves when they come.
     pub fn update_workload(&mut self, id: &str, workload: Option<(&str, &[IpNet])>) -> bool {
-        let borrowed = workload.and_then(|(node, nets)| {
-            let blocks = self.blocks_of(node);
-            let outside: Vec<IpNet> = nets
-                .iter()
-                .map(IpNet::trunc)
-                .filter(|net| {
-                    self.pools()
-                        .any(|p| p.spec.cidr.as_ref().is_some_and(|c| c.0.contains(net)))
-                })
-                .filter(|net| !blocks.iter().any(|b| b.contains(net)))
-                .collect();
-            (!outside.is_empty()).then(|| (node.to_string(), outside))
-        });
-        match borrowed {
-            Some(entry) => self.borrowers.insert(id.to_string(), entry.clone()) != Some(entry),
-            None => self.borrowers.remove(id).is_some(),
-        }
+        let entry = workload
+            .filter(|(_, nets)| !nets.is_empty())
+            .map(|(node, nets)| (node.to_string(), nets.iter().map(IpNet::trunc).collect()));
+        let old = match entry {
+            Some(entry) => self.workloads.insert(id.to_string(), entry),
+            None => self.workloads.remove(id),
+        };
+        let mut blocks = BTreeMap::new();
+        let mut borrowed = |workload: Option<&(String, Vec<IpNet>)>| -> Vec<(IpNet, String)> {
+            workload.map_or_else(Vec::new, |(node, nets)| {
+                self.borrowed_of(node, nets, &mut blocks)
+                    .into_iter()
+                    .map(|net| (net, node.clone()))
+                    .collect()
+            })
+        };
+        borrowed(old.as_ref()) != borrowed(self.workloads.get(id))
     }
 
-    /// Every address a workload holds outside the blocks affine to its node, with that node
-    /// (Calico's borrowed addresses: routed to the borrower, not to the block's node). The
-    /// affinities are read now, so a block claimed after the workload came counts.
+    /// The addresses of `nets` in some pool and outside the blocks affine to `node`
+    /// (`blocks`: a cache of [`Cluster::blocks_of`]).
+    fn borrowed_of(
+        &self,
+        node: &str,
+        nets: &[IpNet],
+        blocks: &mut BTreeMap<String, BTreeSet<IpNet>>,
+    ) -> Vec<IpNet> {
+        let in_pool = |net: &IpNet| {
+            self.pools()
+                .any(|p| p.spec.cidr.as_ref().is_some_and(|c| c.0.contains(net)))
+        };
+        if !nets.iter().any(in_pool) {
+            return Vec::new();
+        }
+        let own = blocks
+            .entry(node.to_string())
+            .or_insert_with(|| self.blocks_of(node));
+        nets.iter()
+            .filter(|net| in_pool(net) && !own.iter().any(|b| b.contains(*net)))
+            .copied()
+            .collect()
+    }
+
+    /// Every address a workload holds in a pool but outside the blocks affine to its node,
+    /// with that node (Calico's borrowed addresses: routed to the borrower, not to the block's
+    /// node), as the pools and affinities are now.
     pub fn borrowed_addresses(&self) -> Vec<(IpNet, String)> {
-        let mut blocks: BTreeMap<&str, BTreeSet<IpNet>> = BTreeMap::new();
+        let mut blocks = BTreeMap::new();
         let mut found = Vec::new();
-        for (node, nets) in self.borrowers.values() {
-            let own = blocks
-                .entry(node.as_str())
-                .or_insert_with(|| self.blocks_of(node));
+        for (node, nets) in self.workloads.values() {
             found.extend(
-                nets.iter()
-                    .filter(|net| !own.iter().any(|b| b.contains(*net)))
-                    .map(|net| (*net, node.clone())),
+                self.borrowed_of(node, nets, &mut blocks)
+                    .into_iter()
+                    .map(|net| (net, node.clone())),
             );
         }
         found
@@ -1741,5 +1762,34 @@ mod tests {
         assert!(cluster.update_workload("x/p2", None));
         assert!(!cluster.update_workload("x/p2", None));
         assert!(cluster.borrowed_addresses().is_empty());
+    }
+
+    /// A start lists WorkloadEndpoints before IPPools and BlockAffinities: what they borrow
+    /// is known once those arrive, without the endpoints coming again.
+    #[test]
+    fn endpoints_listed_before_pools_and_affinities_are_borrowers_once_those_come() {
+        let net = |t: &str| -> IpNet { t.parse().unwrap() };
+        let mut early = Cluster::default();
+        assert!(!early.update_workload("x/p1", Some(("a", &[net("10.90.0.70/32")]))));
+        assert!(!early.update_workload("x/p2", Some(("b", &[net("10.90.0.71/32")]))));
+        assert!(early.borrowed_addresses().is_empty(), "no pools yet");
+        let late = cluster(POOL, &[("a", "10.90.0.0/26"), ("b", "10.90.0.64/26")]);
+        for (name, pool) in &late.pools {
+            early.update(Kind::IpPool, name, Some(Resource::IpPool(pool.clone())));
+        }
+        for (name, affinity) in &late.affinities {
+            early.update(
+                Kind::BlockAffinity,
+                name,
+                Some(Resource::BlockAffinity(affinity.clone())),
+            );
+        }
+        assert_eq!(
+            early.borrowed_addresses(),
+            vec![(net("10.90.0.70/32"), "a".to_string())]
+        );
+        // The endpoint moves to b, whose block holds its address: not borrowed any more.
+        assert!(early.update_workload("x/p1", Some(("b", &[net("10.90.0.70/32")]))));
+        assert!(early.borrowed_addresses().is_empty());
     }
 }

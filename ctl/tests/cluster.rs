@@ -712,6 +712,20 @@ fn borrowed_addresses_reach_their_pods(encap: &str) {
         "node-3's route to {b}: {route:?}\n{}",
         routes(&lab, "node-3")
     );
+    // A restarted agent routes them again from what the datastore lists at its start
+    // (endpoints come before pools and affinities there): node-3's route, removed while its
+    // agent is down, is back once it has synced.
+    lab.ok(&["node", "kill", "node-3"]);
+    exec(
+        &netns(&lab, "node-3"),
+        "ip",
+        &["route", "del", &format!("{b}/32")],
+    );
+    assert_eq!(route_to(&lab, "node-3", &format!("{b}/32")), None);
+    lab.ok(&["node", "start", "node-3"]);
+    lab.ok(&["sync", "--timeout", "60"]);
+    assert!(route_to(&lab, "node-3", &format!("{b}/32")).is_some());
+    assert_eq!(lab.probe(&["80/TCP"]), matrix(&["x/a", "x/b", "x/c"], &[]));
     // Deleted, their host routes go; the block's route stays with node-1's pod.
     std::fs::write(&path, pod("b", "node-2") + &pod("c", "node-3")).unwrap();
     lab.ok(&["delete", "-f", &path]);
