@@ -212,12 +212,15 @@ pub fn rib_rows_json(rows: &[RibRow]) -> String {
 type Labels = Vec<(&'static str, String)>;
 
 /// The OpenMetrics text exposition (through prometheus-client), built from the sessions'
-/// status; `kernel_writes` when routes go to the kernel.
+/// status; `kernel` when routes go to the kernel: the writes it acknowledged, and those
+/// waiting for it; `read_pauses`: the times a
+/// connection paused its reading for the speaker and for the kernel (flow control).
 pub fn metrics(
     peers: &[PeerStatus],
     speaker: &Speaker,
     uptime: Duration,
-    kernel_writes: Option<u64>,
+    kernel: Option<(u64, u64)>,
+    read_pauses: [u64; 2],
 ) -> String {
     use prometheus_client::metrics::counter::Counter;
     use prometheus_client::metrics::family::Family;
@@ -308,13 +311,31 @@ pub fn metrics(
     let up = Gauge::<i64>::default();
     up.set(uptime.as_secs() as i64);
     registry.register("twill_bgp_uptime_seconds", "Seconds since start", up);
-    if let Some(writes) = kernel_writes {
+    let pauses = Family::<Labels, Counter>::default();
+    for (reason, count) in ["speaker", "kernel"].into_iter().zip(read_pauses) {
+        pauses
+            .get_or_create(&vec![("behind", reason.to_string())])
+            .inc_by(count);
+    }
+    registry.register(
+        "twill_bgp_read_pauses",
+        "Times a connection stopped reading because the speaker or the kernel was behind",
+        pauses,
+    );
+    if let Some((writes, waiting)) = kernel {
         let counter = Counter::<u64>::default();
         counter.inc_by(writes);
         registry.register(
             "twill_bgp_kernel_writes",
             "Route writes the kernel acknowledged",
             counter,
+        );
+        let backlog = Gauge::<i64>::default();
+        backlog.set(i64::try_from(waiting).unwrap_or(i64::MAX));
+        registry.register(
+            "twill_bgp_kernel_backlog",
+            "Route writes waiting for the kernel",
+            backlog,
         );
     }
     let mut out = String::new();
@@ -383,12 +404,21 @@ mod tests {
             treat_as_withdraw: 3,
             attribute_discard: 1,
         };
-        let text = metrics(&[peer], &speaker, Duration::from_secs(1), Some(7));
+        let text = metrics(
+            &[peer],
+            &speaker,
+            Duration::from_secs(1),
+            Some((7, 3)),
+            [2, 4],
+        );
         // OpenMetrics: a counter's family is named without `_total`, its samples with it.
         assert!(text.contains("# TYPE twill_bgp_rfc7606_updates counter"));
         assert!(text.contains("twill_bgp_sessions{state=\"Established\"} 1"));
         assert!(text.contains("twill_bgp_updates_received_total{peer=\"198.18.0.2\"} 5"));
         assert!(text.contains("twill_bgp_kernel_writes_total 7"));
+        assert!(text.contains("twill_bgp_kernel_backlog 3"));
+        assert!(text.contains("twill_bgp_read_pauses_total{behind=\"speaker\"} 2"));
+        assert!(text.contains("twill_bgp_read_pauses_total{behind=\"kernel\"} 4"));
         assert!(text.ends_with("# EOF\n"), "{text}");
         assert!(text.contains(
             "twill_bgp_rfc7606_updates_total{peer=\"198.18.0.2\",outcome=\"treat-as-withdraw\"} 3"

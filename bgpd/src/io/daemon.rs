@@ -67,12 +67,16 @@ pub enum StopMode {
 const OUTPUT_QUEUE_LIMIT: usize = 64 * 1024 * 1024;
 
 /// Route writes queued for the kernel past which connections stop reading until it catches
-/// up: two of the writer's rounds (a few MB), where a full table arriving faster than the
-/// kernel takes it would otherwise queue whole (about 50 bytes a route).
+/// up: two of the writer's rounds (about 1.5 MB; the reads already made still go in), where a
+/// full table arriving faster than the kernel takes it would otherwise queue whole (about 50
+/// bytes a route).
 const KERNEL_BACKLOG_LIMIT: usize = 2 * kernel::ROUND;
 
 /// Bytes a connection reads ahead of the speaker: four reads.
 const INBOUND_LIMIT: usize = 1024 * 1024;
+
+/// The longest a connection pauses its reading before it reads once more anyway.
+const PAUSE_LIMIT: Duration = Duration::from_secs(1);
 
 /// Connection IDs are unique in the process, so a daemon started again in the same process
 /// (twill-node restarts its speaker when global settings change) never takes a late event
@@ -119,6 +123,8 @@ pub struct Daemon {
     /// Route writes handed to the kernel writer and not yet done: past
     /// [`KERNEL_BACKLOG_LIMIT`] the connections stop reading.
     kernel_backlog: Arc<std::sync::atomic::AtomicUsize>,
+    /// Times a connection paused its reading: for the speaker, for the kernel.
+    read_pauses: Arc<[std::sync::atomic::AtomicU64; 2]>,
     /// Writer tasks of closed connections still writing their last bytes (a NOTIFICATION).
     closing: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -189,6 +195,7 @@ impl Daemon {
             kernel_batch: Vec::new(),
             kernel_writes,
             kernel_backlog,
+            read_pauses: Arc::default(),
             closing: Vec::new(),
         })
     }
@@ -402,6 +409,7 @@ impl Daemon {
             let _ = write.shutdown().await;
         });
         let backlog = self.kernel_backlog.clone();
+        let pauses = self.read_pauses.clone();
         let unread = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let pending = unread.clone();
         let reader = tokio::spawn(async move {
@@ -410,11 +418,22 @@ impl Daemon {
             loop {
                 // Flow control: while the speaker or the kernel is behind, UPDATEs wait in
                 // the peer's TCP window rather than in our memory (as raw bytes, or as route
-                // writes). BIRD, single-threaded, reads nothing while it works either. Both
-                // drain in well under a second, far inside any hold time.
-                while pending.load(Ordering::Relaxed) > INBOUND_LIMIT
-                    || backlog.load(Ordering::Relaxed) > KERNEL_BACKLOG_LIMIT
-                {
+                // writes). BIRD, single-threaded, reads nothing while it works either. A
+                // pause ends after PAUSE_LIMIT whatever the backlog, so every session is read
+                // at least that often (a hold time is 3 s or more): a long kernel write, or a
+                // kernel writer that died, slows reading but never stops it.
+                let paused = tokio::time::Instant::now();
+                let mut counted = false;
+                loop {
+                    let speaker_behind = pending.load(Ordering::Relaxed) > INBOUND_LIMIT;
+                    let kernel_behind = backlog.load(Ordering::Relaxed) > KERNEL_BACKLOG_LIMIT;
+                    if !(speaker_behind || kernel_behind) || paused.elapsed() >= PAUSE_LIMIT {
+                        break;
+                    }
+                    if !counted {
+                        counted = true;
+                        pauses[usize::from(kernel_behind)].fetch_add(1, Ordering::Relaxed);
+                    }
                     tokio::time::sleep(Duration::from_millis(1)).await;
                 }
                 match read.read(&mut buffer).await {
@@ -639,15 +658,21 @@ impl Daemon {
         match command {
             "peers" => control::peers_json(&self.speaker.peers_status(now), &self.config.descriptions),
             "metrics" => {
-                let writes = self
-                    .kernel
-                    .is_some()
-                    .then(|| self.kernel_writes.load(std::sync::atomic::Ordering::Relaxed));
+                let kernel = self.kernel.is_some().then(|| {
+                    let backlog = self.kernel_backlog.load(std::sync::atomic::Ordering::Relaxed);
+                    let writes = self.kernel_writes.load(std::sync::atomic::Ordering::Relaxed);
+                    (writes, backlog as u64)
+                });
+                let pauses = self
+                    .read_pauses
+                    .each_ref()
+                    .map(|count| count.load(std::sync::atomic::Ordering::Relaxed));
                 control::metrics(
                     &self.speaker.peers_status(now),
                     &self.speaker,
                     self.started.elapsed(),
-                    writes,
+                    kernel,
+                    pauses,
                 )
             }
             "reload" => match self.reload(now) {

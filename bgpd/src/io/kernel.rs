@@ -145,8 +145,24 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// Queues a command for the writer thread.
+    /// Queues a command for the writer thread. Route writes go in commands of at most one
+    /// round, so the backlog comes down round by round however many are sent at once (a
+    /// session down withdraws a whole table in one batch).
     pub fn send(&self, command: KernelCommand) -> Result<(), mpsc::SendError<KernelCommand>> {
+        match command {
+            KernelCommand::Routes(mut routes) if routes.len() > ROUND => {
+                while routes.len() > ROUND {
+                    let rest = routes.split_off(ROUND);
+                    self.send_one(KernelCommand::Routes(routes))?;
+                    routes = rest;
+                }
+                self.send_one(KernelCommand::Routes(routes))
+            }
+            command => self.send_one(command),
+        }
+    }
+
+    fn send_one(&self, command: KernelCommand) -> Result<(), mpsc::SendError<KernelCommand>> {
         use std::sync::atomic::Ordering;
         let routes = match &command {
             KernelCommand::Routes(routes) => routes.len(),
@@ -154,14 +170,32 @@ impl Writer {
         };
         // Counted before the thread can take it, so the count never goes below zero.
         self.backlog.fetch_add(routes, Ordering::Relaxed);
-        self.sender.send(command).inspect_err(|_| {
-            self.backlog.fetch_sub(routes, Ordering::Relaxed);
-        })
+        self.sender
+            .send(command)
+            .inspect_err(|_| lower(&self.backlog, routes))
     }
 
     /// Route writes sent and not yet done, shared.
     pub fn backlog(&self) -> std::sync::Arc<std::sync::atomic::AtomicUsize> {
         self.backlog.clone()
+    }
+}
+
+/// Lowers a backlog count, never below zero (a writer thread that ended set it to zero).
+fn lower(backlog: &std::sync::atomic::AtomicUsize, by: usize) {
+    use std::sync::atomic::Ordering;
+    let _ = backlog.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |count| {
+        Some(count.saturating_sub(by))
+    });
+}
+
+/// Clears the backlog when the writer thread ends, however it ends (a panic included): no
+/// connection then waits for writes that will never be done.
+struct ClearOnExit(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for ClearOnExit {
+    fn drop(&mut self) {
+        self.0.store(0, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -574,6 +608,7 @@ pub fn spawn(
     std::thread::Builder::new()
         .name("twill-kernel".into())
         .spawn(move || {
+            let backlog = ClearOnExit(backlog);
             let mut held = Held::default();
             let mut last_retry = std::time::Instant::now();
             loop {
@@ -638,7 +673,7 @@ pub fn spawn(
                     let done = write_round(&mut kernel, pending, &mut held);
                     writes.fetch_add(done, std::sync::atomic::Ordering::Relaxed);
                 }
-                backlog.fetch_sub(gathered, std::sync::atomic::Ordering::Relaxed);
+                lower(&backlog.0, gathered);
                 if let Some(done) = flushed {
                     flush(&mut kernel);
                     let _ = done.send(());
