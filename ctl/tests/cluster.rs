@@ -178,23 +178,8 @@ fn bgp_routed_pods_on_three_nodes_reach_each_other_and_a_bird_rack_learns_every_
             rack.starts_with(&format!("{block} via {address} dev br0")),
             "the rack's route to {block}: {rack:?}"
         );
-        // The rack's namespace reaches the pod (BIRD wrote its routes to the kernel): the
-        // pod's responder answers with its name.
-        let url = format!("http://{}:80/", lab.ip(pod));
-        wait_until(
-            Duration::from_secs(10),
-            &format!("the rack reaches {pod}"),
-            || {
-                let curl = exec(
-                    &netns(&lab, "underlay"),
-                    "curl",
-                    &["-s", "--max-time", "1", &url],
-                );
-                let answer = String::from_utf8_lossy(&curl.stdout).trim().to_string();
-                (answer != pod)
-                    .then(|| format!("{answer:?} {}", String::from_utf8_lossy(&curl.stderr)))
-            },
-        );
+        // The rack's namespace reaches the pod (BIRD wrote its routes to the kernel).
+        rack_reaches(&lab, pod);
     }
     // What the rack announces reaches every node's kernel.
     for node in ["node-1", "node-2", "node-3"] {
@@ -214,6 +199,31 @@ fn bgp_routed_pods_on_three_nodes_reach_each_other_and_a_bird_rack_learns_every_
             "{sessions:?}"
         );
     }
+}
+
+/// The rack's namespace reaches `pod` through the routes its router wrote to the kernel: the
+/// pod's responder answers with its name.
+fn rack_reaches(lab: &LabGuard, pod: &str) {
+    let url = format!("http://{}:80/", lab.ip(pod));
+    wait_until(
+        Duration::from_secs(10),
+        &format!("the rack reaches {pod}"),
+        || {
+            let curl = exec(
+                &netns(lab, "underlay"),
+                "curl",
+                &["-s", "--max-time", "1", &url],
+            );
+            let answer = String::from_utf8_lossy(&curl.stdout).trim().to_string();
+            (answer != pod).then(|| {
+                format!(
+                    "{answer:?} {}\n{}",
+                    String::from_utf8_lossy(&curl.stderr),
+                    routes(lab, "underlay")
+                )
+            })
+        },
+    );
 }
 
 fn rack_learns_both_blocks(kind: &str) {
@@ -241,6 +251,24 @@ fn rack_learns_both_blocks(kind: &str) {
         );
     }
     assert_eq!(lab.probe(&["80/TCP"]), matrix(&["x/a", "x/b"], &[]));
+    if kind == "frr" {
+        // FRR's zebra wrote bgpd's routes to the rack's kernel: the rack reaches each pod,
+        // through the node the pod is on.
+        for (pod, address) in [("x/a", "198.18.0.11"), ("x/b", "198.18.0.12")] {
+            let block = block_of(&lab.ip(pod));
+            wait_until(
+                Duration::from_secs(20),
+                &format!("zebra writes the rack's route to {block}"),
+                || {
+                    let route = route_to(&lab, "underlay", &block).unwrap_or_default();
+                    (!(route.contains(&format!("via {address}")) && route.contains("proto bgp")))
+                        .then(|| format!("{route:?}\n{}", routes(&lab, "underlay")))
+                },
+            );
+            rack_reaches(&lab, pod);
+        }
+    }
+    // gobgpd has no FIB of its own (it would need zebra's): its RIB alone is checked.
 }
 
 #[test]

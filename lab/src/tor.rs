@@ -1,9 +1,9 @@
 //! The lab's top-of-rack router: the underlay namespace (every node's default gateway,
 //! 198.18.0.1) running a real bird2, frr bgpd or gobgpd that peers eBGP with every node, as
 //! the BGPPeer the lab writes asks. It announces the rack's own prefix ([`TOR_PREFIX`]) to
-//! the nodes. BIRD also writes what it learns into the underlay's kernel, so the rack
-//! reaches every pod; frr's bgpd runs without zebra and gobgpd without a FIB, so with those
-//! the rack's kernel learns nothing (their RIBs still show every block).
+//! the nodes. BIRD, and FRR through its zebra, also write what they learn into the underlay's
+//! kernel, so the rack reaches every pod; gobgpd runs without a FIB, so with it the rack's
+//! kernel learns nothing (its RIB still shows every block).
 
 use std::path::Path;
 use std::process::Stdio;
@@ -25,7 +25,7 @@ const GOBGP_API: u16 = 50051;
 pub enum TorKind {
     /// BIRD 2.
     Bird,
-    /// FRR's bgpd (alone, `-Z`).
+    /// FRR: bgpd with zebra, which writes bgpd's best routes into the rack's kernel.
     Frr,
     /// GoBGP.
     Gobgp,
@@ -121,15 +121,35 @@ pub fn start(
             std::fs::write(&path, config)?;
             let vty = dir.join("vty");
             std::fs::create_dir_all(&vty)?;
+            std::fs::write(dir.join("zebra.conf"), "hostname tor\nlog stdout\n")?;
             // FRR runs as user frr: its files must be its own.
             let _ = std::process::Command::new("chown")
                 .args(["-R", "frr:frr"])
                 .arg(dir)
                 .status();
+            // zebra first: bgpd hands it its best routes through the zserv socket (and
+            // connects again until it answers), zebra writes them to the kernel.
+            let zserv = dir.join("zserv.api").display().to_string();
+            spawn(
+                underlay,
+                "/usr/lib/frr/zebra",
+                &[
+                    "-z".into(),
+                    zserv.clone(),
+                    "-i".into(),
+                    dir.join("zebra.pid").display().to_string(),
+                    "--vty_socket".into(),
+                    vty.display().to_string(),
+                    "-f".into(),
+                    dir.join("zebra.conf").display().to_string(),
+                ],
+                std::fs::File::create(dir.join("zebra.log"))?,
+            )?;
             (
                 "/usr/lib/frr/bgpd",
                 vec![
-                    "-Z".into(),
+                    "-z".into(),
+                    zserv,
                     "-S".into(),
                     "-f".into(),
                     path.display().to_string(),
@@ -171,15 +191,7 @@ pub fn start(
             )
         }
     };
-    use std::os::unix::process::CommandExt;
-    named::command(underlay, std::ffi::OsStr::new(program))
-        .args(&args)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .process_group(0)
-        .spawn()
-        .with_context(|| format!("cannot start {program} as the top-of-rack router"))?;
+    spawn(underlay, program, &args, log)?;
     if kind == TorKind::Gobgp {
         // gobgpd takes routes to announce through its API once it answers.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
@@ -215,6 +227,21 @@ pub fn start(
             std::thread::sleep(std::time::Duration::from_millis(100));
         }
     }
+    Ok(())
+}
+
+/// Starts one of the rack's daemons in `underlay`, its output to `log`, in a process group of
+/// its own (`lab down` kills what runs in the namespace).
+fn spawn(underlay: &str, program: &str, args: &[String], log: std::fs::File) -> anyhow::Result<()> {
+    use std::os::unix::process::CommandExt;
+    named::command(underlay, std::ffi::OsStr::new(program))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .process_group(0)
+        .spawn()
+        .with_context(|| format!("cannot start {program} as the top-of-rack router"))?;
     Ok(())
 }
 
