@@ -3,7 +3,8 @@
 //! the BGPPeer the lab writes asks. It announces the rack's own prefix ([`TOR_PREFIX`]) to
 //! the nodes. BIRD, and FRR through its zebra, also write what they learn into the underlay's
 //! kernel, so the rack reaches every pod; gobgpd runs without a FIB, so with it the rack's
-//! kernel learns nothing (its RIB still shows every block).
+//! kernel learns nothing (its RIB still shows every block): gobgpd 3.10's zebra client does
+//! not speak FRR 8.4's zebra protocol (it panics decoding zebra's interface messages).
 
 use std::path::Path;
 use std::process::Stdio;
