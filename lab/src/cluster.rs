@@ -421,7 +421,9 @@ impl Lab {
                         self.dir().join("logs").join(format!("{}.twill-node.log", node.name)).display()
                     );
                 }
-                tokio::time::sleep(Duration::from_millis(20)).await;
+                // A status file read: cheap enough to look often, so `sync` (and `apply`,
+                // which ends with it) returns within a few ms of the nodes.
+                tokio::time::sleep(Duration::from_millis(5)).await;
             }
         }
         if !state.policy_only {
@@ -510,7 +512,7 @@ impl Lab {
                             .display()
                     );
                 }
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                tokio::time::sleep(Duration::from_millis(10)).await;
             }
         }
         Ok(())
