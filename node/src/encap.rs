@@ -117,27 +117,25 @@ impl Encap {
         let nodes: Vec<NodeInfo> = cluster
             .nodes()
             .map(|(name, node)| {
-                let bgp = node.spec.bgp.as_ref();
+                let (spec, bgp) = (&node.spec, node.spec.bgp.as_ref());
+                let endpoint =
+                    |underlay: Option<IpNet>, vtep: Option<Ip>, mac: Option<&str>| Endpoint {
+                        underlay,
+                        vtep: vtep.map(|a| a.0),
+                        vtep_mac: mac.and_then(twill_ipip::parse_mac),
+                    };
                 NodeInfo {
                     name: name.clone(),
-                    v4: Endpoint {
-                        underlay: bgp.and_then(|b| b.ipv4_address.as_ref()).map(|c| c.0),
-                        vtep: node.spec.ipv4_vxlan_tunnel_addr.map(|a| a.0),
-                        vtep_mac: node
-                            .spec
-                            .vxlan_tunnel_mac_addr
-                            .as_deref()
-                            .and_then(twill_ipip::parse_mac),
-                    },
-                    v6: Endpoint {
-                        underlay: bgp.and_then(|b| b.ipv6_address.as_ref()).map(|c| c.0),
-                        vtep: node.spec.ipv6_vxlan_tunnel_addr.map(|a| a.0),
-                        vtep_mac: node
-                            .spec
-                            .vxlan_tunnel_mac_addr_v6
-                            .as_deref()
-                            .and_then(twill_ipip::parse_mac),
-                    },
+                    v4: endpoint(
+                        bgp.and_then(|b| b.ipv4_address.as_ref()).map(|c| c.0),
+                        spec.ipv4_vxlan_tunnel_addr,
+                        spec.vxlan_tunnel_mac_addr.as_deref(),
+                    ),
+                    v6: endpoint(
+                        bgp.and_then(|b| b.ipv6_address.as_ref()).map(|c| c.0),
+                        spec.ipv6_vxlan_tunnel_addr,
+                        spec.vxlan_tunnel_mac_addr_v6.as_deref(),
+                    ),
                 }
             })
             .collect();

@@ -14,19 +14,7 @@ pub async fn addresses() -> Result<BTreeMap<String, Vec<IpAddr>>, String> {
         rtnetlink::new_connection().map_err(|e| format!("netlink: {e}"))?;
     let task = tokio::spawn(connection);
     let result = async {
-        let mut names: BTreeMap<u32, String> = BTreeMap::new();
-        let mut links = handle.link().get().execute();
-        while let Some(link) = links
-            .try_next()
-            .await
-            .map_err(|e| format!("listing links: {e}"))?
-        {
-            for attribute in &link.attributes {
-                if let LinkAttribute::IfName(name) = attribute {
-                    names.insert(link.header.index, name.clone());
-                }
-            }
-        }
+        let names = names(&handle).await?;
         let mut out: BTreeMap<String, Vec<IpAddr>> = BTreeMap::new();
         let mut addresses = handle.address().get().execute();
         while let Some(message) = addresses
@@ -52,4 +40,22 @@ pub async fn addresses() -> Result<BTreeMap<String, Vec<IpAddr>>, String> {
     .await;
     task.abort();
     result
+}
+
+/// Every interface: index → name.
+pub(crate) async fn names(handle: &rtnetlink::Handle) -> Result<BTreeMap<u32, String>, String> {
+    let mut names = BTreeMap::new();
+    let mut links = handle.link().get().execute();
+    while let Some(link) = links
+        .try_next()
+        .await
+        .map_err(|e| format!("listing links: {e}"))?
+    {
+        for attribute in &link.attributes {
+            if let LinkAttribute::IfName(name) = attribute {
+                names.insert(link.header.index, name.clone());
+            }
+        }
+    }
+    Ok(names)
 }

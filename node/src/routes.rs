@@ -55,7 +55,7 @@ async fn sync_with(
     desired: &BTreeMap<IpNet, String>,
     unmanaged: &mut Unmanaged,
 ) -> Result<RouteChanges, String> {
-    let indexes: BTreeMap<String, u32> = interface_names(handle)
+    let indexes: BTreeMap<String, u32> = crate::interfaces::names(handle)
         .await?
         .into_iter()
         .map(|(index, name)| (name, index))
@@ -185,7 +185,7 @@ async fn sync_owned_with(
     desired: &BTreeMap<IpNet, Target>,
 ) -> Result<RouteChanges, String> {
     use rtnetlink::packet_route::route::RouteType;
-    let names = interface_names(handle).await?;
+    let names = crate::interfaces::names(handle).await?;
     let mut present: BTreeMap<IpNet, (Target, RouteMessage)> = BTreeMap::new();
     for message in routes_of(handle, protocol).await? {
         let mut destination = None;
@@ -295,24 +295,6 @@ fn owned_route(
         }
     }
     Ok(builder.build())
-}
-
-/// Every interface: index → name.
-async fn interface_names(handle: &rtnetlink::Handle) -> Result<BTreeMap<u32, String>, String> {
-    let mut names = BTreeMap::new();
-    let mut links = handle.link().get().execute();
-    while let Some(link) = links
-        .try_next()
-        .await
-        .map_err(|e| format!("listing links: {e}"))?
-    {
-        for attribute in &link.attributes {
-            if let rtnetlink::packet_route::link::LinkAttribute::IfName(name) = attribute {
-                names.insert(link.header.index, name.clone());
-            }
-        }
-    }
-    Ok(names)
 }
 
 /// The main table's routes of both families with this protocol.
