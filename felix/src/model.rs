@@ -630,19 +630,18 @@ fn parse_or_all(text: Option<&twill_shared::resource::fields::SelectorText>) -> 
     text.map(|s| s.selector().clone()).unwrap_or(Selector::All)
 }
 
+/// The rule lists of the directions a Calico policy applies to (one defaulting rule, shared
+/// with the client that writes policies: `calico_policy_types`).
 fn directions(
     types: Option<&Vec<PolicyType>>,
     ingress: &Option<Vec<Rule>>,
     egress: &Option<Vec<Rule>>,
 ) -> (Option<Vec<Rule>>, Option<Vec<Rule>>) {
-    let types = types.cloned().unwrap_or_else(|| {
-        // Calico's defaulting (the client applies it on write; kept for stored objects).
-        match (ingress.is_some(), egress.is_some()) {
-            (false, true) => vec![PolicyType::Egress],
-            (true, true) => vec![PolicyType::Ingress, PolicyType::Egress],
-            _ => vec![PolicyType::Ingress],
-        }
-    });
+    let types = twill_shared::resource::policy::calico_policy_types(
+        types.map(Vec::as_slice),
+        ingress.as_deref(),
+        egress.as_deref(),
+    );
     (
         types
             .contains(&PolicyType::Ingress)
@@ -722,23 +721,30 @@ fn namespaced_policy(
 }
 
 /// Fields a resource sets that Twill stores but does not enforce yet, as `path: what`:
-/// Calico Enterprise's `domains` and `http` (a rule that needs them matches nothing — fail
-/// closed), Kubernetes `services` matches, network sets' domains, flow-log settings.
+/// Calico Enterprise's `domains` and `http`, and Kubernetes `services` matches (an Allow rule
+/// that needs them matches nothing; a Deny, Pass or Log rule acts as if they matched — never
+/// open), network sets' domains, flow-log settings.
 pub fn unenforced(resource: &Resource) -> Vec<String> {
     let mut found = Vec::new();
     let rules = |found: &mut Vec<String>, direction: &str, rules: Option<&Vec<Rule>>| {
         for (index, rule) in rules.into_iter().flatten().enumerate() {
             let path = format!("spec.{direction}[{index}]");
+            let consequence = match rule.action.unwrap_or(Action::Allow) {
+                Action::Allow => "the Allow rule matches nothing".to_string(),
+                action => format!("the {action} rule acts as if it matched (never less)"),
+            };
             if rule.http.is_some() {
-                found.push(format!("{path}.http: HTTP matching (Calico Enterprise) is not enforced; the rule matches nothing"));
+                found.push(format!(
+                    "{path}.http: HTTP matching (Calico Enterprise) is not enforced; {consequence}"
+                ));
             }
             for (side, entity) in [("source", &rule.source), ("destination", &rule.destination)] {
                 let Some(entity) = entity else { continue };
                 if entity.domains.as_ref().is_some_and(|d| !d.is_empty()) {
-                    found.push(format!("{path}.{side}.domains: domain names (Calico Enterprise) are not enforced; the rule matches nothing"));
+                    found.push(format!("{path}.{side}.domains: domain names (Calico Enterprise) are not enforced; {consequence}"));
                 }
                 if entity.services.is_some() {
-                    found.push(format!("{path}.{side}.services: service matches are not enforced yet; the rule matches nothing"));
+                    found.push(format!("{path}.{side}.services: service matches are not enforced yet; {consequence}"));
                 }
             }
         }

@@ -11,7 +11,7 @@
 //! - `ipBlock` becomes `nets` plus `notNets` (the `except` list), masked.
 //! - `policyTypes` carry over; absent means Ingress.
 
-use crate::resource::fields::{Action, Cidr, KubePort, PolicyType, Port, Protocol, SelectorText};
+use crate::resource::fields::{Action, Cidr, KubePort, Port, Protocol, SelectorText};
 use crate::resource::kube::{
     KubeNetworkPolicySpec, LabelSelector, NetworkPolicyPeer, NetworkPolicyPort,
 };
@@ -47,10 +47,10 @@ pub fn kubernetes_policy_to_calico(
     let egress = spec.egress.iter().flatten().flat_map(|rule| {
         convert_rule(rule.to.as_deref(), rule.ports.as_deref(), Direction::Egress)
     });
-    let types = spec
-        .policy_types
-        .clone()
-        .unwrap_or_else(|| vec![PolicyType::Ingress]);
+    let types = crate::resource::policy::kubernetes_policy_types(
+        spec.policy_types.as_deref(),
+        spec.egress.as_ref().map_or(0, Vec::len),
+    );
     let pod_selector = spec.pod_selector.clone().unwrap_or_default();
     Object {
         api_version: "projectcalico.org/v3".into(),

@@ -388,3 +388,80 @@ fn converted_selectors_select_what_kubernetes_would() {
         "only Kubernetes pods"
     );
 }
+
+/// The three forms a rule list takes in a document: absent, empty, one rule.
+const LISTS: [(&str, Option<&str>); 3] = [
+    ("absent", None),
+    ("empty", Some("[]")),
+    ("one rule", Some("[{action: Allow}]")),
+];
+
+/// Calico's defaulting of `types` (libcalico-go's defaultPolicyTypesField), written out by
+/// hand: (ingress, egress) → types. Only a non-empty egress list brings Egress; Ingress comes
+/// unless egress is the only non-empty list.
+fn calico_types_expected(ingress: &str, egress: &str) -> Vec<&'static str> {
+    match (ingress, egress) {
+        ("one rule", "one rule") => vec!["Ingress", "Egress"],
+        (_, "one rule") => vec!["Egress"],
+        _ => vec!["Ingress"],
+    }
+}
+
+fn spec_lines(lists: &[(&str, Option<&str>)]) -> String {
+    lists
+        .iter()
+        .filter_map(|(field, list)| list.map(|l| format!("  {field}: {l}\n")))
+        .collect()
+}
+
+#[test]
+fn policy_types_default_from_non_empty_rule_lists_in_both_apis() {
+    for (types_form, types) in [("absent", None), ("empty", Some("[]"))] {
+        for (ingress_form, ingress) in LISTS {
+            for (egress_form, egress) in LISTS {
+                let case =
+                    format!("types {types_form}, ingress {ingress_form}, egress {egress_form}");
+                // Calico NetworkPolicy and GlobalNetworkPolicy.
+                for kind in ["NetworkPolicy", "GlobalNetworkPolicy"] {
+                    let text = format!(
+                        "apiVersion: projectcalico.org/v3\nkind: {kind}\nmetadata: {{name: p}}\nspec:\n  selector: all()\n{}",
+                        spec_lines(&[("types", types), ("ingress", ingress), ("egress", egress)])
+                    );
+                    let value = parse_documents(&text).unwrap()[0].to_value();
+                    assert_eq!(
+                        value["spec"]["types"],
+                        serde_json::json!(calico_types_expected(ingress_form, egress_form)),
+                        "{kind}, {case}"
+                    );
+                }
+                // Kubernetes NetworkPolicy: Ingress always, Egress with a non-empty egress list.
+                let kube_list =
+                    |list: Option<&str>| list.map(|l| l.replace("{action: Allow}", "{}"));
+                let text = format!(
+                    "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: k}}\nspec:\n  podSelector: {{}}\n{}",
+                    spec_lines(&[
+                        ("policyTypes", types),
+                        ("ingress", kube_list(ingress).as_deref()),
+                        ("egress", kube_list(egress).as_deref()),
+                    ])
+                );
+                let expected = if egress_form == "one rule" {
+                    serde_json::json!(["Ingress", "Egress"])
+                } else {
+                    serde_json::json!(["Ingress"])
+                };
+                let value = parse_documents(&text).unwrap()[0].to_value();
+                assert_eq!(value["spec"]["policyTypes"], expected, "Kubernetes, {case}");
+                assert_eq!(
+                    converted(&text)["spec"]["types"],
+                    expected,
+                    "converted, {case}"
+                );
+            }
+        }
+    }
+    // Named types are kept as written, whatever the rule lists hold.
+    let text = "apiVersion: projectcalico.org/v3\nkind: NetworkPolicy\nmetadata: {name: p}\nspec:\n  types: [Egress]\n  ingress: [{action: Allow}]\n";
+    let value = parse_documents(text).unwrap()[0].to_value();
+    assert_eq!(value["spec"]["types"], serde_json::json!(["Egress"]));
+}

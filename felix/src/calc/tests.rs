@@ -409,3 +409,44 @@ fn a_host_endpoint_without_an_interface_name_applies_where_its_addresses_are() {
         computed.warnings
     );
 }
+
+/// A policy stored by another tool, with `types` absent or empty, applies in the directions
+/// Calico's defaulting gives (written out by hand): only a non-empty rule list counts.
+#[test]
+fn stored_policies_without_types_apply_as_calico_defaults_them() {
+    use twill_shared::resource::fields::PolicyType;
+    let lists = [
+        ("absent", None),
+        ("empty", Some("[]")),
+        ("one rule", Some("[{action: Allow}]")),
+    ];
+    for types in [None, Some(Vec::<PolicyType>::new())] {
+        for (ingress_form, ingress) in lists {
+            for (egress_form, egress) in lists {
+                let mut text = "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {name: p}\nspec:\n  selector: all()\n".to_string();
+                for (field, list) in [("ingress", ingress), ("egress", egress)] {
+                    if let Some(list) = list {
+                        text.push_str(&format!("  {field}: {list}\n"));
+                    }
+                }
+                let mut resource = parse_documents(&text).unwrap().remove(0);
+                let Resource::GlobalNetworkPolicy(policy) = &mut resource else {
+                    panic!("a GlobalNetworkPolicy")
+                };
+                policy.spec.types = types.clone();
+                let key = resource.key();
+                let mut model = Model::default();
+                model.set(key.clone(), Some(resource));
+                let policy = model.policy(&key).unwrap();
+                let (expect_ingress, expect_egress) = match (ingress_form, egress_form) {
+                    ("one rule", "one rule") => (true, true),
+                    (_, "one rule") => (false, true),
+                    _ => (true, false),
+                };
+                let case = format!("types {types:?}, ingress {ingress_form}, egress {egress_form}");
+                assert_eq!(policy.ingress.is_some(), expect_ingress, "ingress, {case}");
+                assert_eq!(policy.egress.is_some(), expect_egress, "egress, {case}");
+            }
+        }
+    }
+}

@@ -23,7 +23,6 @@ use serde_with::skip_serializing_none;
 use self::bgp::{BgpConfigurationSpec, BgpFilterSpec, BgpPeerSpec};
 use self::config::{FelixConfigurationSpec, KubeControllersConfigurationSpec, NodeSpec};
 use self::endpoint::{HostEndpointSpec, WorkloadEndpointSpec};
-use self::fields::PolicyType;
 use self::ipam::{
     BlockAffinitySpec, IpPoolSpec, IpReservationSpec, IpamBlockSpec, IpamConfigurationSpec,
     IpamHandleSpec,
@@ -349,24 +348,29 @@ impl Resource {
             self.meta_mut().namespace = Some(namespace.to_string());
         }
         match self {
-            Resource::NetworkPolicy(o) => default_types(
-                &mut o.spec.types,
-                o.spec.ingress.is_some(),
-                o.spec.egress.is_some(),
-            ),
-            Resource::GlobalNetworkPolicy(o) => default_types(
-                &mut o.spec.types,
-                o.spec.ingress.is_some(),
-                o.spec.egress.is_some(),
-            ),
-            // The Kubernetes API server's defaulting: Ingress always, Egress when the policy
-            // has egress rules.
-            Resource::KubernetesNetworkPolicy(o) if o.spec.policy_types.is_none() => {
-                let mut types = vec![PolicyType::Ingress];
-                if o.spec.egress.is_some() {
-                    types.push(PolicyType::Egress);
-                }
-                o.spec.policy_types = Some(types);
+            Resource::NetworkPolicy(o) => {
+                let spec = &mut o.spec;
+                spec.types = Some(policy::calico_policy_types(
+                    spec.types.as_deref(),
+                    spec.ingress.as_deref(),
+                    spec.egress.as_deref(),
+                ));
+            }
+            Resource::GlobalNetworkPolicy(o) => {
+                let spec = &mut o.spec;
+                spec.types = Some(policy::calico_policy_types(
+                    spec.types.as_deref(),
+                    spec.ingress.as_deref(),
+                    spec.egress.as_deref(),
+                ));
+            }
+            // The Kubernetes API server's defaulting.
+            Resource::KubernetesNetworkPolicy(o) => {
+                let spec = &mut o.spec;
+                spec.policy_types = Some(policy::kubernetes_policy_types(
+                    spec.policy_types.as_deref(),
+                    spec.egress.as_ref().map_or(0, Vec::len),
+                ));
             }
             _ => {}
         }
@@ -382,16 +386,4 @@ impl Resource {
         meta.creation_timestamp = None;
         copy
     }
-}
-
-/// Calico's defaulting of `types`: egress rules only → Egress; both → both; else Ingress.
-fn default_types(types: &mut Option<Vec<PolicyType>>, has_ingress: bool, has_egress: bool) {
-    if types.is_some() {
-        return;
-    }
-    *types = Some(match (has_ingress, has_egress) {
-        (false, true) => vec![PolicyType::Egress],
-        (true, true) => vec![PolicyType::Ingress, PolicyType::Egress],
-        _ => vec![PolicyType::Ingress],
-    });
 }
