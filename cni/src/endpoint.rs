@@ -66,12 +66,14 @@ impl Workload<'_> {
     }
 }
 
-/// The endpoint ADD writes.
+/// The endpoint ADD writes. `allowed_sources`: the prefixes the pod may send from besides
+/// its addresses (Calico's `cni.projectcalico.org/allowedSourcePrefixes` annotation).
 pub fn workload_endpoint(
     workload: &Workload<'_>,
     addresses: &[IpNet],
     host_ifname: &str,
     pod_mac: &str,
+    allowed_sources: &[IpNet],
 ) -> Resource {
     let namespace = workload.namespace().to_string();
     let pod_spec = workload.pod_object.map(|pod| &pod.spec);
@@ -101,6 +103,8 @@ pub fn workload_endpoint(
         interface_name: Some(host_ifname.to_string()),
         mac: Some(pod_mac.to_string()),
         ports: (!ports.is_empty()).then_some(ports),
+        allow_spoofed_source_prefixes: (!allowed_sources.is_empty())
+            .then(|| allowed_sources.iter().map(|n| Cidr(n.trunc())).collect()),
         ..WorkloadEndpointSpec::default()
     };
     Resource::WorkloadEndpoint(Object {
@@ -182,6 +186,7 @@ mod tests {
             &["10.90.0.5/32".parse().unwrap()],
             "twabc",
             "02:00:00:00:00:01",
+            &[],
         ) else {
             panic!("a workload endpoint");
         };

@@ -28,6 +28,9 @@ pub const IP_ADDRS_ANNOTATION: &str = "cni.projectcalico.org/ipAddrs";
 pub const IPV4_POOLS_ANNOTATION: &str = "cni.projectcalico.org/ipv4pools";
 /// Calico's pod annotation: allocate IPv6 from these pools.
 pub const IPV6_POOLS_ANNOTATION: &str = "cni.projectcalico.org/ipv6pools";
+/// Calico's pod annotation: prefixes the pod may send from besides its own addresses
+/// (honoured by twill-node only with FelixConfiguration `workloadSourceSpoofing: Any`).
+pub const ALLOWED_SOURCES_ANNOTATION: &str = "cni.projectcalico.org/allowedSourcePrefixes";
 
 async fn open_store(conf: &NetConf) -> Result<Arc<dyn Datastore>, CniError> {
     connect(&conf.datastore).await.map_err(datastore_error)
@@ -97,6 +100,27 @@ fn annotation_list(
                 format!("{text:?} is not a JSON list of strings: {err}"),
             )
         })
+}
+
+/// The prefixes the pod's annotation lets it send from (checked before anything changes).
+fn allowed_sources(pod: Option<&Object<PodSpec>>) -> Result<Vec<IpNet>, CniError> {
+    let Some(texts) = annotation_list(pod, ALLOWED_SOURCES_ANNOTATION)? else {
+        return Ok(Vec::new());
+    };
+    texts
+        .iter()
+        .map(|text| {
+            text.parse::<IpNet>()
+                .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
+                .map_err(|_| {
+                    CniError::new(
+                        code::INVALID_CONFIG,
+                        format!("invalid pod annotation {ALLOWED_SOURCES_ANNOTATION}"),
+                        format!("{text:?} is not a CIDR"),
+                    )
+                })
+        })
+        .collect()
 }
 
 // ---------------------------------------------------------------------------------------
@@ -397,6 +421,7 @@ pub async fn add(conf: &NetConf, call: &CallArgs) -> Result<CniResult, CniError>
     check_netns(&call.netns)?;
     let store = open_store(conf).await?;
     let pod = pod_object(&store, call).await?;
+    let allowed_sources = allowed_sources(pod.as_ref())?;
     let ipam_result = delegate_add(conf, call, &store).await?;
     let addresses = host_prefixes(&ipam_result);
     if addresses.is_empty() {
@@ -425,8 +450,13 @@ pub async fn add(conf: &NetConf, call: &CallArgs) -> Result<CniResult, CniError>
         container_id: &call.container_id,
         ifname: &call.ifname,
     };
-    let endpoint =
-        endpoint::workload_endpoint(&workload, &addresses, &link.host_ifname, &wired.pod_mac);
+    let endpoint = endpoint::workload_endpoint(
+        &workload,
+        &addresses,
+        &link.host_ifname,
+        &wired.pod_mac,
+        &allowed_sources,
+    );
     if let Err(err) = Client::new(store.clone())
         .write_all(&[endpoint], WriteMode::Apply)
         .await

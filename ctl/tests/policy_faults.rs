@@ -188,18 +188,6 @@ fn a_bad_policy_is_refused_and_nothing_changes() {
     assert_eq!(lab.probe(&["80/TCP"]), expected());
 }
 
-impl LabGuardExt for LabGuard {
-    fn status_file(&self) -> serde_json::Value {
-        let text =
-            std::fs::read(format!("/run/twill/lab/{}/node-1/status.json", self.name)).unwrap();
-        serde_json::from_slice(&text).unwrap()
-    }
-}
-
-trait LabGuardExt {
-    fn status_file(&self) -> serde_json::Value;
-}
-
 /// A lab on a real etcd (on this machine's loopback; the lab relays it into the node's
 /// namespace): enforcement works, and when etcd stops the dataplane stays as it is, then
 /// follows the datastore again once etcd is back.

@@ -52,6 +52,9 @@ pub enum SetKind {
     Net,
     /// Address and port (`hash:ip,port`): members are (address, protocol, port).
     IpPort,
+    /// Network and interface (`hash:net,iface`): members are (network, interface), what a
+    /// workload may send from through its interface.
+    NetIface,
 }
 
 /// One member of a set.
@@ -61,6 +64,8 @@ pub enum Member {
     Net(IpNet),
     /// An address with a protocol number (6, 17, 132) and port (IpPort sets).
     IpPort(std::net::IpAddr, u8, u16),
+    /// A network with an interface name (NetIface sets).
+    NetIface(IpNet, String),
 }
 
 /// An IP set.
@@ -128,6 +133,14 @@ pub enum Match {
     SetIpPort {
         /// Source or destination (address and port of the same side).
         side: Side,
+        /// Negated.
+        not: bool,
+        /// The set's name.
+        set: String,
+    },
+    /// The source address and the interface the packet arrived on are (not) a member of this
+    /// NetIface set.
+    SetSourceIface {
         /// Negated.
         not: bool,
         /// The set's name.

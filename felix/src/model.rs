@@ -66,6 +66,10 @@ pub struct Entity {
     pub nets: Vec<IpNet>,
     /// Host-side interface name (workloads; host endpoints' `interfaceName`).
     pub interface: Option<String>,
+    /// Source prefixes a workload may send from besides its own addresses
+    /// (`allowSpoofedSourcePrefixes`; honoured only with FelixConfiguration
+    /// `workloadSourceSpoofing: Any`).
+    pub allowed_sources: Vec<IpNet>,
     /// Named ports.
     pub ports: Vec<NamedPort>,
     /// Profiles, in order.
@@ -501,6 +505,12 @@ fn workload_entity(
             .map(|c| IpNet::from(c.0.addr()))
             .collect(),
         interface: spec.interface_name.clone(),
+        allowed_sources: spec
+            .allow_spoofed_source_prefixes
+            .iter()
+            .flatten()
+            .map(|c| c.0.trunc())
+            .collect(),
         ports,
         profiles: profile_names,
         pod: spec.pod.clone().or_else(|| spec.workload.clone()),
@@ -538,6 +548,7 @@ fn host_entity(o: &Object<HostEndpointSpec>, profiles: &BTreeMap<String, Profile
             .map(|ip| IpNet::from(ip.0))
             .collect(),
         interface: spec.interface_name.clone(),
+        allowed_sources: Vec::new(),
         ports: named_ports(spec.ports.as_deref()),
         profiles: profile_names,
         pod: None,
@@ -564,6 +575,7 @@ fn network_set_entity(
         labels: effective_labels(&own, &profile_names, profiles),
         nets: o.spec.nets.iter().flatten().map(|c| c.0.trunc()).collect(),
         interface: None,
+        allowed_sources: Vec::new(),
         ports: Vec::new(),
         profiles: Vec::new(),
         pod: None,

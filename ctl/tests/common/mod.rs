@@ -170,6 +170,13 @@ impl LabGuard {
         format!("twl-{}.node-1", self.name)
     }
 
+    /// node-1's status file.
+    pub fn status_file(&self) -> Value {
+        let text =
+            std::fs::read(format!("/run/twill/lab/{}/node-1/status.json", self.name)).unwrap();
+        serde_json::from_slice(&text).unwrap()
+    }
+
     pub fn datastore(&self) -> String {
         self.status()["datastore"].as_str().unwrap().to_string()
     }

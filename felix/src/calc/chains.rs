@@ -405,19 +405,20 @@ fn styled_endpoint_rules(
     out
 }
 
-/// Twill's jumps from the built-in chains.
+/// Twill's jumps from the built-in chains: filter FORWARD, INPUT and OUTPUT, and raw
+/// PREROUTING (workloads' sources are checked there, before anything else sees the packet).
 ///
-/// With host endpoints on this node, also raw PREROUTING and OUTPUT (untracked policy) and
-/// mangle PREROUTING (pre-DNAT policy).
+/// With host endpoints on this node, also raw OUTPUT (untracked policy) and mangle
+/// PREROUTING (pre-DNAT policy).
 pub fn hooks(hosts: bool) -> Vec<Hook> {
     let mut hooks = vec![
         ("filter", "FORWARD", FORWARD_CHAIN),
         ("filter", "INPUT", INPUT_CHAIN),
         ("filter", "OUTPUT", OUTPUT_CHAIN),
+        ("raw", "PREROUTING", PREROUTING_CHAIN),
     ];
     if hosts {
         hooks.extend([
-            ("raw", "PREROUTING", PREROUTING_CHAIN),
             ("raw", "OUTPUT", OUTPUT_CHAIN),
             ("mangle", "PREROUTING", PREROUTING_CHAIN),
         ]);
@@ -510,13 +511,20 @@ pub fn program_chains(
 
 fn note_never(compiled: &[CompiledRule], owner: &str, warnings: &mut Vec<String>) {
     for rule in compiled {
-        if let Some(reason) = &rule.never {
-            if reason.contains("not enforce") {
-                warnings.push(format!(
-                    "{owner} rule {}: {reason}; the rule matches nothing",
-                    rule.index
-                ));
-            }
+        if let Some(reason) = rule.never.as_ref().filter(|r| r.contains("not enforce")) {
+            warnings.push(format!("{owner} rule {}: {reason}", rule.index));
+        }
+        if let Some(reason) = &rule.widened {
+            warnings.push(format!(
+                "{owner} rule {}: {reason}; this {} rule acts as if they matched ({} more, never less)",
+                rule.index,
+                rule.action,
+                match rule.action {
+                    Action::Deny => "denies",
+                    Action::Pass => "passes",
+                    _ => "logs",
+                }
+            ));
         }
     }
 }
@@ -995,15 +1003,128 @@ pub fn flavour_dispatch(
     rules
 }
 
-/// The raw table's hook chains (untracked policy): workloads' traffic returns; what a host
-/// endpoint's untracked policy allowed is exempted from connection tracking.
-pub fn raw_hooks(config: &Config) -> Vec<(String, Vec<Rule>)> {
+/// The set of what this node's workloads may send from, as (source, interface) pairs.
+pub fn source_set_name(family: Family) -> String {
+    format!("twl-wl-src-{}", family_tag(family))
+}
+
+/// Anti-spoofing's set: each local workload's own addresses on its interface, and — only
+/// with `workloadSourceSpoofing: Any` — the prefixes its endpoint may spoof. A workload asking
+/// for spoofed prefixes without that setting is held to its own addresses, with a warning.
+pub fn workload_sources(
+    local: &BTreeMap<String, Entity>,
+    config: &Config,
+    family: Family,
+    warnings: &mut Vec<String>,
+) -> crate::ir::IpSet {
+    let mut members = std::collections::BTreeSet::new();
+    for (interface, entity) in local {
+        let mut sources: Vec<&ipnet::IpNet> = entity.nets.iter().collect();
+        if config.source_spoofing {
+            sources.extend(&entity.allowed_sources);
+        } else if !entity.allowed_sources.is_empty() && family == Family::V4 {
+            warnings.push(format!(
+                "workload endpoint {} asks to send from {} (allowSpoofedSourcePrefixes): ignored,                  FelixConfiguration workloadSourceSpoofing is not Any",
+                entity.display(),
+                entity
+                    .allowed_sources
+                    .iter()
+                    .map(|n| n.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        members.extend(
+            sources
+                .into_iter()
+                .filter(|n| Family::of(n) == family)
+                .map(|n| Member::NetIface(*n, interface.clone())),
+        );
+    }
+    crate::ir::IpSet {
+        name: source_set_name(family),
+        kind: SetKind::NetIface,
+        family,
+        members,
+        comment: "what workloads may send from (anti-spoofing)".into(),
+    }
+}
+
+/// Anti-spoofing, first in raw PREROUTING: a packet from a workload interface whose source is
+/// not one of that workload's addresses (or prefixes it may spoof) is dropped before
+/// connection tracking and any policy sees it. IPv6 link-local sources are let through (the
+/// kernel never forwards them; neighbour discovery needs them), as is the unspecified source
+/// of ICMPv6 (duplicate address detection).
+fn anti_spoofing(config: &Config, family: Family) -> Vec<Rule> {
+    let mut rules = Vec::new();
+    for prefix in &config.interface_prefixes {
+        let from = Match::InInterface(format!("{prefix}+"));
+        if family == Family::V6 {
+            rules.push(rule(
+                vec![
+                    from.clone(),
+                    Match::Net {
+                        side: crate::ir::Side::Src,
+                        not: false,
+                        net: "fe80::/10".parse().expect("a valid network"),
+                    },
+                ],
+                Target::Return,
+                "link-local source: never forwarded",
+            ));
+            rules.push(rule(
+                vec![
+                    from.clone(),
+                    Match::Net {
+                        side: crate::ir::Side::Src,
+                        not: false,
+                        net: "::/128".parse().expect("a valid network"),
+                    },
+                    Match::Protocol {
+                        not: false,
+                        number: 58,
+                    },
+                ],
+                Target::Return,
+                "duplicate address detection",
+            ));
+        }
+        rules.push(rule(
+            vec![
+                from,
+                Match::SetSourceIface {
+                    not: true,
+                    set: source_set_name(family),
+                },
+            ],
+            Target::Drop,
+            "source is not the workload's own address (anti-spoofing)",
+        ));
+    }
+    rules
+}
+
+/// The raw table's hook chains: anti-spoofing for workloads, then (with host endpoints)
+/// untracked policy — workloads' traffic returns; what a host endpoint's untracked policy
+/// allowed is exempted from connection tracking.
+pub fn raw_hooks(config: &Config, family: Family, hosts: bool) -> Vec<(String, Vec<Rule>)> {
     let mut chains = Vec::new();
     for (name, dispatch, direction) in [
         (PREROUTING_CHAIN, FROM_HEP_UNTRACKED, Direction::Ingress),
         (OUTPUT_CHAIN, TO_HEP_UNTRACKED, Direction::Egress),
     ] {
-        let mut rules = workloads_return(config, direction);
+        let mut rules = if direction == Direction::Ingress {
+            anti_spoofing(config, family)
+        } else {
+            Vec::new()
+        };
+        if !hosts {
+            if !rules.is_empty() {
+                chains.push((name.to_string(), rules));
+            }
+            continue;
+        }
+        rules.extend(workloads_return(config, direction));
         rules.push(rule(
             vec![],
             Target::SetMark {

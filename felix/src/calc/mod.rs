@@ -40,6 +40,9 @@ pub struct Config {
     /// This node's interfaces and their addresses: a host endpoint with `expectedIPs` and no
     /// `interfaceName` applies to the interfaces that hold one of them (as Calico's).
     pub host_addresses: BTreeMap<String, Vec<std::net::IpAddr>>,
+    /// FelixConfiguration `workloadSourceSpoofing: Any`: workloads may send from their
+    /// endpoints' `allowSpoofedSourcePrefixes` too.
+    pub source_spoofing: bool,
 }
 
 /// A failsafe port (FelixConfiguration `failsafeInboundHostPorts` / `…Outbound…`).
@@ -115,6 +118,7 @@ impl Config {
             failsafe_inbound: default_failsafe(true),
             failsafe_outbound: default_failsafe(false),
             host_addresses: BTreeMap::new(),
+            source_spoofing: false,
         };
         for name in ["default".to_string(), format!("node.{node}")] {
             let key = twill_shared::resource::Key::cluster(
@@ -130,6 +134,10 @@ impl Config {
             }
             if let Some(ports) = &o.spec.failsafe_outbound_host_ports {
                 config.failsafe_outbound = failsafe_of(ports);
+            }
+            if let Some(spoofing) = o.spec.workload_source_spoofing {
+                config.source_spoofing =
+                    spoofing == twill_shared::resource::fields::WorkloadSourceSpoofing::Any;
             }
             if let Some(prefix) = &o.spec.interface_prefix {
                 config.interface_prefixes = prefix

@@ -65,6 +65,8 @@ struct FamilyState {
     hosts_present: bool,
     /// Per set, how many entities put each member there.
     counts: HashMap<String, BTreeMap<crate::ir::Member, u32>>,
+    /// What the last calculation of this family had to say beyond its chains.
+    warnings: Vec<String>,
 }
 
 /// The incremental calculation of one node.
@@ -437,6 +439,7 @@ impl Calculator {
                     .values()
                     .flat_map(|o| o.warnings.iter().cloned()),
             );
+            warnings.extend(state.warnings.iter().cloned());
             self.families[index] = state;
             match family {
                 Family::V4 => self.computed.v4 = dataplane,
@@ -716,9 +719,6 @@ impl Calculator {
                 host_chains.insert(name.to_string());
             }
             let raw = other_tables.entry("raw").or_default();
-            for (name, rules) in chains::raw_hooks(config) {
-                put(raw, &name, &rules);
-            }
             put(
                 raw,
                 chains::FROM_HEP_UNTRACKED,
@@ -738,6 +738,10 @@ impl Calculator {
                 chains::FROM_HEP_PREDNAT,
                 &dispatch(Direction::Ingress, Flavour::PreDnat),
             );
+        }
+        let raw = other_tables.entry("raw").or_default();
+        for (name, rules) in chains::raw_hooks(config, family, !hosts.is_empty()) {
+            put(raw, &name, &rules);
         }
         for name in ["raw", "mangle"] {
             match other_tables.remove(name) {
@@ -858,6 +862,14 @@ impl Calculator {
                 },
             );
             state.counts.insert(name.to_string(), counts);
+        }
+        // Anti-spoofing's set follows this node's workloads (rebuilt each time: it is as
+        // small as this node's workloads).
+        state.warnings.clear();
+        let sources =
+            chains::workload_sources(&self.computed.local, config, family, &mut state.warnings);
+        if sets.get(&sources.name) != Some(&sources) {
+            sets.insert(sources.name.clone(), sources);
         }
     }
 }

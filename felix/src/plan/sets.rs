@@ -176,6 +176,7 @@ fn saved_set(words: &[&str]) -> SavedSet {
         kind: match words.first() {
             Some(&"hash:net") => Some(SetKind::Net),
             Some(&"hash:ip,port") => Some(SetKind::IpPort),
+            Some(&"hash:net,iface") => Some(SetKind::NetIface),
             _ => None,
         },
         family: match option("family") {
@@ -188,15 +189,18 @@ fn saved_set(words: &[&str]) -> SavedSet {
     }
 }
 
-/// A member as `ipset save` prints it: `10.0.0.5`, `10.1.0.0/16`, `10.0.0.5,tcp:80`.
+/// A member as `ipset save` prints it: `10.0.0.5`, `10.1.0.0/16`, `10.0.0.5,tcp:80`,
+/// `10.0.0.5,twabc`.
 fn parse_member(kind: SetKind, text: &str) -> Option<Member> {
+    let net = |text: &str| match text.parse::<IpNet>() {
+        Ok(net) => Some(net),
+        Err(_) => Some(IpNet::from(text.parse::<std::net::IpAddr>().ok()?)),
+    };
     match kind {
-        SetKind::Net => {
-            let net = match text.parse::<IpNet>() {
-                Ok(net) => net,
-                Err(_) => IpNet::from(text.parse::<std::net::IpAddr>().ok()?),
-            };
-            Some(Member::Net(net))
+        SetKind::Net => Some(Member::Net(net(text)?)),
+        SetKind::NetIface => {
+            let (address, interface) = text.rsplit_once(',')?;
+            Some(Member::NetIface(net(address)?, interface.to_owned()))
         }
         SetKind::IpPort => {
             let (addr, protocol_port) = text.rsplit_once(',')?;

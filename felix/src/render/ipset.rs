@@ -23,6 +23,7 @@ pub fn type_name(kind: SetKind) -> &'static str {
     match kind {
         SetKind::Net => "hash:net",
         SetKind::IpPort => "hash:ip,port",
+        SetKind::NetIface => "hash:net,iface",
     }
 }
 
@@ -66,6 +67,15 @@ pub fn kernel_members(set: &IpSet) -> BTreeSet<Member> {
             {
                 out.insert(Member::IpPort(*addr, *protocol, *port));
             }
+            (SetKind::NetIface, Member::NetIface(net, interface))
+                if Family::of(net) == set.family =>
+            {
+                out.extend(
+                    halves(net.trunc())
+                        .into_iter()
+                        .map(|half| Member::NetIface(half, interface.clone())),
+                );
+            }
             _ => {}
         }
     }
@@ -106,6 +116,9 @@ pub fn member_text(member: &Member) -> String {
                 .map(str::to_owned)
                 .unwrap_or_else(|| protocol.to_string());
             format!("{addr},{protocol}:{port}")
+        }
+        Member::NetIface(net, interface) => {
+            format!("{},{interface}", member_text(&Member::Net(*net)))
         }
     }
 }
@@ -171,6 +184,11 @@ mod tests {
             "10.0.0.5,udp:53"
         );
         assert_eq!(member_text(&Member::IpPort(addr, 47, 0)), "10.0.0.5,47:0");
+        // As `ipset save` printed them on this kernel.
+        let iface = |net: &str| Member::NetIface(net.parse().expect("net"), "twabc".into());
+        assert_eq!(member_text(&iface("10.0.0.5/32")), "10.0.0.5,twabc");
+        assert_eq!(member_text(&iface("10.1.2.3/16")), "10.1.0.0/16,twabc");
+        assert_eq!(member_text(&iface("fd00::1/128")), "fd00::1,twabc");
         assert_eq!(protocol_number("sctp"), Some(132));
         assert_eq!(protocol_number("gre"), None);
     }

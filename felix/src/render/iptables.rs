@@ -158,6 +158,10 @@ pub fn match_text(family: Family, m: &Match) -> String {
             let side = side_word(*side);
             format!("-m set {}--match-set {set} {side},{side}", bang(*not))
         }
+        // For hash:net,iface, `src,src` is the source address and the incoming interface.
+        Match::SetSourceIface { not, set } => {
+            format!("-m set {}--match-set {set} src,src", bang(*not))
+        }
         Match::Ports { side, not, ports } => {
             let flag = if *side == Side::Src {
                 "--sports"

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 use serde_with::skip_serializing_none;
 
-use super::fields::{AsNumber, Cidr, Duration, Ip, Protocol};
+use super::fields::{AsNumber, Cidr, Duration, Ip, Protocol, WorkloadSourceSpoofing};
 
 /// A failsafe port: traffic that host endpoint policy never blocks.
 #[skip_serializing_none]
@@ -127,6 +127,7 @@ pub struct FelixConfigurationSpec {
     pub external_nodes_cidr_list: Option<Vec<String>>,
     pub debug_memory_profile_path: Option<String>,
     pub disable_conntrack_invalid_check: Option<bool>,
+    pub workload_source_spoofing: Option<WorkloadSourceSpoofing>,
     pub usage_reporting_enabled: Option<bool>,
     pub bpf_external_service_mode: Option<String>,
     pub bpf_kube_proxy_iptables_cleanup_enabled: Option<bool>,

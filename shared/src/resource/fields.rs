@@ -578,6 +578,17 @@ name_enum!(
 );
 
 name_enum!(
+    /// FelixConfiguration `workloadSourceSpoofing`: whether workloads' `allowSpoofedSourcePrefixes`
+    /// are honoured.
+    WorkloadSourceSpoofing {
+        /// Ignored: a workload sends only from its own addresses (the default).
+        Disabled = "Disabled",
+        /// Honoured: a workload may also send from the prefixes its endpoint names.
+        Any = "Any",
+    }
+);
+
+name_enum!(
     /// IPIP or VXLAN encapsulation mode of a pool.
     EncapMode {
         /// Never encapsulate.

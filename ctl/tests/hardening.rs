@@ -1,0 +1,318 @@
+//! The holes a Felix maintainer would look for, each tried on a lab the way an attacker or an
+//! unlucky operator would meet it: a pod sending from another pod's address, a new pod given
+//! a freed address that still has flows, a reboot with the CNI configuration still on disk,
+//! objects written straight into the datastore that no validation saw.
+
+#![allow(clippy::disallowed_methods)] // Tests run processes, read the clock and sleep.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::LabGuard;
+
+const TOPOLOGY: &str =
+    "namespaces:\n  x: {ns: x}\npods:\n  - {ns: x, name: a, labels: {pod: a}}\n  \
+    - {ns: x, name: b, labels: {pod: b}}\n  - {ns: x, name: c, labels: {pod: c}}\nports:\n  \
+    - {name: serve-80-tcp, port: 80, protocol: TCP}\n";
+
+/// x/a accepts only from x/b (every port and protocol, both families).
+const ONLY_B_TO_A: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: only-b, namespace: x}\n\
+    spec:\n  podSelector: {matchLabels: {pod: a}}\n  policyTypes: [Ingress]\n  ingress:\n  - from:\n    - podSelector: {matchLabels: {pod: b}}\n";
+
+/// The port the tests' own UDP listeners use (the lab's responders do not serve it).
+const LISTEN_PORT: u16 = 7777;
+
+/// Runs `f` on a thread that entered the network namespace `/run/netns/NAME`.
+fn in_netns<T: Send + 'static>(name: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = format!("/run/netns/{name}");
+    std::thread::spawn(move || {
+        let netns = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        nix::sched::setns(&netns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        f()
+    })
+    .join()
+    .unwrap()
+}
+
+fn pod_netns(lab: &LabGuard, pod: &str) -> String {
+    let (namespace, name) = pod.split_once('/').unwrap();
+    format!("twl-{}.p.{namespace}.{name}", lab.name)
+}
+
+fn run_ok(program: &str, args: &[&str]) -> String {
+    let output = Command::new(program).args(args).output().unwrap();
+    assert!(
+        output.status.success(),
+        "{program} {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Gives a pod's eth0 an extra address, as a pod with NET_ADMIN (or a raw socket) can forge
+/// any source it likes.
+fn forge_address(lab: &LabGuard, pod: &str, address: IpAddr) {
+    let netns = pod_netns(lab, pod);
+    let (prefix, extra): (String, &[&str]) = match address {
+        IpAddr::V4(_) => (format!("{address}/32"), &[]),
+        IpAddr::V6(_) => (format!("{address}/128"), &["nodad"]),
+    };
+    let mut args = vec![
+        "netns", "exec", &netns, "ip", "addr", "add", &prefix, "dev", "eth0",
+    ];
+    args.extend_from_slice(extra);
+    run_ok("ip", &args);
+}
+
+/// A UDP listener inside a pod, recording (source, payload) of what arrives.
+struct Listener {
+    received: Arc<Mutex<Vec<(IpAddr, String)>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Listener {
+    fn start(netns: &str, port: u16) -> Listener {
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let path = format!("/run/netns/{netns}");
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let thread = {
+            let received = received.clone();
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let netns = std::fs::File::open(&path).unwrap();
+                nix::sched::setns(&netns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+                // [::] with the default bindv6only=0 receives IPv4 too (as ::ffff:a.b.c.d).
+                let socket = UdpSocket::bind(("::", port)).unwrap();
+                socket
+                    .set_read_timeout(Some(Duration::from_millis(50)))
+                    .unwrap();
+                ready_tx.send(()).unwrap();
+                let mut buffer = [0u8; 1500];
+                while !stop.load(Ordering::Relaxed) {
+                    if let Ok((n, from)) = socket.recv_from(&mut buffer) {
+                        let source = match from.ip() {
+                            IpAddr::V6(v6) => {
+                                v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4)
+                            }
+                            v4 => v4,
+                        };
+                        let text = String::from_utf8_lossy(&buffer[..n]).into_owned();
+                        received.lock().unwrap().push((source, text));
+                    }
+                }
+            })
+        };
+        ready_rx.recv().unwrap();
+        Listener {
+            received,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn payloads(&self) -> BTreeSet<String> {
+        self.received
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, text)| text.clone())
+            .collect()
+    }
+
+    fn count(&self, payload: &str) -> usize {
+        self.received
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, text)| text == payload)
+            .count()
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Sends one datagram from inside a pod, from `source` (any port) to `to`.
+fn send_from(lab: &LabGuard, pod: &str, source: IpAddr, to: SocketAddr, payload: &str) {
+    let payload = payload.to_string();
+    in_netns(&pod_netns(lab, pod), move || {
+        let socket = UdpSocket::bind(SocketAddr::new(source, 0))
+            .unwrap_or_else(|e| panic!("bind {source}: {e}"));
+        let _ = socket.send_to(payload.as_bytes(), to);
+    });
+}
+
+/// Sends `forged` datagrams and genuine ones alternately until the listener got `wanted`
+/// genuine ones (each forged one was sent before a genuine one that arrived, on the same
+/// path), or the deadline passes. Returns what the listener received.
+fn forged_and_genuine(
+    lab: &LabGuard,
+    listener: &Listener,
+    forged: (&str, IpAddr, &str),
+    genuine: (&str, IpAddr, &str),
+    to: SocketAddr,
+) -> BTreeSet<String> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while listener.count(genuine.2) < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "the genuine datagrams {:?} never arrived at {to}: {:?}",
+            genuine.2,
+            listener.payloads()
+        );
+        send_from(lab, forged.0, forged.1, to, forged.2);
+        send_from(lab, genuine.0, genuine.1, to, genuine.2);
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    listener.payloads()
+}
+
+fn address_of(lab: &LabGuard, pod: &str, v6: bool) -> IpAddr {
+    lab.pod(pod)["ips"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|ip| ip.as_str()?.parse::<IpAddr>().ok())
+        .find(|ip| ip.is_ipv6() == v6)
+        .unwrap_or_else(|| panic!("{pod} has no {} address", if v6 { "IPv6" } else { "IPv4" }))
+}
+
+#[test]
+fn a_pod_cannot_send_from_another_pods_address() {
+    let lab = LabGuard::up_with(TOPOLOGY, &["--dual-stack"]);
+    lab.run(&["apply", "-f", "-"], Some(ONLY_B_TO_A));
+    lab.ok(&["sync", "--timeout", "20"]);
+    let listener = Listener::start(&pod_netns(&lab, "x/a"), LISTEN_PORT);
+    for v6 in [false, true] {
+        let family = if v6 { "IPv6" } else { "IPv4" };
+        let (a, b, c) = (
+            address_of(&lab, "x/a", v6),
+            address_of(&lab, "x/b", v6),
+            address_of(&lab, "x/c", v6),
+        );
+        // x/c takes x/b's address, which the policy on x/a admits.
+        forge_address(&lab, "x/c", b);
+        let to = SocketAddr::new(a, LISTEN_PORT);
+        let forged = format!("forged by c as b, {family}");
+        let genuine = format!("from b, {family}");
+        let got = forged_and_genuine(
+            &lab,
+            &listener,
+            ("x/c", b, &forged),
+            ("x/b", b, &genuine),
+            to,
+        );
+        assert!(
+            !got.contains(&forged),
+            "{family}: x/c ({c}) reached x/a with x/b's source {b}: {got:?}"
+        );
+        // Its own address gets it nowhere either: the policy admits only x/b.
+        let own = format!("c as itself, {family}");
+        send_from(&lab, "x/c", c, to, &own);
+        let got = forged_and_genuine(
+            &lab,
+            &listener,
+            ("x/c", c, &own),
+            ("x/b", b, &format!("again from b, {family}")),
+            to,
+        );
+        assert!(!got.contains(&own), "{family}: the policy let x/c in");
+    }
+}
+
+/// `cni.projectcalico.org/allowedSourcePrefixes` on a pod lets it send from those prefixes —
+/// only once FelixConfiguration `workloadSourceSpoofing` is `Any`, as in Calico — and never
+/// from anything else.
+#[test]
+fn allowed_source_prefixes_need_workload_source_spoofing_any() {
+    let lab = LabGuard::up(TOPOLOGY);
+    let router = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: router\n  namespace: x\n  labels: {pod: router}\n  \
+        annotations:\n    cni.projectcalico.org/allowedSourcePrefixes: '[\"10.99.0.0/24\"]'\n\
+        spec:\n  containers:\n  - {name: responder, image: twill/responder}\n";
+    let run = lab.run(&["apply", "-f", "-"], Some(router));
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let endpoint = twill_endpoint(&lab, "router");
+    assert_eq!(
+        endpoint["spec"]["allowSpoofedSourcePrefixes"],
+        serde_json::json!(["10.99.0.0/24"]),
+        "the CNI plugin copies the annotation into the endpoint: {endpoint}"
+    );
+    let inside: IpAddr = "10.99.0.7".parse().unwrap();
+    let outside: IpAddr = "10.98.0.7".parse().unwrap();
+    forge_address(&lab, "x/router", inside);
+    forge_address(&lab, "x/router", outside);
+    let listener = Listener::start(&pod_netns(&lab, "x/c"), LISTEN_PORT);
+    let to = SocketAddr::new(address_of(&lab, "x/c", false), LISTEN_PORT);
+    let own = address_of(&lab, "x/router", false);
+    // Not yet allowed: workloadSourceSpoofing is Disabled by default.
+    let got = forged_and_genuine(
+        &lab,
+        &listener,
+        ("x/router", inside, "inside, disabled"),
+        ("x/router", own, "own, disabled"),
+        to,
+    );
+    assert!(!got.contains("inside, disabled"), "{got:?}");
+    let status = lab.status_file();
+    assert!(
+        status["warnings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|w| w.as_str().unwrap().contains("workloadSourceSpoofing")),
+        "the ignored prefixes are reported: {status}"
+    );
+    let spoofing = "apiVersion: projectcalico.org/v3\nkind: FelixConfiguration\nmetadata: {name: default}\nspec: {workloadSourceSpoofing: Any}\n";
+    let run = lab.run(&["apply", "-f", "-"], Some(spoofing));
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while listener.count("inside, any") == 0 {
+        assert!(Instant::now() < deadline, "{:?}", listener.payloads());
+        send_from(&lab, "x/router", inside, to, "inside, any");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let got = forged_and_genuine(
+        &lab,
+        &listener,
+        ("x/router", outside, "outside, any"),
+        ("x/router", inside, "inside, any"),
+        to,
+    );
+    assert!(
+        !got.contains("outside, any"),
+        "a prefix the pod was not given stays forbidden: {got:?}"
+    );
+}
+
+/// A pod's WorkloadEndpoint as stored.
+fn twill_endpoint(lab: &LabGuard, pod: &str) -> serde_json::Value {
+    let run = common::twillctl_on(
+        Some(&lab.datastore()),
+        &["get", "workloadendpoints", "-n", "x", "-o", "json"],
+        None,
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let value: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    let items = value["items"]
+        .as_array()
+        .cloned()
+        .unwrap_or_else(|| vec![value.clone()]);
+    items
+        .into_iter()
+        .find(|e| e["spec"]["pod"] == pod)
+        .unwrap_or_else(|| panic!("no endpoint of {pod} in {}", run.stdout))
+}
