@@ -1467,43 +1467,78 @@ fn log_scenario(lab: &LabGuard) -> Vec<String> {
     wrong
 }
 
-/// Allow rules that need what Twill does not enforce (http, destination.domains) match
-/// nothing: that traffic ends at the end of the tier; `twillctl apply` warns.
+/// Rules that need what Twill does not enforce (http, destination.domains,
+/// destination.services) never open traffic: an Allow rule naming one matches nothing (that
+/// traffic ends at the end of the tier); a Deny or Pass rule acts as if it matched, so it
+/// denies or passes more, never less. `twillctl apply` warns about each.
 fn unenforced_scenarios(lab: &LabGuard) -> Vec<String> {
     let mut wrong = Vec::new();
     let cases = [
         (
             "an Allow rule with http matches nothing",
-            np(
+            vec![np(
                 "x",
                 "a-http",
                 json!({"selector": "pod == 'a'", "ingress": [{"action": "Allow",
                     "http": {"methods": ["GET"]}}]}),
-            ),
+            )],
             "http",
             open().deny_ingress_to("x/a").clone(),
         ),
         (
             "an Allow rule with destination.domains matches nothing",
-            np(
+            vec![np(
                 "y",
                 "a-domains",
                 json!({"selector": "pod == 'a'", "types": ["Egress"], "egress": [
                     {"action": "Allow", "destination": {"domains": ["example.com"]}}]}),
-            ),
+            )],
             "domains",
             open().deny_egress_from("y/a").clone(),
         ),
+        (
+            // Calico denies the service's traffic; Twill, which cannot tell it apart yet,
+            // denies all the rule's other criteria select: every egress of y/b.
+            "a Deny rule with destination.services denies as if it matched",
+            vec![np(
+                "y",
+                "b-deny-service",
+                json!({"selector": "pod == 'b'", "types": ["Egress"], "egress": [
+                    {"action": "Deny", "destination": {"services": {"name": "db", "namespace": "y"}}},
+                    {"action": "Allow"}]}),
+            )],
+            "services",
+            open().deny_egress_from("y/b").clone(),
+        ),
+        (
+            // The Pass acts as if the domain matched: z/c's egress goes on to the default
+            // tier, where no policy selects it, so its namespace profile allows it.
+            "a Pass rule with destination.domains passes as if it matched",
+            vec![
+                tier("unenforced", json!({"order": 50})),
+                gnp(
+                    "unenforced.c-pass-domains",
+                    json!({"tier": "unenforced", "selector": "pod == 'c'", "types": ["Egress"],
+                        "egress": [
+                            {"action": "Pass", "destination": {"domains": ["example.com"]}},
+                            {"action": "Deny"}]}),
+                ),
+            ],
+            "domains",
+            open(),
+        ),
     ];
-    for (name, policy, field, expect) in cases {
-        let stderr = lab.ctl_apply(&documents(std::slice::from_ref(&policy)));
+    for (name, objects, field, expect) in cases {
+        let stderr = lab.ctl_apply(&documents(&objects));
         if !(stderr.contains("warning") && stderr.contains(field)) {
             wrong.push(format!(
                 "{name}: twillctl apply should warn about {field}; it printed {stderr:?}"
             ));
         }
         wrong.extend(lab.check(name, &expect));
-        lab.delete(&documents(&[policy]));
+        let mut reversed = objects.clone();
+        reversed.reverse();
+        lab.delete(&documents(&reversed));
     }
     wrong
 }

@@ -54,6 +54,15 @@ pub enum Step {
         /// Why.
         reason: String,
     },
+    /// A matching rule named criteria Twill does not enforce; it acted as if they matched.
+    Widened {
+        /// The policy or profile.
+        owner: String,
+        /// The rule's index.
+        index: usize,
+        /// What it names that is not enforced.
+        reason: String,
+    },
     /// The tier's default applied.
     TierDefault {
         /// The tier.
@@ -199,6 +208,13 @@ fn first_match(
             continue;
         }
         if matches(world, rule, packet) {
+            if let Some(reason) = &rule.widened {
+                steps.push(Step::Widened {
+                    owner: owner.to_string(),
+                    index: rule.index,
+                    reason: reason.clone(),
+                });
+            }
             steps.push(Step::Rule {
                 owner: owner.to_string(),
                 index: rule.index,
@@ -316,6 +332,14 @@ impl fmt::Display for Trace {
                     index,
                     reason,
                 } => writeln!(f, "    {owner}: rule {index} skipped: {reason}")?,
+                Step::Widened {
+                    owner,
+                    index,
+                    reason,
+                } => writeln!(
+                    f,
+                    "    {owner}: rule {index} widened: it {reason}, so it acts as if they matched"
+                )?,
                 Step::TierDefault { tier, action } => {
                     writeln!(f, "    end of tier {tier}: {action}")?
                 }

@@ -131,6 +131,9 @@ pub struct CompiledRule {
     pub variants: Vec<Vec<Condition>>,
     /// Why it can never match here, when it cannot (for explain).
     pub never: Option<String>,
+    /// What it names that Twill does not enforce and that this Deny, Pass or Log rule acts
+    /// as if it matched (it denies, passes or logs more, never less), when it names any.
+    pub widened: Option<String>,
     /// A short text of the rule, for comments and explain.
     pub text: String,
 }
@@ -227,6 +230,8 @@ pub fn chunk_ranges(ranges: &[(u16, u16)]) -> Vec<Vec<(u16, u16)>> {
 struct SideConditions {
     common: Vec<Condition>,
     port_alternatives: Vec<Vec<Condition>>,
+    /// Criteria Twill does not enforce yet, in words.
+    unenforced: Vec<&'static str>,
 }
 
 fn side_conditions(
@@ -238,17 +243,19 @@ fn side_conditions(
 ) -> Result<SideConditions, String> {
     let mut common = Vec::new();
     let mut port_alternatives = Vec::new();
+    let mut unenforced = Vec::new();
     let Some(entity) = entity else {
         return Ok(SideConditions {
             common,
             port_alternatives,
+            unenforced,
         });
     };
     if entity.domains.as_ref().is_some_and(|d| !d.is_empty()) {
-        return Err("matches domain names, which Twill does not enforce yet".into());
+        unenforced.push("domain names");
     }
     if entity.services.is_some() {
-        return Err("matches Kubernetes services, which Twill does not enforce yet".into());
+        unenforced.push("Kubernetes services");
     }
     if let Some(nets) = entity.nets.as_ref().filter(|n| !n.is_empty()) {
         let nets: Vec<IpNet> = nets
@@ -344,6 +351,7 @@ fn side_conditions(
     Ok(SideConditions {
         common,
         port_alternatives,
+        unenforced,
     })
 }
 
@@ -432,6 +440,7 @@ pub fn compile_rule(
         action,
         variants: Vec::new(),
         never: Some(reason),
+        widened: None,
         text: text.clone(),
     };
     let wanted_version = match family {
@@ -444,10 +453,9 @@ pub fn compile_rule(
             rule.ip_version.unwrap_or_default()
         ));
     }
+    let mut unenforced: Vec<&'static str> = Vec::new();
     if rule.http.is_some() {
-        return never(
-            "matches HTTP fields, which Twill does not enforce yet (Calico Enterprise)".into(),
-        );
+        unenforced.push("HTTP fields");
     }
     let protocol = rule.protocol.map(|p| protocol_number(p, family));
     let mut common = Vec::new();
@@ -503,6 +511,7 @@ pub fn compile_rule(
             Ok(side) => side,
             Err(reason) => return never(reason),
         };
+        unenforced.extend(side.unenforced.iter().copied());
         for variant in &mut variants {
             variant.extend(side.common.iter().cloned());
         }
@@ -519,11 +528,28 @@ pub fn compile_rule(
                 .collect();
         }
     }
+    // A criterion Twill cannot check never opens traffic: an Allow rule naming one matches
+    // nothing; a Deny, Pass or Log rule acts as if it matched (it does more, never less).
+    let widened = (!unenforced.is_empty()).then(|| {
+        unenforced.dedup();
+        format!(
+            "matches {}, which Twill does not enforce yet",
+            unenforced.join(" and ")
+        )
+    });
+    if let Some(reason) = &widened {
+        if action == Action::Allow {
+            return never(format!(
+                "{reason}; an Allow rule naming them matches nothing"
+            ));
+        }
+    }
     CompiledRule {
         index,
         action,
         variants,
         never: None,
+        widened,
         text,
     }
 }
