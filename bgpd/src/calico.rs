@@ -96,7 +96,7 @@ struct Session {
     port: u16,
     remote_as: u32,
     passive: bool,
-    password: Option<String>,
+    password: Option<crate::config::Password>,
     source: Option<IpAddr>,
     restart_time: Option<u64>,
     keepalive: Option<u64>,
@@ -814,7 +814,10 @@ fn neighbor_table(session: &Session, local_as: u32) -> Table {
     }
     table.insert("passive".into(), Value::Boolean(session.passive));
     if let Some(password) = &session.password {
-        table.insert("password".into(), Value::String(password.clone()));
+        table.insert(
+            "password".into(),
+            Value::String(password.expose().to_string()),
+        );
     }
     if let Some(source) = session.source {
         table.insert("source_address".into(), Value::String(source.to_string()));
@@ -1057,7 +1060,7 @@ fn password(
     secrets: &dyn Secrets,
     what: &str,
     warnings: &mut Vec<String>,
-) -> Option<String> {
+) -> Option<crate::config::Password> {
     let SecretKeyRef { name, key } = password.secret_key_ref.as_ref()?;
     let (Some(name), Some(key)) = (name, key) else {
         warnings.push(format!("{what}: password secretKeyRef needs name and key"));
@@ -1069,7 +1072,7 @@ fn password(
             "{what}: secret {name}/{key} cannot be read; the session is configured without a password and will not come up with a peer that wants one"
         ));
     }
-    value
+    value.map(crate::config::Password::new)
 }
 
 /// A stable router ID for a node with no IPv4 address (Calico's `CALICO_ROUTER_ID=hash`

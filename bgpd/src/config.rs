@@ -17,6 +17,30 @@ use crate::speaker::{LimitAction, LocalAs, NeighborConfig, PrefixLimit, SpeakerC
 use crate::wire::attribute::{community, Origin, PathAttributes};
 use crate::wire::Family;
 
+/// A TCP-MD5 key (RFC 2385). Its `Debug` output is redacted, so no log line, error or
+/// debug dump of a configuration prints it.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Password(String);
+
+impl Password {
+    /// A key.
+    pub fn new(text: impl Into<String>) -> Password {
+        Password(text.into())
+    }
+
+    /// The key itself, for the socket option that needs it (and the file that holds it).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Password {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Password(<redacted>)")
+    }
+}
+
 /// A configuration problem: the key path and the reason.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{path}: {reason}")]
@@ -108,7 +132,7 @@ struct Neighbor {
     description: Option<String>,
     #[serde(default)]
     passive: bool,
-    password: Option<String>,
+    password: Option<Password>,
     #[serde(default = "default_hold")]
     hold_time: u16,
     /// Seconds between KEEPALIVEs; default a third of the hold time (RFC 4271 §10).
@@ -293,7 +317,7 @@ pub struct Transport {
     /// Bind to this address when connecting.
     pub source: Option<IpAddr>,
     /// TCP-MD5 key (RFC 2385).
-    pub password: Option<String>,
+    pub password: Option<Password>,
     /// GTSM (RFC 5082): accept only packets with TTL ≥ 256 − `multihop`; send with TTL 255.
     pub ttl_security: bool,
     /// Hops to the neighbour (1: directly connected).
@@ -889,11 +913,15 @@ impl Neighbor {
         let transport = Transport {
             remote: SocketAddr::new(self.address, self.port),
             source: self.source_address,
-            password: self.password.clone().filter(|p| !p.is_empty()),
+            password: self.password.clone().filter(|p| !p.expose().is_empty()),
             ttl_security: self.ttl_security,
             multihop,
         };
-        if transport.password.as_ref().is_some_and(|p| p.len() > 80) {
+        if transport
+            .password
+            .as_ref()
+            .is_some_and(|p| p.expose().len() > 80)
+        {
             return Err(err(
                 format!("{path}.password"),
                 "TCP-MD5 keys are at most 80 bytes",
@@ -947,7 +975,15 @@ table = 254
                 forwarding_preserved: false,
             })
         );
-        assert_eq!(transport.password.as_deref(), Some("secret"));
+        assert_eq!(
+            transport.password.as_ref().map(Password::expose),
+            Some("secret")
+        );
+        assert_eq!(
+            format!("{transport:?}").contains("secret"),
+            false,
+            "a configuration printed for debugging never shows the key"
+        );
         assert_eq!(transport.remote, "198.18.0.2:179".parse().unwrap());
         let attributes = &config.originate[&"10.10.0.0/24".parse().unwrap()];
         assert_eq!(attributes.communities, vec![(65001 << 16) | 100]);

@@ -316,3 +316,92 @@ fn twill_endpoint(lab: &LabGuard, pod: &str) -> serde_json::Value {
         .find(|e| e["spec"]["pod"] == pod)
         .unwrap_or_else(|| panic!("no endpoint of {pod} in {}", run.stdout))
 }
+
+/// A file's permission bits, in octal.
+fn mode(path: &std::path::Path) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .permissions()
+        .mode();
+    format!("{:o}", mode & 0o777)
+}
+
+/// A BGP password from a Secret is written where only root can read it (0600 in a 0700
+/// directory), the speaker's control socket is 0600, and no log line, even at debug level,
+/// prints it.
+#[test]
+fn bgp_passwords_stay_out_of_reach_and_out_of_the_logs() {
+    const SECRET: &str = "Tw1ll-s3cret-never-printed";
+    let lab = LabGuard::up(TOPOLOGY);
+    let lab_dir = std::path::PathBuf::from(format!("/run/twill/lab/{}", lab.name));
+    // The lab reads Secrets as files (as a Secret volume has them): secrets/NAME/KEY.
+    let secret_dir = lab_dir.join("secrets").join("bgp-secrets");
+    std::fs::create_dir_all(&secret_dir).unwrap();
+    std::fs::write(secret_dir.join("rack-password"), SECRET).unwrap();
+    // The agent again, logging at debug level.
+    lab.ok(&["node", "stop", "node-1"]);
+    let run = Command::new(env!("CARGO_BIN_EXE_twillctl"))
+        .args(["lab", "--name", &lab.name, "node", "start", "node-1"])
+        .env("TWILL_LOG", "debug")
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let peer = "apiVersion: projectcalico.org/v3\nkind: BGPPeer\nmetadata: {name: rack}\nspec:\n  \
+        peerIP: 198.18.0.1\n  asNumber: 65000\n  password:\n    secretKeyRef: {name: bgp-secrets, key: rack-password}\n";
+    let run = lab.run(&["apply", "-f", "-"], Some(peer));
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let node_dir = lab_dir.join("node-1");
+    let config = node_dir.join("bgpd.toml");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !std::fs::read_to_string(&config).is_ok_and(|t| t.contains(SECRET)) {
+        assert!(
+            Instant::now() < deadline,
+            "the peer's password never reached {}",
+            config.display()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        mode(&config),
+        "600",
+        "{} holds the password",
+        config.display()
+    );
+    assert_eq!(
+        mode(&node_dir),
+        "700",
+        "{} holds bgpd.toml",
+        node_dir.display()
+    );
+    assert_eq!(
+        mode(&node_dir.join("bgpd.sock")),
+        "600",
+        "the control socket"
+    );
+    // Sessions are attempted (the rack does not answer) while the logs are read.
+    lab.ok(&["sync", "--timeout", "20"]);
+    let logs = lab_dir.join("logs").join("node-1.twill-node.log");
+    let text = std::fs::read_to_string(&logs).unwrap();
+    let pid = lab.status_file()["pid"].as_u64().unwrap();
+    let environment = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    assert!(
+        environment
+            .split(|b| *b == 0)
+            .any(|v| v == b"TWILL_LOG=debug"),
+        "the agent (pid {pid}) logs at debug level"
+    );
+    assert!(
+        !text.contains(SECRET),
+        "{} prints the password:\n{}",
+        logs.display(),
+        text.lines()
+            .filter(|l| l.contains(SECRET))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}

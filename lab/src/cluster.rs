@@ -327,7 +327,13 @@ impl Lab {
             .arg(self.node_dir(&node.name))
             .arg("--mtu-file")
             .arg(self.node_dir(&node.name).join("mtu"))
-            .env("TWILL_LOG", "info");
+            .arg("--secrets-dir")
+            .arg(self.dir().join("secrets"))
+            // A caller's TWILL_LOG (debug, to look into a lab) reaches the agents.
+            .env(
+                "TWILL_LOG",
+                std::env::var("TWILL_LOG").unwrap_or_else(|_| "info".into()),
+            );
         use std::os::unix::process::CommandExt;
         command
             .stdin(Stdio::null())

@@ -79,6 +79,7 @@ impl Bgp {
                 }
             }
         });
+        private_dir(dir)?;
         let socket = dir.join("bgpd.sock");
         control::serve(&socket, control_events)
             .with_context(|| format!("cannot serve {}", socket.display()))?;
@@ -345,14 +346,36 @@ impl Bgp {
     }
 }
 
+/// Writes a file that may hold secrets (BGP passwords): created 0600 (never readable by
+/// others, not even for a moment), filled, then renamed over the old one, in a directory
+/// made 0700.
 fn write_atomically(path: &Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)?;
+        private_dir(parent)?;
     }
     let temporary = path.with_extension("toml.new");
-    std::fs::write(&temporary, text)
+    let _ = std::fs::remove_file(&temporary);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&temporary)
+        .with_context(|| format!("cannot create {}", temporary.display()))?;
+    file.write_all(text.as_bytes())
         .with_context(|| format!("cannot write {}", temporary.display()))?;
+    drop(file);
     std::fs::rename(&temporary, path)
         .with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
+}
+
+/// Creates `dir` (and its parents) if needed and makes it 0700: it holds the speaker's
+/// configuration, with its passwords, and its control socket.
+pub fn private_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("cannot make {} private", dir.display()))
 }

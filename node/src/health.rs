@@ -23,9 +23,20 @@ pub async fn serve(
     health: watch::Receiver<Health>,
     metrics: Arc<std::sync::Mutex<Metrics>>,
 ) {
+    let mut pause = std::time::Duration::from_millis(10);
     loop {
-        let Ok((mut stream, _)) = listener.accept().await else {
-            continue;
+        let mut stream = match listener.accept().await {
+            Ok((stream, _)) => {
+                pause = std::time::Duration::from_millis(10);
+                stream
+            }
+            // Out of file descriptors and the like: back off rather than spin.
+            Err(err) => {
+                tracing::warn!(error = %err, "health listener accept failed; retrying");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(std::time::Duration::from_secs(1));
+                continue;
+            }
         };
         let health = *health.borrow();
         let metrics = metrics.clone();

@@ -12,15 +12,33 @@ use super::daemon::Event;
 use crate::speaker::{Outcome, PeerStatus, RibRow, Speaker};
 use crate::wire::attribute::Origin;
 
-/// Serves the control socket at `path` (replacing a stale one).
+/// Serves the control socket at `path` (replacing a stale one), readable and writable by its
+/// owner only (0600): it can reload the configuration and disable sessions.
 pub fn serve(path: &Path, events: mpsc::UnboundedSender<Event>) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent)?;
     }
     let _ = std::fs::remove_file(path);
     let listener = tokio::net::UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
+        let mut pause = Duration::from_millis(10);
+        loop {
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => {
+                    pause = Duration::from_millis(10);
+                    stream
+                }
+                // Out of file descriptors and the like: wait and try again (never spin,
+                // never stop serving).
+                Err(err) => {
+                    tracing::warn!(error = %err, "control socket accept failed; retrying");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(1));
+                    continue;
+                }
+            };
             let events = events.clone();
             tokio::spawn(async move {
                 let (read, mut write) = stream.into_split();

@@ -278,9 +278,11 @@ impl Daemon {
             if let Some(password) = &transport.password {
                 // Listening sockets need the key too, per neighbour.
                 for listener in &self.listeners {
-                    if let Err(err) =
-                        socket::set_md5(listener.as_ref(), transport.remote.ip(), Some(password))
-                    {
+                    if let Err(err) = socket::set_md5(
+                        listener.as_ref(),
+                        transport.remote.ip(),
+                        Some(password.expose()),
+                    ) {
                         tracing::error!(peer = %transport.remote.ip(), error = %err, "cannot set the TCP-MD5 key on a listener");
                     }
                 }

@@ -147,7 +147,7 @@ pub async fn connect(
         socket.bind(&SockAddr::from(SocketAddr::new(source, 0)))?;
     }
     if let Some(password) = &transport.password {
-        set_md5(&socket, remote.ip(), Some(password))?;
+        set_md5(&socket, remote.ip(), Some(password.expose()))?;
     }
     apply_ttl(&socket, transport)?;
     match socket.connect(&SockAddr::from(remote)) {
