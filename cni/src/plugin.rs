@@ -585,6 +585,9 @@ pub async fn del(conf: &NetConf, call: &CallArgs) -> Result<(), CniError> {
             .await
             .map_err(interface_error)?;
     }
+    if ours {
+        forget_flows(conf, call, &store, endpoint.as_ref()).await?;
+    }
     delegate_del(conf, call, &store).await?;
     if let Some(stored) = endpoint.filter(|_| ours) {
         match store.delete(&key, Some(stored.revision)).await {
@@ -594,6 +597,53 @@ pub async fn del(conf: &NetConf, call: &CallArgs) -> Result<(), CniError> {
     }
     tracing::info!(container = %call.container_id, "DEL done");
     Ok(())
+}
+
+/// Deletes this node's conntrack entries to and from the container's addresses before they
+/// are released: a pod that gets one of them next must not inherit the old pod's flows,
+/// which established-traffic rules would let past its own policy. The addresses come from the
+/// endpoint and, with twill-ipam, from the container's IPAM handle.
+async fn forget_flows(
+    conf: &NetConf,
+    call: &CallArgs,
+    store: &Arc<dyn Datastore>,
+    endpoint: Option<&twill_shared::datastore::Stored>,
+) -> Result<(), CniError> {
+    let mut addresses: BTreeSet<IpAddr> = endpoint
+        .and_then(|e| e.value["spec"]["ipNetworks"].as_array().cloned())
+        .into_iter()
+        .flatten()
+        .filter_map(|n| n.as_str()?.parse::<IpNet>().ok())
+        .map(|n| n.addr())
+        .collect();
+    if conf.ipam.plugin == "twill-ipam" {
+        let ipam = Ipam::new(store.clone(), &conf.nodename, None);
+        addresses.extend(
+            ipam.addresses_of_handle(&handle(conf, call))
+                .await
+                .map_err(ipam_error)?,
+        );
+    }
+    if addresses.is_empty() {
+        return Ok(());
+    }
+    match twill_felix::apply::conntrack::delete_flows_of(&addresses) {
+        Ok(deleted) => {
+            tracing::info!(
+                ?addresses,
+                deleted,
+                "conntrack entries of the released addresses deleted"
+            );
+            Ok(())
+        }
+        // No connection tracking in this kernel: no entries to leave behind.
+        Err(err) if err.raw_os_error() == Some(nix::errno::Errno::EPROTONOSUPPORT as i32) => Ok(()),
+        Err(err) => Err(CniError::new(
+            code::DATAPLANE_FAILURE,
+            "cannot delete the conntrack entries of the pod's addresses",
+            format!("{addresses:?}: {err}; the addresses stay allocated until DEL succeeds"),
+        )),
+    }
 }
 
 /// `twill` CHECK: the interface, its addresses and routes, the host route and the endpoint

@@ -79,6 +79,12 @@ struct Listener {
 
 impl Listener {
     fn start(netns: &str, port: u16) -> Listener {
+        Listener::start_with(netns, port, false)
+    }
+
+    /// With `echo`, every datagram is answered (so conntrack sees the flow both ways:
+    /// ESTABLISHED).
+    fn start_with(netns: &str, port: u16, echo: bool) -> Listener {
         let received = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let path = format!("/run/netns/{netns}");
@@ -98,6 +104,9 @@ impl Listener {
                 let mut buffer = [0u8; 1500];
                 while !stop.load(Ordering::Relaxed) {
                     if let Ok((n, from)) = socket.recv_from(&mut buffer) {
+                        if echo {
+                            let _ = socket.send_to(&buffer[..n], from);
+                        }
                         let source = match from.ip() {
                             IpAddr::V6(v6) => {
                                 v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4)
@@ -404,4 +413,167 @@ fn bgp_passwords_stay_out_of_reach_and_out_of_the_logs() {
             .collect::<Vec<_>>()
             .join("\n")
     );
+}
+
+/// A UDP stream from inside a pod: one socket (so one 5-tuple), a datagram every 20 ms to
+/// `to`, counting the answers, until dropped.
+struct Stream {
+    answers: Arc<Mutex<usize>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Stream {
+    fn start(netns: &str, from: SocketAddr, to: SocketAddr) -> Stream {
+        let answers = Arc::new(Mutex::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let path = format!("/run/netns/{netns}");
+        let thread = {
+            let answers = answers.clone();
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let netns = std::fs::File::open(&path).unwrap();
+                nix::sched::setns(&netns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+                let socket = UdpSocket::bind(from).unwrap();
+                socket
+                    .set_read_timeout(Some(Duration::from_millis(20)))
+                    .unwrap();
+                let mut buffer = [0u8; 1500];
+                let mut sequence = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    sequence += 1;
+                    let _ = socket.send_to(format!("stream {sequence}").as_bytes(), to);
+                    if socket.recv_from(&mut buffer).is_ok() {
+                        *answers.lock().unwrap() += 1;
+                    }
+                }
+            })
+        };
+        Stream {
+            answers,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn answers(&self) -> usize {
+        *self.answers.lock().unwrap()
+    }
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The pod that takes over a released address: x/b2, labelled pod=b2, on `node`, asking IPAM
+/// for exactly `address` (Calico's ipAddrs annotation).
+fn successor(address: IpAddr, node: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: b2\n  namespace: x\n  labels: {{pod: b2}}\n  \
+         annotations:\n    cni.projectcalico.org/ipAddrs: '[\"{address}\"]'\n\
+         spec:\n  nodeName: {node}\n  containers:\n  - {{name: responder, image: twill/responder}}\n"
+    )
+}
+
+const POD_B: &str = "apiVersion: v1\nkind: Pod\nmetadata: {name: b, namespace: x}\n";
+
+/// Streams UDP from x/a to x/b (answered, so conntrack holds it as established), deletes x/b,
+/// gives its address to x/b2 on `b2_node`, and returns the stream, b2's listener and the
+/// address, once the lab is in sync.
+fn hand_over_bs_address(lab: &LabGuard, b2_node: &str) -> (Stream, Listener, IpAddr) {
+    let a = address_of(lab, "x/a", false);
+    let b = address_of(lab, "x/b", false);
+    let stream = {
+        let echo = Listener::start_with(&pod_netns(lab, "x/b"), LISTEN_PORT, true);
+        let stream = Stream::start(
+            &pod_netns(lab, "x/a"),
+            SocketAddr::new(a, 5555),
+            SocketAddr::new(b, LISTEN_PORT),
+        );
+        wait_until("x/b answers the stream", || stream.answers() >= 5);
+        drop(echo);
+        stream
+    };
+    let run = lab.run(&["delete", "-f", "-"], Some(POD_B));
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let run = lab.run(&["apply", "-f", "-"], Some(&successor(b, b2_node)));
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(address_of(lab, "x/b2", false), b, "x/b2 took x/b's address");
+    let listener = Listener::start_with(&pod_netns(lab, "x/b2"), LISTEN_PORT, true);
+    lab.ok(&["sync", "--timeout", "20"]);
+    (stream, listener, b)
+}
+
+/// The stream keeps going for a second and more; nothing of it may arrive.
+fn nothing_arrives(listener: &Listener, stream: &Stream, why: &str) {
+    let answers = stream.answers();
+    let until = Instant::now() + Duration::from_millis(1500);
+    while Instant::now() < until {
+        let got = listener.payloads();
+        assert!(
+            got.is_empty(),
+            "{why}: x/b2 received {} datagrams, {:?} among them",
+            got.len(),
+            got.iter().next()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(stream.answers(), answers, "{why}: x/b2 answered");
+}
+
+/// A pod deleted while a UDP flow to it is established: the pod that gets its address next,
+/// with a policy that refuses the sender, receives nothing of that flow — the node deleted
+/// the flow's conntrack entry before the address could be handed out again — and receives
+/// it once a policy allows the sender.
+#[test]
+fn a_released_address_takes_no_flows_to_its_next_pod() {
+    let lab = LabGuard::up(TOPOLOGY);
+    let only_c = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: b2-only-c, namespace: x}\n\
+        spec:\n  podSelector: {matchLabels: {pod: b2}}\n  ingress:\n  - from:\n    - podSelector: {matchLabels: {pod: c}}\n";
+    let run = lab.run(&["apply", "-f", "-"], Some(only_c));
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let (stream, listener, _) = hand_over_bs_address(&lab, "node-1");
+    nothing_arrives(&listener, &stream, "x/a's old flow");
+    // The stream was alive all along: allowed, it arrives.
+    let allow_a = only_c.replace("pod: c", "pod: a");
+    let run = lab.run(&["apply", "-f", "-"], Some(&allow_a));
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    wait_until("x/b2 hears x/a once allowed", || {
+        !listener.payloads().is_empty()
+    });
+}
+
+/// The same across nodes, guarded by the sender's egress policy: x/a on node-1 streams to x/b
+/// on node-2; x/b2 takes the address on node-2 and x/a's egress refuses x/b2. node-1's agent
+/// deletes its entry of the flow when x/b's endpoint goes, so the egress policy is asked.
+#[test]
+fn a_released_address_takes_no_flows_across_nodes() {
+    let topology = "namespaces:\n  x: {ns: x}\npods:\n  - {ns: x, name: a, labels: {pod: a}, node: node-1}\n  \
+        - {ns: x, name: b, labels: {pod: b}, node: node-2}\n  - {ns: x, name: c, labels: {pod: c}, node: node-2}\n\
+        ports:\n  - {name: serve-80-tcp, port: 80, protocol: TCP}\n";
+    let lab = LabGuard::up_with(topology, &["--nodes", "2"]);
+    let deny_b2 = "apiVersion: projectcalico.org/v3\nkind: NetworkPolicy\nmetadata: {name: a-not-b2, namespace: x}\n\
+        spec:\n  selector: pod == 'a'\n  types: [Egress]\n  egress:\n  - {action: Deny, destination: {selector: pod == 'b2'}}\n  - {action: Allow}\n";
+    let run = lab.run(&["apply", "-f", "-"], Some(deny_b2));
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let (stream, listener, _) = hand_over_bs_address(&lab, "node-2");
+    nothing_arrives(&listener, &stream, "x/a's old flow from node-1");
+    let run = lab.run(&["delete", "-f", "-"], Some(deny_b2));
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    wait_until("x/b2 hears x/a once allowed", || {
+        !listener.payloads().is_empty()
+    });
 }

@@ -714,3 +714,79 @@ fn changes_planned_against_the_last_apply_leave_the_kernel_exactly_as_desired() 
         }
     });
 }
+
+/// Conntrack entries to and from released addresses go, over ctnetlink, in both families and
+/// both directions; entries of other addresses stay (checked with the conntrack tool).
+#[test]
+fn conntrack_entries_of_released_addresses_are_deleted() {
+    let netns = Netns::new();
+    // Entries as the kernel would have them for flows through this node.
+    for (protocol, source, destination, ports) in [
+        (
+            "udp",
+            "10.65.0.1",
+            "10.65.0.2",
+            ["--sport", "4000", "--dport", "7777"],
+        ),
+        (
+            "tcp",
+            "10.65.0.3",
+            "10.65.0.1",
+            ["--sport", "4001", "--dport", "80"],
+        ),
+        (
+            "udp",
+            "10.65.0.3",
+            "10.65.0.4",
+            ["--sport", "4002", "--dport", "53"],
+        ),
+        (
+            "udp",
+            "fd65::1",
+            "fd65::2",
+            ["--sport", "4003", "--dport", "7777"],
+        ),
+        (
+            "udp",
+            "fd65::3",
+            "fd65::4",
+            ["--sport", "4004", "--dport", "7777"],
+        ),
+    ] {
+        let mut args = vec![
+            "conntrack",
+            "-I",
+            "-p",
+            protocol,
+            "-s",
+            source,
+            "-d",
+            destination,
+            "--timeout",
+            "120",
+        ];
+        args.extend_from_slice(&ports);
+        if protocol == "tcp" {
+            args.extend(["--state", "ESTABLISHED"]);
+        }
+        netns.exec(&args);
+    }
+    let listed = |family: &str| netns.exec(&["conntrack", "-L", "-f", family]);
+    assert_eq!(listed("ipv4").lines().count(), 3, "{}", listed("ipv4"));
+    let released = ["10.65.0.1".parse().unwrap(), "fd65::2".parse().unwrap()]
+        .into_iter()
+        .collect();
+    let deleted = netns
+        .inside(|| twill_felix::apply::conntrack::delete_flows_of(&released))
+        .unwrap();
+    let v4 = listed("ipv4");
+    let v6 = listed("ipv6");
+    assert!(!v4.contains("10.65.0.1 "), "{v4}");
+    assert!(v4.contains("src=10.65.0.3 dst=10.65.0.4"), "{v4}");
+    assert!(!v6.contains("fd65::2 "), "{v6}");
+    assert!(v6.contains("src=fd65::3 dst=fd65::4"), "{v6}");
+    assert_eq!(
+        deleted, 3,
+        "the two IPv4 flows of 10.65.0.1 and the IPv6 one of fd65::2"
+    );
+}

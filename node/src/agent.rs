@@ -5,7 +5,8 @@
 //! when the agent stops or dies, the kernel keeps enforcing what it last applied, and a new
 //! agent takes its own objects over by name and hash, changing only what differs.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -74,6 +75,10 @@ struct Agent {
     encap: Option<crate::encap::Encap>,
     /// Endpoint routes on interfaces no endpoint has, waiting out their grace period.
     unmanaged_routes: crate::routes::Unmanaged,
+    /// Every workload endpoint's addresses (all nodes), to see which addresses leave.
+    endpoint_addresses: BTreeMap<twill_shared::resource::Key, BTreeSet<IpAddr>>,
+    /// Addresses that left an endpoint: their conntrack entries go after the next apply.
+    released: BTreeSet<IpAddr>,
 }
 
 /// Runs until the process is stopped.
@@ -117,6 +122,8 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         bgp,
         encap,
         unmanaged_routes: Default::default(),
+        endpoint_addresses: BTreeMap::new(),
+        released: BTreeSet::new(),
         status: Status {
             node: options.node.clone(),
             mode: match options.mode {
@@ -261,6 +268,7 @@ impl Agent {
                     }
                 }
                 if key.kind == twill_shared::resource::Kind::WorkloadEndpoint {
+                    self.follow_addresses(&key, resource.as_ref());
                     if let Some(bgp) = self.bgp.as_mut() {
                         let id = format!("{}/{}", key.namespace.as_deref().unwrap_or(""), key.name);
                         match &resource {
@@ -280,6 +288,56 @@ impl Agent {
             }
         }
         self.status.datastore_revision = self.revision;
+    }
+
+    /// Notes the addresses an endpoint (of any node) no longer has: an address that leaves
+    /// must take its connections with it, here as on its own node (a flow this node's egress
+    /// policy accepted must not carry on to the address's next owner).
+    fn follow_addresses(
+        &mut self,
+        key: &twill_shared::resource::Key,
+        resource: Option<&twill_shared::resource::Resource>,
+    ) {
+        let now: BTreeSet<IpAddr> = match resource {
+            Some(twill_shared::resource::Resource::WorkloadEndpoint(w)) => w
+                .spec
+                .ip_networks
+                .iter()
+                .flatten()
+                .map(|c| c.0.addr())
+                .collect(),
+            _ => BTreeSet::new(),
+        };
+        let before = if now.is_empty() {
+            self.endpoint_addresses.remove(key)
+        } else {
+            self.endpoint_addresses.insert(key.clone(), now.clone())
+        };
+        self.released
+            .extend(before.unwrap_or_default().difference(&now).copied());
+    }
+
+    /// Deletes the conntrack entries of addresses that left (after the apply that removed
+    /// their endpoints' rules and routes); kept for the next apply if that fails.
+    fn forget_released_flows(&mut self) {
+        if self.released.is_empty() {
+            return;
+        }
+        let released = std::mem::take(&mut self.released);
+        match tokio::task::block_in_place(|| {
+            twill_felix::apply::conntrack::delete_flows_of(&released)
+        }) {
+            Ok(deleted) => {
+                tracing::info!(addresses = ?released, deleted, "conntrack entries of released addresses deleted");
+                if let Ok(metrics) = self.metrics.lock() {
+                    metrics.conntrack_deleted.inc_by(deleted as u64);
+                }
+            }
+            Err(err) => {
+                tracing::warn!(addresses = ?released, error = %err, "cannot delete conntrack entries; retrying after the next apply");
+                self.released.extend(released);
+            }
+        }
     }
 
     /// Reads this node's interface addresses (host endpoints by expectedIPs follow them).
@@ -313,6 +371,7 @@ impl Agent {
         let elapsed = started.elapsed();
         match result {
             Ok(()) => {
+                self.forget_released_flows();
                 self.dirty = false;
                 self.status.applied_revision = applied_revision;
                 self.status.last_error = None;

@@ -119,6 +119,8 @@ pub struct Metrics {
     pub ready: Gauge,
     /// 1 when IP-in-IP pools exist and this kernel has no ipip module.
     pub ipip_unavailable: Gauge,
+    /// Conntrack entries deleted because their address left its endpoint.
+    pub conntrack_deleted: Counter,
 }
 
 impl Default for Metrics {
@@ -137,6 +139,7 @@ impl Default for Metrics {
             policies: Gauge::default(),
             ready: Gauge::default(),
             ipip_unavailable: Gauge::default(),
+            conntrack_deleted: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -180,6 +183,11 @@ impl Default for Metrics {
             "encap_ipip_unavailable",
             "1 when IP-in-IP pools exist but this kernel has no ipip module",
             metrics.ipip_unavailable.clone(),
+        );
+        registry.register(
+            "conntrack_deleted",
+            "Conntrack entries deleted because their address left its endpoint",
+            metrics.conntrack_deleted.clone(),
         );
         Metrics {
             registry,

@@ -20,6 +20,7 @@
 
 mod backend;
 mod command;
+pub mod conntrack;
 
 use std::collections::BTreeSet;
 use std::process::ExitStatus;
