@@ -979,9 +979,8 @@ table = 254
             transport.password.as_ref().map(Password::expose),
             Some("secret")
         );
-        assert_eq!(
-            format!("{transport:?}").contains("secret"),
-            false,
+        assert!(
+            !format!("{transport:?}").contains("secret"),
             "a configuration printed for debugging never shows the key"
         );
         assert_eq!(transport.remote, "198.18.0.2:179".parse().unwrap());

@@ -181,6 +181,12 @@ pub fn node_status(path: &Path, json: bool) -> Result<(), Failure> {
             .map(|e| format!(" (last: {e})"))
             .unwrap_or_default()
     );
+    for invalid in &status.invalid_objects {
+        println!("  INVALID: {invalid}");
+    }
+    for chain in &status.quarantined_chains {
+        println!("  REFUSED BY THE KERNEL (set aside, drops everything): {chain}");
+    }
     for warning in &status.warnings {
         println!("  warning: {warning}");
     }

@@ -577,3 +577,122 @@ fn a_released_address_takes_no_flows_across_nodes() {
         !listener.payloads().is_empty()
     });
 }
+
+/// Writes objects straight into the lab's datastore, as another tool would: no validation.
+fn write_unchecked(lab: &LabGuard, objects: &[(twill_shared::resource::Key, serde_json::Value)]) {
+    let url = lab.datastore();
+    let objects = objects.to_vec();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async move {
+        let store = twill_shared::datastore::connect(&url).await.unwrap();
+        for (key, value) in objects {
+            store.create(&key, value).await.unwrap();
+        }
+    });
+}
+
+/// One bad object never freezes a node: a host endpoint whose interface name no kernel takes
+/// (16+ characters) and a policy with an unparseable rule selector, written straight into the
+/// datastore. The node keeps programming everything else (a policy applied afterwards is
+/// enforced), the bad policy fails closed for the pod it selects, and both objects are named
+/// in the status, the log and a metric.
+#[test]
+fn one_bad_object_never_freezes_a_node() {
+    use twill_shared::resource::{Key, Kind};
+    let lab = LabGuard::up(TOPOLOGY);
+    let run = lab.run(&["apply", "-f", "-"], Some(ONLY_B_TO_A));
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let host_endpoint = serde_json::json!({
+        "apiVersion": "projectcalico.org/v3", "kind": "HostEndpoint",
+        "metadata": {"name": "node-1-uplink"},
+        "spec": {"node": "node-1", "interfaceName": "uplink-with-a-long-name", "expectedIPs": ["198.18.0.11"]}});
+    // Its own selector is fine; a rule's is not: it cannot be decoded, so it denies all of
+    // x/c's traffic (both directions: its types are not readable either).
+    let policy = serde_json::json!({
+        "apiVersion": "projectcalico.org/v3", "kind": "NetworkPolicy",
+        "metadata": {"name": "c-broken", "namespace": "x"},
+        "spec": {"selector": "pod == 'c'",
+                 "ingress": [{"action": "Allow", "source": {"selector": "pod in {"}}]}});
+    write_unchecked(
+        &lab,
+        &[
+            (
+                Key::cluster(Kind::HostEndpoint, "node-1-uplink"),
+                host_endpoint,
+            ),
+            (
+                Key::namespaced(Kind::NetworkPolicy, "x", "c-broken"),
+                policy,
+            ),
+        ],
+    );
+    // Applied afterwards, through the user's path: it must reach the kernel.
+    let deny_b = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny-b, namespace: x}\n\
+        spec:\n  podSelector: {matchLabels: {pod: b}}\n  policyTypes: [Ingress]\n";
+    let run = lab.run(&["apply", "-f", "-"], Some(deny_b));
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    lab.ok(&["sync", "--timeout", "20"]);
+    let matrix = lab.probe(&["80/TCP"]);
+    let connected: Vec<(String, String)> = matrix
+        .iter()
+        .filter(|(_, connected)| **connected)
+        .map(|((from, to, _, _), _)| (from.clone(), to.clone()))
+        .collect();
+    assert_eq!(
+        connected,
+        [("x/b".to_string(), "x/a".to_string())],
+        "x/a takes only x/b; x/b takes nothing (the policy applied after the bad objects); \
+         x/c is cut off by its broken policy, both ways: {matrix:?}"
+    );
+    let status = lab.status_file();
+    assert_eq!(status["last_error"], serde_json::Value::Null, "{status}");
+    let invalid: Vec<String> = status["invalid_objects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(invalid.len(), 2, "{invalid:?}");
+    assert!(
+        invalid
+            .iter()
+            .any(|i| i.contains("HostEndpoint node-1-uplink") && i.contains("spec.interfaceName")),
+        "{invalid:?}"
+    );
+    assert!(
+        invalid
+            .iter()
+            .any(|i| i.contains("NetworkPolicy x/c-broken")
+                && i.contains("spec.ingress[0].source.selector")
+                && i.contains("fail closed")),
+        "{invalid:?}"
+    );
+    let metrics = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &lab.node_netns(),
+            "curl",
+            "-s",
+            "http://127.0.0.1:9099/metrics",
+        ])
+        .output()
+        .unwrap();
+    let metrics = String::from_utf8_lossy(&metrics.stdout);
+    assert!(
+        metrics.contains("twill_felix_invalid_objects 2"),
+        "{metrics}"
+    );
+    let log = std::fs::read_to_string(format!(
+        "/run/twill/lab/{}/logs/node-1.twill-node.log",
+        lab.name
+    ))
+    .unwrap();
+    assert!(
+        log.contains("invalid object in the datastore") && log.contains("c-broken"),
+        "{log}"
+    );
+}

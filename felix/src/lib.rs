@@ -14,6 +14,7 @@
 
 pub mod calc;
 pub mod explain;
+pub mod invalid;
 pub mod ir;
 pub mod model;
 pub mod plan;

@@ -139,10 +139,12 @@ pub struct Profile {
     pub labels: BTreeMap<String, String>,
 }
 
-/// Every resource felix reads, by key.
+/// Every resource felix reads, by key, and the objects that failed validation (which stand
+/// in fail-closed: [`crate::invalid`]).
 #[derive(Debug, Clone, Default)]
 pub struct Model {
     resources: BTreeMap<Key, Resource>,
+    invalid: BTreeMap<Key, crate::invalid::Invalid>,
 }
 
 /// The kinds felix follows.
@@ -173,12 +175,39 @@ impl Model {
         if !Model::wants(key.kind) {
             return false;
         }
-        match resource {
+        let was_invalid = self.invalid.remove(&key).is_some();
+        let changed = match resource {
             Some(resource) => {
                 self.resources.insert(key, resource.clone()).as_ref() != Some(&resource)
             }
             None => self.resources.remove(&key).is_some(),
+        };
+        changed || was_invalid
+    }
+
+    /// Records an object that failed to decode or validate, in place of any valid version.
+    /// Returns whether anything changed.
+    pub fn set_invalid(&mut self, key: Key, invalid: crate::invalid::Invalid) -> bool {
+        if !Model::wants(key.kind) {
+            return false;
         }
+        let was_valid = self.resources.remove(&key).is_some();
+        self.invalid.insert(key, invalid.clone()) != Some(invalid) || was_valid
+    }
+
+    /// The invalid objects, each described for people (kind, name, reason, consequence).
+    pub fn invalid_objects(&self) -> Vec<String> {
+        self.invalid
+            .iter()
+            .map(|(key, invalid)| crate::invalid::describe(key, invalid))
+            .collect()
+    }
+
+    /// The keys of every object of a kind, valid or not.
+    pub fn keys_of_kind(&self, kind: Kind) -> Vec<Key> {
+        let mut keys: Vec<Key> = self.of_kind(kind).map(Resource::key).collect();
+        keys.extend(self.invalid.range(kind_range(kind)).map(|(k, _)| k.clone()));
+        keys
     }
 
     /// Every resource of a kind.
@@ -292,13 +321,20 @@ impl Model {
                     policies.push(policy);
                 }
             }
+            for (key, invalid) in self.invalid.range(kind_range(kind)) {
+                policies.extend(crate::invalid::stand_in_policy(key, invalid));
+            }
         }
         policies
     }
 
-    /// The policy of one key, in normal form (None: absent or not a policy).
+    /// The policy of one key, in normal form (None: absent or not a policy); an invalid
+    /// policy's fail-closed stand-in.
     pub fn policy(&self, key: &Key) -> Option<Policy> {
-        self.get(key).and_then(policy_of)
+        match self.invalid.get(key) {
+            Some(invalid) => crate::invalid::stand_in_policy(key, invalid),
+            None => self.get(key).and_then(policy_of),
+        }
     }
 
     /// Every entity with its effective labels.
@@ -306,13 +342,21 @@ impl Model {
         let profiles = self.profiles();
         ENTITY_KINDS
             .iter()
-            .flat_map(|&kind| self.of_kind(kind))
-            .filter_map(|resource| self.entity(&resource.key(), &profiles))
+            .flat_map(|&kind| self.keys_of_kind(kind))
+            .filter_map(|key| self.entity(&key, &profiles))
             .collect()
     }
 
     /// The entity of one key (a workload, host endpoint or network set), given the profiles.
     pub fn entity(&self, key: &Key, profiles: &BTreeMap<String, Profile>) -> Option<Entity> {
+        if let Some(invalid) = self.invalid.get(key) {
+            let mut entity = crate::invalid::stand_in_network_set(key, invalid)?;
+            if let Some(namespace) = &key.namespace {
+                let names = [format!("kns.{namespace}")];
+                entity.labels = effective_labels(&entity.labels, &names, profiles);
+            }
+            return Some(entity);
+        }
         match self.get(key)? {
             Resource::WorkloadEndpoint(o) => {
                 let pod = o.spec.pod.as_deref().and_then(|name| {

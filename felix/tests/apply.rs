@@ -790,3 +790,59 @@ fn conntrack_entries_of_released_addresses_are_deleted() {
         "the two IPv4 flows of 10.65.0.1 and the IPv6 one of fd65::2"
     );
 }
+
+/// A policy chain the kernel refuses (a multiport match of 16 ports: one more than iptables
+/// takes) is set aside as a single DROP and everything else is applied; it stays aside,
+/// without a failing attempt per apply, until its rules change.
+#[test]
+fn a_chain_the_kernel_refuses_is_set_aside_and_the_rest_applied() {
+    for backend in [Backend::Nft, Backend::Legacy] {
+        let mut node = Node::new(backend);
+        let mut desired = dataplane(&["10.0.0.1/32"]);
+        let refused = Chain {
+            name: "twl-pi-refused".into(),
+            rules: vec![rule(
+                vec![
+                    tcp(),
+                    Match::Ports {
+                        side: Side::Dst,
+                        not: false,
+                        ports: Ports((1..=16).map(|p| (p, p)).collect()),
+                    },
+                ],
+                Target::Accept,
+                "sixteen ports",
+            )],
+        };
+        let table = desired.tables.get_mut("filter").unwrap();
+        table.chains.insert(refused.name.clone(), refused);
+        let stats = node.apply(&desired);
+        assert_eq!(
+            stats
+                .quarantined
+                .iter()
+                .map(|q| q.chain.as_str())
+                .collect::<Vec<_>>(),
+            ["twl-pi-refused"],
+            "{backend:?}"
+        );
+        let saved = node.save();
+        assert!(
+            saved.contains("-A twl-pi-web -p tcp -m set --match-set twl-s-frontend src"),
+            "{backend:?}: the rest is applied:\n{saved}"
+        );
+        let refused_rules: Vec<&str> = saved
+            .lines()
+            .filter(|l| l.starts_with("-A twl-pi-refused"))
+            .collect();
+        assert_eq!(refused_rules.len(), 1, "{backend:?}:\n{saved}");
+        assert!(
+            refused_rules[0].ends_with("-j DROP"),
+            "{backend:?}:\n{saved}"
+        );
+        // The next change: the chain stays aside, nothing is refused again.
+        let stats = node.apply_change(&desired);
+        assert_eq!(stats.quarantined.len(), 1);
+        assert!(stats.wrote_nothing(), "{backend:?}: {stats:?}");
+    }
+}

@@ -18,6 +18,7 @@ use twill_felix::calc::{Calculator, Computed};
 use twill_felix::ir::{Dataplane, Family};
 use twill_felix::model::Model;
 use twill_shared::datastore::{connect, Stored};
+use twill_shared::resource::Kind;
 use twill_shared::syncer::{driver, SyncStatus, Update};
 
 use crate::health::{self, Health};
@@ -214,22 +215,27 @@ impl Agent {
                 if !Model::wants(key.kind) && !for_bgp {
                     return;
                 }
-                let resource = match value {
-                    None => None,
-                    Some(value) => match twill_shared::client::decode(Stored {
-                        key: key.clone(),
-                        value,
-                        revision,
-                    }) {
-                        Ok(resource) => Some(resource),
-                        Err(err) => {
-                            // A stored object felix cannot read is treated as absent (Calico's
-                            // validation filter), and said once.
-                            tracing::warn!(%key, error = %err, "ignoring an object that does not decode");
-                            None
+                let (resource, invalid) = admit(&key, value, revision);
+                if let Some(invalid) = invalid {
+                    // Written by another tool, past validation: reported, and it stands in
+                    // fail-closed for felix (BGP treats it as absent).
+                    tracing::warn!(%key, revision, reason = %invalid.reason, "invalid object in the datastore");
+                    if Model::wants(key.kind)
+                        && self.calculator.update_invalid(key.clone(), invalid)
+                    {
+                        self.dirty = true;
+                    }
+                    if for_bgp {
+                        if let Some(bgp) = self.bgp.as_mut() {
+                            bgp.update(key.kind, &key.name, None);
                         }
-                    },
-                };
+                    }
+                    if key.kind == twill_shared::resource::Kind::WorkloadEndpoint {
+                        self.follow_addresses(&key, None);
+                    }
+                    self.status.datastore_revision = self.revision;
+                    return;
+                }
                 if key.kind == twill_shared::resource::Kind::FelixConfiguration {
                     if let Some(encap) = self.encap.as_mut() {
                         let mtus = match &resource {
@@ -398,7 +404,13 @@ impl Agent {
         // The runtime's worker threads are all in this node's network namespace; the apply
         // blocks this one (no copy of the dataplane to hand to another thread).
         let applier = &mut self.applier;
-        tokio::task::block_in_place(|| apply_families(applier, &computed.v4, &computed.v6, fresh))?;
+        let quarantined = tokio::task::block_in_place(|| {
+            apply_families(applier, &computed.v4, &computed.v6, fresh)
+        })?;
+        if let Ok(metrics) = self.metrics.lock() {
+            metrics.quarantined_chains.set(quarantined.len() as i64);
+        }
+        self.status.quarantined_chains = quarantined;
         if self.options.mode == Mode::Full {
             let desired: BTreeMap<IpNet, String> = computed
                 .local
@@ -499,6 +511,7 @@ impl Agent {
         self.status.rules = count_rules(&computed.v4) + count_rules(&computed.v6);
         self.status.ipset_members = count_members(&computed.v4) + count_members(&computed.v6);
         self.status.warnings = computed.warnings.clone();
+        self.status.invalid_objects = self.calculator.invalid_objects();
         self.status.policies = self.calculator.policy_count();
         if let Ok(metrics) = self.metrics.lock() {
             metrics.apply_seconds.observe(elapsed.as_secs_f64());
@@ -506,6 +519,9 @@ impl Agent {
             metrics.ipset_members.set(self.status.ipset_members as i64);
             metrics.endpoints.set(self.status.endpoints as i64);
             metrics.policies.set(self.status.policies as i64);
+            metrics
+                .invalid_objects
+                .set(self.status.invalid_objects.len() as i64);
             metrics
                 .ready
                 .set(i64::from(self.status.applied_revision > 0));
@@ -535,6 +551,50 @@ impl Agent {
     }
 }
 
+/// A stored object as felix and BGP take it: decoded and validated as `twillctl apply` would
+/// (an object another tool wrote may be neither), or the reason it is invalid.
+fn admit(
+    key: &twill_shared::resource::Key,
+    value: Option<serde_json::Value>,
+    revision: i64,
+) -> (
+    Option<twill_shared::resource::Resource>,
+    Option<twill_felix::invalid::Invalid>,
+) {
+    let Some(value) = value else {
+        return (None, None);
+    };
+    let stored = Stored {
+        key: key.clone(),
+        value: value.clone(),
+        revision,
+    };
+    let reason = match twill_shared::client::decode(stored) {
+        // IPAM's own objects are written by IPAM only (validation refuses them from users).
+        Ok(resource)
+            if matches!(
+                key.kind,
+                Kind::IpamBlock | Kind::BlockAffinity | Kind::IpamHandle
+            ) =>
+        {
+            return (Some(resource), None);
+        }
+        Ok(resource) => {
+            let errors = twill_shared::resource::validate::validate(&resource);
+            if errors.is_empty() {
+                return (Some(resource), None);
+            }
+            errors
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ")
+        }
+        Err(err) => err.to_string(),
+    };
+    (None, Some(twill_felix::invalid::Invalid { reason, value }))
+}
+
 /// Writes the MTU pods should use, atomically.
 fn write_mtu(path: &std::path::Path, mtu: u32) -> std::io::Result<()> {
     if let Some(parent) = path.parent() {
@@ -545,13 +605,14 @@ fn write_mtu(path: &std::path::Path, mtu: u32) -> std::io::Result<()> {
     std::fs::rename(&temporary, path)
 }
 
-/// Applies IPv4, then IPv6 where the kernel has it.
+/// Applies IPv4, then IPv6 where the kernel has it; returns the chains the kernel refused
+/// (set aside, each dropping everything), as `family chain: reason`.
 fn apply_families(
     applier: &mut twill_felix::apply::Applier,
     v4: &Dataplane,
     v6: &Dataplane,
     fresh: bool,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Vec<String>> {
     let apply = |applier: &mut twill_felix::apply::Applier, family, dataplane| {
         if fresh {
             applier.apply_fresh(family, dataplane)
@@ -559,15 +620,26 @@ fn apply_families(
             applier.apply(family, dataplane)
         }
     };
+    let mut quarantined = Vec::new();
+    let mut note = |family: &str, stats: &twill_felix::apply::ApplyStats| {
+        quarantined.extend(
+            stats
+                .quarantined
+                .iter()
+                .map(|q| format!("{family} {}: {}", q.chain, q.reason)),
+        );
+    };
     let stats = apply(applier, Family::V4, v4)?;
     if !stats.wrote_nothing() {
         tracing::info!(?stats, "applied IPv4");
     }
+    note("IPv4", &stats);
     if std::path::Path::new("/proc/sys/net/ipv6").exists() {
         let stats = apply(applier, Family::V6, v6)?;
         if !stats.wrote_nothing() {
             tracing::info!(?stats, "applied IPv6");
         }
+        note("IPv6", &stats);
     }
-    Ok(())
+    Ok(quarantined)
 }

@@ -44,6 +44,14 @@ pub struct Status {
     pub resyncs: u64,
     /// Warnings for people (unenforced fields, missing referents).
     pub warnings: Vec<String>,
+    /// Objects in the datastore that failed to decode or validate, and what each does
+    /// meanwhile (fail closed).
+    #[serde(default)]
+    pub invalid_objects: Vec<String>,
+    /// Chains the kernel refused, set aside (each dropping everything: fail closed), with
+    /// what the kernel said.
+    #[serde(default)]
+    pub quarantined_chains: Vec<String>,
     /// Process ID, so a reader can tell a dead agent's file.
     pub pid: u32,
     /// Whether the BGP speaker runs (full mode, a Node resource with a BGP address).
@@ -121,6 +129,10 @@ pub struct Metrics {
     pub ipip_unavailable: Gauge,
     /// Conntrack entries deleted because their address left its endpoint.
     pub conntrack_deleted: Counter,
+    /// Objects that failed to decode or validate (each standing in fail-closed).
+    pub invalid_objects: Gauge,
+    /// Chains the kernel refused, set aside.
+    pub quarantined_chains: Gauge,
 }
 
 impl Default for Metrics {
@@ -140,6 +152,8 @@ impl Default for Metrics {
             ready: Gauge::default(),
             ipip_unavailable: Gauge::default(),
             conntrack_deleted: Counter::default(),
+            invalid_objects: Gauge::default(),
+            quarantined_chains: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -188,6 +202,16 @@ impl Default for Metrics {
             "conntrack_deleted",
             "Conntrack entries deleted because their address left its endpoint",
             metrics.conntrack_deleted.clone(),
+        );
+        registry.register(
+            "invalid_objects",
+            "Objects in the datastore that failed to decode or validate (each fails closed)",
+            metrics.invalid_objects.clone(),
+        );
+        registry.register(
+            "quarantined_chains",
+            "Chains the kernel refused, set aside as a single DROP each",
+            metrics.quarantined_chains.clone(),
         );
         Metrics {
             registry,

@@ -238,6 +238,10 @@ fn bad_documents_name_document_path_and_reason() {
         ("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: k\nspec:\n  podSelector:\n    matchExpressions:\n    - key: app\n      operator: In\n".into(), "spec.podSelector.matchExpressions[0].values: In needs at least one value"),
         ("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: k\nspec:\n  egress:\n  - to:\n    - ipBlock:\n        cidr: 10.0.0.0/8\n        except: [192.168.0.0/16]\n".into(), "spec.egress[0].to[0].ipBlock.except[0]: 192.168.0.0/16 is not strictly inside 10.0.0.0/8"),
         ("apiVersion: v1\nkind: Pod\nmetadata:\n  name: x\nspec:\n  containers:\n  - name: c\n    ports:\n    - containerPort: 80\n      colour: red\n".into(), "spec.containers[0].ports[0].colour: unknown field `colour`"),
+        ("apiVersion: projectcalico.org/v3\nkind: HostEndpoint\nmetadata:\n  name: h\nspec:\n  node: n1\n  interfaceName: eth0-with-a-long-name\n".into(), "spec.interfaceName: \"eth0-with-a-long-name\" is not an interface name (1 to 15 letters, digits, '_', '.' or '-'), or \"*\""),
+        ("apiVersion: projectcalico.org/v3\nkind: HostEndpoint\nmetadata:\n  name: h\nspec:\n  node: n1\n  interfaceName: \"eth 0\"\n".into(), "spec.interfaceName: \"eth 0\" is not an interface name"),
+        ("apiVersion: projectcalico.org/v3\nkind: WorkloadEndpoint\nmetadata:\n  name: w\nspec:\n  interfaceName: \"*\"\n".into(), "spec.interfaceName: \"*\" is not an interface name"),
+        ("apiVersion: projectcalico.org/v3\nkind: FelixConfiguration\nmetadata:\n  name: default\nspec:\n  interfacePrefix: cali,tw.x\n".into(), "spec.interfacePrefix: \"tw.x\" is not an interface prefix"),
         ("- just\n- a list\n".into(), "document 1: a document must be a mapping"),
         ("apiVersion: projectcalico.org/v3\nmetadata:\n  name: x\n".into(), "document 1: kind: required"),
     ];
@@ -247,6 +251,21 @@ fn bad_documents_name_document_path_and_reason() {
             message.contains(expected),
             "for:\n{text}\nexpected {expected:?} in:\n{message}"
         );
+    }
+}
+
+#[test]
+fn interface_names_a_kernel_takes_are_accepted() {
+    for name in [
+        "eth0",
+        "*",
+        "bond0.100",
+        "enp0s31f6",
+        "a_b-c.d",
+        "fifteen-chars15",
+    ] {
+        let text = format!("apiVersion: projectcalico.org/v3\nkind: HostEndpoint\nmetadata:\n  name: h\nspec:\n  node: n1\n  interfaceName: \"{name}\"\n");
+        assert!(parse_documents(&text).is_ok(), "{name}");
     }
 }
 

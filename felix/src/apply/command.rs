@@ -54,9 +54,12 @@ pub(super) fn run(program: &str, args: &[&str], input: Option<&str>) -> Result<S
     })
 }
 
-/// The script line an error message names (`line 3 failed`, `Error in line 3:`).
+/// The script line an error message names (`line 3 failed`, `Error in line 3:`,
+/// `Error occurred at line: 3`).
 pub(super) fn failed_line(stderr: &str, script: &str) -> Option<String> {
-    let (_, after) = stderr.split_once("line ")?;
+    let (_, after) = stderr
+        .split_once("line ")
+        .or_else(|| stderr.split_once("line: "))?;
     let digits: String = after.chars().take_while(char::is_ascii_digit).collect();
     let number: usize = digits.parse().ok()?;
     script
@@ -76,6 +79,8 @@ mod tests {
         assert_eq!(failed_line("iptables-restore: line 2 failed", script), line);
         let ipset = "ipset v7.17: Error in line 2: The set with the given name does not exist";
         assert_eq!(failed_line(ipset, script), line);
+        let nft = "iptables-nft-restore v1.8.9 (nf_tables): chain name too long\nError occurred at line: 2";
+        assert_eq!(failed_line(nft, script), line);
         assert_eq!(failed_line("something else", script), None);
         assert_eq!(failed_line("line 0 failed", script), None);
     }

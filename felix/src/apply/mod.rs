@@ -21,12 +21,14 @@
 mod backend;
 mod command;
 pub mod conntrack;
+mod quarantine;
 
 use std::collections::BTreeSet;
 use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
 pub use backend::{Backend, BackendChoice, BACKEND_ENV};
+pub use quarantine::Quarantined;
 
 use crate::ir::{Dataplane, Family, Table};
 use crate::plan::{plan_sets, plan_table, plan_unreference, tables_with_twill_objects};
@@ -71,6 +73,8 @@ pub struct ApplyStats {
     pub members_removed: usize,
     /// Wall time of the apply, reads included.
     pub duration: Duration,
+    /// Chains the kernel refused, set aside (each now a single DROP: fail closed).
+    pub quarantined: Vec<Quarantined>,
 }
 
 impl ApplyStats {
@@ -78,6 +82,7 @@ impl ApplyStats {
     pub fn wrote_nothing(&self) -> bool {
         ApplyStats {
             duration: Duration::ZERO,
+            quarantined: Vec::new(),
             ..self.clone()
         } == ApplyStats::default()
     }
@@ -125,6 +130,12 @@ pub enum ApplyError {
         /// The script line it named, if it named one.
         line: Option<String>,
     },
+    /// More chains were refused in one apply than are set aside.
+    #[error("the kernel refused too many of the {family:?} chains; nothing more is set aside")]
+    TooManyRefused {
+        /// The family.
+        family: Family,
+    },
     /// The configured backend is neither `nft`, `legacy` nor `auto`.
     #[error("unknown iptables backend {value:?} (expected nft, legacy or auto)")]
     UnknownBackend {
@@ -145,6 +156,8 @@ pub struct Applier {
     /// Per family, the dataplane the last apply wrote (exactly): the next change is planned
     /// against it without reading the kernel; `apply_fresh` reads the kernel again.
     last: std::collections::BTreeMap<Family, Dataplane>,
+    /// Chains the kernel refused, set aside.
+    quarantine: quarantine::Quarantine,
 }
 
 impl Applier {
@@ -155,6 +168,7 @@ impl Applier {
             backend: Backend::detect(config.backend),
             lock_timeout: config.lock_timeout,
             last: std::collections::BTreeMap::new(),
+            quarantine: quarantine::Quarantine::default(),
         }
     }
 
@@ -166,7 +180,73 @@ impl Applier {
     /// Make the kernel's tables and sets of `family` exactly `dataplane` (Twill's objects
     /// only), writing only what differs from what the last apply wrote (the kernel is read
     /// when there is no last apply, or when planning against it failed).
+    ///
+    /// A policy, profile or workload endpoint chain whose rules the kernel refuses is set
+    /// aside (one DROP in its place) and the rest applied: [`ApplyStats::quarantined`].
     pub fn apply(
+        &mut self,
+        family: Family,
+        dataplane: &Dataplane,
+    ) -> Result<ApplyStats, ApplyError> {
+        self.isolating(family, dataplane, false)
+    }
+
+    /// As [`Applier::apply`], reading the kernel first: drift repair.
+    pub fn apply_fresh(
+        &mut self,
+        family: Family,
+        dataplane: &Dataplane,
+    ) -> Result<ApplyStats, ApplyError> {
+        self.isolating(family, dataplane, true)
+    }
+
+    /// Applies, setting aside each chain the kernel refuses (at most 16 per apply).
+    fn isolating(
+        &mut self,
+        family: Family,
+        dataplane: &Dataplane,
+        fresh: bool,
+    ) -> Result<ApplyStats, ApplyError> {
+        let mut fresh = fresh;
+        for _ in 0..16 {
+            let (replaced, quarantined) = self.quarantine.apply_to(family, dataplane);
+            let desired = replaced.as_ref().unwrap_or(dataplane);
+            let outcome = if fresh {
+                self.last.remove(&family);
+                self.apply_with(family, desired)
+            } else {
+                self.apply_once(family, desired)
+            };
+            let err = match outcome {
+                Ok(mut stats) => {
+                    stats.quarantined = quarantined;
+                    return Ok(stats);
+                }
+                Err(err) => err,
+            };
+            let refused = match &err {
+                ApplyError::Failed {
+                    line: Some(line), ..
+                } => quarantine::chain_of_line(line).map(str::to_owned),
+                _ => None,
+            };
+            let Some(chain) = refused else {
+                return Err(err);
+            };
+            if !self
+                .quarantine
+                .add(family, desired, &chain, &err.to_string())
+            {
+                return Err(err);
+            }
+            tracing::error!(?family, chain, error = %err, "the kernel refused a chain: set aside (it drops everything) and the rest applied");
+            // The failed attempt may have left part of its work: read the kernel again.
+            fresh = true;
+        }
+        Err(ApplyError::TooManyRefused { family })
+    }
+
+    fn apply_once(
         &mut self,
         family: Family,
         dataplane: &Dataplane,
@@ -211,16 +291,6 @@ impl Applier {
             tracing::debug!(?family, ?stats, "applied a change");
         }
         Ok(stats)
-    }
-
-    /// As [`Applier::apply`], reading the kernel first: drift repair.
-    pub fn apply_fresh(
-        &mut self,
-        family: Family,
-        dataplane: &Dataplane,
-    ) -> Result<ApplyStats, ApplyError> {
-        self.last.remove(&family);
-        self.apply_with(family, dataplane)
     }
 
     #[allow(

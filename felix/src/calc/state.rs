@@ -157,6 +157,21 @@ impl Calculator {
         changed
     }
 
+    /// Records an object that failed to decode or validate: it stands in fail-closed
+    /// ([`crate::invalid`]). Returns whether anything changed.
+    pub fn update_invalid(&mut self, key: Key, invalid: crate::invalid::Invalid) -> bool {
+        let changed = self.model.set_invalid(key.clone(), invalid);
+        if changed {
+            self.pending.insert(key);
+        }
+        changed
+    }
+
+    /// The invalid objects felix holds, described for people.
+    pub fn invalid_objects(&self) -> Vec<String> {
+        self.model.invalid_objects()
+    }
+
     /// Whether changes wait for [`Calculator::compute`].
     pub fn is_dirty(&self) -> bool {
         self.fresh || !self.pending.is_empty() || self.nat_dirty
@@ -222,7 +237,7 @@ impl Calculator {
         self.computed = empty_computed();
         let mut all: BTreeSet<Key> = ENTITY_KINDS
             .iter()
-            .flat_map(|&kind| self.model.of_kind(kind).map(Resource::key))
+            .flat_map(|&kind| self.model.keys_of_kind(kind))
             .collect();
         for kind in [
             Kind::NetworkPolicy,
@@ -232,7 +247,7 @@ impl Calculator {
             Kind::Profile,
             Kind::Namespace,
         ] {
-            all.extend(self.model.of_kind(kind).map(Resource::key));
+            all.extend(self.model.keys_of_kind(kind));
         }
         // A tier or profile that exists nowhere still needs its first calculation.
         all.insert(Key::cluster(Kind::Tier, crate::model::DEFAULT_TIER));

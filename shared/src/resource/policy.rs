@@ -221,6 +221,43 @@ pub struct NetworkSetSpec {
     pub allowed_egress_domains: Option<Vec<String>>,
 }
 
+/// The directions of a Calico NetworkPolicy or GlobalNetworkPolicy: `types` when it names at
+/// least one, else Calico's defaulting from the rule lists — egress rules only → Egress;
+/// ingress and egress rules → both; otherwise (ingress rules only, or none) → Ingress. A list
+/// counts by its length: absent and `[]` are alike, and so are `types` absent and `[]`.
+pub fn calico_policy_types(
+    types: Option<&[PolicyType]>,
+    ingress: Option<&[Rule]>,
+    egress: Option<&[Rule]>,
+) -> Vec<PolicyType> {
+    if let Some(types) = types.filter(|t| !t.is_empty()) {
+        return types.to_vec();
+    }
+    let has = |rules: Option<&[Rule]>| rules.is_some_and(|r| !r.is_empty());
+    match (has(ingress), has(egress)) {
+        (false, true) => vec![PolicyType::Egress],
+        (true, true) => vec![PolicyType::Ingress, PolicyType::Egress],
+        _ => vec![PolicyType::Ingress],
+    }
+}
+
+/// The directions of a Kubernetes NetworkPolicy: `policyTypes` when it names at least one,
+/// else the API server's defaulting — Ingress always, plus Egress when the policy has at least
+/// one egress rule.
+pub fn kubernetes_policy_types(
+    types: Option<&[PolicyType]>,
+    egress_rules: usize,
+) -> Vec<PolicyType> {
+    if let Some(types) = types.filter(|t| !t.is_empty()) {
+        return types.to_vec();
+    }
+    let mut defaulted = vec![PolicyType::Ingress];
+    if egress_rules > 0 {
+        defaulted.push(PolicyType::Egress);
+    }
+    defaulted
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -277,41 +314,4 @@ mod tests {
             assert_eq!(serde_yaml::to_string(&spec).unwrap(), text);
         }
     }
-}
-
-/// The directions of a Calico NetworkPolicy or GlobalNetworkPolicy: `types` when it names at
-/// least one, else Calico's defaulting from the rule lists — egress rules only → Egress;
-/// ingress and egress rules → both; otherwise (ingress rules only, or none) → Ingress. A list
-/// counts by its length: absent and `[]` are alike, and so are `types` absent and `[]`.
-pub fn calico_policy_types(
-    types: Option<&[PolicyType]>,
-    ingress: Option<&[Rule]>,
-    egress: Option<&[Rule]>,
-) -> Vec<PolicyType> {
-    if let Some(types) = types.filter(|t| !t.is_empty()) {
-        return types.to_vec();
-    }
-    let has = |rules: Option<&[Rule]>| rules.is_some_and(|r| !r.is_empty());
-    match (has(ingress), has(egress)) {
-        (false, true) => vec![PolicyType::Egress],
-        (true, true) => vec![PolicyType::Ingress, PolicyType::Egress],
-        _ => vec![PolicyType::Ingress],
-    }
-}
-
-/// The directions of a Kubernetes NetworkPolicy: `policyTypes` when it names at least one,
-/// else the API server's defaulting — Ingress always, plus Egress when the policy has at least
-/// one egress rule.
-pub fn kubernetes_policy_types(
-    types: Option<&[PolicyType]>,
-    egress_rules: usize,
-) -> Vec<PolicyType> {
-    if let Some(types) = types.filter(|t| !t.is_empty()) {
-        return types.to_vec();
-    }
-    let mut defaulted = vec![PolicyType::Ingress];
-    if egress_rules > 0 {
-        defaulted.push(PolicyType::Egress);
-    }
-    defaulted
 }

@@ -94,6 +94,40 @@ pub fn validate(resource: &Resource) -> Vec<FieldError> {
             if o.spec.node.is_none() {
                 checker.fail("spec.node", "required");
             }
+            if let Some(name) = &o.spec.interface_name {
+                if name != "*" {
+                    if let Err(reason) = check_interface_name(name) {
+                        checker.fail("spec.interfaceName", format!("{reason}, or \"*\""));
+                    }
+                }
+            }
+        }
+        Resource::WorkloadEndpoint(o) => {
+            if let Some(name) = &o.spec.interface_name {
+                if let Err(reason) = check_interface_name(name) {
+                    checker.fail("spec.interfaceName", reason);
+                }
+            }
+        }
+        Resource::FelixConfiguration(o) => {
+            if let Some(prefixes) = &o.spec.interface_prefix {
+                let bad = prefixes.split(',').find(|prefix| {
+                    prefix.is_empty()
+                        || prefix.len() > 15
+                        || !prefix
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'))
+                });
+                if let Some(prefix) = bad {
+                    checker.fail(
+                        "spec.interfacePrefix",
+                        format!(
+                            "{prefix:?} is not an interface prefix (a comma-separated list of 1 to 15 \
+                             letters, digits, '_' or '-' each)"
+                        ),
+                    );
+                }
+            }
         }
         Resource::IpPool(o) => check_ip_pool(&mut checker, &o.spec),
         Resource::BgpPeer(o) => {
@@ -193,6 +227,23 @@ fn check_name(name: &str) -> Result<(), String> {
         Err(format!(
             "{name:?} is not a valid name (lowercase letters, digits, '-' and '.', starting and \
              ending with a letter or digit, at most 253 characters)"
+        ))
+    }
+}
+
+/// A Linux interface name, as Calico validates it: 1 to 15 of letters, digits, `_`, `.` and
+/// `-` (the kernel's IFNAMSIZ less its NUL; iptables takes nothing longer either).
+pub fn check_interface_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 15
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name:?} is not an interface name (1 to 15 letters, digits, '_', '.' or '-')"
         ))
     }
 }
