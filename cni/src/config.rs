@@ -12,6 +12,11 @@ use crate::types::{check_version, CniError};
 
 /// The default datastore (as `twill-node` and `twillctl` use).
 pub const DEFAULT_DATASTORE: &str = "sqlite:/var/lib/twill/twill.db";
+/// Where twill-node's health endpoints listen on this node.
+pub const DEFAULT_NODE_HEALTH: &str = "127.0.0.1:9099";
+/// How long ADD waits for twill-node to program a new endpoint.
+pub const DEFAULT_POLICY_SETUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The default machine-wide IPAM lock.
 pub const DEFAULT_LOCK_FILE: &str = "/var/run/twill/ipam.lock";
 /// Where twill-node writes the MTU pods should use, when the config names none.
@@ -59,6 +64,13 @@ pub struct NetConf {
     pub prev_result: Option<Value>,
     /// GC: the attachments still in use (containerID, ifname).
     pub valid_attachments: Option<Vec<(String, String)>>,
+    /// twill-node's health listener on this node (`node_health_address`); None
+    /// (`"none"`) when no twill-node runs, so nothing enforces policy and nothing is waited
+    /// for — only for using the plugin without Twill's policy.
+    pub node_health: Option<String>,
+    /// How long ADD waits for the new endpoint's policy (`policy_setup_timeout_seconds`,
+    /// Calico's key; 0: no wait).
+    pub policy_setup_timeout: std::time::Duration,
     /// The whole document, for delegating to another IPAM plugin.
     pub raw: Value,
 }
@@ -138,6 +150,31 @@ pub fn parse_netconf(bytes: &[u8], fallbacks: &Fallbacks) -> Result<NetConf, Cni
             "1 to 4 letters or digits",
         ));
     }
+    let node_health = match optional_string(&raw, "node_health_address")? {
+        Some(address) if address == "none" => None,
+        Some(address) => {
+            address.parse::<std::net::SocketAddr>().map_err(|_| {
+                CniError::config(
+                    "node_health_address",
+                    format!("{address:?} is not ADDRESS:PORT or \"none\""),
+                )
+            })?;
+            Some(address)
+        }
+        None => Some(DEFAULT_NODE_HEALTH.to_string()),
+    };
+    let policy_setup_timeout = match raw.get("policy_setup_timeout_seconds") {
+        None | Some(Value::Null) => DEFAULT_POLICY_SETUP_TIMEOUT,
+        Some(value) => value
+            .as_u64()
+            .map(std::time::Duration::from_secs)
+            .ok_or_else(|| {
+                CniError::config(
+                    "policy_setup_timeout_seconds",
+                    format!("{value} is not a number of seconds (0 or more)"),
+                )
+            })?,
+    };
     Ok(NetConf {
         cni_version,
         name,
@@ -153,6 +190,8 @@ pub fn parse_netconf(bytes: &[u8], fallbacks: &Fallbacks) -> Result<NetConf, Cni
         ipam: parse_ipam(&raw)?,
         prev_result: raw.get("prevResult").cloned().filter(|v| !v.is_null()),
         valid_attachments: parse_attachments(&raw)?,
+        node_health,
+        policy_setup_timeout,
         raw,
     })
 }
@@ -225,8 +264,13 @@ fn parse_ipam(raw: &Value) -> Result<IpamConfig, CniError> {
     Ok(config)
 }
 
+/// GC's attachments still in use: `cni.dev/valid-attachments` (CNI 1.1.0 as published
+/// named it `cni.dev/attachments`; libcni sends both). None when the runtime sent neither.
 fn parse_attachments(raw: &Value) -> Result<Option<Vec<(String, String)>>, CniError> {
-    let Some(value) = raw.get("cni.dev/valid-attachments") else {
+    let Some(value) = raw
+        .get("cni.dev/valid-attachments")
+        .or_else(|| raw.get("cni.dev/attachments"))
+    else {
         return Ok(None);
     };
     let list = value
@@ -472,6 +516,44 @@ mod tests {
         assert_eq!(conf.mtu, 1450);
         assert_eq!(conf.ipam.ipv4_pools, ["10.90.0.0/24"]);
         assert!(conf.ipam.assign_ipv4 && !conf.ipam.assign_ipv6);
+        // twill-node is asked on its default health address; ADD waits 10 s at most.
+        assert_eq!(conf.node_health.as_deref(), Some("127.0.0.1:9099"));
+        assert_eq!(
+            conf.policy_setup_timeout,
+            std::time::Duration::from_secs(10)
+        );
+        assert_eq!(conf.valid_attachments, None);
+    }
+
+    #[test]
+    fn node_health_policy_setup_timeout_and_both_names_of_gc_attachments() {
+        let text = CONF.replace(
+            r#""something_new": 1"#,
+            r#""node_health_address": "none", "policy_setup_timeout_seconds": 0,
+               "cni.dev/attachments": [{"containerID": "c1", "ifname": "eth0"}]"#,
+        );
+        let conf = parse_netconf(text.as_bytes(), &Fallbacks::default()).unwrap();
+        assert_eq!(conf.node_health, None);
+        assert!(conf.policy_setup_timeout.is_zero());
+        assert_eq!(
+            conf.valid_attachments,
+            Some(vec![("c1".to_string(), "eth0".to_string())])
+        );
+        for (value, key) in [
+            (
+                r#""node_health_address": "localhost""#,
+                "node_health_address",
+            ),
+            (
+                r#""policy_setup_timeout_seconds": -1"#,
+                "policy_setup_timeout_seconds",
+            ),
+        ] {
+            let text = CONF.replace(r#""something_new": 1"#, value);
+            let err = parse_netconf(text.as_bytes(), &Fallbacks::default()).unwrap_err();
+            assert_eq!(err.code, 7, "{err}");
+            assert!(err.msg.ends_with(key), "{key}: {err}");
+        }
     }
 
     #[test]

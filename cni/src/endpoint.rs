@@ -15,6 +15,8 @@ pub const NAMESPACE_LABEL: &str = "projectcalico.org/namespace";
 pub const ORCHESTRATOR_LABEL: &str = "projectcalico.org/orchestrator";
 /// Label: the pod's service account.
 pub const SERVICE_ACCOUNT_LABEL: &str = "projectcalico.org/serviceaccount";
+/// Annotation: the CNI network the endpoint belongs to (GC touches only its own network's).
+pub const NETWORK_ANNOTATION: &str = "cni.twill.io/network";
 
 /// Who the workload is.
 #[derive(Debug, Clone, PartialEq)]
@@ -29,6 +31,8 @@ pub struct Workload<'a> {
     pub container_id: &'a str,
     /// The interface inside the pod.
     pub ifname: &'a str,
+    /// The CNI network's name.
+    pub network: &'a str,
 }
 
 impl Workload<'_> {
@@ -114,6 +118,10 @@ pub fn workload_endpoint(
             name: Some(workload.endpoint_name()),
             namespace: Some(namespace),
             labels: Some(labels),
+            annotations: Some(BTreeMap::from([(
+                NETWORK_ANNOTATION.to_string(),
+                workload.network.to_string(),
+            )])),
             ..ObjectMeta::default()
         },
         spec,
@@ -160,6 +168,7 @@ mod tests {
             pod_object: None,
             container_id: "abc",
             ifname: "eth0",
+            network: "k8s-pod-network",
         };
         assert_eq!(workload.endpoint_name(), "node--1-k8s-my--pod-eth0");
         assert_eq!(workload.id(), "default.my-pod");
@@ -180,6 +189,7 @@ mod tests {
             pod_object: Some(&pod),
             container_id: "c1",
             ifname: "eth0",
+            network: "k8s-pod-network",
         };
         let Resource::WorkloadEndpoint(wep) = workload_endpoint(
             &workload,

@@ -8,6 +8,7 @@
 //! - [`dataplane`] (edge): the veth pair, addresses, routes and sysctls, through rtnetlink.
 //! - [`plugin`] (edge): the commands against the datastore, IPAM and the kernel; an ADD that
 //!   fails undoes what it did.
+//! - [`node`] (edge): whether twill-node is ready, and when a new endpoint is programmed.
 //!
 //! `twill` wires pods exactly as Calico's plugin does (host end `tw` + a hash, MAC
 //! ee:ee:ee:ee:ee:ee, proxy ARP, /32 and /128 addresses, default route via 169.254.1.1 or
@@ -18,5 +19,6 @@ pub mod config;
 pub mod dataplane;
 pub mod endpoint;
 pub mod logging;
+pub mod node;
 pub mod plugin;
 pub mod types;

@@ -218,15 +218,17 @@ pub async fn ipam_del(
     Ok(())
 }
 
-/// `twill-ipam` GC: releases this node's handles of this network whose container is not
-/// among the valid attachments.
+/// `twill-ipam` GC: releases this node's handles of this network (`<network>.<container>`)
+/// whose container is not among the valid attachments. Without the list of valid
+/// attachments it releases nothing.
 pub async fn ipam_gc(conf: &NetConf, store: &Arc<dyn Datastore>) -> Result<Vec<String>, CniError> {
-    let valid: BTreeSet<&str> = conf
-        .valid_attachments
-        .iter()
-        .flatten()
-        .map(|(c, _)| c.as_str())
-        .collect();
+    let Some(attachments) = &conf.valid_attachments else {
+        tracing::info!(
+            "GC without cni.dev/valid-attachments: nothing can be judged stale, nothing released"
+        );
+        return Ok(Vec::new());
+    };
+    let valid: BTreeSet<&str> = attachments.iter().map(|(c, _)| c.as_str()).collect();
     let inventory = twill_ipam::gc::inventory(store.as_ref())
         .await
         .map_err(ipam_error)?;
@@ -258,8 +260,9 @@ pub async fn ipam_gc(conf: &NetConf, store: &Arc<dyn Datastore>) -> Result<Vec<S
     Ok(stale.into_iter().collect())
 }
 
-/// STATUS: the datastore answers and a pool can serve this node.
+/// STATUS: twill-node is ready on this node, the datastore answers and a pool can serve it.
 pub async fn status(conf: &NetConf) -> Result<(), CniError> {
+    node_ready(conf, code::NOT_AVAILABLE).await?;
     let unavailable =
         |details: String| CniError::new(code::NOT_AVAILABLE, "twill cannot serve ADD", details);
     let store = connect(&conf.datastore)
@@ -416,9 +419,63 @@ fn host_prefixes(result: &CniResult) -> Vec<IpNet> {
         .collect()
 }
 
+/// Refuses to go on while twill-node is not ready on this node (not running, not yet in sync,
+/// nothing applied since it started): a pod wired then would run with no policy.
+async fn node_ready(conf: &NetConf, code: u32) -> Result<(), CniError> {
+    let Some(address) = &conf.node_health else {
+        return Ok(());
+    };
+    crate::node::ready(address).await.map_err(|reason| {
+        CniError::new(
+            code,
+            "twill-node is not ready on this node",
+            format!(
+                "{reason}; pods start once twill-node runs and has programmed this node \
+                 (or set node_health_address to \"none\" where no twill-node runs)"
+            ),
+        )
+    })
+}
+
+/// Waits (at most `policy_setup_timeout_seconds`) until twill-node's dataplane holds the new
+/// endpoint. A pod whose endpoint is not programmed in time still starts: until it is, its
+/// interface is unknown to the dataplane, which drops its traffic (as Calico, ADD is not
+/// failed for it).
+async fn wait_for_policy(conf: &NetConf, store: &Arc<dyn Datastore>, key: &Key) {
+    let Some(address) = &conf.node_health else {
+        return;
+    };
+    if conf.policy_setup_timeout.is_zero() {
+        return;
+    }
+    let revision = match store.get(key).await {
+        Ok(Some(stored)) => stored.revision,
+        _ => 0,
+    };
+    let namespace = key.namespace.as_deref().unwrap_or("default");
+    match crate::node::wait_programmed(
+        address,
+        namespace,
+        &key.name,
+        revision,
+        conf.policy_setup_timeout,
+    )
+    .await
+    {
+        Ok(()) => tracing::debug!(endpoint = %key, revision, "policy programmed"),
+        Err(last) => tracing::warn!(
+            endpoint = %key,
+            revision,
+            timeout_s = conf.policy_setup_timeout.as_secs(),
+            "the endpoint's policy is not programmed yet ({last}); the pod starts with its traffic dropped until it is"
+        ),
+    }
+}
+
 /// `twill` ADD.
 pub async fn add(conf: &NetConf, call: &CallArgs) -> Result<CniResult, CniError> {
     check_netns(&call.netns)?;
+    node_ready(conf, code::TRY_AGAIN_LATER).await?;
     let store = open_store(conf).await?;
     let pod = pod_object(&store, call).await?;
     let allowed_sources = allowed_sources(pod.as_ref())?;
@@ -449,6 +506,7 @@ pub async fn add(conf: &NetConf, call: &CallArgs) -> Result<CniResult, CniError>
         pod_object: pod.as_ref(),
         container_id: &call.container_id,
         ifname: &call.ifname,
+        network: &conf.name,
     };
     let endpoint = endpoint::workload_endpoint(
         &workload,
@@ -471,6 +529,7 @@ pub async fn add(conf: &NetConf, call: &CallArgs) -> Result<CniResult, CniError>
             err.to_string(),
         ));
     }
+    wait_for_policy(conf, &store, &endpoint_key(conf, call)).await;
     tracing::info!(container = %call.container_id, ?addresses, host_ifname = %link.host_ifname, "ADD done");
     Ok(add_result(conf, call, &link, &wired.pod_mac, &ipam_result))
 }
@@ -539,6 +598,7 @@ fn endpoint_key(conf: &NetConf, call: &CallArgs) -> Key {
         pod_object: None,
         container_id: &call.container_id,
         ifname: &call.ifname,
+        network: &conf.name,
     };
     Key::namespaced(
         Kind::WorkloadEndpoint,
@@ -714,19 +774,26 @@ pub async fn check(conf: &NetConf, call: &CallArgs) -> Result<(), CniError> {
     }
 }
 
-/// `twill` GC (1.1.0): removes endpoints and addresses of this node's containers that are
-/// not among the valid attachments.
+/// `twill` GC (1.1.0): removes endpoints and addresses of this node's containers on this
+/// network that are not among the valid attachments. Without the list of valid attachments
+/// (a runtime that sent none) it removes nothing; endpoints of other networks, and endpoints
+/// that name no network, are never touched.
 pub async fn gc(conf: &NetConf) -> Result<(), CniError> {
+    let Some(attachments) = &conf.valid_attachments else {
+        tracing::info!(network = %conf.name, "GC without cni.dev/valid-attachments: nothing can be judged stale, nothing removed");
+        return Ok(());
+    };
     let store = open_store(conf).await?;
-    let valid: BTreeSet<(String, String)> =
-        conf.valid_attachments.iter().flatten().cloned().collect();
+    let valid: BTreeSet<(String, String)> = attachments.iter().cloned().collect();
     let listing = store
         .list(Some(Kind::WorkloadEndpoint), None)
         .await
         .map_err(datastore_error)?;
     for stored in listing.items {
         let spec = &stored.value["spec"];
-        let mine = spec["node"].as_str() == Some(conf.nodename.as_str());
+        let network = &stored.value["metadata"]["annotations"][endpoint::NETWORK_ANNOTATION];
+        let mine = spec["node"].as_str() == Some(conf.nodename.as_str())
+            && network.as_str() == Some(conf.name.as_str());
         let attachment = (
             spec["containerID"].as_str().unwrap_or_default().to_string(),
             spec["endpoint"].as_str().unwrap_or_default().to_string(),

@@ -276,6 +276,8 @@ impl Lab {
             "log_file_path": self.path("cni.log"),
             "ipam_lock_file": self.path("ipam.lock"),
             "ipam": {"type": "twill-ipam"},
+            // No twill-node runs beside these tests: the plugin alone is under test.
+            "node_health_address": "none",
         })
     }
 
@@ -1245,18 +1247,35 @@ fn gc_removes_what_no_valid_attachment_uses_and_status_reports_pools() {
     c2.container = "c2".into();
     let a1 = only_v4(&lab.add(&c1, &config));
     lab.add(&c2, &config);
+    // A pod of another network on the same node (its handle other-net.c3).
+    let mut other_config = config.clone();
+    other_config["name"] = json!("other-net");
+    let mut c3 = lab.pod("c");
+    c3.container = "c3".into();
+    let a3 = only_v4(&lab.add(&c3, &other_config));
+    let env = [("CNI_PATH".to_string(), plugin_dir())];
+    let everything = (lab.endpoints(), lab.allocations());
+    assert_eq!(everything.0.len(), 3);
+
+    // A runtime that names no valid attachments: nothing can be judged stale.
+    lab.run(twill(), "GC", &env, &config)
+        .success("GC without valid attachments");
+    assert_eq!((lab.endpoints(), lab.allocations()), everything);
 
     let mut gc = config.clone();
     gc["cni.dev/valid-attachments"] = json!([{"containerID": "c1", "ifname": "eth0"}]);
-    let env = [("CNI_PATH".to_string(), plugin_dir())];
     lab.run(twill(), "GC", &env, &gc).success("GC");
     assert_eq!(
-        lab.endpoints().keys().cloned().collect::<Vec<_>>(),
-        [c1.endpoint_name()]
+        lab.endpoints().keys().cloned().collect::<BTreeSet<_>>(),
+        BTreeSet::from([c1.endpoint_name(), c3.endpoint_name()]),
+        "x/c belongs to other-net: this network's GC leaves it"
     );
     assert_eq!(
         lab.allocations(),
-        BTreeMap::from([(a1.addr(), c1.handle())])
+        BTreeMap::from([
+            (a1.addr(), c1.handle()),
+            (a3.addr(), "other-net.c3".to_string())
+        ])
     );
     lab.assert_released(&c2);
 

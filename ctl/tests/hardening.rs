@@ -696,3 +696,225 @@ fn one_bad_object_never_freezes_a_node() {
         "{log}"
     );
 }
+
+/// Calls the `twill` plugin inside node-1's namespace as a runtime does (configuration from
+/// the lab's conflist on stdin, CNI_* in the environment); exit code and JSON output.
+fn call_plugin(lab: &LabGuard, command: &str, pod: &str, netns: &str) -> (i32, serde_json::Value) {
+    let conflist_path = format!("/run/twill/lab/{}/node-1/net.d/10-twill.conflist", lab.name);
+    let conflist: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&conflist_path).unwrap()).unwrap();
+    let mut config = conflist["plugins"][0].clone();
+    config["cniVersion"] = conflist["cniVersion"].clone();
+    if command == "STATUS" {
+        // STATUS came with CNI 1.1.0.
+        config["cniVersion"] = "1.1.0".into();
+    }
+    config["name"] = conflist["name"].clone();
+    let plugin = std::path::Path::new(env!("CARGO_BIN_EXE_twillctl")).with_file_name("twill");
+    let (namespace, name) = pod.split_once('/').unwrap();
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", &lab.node_netns()])
+        .arg(&plugin)
+        .env("CNI_COMMAND", command)
+        .env("CNI_CONTAINERID", format!("container-of-{name}"))
+        .env("CNI_NETNS", format!("/run/netns/{netns}"))
+        .env("CNI_IFNAME", "eth0")
+        .env(
+            "CNI_ARGS",
+            format!("IgnoreUnknown=1;K8S_POD_NAMESPACE={namespace};K8S_POD_NAME={name}"),
+        )
+        .env("CNI_PATH", plugin.parent().unwrap())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(
+        &mut child.stdin.take().unwrap(),
+        &serde_json::to_vec(&config).unwrap(),
+    )
+    .unwrap();
+    let output = child.wait_with_output().unwrap();
+    let value = serde_json::from_slice(&output.stdout).unwrap_or(serde_json::Value::Null);
+    (output.status.code().unwrap_or(-1), value)
+}
+
+/// What a reboot leaves of the node's firewall: nothing (every table flushed, Twill's chains
+/// and sets gone), while the CNI configuration is still on disk.
+fn flush_as_a_reboot_would(lab: &LabGuard) {
+    let netns = lab.node_netns();
+    for program in ["iptables", "ip6tables"] {
+        for table in ["filter", "raw", "mangle", "nat"] {
+            for verb in ["-F", "-X"] {
+                run_ok(
+                    "ip",
+                    &["netns", "exec", &netns, program, "-w", "-t", table, verb],
+                );
+            }
+        }
+    }
+    run_ok("ip", &["netns", "exec", &netns, "ipset", "destroy"]);
+}
+
+/// No pod starts unprotected after a reboot: with twill-node down and the node's rules gone
+/// (the CNI configuration still there), STATUS and ADD fail with a clear error; once
+/// twill-node is back, ADD works and returns only when the pod's policy is in place — the
+/// pod's first packet already meets it.
+#[test]
+fn no_pod_starts_unprotected_after_a_reboot() {
+    let lab = LabGuard::up(TOPOLOGY);
+    // x/d will take only x/b; the Pod is stored as the API server would hold it.
+    let setup = "apiVersion: v1\nkind: Pod\nmetadata: {name: d, namespace: x, labels: {pod: d}}\n\
+        spec:\n  nodeName: node-1\n  containers:\n  - {name: c, image: twill/responder}\n---\n\
+        apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: only-b-to-d, namespace: x}\n\
+        spec:\n  podSelector: {matchLabels: {pod: d}}\n  ingress:\n  - from:\n    - podSelector: {matchLabels: {pod: b}}\n";
+    let run = common::twillctl_on(Some(&lab.datastore()), &["apply", "-f", "-"], Some(setup));
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    lab.ok(&["sync", "--timeout", "20"]);
+    lab.ok(&["node", "stop", "node-1"]);
+    flush_as_a_reboot_would(&lab);
+    let netns = format!("twl-{}.p.x.d", lab.name);
+    run_ok("ip", &["netns", "add", &netns]);
+    let (code, status) = call_plugin(&lab, "STATUS", "x/d", &netns);
+    assert_eq!(code, 1, "{status}");
+    assert_eq!(status["code"], 50, "STATUS: not available: {status}");
+    let (code, refused) = call_plugin(&lab, "ADD", "x/d", &netns);
+    assert_eq!(code, 1, "ADD refused: {refused}");
+    assert_eq!(refused["code"], 11, "try again later: {refused}");
+    assert_eq!(
+        refused["msg"], "twill-node is not ready on this node",
+        "{refused}"
+    );
+    assert!(
+        refused["details"]
+            .as_str()
+            .unwrap()
+            .contains("twill-node does not answer"),
+        "{refused}"
+    );
+    // Nothing was done: no interface in the pod.
+    let links = run_ok("ip", &["netns", "exec", &netns, "ip", "-o", "link"]);
+    assert!(!links.contains("eth0"), "{links}");
+    // Listening before the pod is wired, so its first packets are caught as they come.
+    let echo = Listener::start_with(&netns, LISTEN_PORT, true);
+    lab.ok(&["node", "start", "node-1"]);
+    // The runtime retries until twill-node is ready.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let added = loop {
+        let (code, value) = call_plugin(&lab, "ADD", "x/d", &netns);
+        if code == 0 {
+            break value;
+        }
+        assert_eq!(
+            value["code"], 11,
+            "only 'try again later' until ready: {value}"
+        );
+        assert!(Instant::now() < deadline, "ADD never worked: {value}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let d: IpAddr = added["ips"][0]["address"]
+        .as_str()
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    // The very first packets: x/b is answered at once (x/d's chains are there), x/c never.
+    let answered = |pod: &str| {
+        let source = address_of(&lab, pod, false);
+        in_netns(&pod_netns(&lab, pod), move || {
+            let socket = UdpSocket::bind(SocketAddr::new(source, 0)).unwrap();
+            socket
+                .set_read_timeout(Some(Duration::from_millis(500)))
+                .unwrap();
+            socket
+                .send_to(b"first", SocketAddr::new(d, LISTEN_PORT))
+                .unwrap();
+            socket.recv_from(&mut [0u8; 64]).is_ok()
+        })
+    };
+    assert!(
+        answered("x/b"),
+        "x/b's first packet to x/d was not answered"
+    );
+    assert!(!answered("x/c"), "x/c reached x/d");
+    assert_eq!(echo.count("first"), 1, "only x/b's packet arrived");
+    let (code, value) = call_plugin(&lab, "DEL", "x/d", &netns);
+    assert_eq!(code, 0, "{value}");
+}
+
+/// `/livez` is the main loop's watchdog: twill-node restarted with a FAKE iptables-nft-save
+/// (a script first on its PATH that passes its first two calls to the real one, then hangs,
+/// standing in for a wedged kernel or lock) gets stuck in a drift-repair read, and /livez
+/// fails within the watchdog timeout (2 s here) — while the first calls kept it live.
+#[test]
+fn livez_fails_when_the_main_loop_hangs_in_a_fake_iptables_save() {
+    let lab = LabGuard::up(TOPOLOGY);
+    lab.ok(&["node", "stop", "node-1"]);
+    let real = run_ok("sh", &["-c", "command -v iptables-nft-save"]);
+    let fake = tempfile::tempdir().unwrap();
+    let script = fake.path().join("iptables-nft-save");
+    let count = fake.path().join("calls");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nn=$(cat {count} 2>/dev/null || echo 0)\necho $((n + 1)) > {count}\n\
+             [ \"$n\" -ge 2 ] && exec sleep 120\nexec {real} \"$@\"\n",
+            count = count.display(),
+            real = real.trim()
+        ),
+    )
+    .unwrap();
+    run_ok("chmod", &["755", script.to_str().unwrap()]);
+    let path = format!(
+        "{}:{}",
+        fake.path().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let run = Command::new(env!("CARGO_BIN_EXE_twillctl"))
+        .args(["lab", "--name", &lab.name, "node", "start", "node-1"])
+        .env("PATH", &path)
+        .env("TWILL_WATCHDOG_TIMEOUT", "2")
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let health = |path: &str| {
+        let output = Command::new("ip")
+            .args(["netns", "exec", &lab.node_netns(), "curl", "-s", "-m", "2"])
+            .args(["-w", " %{http_code}"])
+            .arg(format!("http://127.0.0.1:9099{path}"))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    wait_until("the agent is ready on the real calls", || {
+        health("/readyz").ends_with(" 200")
+    });
+    assert!(health("/livez").ends_with(" 200"));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !health("/livez").ends_with(" 503") {
+        assert!(
+            Instant::now() < deadline,
+            "/livez never failed: {} (calls {:?}; log {})",
+            health("/livez"),
+            std::fs::read_to_string(&count).ok(),
+            std::fs::read_to_string(format!(
+                "/run/twill/lab/{}/logs/node-1.twill-node.log",
+                lab.name
+            ))
+            .unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        health("/livez").contains("the main loop made no progress"),
+        "{}",
+        health("/livez")
+    );
+    // lab down (the guard) kills what runs in the node's namespace, the hanging script too.
+}

@@ -213,7 +213,12 @@ fn an_etcd_lab_keeps_its_dataplane_while_etcd_is_down_and_resyncs_after() {
         expected(),
         "etcd down: the dataplane stays"
     );
+    // Not ready while the datastore cannot be reached (the CNI plugin refuses new pods),
+    // live all along.
+    wait_for_health(&lab, "/readyz", "503", "the datastore cannot be reached");
+    wait_for_health(&lab, "/livez", "200", "ok");
     runtime.block_on(etcd.restart());
+    wait_for_health(&lab, "/readyz", "200", "ok");
     // A change made once etcd is back reaches the node: x/a closes to x/b as well.
     let none_to_a = ONLY_B_TO_A.replace(
         "  ingress:\n  - from:\n    - podSelector: {matchLabels: {pod: b}}\n",
@@ -236,6 +241,31 @@ fn an_etcd_lab_keeps_its_dataplane_while_etcd_is_down_and_resyncs_after() {
         "relays left behind: {}",
         String::from_utf8_lossy(&relays.stdout)
     );
+}
+
+/// Polls node-1's health endpoint until it answers `code` with `body` in it.
+fn wait_for_health(lab: &LabGuard, path: &str, code: &str, body: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let answer = node_exec(
+            lab,
+            "curl",
+            &[
+                "-s",
+                "-w",
+                " %{http_code}",
+                &format!("http://127.0.0.1:9099{path}"),
+            ],
+        );
+        if answer.ends_with(&format!(" {code}")) && answer.contains(body) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{path} never answered {code} with {body:?}; last: {answer}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 #[test]
@@ -569,9 +599,12 @@ fn host_endpoint_forward_pre_dnat_and_untracked_policy() {
     let run = lab.run(&["delete", "-f", "-"], Some(hep));
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert_eq!(probe(), want([true, true, true, true]));
-    for table in ["raw", "mangle"] {
-        let save = node_exec(&lab, "iptables-save", &["-t", table]);
-        assert!(!save.contains("twl"), "{table}: {save}");
+    let mangle = node_exec(&lab, "iptables-save", &["-t", "mangle"]);
+    assert!(!mangle.contains("twl"), "mangle: {mangle}");
+    // raw keeps only the workloads' anti-spoofing (PREROUTING); no untracked policy.
+    let raw = node_exec(&lab, "iptables-save", &["-t", "raw"]);
+    for gone in ["hep", "nt-", "twl-OUTPUT"] {
+        assert!(!raw.contains(gone), "raw: {gone} left in {raw}");
     }
 }
 

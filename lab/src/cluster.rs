@@ -813,6 +813,31 @@ impl Lab {
         Ok(value)
     }
 
+    /// ADD as a runtime does it: "try again later" (twill-node not ready yet, as right after
+    /// `lab up` starts the agents) is retried with back-off for up to 30 s; any other error
+    /// is final.
+    async fn add_with_retries(
+        &self,
+        node: &NodeState,
+        pod: &PodState,
+        policy_only: bool,
+    ) -> anyhow::Result<serde_json::Value> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let mut pause = Duration::from_millis(20);
+        loop {
+            match self.call_cni("ADD", node, pod, policy_only).await {
+                Err(err)
+                    if err.to_string().contains("\"code\":11")
+                        && tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(500));
+                }
+                outcome => return outcome,
+            }
+        }
+    }
+
     /// Creates one pod: its namespace, its Pod resource, the plugin's ADD, then its
     /// responder (or its own command).
     async fn add_pod(
@@ -866,7 +891,7 @@ impl Lab {
         };
         named::add(&record.netns).map_err(anyhow::Error::msg)?;
         let result = match self
-            .call_cni("ADD", &node, &record, state.policy_only)
+            .add_with_retries(&node, &record, state.policy_only)
             .await
         {
             Ok(result) => result,

@@ -55,6 +55,8 @@ pub struct Options {
     /// Where the MTU pods should use is written (the CNI plugin reads it when its
     /// configuration names none).
     pub mtu_file: PathBuf,
+    /// `/livez` fails when the main loop makes no progress for this long.
+    pub watchdog: Duration,
 }
 
 struct Agent {
@@ -69,6 +71,15 @@ struct Agent {
     status: Status,
     metrics: Arc<Mutex<Metrics>>,
     health: watch::Sender<Health>,
+    /// The main loop's heartbeat (the watchdog behind `/livez`).
+    heartbeat: Arc<health::Heartbeat>,
+    /// A relist is under way after the first sync: nothing is calculated until it ends, so
+    /// the re-listed view is applied as one step.
+    resyncing: bool,
+    /// The syncer reaches the datastore (false while it cannot: not ready).
+    connected: bool,
+    /// This node's workload endpoints (`namespace/name`) in the dataplane last applied.
+    programmed: Arc<BTreeSet<String>>,
     lists: u64,
     /// BGP (full mode).
     bgp: Option<crate::bgp::Bgp>,
@@ -94,10 +105,17 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         })?;
     let metrics = Arc::new(Mutex::new(Metrics::default()));
     let (health_sender, health_receiver) = watch::channel(Health {
-        live: true,
-        ready: false,
+        not_ready: "starting: not yet in sync with the datastore".into(),
+        ..Health::default()
     });
-    tokio::spawn(health::serve(listener, health_receiver, metrics.clone()));
+    let heartbeat = Arc::new(health::Heartbeat::new(options.watchdog));
+    heartbeat.beat();
+    tokio::spawn(health::serve(
+        listener,
+        health_receiver,
+        heartbeat.clone(),
+        metrics.clone(),
+    ));
     let store = connect(&options.datastore)
         .await
         .with_context(|| format!("cannot open the datastore {}", options.datastore))?;
@@ -144,6 +162,10 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         applier,
         metrics,
         health: health_sender,
+        heartbeat,
+        resyncing: false,
+        connected: false,
+        programmed: Arc::default(),
         lists: 0,
     };
     agent.read_addresses().await;
@@ -152,6 +174,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
+        agent.heartbeat.beat();
         let mut repair = false;
         tokio::select! {
             update = updates.recv() => {
@@ -168,14 +191,17 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         if repair {
             agent.read_addresses().await;
         }
-        if agent.in_sync && (agent.dirty || agent.calculator.is_dirty() || repair) {
+        // During a relist the view is partial: wait for its end and apply it as one step.
+        let settled = agent.in_sync && !agent.resyncing;
+        if settled && (agent.dirty || agent.calculator.is_dirty() || repair) {
             agent.calculate_and_apply(repair).await;
         } else {
             agent.advance();
         }
-        if agent.in_sync {
+        if settled {
             agent.apply_bgp(repair).await;
         }
+        agent.publish_health();
     }
     if let Some(bgp) = agent.bgp.as_mut() {
         // As a graceful restart: peers keep our routes, the kernel keeps its routes.
@@ -192,9 +218,12 @@ impl Agent {
             Update::Status(SyncStatus::InSync) => {
                 tracing::info!(revision = self.revision, "in sync with the datastore");
                 self.in_sync = true;
+                self.resyncing = false;
+                self.connected = true;
                 self.dirty = true;
             }
             Update::Status(SyncStatus::ResyncInProgress) => {
+                self.resyncing = self.in_sync;
                 self.lists += 1;
                 if self.lists > 1 {
                     self.status.resyncs += 1;
@@ -203,7 +232,14 @@ impl Agent {
                     }
                 }
             }
-            Update::Status(SyncStatus::WaitForDatastore) => {}
+            Update::Status(SyncStatus::WaitForDatastore) => {
+                if self.connected {
+                    tracing::warn!(
+                        "lost the datastore; keeping the dataplane as it is until it is back"
+                    );
+                }
+                self.connected = false;
+            }
             Update::Revision(revision) => self.revision = self.revision.max(revision),
             Update::Changed {
                 key,
@@ -378,13 +414,19 @@ impl Agent {
         match result {
             Ok(()) => {
                 self.forget_released_flows();
+                let programmed: BTreeSet<String> = self
+                    .calculator
+                    .computed()
+                    .local
+                    .values()
+                    .map(|e| e.display())
+                    .collect();
+                if *self.programmed != programmed {
+                    self.programmed = Arc::new(programmed);
+                }
                 self.dirty = false;
                 self.status.applied_revision = applied_revision;
                 self.status.last_error = None;
-                let _ = self.health.send(Health {
-                    live: true,
-                    ready: true,
-                });
             }
             Err(err) => {
                 tracing::error!(error = %err, "apply failed; retrying at the next change or refresh");
@@ -522,9 +564,37 @@ impl Agent {
             metrics
                 .invalid_objects
                 .set(self.status.invalid_objects.len() as i64);
-            metrics
-                .ready
-                .set(i64::from(self.status.applied_revision > 0));
+        }
+    }
+
+    /// Publishes readiness and what is programmed to the health endpoints (only when it
+    /// changed).
+    fn publish_health(&mut self) {
+        let not_ready = not_ready(&Readiness {
+            in_sync: self.in_sync,
+            connected: self.connected,
+            resyncing: self.resyncing,
+            applied_revision: self.status.applied_revision,
+            last_error: self.status.last_error.as_deref(),
+        });
+        let programmed = self.programmed.clone();
+        let current = self.health.borrow().clone();
+        let ready = not_ready.is_empty();
+        if current.ready == ready
+            && current.not_ready == not_ready
+            && current.applied_revision == self.status.applied_revision
+            && Arc::ptr_eq(&current.programmed, &programmed)
+        {
+            return;
+        }
+        let _ = self.health.send(Health {
+            ready,
+            not_ready,
+            applied_revision: self.status.applied_revision,
+            programmed,
+        });
+        if let Ok(metrics) = self.metrics.lock() {
+            metrics.ready.set(i64::from(ready));
         }
     }
 
@@ -548,6 +618,34 @@ impl Agent {
         if let Err(err) = self.status.write(&self.options.status_file) {
             tracing::warn!(path = %self.options.status_file.display(), error = %err, "cannot write the status file");
         }
+    }
+}
+
+/// What readiness depends on.
+struct Readiness<'a> {
+    in_sync: bool,
+    connected: bool,
+    resyncing: bool,
+    applied_revision: i64,
+    last_error: Option<&'a str>,
+}
+
+/// Why the agent is not ready for pods (empty: ready): it must be in sync with the datastore
+/// and reach it, not be in the middle of a relist, and have applied since it started with
+/// its last apply successful.
+fn not_ready(readiness: &Readiness<'_>) -> String {
+    if !readiness.in_sync {
+        "not yet in sync with the datastore".to_string()
+    } else if !readiness.connected {
+        "the datastore cannot be reached".to_string()
+    } else if readiness.resyncing {
+        "listing the datastore again".to_string()
+    } else if readiness.applied_revision == 0 {
+        "nothing applied yet".to_string()
+    } else if let Some(err) = readiness.last_error {
+        format!("the last apply failed: {err}")
+    } else {
+        String::new()
     }
 }
 
@@ -642,4 +740,61 @@ fn apply_families(
         note("IPv6", &stats);
     }
     Ok(quarantined)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ready_only_when_in_sync_connected_settled_and_applied_without_error() {
+        let ready = Readiness {
+            in_sync: true,
+            connected: true,
+            resyncing: false,
+            applied_revision: 5,
+            last_error: None,
+        };
+        assert_eq!(not_ready(&ready), "");
+        let cases = [
+            (
+                Readiness {
+                    in_sync: false,
+                    ..ready
+                },
+                "not yet in sync",
+            ),
+            (
+                Readiness {
+                    connected: false,
+                    ..ready
+                },
+                "cannot be reached",
+            ),
+            (
+                Readiness {
+                    resyncing: true,
+                    ..ready
+                },
+                "listing the datastore again",
+            ),
+            (
+                Readiness {
+                    applied_revision: 0,
+                    ..ready
+                },
+                "nothing applied yet",
+            ),
+            (
+                Readiness {
+                    last_error: Some("iptables-restore failed"),
+                    ..ready
+                },
+                "the last apply failed: iptables-restore failed",
+            ),
+        ];
+        for (readiness, reason) in cases {
+            assert!(not_ready(&readiness).contains(reason), "{reason}");
+        }
+    }
 }

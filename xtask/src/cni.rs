@@ -313,6 +313,9 @@ fn plugins_bench(runtime: &tokio::runtime::Runtime) -> anyhow::Result<String> {
         "log_file_path": dir.path().join("cni.log"),
         "ipam_lock_file": dir.path().join("ipam.lock"),
         "ipam": {"type": "twill-ipam", "assign_ipv4": "true"},
+        // The plugin alone, as ptp runs alone: no twill-node to ask (the cluster benchmark
+        // measures pod creation with it).
+        "node_health_address": "none",
     });
     let reference_config = json!({
         "cniVersion": "1.0.0", "name": "ref", "type": "ptp",

@@ -38,6 +38,10 @@ struct Cli {
     /// configuration names no mtu).
     #[arg(long, default_value = "/var/lib/twill/mtu")]
     mtu_file: PathBuf,
+    /// Seconds without progress of the main loop after which /livez fails (default: 3
+    /// refresh intervals, at least 30).
+    #[arg(long, env = "TWILL_WATCHDOG_TIMEOUT")]
+    watchdog_timeout: Option<f64>,
     /// Log as JSON.
     #[arg(long)]
     log_json: bool,
@@ -81,6 +85,11 @@ fn main() -> std::process::ExitCode {
         run_dir: cli.run_dir,
         secrets_dir: cli.secrets_dir,
         mtu_file: cli.mtu_file,
+        watchdog: Duration::from_secs_f64(
+            cli.watchdog_timeout
+                .unwrap_or((3.0 * cli.refresh_interval).max(30.0))
+                .max(1.0),
+        ),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

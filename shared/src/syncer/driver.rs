@@ -57,13 +57,21 @@ async fn run(store: Arc<dyn Datastore>, kinds: Vec<Kind>, sender: mpsc::Sender<U
                 }
                 Err(err) => {
                     tracing::warn!(url = store.url(), error = %err, "syncer list failed; retrying");
+                    if !send_all(&sender, state.on_disconnected()).await {
+                        return;
+                    }
                     backoff = pause(backoff).await;
                     continue;
                 }
             }
         }
         let mut watch = match store.watch(single_kind, state.revision()).await {
-            Ok(watch) => watch,
+            Ok(watch) => {
+                if !send_all(&sender, state.on_reconnected()).await {
+                    return;
+                }
+                watch
+            }
             Err(DatastoreError::RevisionTooOld { .. }) => {
                 tracing::info!(
                     url = store.url(),
@@ -75,6 +83,9 @@ async fn run(store: Arc<dyn Datastore>, kinds: Vec<Kind>, sender: mpsc::Sender<U
             }
             Err(err) => {
                 tracing::warn!(url = store.url(), error = %err, "syncer watch failed; retrying");
+                if !send_all(&sender, state.on_disconnected()).await {
+                    return;
+                }
                 backoff = pause(backoff).await;
                 continue;
             }
@@ -98,6 +109,9 @@ async fn run(store: Arc<dyn Datastore>, kinds: Vec<Kind>, sender: mpsc::Sender<U
                 }
                 Some(Err(err)) => {
                     tracing::warn!(url = store.url(), error = %err, "watch dropped; watching again");
+                    if !send_all(&sender, state.on_disconnected()).await {
+                        return;
+                    }
                     backoff = pause(backoff).await;
                     break;
                 }

@@ -17,7 +17,8 @@ use crate::resource::{Key, Kind};
 /// Where the syncer stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SyncStatus {
-    /// Not yet listed.
+    /// Not yet listed, or the connection to the datastore is lost (the view stays that of
+    /// the last revision seen; InSync follows once watching works again).
     WaitForDatastore,
     /// Listing (first time, or again after a dropped watch).
     ResyncInProgress,
@@ -89,7 +90,28 @@ impl SyncerState {
         self.set_status(SyncStatus::ResyncInProgress)
     }
 
-    /// A list arrived: report what differs from the consumer's view, then InSync.
+    /// The datastore cannot be reached (a list or watch failed): a consumer that was in
+    /// sync hears WaitForDatastore.
+    pub fn on_disconnected(&mut self) -> Vec<Update> {
+        if self.status != SyncStatus::InSync {
+            return Vec::new();
+        }
+        self.set_status(SyncStatus::WaitForDatastore)
+    }
+
+    /// A watch was established again after [`SyncerState::on_disconnected`] (no list was
+    /// needed): InSync again.
+    pub fn on_reconnected(&mut self) -> Vec<Update> {
+        if self.status != SyncStatus::WaitForDatastore || self.revision == 0 {
+            return Vec::new();
+        }
+        self.set_status(SyncStatus::InSync)
+    }
+
+    /// A list arrived: report what differs from the consumer's view — changed and new
+    /// objects first, then synthetic deletes of what vanished (so a consumer acting on each
+    /// update never goes through a state with an old object gone and its replacement not yet
+    /// there) — then InSync.
     pub fn on_listed(&mut self, listing: Listing) -> Vec<Update> {
         let mut updates = Vec::new();
         let mut listed = BTreeMap::new();
@@ -106,14 +128,6 @@ impl SyncerState {
             .filter(|key| !listed.contains_key(*key))
             .cloned()
             .collect();
-        for key in vanished {
-            self.cache.remove(&key);
-            updates.push(Update::Changed {
-                key,
-                revision: listing.revision,
-                value: None,
-            });
-        }
         for (key, (revision, value)) in listed {
             let unchanged = self
                 .cache
@@ -127,6 +141,14 @@ impl SyncerState {
                 });
                 self.cache.insert(key, (revision, value));
             }
+        }
+        for key in vanished {
+            self.cache.remove(&key);
+            updates.push(Update::Changed {
+                key,
+                revision: listing.revision,
+                value: None,
+            });
         }
         self.revision = listing.revision;
         updates.push(Update::Revision(listing.revision));
@@ -215,14 +237,10 @@ mod tests {
             items: vec![stored("a", 1), stored("b", 5), stored("d", 6)],
             revision: 7,
         });
+        // Updates first, then deletions.
         assert_eq!(
             second,
             vec![
-                Update::Changed {
-                    key: key("c"),
-                    revision: 7,
-                    value: None
-                },
                 Update::Changed {
                     key: key("b"),
                     revision: 5,
@@ -233,11 +251,35 @@ mod tests {
                     revision: 6,
                     value: Some(json!({"rev": 6}))
                 },
+                Update::Changed {
+                    key: key("c"),
+                    revision: 7,
+                    value: None
+                },
                 Update::Revision(7),
                 Update::Status(SyncStatus::InSync),
             ]
         );
         assert_eq!(state.revision(), 7);
+    }
+
+    #[test]
+    fn a_lost_connection_is_reported_and_a_new_watch_brings_in_sync_back() {
+        let mut state = SyncerState::new(vec![Kind::GlobalNetworkSet]);
+        assert!(state.on_disconnected().is_empty(), "not yet in sync");
+        assert!(state.on_reconnected().is_empty(), "never listed");
+        state.on_resync_started();
+        state.on_listed(Listing {
+            items: vec![stored("a", 1)],
+            revision: 1,
+        });
+        assert_eq!(
+            state.on_disconnected(),
+            [Update::Status(SyncStatus::WaitForDatastore)]
+        );
+        assert!(state.on_disconnected().is_empty(), "said once");
+        assert_eq!(state.on_reconnected(), [Update::Status(SyncStatus::InSync)]);
+        assert!(state.on_reconnected().is_empty());
     }
 
     #[test]
