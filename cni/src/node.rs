@@ -45,9 +45,11 @@ async fn get(address: &str, path: &str) -> Result<(u16, String), String> {
         .map_err(|_| format!("twill-node on {address} did not answer within 2 s"))?
 }
 
-/// Whether twill-node on this node is ready for pods; the reason when it is not.
-pub async fn ready(address: &str) -> Result<(), String> {
-    match get(address, "/readyz").await? {
+/// Whether twill-node on this node is ready for pods (`/readyz`, for ADD) or has at least
+/// programmed the node since it started (`/applied`, for STATUS, so that a passing datastore
+/// hiccup does not make the node NotReady); the reason when it is not.
+pub async fn ready(address: &str, path: &str) -> Result<(), String> {
+    match get(address, path).await? {
         (200, _) => Ok(()),
         (_, body) => Err(format!("twill-node is not ready: {body}")),
     }

@@ -425,7 +425,12 @@ async fn node_ready(conf: &NetConf, code: u32) -> Result<(), CniError> {
     let Some(address) = &conf.node_health else {
         return Ok(());
     };
-    crate::node::ready(address).await.map_err(|reason| {
+    let path = if code == code::NOT_AVAILABLE {
+        "/applied"
+    } else {
+        "/readyz"
+    };
+    crate::node::ready(address, path).await.map_err(|reason| {
         CniError::new(
             code,
             "twill-node is not ready on this node",
@@ -645,16 +650,18 @@ pub async fn del(conf: &NetConf, call: &CallArgs) -> Result<(), CniError> {
             .await
             .map_err(interface_error)?;
     }
-    if ours {
-        forget_flows(conf, call, &store, endpoint.as_ref()).await?;
-    }
-    delegate_del(conf, call, &store).await?;
-    if let Some(stored) = endpoint.filter(|_| ours) {
+    // The order matters to a pod that gets one of these addresses next: this node's flows go
+    // first; then the endpoint, whose deletion every other node sees (and forgets its flows)
+    // before any later owner of the address can appear; then the addresses are released.
+    let endpoint = endpoint.filter(|_| ours);
+    forget_flows(conf, call, &store, endpoint.as_ref()).await?;
+    if let Some(stored) = &endpoint {
         match store.delete(&key, Some(stored.revision)).await {
             Ok(_) | Err(DatastoreError::NotFound { .. } | DatastoreError::Conflict { .. }) => {}
             Err(err) => return Err(datastore_error(err)),
         }
     }
+    delegate_del(conf, call, &store).await?;
     tracing::info!(container = %call.container_id, "DEL done");
     Ok(())
 }
@@ -696,12 +703,15 @@ async fn forget_flows(
             );
             Ok(())
         }
-        // No connection tracking in this kernel: no entries to leave behind.
+        // No netfilter netlink in this kernel: no connection tracking, no entries left.
         Err(err) if err.raw_os_error() == Some(nix::errno::Errno::EPROTONOSUPPORT as i32) => Ok(()),
         Err(err) => Err(CniError::new(
             code::DATAPLANE_FAILURE,
             "cannot delete the conntrack entries of the pod's addresses",
-            format!("{addresses:?}: {err}; the addresses stay allocated until DEL succeeds"),
+            format!(
+                "{addresses:?}: {err} (EINVAL: load the nf_conntrack_netlink module); the \
+                 addresses stay allocated until DEL succeeds"
+            ),
         )),
     }
 }

@@ -1469,8 +1469,9 @@ fn log_scenario(lab: &LabGuard) -> Vec<String> {
 
 /// Rules that need what Twill does not enforce (http, destination.domains,
 /// destination.services) never open traffic: an Allow rule naming one matches nothing (that
-/// traffic ends at the end of the tier); a Deny or Pass rule acts as if it matched, so it
-/// denies or passes more, never less. `twillctl apply` warns about each.
+/// traffic ends at the end of the tier); a Deny rule acts as if it matched, so it denies
+/// more; a Pass rule denies (passing more would skip the tier's Deny rules for that traffic).
+/// `twillctl apply` warns about each.
 fn unenforced_scenarios(lab: &LabGuard) -> Vec<String> {
     let mut wrong = Vec::new();
     let cases = [
@@ -1511,9 +1512,10 @@ fn unenforced_scenarios(lab: &LabGuard) -> Vec<String> {
             open().deny_egress_from("y/b").clone(),
         ),
         (
-            // The Pass acts as if the domain matched: z/c's egress goes on to the default
-            // tier, where no policy selects it, so its namespace profile allows it.
-            "a Pass rule with destination.domains passes as if it matched",
+            // Passing the c pods' egress as if the domain matched would skip the tier's Deny
+            // rule for all of it (and the default tier, where no policy selects them, would
+            // let it out through their namespace profiles): the Pass denies instead.
+            "a Pass rule with destination.domains denies as if it matched",
             vec![
                 tier("unenforced", json!({"order": 50})),
                 gnp(
@@ -1521,11 +1523,11 @@ fn unenforced_scenarios(lab: &LabGuard) -> Vec<String> {
                     json!({"tier": "unenforced", "selector": "pod == 'c'", "types": ["Egress"],
                         "egress": [
                             {"action": "Pass", "destination": {"domains": ["example.com"]}},
-                            {"action": "Deny"}]}),
+                            {"action": "Deny", "destination": {"selector": "pod == 'a'"}}]}),
                 ),
             ],
             "domains",
-            open(),
+            open().deny_egress_from("*/c").clone(),
         ),
     ];
     for (name, objects, field, expect) in cases {

@@ -338,7 +338,7 @@ impl fmt::Display for Trace {
                     reason,
                 } => writeln!(
                     f,
-                    "    {owner}: rule {index} widened: it {reason}, so it acts as if they matched"
+                    "    {owner}: rule {index} widened: it {reason}, so it acts as if they matched (a Pass denies)"
                 )?,
                 Step::TierDefault { tier, action } => {
                     writeln!(f, "    end of tier {tier}: {action}")?

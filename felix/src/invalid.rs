@@ -14,7 +14,8 @@
 //! - a profile, tier or namespace is absent, which already denies (a missing profile or tier
 //!   denies);
 //! - a network set keeps its labels and the nets that parse;
-//! - a FelixConfiguration is absent: the defaults apply.
+//! - a FelixConfiguration keeps its fields that are valid on their own, and for the others
+//!   the last valid version's values (the defaults only where there never was one).
 
 use std::collections::BTreeMap;
 
@@ -52,7 +53,9 @@ pub fn describe(key: &Key, invalid: &Invalid) -> String {
             "it counts as missing, which denies (fail closed)"
         }
         Kind::NetworkSet | Kind::GlobalNetworkSet => "only its valid nets are used",
-        Kind::FelixConfiguration => "it is ignored: the defaults apply",
+        Kind::FelixConfiguration => {
+            "its valid fields apply, the others keep their last valid values (or defaults)"
+        }
         _ => "it is ignored",
     };
     format!("invalid {key}: {}; {consequence}", invalid.reason)
@@ -176,4 +179,46 @@ pub fn stand_in_network_set(key: &Key, invalid: &Invalid) -> Option<Entity> {
         profiles: Vec::new(),
         pod: None,
     })
+}
+
+/// An invalid configuration object (FelixConfiguration) salvaged field by field: each field of
+/// `spec` that decodes and validates on its own is taken from the invalid object, every
+/// other field keeps the value of the last valid version (`last`), so one bad field written
+/// by another tool never resets the rest to defaults (an interface prefix back to `tw`, a
+/// narrowed failsafe list widened again). None when nothing can be kept.
+pub fn salvage_configuration(
+    key: &Key,
+    invalid: &Invalid,
+    last: Option<&twill_shared::resource::Resource>,
+) -> Option<twill_shared::resource::Resource> {
+    use twill_shared::resource::Resource;
+    let skeleton = |spec: serde_json::Map<String, Value>| {
+        serde_json::json!({
+            "apiVersion": key.kind.api_version(),
+            "kind": key.kind.name(),
+            "metadata": {"name": key.name},
+            "spec": spec,
+        })
+    };
+    let valid = |value: Value| {
+        Resource::decode(key.kind, value)
+            .ok()
+            .filter(|r| twill_shared::resource::validate::validate(r).is_empty())
+    };
+    let mut spec: serde_json::Map<String, Value> = last
+        .map(|r| r.to_value()["spec"].clone())
+        .and_then(|s| s.as_object().cloned())
+        .unwrap_or_default();
+    let mut kept = !spec.is_empty();
+    for (field, value) in invalid.value["spec"].as_object().into_iter().flatten() {
+        let alone = serde_json::Map::from_iter([(field.clone(), value.clone())]);
+        if valid(skeleton(alone)).is_some() {
+            spec.insert(field.clone(), value.clone());
+            kept = true;
+        }
+    }
+    if !kept {
+        return None;
+    }
+    valid(skeleton(spec))
 }

@@ -191,8 +191,20 @@ impl Model {
         if !Model::wants(key.kind) {
             return false;
         }
-        let was_valid = self.resources.remove(&key).is_some();
-        self.invalid.insert(key, invalid.clone()) != Some(invalid) || was_valid
+        // A configuration keeps what can be kept (its valid fields, the last valid version's
+        // others): one bad field must not reset it to defaults.
+        let salvaged = (key.kind == Kind::FelixConfiguration)
+            .then(|| {
+                crate::invalid::salvage_configuration(&key, &invalid, self.resources.get(&key))
+            })
+            .flatten();
+        let changed_valid = match salvaged {
+            Some(resource) => {
+                self.resources.insert(key.clone(), resource.clone()) != Some(resource)
+            }
+            None => self.resources.remove(&key).is_some(),
+        };
+        self.invalid.insert(key, invalid.clone()) != Some(invalid) || changed_valid
     }
 
     /// The invalid objects, each described for people (kind, name, reason, consequence).
@@ -787,6 +799,8 @@ pub fn unenforced(resource: &Resource) -> Vec<String> {
             let path = format!("spec.{direction}[{index}]");
             let consequence = match rule.action.unwrap_or(Action::Allow) {
                 Action::Allow => "the Allow rule matches nothing".to_string(),
+                // Passing more would skip the rest of the tier, its Deny rules included.
+                Action::Pass => "the Pass rule denies instead, as if it matched".to_string(),
                 action => format!("the {action} rule acts as if it matched (never less)"),
             };
             if rule.http.is_some() {

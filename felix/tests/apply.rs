@@ -814,16 +814,32 @@ fn a_chain_the_kernel_refuses_is_set_aside_and_the_rest_applied() {
                 "sixteen ports",
             )],
         };
+        // The kernel refuses a jump to a chain that does not exist at COMMIT (iptables-nft
+        // names the COMMIT line, legacy the rule's): found by bisection among the others.
+        let dangling = Chain {
+            name: "twl-pi-dangling".into(),
+            rules: vec![rule(vec![], Target::Jump("twl-missing".into()), "nowhere")],
+        };
         let table = desired.tables.get_mut("filter").unwrap();
         table.chains.insert(refused.name.clone(), refused);
+        table.chains.insert(dangling.name.clone(), dangling);
+        for name in ["twl-po-fine1", "twl-po-fine2", "twl-po-fine3"] {
+            table.chains.insert(
+                name.into(),
+                Chain {
+                    name: name.into(),
+                    rules: vec![rule(vec![tcp()], Target::Return, "fine")],
+                },
+            );
+        }
         let stats = node.apply(&desired);
         assert_eq!(
             stats
                 .quarantined
                 .iter()
                 .map(|q| q.chain.as_str())
-                .collect::<Vec<_>>(),
-            ["twl-pi-refused"],
+                .collect::<std::collections::BTreeSet<_>>(),
+            ["twl-pi-dangling", "twl-pi-refused"].into_iter().collect(),
             "{backend:?}"
         );
         let saved = node.save();
@@ -840,9 +856,15 @@ fn a_chain_the_kernel_refuses_is_set_aside_and_the_rest_applied() {
             refused_rules[0].ends_with("-j DROP"),
             "{backend:?}:\n{saved}"
         );
-        // The next change: the chain stays aside, nothing is refused again.
+        for name in ["twl-po-fine1", "twl-po-fine2", "twl-po-fine3"] {
+            assert!(
+                saved.contains(&format!("-A {name} -p tcp")),
+                "{backend:?}: {name} is applied as desired:\n{saved}"
+            );
+        }
+        // The next change: the chains stay aside, nothing is refused again.
         let stats = node.apply_change(&desired);
-        assert_eq!(stats.quarantined.len(), 1);
+        assert_eq!(stats.quarantined.len(), 2);
         assert!(stats.wrote_nothing(), "{backend:?}: {stats:?}");
     }
 }

@@ -80,6 +80,8 @@ struct Agent {
     connected: bool,
     /// This node's workload endpoints (`namespace/name`) in the dataplane last applied.
     programmed: Arc<BTreeSet<String>>,
+    /// After a failed apply: when to try again (doubling up to the refresh interval).
+    retry: Option<Duration>,
     lists: u64,
     /// BGP (full mode).
     bgp: Option<crate::bgp::Bgp>,
@@ -91,6 +93,9 @@ struct Agent {
     endpoint_addresses: BTreeMap<twill_shared::resource::Key, BTreeSet<IpAddr>>,
     /// Addresses that left an endpoint: their conntrack entries go after the next apply.
     released: BTreeSet<IpAddr>,
+    /// The endpoint each address belongs to: an address that changes hands has its flows
+    /// forgotten even if the old owner's deletion has not been seen yet.
+    owners: BTreeMap<IpAddr, twill_shared::resource::Key>,
 }
 
 /// Runs until the process is stopped.
@@ -143,6 +148,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         unmanaged_routes: Default::default(),
         endpoint_addresses: BTreeMap::new(),
         released: BTreeSet::new(),
+        owners: BTreeMap::new(),
         status: Status {
             node: options.node.clone(),
             mode: match options.mode {
@@ -166,6 +172,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         resyncing: false,
         connected: false,
         programmed: Arc::default(),
+        retry: None,
         lists: 0,
     };
     agent.read_addresses().await;
@@ -185,6 +192,8 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
                 }
             }
             _ = refresh.tick() => repair = true,
+            // A failed apply is tried again soon, not only at the next change or refresh.
+            _ = tokio::time::sleep(agent.retry.unwrap_or_default()), if agent.retry.is_some() => {}
             _ = tokio::signal::ctrl_c() => break,
             _ = terminate.recv() => break,
         }
@@ -354,9 +363,22 @@ impl Agent {
             self.endpoint_addresses.remove(key)
         } else {
             self.endpoint_addresses.insert(key.clone(), now.clone())
-        };
-        self.released
-            .extend(before.unwrap_or_default().difference(&now).copied());
+        }
+        .unwrap_or_default();
+        for gone in before.difference(&now) {
+            if self.owners.get(gone) == Some(key) {
+                self.owners.remove(gone);
+            }
+            self.released.insert(*gone);
+        }
+        for address in &now {
+            match self.owners.insert(*address, key.clone()) {
+                Some(previous) if previous != *key => {
+                    self.released.insert(*address);
+                }
+                _ => {}
+            }
+        }
     }
 
     /// Deletes the conntrack entries of addresses that left (after the apply that removed
@@ -413,6 +435,7 @@ impl Agent {
         let elapsed = started.elapsed();
         match result {
             Ok(()) => {
+                self.retry = None;
                 self.forget_released_flows();
                 let programmed: BTreeSet<String> = self
                     .calculator
@@ -429,7 +452,12 @@ impl Agent {
                 self.status.last_error = None;
             }
             Err(err) => {
-                tracing::error!(error = %err, "apply failed; retrying at the next change or refresh");
+                let next = self
+                    .retry
+                    .map_or(Duration::from_millis(500), |d| d * 2)
+                    .min(self.options.refresh);
+                self.retry = Some(next);
+                tracing::error!(error = %err, retry_in = ?next, "apply failed; retrying");
                 self.status.apply_errors += 1;
                 self.status.last_error = Some(format!("{err:#}"));
                 if let Ok(metrics) = self.metrics.lock() {

@@ -5,6 +5,9 @@
 //!   in an apply, or wedged, is not live, so a supervisor restarts it);
 //! - `/readyz`: in sync with the datastore and connected to it, not in the middle of a
 //!   resync, and the last apply succeeded (the CNI plugin refuses ADD until then);
+//! - `/applied`: the agent has programmed this node at least once since it started (what
+//!   the CNI plugin's STATUS asks: a passing datastore hiccup must not make a node
+//!   NotReady, but a node whose rules a reboot wiped must be);
 //! - `/endpoints/NS/NAME?revision=R`: this node's dataplane holds workload endpoint NS/NAME
 //!   as of datastore revision R or later (what the CNI plugin's ADD waits for).
 
@@ -105,6 +108,12 @@ fn answer(
             TEXT,
         ),
         "/readyz" if health.ready => ("200 OK", "ok\n".into(), TEXT),
+        "/applied" if health.applied_revision > 0 => ("200 OK", "ok\n".into(), TEXT),
+        "/applied" => (
+            UNAVAILABLE,
+            format!("nothing applied since start: {}\n", health.not_ready),
+            TEXT,
+        ),
         "/readyz" => (
             UNAVAILABLE,
             format!("not ready: {}\n", health.not_ready),

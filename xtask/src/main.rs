@@ -8,6 +8,7 @@ mod bgp;
 mod cluster;
 mod cni;
 mod ingest;
+mod k8s;
 mod kernel_routes;
 mod policy;
 
@@ -39,6 +40,10 @@ fn main() -> anyhow::Result<()> {
                 .enable_all()
                 .build()?;
             print!("{}", runtime.block_on(bench::synchronous_only())?);
+            Ok(())
+        }
+        Some("k8s-build") => {
+            println!("{}", k8s::build()?.display());
             Ok(())
         }
         Some("bench-cluster") => {
@@ -75,7 +80,7 @@ fn main() -> anyhow::Result<()> {
         }
         _ => {
             eprintln!(
-                "usage: cargo xtask bench [OUTPUT.md] | bench-bgp [PREFIXES...] [realistic PREFIXES...] | bench-sqlite-sync | bench-policy | bench-cni | bench-ingest [realistic] [PREFIXES...]"
+                "usage: cargo xtask bench [OUTPUT.md] | bench-bgp [PREFIXES...] [realistic PREFIXES...] | bench-sqlite-sync | bench-policy | bench-cni | k8s-build | bench-ingest [realistic] [PREFIXES...]"
             );
             std::process::exit(2);
         }

@@ -88,8 +88,13 @@ pub fn dump_request(v6: bool, sequence: u32) -> Vec<u8> {
     )
 }
 
-/// The request that deletes one entry (acknowledged).
+/// The request that deletes one entry (acknowledged). Never without a tuple: a DELETE with
+/// none flushes the whole table (entries only come from [`parse_entry`], which requires it).
 pub fn delete_request(entry: &Entry, v6: bool, sequence: u32) -> Vec<u8> {
+    assert!(
+        !entry.orig.is_empty(),
+        "a conntrack DELETE without a tuple would flush the table"
+    );
     let mut attributes = entry.orig.clone();
     attributes.extend_from_slice(&entry.extra);
     message(
@@ -211,10 +216,9 @@ pub fn delete_flows_of(addresses: &BTreeSet<IpAddr>) -> io::Result<usize> {
             continue;
         }
         let socket = open()?;
-        let entries: Vec<Entry> = dump(&socket, v6)?
-            .into_iter()
-            .filter(|e| e.addresses.iter().any(|a| wanted.contains(a)))
-            .collect();
+        let entries = dump(&socket, v6, |e| {
+            e.addresses.iter().any(|a| wanted.contains(a))
+        })?;
         deleted += delete(&socket, &entries, v6)?;
     }
     Ok(deleted)
@@ -233,12 +237,18 @@ fn receive(socket: &netlink_sys::Socket) -> io::Result<Received> {
     Ok(parse_messages(&buffer[..n]))
 }
 
-fn dump(socket: &netlink_sys::Socket, v6: bool) -> io::Result<Vec<Entry>> {
+/// The entries of one family's table that `keep` accepts (filtered buffer by buffer, so a
+/// large table is never held whole).
+fn dump(
+    socket: &netlink_sys::Socket,
+    v6: bool,
+    keep: impl Fn(&Entry) -> bool,
+) -> io::Result<Vec<Entry>> {
     socket.send(&dump_request(v6, 1), 0)?;
     let mut entries = Vec::new();
     loop {
         let received = receive(socket)?;
-        entries.extend(received.entries);
+        entries.extend(received.entries.into_iter().filter(|e| keep(e)));
         if let Some((_, errno)) = received.errors.iter().find(|(_, e)| *e != 0) {
             return Err(io::Error::from_raw_os_error(*errno));
         }

@@ -224,11 +224,20 @@ impl Applier {
                 }
                 Err(err) => err,
             };
-            let refused = match &err {
+            let named = match &err {
                 ApplyError::Failed {
                     line: Some(line), ..
                 } => quarantine::chain_of_line(line).map(str::to_owned),
                 _ => None,
+            };
+            // A refusal the kernel reports at COMMIT (or without a line) names no chain: find
+            // it by setting chains aside until the apply goes through.
+            let refused = match named {
+                Some(chain) => Some(chain),
+                None if matches!(err, ApplyError::Failed { .. }) => {
+                    self.bisect(family, desired, &quarantined)
+                }
+                None => None,
             };
             let Some(chain) = refused else {
                 return Err(err);
@@ -244,6 +253,40 @@ impl Applier {
             fresh = true;
         }
         Err(ApplyError::TooManyRefused { family })
+    }
+
+    /// The chain, among those that may be set aside, whose rules make the apply fail: None
+    /// when setting all of them aside does not help. A binary search keeping two facts true:
+    /// with `outside` aside the apply fails, with `outside` and `suspects` aside it works; it
+    /// ends on one suspect, a culprit. Each step is a real apply (a failed one changes
+    /// nothing: restores are atomic per table; one that works only has more chains dropping
+    /// everything than needed, until the next).
+    fn bisect(
+        &mut self,
+        family: Family,
+        desired: &Dataplane,
+        aside: &[Quarantined],
+    ) -> Option<String> {
+        let mut suspects = quarantine::candidates(desired, aside);
+        let mut outside: Vec<String> = Vec::new();
+        let works = |this: &mut Applier, chains: Vec<String>| {
+            this.last.remove(&family);
+            this.apply_with(family, &quarantine::with_stand_ins(desired, &chains))
+                .is_ok()
+        };
+        if suspects.is_empty() || !works(self, suspects.clone()) {
+            return None;
+        }
+        while suspects.len() > 1 {
+            let rest = suspects.split_off(suspects.len() / 2);
+            let trial: Vec<String> = outside.iter().chain(&suspects).cloned().collect();
+            if !works(self, trial) {
+                // A culprit is in `rest`, with the first half aside from now on.
+                outside.append(&mut suspects);
+                suspects = rest;
+            }
+        }
+        suspects.pop()
     }
 
     fn apply_once(

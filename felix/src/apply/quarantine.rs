@@ -49,6 +49,33 @@ fn quarantinable(chain: &str) -> bool {
     QUARANTINABLE.iter().any(|prefix| chain.starts_with(prefix))
 }
 
+/// The chains that could be set aside: quarantinable ones of `dataplane` not aside already.
+pub(super) fn candidates(dataplane: &Dataplane, aside: &[Quarantined]) -> Vec<String> {
+    let mut names: Vec<String> = dataplane
+        .tables
+        .values()
+        .flat_map(|t| t.chains.keys())
+        .filter(|c| quarantinable(c) && !aside.iter().any(|q| q.chain == **c))
+        .cloned()
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// `dataplane` with `chains` replaced by their stand-ins.
+pub(super) fn with_stand_ins(dataplane: &Dataplane, chains: &[String]) -> Dataplane {
+    let mut replaced = dataplane.clone();
+    for table in replaced.tables.values_mut() {
+        for chain in chains {
+            if let Some(found) = table.chains.get_mut(chain) {
+                found.rules = stand_in();
+            }
+        }
+    }
+    replaced
+}
+
 fn stand_in() -> Vec<Rule> {
     vec![Rule {
         matches: Vec::new(),
@@ -106,14 +133,8 @@ impl Quarantine {
         if mine.is_empty() {
             return (None, Vec::new());
         }
-        let mut replaced = dataplane.clone();
-        for table in replaced.tables.values_mut() {
-            for (chain, _) in &mine {
-                if let Some(found) = table.chains.get_mut(chain) {
-                    found.rules = stand_in();
-                }
-            }
-        }
+        let chains: Vec<String> = mine.iter().map(|(chain, _)| chain.clone()).collect();
+        let replaced = with_stand_ins(dataplane, &chains);
         let report = mine
             .into_iter()
             .map(|(chain, reason)| Quarantined { chain, reason })

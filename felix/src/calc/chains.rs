@@ -516,12 +516,11 @@ fn note_never(compiled: &[CompiledRule], owner: &str, warnings: &mut Vec<String>
         }
         if let Some(reason) = &rule.widened {
             warnings.push(format!(
-                "{owner} rule {}: {reason}; this {} rule acts as if they matched ({} more, never less)",
+                "{owner} rule {}: {reason}; it acts as a {} rule as if they matched ({} more, never less)",
                 rule.index,
                 rule.action,
                 match rule.action {
                     Action::Deny => "denies",
-                    Action::Pass => "passes",
                     _ => "logs",
                 }
             ));

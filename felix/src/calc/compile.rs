@@ -131,8 +131,9 @@ pub struct CompiledRule {
     pub variants: Vec<Vec<Condition>>,
     /// Why it can never match here, when it cannot (for explain).
     pub never: Option<String>,
-    /// What it names that Twill does not enforce and that this Deny, Pass or Log rule acts
-    /// as if it matched (it denies, passes or logs more, never less), when it names any.
+    /// What it names that Twill does not enforce, when it names any: a Deny or Log rule acts
+    /// as if that matched (denies or logs more, never less); a Pass rule, which would skip
+    /// the rest of its tier (and its Deny rules) for more traffic, denies instead.
     pub widened: Option<String>,
     /// A short text of the rule, for comments and explain.
     pub text: String,
@@ -529,7 +530,9 @@ pub fn compile_rule(
         }
     }
     // A criterion Twill cannot check never opens traffic: an Allow rule naming one matches
-    // nothing; a Deny, Pass or Log rule acts as if it matched (it does more, never less).
+    // nothing; a Deny or Log rule acts as if it matched (it does more, never less); a Pass
+    // rule denies, as passing more traffic to the next tier would skip this tier's Deny rules
+    // and its end-of-tier deny for it.
     let widened = (!unenforced.is_empty()).then(|| {
         unenforced.dedup();
         format!(
@@ -537,11 +540,16 @@ pub fn compile_rule(
             unenforced.join(" and ")
         )
     });
+    let mut action = action;
     if let Some(reason) = &widened {
-        if action == Action::Allow {
-            return never(format!(
-                "{reason}; an Allow rule naming them matches nothing"
-            ));
+        match action {
+            Action::Allow => {
+                return never(format!(
+                    "{reason}; an Allow rule naming them matches nothing"
+                ))
+            }
+            Action::Pass => action = Action::Deny,
+            Action::Deny | Action::Log => {}
         }
     }
     CompiledRule {

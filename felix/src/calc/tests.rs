@@ -450,3 +450,42 @@ fn stored_policies_without_types_apply_as_calico_defaults_them() {
         }
     }
 }
+
+/// A FelixConfiguration another tool wrote with one bad field keeps its valid fields and, for
+/// the bad one, the last valid value: the interface prefix never falls back to the default.
+#[test]
+fn an_invalid_felix_configuration_keeps_what_is_valid() {
+    use twill_shared::resource::{Key, Kind};
+    let key = Key::cluster(Kind::FelixConfiguration, "default");
+    let mut model = Model::default();
+    let valid = resources(
+        "apiVersion: projectcalico.org/v3\nkind: FelixConfiguration\nmetadata: {name: default}\nspec: {interfacePrefix: cali}\n",
+    )
+    .remove(0);
+    model.set(key.clone(), Some(valid));
+    let invalid = crate::invalid::Invalid {
+        reason: "spec.interfacePrefix: not an interface prefix".into(),
+        value: serde_json::json!({"apiVersion": "projectcalico.org/v3", "kind": "FelixConfiguration",
+            "metadata": {"name": "default"},
+            "spec": {"interfacePrefix": "tw.x", "defaultEndpointToHostAction": "Drop"}}),
+    };
+    model.set_invalid(key.clone(), invalid.clone());
+    let config = Config::from_model(&model, "n1");
+    assert_eq!(
+        config.interface_prefixes,
+        ["cali"],
+        "the last valid prefix stays"
+    );
+    assert_eq!(
+        config.endpoint_to_host,
+        super::EndpointToHost::Drop,
+        "the valid new field applies"
+    );
+    assert_eq!(model.invalid_objects().len(), 1, "and it is reported");
+    // Never valid before: its valid fields, the defaults for the rest.
+    let mut fresh = Model::default();
+    fresh.set_invalid(key, invalid);
+    let config = Config::from_model(&fresh, "n1");
+    assert_eq!(config.interface_prefixes, ["tw"]);
+    assert_eq!(config.endpoint_to_host, super::EndpointToHost::Drop);
+}
