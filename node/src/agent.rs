@@ -62,7 +62,8 @@ pub struct Options {
 struct Agent {
     options: Options,
     calculator: Calculator,
-    in_sync: bool,
+    /// Where the syncer stands, as the agent acts on it.
+    sync: SyncGate,
     /// Calculated but not yet applied (or the apply failed).
     dirty: bool,
     revision: i64,
@@ -73,11 +74,6 @@ struct Agent {
     health: watch::Sender<Health>,
     /// The main loop's heartbeat (the watchdog behind `/livez`).
     heartbeat: Arc<health::Heartbeat>,
-    /// A relist is under way after the first sync: nothing is calculated until it ends, so
-    /// the re-listed view is applied as one step.
-    resyncing: bool,
-    /// The syncer reaches the datastore (false while it cannot: not ready).
-    connected: bool,
     /// This node's workload endpoints (`namespace/name`) in the dataplane last applied.
     programmed: Arc<BTreeSet<String>>,
     /// After a failed apply: when to try again (doubling up to the refresh interval).
@@ -161,7 +157,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         },
         calculator: Calculator::new(&options.node),
         options,
-        in_sync: false,
+        sync: SyncGate::default(),
         dirty: false,
         revision: 0,
         computed: false,
@@ -169,8 +165,6 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         metrics,
         health: health_sender,
         heartbeat,
-        resyncing: false,
-        connected: false,
         programmed: Arc::default(),
         retry: None,
         lists: 0,
@@ -201,7 +195,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
             agent.read_addresses().await;
         }
         // During a relist the view is partial: wait for its end and apply it as one step.
-        let settled = agent.in_sync && !agent.resyncing;
+        let settled = agent.sync.settled();
         if settled && (agent.dirty || agent.calculator.is_dirty() || repair) {
             agent.calculate_and_apply(repair).await;
         } else {
@@ -224,15 +218,21 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
 impl Agent {
     fn on_update(&mut self, update: Update) {
         match update {
-            Update::Status(SyncStatus::InSync) => {
-                tracing::info!(revision = self.revision, "in sync with the datastore");
-                self.in_sync = true;
-                self.resyncing = false;
-                self.connected = true;
-                self.dirty = true;
-            }
-            Update::Status(SyncStatus::ResyncInProgress) => {
-                self.resyncing = self.in_sync;
+            Update::Status(status) => {
+                if let Some(event) = self.sync.on_status(status) {
+                    match event {
+                        SyncEvent::InSync => {
+                            tracing::info!(revision = self.revision, "in sync with the datastore");
+                            self.dirty = true;
+                        }
+                        SyncEvent::Lost => tracing::warn!(
+                            "lost the datastore; keeping the dataplane as it is until it is back"
+                        ),
+                    }
+                }
+                if status != SyncStatus::ResyncInProgress {
+                    return;
+                }
                 self.lists += 1;
                 if self.lists > 1 {
                     self.status.resyncs += 1;
@@ -240,14 +240,6 @@ impl Agent {
                         metrics.resyncs.inc();
                     }
                 }
-            }
-            Update::Status(SyncStatus::WaitForDatastore) => {
-                if self.connected {
-                    tracing::warn!(
-                        "lost the datastore; keeping the dataplane as it is until it is back"
-                    );
-                }
-                self.connected = false;
             }
             Update::Revision(revision) => self.revision = self.revision.max(revision),
             Update::Changed {
@@ -570,7 +562,7 @@ impl Agent {
                 .sum::<usize>()
         };
         let count_members = |d: &Dataplane| d.sets.values().map(|s| s.members.len()).sum::<usize>();
-        self.status.in_sync = self.in_sync;
+        self.status.in_sync = self.sync.in_sync;
         self.status.last_apply_ms = elapsed.as_secs_f64() * 1000.0;
         self.status.last_apply_at = Some(twill_shared::client::rfc3339(
             std::time::SystemTime::now()
@@ -599,9 +591,9 @@ impl Agent {
     /// changed).
     fn publish_health(&mut self) {
         let not_ready = not_ready(&Readiness {
-            in_sync: self.in_sync,
-            connected: self.connected,
-            resyncing: self.resyncing,
+            in_sync: self.sync.in_sync,
+            connected: self.sync.connected,
+            resyncing: self.sync.resyncing,
             applied_revision: self.status.applied_revision,
             last_error: self.status.last_error.as_deref(),
         });
@@ -629,7 +621,7 @@ impl Agent {
     /// Changes felix does not follow (IPAM objects, BGP settings) leave the dataplane as it
     /// is: it reflects the newer revision too.
     fn advance(&mut self) {
-        let clean = self.in_sync
+        let clean = self.sync.in_sync
             && !self.dirty
             && !self.calculator.is_dirty()
             && self.computed
@@ -642,10 +634,60 @@ impl Agent {
     }
 
     fn write_status(&mut self) {
-        self.status.in_sync = self.in_sync;
+        self.status.in_sync = self.sync.in_sync;
         if let Err(err) = self.status.write(&self.options.status_file) {
             tracing::warn!(path = %self.options.status_file.display(), error = %err, "cannot write the status file");
         }
+    }
+}
+
+/// The syncer's status as the agent acts on it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct SyncGate {
+    /// In sync at least once: the first apply may happen.
+    in_sync: bool,
+    /// A relist is under way after the first sync: nothing is calculated until it ends, so
+    /// the re-listed view is applied as one step (never an intermediate state).
+    resyncing: bool,
+    /// The syncer reaches the datastore (false while it cannot: not ready).
+    connected: bool,
+}
+
+/// What a status change means to the agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SyncEvent {
+    /// In sync (again): calculate and apply.
+    InSync,
+    /// The datastore was reachable and no longer is.
+    Lost,
+}
+
+impl SyncGate {
+    fn on_status(&mut self, status: SyncStatus) -> Option<SyncEvent> {
+        match status {
+            SyncStatus::InSync => {
+                *self = SyncGate {
+                    in_sync: true,
+                    resyncing: false,
+                    connected: true,
+                };
+                Some(SyncEvent::InSync)
+            }
+            SyncStatus::ResyncInProgress => {
+                self.resyncing = self.in_sync;
+                None
+            }
+            SyncStatus::WaitForDatastore => {
+                let was = self.connected;
+                self.connected = false;
+                was.then_some(SyncEvent::Lost)
+            }
+        }
+    }
+
+    /// Whether the agent may calculate and apply: in sync and not in the middle of a relist.
+    fn settled(&self) -> bool {
+        self.in_sync && !self.resyncing
     }
 }
 
@@ -773,6 +815,29 @@ fn apply_families(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_relist_is_applied_as_one_step() {
+        let mut gate = SyncGate::default();
+        assert!(!gate.settled(), "nothing before the first sync");
+        gate.on_status(SyncStatus::ResyncInProgress);
+        assert!(!gate.settled());
+        assert_eq!(gate.on_status(SyncStatus::InSync), Some(SyncEvent::InSync));
+        assert!(gate.settled());
+        // A relist after a compaction: its updates are held until it ends.
+        gate.on_status(SyncStatus::ResyncInProgress);
+        assert!(!gate.settled(), "no calculation in the middle of a relist");
+        gate.on_status(SyncStatus::InSync);
+        assert!(gate.settled());
+        // A lost connection keeps the dataplane and repairs drift (still settled), and is
+        // said once.
+        assert_eq!(
+            gate.on_status(SyncStatus::WaitForDatastore),
+            Some(SyncEvent::Lost)
+        );
+        assert_eq!(gate.on_status(SyncStatus::WaitForDatastore), None);
+        assert!(gate.settled() && !gate.connected);
+    }
 
     #[test]
     fn ready_only_when_in_sync_connected_settled_and_applied_without_error() {
