@@ -7,6 +7,7 @@
 pub mod bgp;
 pub mod blast;
 pub mod etcd;
+pub mod kube;
 pub use twill_lab::netns;
 pub mod route_table;
 pub mod severable;

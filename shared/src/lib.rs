@@ -16,6 +16,7 @@
 pub mod client;
 pub mod convert;
 pub mod datastore;
+pub mod kubernetes;
 pub mod resource;
 pub mod selector;
 pub mod syncer;

@@ -7,6 +7,7 @@ mod bench;
 mod bgp;
 mod cluster;
 mod cni;
+mod crds;
 mod ingest;
 mod k8s;
 mod kernel_routes;
@@ -40,6 +41,10 @@ fn main() -> anyhow::Result<()> {
                 .enable_all()
                 .build()?;
             print!("{}", runtime.block_on(bench::synchronous_only())?);
+            Ok(())
+        }
+        Some("crds") => {
+            println!("{}", crds::write()?.display());
             Ok(())
         }
         Some("k8s-build") => {

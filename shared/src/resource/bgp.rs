@@ -7,7 +7,7 @@ use super::fields::{AsNumber, Cidr, Duration, SelectorText};
 
 /// A reference to a key of a Kubernetes Secret.
 #[skip_serializing_none]
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SecretKeyRef {
     /// Secret name.
@@ -18,7 +18,7 @@ pub struct SecretKeyRef {
 
 /// Where a BGP password comes from.
 #[skip_serializing_none]
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct BgpPassword {
     /// A key of a Secret in Twill's namespace.
@@ -27,7 +27,7 @@ pub struct BgpPassword {
 
 /// `projectcalico.org/v3` BGPPeer spec.
 #[skip_serializing_none]
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct BgpPeerSpec {
     /// The one node this peering is for.
@@ -73,7 +73,7 @@ pub struct BgpPeerSpec {
 
 /// A CIDR entry of service advertisement.
 #[skip_serializing_none]
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceCidr {
     /// The CIDR.
@@ -82,7 +82,7 @@ pub struct ServiceCidr {
 
 /// A named community.
 #[skip_serializing_none]
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NamedCommunity {
     /// Name used in prefixAdvertisements.
@@ -93,7 +93,7 @@ pub struct NamedCommunity {
 
 /// Communities to attach to a prefix.
 #[skip_serializing_none]
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PrefixAdvertisement {
     /// The prefix.
@@ -104,7 +104,7 @@ pub struct PrefixAdvertisement {
 
 /// `projectcalico.org/v3` BGPConfiguration spec.
 #[skip_serializing_none]
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct BgpConfigurationSpec {
     /// Log level.
@@ -154,7 +154,7 @@ pub struct BgpConfigurationSpec {
 
 /// A prefix-length range.
 #[skip_serializing_none]
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PrefixLength {
     /// Shortest prefix length.
@@ -165,7 +165,7 @@ pub struct PrefixLength {
 
 /// Community values to match.
 #[skip_serializing_none]
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CommunityMatch {
     /// `aa:nn` or `aa:nn:mm`.
@@ -174,7 +174,7 @@ pub struct CommunityMatch {
 
 /// A filter operation (Calico 3.32).
 #[skip_serializing_none]
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct FilterOperation {
     /// Add a community.
@@ -188,7 +188,7 @@ pub struct FilterOperation {
 
 /// AS path prepend.
 #[skip_serializing_none]
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PrependAsPath {
     /// AS numbers to prepend.
@@ -197,7 +197,7 @@ pub struct PrependAsPath {
 
 /// Route priority.
 #[skip_serializing_none]
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SetPriority {
     /// Kernel metric.
@@ -206,7 +206,7 @@ pub struct SetPriority {
 
 /// One BGPFilter rule.
 #[skip_serializing_none]
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct BgpFilterRule {
     /// Prefix to compare against.
@@ -236,7 +236,7 @@ pub struct BgpFilterRule {
 
 /// `projectcalico.org/v3` BGPFilter spec.
 #[skip_serializing_none]
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct BgpFilterSpec {
     /// IPv4 export rules.

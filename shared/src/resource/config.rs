@@ -7,7 +7,7 @@ use super::fields::{AsNumber, Cidr, Duration, Ip, Protocol, WorkloadSourceSpoofi
 
 /// A failsafe port: traffic that host endpoint policy never blocks.
 #[skip_serializing_none]
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProtoPort {
     /// TCP, UDP or SCTP.
@@ -20,7 +20,7 @@ pub struct ProtoPort {
 
 /// A range of kernel routing tables.
 #[skip_serializing_none]
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RouteTableRange {
     /// First table.
@@ -32,7 +32,7 @@ pub struct RouteTableRange {
 /// `projectcalico.org/v3` FelixConfiguration spec: the settings operators use most, Calico's
 /// names and types. Flow-log settings are accepted and stored; a later component acts on them.
 #[skip_serializing_none]
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 #[allow(missing_docs)]
 pub struct FelixConfigurationSpec {
@@ -135,7 +135,7 @@ pub struct FelixConfigurationSpec {
 
 /// Per-controller settings with a reconcile period.
 #[skip_serializing_none]
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ReconcilerSettings {
     /// How often to reconcile.
@@ -144,7 +144,7 @@ pub struct ReconcilerSettings {
 
 /// Automatic host endpoints.
 #[skip_serializing_none]
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct AutoHostEndpoints {
     /// Enabled or Disabled.
@@ -153,7 +153,7 @@ pub struct AutoHostEndpoints {
 
 /// The node controller's settings.
 #[skip_serializing_none]
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct NodeControllerSettings {
     /// How often to reconcile.
@@ -168,7 +168,7 @@ pub struct NodeControllerSettings {
 
 /// Load-balancer controller settings.
 #[skip_serializing_none]
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct LoadBalancerSettings {
     /// AllServices or RequestedServicesOnly.
@@ -178,7 +178,7 @@ pub struct LoadBalancerSettings {
 
 /// Which controllers run, with their settings.
 #[skip_serializing_none]
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Controllers {
     /// Node controller.
@@ -197,7 +197,7 @@ pub struct Controllers {
 
 /// `projectcalico.org/v3` KubeControllersConfiguration spec.
 #[skip_serializing_none]
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct KubeControllersConfigurationSpec {
     /// Log level.
@@ -216,7 +216,7 @@ pub struct KubeControllersConfigurationSpec {
 
 /// A node's BGP settings.
 #[skip_serializing_none]
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct NodeBgpSpec {
     /// AS number of this node (default: the global one).
@@ -235,7 +235,7 @@ pub struct NodeBgpSpec {
 
 /// Orchestrator reference.
 #[skip_serializing_none]
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct OrchRef {
     /// Node name in the orchestrator.
@@ -246,7 +246,7 @@ pub struct OrchRef {
 
 /// A node address.
 #[skip_serializing_none]
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NodeAddress {
     /// The address.
@@ -258,7 +258,7 @@ pub struct NodeAddress {
 
 /// `projectcalico.org/v3` Node spec.
 #[skip_serializing_none]
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct NodeSpec {
     /// BGP settings.

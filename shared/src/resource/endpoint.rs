@@ -7,7 +7,7 @@ use super::fields::{Cidr, Ip, Protocol};
 
 /// A named port an endpoint declares.
 #[skip_serializing_none]
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct EndpointPort {
     /// Port name, referenced by rules.
@@ -25,7 +25,7 @@ pub struct EndpointPort {
 
 /// `projectcalico.org/v3` HostEndpoint spec.
 #[skip_serializing_none]
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct HostEndpointSpec {
     /// The node the interface is on.
@@ -43,7 +43,7 @@ pub struct HostEndpointSpec {
 
 /// A 1:1 NAT mapping of a workload.
 #[skip_serializing_none]
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct IpNat {
     /// The workload's address.
@@ -56,7 +56,7 @@ pub struct IpNat {
 
 /// `projectcalico.org/v3` WorkloadEndpoint spec.
 #[skip_serializing_none]
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct WorkloadEndpointSpec {
     /// Orchestrator, e.g. `k8s`.

@@ -48,6 +48,30 @@ macro_rules! string_form {
     };
 }
 
+/// The CRD schema of a field type written as text: a plain string, or (for types that also
+/// take a number) Kubernetes' int-or-string.
+macro_rules! schema_form {
+    ($ty:ty, string) => {
+        schema_form!(@impl $ty, schemars::json_schema!({"type": "string"}));
+    };
+    ($ty:ty, int_or_string) => {
+        schema_form!(@impl $ty, schemars::json_schema!({"x-kubernetes-int-or-string": true}));
+    };
+    (@impl $ty:ty, $schema:expr) => {
+        impl schemars::JsonSchema for $ty {
+            fn schema_name() -> std::borrow::Cow<'static, str> {
+                stringify!($ty).into()
+            }
+            fn inline_schema() -> bool {
+                true
+            }
+            fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+                $schema
+            }
+        }
+    };
+}
+
 /// Serializes a policy or tier order as calicoctl prints it: an integral order as an integer
 /// (`200`, not `200.0`), so that what was applied comes back as written; a fractional order
 /// (`100.5`) as it is. For `#[serde(serialize_with = "serialize_order")]` on `Option<f64>`.
@@ -117,6 +141,7 @@ impl fmt::Display for Cidr {
 }
 
 string_form!(Cidr, "a CIDR such as 10.0.0.0/8");
+schema_form!(Cidr, string);
 
 /// An IP address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -143,6 +168,7 @@ impl FromStr for Ip {
 }
 
 string_form!(Ip, "an IP address");
+schema_form!(Ip, string);
 
 /// An IP protocol: a name Calico knows or a number from 1 to 255.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -236,6 +262,7 @@ impl fmt::Display for Protocol {
 }
 
 string_form!(Protocol, "a protocol name or number");
+schema_form!(Protocol, int_or_string);
 
 /// A Calico rule port: a number, a range `"lo:hi"`, or the name of a named port.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -326,6 +353,7 @@ impl fmt::Display for Port {
 }
 
 string_form!(Port, "a port number, a range \"lo:hi\" or a port name");
+schema_form!(Port, int_or_string);
 
 /// A Kubernetes port: a number from 1 to 65535 or a port name.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -361,6 +389,7 @@ impl FromStr for KubePort {
 }
 
 string_form!(KubePort, "a port number or a port name");
+schema_form!(KubePort, int_or_string);
 
 /// An AS number: 0 to 4294967295, as a number, a string, or asdot (`1.10`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -395,6 +424,7 @@ impl FromStr for AsNumber {
 }
 
 string_form!(AsNumber, "an AS number");
+schema_form!(AsNumber, int_or_string);
 
 /// A selector as written, checked to parse.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -445,6 +475,7 @@ impl FromStr for SelectorText {
 }
 
 string_form!(SelectorText, "a selector string");
+schema_form!(SelectorText, string);
 
 /// A duration in Go's notation (`90s`, `1m30s`, `1h`, `500ms`), as Calico writes them.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -510,6 +541,7 @@ impl FromStr for Duration {
 }
 
 string_form!(Duration, "a duration such as \"90s\"");
+schema_form!(Duration, string);
 
 /// A value of a closed set of names, written exactly.
 macro_rules! name_enum {
@@ -530,6 +562,18 @@ macro_rules! name_enum {
 
             fn serialize_form<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
                 serializer.serialize_str(self.as_str())
+            }
+        }
+
+        impl schemars::JsonSchema for $name {
+            fn schema_name() -> std::borrow::Cow<'static, str> {
+                stringify!($name).into()
+            }
+            fn inline_schema() -> bool {
+                true
+            }
+            fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+                schemars::json_schema!({"type": "string", "enum": [$($text),+]})
             }
         }
 

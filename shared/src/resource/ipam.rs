@@ -7,7 +7,7 @@ use super::fields::{Cidr, EncapMode, SelectorText};
 
 /// `projectcalico.org/v3` IPPool spec.
 #[skip_serializing_none]
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct IpPoolSpec {
     /// The pool's CIDR (required, host bits zero).
@@ -38,7 +38,7 @@ pub struct IpPoolSpec {
 
 /// `projectcalico.org/v3` IPReservation spec.
 #[skip_serializing_none]
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct IpReservationSpec {
     /// Addresses never handed out by automatic allocation.
@@ -48,7 +48,7 @@ pub struct IpReservationSpec {
 
 /// One allocation's owner, as Calico's `AllocationAttribute`.
 #[skip_serializing_none]
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AllocationAttribute {
     /// The handle the address belongs to (`<network>.<containerID>` for pods).
@@ -60,7 +60,7 @@ pub struct AllocationAttribute {
 /// `crd.projectcalico.org/v1` IPAMBlock spec: a slice of a pool, the unit of compare-and-swap.
 /// Ordinal `i` is the block's `i`-th address.
 #[skip_serializing_none]
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct IpamBlockSpec {
     /// The block's CIDR.
@@ -92,7 +92,7 @@ pub struct IpamBlockSpec {
 
 /// `projectcalico.org/v3` BlockAffinity spec: a node's claim on a block.
 #[skip_serializing_none]
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct BlockAffinitySpec {
     /// `pending`, `confirmed` or `pendingDeletion`.
@@ -110,7 +110,7 @@ pub struct BlockAffinitySpec {
 
 /// `crd.projectcalico.org/v1` IPAMHandle spec: which blocks hold a handle's addresses.
 #[skip_serializing_none]
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct IpamHandleSpec {
     /// The handle (the object name is derived from it).
@@ -125,7 +125,7 @@ pub struct IpamHandleSpec {
 
 /// `projectcalico.org/v3` IPAMConfiguration spec (the object named `default`).
 #[skip_serializing_none]
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct IpamConfigurationSpec {
     /// Never borrow addresses from another node's block.

@@ -10,7 +10,7 @@ use super::fields::{Cidr, KubePort, PolicyType};
 
 /// A Kubernetes label selector.
 #[skip_serializing_none]
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct LabelSelector {
     /// Labels that must all be present with these values.
@@ -21,7 +21,7 @@ pub struct LabelSelector {
 
 /// One requirement of a label selector.
 #[skip_serializing_none]
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LabelSelectorRequirement {
     /// The label key.
@@ -34,7 +34,7 @@ pub struct LabelSelectorRequirement {
 
 /// A CIDR with exceptions.
 #[skip_serializing_none]
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct IpBlock {
     /// The CIDR.
@@ -45,7 +45,7 @@ pub struct IpBlock {
 
 /// A peer of a Kubernetes policy rule.
 #[skip_serializing_none]
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct NetworkPolicyPeer {
     /// Pods (in the policy's namespace unless namespaceSelector is given).
@@ -58,7 +58,7 @@ pub struct NetworkPolicyPeer {
 
 /// A port of a Kubernetes policy rule.
 #[skip_serializing_none]
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct NetworkPolicyPort {
     /// TCP (default), UDP or SCTP.
@@ -71,7 +71,7 @@ pub struct NetworkPolicyPort {
 
 /// An ingress rule.
 #[skip_serializing_none]
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NetworkPolicyIngressRule {
     /// Sources; absent or empty means any.
@@ -82,7 +82,7 @@ pub struct NetworkPolicyIngressRule {
 
 /// An egress rule.
 #[skip_serializing_none]
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NetworkPolicyEgressRule {
     /// Destinations; absent or empty means any.
@@ -93,7 +93,7 @@ pub struct NetworkPolicyEgressRule {
 
 /// `networking.k8s.io/v1` NetworkPolicy spec.
 #[skip_serializing_none]
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct KubeNetworkPolicySpec {
     /// Pods the policy applies to; `{}` means all pods of the namespace.
@@ -108,7 +108,7 @@ pub struct KubeNetworkPolicySpec {
 
 /// `v1` Namespace spec.
 #[skip_serializing_none]
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NamespaceSpec {
     /// Finalizers.
@@ -119,7 +119,7 @@ pub struct NamespaceSpec {
 /// has no spec); the parser reads them into this struct. Twill uses the labels only (they
 /// feed serviceAccountSelector).
 #[skip_serializing_none]
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ServiceAccountSpec {
     /// Whether pods mount its token.
@@ -132,7 +132,7 @@ pub struct ServiceAccountSpec {
 
 /// A container port.
 #[skip_serializing_none]
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ContainerPort {
     /// The port the container listens on.
@@ -150,7 +150,7 @@ pub struct ContainerPort {
 
 /// An environment variable.
 #[skip_serializing_none]
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EnvVar {
     /// Name.
@@ -161,7 +161,7 @@ pub struct EnvVar {
 
 /// A container of a pod.
 #[skip_serializing_none]
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Container {
     /// Container name.
@@ -182,7 +182,7 @@ pub struct Container {
 
 /// `v1` Pod spec: the part that matters to networking.
 #[skip_serializing_none]
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct PodSpec {
     /// Containers.

@@ -105,6 +105,11 @@ macro_rules! kinds {
             /// All kinds.
             pub const ALL: &'static [Kind] = &[$(Kind::$variant),*];
 
+            /// The JSON schema of this kind's spec (for CRD manifests).
+            pub fn spec_schema(self, generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+                match self { $(Kind::$variant => generator.subschema_for::<$spec>()),* }
+            }
+
             /// The `apiVersion` documents of this kind carry.
             pub fn api_version(self) -> &'static str {
                 match self { $(Kind::$variant => $api),* }

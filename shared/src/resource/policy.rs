@@ -10,7 +10,7 @@ use super::fields::{serialize_order, Action, Cidr, PolicyType, Port, Protocol, S
 
 /// A policy rule: all of its match criteria must hold for `action` to apply.
 #[skip_serializing_none]
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Rule {
     /// What to do on a match (required).
@@ -38,7 +38,7 @@ pub struct Rule {
 
 /// ICMP type and code.
 #[skip_serializing_none]
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct IcmpMatch {
     /// ICMP type, 0 to 254.
@@ -50,7 +50,7 @@ pub struct IcmpMatch {
 
 /// Rule annotations.
 #[skip_serializing_none]
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RuleMetadata {
     /// Free-form annotations.
@@ -59,7 +59,7 @@ pub struct RuleMetadata {
 
 /// One side (source or destination) of a rule.
 #[skip_serializing_none]
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct EntityRule {
     /// Match addresses in any of these CIDRs.
@@ -86,7 +86,7 @@ pub struct EntityRule {
 
 /// Service-account match; names and selector are ANDed.
 #[skip_serializing_none]
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceAccountMatch {
     /// Service account names.
@@ -97,7 +97,7 @@ pub struct ServiceAccountMatch {
 
 /// A Kubernetes Service by name and namespace.
 #[skip_serializing_none]
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceMatch {
     /// Service name.
@@ -108,7 +108,7 @@ pub struct ServiceMatch {
 
 /// HTTP match criteria.
 #[skip_serializing_none]
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HttpMatch {
     /// HTTP methods, e.g. GET.
@@ -119,7 +119,7 @@ pub struct HttpMatch {
 
 /// One HTTP path match: exactly one of `exact` or `prefix`.
 #[skip_serializing_none]
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HttpPath {
     /// The path must equal this.
@@ -130,7 +130,7 @@ pub struct HttpPath {
 
 /// `projectcalico.org/v3` NetworkPolicy spec (namespaced).
 #[skip_serializing_none]
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct NetworkPolicySpec {
     /// Tier name (default `default`).
@@ -154,7 +154,7 @@ pub struct NetworkPolicySpec {
 
 /// `projectcalico.org/v3` GlobalNetworkPolicy spec (cluster-wide).
 #[skip_serializing_none]
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct GlobalNetworkPolicySpec {
     /// Tier name (default `default`).
@@ -187,7 +187,7 @@ pub struct GlobalNetworkPolicySpec {
 
 /// `projectcalico.org/v3` Tier spec.
 #[skip_serializing_none]
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct TierSpec {
     /// Order among tiers; lower first, absent last.
@@ -199,7 +199,7 @@ pub struct TierSpec {
 
 /// `projectcalico.org/v3` Profile spec.
 #[skip_serializing_none]
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ProfileSpec {
     /// Ingress rules.
@@ -212,7 +212,7 @@ pub struct ProfileSpec {
 
 /// `projectcalico.org/v3` NetworkSet and GlobalNetworkSet spec.
 #[skip_serializing_none]
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct NetworkSetSpec {
     /// The CIDRs in the set.

@@ -1,0 +1,307 @@
+//! A real Kubernetes API server (kube-apiserver built from the Go module proxy by
+//! `cargo xtask k8s-build`) on its own etcd, on free loopback ports, with certificates made
+//! for it (openssl), an admin kubeconfig, and Twill's CRDs installed. Killed when dropped.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::etcd::Etcd;
+use crate::{eventually, free_port};
+
+/// Where `cargo xtask k8s-build` puts the binaries (TWILL_K8S_BIN overrides).
+pub fn binaries() -> PathBuf {
+    std::env::var_os("TWILL_K8S_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/tmp/twill-k8s/bin"))
+}
+
+/// `kubectl` of the built binaries.
+pub fn kubectl_binary() -> PathBuf {
+    binaries().join("kubectl")
+}
+
+/// A running API server; stopped (with its etcd) when dropped.
+#[derive(Debug)]
+pub struct ApiServer {
+    child: Option<Child>,
+    /// Its etcd.
+    pub etcd: Etcd,
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let output = Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("openssl runs");
+    assert!(
+        output.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// A CA, the server's certificate (for 127.0.0.1 and localhost), an admin client certificate
+/// (group system:masters) and the service-account key pair.
+fn make_certificates(dir: &Path) {
+    openssl(
+        dir,
+        &[
+            "ecparam",
+            "-name",
+            "prime256v1",
+            "-genkey",
+            "-noout",
+            "-out",
+            "ca.key",
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-new",
+            "-key",
+            "ca.key",
+            "-subj",
+            "/CN=twill-test-ca",
+            "-days",
+            "2",
+            "-out",
+            "ca.crt",
+        ],
+    );
+    for (name, subject, extension) in [
+        (
+            "apiserver",
+            "/CN=kube-apiserver",
+            "subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default\nextendedKeyUsage=serverAuth",
+        ),
+        (
+            "admin",
+            "/O=system:masters/CN=twill-admin",
+            "extendedKeyUsage=clientAuth",
+        ),
+    ] {
+        std::fs::write(dir.join(format!("{name}.ext")), extension).unwrap();
+        openssl(dir, &["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", &format!("{name}.key")]);
+        openssl(
+            dir,
+            &["req", "-new", "-key", &format!("{name}.key"), "-subj", subject, "-out", &format!("{name}.csr")],
+        );
+        openssl(
+            dir,
+            &[
+                "x509", "-req", "-in", &format!("{name}.csr"), "-CA", "ca.crt", "-CAkey", "ca.key",
+                "-CAcreateserial", "-days", "2", "-extfile", &format!("{name}.ext"), "-out",
+                &format!("{name}.crt"),
+            ],
+        );
+    }
+    openssl(
+        dir,
+        &[
+            "ecparam",
+            "-name",
+            "prime256v1",
+            "-genkey",
+            "-noout",
+            "-out",
+            "sa.key",
+        ],
+    );
+    openssl(dir, &["ec", "-in", "sa.key", "-pubout", "-out", "sa.pub"]);
+}
+
+impl ApiServer {
+    /// Starts etcd and kube-apiserver, writes the admin kubeconfig, installs the CRDs of
+    /// `crd_dir` (Twill's deploy/kubernetes/crds) and waits until they are established.
+    pub async fn start(crd_dir: &Path) -> ApiServer {
+        let binary = binaries().join("kube-apiserver");
+        assert!(
+            binary.exists(),
+            "{} is missing: build it with `cargo run -p xtask -- k8s-build` (make test does)",
+            binary.display()
+        );
+        let etcd = Etcd::start().await;
+        let dir = tempfile::Builder::new()
+            .prefix("twill-kube-")
+            .tempdir()
+            .expect("a temporary directory");
+        make_certificates(dir.path());
+        let mut server = ApiServer {
+            child: None,
+            etcd,
+            dir,
+            port: free_port(),
+        };
+        server.write_kubeconfig();
+        server.launch().await;
+        server.install_crds(crd_dir).await;
+        server
+    }
+
+    /// `https://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.port)
+    }
+
+    /// The admin kubeconfig.
+    pub fn kubeconfig(&self) -> PathBuf {
+        self.dir.path().join("admin.kubeconfig")
+    }
+
+    /// The directory with the certificates (ca.crt, …) and logs.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn write_kubeconfig(&self) {
+        let path = |name: &str| self.dir.path().join(name).display().to_string();
+        let text = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: {}\n    certificate-authority: {}\n\
+             users:\n- name: admin\n  user:\n    client-certificate: {}\n    client-key: {}\n\
+             contexts:\n- name: test\n  context: {{cluster: test, user: admin}}\ncurrent-context: test\n",
+            self.url(),
+            path("ca.crt"),
+            path("admin.crt"),
+            path("admin.key")
+        );
+        std::fs::write(self.kubeconfig(), text).unwrap();
+    }
+
+    /// Runs kubectl against this server; its output, panicking on failure.
+    pub fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> String {
+        let (code, stdout, stderr) = self.kubectl_status(args, stdin);
+        assert_eq!(code, 0, "kubectl {args:?}: {stderr}");
+        stdout
+    }
+
+    /// Runs kubectl against this server: exit code, stdout, stderr.
+    pub fn kubectl_status(&self, args: &[&str], stdin: Option<&str>) -> (i32, String, String) {
+        let mut child = Command::new(kubectl_binary())
+            .arg("--kubeconfig")
+            .arg(self.kubeconfig())
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("kubectl runs");
+        if let Some(text) = stdin {
+            std::io::Write::write_all(&mut child.stdin.take().unwrap(), text.as_bytes()).unwrap();
+        }
+        drop(child.stdin.take());
+        let output = child.wait_with_output().unwrap();
+        (
+            output.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    }
+
+    /// Stops the API server (SIGKILL), leaving etcd up.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the API server again on the same port and etcd.
+    pub async fn restart(&mut self) {
+        self.kill();
+        self.launch().await;
+    }
+
+    async fn launch(&mut self) {
+        let path = |name: &str| self.dir.path().join(name).display().to_string();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("kube-apiserver.log"))
+            .expect("a log file");
+        let etcd = self.etcd.url().replace("etcd://", "http://");
+        let child = Command::new(binaries().join("kube-apiserver"))
+            .args(["--etcd-servers", &etcd])
+            .args([
+                "--bind-address",
+                "127.0.0.1",
+                "--advertise-address",
+                "127.0.0.1",
+            ])
+            .args(["--secure-port", &self.port.to_string()])
+            .args(["--tls-cert-file", &path("apiserver.crt")])
+            .args(["--tls-private-key-file", &path("apiserver.key")])
+            .args(["--client-ca-file", &path("ca.crt")])
+            .args(["--service-account-issuer", "https://kubernetes.default.svc"])
+            .args(["--service-account-key-file", &path("sa.pub")])
+            .args(["--service-account-signing-key-file", &path("sa.key")])
+            .args(["--service-cluster-ip-range", "10.96.0.0/16"])
+            .args(["--authorization-mode", "Node,RBAC"])
+            .args(["--storage-media-type", "application/json"])
+            .args(["--v", "1"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log handle"))
+            .stderr(log)
+            .spawn()
+            .expect("kube-apiserver starts");
+        self.child = Some(child);
+        let (dir, kubeconfig) = (self.dir.path().to_path_buf(), self.kubeconfig());
+        eventually(
+            Duration::from_secs(60),
+            &format!(
+                "kube-apiserver at {} (log: {})",
+                self.url(),
+                dir.join("kube-apiserver.log").display()
+            ),
+            || {
+                let kubeconfig = kubeconfig.clone();
+                async move {
+                    let output = Command::new(kubectl_binary())
+                        .arg("--kubeconfig")
+                        .arg(&kubeconfig)
+                        .args(["get", "--raw", "/readyz"])
+                        .output()
+                        .ok()?;
+                    (output.status.success()).then_some(())
+                }
+            },
+        )
+        .await;
+    }
+
+    async fn install_crds(&self, crd_dir: &Path) {
+        self.kubectl(
+            &[
+                "apply",
+                "--server-side",
+                "-f",
+                &crd_dir.display().to_string(),
+            ],
+            None,
+        );
+        self.kubectl(
+            &[
+                "wait",
+                "--for",
+                "condition=established",
+                "--timeout",
+                "60s",
+                "crd",
+                "--all",
+            ],
+            None,
+        );
+    }
+}
+
+impl Drop for ApiServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
