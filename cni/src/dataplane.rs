@@ -43,7 +43,6 @@ use rtnetlink::packet_route::route::{
 };
 use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
-use sha1::{Digest as _, Sha1};
 
 /// Route protocol number of the node's routes to workload endpoints (`docs/ARCHITECTURE.md`:
 /// 211 is `twill-felix`, workload endpoint routes). The CNI plugin writes them with Felix's
@@ -270,14 +269,7 @@ pub enum DataplaneError {
 /// `"<namespace>.<pod>"` and prefix `cali`). A prefix longer than 4 characters gives a name
 /// over [`MAX_IFNAME_LEN`], which [`add`] refuses.
 pub fn host_ifname(prefix: &str, workload_id: &str) -> String {
-    let digest = Sha1::digest(workload_id.as_bytes());
-    let mut name = String::with_capacity(prefix.len() + 11);
-    name.push_str(prefix);
-    for byte in digest.iter() {
-        name.push_str(&format!("{byte:02x}"));
-    }
-    name.truncate(prefix.len() + 11);
-    name
+    twill_shared::kubernetes::host_interface(prefix, workload_id)
 }
 
 /// Wire the workload: create the veth pair, configure both ends, add the pod's addresses and

@@ -62,11 +62,12 @@ impl Workload<'_> {
     /// inside a part doubled so the parts stay apart.
     pub fn endpoint_name(&self) -> String {
         let workload = self.pod.map_or(self.container_id, |(_, pod)| pod);
-        [self.node, self.orchestrator(), workload, self.ifname]
-            .iter()
-            .map(|part| part.replace('-', "--"))
-            .collect::<Vec<_>>()
-            .join("-")
+        twill_shared::kubernetes::workload_endpoint_name([
+            self.node,
+            self.orchestrator(),
+            workload,
+            self.ifname,
+        ])
     }
 }
 

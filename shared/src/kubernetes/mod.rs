@@ -140,3 +140,33 @@ mod tests {
         );
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Names Calico derives, shared by the CNI plugin (which makes them) and the Kubernetes datastore
+// (which derives endpoints from Pods).
+
+/// The host-side interface of a pod: `prefix` and the first 11 hex digits of SHA-1 of
+/// `workload_id` (`namespace.pod`), as Calico names its `cali…` interfaces.
+pub fn host_interface(prefix: &str, workload_id: &str) -> String {
+    use sha1::Digest as _;
+    let digest = sha1::Sha1::digest(workload_id.as_bytes());
+    let mut name = String::with_capacity(prefix.len() + 11);
+    name.push_str(prefix);
+    for byte in digest.iter() {
+        name.push_str(&format!("{byte:02x}"));
+    }
+    name.truncate(prefix.len() + 11);
+    name
+}
+
+/// Calico's workload endpoint name: `<node>-<orchestrator>-<workload>-<endpoint>`, each `-`
+/// inside a part doubled so the parts stay apart.
+pub fn workload_endpoint_name(parts: [&str; 4]) -> String {
+    parts
+        .iter()
+        .map(|part| part.replace('-', "--"))
+        .collect::<Vec<_>>()
+        .join("-")
+}
+
+pub mod objects;
