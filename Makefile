@@ -9,12 +9,12 @@ CARGO ?= cargo
 # the namespaces tests make.
 # Debian packages the build and the tests need: protoc for etcd-client's build, etcd and the
 # BGP peers (gobgpd, bird2, frr) as real peers, and the kernel tools.
-DEB_PACKAGES := protobuf-compiler etcd-server etcd-client gobgpd bird2 frr iproute2 iptables ipset curl containernetworking-plugins python3 conntrack tcpdump
+DEB_PACKAGES := protobuf-compiler etcd-server etcd-client gobgpd bird2 frr iproute2 iptables ipset curl containernetworking-plugins python3 conntrack tcpdump openssl
 # Cargo says where it builds (CARGO_TARGET_DIR, build.target-dir or ./target); asked only when
 # a recipe uses it, so that `make deps` works before cargo is installed.
 TWILLCTL = $(shell $(CARGO) metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')/debug/twillctl
 
-.PHONY: all deps build test check lint demo bench fuzz clean
+.PHONY: all deps build test check lint demo bench fuzz clean k8s
 
 all: build
 
@@ -42,10 +42,16 @@ lint: deps
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
+# Real Kubernetes binaries (kube-apiserver, kubectl) built from the Go module proxy into
+# /var/tmp/twill-k8s (cached: a second run takes seconds) for the Kubernetes datastore tests.
+k8s: deps
+	@command -v go >/dev/null || { echo "go is needed to build Kubernetes for the tests" >&2; exit 1; }
+	$(CARGO) run -q -p xtask -- k8s-build
+
 # Ends with one line that totals every test binary ("summary: N passed, N failed"). The output
 # streams through awk, which totals as it goes: no log file, so nothing assumes where the
 # target directory is; the exit status is cargo's (pipefail).
-test: build check
+test: build check k8s
 	@set -o pipefail; $(CARGO) test --workspace 2>&1 | \
 	awk '{ print; fflush() } /^test result:/ { p += $$4; f += $$6 } END { printf "summary: %d passed, %d failed\n", p, f }'
 

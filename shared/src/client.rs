@@ -1,7 +1,9 @@
 //! Typed access to resources in a datastore: what `twillctl` and the agents use.
 //!
-//! Writes of several resources are one transaction: a file is applied all or nothing. The
-//! client stamps `metadata.uid` and `metadata.creationTimestamp` on create, keeps them on
+//! Writes of several resources are one transaction: a file is applied all or nothing. On a
+//! datastore without multi-object transactions (the Kubernetes API) they are written one by
+//! one after every document was checked, and a failure rolls back those already written,
+//! saying exactly what happened ([`ClientError::Partial`]). The client stamps `metadata.uid` and `metadata.creationTimestamp` on create, keeps them on
 //! update, and reports `metadata.resourceVersion` (the object's revision) on read; a
 //! `resourceVersion` given on write is a compare-and-swap precondition.
 
@@ -45,6 +47,27 @@ pub enum ClientError {
         key: Key,
         /// Why.
         reason: String,
+    },
+    /// One write of several failed on a datastore that writes one object at a time; those
+    /// written before it were rolled back (or could not be: `left` names them).
+    #[error("{failed}: {cause}; nothing else was changed{}{}",
+        if rolled_back.is_empty() { String::new() } else {
+            format!(" ({} written before it rolled back: {})", rolled_back.len(),
+                rolled_back.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "))
+        },
+        if left.is_empty() { String::new() } else {
+            format!("; BUT these could not be rolled back and stay as written: {}",
+                left.iter().map(|(k, e)| format!("{k} ({e})")).collect::<Vec<_>>().join(", "))
+        })]
+    Partial {
+        /// The object whose write failed.
+        failed: Key,
+        /// Why.
+        cause: Box<DatastoreError>,
+        /// Objects written before it and restored.
+        rolled_back: Vec<Key>,
+        /// Objects written before it that could not be restored, with why.
+        left: Vec<(Key, String)>,
     },
     /// `metadata.resourceVersion` is not a revision number.
     #[error("{key}: metadata.resourceVersion {value:?} is not a revision number")]
@@ -188,26 +211,121 @@ impl Client {
             };
             outcomes.push((key, outcome));
         }
-        if !ops.is_empty() {
+        if ops.len() > 1 && !self.store.multi_object_transactions() {
+            self.write_one_by_one(ops).await?;
+        } else if !ops.is_empty() {
             self.store.txn(ops).await?;
         }
         Ok(outcomes)
     }
 
-    /// Deletes every object in one transaction; each must exist.
+    /// Writes operations one at a time; on a failure, undoes the ones written (in reverse
+    /// order, each conditional on the revision it wrote) and reports all of it.
+    async fn write_one_by_one(&self, ops: Vec<TxnOp>) -> Result<(), ClientError> {
+        // What undoes each write: delete what was created, put back what was updated.
+        let mut undo: Vec<(Key, Option<serde_json::Value>, Revision)> = Vec::new();
+        for op in ops {
+            let key = op.key().clone();
+            let before = match &op {
+                TxnOp::Update { .. } | TxnOp::Delete { .. } => {
+                    self.store.get(&key).await?.map(|s| s.value)
+                }
+                TxnOp::Create { .. } => None,
+            };
+            match self.store.txn(vec![op]).await {
+                Ok(revision) => undo.push((key, before, revision)),
+                Err(cause) => {
+                    let mut rolled_back = Vec::new();
+                    let mut left = Vec::new();
+                    for (written, before, revision) in undo.into_iter().rev() {
+                        let restore = match before {
+                            None => TxnOp::Delete {
+                                key: written.clone(),
+                                expected: Some(revision),
+                            },
+                            Some(value) => TxnOp::Update {
+                                key: written.clone(),
+                                value: strip_revision(value),
+                                expected: Some(revision),
+                            },
+                        };
+                        match self.store.txn(vec![restore]).await {
+                            Ok(_) => rolled_back.push(written),
+                            Err(err) => left.push((written, err.to_string())),
+                        }
+                    }
+                    return Err(ClientError::Partial {
+                        failed: key,
+                        cause: Box::new(cause),
+                        rolled_back,
+                        left,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes every object in one transaction (one at a time, re-creating the deleted ones
+    /// on a failure, where there are no multi-object transactions); each must exist.
     pub async fn delete_all(
         &self,
         keys: &[(Key, Option<Revision>)],
     ) -> Result<Revision, ClientError> {
-        let ops = keys
+        let ops: Vec<TxnOp> = keys
             .iter()
             .map(|(key, expected)| TxnOp::Delete {
                 key: key.clone(),
                 expected: *expected,
             })
             .collect();
+        if ops.len() > 1 && !self.store.multi_object_transactions() {
+            let mut deleted: Vec<(Key, serde_json::Value)> = Vec::new();
+            let mut revision = 0;
+            for op in ops {
+                let key = op.key().clone();
+                let before = self.store.get(&key).await?;
+                match self.store.txn(vec![op]).await {
+                    Ok(r) => {
+                        revision = r;
+                        if let Some(stored) = before {
+                            deleted.push((key, stored.value));
+                        }
+                    }
+                    Err(cause) => {
+                        let mut rolled_back = Vec::new();
+                        let mut left = Vec::new();
+                        for (key, value) in deleted.into_iter().rev() {
+                            let restore = TxnOp::Create {
+                                key: key.clone(),
+                                value: strip_revision(value),
+                            };
+                            match self.store.txn(vec![restore]).await {
+                                Ok(_) => rolled_back.push(key),
+                                Err(err) => left.push((key, err.to_string())),
+                            }
+                        }
+                        return Err(ClientError::Partial {
+                            failed: key,
+                            cause: Box::new(cause),
+                            rolled_back,
+                            left,
+                        });
+                    }
+                }
+            }
+            return Ok(revision);
+        }
         Ok(self.store.txn(ops).await?)
     }
+}
+
+/// A stored value without a resourceVersion (to write it back as it was).
+fn strip_revision(mut value: serde_json::Value) -> serde_json::Value {
+    if let Some(metadata) = value["metadata"].as_object_mut() {
+        metadata.remove("resourceVersion");
+    }
+    value
 }
 
 /// Sets the uid and creation time of a new object.

@@ -15,6 +15,8 @@
 #[cfg(feature = "runtime")]
 pub mod etcd;
 #[cfg(feature = "runtime")]
+pub mod kubernetes;
+#[cfg(feature = "runtime")]
 pub mod sqlite;
 
 use crate::resource::{Key, Kind};
@@ -168,6 +170,23 @@ pub enum DatastoreError {
         /// What is wrong.
         reason: String,
     },
+    /// The object cannot be written on this backend (the Kubernetes datastore derives it).
+    #[error("{key} cannot be written: {reason}")]
+    NotWritable {
+        /// The object.
+        key: Key,
+        /// Why.
+        reason: String,
+    },
+    /// A watch lost its connection and is reconnecting by itself: it goes on, nothing is lost;
+    /// the next batch (possibly empty) says it is back.
+    #[error("the watch on {url} is interrupted ({reason}); reconnecting")]
+    Interrupted {
+        /// The datastore.
+        url: String,
+        /// What happened.
+        reason: String,
+    },
     /// Any other backend failure.
     #[error("datastore error at {url}: {reason}")]
     Backend {
@@ -191,8 +210,12 @@ pub enum DatastoreUrl {
         /// `http://HOST:PORT` endpoints.
         endpoints: Vec<String>,
     },
-    /// `kubernetes`: the Kubernetes API (KUBECONFIG or in-cluster).
-    Kubernetes,
+    /// `kubernetes` (KUBECONFIG, `~/.kube/config` or the pod's service account) or
+    /// `kubernetes:PATH` (that kubeconfig): the Kubernetes API.
+    Kubernetes {
+        /// The kubeconfig named in the URL.
+        kubeconfig: Option<std::path::PathBuf>,
+    },
 }
 
 /// The default datastore of a machine.
@@ -228,10 +251,20 @@ impl DatastoreUrl {
             return Ok(DatastoreUrl::Etcd { endpoints });
         }
         if url == "kubernetes" {
-            return Ok(DatastoreUrl::Kubernetes);
+            return Ok(DatastoreUrl::Kubernetes { kubeconfig: None });
+        }
+        if let Some(path) = url.strip_prefix("kubernetes:") {
+            if path.is_empty() {
+                return Err(bad(
+                    "kubernetes: needs a kubeconfig path, or use kubernetes alone",
+                ));
+            }
+            return Ok(DatastoreUrl::Kubernetes {
+                kubeconfig: Some(path.into()),
+            });
         }
         Err(bad(
-            "expected sqlite:PATH, etcd://HOST:PORT[,HOST:PORT...] or kubernetes",
+            "expected sqlite:PATH, etcd://HOST:PORT[,HOST:PORT...], kubernetes or kubernetes:KUBECONFIG",
         ))
     }
 }

@@ -3,7 +3,9 @@
 
 use std::sync::Arc;
 
-use super::{etcd, sqlite, DatastoreError, DatastoreUrl, Event, Listing, Revision, Stored, TxnOp};
+use super::{
+    etcd, kubernetes, sqlite, DatastoreError, DatastoreUrl, Event, Listing, Revision, Stored, TxnOp,
+};
 use crate::resource::{Key, Kind};
 
 /// A live watch: batches of events, one revision per batch, in revision order. It ends
@@ -59,6 +61,11 @@ pub trait Datastore: Send + Sync + std::fmt::Debug {
     /// Applies operations atomically; returns the revision of the write.
     async fn txn(&self, ops: Vec<TxnOp>) -> Result<Revision, DatastoreError>;
 
+    /// Whether [`Datastore::txn`] takes more than one operation (the Kubernetes API cannot).
+    fn multi_object_transactions(&self) -> bool {
+        true
+    }
+
     /// Watches one kind (or all kinds) for changes after revision `after`.
     async fn watch(&self, kind: Option<Kind>, after: Revision) -> Result<Watch, DatastoreError>;
 
@@ -111,10 +118,11 @@ pub trait Datastore: Send + Sync + std::fmt::Debug {
 pub async fn connect(url: &str) -> Result<Arc<dyn Datastore>, DatastoreError> {
     match DatastoreUrl::parse(url)? {
         DatastoreUrl::Sqlite { path } => Ok(Arc::new(sqlite::SqliteStore::open(url, &path).await?)),
-        DatastoreUrl::Etcd { endpoints } => Ok(Arc::new(etcd::EtcdStore::connect(url, endpoints).await?)),
-        DatastoreUrl::Kubernetes => Err(DatastoreError::BadUrl {
-            url: url.to_string(),
-            reason: "the Kubernetes API backend is not available yet; use sqlite:PATH or etcd://HOST:PORT".into(),
-        }),
+        DatastoreUrl::Etcd { endpoints } => {
+            Ok(Arc::new(etcd::EtcdStore::connect(url, endpoints).await?))
+        }
+        DatastoreUrl::Kubernetes { kubeconfig } => Ok(Arc::new(
+            kubernetes::KubeStore::connect(url, kubeconfig).await?,
+        )),
     }
 }

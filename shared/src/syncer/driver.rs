@@ -94,7 +94,17 @@ async fn run(store: Arc<dyn Datastore>, kinds: Vec<Kind>, sender: mpsc::Sender<U
             match watch.next().await {
                 Some(Ok(batch)) => {
                     backoff = BACKOFF.0;
-                    if !send_all(&sender, state.on_events(batch)).await {
+                    // A batch after an interruption (possibly empty) says the watch is back.
+                    if !send_all(&sender, state.on_reconnected()).await
+                        || !send_all(&sender, state.on_events(batch)).await
+                    {
+                        return;
+                    }
+                }
+                // The watch reconnects by itself and misses nothing: only the status changes.
+                Some(Err(DatastoreError::Interrupted { reason, .. })) => {
+                    tracing::warn!(url = store.url(), %reason, "watch interrupted; it reconnects by itself");
+                    if !send_all(&sender, state.on_disconnected()).await {
                         return;
                     }
                 }
