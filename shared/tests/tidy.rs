@@ -12,6 +12,7 @@ const CORE_CRATES: &[&str] = &["shared", "bgpd", "felix", "ipam", "ipip"];
 const EDGE_FILES: &[&str] = &[
     "shared/src/client.rs",
     "shared/src/datastore/etcd.rs",
+    "shared/src/datastore/kubernetes.rs",
     "shared/src/datastore/runtime.rs",
     "shared/src/datastore/sqlite.rs",
     "shared/src/syncer/driver.rs",
