@@ -1,5 +1,6 @@
 //! Twill IPAM under concurrent writers: separate processes on two "nodes" allocate against
-//! real SQLite and a real etcd while one of them is killed with SIGKILL mid-way. No address
+//! real SQLite, a real etcd and a real Kubernetes API server (single-object writes only)
+//! while one of them is killed with SIGKILL mid-way. No address
 //! is handed out twice, every address a process reported is held by its handle, and
 //! `ipam check` finds exactly the allocations the killed process never wrote an endpoint for.
 
@@ -56,6 +57,25 @@ async fn setup(store: &Arc<dyn Datastore>) {
         let value = json!({"apiVersion": "projectcalico.org/v3", "kind": "Node", "metadata": {"name": node}});
         store
             .create(&Key::cluster(Kind::Node, node), value)
+            .await
+            .unwrap();
+    }
+    if store.url().starts_with("kubernetes") {
+        // The namespace the workers' pods go in, and the account the API server's admission
+        // wants them to run as (no controller manager makes it here).
+        let namespace =
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "stress"}});
+        store
+            .create(&Key::cluster(Kind::Namespace, "stress"), namespace)
+            .await
+            .unwrap();
+        let account = json!({"apiVersion": "v1", "kind": "ServiceAccount",
+            "metadata": {"name": "default", "namespace": "stress"}});
+        store
+            .create(
+                &Key::namespaced(Kind::ServiceAccount, "stress", "default"),
+                account,
+            )
             .await
             .unwrap();
     }
@@ -244,4 +264,11 @@ async fn sqlite_processes_never_share_an_address_and_leaks_are_found() {
 async fn etcd_processes_never_share_an_address_and_leaks_are_found() {
     let etcd = Etcd::start().await;
     hammer(etcd.url()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubernetes_processes_never_share_an_address_and_leaks_are_found() {
+    let crds = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/kubernetes/crds");
+    let server = twill_interop_tests::kube::ApiServer::start(&crds).await;
+    hammer(format!("kubernetes:{}", server.kubeconfig().display())).await;
 }

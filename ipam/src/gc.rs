@@ -1,9 +1,9 @@
 //! Reading the inventory for [`crate::check`], and the leak garbage collector.
 //!
 //! The GC is a library function a node agent calls periodically: a handle seen leaked (no
-//! workload endpoint, no node for a tunnel address) becomes a candidate; once it has been a
-//! candidate for the grace period, the report is taken again and, if the handle is still
-//! leaked, all of its addresses are released in one transaction (handle-atomic).
+//! workload endpoint, no node for a tunnel address) or empty (holding no address) becomes a
+//! candidate; once it has been a candidate for the grace period, the report is taken again
+//! and, if the handle is still leaked, its addresses are released and the handle deleted.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -72,6 +72,15 @@ pub async fn report(store: &dyn Datastore) -> Result<Report, IpamError> {
     Ok(check::check(&inventory(store).await?))
 }
 
+/// What the GC frees: handles whose addresses no endpoint or node uses, and handles that
+/// hold no address at all (left by an allocation cut short between its handle write and its
+/// block write: single-object writes, docs/design/ipam.md).
+fn collectable(report: &Report) -> BTreeSet<String> {
+    let mut handles = report.leaked_handles();
+    handles.extend(report.empty_handles.iter().cloned());
+    handles
+}
+
 /// The leak collector's memory between runs: when each candidate was first seen leaked.
 #[derive(Debug, Default)]
 pub struct Gc {
@@ -86,7 +95,7 @@ impl Gc {
         grace: u64,
         now: u64,
     ) -> Result<Vec<String>, IpamError> {
-        let leaked = report(ipam.store().as_ref()).await?.leaked_handles();
+        let leaked = collectable(&report(ipam.store().as_ref()).await?);
         self.candidates.retain(|handle, _| leaked.contains(handle));
         for handle in &leaked {
             self.candidates.entry(handle.clone()).or_insert(now);
@@ -101,7 +110,7 @@ impl Gc {
             return Ok(Vec::new());
         }
         // Validate again right before releasing: an endpoint may have appeared meanwhile.
-        let still = report(ipam.store().as_ref()).await?.leaked_handles();
+        let still = collectable(&report(ipam.store().as_ref()).await?);
         let mut released = Vec::new();
         for handle in due.intersection(&still) {
             let ips = ipam.release_handle(handle).await?;

@@ -1,12 +1,22 @@
 //! The edge: the compare-and-swap retry loop against the datastore.
 //!
-//! Every allocation is one transaction that writes the block (conditional on the revision it
-//! was read at) and the handle together, so an address is never handed out twice and a
-//! handle never outlives or misses its addresses. A new block is claimed by creating the
-//! block and the node's affinity in one transaction: a second node creating the same block
-//! fails with "already exists" and tries the next one. On one machine, allocations are
-//! serialised by an exclusive lock on a file, so compare-and-swap conflicts happen only
-//! between machines.
+//! Every write is one object, compare-and-swapped on the revision it was read at, so the same
+//! algorithm runs on every backend, the Kubernetes API (which has no multi-object
+//! transaction) included. The order of the writes keeps one invariant through any crash:
+//! **a handle names every block that holds one of its addresses** (it may name more). An
+//! allocation raises the handle's count for the block first, then writes the block; a block
+//! write that loses a race gives the count back. A release writes the blocks first, the
+//! handle last. So `release_handle` always finds every address, and what a crash leaves is a
+//! handle that counts more than it holds — `ipam check` reports it, the GC removes it.
+//!
+//! A new block is claimed in three steps, as Calico claims blocks on Kubernetes: the node's
+//! affinity is written `pending`, the block is created (a second node creating the same block
+//! fails with "already exists" and tries the next one), the affinity is confirmed. Only
+//! confirmed affinities are allocated from; the next allocation of the node repairs what a
+//! crash left (a pending affinity whose block exists and is the node's is confirmed, one
+//! whose block does not exist or is another's is removed; a block of the node without its
+//! affinity gets one). On one machine, allocations are serialised by an exclusive lock on a
+//! file, so compare-and-swap conflicts happen only between machines.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -153,6 +163,34 @@ impl Ipam {
             node: node.to_string(),
             lock_path,
             hint: Arc::default(),
+        }
+    }
+
+    /// One write of one object.
+    async fn write(&self, op: TxnOp) -> Result<Revision, DatastoreError> {
+        self.store.txn(vec![op]).await
+    }
+
+    /// Gives back the count an allocation raised on a handle before its block write lost a
+    /// race (best effort: a count left behind only makes the handle name one block too many,
+    /// which `ipam check` reports and the GC removes).
+    async fn undo_handle(&self, handle: &str, cidr: IpNet) {
+        for _ in 0..5 {
+            match self.handle_decrement(handle, cidr).await {
+                Ok(Some(op)) => match self.write(op).await {
+                    Ok(_) => return,
+                    Err(err) if is_race(&err) => continue,
+                    Err(err) => {
+                        tracing::warn!(%handle, block = %cidr, error = %err, "cannot give back a handle's count");
+                        return;
+                    }
+                },
+                Ok(None) => return,
+                Err(err) => {
+                    tracing::warn!(%handle, block = %cidr, error = %err, "cannot give back a handle's count");
+                    return;
+                }
+            }
         }
     }
 
@@ -368,16 +406,21 @@ impl Ipam {
             return Ok(None);
         };
         let cidr = block::cidr_of(&next).map_err(|err| self.corrupt_block(&read, err))?;
-        let mut ops = vec![TxnOp::Update {
+        // The handle first (it must name the block before the block holds its address).
+        self.write(
+            self.handle_op(&args.handle, &[(cidr, 1)], optimistic)
+                .await?,
+        )
+        .await?;
+        let block_write = TxnOp::Update {
             key: block_key(cidr),
             value: block_value(cidr, next),
             expected: Some(read.revision),
-        }];
-        ops.push(
-            self.handle_op(&args.handle, &[(cidr, 1)], optimistic)
-                .await?,
-        );
-        self.store.txn(ops).await?;
+        };
+        if let Err(err) = self.write(block_write).await {
+            self.undo_handle(&args.handle, cidr).await;
+            return Err(err.into());
+        }
         if !borrowed {
             *self.hint.lock().expect("the hint lock is never poisoned") = Some(cidr);
         }
@@ -388,7 +431,7 @@ impl Ipam {
     }
 
     /// Claims the first free block of the pools (in this node's order) with the address in
-    /// it, the affinity and the handle: one transaction.
+    /// it: the handle, the affinity (pending), the block, the affinity confirmed.
     async fn claim_block(
         &self,
         pools: &[Pool],
@@ -416,22 +459,48 @@ impl Ipam {
                 let Some(&ip) = got.first() else {
                     continue; // wholly reserved
                 };
-                let ops = vec![
-                    TxnOp::Create {
-                        key: block_key(cidr),
-                        value: block_value(cidr, next),
-                    },
-                    TxnOp::Create {
-                        key: Key::cluster(
-                            Kind::BlockAffinity,
-                            &pool::affinity_name(&self.node, cidr),
-                        ),
-                        value: affinity_value(&self.node, cidr),
-                    },
+                self.write(
                     self.handle_op(&args.handle, &[(cidr, 1)], optimistic)
                         .await?,
-                ];
-                self.store.txn(ops).await?;
+                )
+                .await?;
+                let affinity_key =
+                    Key::cluster(Kind::BlockAffinity, &pool::affinity_name(&self.node, cidr));
+                let pending = match self.put_affinity(&affinity_key, cidr, "pending").await {
+                    Ok(revision) => revision,
+                    Err(err) => {
+                        self.undo_handle(&args.handle, cidr).await;
+                        return Err(err);
+                    }
+                };
+                let created = self
+                    .write(TxnOp::Create {
+                        key: block_key(cidr),
+                        value: block_value(cidr, next),
+                    })
+                    .await;
+                if let Err(err) = created {
+                    // Another node has it (or it appeared meanwhile): no trace of ours stays.
+                    let _ = self
+                        .write(TxnOp::Delete {
+                            key: affinity_key,
+                            expected: Some(pending),
+                        })
+                        .await;
+                    self.undo_handle(&args.handle, cidr).await;
+                    return Err(err.into());
+                }
+                if let Err(err) = self
+                    .write(TxnOp::Update {
+                        key: affinity_key,
+                        value: affinity_value(&self.node, cidr, "confirmed"),
+                        expected: Some(pending),
+                    })
+                    .await
+                {
+                    // The block is ours; the next allocation confirms the affinity.
+                    tracing::warn!(block = %cidr, error = %err, "cannot confirm the block's affinity yet");
+                }
                 *self.hint.lock().expect("the hint lock is never poisoned") = Some(cidr);
                 tracing::info!(block = %cidr, node = %self.node, "claimed a block");
                 return Ok(Some(ip));
@@ -488,14 +557,23 @@ impl Ipam {
                     value: block_value(cidr, next),
                 },
             };
-            let ops = vec![
-                write,
-                self.handle_op(&args.handle, &[(cidr, 1)], false).await?,
-            ];
-            match self.store.txn(ops).await {
-                Ok(_) => return Ok(()),
+            match self
+                .write(self.handle_op(&args.handle, &[(cidr, 1)], false).await?)
+                .await
+            {
+                Ok(_) => {}
                 Err(err) if is_race(&err) => continue,
                 Err(err) => return Err(err.into()),
+            }
+            match self.write(write).await {
+                Ok(_) => return Ok(()),
+                Err(err) => {
+                    self.undo_handle(&args.handle, cidr).await;
+                    if is_race(&err) {
+                        continue;
+                    }
+                    return Err(err.into());
+                }
             }
         }
         Err(IpamError::Contended)
@@ -524,8 +602,9 @@ impl Ipam {
         Ok(addresses)
     }
 
-    /// Releases every address of a handle and the handle, in one transaction; returns the
-    /// addresses. A handle that does not exist releases nothing (DEL is idempotent).
+    /// Releases every address of a handle, block by block, then the handle; returns the
+    /// addresses. A handle that does not exist releases nothing (DEL is idempotent); one cut
+    /// short is finished by the next call.
     pub async fn release_handle(&self, handle: &str) -> Result<Vec<IpAddr>, IpamError> {
         let _lock = self.lock().await?;
         for _ in 0..ATTEMPTS {
@@ -543,7 +622,6 @@ impl Ipam {
             return Ok(Vec::new());
         };
         let spec = handle_spec(&stored)?;
-        let mut ops = Vec::new();
         let mut released = Vec::new();
         let now = rfc3339(now_seconds());
         for cidr_text in spec.block.keys() {
@@ -560,18 +638,21 @@ impl Ipam {
                 continue;
             }
             block::mark_empty(&mut next, &now);
-            released.extend(ips);
-            ops.push(TxnOp::Update {
+            // The blocks first, the handle last: a handle never stops naming a block that
+            // still holds one of its addresses.
+            self.write(TxnOp::Update {
                 key: block_key(cidr),
                 value: block_value(cidr, next),
                 expected: Some(read.revision),
-            });
+            })
+            .await?;
+            released.extend(ips);
         }
-        ops.push(TxnOp::Delete {
+        self.write(TxnOp::Delete {
             key,
             expected: Some(stored.revision),
-        });
-        self.store.txn(ops).await?;
+        })
+        .await?;
         Ok(released)
     }
 
@@ -622,17 +703,16 @@ impl Ipam {
             return Ok(None);
         };
         block::mark_empty(&mut next, &rfc3339(now_seconds()));
-        let mut ops = vec![TxnOp::Update {
+        self.write(TxnOp::Update {
             key: block_key(cidr),
             value: block_value(cidr, next),
             expected: Some(read.revision),
-        }];
+        })
+        .await?;
+        // Then the handle's count (a count left behind is harmless: see the module doc).
         if let Some(handle) = &handle {
-            if let Some(op) = self.handle_decrement(handle, cidr).await? {
-                ops.push(op);
-            }
+            self.undo_handle(handle, cidr).await;
         }
-        self.store.txn(ops).await?;
         Ok(Some((ip, handle)))
     }
 
@@ -661,19 +741,27 @@ impl Ipam {
             }
             let affinity_key =
                 Key::cluster(Kind::BlockAffinity, &pool::affinity_name(&self.node, cidr));
-            let mut ops = vec![TxnOp::Delete {
-                key: block_key(cidr),
-                expected: Some(read.revision),
-            }];
-            if self.store.get(&affinity_key).await?.is_some() {
-                ops.push(TxnOp::Delete {
-                    key: affinity_key,
-                    expected: None,
-                });
-            }
-            match self.store.txn(ops).await {
+            // The block first (conditional: an allocation in between keeps it), then the
+            // affinity (one left behind is removed by the next allocation's repair).
+            match self
+                .write(TxnOp::Delete {
+                    key: block_key(cidr),
+                    expected: Some(read.revision),
+                })
+                .await
+            {
                 Ok(_) => freed.push(cidr),
                 Err(err) if is_race(&err) => continue, // it was used meanwhile: keep it
+                Err(err) => return Err(err.into()),
+            }
+            match self
+                .write(TxnOp::Delete {
+                    key: affinity_key,
+                    expected: None,
+                })
+                .await
+            {
+                Ok(_) | Err(DatastoreError::NotFound { .. }) => {}
                 Err(err) => return Err(err.into()),
             }
         }
@@ -752,15 +840,116 @@ impl Ipam {
         }))
     }
 
-    /// The CIDRs of this node's confirmed blocks inside `pools`, in address order.
-    async fn affine_blocks(&self, pools: &[Pool]) -> Result<Vec<IpNet>, IpamError> {
-        let listing = self.store.list(Some(Kind::BlockAffinity), None).await?;
-        let mut cidrs = Vec::new();
-        for stored in listing.items {
-            let Resource::BlockAffinity(object) = decode_stored(stored)? else {
+    /// Writes this node's affinity for `cidr` in `state`, whether it exists or not; its
+    /// revision.
+    async fn put_affinity(
+        &self,
+        key: &Key,
+        cidr: IpNet,
+        state: &str,
+    ) -> Result<Revision, IpamError> {
+        let value = affinity_value(&self.node, cidr, state);
+        match self.store.get(key).await? {
+            None => Ok(self
+                .write(TxnOp::Create {
+                    key: key.clone(),
+                    value,
+                })
+                .await?),
+            Some(stored) => Ok(self
+                .write(TxnOp::Update {
+                    key: key.clone(),
+                    value,
+                    expected: Some(stored.revision),
+                })
+                .await?),
+        }
+    }
+
+    /// Repairs what a crash in a block claim or release left of this node's affinities: a
+    /// pending affinity whose block is this node's is confirmed, one whose block is missing
+    /// or another's goes; a block of this node without a confirmed affinity gets one. (This
+    /// machine's allocations hold the IPAM lock, so no claim of this node is under way.)
+    async fn repair_affinities(
+        &self,
+        affinities: &[(Stored, BlockAffinitySpec)],
+        blocks: &BTreeMap<IpNet, ReadBlock>,
+    ) -> Result<(), IpamError> {
+        let mine = format!("host:{}", self.node);
+        for (stored, spec) in affinities {
+            let (Some(cidr), Some("pending")) = (spec.cidr, spec.state.as_deref()) else {
                 continue;
             };
-            let spec = object.spec;
+            let result = match blocks.get(&cidr.0) {
+                Some(read) if read.spec.affinity.as_deref() == Some(mine.as_str()) => {
+                    self.write(TxnOp::Update {
+                        key: stored.key.clone(),
+                        value: affinity_value(&self.node, cidr.0, "confirmed"),
+                        expected: Some(stored.revision),
+                    })
+                    .await
+                }
+                _ => {
+                    self.write(TxnOp::Delete {
+                        key: stored.key.clone(),
+                        expected: Some(stored.revision),
+                    })
+                    .await
+                }
+            };
+            match result {
+                Ok(_) => {
+                    tracing::info!(block = %cidr.0, node = %self.node, "repaired a block affinity a claim left pending")
+                }
+                Err(err) if is_race(&err) => {}
+                Err(err) => return Err(err.into()),
+            }
+        }
+        for (cidr, read) in blocks {
+            if read.spec.affinity.as_deref() != Some(mine.as_str()) {
+                continue;
+            }
+            let confirmed = affinities.iter().any(|(_, spec)| {
+                spec.cidr.map(|c| c.0) == Some(*cidr) && spec.state.as_deref() == Some("confirmed")
+            });
+            if !confirmed {
+                let key =
+                    Key::cluster(Kind::BlockAffinity, &pool::affinity_name(&self.node, *cidr));
+                match self.put_affinity(&key, *cidr, "confirmed").await {
+                    Ok(_) => {
+                        tracing::info!(block = %cidr, node = %self.node, "restored the affinity of a block of this node")
+                    }
+                    Err(IpamError::Datastore(err)) if is_race(&err) => {}
+                    Err(err) => return Err(err),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The CIDRs of this node's confirmed blocks inside `pools`, in address order (after
+    /// repairing what a crash left, see [`Ipam::repair_affinities`]).
+    async fn affine_blocks(&self, pools: &[Pool]) -> Result<Vec<IpNet>, IpamError> {
+        let listing = self.store.list(Some(Kind::BlockAffinity), None).await?;
+        let mut affinities = Vec::new();
+        for stored in listing.items {
+            let Resource::BlockAffinity(object) = decode_stored(stored.clone())? else {
+                continue;
+            };
+            if object.spec.node.as_deref() == Some(self.node.as_str()) {
+                affinities.push((stored, object.spec));
+            }
+        }
+        let needs_repair = affinities
+            .iter()
+            .any(|(_, spec)| spec.state.as_deref() == Some("pending"));
+        if needs_repair {
+            let blocks = self.list_blocks().await?;
+            self.repair_affinities(&affinities, &blocks).await?;
+            return Box::pin(self.affine_blocks(pools)).await;
+        }
+        let mut cidrs = Vec::new();
+        for (_, spec) in affinities {
             let mine = spec.node.as_deref() == Some(self.node.as_str())
                 && spec.state.as_deref() == Some("confirmed")
                 && spec.deleted != Some(true);
@@ -950,9 +1139,9 @@ fn handle_value(name: &str, spec: IpamHandleSpec) -> serde_json::Value {
     Resource::IpamHandle(object(Kind::IpamHandle, name, spec)).to_value()
 }
 
-fn affinity_value(node: &str, cidr: IpNet) -> serde_json::Value {
+fn affinity_value(node: &str, cidr: IpNet, state: &str) -> serde_json::Value {
     let spec = BlockAffinitySpec {
-        state: Some("confirmed".into()),
+        state: Some(state.into()),
         node: Some(node.to_string()),
         affinity_type: Some("host".into()),
         cidr: Some(twill_shared::resource::fields::Cidr(cidr)),

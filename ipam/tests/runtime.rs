@@ -350,3 +350,79 @@ async fn the_gc_waits_for_the_grace_period_and_spares_what_an_endpoint_claims() 
     assert!(report(s.store.as_ref()).await.unwrap().is_clean());
     assert_eq!(ipam.addresses_of_handle("net.kept").await.unwrap(), [kept]);
 }
+
+/// What a crash in the middle of a block claim leaves (single-object writes: the affinity
+/// written `pending`, the block maybe created) is repaired by the node's next allocation:
+/// a pending affinity whose block is the node's is confirmed and allocated from; one whose
+/// block never came is removed; and a handle written before its block is found empty by
+/// `ipam check` and freed by the GC.
+#[tokio::test]
+async fn a_claim_cut_short_is_repaired_by_the_next_allocation() {
+    let s = store(&[pool("p", "10.90.0.0/24", json!({"blockSize": 30}))]).await;
+    let ipam = Ipam::new(s.store.clone(), "node-1", None);
+    let first = one(&ipam, "h0").await;
+    let block = ipnet::IpNet::new(first, 30).unwrap().trunc();
+    // As if the claim of `block` had stopped before confirming, and a claim of another block
+    // before creating it.
+    let affinity = |cidr: &str, state: &str| {
+        json!({"apiVersion": "projectcalico.org/v3", "kind": "BlockAffinity",
+            "metadata": {"name": format!("node-1-{}", cidr.replace(['.', '/'], "-"))},
+            "spec": {"state": state, "node": "node-1", "type": "host", "cidr": cidr}})
+    };
+    let mine = Key::cluster(
+        Kind::BlockAffinity,
+        &format!("node-1-{}", block.to_string().replace(['.', '/'], "-")),
+    );
+    let stored = s.store.get(&mine).await.unwrap().unwrap();
+    s.store
+        .update(
+            &mine,
+            affinity(&block.to_string(), "pending"),
+            stored.revision,
+        )
+        .await
+        .unwrap();
+    let ghost = Key::cluster(Kind::BlockAffinity, "node-1-10-90-0-200-30");
+    s.store
+        .create(&ghost, affinity("10.90.0.200/30", "pending"))
+        .await
+        .unwrap();
+    // And a handle written whose block write never happened.
+    let orphan = json!({"apiVersion": "crd.projectcalico.org/v1", "kind": "IPAMHandle",
+        "metadata": {"name": "k8s-pod-network.gone"},
+        "spec": {"handleID": "k8s-pod-network.gone", "block": {block.to_string(): 1}}});
+    s.store
+        .create(
+            &Key::cluster(Kind::IpamHandle, "k8s-pod-network.gone"),
+            orphan,
+        )
+        .await
+        .unwrap();
+    // The next allocation, by a new process (every CNI ADD is one).
+    let ipam = Ipam::new(s.store.clone(), "node-1", None);
+    let second = one(&ipam, "h1").await;
+    assert!(
+        block.contains(&second),
+        "{second} comes from the repaired block {block}"
+    );
+    let repaired = s.store.get(&mine).await.unwrap().unwrap();
+    assert_eq!(repaired.value["spec"]["state"], "confirmed");
+    assert_eq!(
+        s.store.get(&ghost).await.unwrap(),
+        None,
+        "the ghost affinity is gone"
+    );
+    let found = report(s.store.as_ref()).await.unwrap();
+    assert_eq!(found.empty_handles, ["k8s-pod-network.gone"]);
+    let mut gc = Gc::default();
+    let released = gc.run(&ipam, 0, 1).await.unwrap();
+    assert!(
+        released.contains(&"k8s-pod-network.gone".to_string()),
+        "{released:?}"
+    );
+    assert!(report(s.store.as_ref())
+        .await
+        .unwrap()
+        .empty_handles
+        .is_empty());
+}

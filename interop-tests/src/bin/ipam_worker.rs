@@ -1,6 +1,7 @@
 //! A separate process that allocates addresses through Twill's IPAM, as a CNI plugin would:
 //! `twill-ipam-worker URL NODE COUNT TAG [LOCKFILE]`. For each allocation it prints
-//! `allocated IP HANDLE`, then writes the WorkloadEndpoint and prints `endpoint IP HANDLE`, so
+//! `allocated IP HANDLE`, then writes the WorkloadEndpoint (on Kubernetes: the Pod with the
+//! CNI plugin's address annotations) and prints `endpoint IP HANDLE`, so
 //! a test that kills it with SIGKILL knows which allocations must show up as leaks.
 
 use std::collections::BTreeMap;
@@ -42,19 +43,35 @@ async fn main() -> anyhow::Result<()> {
         let ip = assigned.addresses[0];
         writeln!(stdout, "allocated {} {handle}", ip.addr())?;
         stdout.flush()?;
-        let endpoint = serde_json::json!({
-            "apiVersion": "projectcalico.org/v3",
-            "kind": "WorkloadEndpoint",
-            "metadata": {"name": format!("{node}-k8s-{pod}-eth0"), "namespace": "stress"},
-            "spec": {"node": node, "pod": pod, "containerID": container, "endpoint": "eth0",
-                     "orchestrator": "k8s", "ipNetworks": [ip.to_string()]},
-        });
-        let key = Key::namespaced(
-            Kind::WorkloadEndpoint,
-            "stress",
-            &format!("{node}-k8s-{pod}-eth0"),
-        );
-        store.create(&key, endpoint).await?;
+        if url.starts_with("kubernetes") {
+            // On Kubernetes the endpoint is the Pod, with the addresses the CNI plugin writes
+            // into its annotations.
+            let pod_object = serde_json::json!({
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": pod, "namespace": "stress", "annotations": {
+                    "cni.projectcalico.org/podIP": ip.to_string(),
+                    "cni.projectcalico.org/podIPs": ip.to_string(),
+                    "cni.projectcalico.org/containerID": container}},
+                "spec": {"nodeName": node, "containers": [{"name": "c", "image": "twill/none"}]},
+            });
+            store
+                .create(&Key::namespaced(Kind::Pod, "stress", &pod), pod_object)
+                .await?;
+        } else {
+            let endpoint = serde_json::json!({
+                "apiVersion": "projectcalico.org/v3",
+                "kind": "WorkloadEndpoint",
+                "metadata": {"name": format!("{node}-k8s-{pod}-eth0"), "namespace": "stress"},
+                "spec": {"node": node, "pod": pod, "containerID": container, "endpoint": "eth0",
+                         "orchestrator": "k8s", "ipNetworks": [ip.to_string()]},
+            });
+            let key = Key::namespaced(
+                Kind::WorkloadEndpoint,
+                "stress",
+                &format!("{node}-k8s-{pod}-eth0"),
+            );
+            store.create(&key, endpoint).await?;
+        }
         writeln!(stdout, "endpoint {} {handle}", ip.addr())?;
         stdout.flush()?;
     }
