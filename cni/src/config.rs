@@ -104,9 +104,20 @@ pub fn parse_netconf(bytes: &[u8], fallbacks: &Fallbacks) -> Result<NetConf, Cni
     let cni_version = required_string(&raw, "cniVersion")?;
     check_version(&cni_version)?;
     let name = required_string(&raw, "name")?;
-    let datastore = optional_string(&raw, "datastore")?
+    let mut datastore = optional_string(&raw, "datastore")?
         .or_else(|| fallbacks.datastore.clone())
         .unwrap_or_else(|| DEFAULT_DATASTORE.to_string());
+    // `"datastore": "kubernetes", "kubeconfig": PATH`: that kubeconfig (install-cni writes
+    // one for the plugin from the pod's service account token).
+    if let Some(kubeconfig) = optional_string(&raw, "kubeconfig")? {
+        if datastore != "kubernetes" {
+            return Err(CniError::config(
+                "kubeconfig",
+                "only with \"datastore\": \"kubernetes\"",
+            ));
+        }
+        datastore = format!("kubernetes:{kubeconfig}");
+    }
     twill_shared::datastore::DatastoreUrl::parse(&datastore)
         .map_err(|err| CniError::config("datastore", err.to_string()))?;
     let nodename = match optional_string(&raw, "nodename")? {

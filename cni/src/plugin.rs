@@ -483,6 +483,19 @@ pub async fn add(conf: &NetConf, call: &CallArgs) -> Result<CniResult, CniError>
     node_ready(conf, code::TRY_AGAIN_LATER).await?;
     let store = open_store(conf).await?;
     let pod = pod_object(&store, call).await?;
+    if store.endpoints_from_pods() && pod.is_none() {
+        // On Kubernetes the Pod is the endpoint: without it there is nothing to wire for.
+        let (namespace, name) = call.pod().unwrap_or(("?", "?"));
+        return Err(CniError::new(
+            code::INVALID_CONFIG,
+            "the pod does not exist",
+            format!(
+                "pod {namespace}/{name} is not on the API server {} (K8S_POD_NAMESPACE and \
+                 K8S_POD_NAME in CNI_ARGS name it)",
+                conf.datastore
+            ),
+        ));
+    }
     let allowed_sources = allowed_sources(pod.as_ref())?;
     let ipam_result = delegate_add(conf, call, &store).await?;
     let addresses = host_prefixes(&ipam_result);
@@ -520,10 +533,16 @@ pub async fn add(conf: &NetConf, call: &CallArgs) -> Result<CniResult, CniError>
         &wired.pod_mac,
         &allowed_sources,
     );
-    if let Err(err) = Client::new(store.clone())
-        .write_all(&[endpoint], WriteMode::Apply)
-        .await
-    {
+    let written = if store.endpoints_from_pods() {
+        annotate_pod(&store, call, &addresses).await
+    } else {
+        Client::new(store.clone())
+            .write_all(&[endpoint], WriteMode::Apply)
+            .await
+            .map(drop)
+            .map_err(|err| err.to_string())
+    };
+    if let Err(err) = written {
         if let Err(undo) = dataplane::del(&call.netns, &call.ifname, &link.host_ifname).await {
             tracing::error!(error = %undo, "cannot remove the pod's interface after a failed ADD");
         }
@@ -537,6 +556,96 @@ pub async fn add(conf: &NetConf, call: &CallArgs) -> Result<CniResult, CniError>
     wait_for_policy(conf, &store, &endpoint_key(conf, call)).await;
     tracing::info!(container = %call.container_id, ?addresses, host_ifname = %link.host_ifname, "ADD done");
     Ok(add_result(conf, call, &link, &wired.pod_mac, &ipam_result))
+}
+
+/// Calico's pod annotations: the addresses and the container they belong to (on Kubernetes
+/// they make the pod's workload endpoint). Conditional on the pod's revision, re-read on a
+/// conflict (the kubelet writes the pod's status meanwhile), and only while it is the same
+/// pod (uid).
+async fn annotate_pod(
+    store: &Arc<dyn Datastore>,
+    call: &CallArgs,
+    addresses: &[IpNet],
+) -> Result<(), String> {
+    use twill_shared::kubernetes::objects::{
+        CONTAINER_ID_ANNOTATION, POD_IPS_ANNOTATION, POD_IP_ANNOTATION,
+    };
+    let (namespace, name) = call.pod().ok_or("CNI_ARGS names no pod")?;
+    let key = Key::namespaced(Kind::Pod, namespace, name);
+    let ips: Vec<String> = addresses.iter().map(ToString::to_string).collect();
+    let annotations = std::collections::BTreeMap::from([
+        (POD_IP_ANNOTATION.to_string(), ips.first().cloned()),
+        (POD_IPS_ANNOTATION.to_string(), Some(ips.join(","))),
+        (
+            CONTAINER_ID_ANNOTATION.to_string(),
+            Some(call.container_id.clone()),
+        ),
+    ]);
+    let mut uid = None;
+    for _ in 0..10 {
+        let stored = store
+            .get(&key)
+            .await
+            .map_err(|err| err.to_string())?
+            .ok_or_else(|| format!("pod {namespace}/{name} is gone"))?;
+        let current = stored.value["metadata"]["uid"].as_str().map(str::to_string);
+        if uid.is_some() && uid != current {
+            return Err(format!("pod {namespace}/{name} was replaced during ADD"));
+        }
+        uid = current;
+        match store
+            .annotate(&key, &annotations, Some(stored.revision))
+            .await
+        {
+            Ok(_) => return Ok(()),
+            Err(DatastoreError::Conflict { .. }) => continue,
+            Err(err) => return Err(err.to_string()),
+        }
+    }
+    Err(format!(
+        "pod {namespace}/{name} kept changing while its addresses were written"
+    ))
+}
+
+/// Removes Calico's pod annotations, only while they name this container.
+async fn clear_pod_annotations(
+    store: &Arc<dyn Datastore>,
+    call: &CallArgs,
+) -> Result<(), CniError> {
+    use twill_shared::kubernetes::objects::{
+        CONTAINER_ID_ANNOTATION, POD_IPS_ANNOTATION, POD_IP_ANNOTATION,
+    };
+    let Some((namespace, name)) = call.pod() else {
+        return Ok(());
+    };
+    let key = Key::namespaced(Kind::Pod, namespace, name);
+    let annotations = std::collections::BTreeMap::from([
+        (POD_IP_ANNOTATION.to_string(), None),
+        (POD_IPS_ANNOTATION.to_string(), None),
+        (CONTAINER_ID_ANNOTATION.to_string(), None),
+    ]);
+    for _ in 0..10 {
+        let Some(stored) = store.get(&key).await.map_err(datastore_error)? else {
+            return Ok(());
+        };
+        let annotated = &stored.value["metadata"]["annotations"][CONTAINER_ID_ANNOTATION];
+        if annotated.as_str() != Some(call.container_id.as_str()) {
+            return Ok(()); // another sandbox's, or none
+        }
+        match store
+            .annotate(&key, &annotations, Some(stored.revision))
+            .await
+        {
+            Ok(_) | Err(DatastoreError::NotFound { .. }) => return Ok(()),
+            Err(DatastoreError::Conflict { .. }) => continue,
+            Err(err) => return Err(datastore_error(err)),
+        }
+    }
+    Err(CniError::new(
+        code::TRY_AGAIN_LATER,
+        "cannot clear the pod's address annotations",
+        format!("pod {namespace}/{name} kept changing"),
+    ))
 }
 
 async fn undo_ipam(conf: &NetConf, call: &CallArgs, store: &Arc<dyn Datastore>) {
@@ -655,7 +764,9 @@ pub async fn del(conf: &NetConf, call: &CallArgs) -> Result<(), CniError> {
     // before any later owner of the address can appear; then the addresses are released.
     let endpoint = endpoint.filter(|_| ours);
     forget_flows(conf, call, &store, endpoint.as_ref()).await?;
-    if let Some(stored) = &endpoint {
+    if store.endpoints_from_pods() {
+        clear_pod_annotations(&store, call).await?;
+    } else if let Some(stored) = &endpoint {
         match store.delete(&key, Some(stored.revision)).await {
             Ok(_) | Err(DatastoreError::NotFound { .. } | DatastoreError::Conflict { .. }) => {}
             Err(err) => return Err(datastore_error(err)),

@@ -505,3 +505,166 @@ async fn twillctl_and_kubectl_read_each_others_writes_and_a_failed_apply_is_roll
     let (code, _, _) = server.kubectl_status(&["get", "globalnetworkset", "first-of-two"], None);
     assert_ne!(code, 0, "rolled back");
 }
+
+/// Runs the `twill` plugin inside `node` as a runtime does; exit code and JSON output.
+fn plugin(
+    node: &twill_interop_tests::netns::Netns,
+    command: &str,
+    config: &serde_json::Value,
+    container: &str,
+    pod_netns: &str,
+    pod: (&str, &str),
+) -> (i32, serde_json::Value) {
+    let binary = twill_interop_tests::workspace_binary("twill");
+    let mut child = node
+        .command(binary.to_str().unwrap())
+        .env("CNI_COMMAND", command)
+        .env("CNI_CONTAINERID", container)
+        .env("CNI_NETNS", format!("/run/netns/{pod_netns}"))
+        .env("CNI_IFNAME", "eth0")
+        .env(
+            "CNI_ARGS",
+            format!(
+                "IgnoreUnknown=1;K8S_POD_NAMESPACE={};K8S_POD_NAME={}",
+                pod.0, pod.1
+            ),
+        )
+        .env("CNI_PATH", binary.parent().unwrap())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(
+        &mut child.stdin.take().unwrap(),
+        &serde_json::to_vec(config).unwrap(),
+    )
+    .unwrap();
+    let output = child.wait_with_output().unwrap();
+    let value = serde_json::from_slice(&output.stdout).unwrap_or(serde_json::Value::Null);
+    (output.status.code().unwrap_or(-1), value)
+}
+
+/// The CNI plugin on the Kubernetes datastore: ADD reads the Pod, allocates from IPAM on the
+/// API server and writes Calico's address annotations on the Pod (which makes its
+/// WorkloadEndpoint); DEL clears them and frees the addresses; a Pod that does not exist is a
+/// clear error that leaves nothing behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cni_plugin_annotates_pods_on_the_kubernetes_datastore() {
+    let server = ApiServer::start(&crds()).await;
+    let store = store_of(&server).await;
+    let node = twill_interop_tests::netns::Netns::new("kcni");
+    // The API server listens on the machine's loopback: a relay makes it reachable at the same
+    // address inside the node's namespace (as the lab reaches etcd).
+    let address: std::net::SocketAddr =
+        server.url().trim_start_matches("https://").parse().unwrap();
+    let relay = tokio::spawn(twill_lab::agent::relay(
+        format!("/run/netns/{}", node.name()).into(),
+        address,
+        address,
+    ));
+    server.kubectl(&["create", "namespace", "shop"], None);
+    server.kubectl(&["create", "serviceaccount", "default", "-n", "shop"], None);
+    server.kubectl(
+        &["apply", "-f", "-"],
+        Some("apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {name: pods}\nspec: {cidr: 10.77.0.0/24, blockSize: 28}\n---\n\
+              apiVersion: v1\nkind: Pod\nmetadata: {name: web, namespace: shop, labels: {app: web}}\n\
+              spec:\n  nodeName: node-1\n  containers:\n  - name: c\n    image: twill/none\n    ports: [{containerPort: 8080, name: http}]\n"),
+    );
+    let lock = tempfile::tempdir().unwrap();
+    let config = json!({
+        "cniVersion": "1.0.0", "name": "k8s-pod-network", "type": "twill",
+        "datastore": "kubernetes", "kubeconfig": server.kubeconfig(),
+        "nodename": "node-1", "node_health_address": "none", "log_level": "debug",
+        "log_file_path": lock.path().join("cni.log"),
+        "ipam_lock_file": lock.path().join("ipam.lock"),
+        "ipam": {"type": "twill-ipam"},
+    });
+    let pod_netns = twill_interop_tests::netns::Netns::new("kpod");
+    let (code, added) = plugin(
+        &node,
+        "ADD",
+        &config,
+        "c1",
+        pod_netns.name(),
+        ("shop", "web"),
+    );
+    assert_eq!(
+        code,
+        0,
+        "{added} (log: {})",
+        std::fs::read_to_string(lock.path().join("cni.log")).unwrap_or_default()
+    );
+    let cidr = added["ips"][0]["address"].as_str().unwrap().to_string();
+    assert!(cidr.starts_with("10.77.0."), "{added}");
+    let pod: serde_json::Value = serde_json::from_str(
+        &server.kubectl(&["get", "pod", "web", "-n", "shop", "-o", "json"], None),
+    )
+    .unwrap();
+    let annotations = &pod["metadata"]["annotations"];
+    assert_eq!(annotations["cni.projectcalico.org/podIP"], cidr.as_str());
+    assert_eq!(annotations["cni.projectcalico.org/podIPs"], cidr.as_str());
+    assert_eq!(annotations["cni.projectcalico.org/containerID"], "c1");
+    // The endpoint Twill derives from the Pod.
+    let endpoints = store
+        .list(Some(Kind::WorkloadEndpoint), Some("shop"))
+        .await
+        .unwrap();
+    assert_eq!(endpoints.items.len(), 1, "{:?}", endpoints.items);
+    let endpoint = &endpoints.items[0].value;
+    assert_eq!(endpoint["metadata"]["name"], "node--1-k8s-web-eth0");
+    assert_eq!(endpoint["spec"]["ipNetworks"], json!([cidr]));
+    assert_eq!(endpoint["spec"]["containerID"], "c1");
+    assert_eq!(
+        endpoint["spec"]["interfaceName"],
+        added["interfaces"][0]["name"]
+    );
+    assert_eq!(endpoint["spec"]["ports"][0]["name"], "http");
+    let (code, deleted) = plugin(
+        &node,
+        "DEL",
+        &config,
+        "c1",
+        pod_netns.name(),
+        ("shop", "web"),
+    );
+    assert_eq!(code, 0, "{deleted}");
+    let pod: serde_json::Value = serde_json::from_str(
+        &server.kubectl(&["get", "pod", "web", "-n", "shop", "-o", "json"], None),
+    )
+    .unwrap();
+    assert_eq!(
+        pod["metadata"]["annotations"].get("cni.projectcalico.org/podIP"),
+        None
+    );
+    assert!(store
+        .list(Some(Kind::IpamHandle), None)
+        .await
+        .unwrap()
+        .items
+        .is_empty());
+    // A pod the API server does not have: a clear error, nothing allocated or wired.
+    let (code, refused) = plugin(
+        &node,
+        "ADD",
+        &config,
+        "c2",
+        pod_netns.name(),
+        ("shop", "ghost"),
+    );
+    assert_eq!(code, 1, "{refused}");
+    assert_eq!(refused["msg"], "the pod does not exist", "{refused}");
+    assert!(
+        refused["details"].as_str().unwrap().contains("shop/ghost"),
+        "{refused}"
+    );
+    assert!(store
+        .list(Some(Kind::IpamHandle), None)
+        .await
+        .unwrap()
+        .items
+        .is_empty());
+    let links = pod_netns.output("ip", &["-o", "link"]);
+    assert!(!String::from_utf8_lossy(&links.stdout).contains("eth0"));
+    relay.abort();
+}

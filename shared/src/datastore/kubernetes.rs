@@ -614,6 +614,52 @@ impl super::Datastore for KubeStore {
         false
     }
 
+    fn endpoints_from_pods(&self) -> bool {
+        true
+    }
+
+    async fn annotate(
+        &self,
+        key: &Key,
+        annotations: &BTreeMap<String, Option<String>>,
+        expected: Option<Revision>,
+    ) -> Result<Revision, DatastoreError> {
+        let resource = match served(key.kind) {
+            Served::Crd(resource) | Served::Native(resource) => resource,
+            Served::Derived { from } => {
+                return Err(DatastoreError::NotWritable {
+                    key: key.clone(),
+                    reason: format!("on the Kubernetes datastore it is derived from {from}"),
+                })
+            }
+        };
+        let api = self.api(&resource, key.namespace.as_deref());
+        let mut metadata = serde_json::json!({"annotations": annotations});
+        if let Some(expected) = expected {
+            // A merge patch carrying resourceVersion is refused (409) if the object moved.
+            metadata["resourceVersion"] = expected.to_string().into();
+        }
+        let patch = kube::api::Patch::Merge(serde_json::json!({"metadata": metadata}));
+        match api
+            .patch(&key.name, &kube::api::PatchParams::default(), &patch)
+            .await
+        {
+            Ok(written) => {
+                let value = serde_json::to_value(written).map_err(|e| self.corrupt(e))?;
+                Ok(revision_of(&value).unwrap_or(0))
+            }
+            Err(kube::Error::Api(status)) if status.code == 409 => {
+                let actual = self.current_revision(&api, key).await?;
+                Err(DatastoreError::Conflict {
+                    key: key.clone(),
+                    expected: expected.unwrap_or(-1),
+                    actual,
+                })
+            }
+            Err(err) => Err(self.error(Some(key), err)),
+        }
+    }
+
     async fn txn(&self, mut ops: Vec<TxnOp>) -> Result<Revision, DatastoreError> {
         if ops.len() != 1 {
             return Err(DatastoreError::InvalidTxn {

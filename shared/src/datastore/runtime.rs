@@ -66,6 +66,60 @@ pub trait Datastore: Send + Sync + std::fmt::Debug {
         true
     }
 
+    /// Whether workload endpoints are derived from Pods (the Kubernetes API: a CNI plugin
+    /// annotates the Pod instead of writing an endpoint).
+    fn endpoints_from_pods(&self) -> bool {
+        false
+    }
+
+    /// Sets (`Some`) or removes (`None`) annotations of an object, conditional on its
+    /// revision when `expected` is given; the new revision. Nothing else of the object
+    /// changes (on the Kubernetes API: a merge patch, so fields Twill does not model stay).
+    async fn annotate(
+        &self,
+        key: &Key,
+        annotations: &std::collections::BTreeMap<String, Option<String>>,
+        expected: Option<Revision>,
+    ) -> Result<Revision, DatastoreError> {
+        let stored = self
+            .get(key)
+            .await?
+            .ok_or_else(|| DatastoreError::NotFound { key: key.clone() })?;
+        if let Some(expected) = expected.filter(|e| *e != stored.revision) {
+            return Err(DatastoreError::Conflict {
+                key: key.clone(),
+                expected,
+                actual: stored.revision,
+            });
+        }
+        let mut value = stored.value;
+        let metadata =
+            value["metadata"]
+                .as_object_mut()
+                .ok_or_else(|| DatastoreError::Corrupt {
+                    url: self.url().to_string(),
+                    reason: format!("{key} has no metadata"),
+                })?;
+        let current = metadata
+            .entry("annotations")
+            .or_insert_with(|| serde_json::json!({}));
+        if !current.is_object() {
+            *current = serde_json::json!({});
+        }
+        let current = current.as_object_mut().expect("made an object");
+        for (name, value) in annotations {
+            match value {
+                Some(text) => {
+                    current.insert(name.clone(), text.clone().into());
+                }
+                None => {
+                    current.remove(name);
+                }
+            }
+        }
+        self.update(key, value, stored.revision).await
+    }
+
     /// Watches one kind (or all kinds) for changes after revision `after`.
     async fn watch(&self, kind: Option<Kind>, after: Revision) -> Result<Watch, DatastoreError>;
 
