@@ -218,6 +218,39 @@ async fn crud_compare_and_swap_and_what_the_api_cannot_do() {
     for wanted in ["Namespace prod", "Profile kns.prod", "NetworkPolicy dev/x"] {
         assert!(keys.iter().any(|k| k == wanted), "{wanted} in {keys:?}");
     }
+    // Profiles: one per Namespace, one per ServiceAccount (the API server made none here:
+    // no controller manager runs), whether listed alone or with everything.
+    server.kubectl(&["create", "serviceaccount", "api", "-n", "prod"], None);
+    let mut expected: Vec<String> = ["default", "dev", "kube-node-lease", "kube-public", "kube-system", "prod"]
+        .iter()
+        .map(|ns| format!("kns.{ns}"))
+        .collect();
+    expected.push("ksa.prod.api".into());
+    expected.sort();
+    let profiles = |listing: twill_shared::datastore::Listing| {
+        let mut names: Vec<String> = listing
+            .items
+            .into_iter()
+            .filter(|s| s.key.kind == Kind::Profile)
+            .map(|s| s.key.name)
+            .collect();
+        names.sort();
+        names
+    };
+    assert_eq!(
+        profiles(store.list(Some(Kind::Profile), None).await.unwrap()),
+        expected
+    );
+    assert_eq!(profiles(store.list(None, None).await.unwrap()), expected);
+    let account = store
+        .get(&Key::cluster(Kind::Profile, "ksa.prod.api"))
+        .await
+        .unwrap()
+        .expect("the account's profile");
+    assert_eq!(
+        account.value["spec"]["labelsToApply"]["pcsa.projectcalico.org/name"],
+        "api"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -559,8 +592,9 @@ async fn the_cni_plugin_annotates_pods_on_the_kubernetes_datastore() {
     let address: std::net::SocketAddr =
         server.url().trim_start_matches("https://").parse().unwrap();
     let relay = tokio::spawn(twill_lab::agent::relay(
-        format!("/run/netns/{}", node.name()).into(),
+        Some(format!("/run/netns/{}", node.name()).into()),
         address,
+        None,
         address,
     ));
     server.kubectl(&["create", "namespace", "shop"], None);

@@ -295,7 +295,15 @@ impl KubeStore {
                 .and_then(|r| r.parse().ok())
                 .unwrap_or(0);
             for item in page.items {
-                objects.push(serde_json::to_value(item).map_err(|err| self.corrupt(err))?);
+                let mut object = serde_json::to_value(item).map_err(|err| self.corrupt(err))?;
+                // A list's items carry no apiVersion and kind (watch events do): give them
+                // theirs, so an object reads the same however it came.
+                if let Some(map) = object.as_object_mut() {
+                    map.entry("apiVersion")
+                        .or_insert_with(|| source.api_version().into());
+                    map.entry("kind").or_insert_with(|| source.kind.into());
+                }
+                objects.push(object);
             }
             match page.metadata.continue_.filter(|c| !c.is_empty()) {
                 Some(token) => params = params.continue_token(&token),
