@@ -146,16 +146,19 @@ enum LabCommand {
         #[arg(long = "port")]
         ports: Vec<String>,
     },
-    /// (internal) Relay TCP from a namespace's address to one of this namespace.
+    /// (internal) Relay TCP from an address in one namespace to an address in another.
     #[command(hide = true)]
     Relay {
-        /// The namespace to listen in (a /run/netns path).
+        /// The namespace to listen in (a /run/netns path; default: this one).
         #[arg(long)]
-        netns: std::path::PathBuf,
-        /// Address to listen on inside it.
+        netns: Option<std::path::PathBuf>,
+        /// Address to listen on.
         #[arg(long)]
         listen: std::net::SocketAddr,
-        /// Address to connect to from here.
+        /// The namespace to connect from (a /run/netns path; default: this one).
+        #[arg(long)]
+        connect_netns: Option<std::path::PathBuf>,
+        /// Address to connect to.
         #[arg(long)]
         connect: std::net::SocketAddr,
     },
@@ -179,9 +182,10 @@ pub async fn run(args: LabArgs, datastore_flag: Option<String>) -> Result<(), Fa
         LabCommand::Relay {
             netns,
             listen,
+            connect_netns,
             connect,
         } => {
-            return Ok(twill_lab::agent::relay(netns, listen, connect).await?);
+            return Ok(twill_lab::agent::relay(netns, listen, connect_netns, connect).await?);
         }
         LabCommand::ProbeAgent { timeout_ms } => {
             let mut input = String::new();
@@ -319,7 +323,7 @@ fn read(path: &str) -> anyhow::Result<String> {
 
 fn status(lab: &Lab, output: LabOutput) -> Result<(), Failure> {
     let state = lab.state()?;
-    let value = json!({
+    let mut value = json!({
         "name": state.name,
         "datastore": state.datastore,
         "tor": state.tor,
@@ -336,10 +340,16 @@ fn status(lab: &Lab, output: LabOutput) -> Result<(), Failure> {
             "ip": p.ips.first(), "ips": p.ips, "labels": p.labels,
         })).collect::<Vec<_>>(),
     });
+    if let Some(kubeconfig) = &state.kubeconfig {
+        value["kubeconfig"] = json!(kubeconfig);
+    }
     match output {
         LabOutput::Json => println!("{}", serde_json::to_string_pretty(&value)?),
         LabOutput::Table => {
             println!("lab {} (datastore {})", state.name, state.datastore);
+            if let Some(kubeconfig) = &state.kubeconfig {
+                println!("kubectl --kubeconfig {kubeconfig} …");
+            }
             println!("{:<10} {:<14} BGP SESSIONS", "NODE", "ADDRESS");
             for node in value["nodes"].as_array().into_iter().flatten() {
                 let sessions: Vec<String> = node["bgp"]

@@ -1,10 +1,11 @@
 //! A real etcd (Debian's etcd-server) on free loopback ports with a temporary data directory.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
+use twill_lab::kube::etcd_binary;
 use twill_shared::datastore::{connect, Datastore};
 
 use crate::{eventually, free_port};
@@ -73,22 +74,11 @@ impl Etcd {
             .open(self.data.path().join("etcd.log"))
             .expect("a log file in the data directory");
         let child = Command::new(etcd_binary())
-            .args(["--name", "twill-test", "--data-dir"])
-            .arg(self.data.path().join("member-data"))
-            .args([
-                "--listen-client-urls",
+            .args(twill_lab::kube::etcd_args(
+                &self.data.path().join("member-data"),
                 &client,
-                "--advertise-client-urls",
-                &client,
-            ])
-            .args([
-                "--listen-peer-urls",
                 &peer,
-                "--initial-advertise-peer-urls",
-                &peer,
-            ])
-            .args(["--initial-cluster", &format!("twill-test={peer}")])
-            .args(["--logger", "zap", "--log-level", "warn"])
+            ))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log handle"))
             .stderr(log)
@@ -118,10 +108,4 @@ impl Drop for Etcd {
     fn drop(&mut self) {
         self.kill();
     }
-}
-
-fn etcd_binary() -> PathBuf {
-    std::env::var_os("TWILL_ETCD")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/usr/bin/etcd"))
 }

@@ -9,12 +9,7 @@ use std::time::Duration;
 use crate::etcd::Etcd;
 use crate::{eventually, free_port};
 
-/// Where `cargo xtask k8s-build` puts the binaries (TWILL_K8S_BIN overrides).
-pub fn binaries() -> PathBuf {
-    std::env::var_os("TWILL_K8S_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/tmp/twill-k8s/bin"))
-}
+pub use twill_lab::kube::binaries;
 
 /// `kubectl` of the built binaries.
 pub fn kubectl_binary() -> PathBuf {
@@ -31,108 +26,17 @@ pub struct ApiServer {
     port: u16,
 }
 
-fn openssl(dir: &Path, args: &[&str]) {
-    let output = Command::new("openssl")
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .expect("openssl runs");
-    assert!(
-        output.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
-/// A CA, the server's certificate (for 127.0.0.1 and localhost), an admin client certificate
-/// (group system:masters) and the service-account key pair.
-fn make_certificates(dir: &Path) {
-    openssl(
-        dir,
-        &[
-            "ecparam",
-            "-name",
-            "prime256v1",
-            "-genkey",
-            "-noout",
-            "-out",
-            "ca.key",
-        ],
-    );
-    openssl(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-new",
-            "-key",
-            "ca.key",
-            "-subj",
-            "/CN=twill-test-ca",
-            "-days",
-            "2",
-            "-out",
-            "ca.crt",
-        ],
-    );
-    for (name, subject, extension) in [
-        (
-            "apiserver",
-            "/CN=kube-apiserver",
-            "subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default\nextendedKeyUsage=serverAuth",
-        ),
-        (
-            "admin",
-            "/O=system:masters/CN=twill-admin",
-            "extendedKeyUsage=clientAuth",
-        ),
-    ] {
-        std::fs::write(dir.join(format!("{name}.ext")), extension).unwrap();
-        openssl(dir, &["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", &format!("{name}.key")]);
-        openssl(
-            dir,
-            &["req", "-new", "-key", &format!("{name}.key"), "-subj", subject, "-out", &format!("{name}.csr")],
-        );
-        openssl(
-            dir,
-            &[
-                "x509", "-req", "-in", &format!("{name}.csr"), "-CA", "ca.crt", "-CAkey", "ca.key",
-                "-CAcreateserial", "-days", "2", "-extfile", &format!("{name}.ext"), "-out",
-                &format!("{name}.crt"),
-            ],
-        );
-    }
-    openssl(
-        dir,
-        &[
-            "ecparam",
-            "-name",
-            "prime256v1",
-            "-genkey",
-            "-noout",
-            "-out",
-            "sa.key",
-        ],
-    );
-    openssl(dir, &["ec", "-in", "sa.key", "-pubout", "-out", "sa.pub"]);
-}
-
 impl ApiServer {
     /// Starts etcd and kube-apiserver, writes the admin kubeconfig, installs the CRDs of
     /// `crd_dir` (Twill's deploy/kubernetes/crds) and waits until they are established.
     pub async fn start(crd_dir: &Path) -> ApiServer {
-        let binary = binaries().join("kube-apiserver");
-        assert!(
-            binary.exists(),
-            "{} is missing: build it with `cargo run -p xtask -- k8s-build` (make test does)",
-            binary.display()
-        );
+        twill_lab::kube::apiserver_binary().unwrap_or_else(|err| panic!("{err:#}"));
         let etcd = Etcd::start().await;
         let dir = tempfile::Builder::new()
             .prefix("twill-kube-")
             .tempdir()
             .expect("a temporary directory");
-        make_certificates(dir.path());
+        twill_lab::kube::make_certificates(dir.path(), &["127.0.0.1"]).expect("certificates");
         let mut server = ApiServer {
             child: None,
             etcd,
@@ -161,17 +65,13 @@ impl ApiServer {
     }
 
     fn write_kubeconfig(&self) {
-        let path = |name: &str| self.dir.path().join(name).display().to_string();
-        let text = format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: {}\n    certificate-authority: {}\n\
-             users:\n- name: admin\n  user:\n    client-certificate: {}\n    client-key: {}\n\
-             contexts:\n- name: test\n  context: {{cluster: test, user: admin}}\ncurrent-context: test\n",
-            self.url(),
-            path("ca.crt"),
-            path("admin.crt"),
-            path("admin.key")
-        );
-        std::fs::write(self.kubeconfig(), text).unwrap();
+        twill_lab::kube::write_kubeconfig(
+            &self.kubeconfig(),
+            &self.url(),
+            self.dir.path(),
+            "admin",
+        )
+        .expect("a kubeconfig");
     }
 
     /// Runs kubectl against this server; its output, panicking on failure.
@@ -219,7 +119,6 @@ impl ApiServer {
     }
 
     async fn launch(&mut self) {
-        let path = |name: &str| self.dir.path().join(name).display().to_string();
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -227,24 +126,12 @@ impl ApiServer {
             .expect("a log file");
         let etcd = self.etcd.url().replace("etcd://", "http://");
         let child = Command::new(binaries().join("kube-apiserver"))
-            .args(["--etcd-servers", &etcd])
-            .args([
-                "--bind-address",
+            .args(twill_lab::kube::apiserver_args(
+                &etcd,
                 "127.0.0.1",
-                "--advertise-address",
-                "127.0.0.1",
-            ])
-            .args(["--secure-port", &self.port.to_string()])
-            .args(["--tls-cert-file", &path("apiserver.crt")])
-            .args(["--tls-private-key-file", &path("apiserver.key")])
-            .args(["--client-ca-file", &path("ca.crt")])
-            .args(["--service-account-issuer", "https://kubernetes.default.svc"])
-            .args(["--service-account-key-file", &path("sa.pub")])
-            .args(["--service-account-signing-key-file", &path("sa.key")])
-            .args(["--service-cluster-ip-range", "10.96.0.0/16"])
-            .args(["--authorization-mode", "Node,RBAC"])
-            .args(["--storage-media-type", "application/json"])
-            .args(["--v", "1"])
+                self.port,
+                self.dir.path(),
+            ))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log handle"))
             .stderr(log)

@@ -221,10 +221,17 @@ async fn crud_compare_and_swap_and_what_the_api_cannot_do() {
     // Profiles: one per Namespace, one per ServiceAccount (the API server made none here:
     // no controller manager runs), whether listed alone or with everything.
     server.kubectl(&["create", "serviceaccount", "api", "-n", "prod"], None);
-    let mut expected: Vec<String> = ["default", "dev", "kube-node-lease", "kube-public", "kube-system", "prod"]
-        .iter()
-        .map(|ns| format!("kns.{ns}"))
-        .collect();
+    let mut expected: Vec<String> = [
+        "default",
+        "dev",
+        "kube-node-lease",
+        "kube-public",
+        "kube-system",
+        "prod",
+    ]
+    .iter()
+    .map(|ns| format!("kns.{ns}"))
+    .collect();
     expected.push("ksa.prod.api".into());
     expected.sort();
     let profiles = |listing: twill_shared::datastore::Listing| {

@@ -194,23 +194,22 @@ fn body_line(bytes: &[u8]) -> String {
     }
 }
 
-/// Relays TCP connections accepted inside a network namespace (`listen` there) to `connect`
-/// in this process's own namespace: how processes in a lab's node namespaces reach a
-/// datastore on the machine's loopback without any change to the machine's network.
+/// Relays TCP connections accepted on `listen` (inside the namespace `listen_netns`, else
+/// here) to `connect` (reached from inside `connect_netns`, else from here): how processes in
+/// a lab's node namespaces reach a datastore on the machine's loopback, and how tools on the
+/// machine reach the API server inside a lab's underlay, without any change to the machine's
+/// network. Prints `listening` once the listener is bound.
 pub async fn relay(
-    netns: std::path::PathBuf,
+    listen_netns: Option<std::path::PathBuf>,
     listen: SocketAddr,
+    connect_netns: Option<std::path::PathBuf>,
     connect: SocketAddr,
 ) -> anyhow::Result<()> {
-    let listener = std::thread::spawn(move || -> anyhow::Result<std::net::TcpListener> {
-        let file = std::fs::File::open(&netns)?;
-        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)?;
+    let listener = in_netns(listen_netns, move || -> anyhow::Result<_> {
         let listener = std::net::TcpListener::bind(listen)?;
         listener.set_nonblocking(true)?;
         Ok(listener)
-    })
-    .join()
-    .map_err(|_| anyhow::anyhow!("the namespace thread panicked"))??;
+    })?;
     let listener = tokio::net::TcpListener::from_std(listener)?;
     {
         use std::io::Write as _;
@@ -220,10 +219,39 @@ pub async fn relay(
     }
     loop {
         let (mut inbound, _) = listener.accept().await?;
+        let connect_netns = connect_netns.clone();
         tokio::spawn(async move {
-            if let Ok(mut outbound) = tokio::net::TcpStream::connect(connect).await {
-                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+            let outbound = tokio::task::spawn_blocking(move || {
+                // A thread of its own: setns changes the calling thread for good.
+                in_netns(connect_netns, move || -> anyhow::Result<_> {
+                    let stream =
+                        std::net::TcpStream::connect_timeout(&connect, Duration::from_secs(5))?;
+                    stream.set_nonblocking(true)?;
+                    Ok(stream)
+                })
+            })
+            .await;
+            if let Ok(Ok(outbound)) = outbound {
+                if let Ok(mut outbound) = tokio::net::TcpStream::from_std(outbound) {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
             }
         });
     }
+}
+
+/// Runs `work` on a new thread that entered the network namespace `netns` (here if None).
+pub(crate) fn in_netns<T: Send + 'static>(
+    netns: Option<std::path::PathBuf>,
+    work: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
+) -> anyhow::Result<T> {
+    std::thread::spawn(move || -> anyhow::Result<T> {
+        if let Some(netns) = netns {
+            let file = std::fs::File::open(&netns)?;
+            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)?;
+        }
+        work()
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("the namespace thread panicked"))?
 }

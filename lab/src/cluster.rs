@@ -137,10 +137,28 @@ impl Lab {
         }
         std::fs::create_dir_all(self.dir())
             .with_context(|| format!("cannot create {}", self.dir().display()))?;
-        let datastore = options
-            .datastore
-            .clone()
-            .unwrap_or_else(|| format!("sqlite:{}", self.dir().join("twill.db").display()));
+        let kubernetes = match options.datastore.as_deref() {
+            Some("kubernetes") => true,
+            Some(other) if other.starts_with("kubernetes:") => bail!(
+                "the lab runs its own Kubernetes API server: use --datastore kubernetes \
+                 (the lab's kubeconfig is then in `twillctl lab status -o json`)"
+            ),
+            _ => false,
+        };
+        if kubernetes && options.policy_only {
+            bail!(
+                "--policy-only is not available on the Kubernetes datastore yet: its pods' \
+                 endpoints would come from a kubelet's pod status, which the lab does not run"
+            );
+        }
+        let datastore = match (&options.datastore, kubernetes) {
+            (_, true) => format!(
+                "kubernetes:{}",
+                self.kube_dir().join("admin.kubeconfig").display()
+            ),
+            (Some(url), false) => url.clone(),
+            (None, false) => format!("sqlite:{}", self.dir().join("twill.db").display()),
+        };
         let mut state = State {
             name: self.name.clone(),
             datastore,
@@ -152,6 +170,12 @@ impl Lab {
             policy_only: options.policy_only,
             tor: options.tor.map(|t| t.as_str().to_string()),
             encap: options.encap.clone().unwrap_or_else(|| "none".into()),
+            kubeconfig: kubernetes.then(|| {
+                self.kube_dir()
+                    .join("admin.kubeconfig")
+                    .display()
+                    .to_string()
+            }),
         };
         let result = self.build(&mut state, &options).await;
         if let Err(err) = result {
@@ -202,6 +226,21 @@ impl Lab {
             )
             .map_err(anyhow::Error::msg)?;
         }
+        // The control plane starts while the nodes are made; it is waited for after.
+        let control = match state.kubeconfig {
+            Some(_) => {
+                let control = crate::kube::start_in_lab(
+                    &self.kube_dir(),
+                    &underlay,
+                    UNDERLAY_GATEWAY,
+                    &self.tools.twillctl,
+                )?;
+                state.relays.push(control.relay);
+                state::save(state)?;
+                Some(control)
+            }
+            None => None,
+        };
         for index in 1..=options.nodes.max(1) {
             state.nodes.push(self.add_node(
                 &underlay,
@@ -211,6 +250,9 @@ impl Lab {
             )?);
         }
         self.start_relays(state)?;
+        if let Some(control) = &control {
+            control.ready().await?;
+        }
         let store = self.store(state).await?;
         self.write_cluster_resources(&store, state, options).await?;
         for node in &state.nodes {
@@ -306,7 +348,12 @@ impl Lab {
         let status = self.node_dir(&node.name).join("status.json");
         let mut command = named::command(&node.netns, self.tools.twill_node.as_os_str());
         command
-            .args(["--datastore", &state.datastore, "--node-name", &node.name])
+            .args([
+                "--datastore",
+                &self.node_datastore(state),
+                "--node-name",
+                &node.name,
+            ])
             .args([
                 "--mode",
                 if state.policy_only {
@@ -404,8 +451,29 @@ impl Lab {
     pub async fn sync(&self, timeout: Duration) -> anyhow::Result<()> {
         let state = self.state()?;
         let store = self.store(&state).await?;
-        let target = store.list(Some(Kind::Tier), None).await?.revision;
         let deadline = Instant::now() + timeout;
+        if state.kubeconfig.is_some() {
+            self.wait_views(&state, &store, deadline, timeout).await?;
+        } else {
+            self.wait_revisions(&state, &store, deadline, timeout)
+                .await?;
+        }
+        if !state.policy_only {
+            self.wait_routed(&state, &store, deadline).await?;
+        }
+        Ok(())
+    }
+
+    /// Every node has applied the datastore's current revision (SQLite and etcd: one
+    /// revision counts every change, and a node's watch sees them in order).
+    async fn wait_revisions(
+        &self,
+        state: &State,
+        store: &Arc<dyn Datastore>,
+        deadline: Instant,
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
+        let target = store.list(Some(Kind::Tier), None).await?.revision;
         for node in &state.nodes {
             loop {
                 let status = self.node_status(&node.name);
@@ -417,14 +485,10 @@ impl Lab {
                     break;
                 }
                 if Instant::now() > deadline {
-                    let error = status
-                        .as_ref()
-                        .and_then(|s| s["last_error"].as_str().map(str::to_string));
                     bail!(
-                        "node {} has applied revision {applied}, not yet {target}, after {timeout:?}{} (log: {})",
+                        "node {} has applied revision {applied}, not yet {target}, after {timeout:?}{}",
                         node.name,
-                        error.map(|e| format!("; last error: {e}")).unwrap_or_default(),
-                        self.dir().join("logs").join(format!("{}.twill-node.log", node.name)).display()
+                        self.agent_trouble(&node.name, status.as_ref())
                     );
                 }
                 // A status file read: cheap enough to look often, so `sync` (and `apply`,
@@ -432,10 +496,77 @@ impl Lab {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         }
-        if !state.policy_only {
-            self.wait_routed(&state, &store, deadline).await?;
-        }
         Ok(())
+    }
+
+    /// Every node has applied a view equal to what the datastore holds now (the Kubernetes
+    /// API: its resourceVersions also count writes to kinds nobody watches, and each kind's
+    /// watch advances by itself, so a revision cannot say a node is caught up; the objects
+    /// and their revisions can).
+    async fn wait_views(
+        &self,
+        state: &State,
+        store: &Arc<dyn Datastore>,
+        deadline: Instant,
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
+        loop {
+            let listing = store.list(None, None).await?;
+            let target = twill_shared::syncer::ViewDigest::of(
+                listing.items.iter().map(|item| (&item.key, item.revision)),
+            )
+            .summary();
+            // Look at the nodes often; list again now and then (something may have changed
+            // since).
+            let relist = Instant::now() + Duration::from_millis(250);
+            loop {
+                let behind: Vec<(&NodeState, Option<serde_json::Value>)> = state
+                    .nodes
+                    .iter()
+                    .map(|node| (node, self.node_status(&node.name)))
+                    .filter(|(_, status)| {
+                        status.as_ref().and_then(|s| s["applied_view"].as_str())
+                            != Some(target.as_str())
+                    })
+                    .collect();
+                let Some((node, status)) = behind.first() else {
+                    return Ok(());
+                };
+                if Instant::now() > deadline {
+                    let applied = status
+                        .as_ref()
+                        .and_then(|s| s["applied_view"].as_str().map(str::to_string))
+                        .unwrap_or_default();
+                    bail!(
+                        "node {} has applied the view {applied:?}, not the datastore's {target:?} (objects:digest), after {timeout:?}{}",
+                        node.name,
+                        self.agent_trouble(&node.name, status.as_ref())
+                    );
+                }
+                if Instant::now() > relist {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    }
+
+    /// The last error a node's agent reported, and where its log is.
+    fn agent_trouble(&self, node: &str, status: Option<&serde_json::Value>) -> String {
+        let error = status
+            .and_then(|s| {
+                s["last_error"]
+                    .as_str()
+                    .map(|e| format!("; last error: {e}"))
+            })
+            .unwrap_or_default();
+        format!(
+            "{error} (log: {})",
+            self.dir()
+                .join("logs")
+                .join(format!("{node}.twill-node.log"))
+                .display()
+        )
     }
 
     /// Full labs: every node's BGP sessions are Established and its kernel has a route to
@@ -686,6 +817,24 @@ impl Lab {
         self.dir().join(node)
     }
 
+    /// The control plane's directory (Kubernetes datastore): certificates, kubeconfigs, etcd's
+    /// data, logs.
+    fn kube_dir(&self) -> PathBuf {
+        self.dir().join("kube")
+    }
+
+    /// The datastore URL the nodes' processes use: on Kubernetes, the API server on the
+    /// underlay (the machine's tools reach it through the loopback relay instead).
+    fn node_datastore(&self, state: &State) -> String {
+        match state.kubeconfig {
+            Some(_) => format!(
+                "kubernetes:{}",
+                self.kube_dir().join("node.kubeconfig").display()
+            ),
+            None => state.datastore.clone(),
+        }
+    }
+
     fn write_cni_config(
         &self,
         state: &State,
@@ -721,12 +870,19 @@ impl Lab {
             )?;
             return Ok(());
         }
-        let conflist = json!({
+        let (datastore, kubeconfig) = match state.kubeconfig {
+            Some(_) => (
+                "kubernetes".to_string(),
+                Some(self.kube_dir().join("node.kubeconfig")),
+            ),
+            None => (state.datastore.clone(), None),
+        };
+        let mut conflist = json!({
             "cniVersion": "1.0.0",
             "name": NETWORK,
             "plugins": [{
                 "type": "twill",
-                "datastore": state.datastore,
+                "datastore": datastore,
                 "nodename": node.name,
                 // What twill-node detects (the veth underlay's 1500 minus VXLAN's 50 over
                 // IPv4, 70 over IPv6; pods take the smaller); the lab's nodes share one
@@ -744,6 +900,9 @@ impl Lab {
                          "assign_ipv4": "true", "assign_ipv6": if dual_stack { "true" } else { "false" }},
             }],
         });
+        if let Some(kubeconfig) = kubeconfig {
+            conflist["plugins"][0]["kubeconfig"] = json!(kubeconfig);
+        }
         std::fs::write(
             dir.join("net.d/10-twill.conflist"),
             serde_json::to_vec_pretty(&conflist)?,
@@ -946,6 +1105,20 @@ impl Lab {
             Client::new(store.clone())
                 .write_all(&[resource], WriteMode::Apply)
                 .await?;
+        }
+        // The API server admits a pod only when its service account exists; without a
+        // controller manager in the lab, the lab makes each namespace's `default` account as
+        // that controller would.
+        if store.endpoints_from_pods() {
+            let key = Key::namespaced(Kind::ServiceAccount, namespace, "default");
+            if store.get(&key).await?.is_none() {
+                let value = json!({"apiVersion": "v1", "kind": "ServiceAccount",
+                    "metadata": {"name": "default", "namespace": namespace}});
+                let resource = Resource::decode(Kind::ServiceAccount, value)?;
+                Client::new(store.clone())
+                    .write_all(&[resource], WriteMode::Apply)
+                    .await?;
+            }
         }
         Ok(())
     }
@@ -1241,10 +1414,11 @@ impl Lab {
         let mut removed = Vec::new();
         if let Ok(state) = self.state() {
             // Release the pods' addresses where the datastore outlives the lab.
-            if !state
-                .datastore
-                .starts_with(&format!("sqlite:{}", self.dir().display()))
-            {
+            let lab_owned = state.kubeconfig.is_some()
+                || state
+                    .datastore
+                    .starts_with(&format!("sqlite:{}", self.dir().display()));
+            if !lab_owned {
                 for pod in &state.pods {
                     named::kill_all(&pod.netns);
                     if let Some(node) = state.node(&pod.node) {

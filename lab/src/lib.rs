@@ -13,12 +13,15 @@
 //! - [`probe`]: the pod × pod matrix.
 //! - [`agent`]: the responder and the probe agent, run inside pods by `twillctl`.
 //! - [`tor`]: the top-of-rack router (bird2, frr or gobgpd) in the underlay namespace.
+//! - [`kube`]: a Kubernetes control plane (etcd, kube-apiserver, Twill's CRDs) in the
+//!   underlay namespace, for labs on the Kubernetes datastore and for tests.
 //! - [`netns`]: namespaces and processes, for the lab and for tests.
 
 #![allow(clippy::disallowed_methods)] // The lab is an edge: it starts processes and waits.
 
 pub mod agent;
 pub mod cluster;
+pub mod kube;
 pub mod netns;
 pub mod probe;
 pub mod state;

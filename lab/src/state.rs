@@ -84,6 +84,10 @@ pub struct State {
     /// `ipip`, `ipip-cross-subnet`.
     #[serde(default = "no_encap")]
     pub encap: String,
+    /// On the Kubernetes datastore: the admin kubeconfig of the lab's own API server (reached
+    /// through a relay on the machine's loopback), for `twillctl` and `kubectl`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubeconfig: Option<String>,
 }
 
 fn no_encap() -> String {

@@ -67,6 +67,8 @@ struct Agent {
     /// Calculated but not yet applied (or the apply failed).
     dirty: bool,
     revision: i64,
+    /// Every object the syncer has told of, at its revision.
+    view: twill_shared::syncer::ViewDigest,
     computed: bool,
     applier: twill_felix::apply::Applier,
     status: Status,
@@ -160,6 +162,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         sync: SyncGate::default(),
         dirty: false,
         revision: 0,
+        view: Default::default(),
         computed: false,
         applier,
         metrics,
@@ -248,6 +251,7 @@ impl Agent {
                 value,
             } => {
                 self.revision = self.revision.max(revision);
+                self.view.set(&key, value.is_some().then_some(revision));
                 let for_bgp = self.bgp.is_some() && twill_bgpd::calico::Cluster::wants(key.kind);
                 if !Model::wants(key.kind) && !for_bgp {
                     return;
@@ -422,6 +426,7 @@ impl Agent {
             }
         }
         let applied_revision = self.revision;
+        let applied_view = self.view.summary();
         let started = Instant::now();
         let result = self.apply(fresh).await;
         let elapsed = started.elapsed();
@@ -441,6 +446,7 @@ impl Agent {
                 }
                 self.dirty = false;
                 self.status.applied_revision = applied_revision;
+                self.status.applied_view = applied_view;
                 self.status.last_error = None;
             }
             Err(err) => {
@@ -626,9 +632,13 @@ impl Agent {
             && !self.calculator.is_dirty()
             && self.computed
             && self.status.last_error.is_none();
-        if clean && self.status.applied_revision > 0 && self.status.applied_revision < self.revision
+        let view = self.view.summary();
+        if clean
+            && self.status.applied_revision > 0
+            && (self.status.applied_revision < self.revision || self.status.applied_view != view)
         {
             self.status.applied_revision = self.revision;
+            self.status.applied_view = view;
             self.write_status();
         }
     }

@@ -24,6 +24,10 @@ pub struct Status {
     pub datastore_revision: i64,
     /// The datastore revision the dataplane reflects (0: nothing applied yet).
     pub applied_revision: i64,
+    /// Which objects, at which revisions, the dataplane reflects
+    /// ([`twill_shared::syncer::ViewDigest`]'s summary; empty: nothing applied yet).
+    #[serde(default)]
+    pub applied_view: String,
     /// Duration of the last apply, in milliseconds.
     pub last_apply_ms: f64,
     /// When the last apply finished (RFC 3339).

@@ -45,6 +45,62 @@ pub enum Update {
     },
 }
 
+/// Which objects a view holds, at which revisions, as one short string: two views with the
+/// same objects at the same revisions have the same summary, whatever order they were built
+/// in. A node publishes the summary of the view it applied; a tool that lists the datastore
+/// computes the same and knows the node is caught up, where revisions alone cannot say (the
+/// Kubernetes API's resourceVersions count writes to every kind, watched or not, and each
+/// kind's watch stream advances by itself).
+#[derive(Debug, Default, Clone)]
+pub struct ViewDigest {
+    revisions: BTreeMap<Key, Revision>,
+    hash: u64,
+}
+
+impl ViewDigest {
+    /// The digest of these objects.
+    pub fn of<'a>(objects: impl IntoIterator<Item = (&'a Key, Revision)>) -> ViewDigest {
+        let mut digest = ViewDigest::default();
+        for (key, revision) in objects {
+            digest.set(key, Some(revision));
+        }
+        digest
+    }
+
+    /// `key` is now at `revision` (None: gone).
+    pub fn set(&mut self, key: &Key, revision: Option<Revision>) {
+        let old = match revision {
+            Some(revision) => self.revisions.insert(key.clone(), revision),
+            None => self.revisions.remove(key),
+        };
+        if let Some(old) = old {
+            self.hash ^= entry_hash(key, old);
+        }
+        if let Some(revision) = revision {
+            self.hash ^= entry_hash(key, revision);
+        }
+    }
+
+    /// `COUNT:HASH`.
+    pub fn summary(&self) -> String {
+        format!("{}:{:016x}", self.revisions.len(), self.hash)
+    }
+}
+
+/// FNV-1a over the key and revision, then a finalizer that spreads every bit (XOR-combining
+/// raw FNV values would let similar keys cancel out).
+fn entry_hash(key: &Key, revision: Revision) -> u64 {
+    let text = format!("{key}\0{revision}");
+    let mut hash = text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+    });
+    hash ^= hash >> 33;
+    hash = hash.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    hash ^= hash >> 33;
+    hash = hash.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    hash ^ (hash >> 33)
+}
+
 /// The pure core of the syncer.
 #[derive(Debug)]
 pub struct SyncerState {
@@ -220,6 +276,36 @@ mod tests {
             value: json!({ "rev": revision }),
             revision,
         }
+    }
+
+    #[test]
+    fn a_view_digest_depends_on_the_objects_and_revisions_not_the_order() {
+        let (a, b, c) = (key("a"), key("b"), key("c"));
+        // Built by changes, in one order, with an object that came and went.
+        let mut built = ViewDigest::default();
+        built.set(&b, Some(1));
+        built.set(&c, Some(2));
+        built.set(&a, Some(3));
+        built.set(&b, Some(4));
+        built.set(&c, None);
+        built.set(&c, Some(5));
+        // Listed, in another order.
+        let listed = ViewDigest::of([(&c, 5), (&a, 3), (&b, 4)]);
+        assert_eq!(built.summary(), listed.summary());
+        assert!(built.summary().starts_with("3:"));
+        // One revision apart, one object more or less: different.
+        assert_ne!(
+            ViewDigest::of([(&c, 5), (&a, 3), (&b, 5)]).summary(),
+            listed.summary()
+        );
+        assert_ne!(
+            ViewDigest::of([(&a, 3), (&b, 4)]).summary(),
+            listed.summary()
+        );
+        // Deleting what is not there changes nothing.
+        let mut same = listed.clone();
+        same.set(&key("d"), None);
+        assert_eq!(same.summary(), listed.summary());
     }
 
     #[test]
