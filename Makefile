@@ -12,6 +12,8 @@ CARGO ?= cargo
 DEB_PACKAGES := protobuf-compiler etcd-server etcd-client gobgpd bird2 frr iproute2 iptables ipset curl containernetworking-plugins python3 conntrack tcpdump openssl
 # Cargo says where it builds (CARGO_TARGET_DIR, build.target-dir or ./target); asked only when
 # a recipe uses it, so that `make deps` works before cargo is installed.
+# kubectl as `make k8s` builds it.
+KUBECTL ?= $${TWILL_K8S_BIN:-/var/tmp/twill-k8s/bin}/kubectl
 TWILLCTL = $(shell $(CARGO) metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')/debug/twillctl
 
 .PHONY: all deps build test check lint demo bench fuzz clean k8s
@@ -58,8 +60,10 @@ test: build check k8s
 # The lab (network namespaces on this machine, pods wired by the real twill CNI plugin, a
 # twill-node per node enforcing policy and routing by BGP, a BIRD top-of-rack router): the
 # first seed article's pods and policies across three nodes, matrix after matrix; then the
-# second article's three-tier example; then its other policies, stored and listed. The lab is always taken down at the end, also when a step fails.
-demo: deps
+# second article's three-tier example; then its other policies, stored and listed; then the first article
+# again on the Kubernetes datastore, its policies applied with kubectl. The lab is always taken
+# down at the end, also when a step fails.
+demo: deps k8s
 	$(CARGO) build -q -p twillctl -p twill-cni -p twill-node
 	@set -e; lab() { echo; echo "\$$ twillctl lab $$*"; $(TWILLCTL) lab --name demo "$$@"; }; \
 	trap '$(TWILLCTL) lab --name demo down >/dev/null 2>&1 || true' EXIT; \
@@ -111,6 +115,24 @@ demo: deps
 	echo; echo "# Addresses, as calicoctl ipam show prints them:"; \
 	step ipam show --show-blocks; \
 	step ipam check; \
+	lab down; \
+	echo; echo "# The articles' commands are kubectl: the lab on the Kubernetes datastore runs its own kube-apiserver (inside the lab's namespaces)."; \
+	echo "# Pods are still made by the lab (it is the kubelet here); policies go in with kubectl, as the articles do it."; \
+	lab up --datastore kubernetes --nodes 2; \
+	kubeconfig=$$($(TWILLCTL) lab --name demo status -o json | sed -n 's/.*"kubeconfig": "\(.*\)".*/\1/p'); \
+	kubectl() { echo; echo "\$$ kubectl $$*"; $(KUBECTL) --kubeconfig "$$kubeconfig" "$$@"; }; \
+	lab apply -f examples/seed-walkthrough/01-pods.yaml; \
+	kubectl get pods -o custom-columns='NAME:.metadata.name,NODE:.spec.nodeName,IP:.metadata.annotations.cni\.projectcalico\.org/podIP'; \
+	curl_backend; \
+	kubectl apply -f examples/seed-walkthrough/02-deny-all-ingress-to-backend.yaml; \
+	lab sync; \
+	curl_backend; \
+	kubectl apply -f examples/seed-walkthrough/03-allow-frontend-to-backend.yaml; \
+	lab sync; \
+	curl_backend; \
+	kubectl get networkpolicies; \
+	echo; echo "\$$ twillctl get workloadendpoints -A   (derived from the Pods, as Calico does)"; \
+	$(TWILLCTL) --datastore "kubernetes:$$kubeconfig" get workloadendpoints -A; \
 	lab down; \
 	left=$$(ls /run/netns 2>/dev/null | grep -c '^twl-demo\.' || true); \
 	echo "namespaces left behind: $$left"; [ "$$left" = 0 ]
