@@ -544,6 +544,42 @@ async fn twillctl_and_kubectl_read_each_others_writes_and_a_failed_apply_is_roll
     );
     let (code, _, _) = server.kubectl_status(&["get", "globalnetworkset", "first-of-two"], None);
     assert_ne!(code, 0, "rolled back");
+    // Derived objects: a Pod with the CNI plugin's annotations is a workload endpoint, a
+    // Namespace and a ServiceAccount are profiles; twillctl shows them and refuses to write one.
+    server.kubectl(&["create", "namespace", "shop"], None);
+    server.kubectl(&["create", "serviceaccount", "api", "-n", "shop"], None);
+    server.kubectl(
+        &["apply", "-f", "-"],
+        Some(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: web\n  namespace: shop\n  labels: {app: web}\n  \
+             annotations: {cni.projectcalico.org/podIP: 10.77.0.9/32, cni.projectcalico.org/podIPs: 10.77.0.9/32}\n\
+             spec:\n  nodeName: node-a\n  serviceAccountName: api\n  containers: [{name: c, image: x}]\n",
+        ),
+    );
+    let (code, stdout, stderr) = twillctl(&server, &["get", "workloadendpoints", "-A"], None);
+    assert_eq!(code, 0, "{stderr}");
+    let row = stdout
+        .lines()
+        .find(|l| l.contains("web"))
+        .unwrap_or_else(|| panic!("web in {stdout}"));
+    for column in ["shop", "node-a", "10.77.0.9/32"] {
+        assert!(row.contains(column), "{column} in {row}");
+    }
+    let (code, stdout, stderr) = twillctl(&server, &["get", "profiles"], None);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains("kns.shop") && stdout.contains("ksa.shop.api"),
+        "{stdout}"
+    );
+    let endpoint = "apiVersion: projectcalico.org/v3\nkind: WorkloadEndpoint\nmetadata:\n  name: node--a-k8s-web-eth0\n  namespace: shop\n\
+        spec: {node: node-a, orchestrator: k8s, pod: web, endpoint: eth0, interfaceName: tw0123456789a}\n";
+    let (code, _, stderr) = twillctl(&server, &["apply", "-f", "-"], Some(endpoint));
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("WorkloadEndpoint shop/node--a-k8s-web-eth0")
+            && stderr.contains("derived from Pods"),
+        "{stderr}"
+    );
 }
 
 /// Runs the `twill` plugin inside `node` as a runtime does; exit code and JSON output.
