@@ -74,6 +74,24 @@ impl ApiServer {
         .expect("a kubeconfig");
     }
 
+    /// Applies Twill's namespace, accounts and roles (deploy/kubernetes/rbac.yaml) with
+    /// kubectl.
+    pub fn install_rbac(&self) {
+        self.kubectl(&["apply", "-f", "-"], Some(twill_lab::kube::RBAC));
+    }
+
+    /// A kubeconfig that authenticates as Twill's ServiceAccount `account` (a client
+    /// certificate the API server maps to `system:serviceaccount:twill-system:ACCOUNT`).
+    pub fn account_kubeconfig(&self, account: &str) -> PathBuf {
+        let path = self.dir.path().join(format!("{account}.kubeconfig"));
+        if !path.exists() {
+            twill_lab::kube::account_certificate(self.dir.path(), account).expect("a certificate");
+            twill_lab::kube::write_kubeconfig(&path, &self.url(), self.dir.path(), account)
+                .expect("a kubeconfig");
+        }
+        path
+    }
+
     /// Runs kubectl against this server; its output, panicking on failure.
     pub fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> String {
         let (code, stdout, stderr) = self.kubectl_status(args, stdin);

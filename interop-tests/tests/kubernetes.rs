@@ -642,6 +642,9 @@ async fn the_cni_plugin_annotates_pods_on_the_kubernetes_datastore() {
     ));
     server.kubectl(&["create", "namespace", "shop"], None);
     server.kubectl(&["create", "serviceaccount", "default", "-n", "shop"], None);
+    // The plugin runs as its own account, with the role deploy/kubernetes/rbac.yaml gives it.
+    server.install_rbac();
+    let kubeconfig = server.account_kubeconfig(twill_lab::kube::CNI_ACCOUNT);
     server.kubectl(
         &["apply", "-f", "-"],
         Some("apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {name: pods}\nspec: {cidr: 10.77.0.0/24, blockSize: 28}\n---\n\
@@ -651,7 +654,7 @@ async fn the_cni_plugin_annotates_pods_on_the_kubernetes_datastore() {
     let lock = tempfile::tempdir().unwrap();
     let config = json!({
         "cniVersion": "1.0.0", "name": "k8s-pod-network", "type": "twill",
-        "datastore": "kubernetes", "kubeconfig": server.kubeconfig(),
+        "datastore": "kubernetes", "kubeconfig": kubeconfig,
         "nodename": "node-1", "node_health_address": "none", "log_level": "debug",
         "log_file_path": lock.path().join("cni.log"),
         "ipam_lock_file": lock.path().join("ipam.lock"),

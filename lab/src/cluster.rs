@@ -873,7 +873,7 @@ impl Lab {
         let (datastore, kubeconfig) = match state.kubeconfig {
             Some(_) => (
                 "kubernetes".to_string(),
-                Some(self.kube_dir().join("node.kubeconfig")),
+                Some(self.kube_dir().join("cni.kubeconfig")),
             ),
             None => (state.datastore.clone(), None),
         };

@@ -52,6 +52,17 @@ pub const CRDS: &[(&str, &str)] = crds!(
     "tiers.projectcalico.org.yaml",
 );
 
+/// Twill's namespace, ServiceAccounts and roles (deploy/kubernetes/rbac.yaml).
+pub const RBAC: &str = include_str!("../../deploy/kubernetes/rbac.yaml");
+/// The namespace of Twill's accounts.
+pub const NAMESPACE: &str = "twill-system";
+/// twill-node's account.
+pub const NODE_ACCOUNT: &str = "twill-node";
+/// The CNI plugin's account.
+pub const CNI_ACCOUNT: &str = "twill-cni-plugin";
+/// twill-kube-controllers' account.
+pub const CONTROLLERS_ACCOUNT: &str = "twill-kube-controllers";
+
 /// Where `cargo xtask k8s-build` puts kube-apiserver and kubectl (TWILL_K8S_BIN overrides).
 pub fn binaries() -> PathBuf {
     std::env::var_os("TWILL_K8S_BIN")
@@ -227,6 +238,64 @@ pub fn client_certificate(
     signed(dir, name, &subject, "extendedKeyUsage=clientAuth\n")
 }
 
+/// A client certificate `ACCOUNT.crt` that the API server takes for Twill's ServiceAccount
+/// `ACCOUNT` (RBAC matches an account by its user name, `system:serviceaccount:NS:NAME`).
+pub fn account_certificate(dir: &Path, account: &str) -> anyhow::Result<()> {
+    client_certificate(
+        dir,
+        account,
+        &format!("system:serviceaccount:{NAMESPACE}:{account}"),
+        &[
+            "system:serviceaccounts",
+            &format!("system:serviceaccounts:{NAMESPACE}"),
+        ],
+    )
+}
+
+/// Server-side applies every document of `text` (any kind the API server serves), in order.
+pub async fn apply_documents(client: &kube::Client, text: &str) -> anyhow::Result<()> {
+    use serde::Deserialize;
+    for document in serde_yaml::Deserializer::from_str(text) {
+        let value = serde_json::Value::deserialize(document)?;
+        if value.is_null() {
+            continue;
+        }
+        let object: DynamicObject = serde_json::from_value(value.clone())?;
+        let types = object
+            .types
+            .clone()
+            .context("a document without apiVersion and kind")?;
+        let (group, version) = match types.api_version.split_once('/') {
+            Some((group, version)) => (group.to_string(), version.to_string()),
+            None => (String::new(), types.api_version.clone()),
+        };
+        let kind = kube::api::GroupVersionKind::gvk(&group, &version, &types.kind);
+        let (resource, capabilities) = kube::discovery::pinned_kind(client, &kind).await?;
+        let name = object
+            .metadata
+            .name
+            .clone()
+            .context("a document without a name")?;
+        let api: Api<DynamicObject> = match (&capabilities.scope, &object.metadata.namespace) {
+            (kube::discovery::Scope::Namespaced, Some(namespace)) => {
+                Api::namespaced_with(client.clone(), namespace, &resource)
+            }
+            (kube::discovery::Scope::Namespaced, None) => {
+                Api::default_namespaced_with(client.clone(), &resource)
+            }
+            (kube::discovery::Scope::Cluster, _) => Api::all_with(client.clone(), &resource),
+        };
+        api.patch(
+            &name,
+            &PatchParams::apply("twill-lab").force(),
+            &Patch::Apply(&value),
+        )
+        .await
+        .with_context(|| format!("cannot apply {} {name}", types.kind))?;
+    }
+    Ok(())
+}
+
 /// Writes a kubeconfig at `path` for `server`, authenticating with the client certificate
 /// `NAME.crt` of `dir` (whose `ca.crt` verifies the server).
 pub fn write_kubeconfig(path: &Path, server: &str, dir: &Path, name: &str) -> anyhow::Result<()> {
@@ -381,8 +450,10 @@ pub async fn install_crds(client: &kube::Client, timeout: Duration) -> anyhow::R
 pub struct LabControlPlane {
     /// The admin kubeconfig for the machine (the API server through the loopback relay).
     pub kubeconfig: PathBuf,
-    /// The kubeconfig nodes use (the API server on the underlay).
+    /// twill-node's kubeconfig (the API server on the underlay, as the twill-node account).
     pub node_kubeconfig: PathBuf,
+    /// The CNI plugin's kubeconfig (as the twill-cni-plugin account).
+    pub cni_kubeconfig: PathBuf,
     /// The relay's process ID.
     pub relay: u32,
     /// The underlay namespace and the API server's address there.
@@ -404,6 +475,9 @@ pub fn start_in_lab(
     let apiserver = apiserver_binary()?;
     std::fs::create_dir_all(dir)?;
     make_certificates(dir, &["127.0.0.1", address])?;
+    for account in [NODE_ACCOUNT, CNI_ACCOUNT] {
+        account_certificate(dir, account)?;
+    }
     let log = |name: &str| -> anyhow::Result<std::fs::File> {
         Ok(std::fs::File::create(dir.join(format!("{name}.log")))?)
     };
@@ -460,16 +534,16 @@ pub fn start_in_lab(
         dir,
         "admin",
     )?;
+    // The nodes' processes run as Twill's accounts, with the roles of rbac.yaml.
+    let on_underlay = format!("https://{address}:{API_PORT}");
     let node_kubeconfig = dir.join("node.kubeconfig");
-    write_kubeconfig(
-        &node_kubeconfig,
-        &format!("https://{address}:{API_PORT}"),
-        dir,
-        "admin",
-    )?;
+    write_kubeconfig(&node_kubeconfig, &on_underlay, dir, NODE_ACCOUNT)?;
+    let cni_kubeconfig = dir.join("cni.kubeconfig");
+    write_kubeconfig(&cni_kubeconfig, &on_underlay, dir, CNI_ACCOUNT)?;
     Ok(LabControlPlane {
         kubeconfig,
         node_kubeconfig,
+        cni_kubeconfig,
         relay: relay.id(),
         underlay: underlay.to_string(),
         address: format!("{address}:{API_PORT}").parse()?,
@@ -477,7 +551,8 @@ pub fn start_in_lab(
 }
 
 impl LabControlPlane {
-    /// Waits until the API server serves, then installs the CRDs.
+    /// Waits until the API server serves, then installs the CRDs and Twill's accounts and
+    /// roles.
     pub async fn ready(&self) -> anyhow::Result<()> {
         let log = self
             .kubeconfig
@@ -509,7 +584,9 @@ impl LabControlPlane {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         wait_serving(&self.kubeconfig, Duration::from_secs(90), &log).await?;
-        install_crds(&client(&self.kubeconfig).await?, Duration::from_secs(60)).await
+        let client = client(&self.kubeconfig).await?;
+        install_crds(&client, Duration::from_secs(60)).await?;
+        apply_documents(&client, RBAC).await
     }
 }
 
