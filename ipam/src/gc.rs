@@ -6,7 +6,9 @@
 //! and, if the handle is still leaked, its addresses are released and the handle deleted.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
+use ipnet::IpNet;
 use twill_shared::client::decode;
 use twill_shared::datastore::Datastore;
 use twill_shared::resource::{Kind, Resource};
@@ -125,4 +127,63 @@ impl Gc {
     pub fn candidates(&self) -> &BTreeMap<String, u64> {
         &self.candidates
     }
+}
+
+/// What [`release_deleted_nodes`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeCleanup {
+    /// Nodes IPAM still named that no longer exist.
+    pub nodes: BTreeSet<String>,
+    /// Their handles released.
+    pub handles: Vec<String>,
+    /// Their empty blocks freed.
+    pub blocks: Vec<IpNet>,
+    /// Their block affinities removed.
+    pub affinities: usize,
+}
+
+/// Cleans up after nodes that were deleted (Calico kube-controllers' node controller): the
+/// handles of their addresses that nothing uses any more (a pod gone, the node's tunnel
+/// address) are released at once — no allocation can be in flight on a node that is gone,
+/// so no grace period is needed — then their empty blocks and their affinities go. Blocks
+/// still holding a live pod's address stay until that pod goes (a later pass).
+pub async fn release_deleted_nodes(store: &Arc<dyn Datastore>) -> Result<NodeCleanup, IpamError> {
+    let inventory = inventory(store.as_ref()).await?;
+    let report = check::check(&inventory);
+    let mut cleanup = NodeCleanup::default();
+    for (_, node) in &report.orphaned_blocks {
+        cleanup.nodes.insert(node.clone());
+    }
+    for stored in store.list(Some(Kind::BlockAffinity), None).await?.items {
+        if let Some(node) = stored.value["spec"]["node"].as_str() {
+            if !inventory.nodes.contains(node) {
+                cleanup.nodes.insert(node.to_string());
+            }
+        }
+    }
+    let mut handles: BTreeMap<String, String> = BTreeMap::new();
+    for allocation in &report.leaked {
+        if let Some(node) = allocation.attributes.get("node") {
+            if !inventory.nodes.contains(node) {
+                cleanup.nodes.insert(node.clone());
+                handles.insert(allocation.handle.clone(), node.clone());
+            }
+        }
+    }
+    for (handle, node) in handles {
+        let ips = Ipam::new(store.clone(), &node, None)
+            .release_handle(&handle)
+            .await?;
+        tracing::info!(%handle, %node, addresses = ?ips, "released a deleted node's handle");
+        cleanup.handles.push(handle);
+    }
+    for node in &cleanup.nodes {
+        let (blocks, affinities) = Ipam::new(store.clone(), node, None).release_node().await?;
+        if !blocks.is_empty() || affinities > 0 {
+            tracing::info!(%node, ?blocks, affinities, "released a deleted node's blocks");
+        }
+        cleanup.blocks.extend(blocks);
+        cleanup.affinities += affinities;
+    }
+    Ok(cleanup)
 }

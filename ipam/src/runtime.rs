@@ -18,7 +18,7 @@
 //! affinity gets one). On one machine, allocations are serialised by an exclusive lock on a
 //! file, so compare-and-swap conflicts happen only between machines.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -766,6 +766,69 @@ impl Ipam {
             }
         }
         Ok(freed)
+    }
+
+    /// This node is gone (its Kubernetes Node was deleted): its empty blocks go with their
+    /// affinities, and affinities with no block behind them (a claim cut short). Blocks that
+    /// still hold addresses stay until those are released (their pods' handles, freed by the
+    /// leak collector); a later call frees them. Returns the blocks freed and the affinities
+    /// removed.
+    pub async fn release_node(&self) -> Result<(Vec<IpNet>, usize), IpamError> {
+        let affinity = format!("host:{}", self.node);
+        let blocks = self.list_blocks().await?;
+        let mut freed = Vec::new();
+        let mut kept = BTreeSet::new();
+        for (cidr, read) in &blocks {
+            if read.spec.affinity.as_deref() != Some(affinity.as_str()) {
+                continue;
+            }
+            if !block::is_empty(&read.spec) {
+                kept.insert(*cidr);
+                continue;
+            }
+            match self
+                .write(TxnOp::Delete {
+                    key: block_key(*cidr),
+                    expected: Some(read.revision),
+                })
+                .await
+            {
+                Ok(_) => freed.push(*cidr),
+                // Changed meanwhile: looked at again on the next call.
+                Err(err) if is_race(&err) => {
+                    kept.insert(*cidr);
+                }
+                Err(err) => return Err(err.into()),
+            }
+        }
+        let mut removed = 0;
+        for stored in self
+            .store
+            .list(Some(Kind::BlockAffinity), None)
+            .await?
+            .items
+        {
+            let spec = &stored.value["spec"];
+            if spec["node"].as_str() != Some(self.node.as_str()) {
+                continue;
+            }
+            let block = spec["cidr"].as_str().and_then(|c| c.parse::<IpNet>().ok());
+            if block.is_some_and(|b| kept.contains(&b)) {
+                continue;
+            }
+            match self
+                .write(TxnOp::Delete {
+                    key: stored.key.clone(),
+                    expected: Some(stored.revision),
+                })
+                .await
+            {
+                Ok(_) => removed += 1,
+                Err(err) if is_race(&err) => {}
+                Err(err) => return Err(err.into()),
+            }
+        }
+        Ok((freed, removed))
     }
 
     /// The handle write of an allocation: create it, or add to its counts.

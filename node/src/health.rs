@@ -19,7 +19,17 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
-use crate::status::Metrics;
+/// Metrics `/metrics` can encode (the agent's, the controllers').
+pub trait Exposition: Send + 'static {
+    /// The OpenMetrics text.
+    fn encode(&self) -> String;
+}
+
+impl Exposition for crate::status::Metrics {
+    fn encode(&self) -> String {
+        crate::status::Metrics::encode(self)
+    }
+}
 
 /// What the health endpoints answer from (published by the agent after each step).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -88,11 +98,11 @@ impl Heartbeat {
 }
 
 /// The answer to one request: status line, body, content type.
-fn answer(
+fn answer<M: Exposition>(
     path: &str,
     health: &Health,
     heartbeat: &Heartbeat,
-    metrics: &std::sync::Mutex<Metrics>,
+    metrics: &std::sync::Mutex<M>,
 ) -> (&'static str, String, &'static str) {
     const TEXT: &str = "text/plain";
     const UNAVAILABLE: &str = "503 Service Unavailable";
@@ -164,11 +174,11 @@ fn endpoint_answer(
 }
 
 /// Serves until the process ends.
-pub async fn serve(
+pub async fn serve<M: Exposition>(
     listener: tokio::net::TcpListener,
     health: watch::Receiver<Health>,
     heartbeat: Arc<Heartbeat>,
-    metrics: Arc<std::sync::Mutex<Metrics>>,
+    metrics: Arc<std::sync::Mutex<M>>,
 ) {
     let mut pause = Duration::from_millis(10);
     loop {

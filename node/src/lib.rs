@@ -9,12 +9,15 @@
 //!   (212), cluster routes (213: blackholes, `reachableBy`), added and repaired.
 //! - [`interfaces`]: this node's interfaces and addresses (host endpoints by expectedIPs).
 //! - [`health`]: `/livez`, `/readyz`, `/metrics`.
+//! - [`controllers`]: `twill-kube-controllers` (deleted nodes' IPAM, leaked handles, a Lease
+//!   for leader election), a binary of its own.
 //! - [`status`]: the status file and the metrics.
 
 #![allow(clippy::disallowed_methods)] // The agent is an edge: it reads clocks and runs tools.
 
 pub mod agent;
 pub mod bgp;
+pub mod controllers;
 pub mod encap;
 pub mod health;
 pub mod interfaces;

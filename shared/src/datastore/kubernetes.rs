@@ -217,6 +217,11 @@ impl KubeStore {
         }
     }
 
+    /// The API client (for what is not a Twill kind, e.g. a Lease).
+    pub fn client(&self) -> kube::Client {
+        self.client.clone()
+    }
+
     fn api(&self, resource: &ApiResource, namespace: Option<&str>) -> Api<DynamicObject> {
         let kube_resource = KubeResource {
             group: resource.group.to_string(),
@@ -441,6 +446,12 @@ impl KubeStore {
                         resource_version: Some(expected.to_string()),
                         uid: None,
                     });
+                }
+                // Twill deletes a Pod only where it stands in for the kubelet (the lab), once
+                // the pod's sandbox is gone: at once, as a kubelet's final confirmation does
+                // (a graceful deletion would wait for a kubelet that is not there).
+                if key.kind == Kind::Pod {
+                    params.grace_period_seconds = Some(0);
                 }
                 return match api.delete(&key.name, &params).await {
                     Ok(_) => Ok(0),
