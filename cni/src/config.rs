@@ -118,6 +118,9 @@ pub fn parse_netconf(bytes: &[u8], fallbacks: &Fallbacks) -> Result<NetConf, Cni
         }
         datastore = format!("kubernetes:{kubeconfig}");
     }
+    if let Some(url) = calico_etcd(&raw)? {
+        datastore = url;
+    }
     twill_shared::datastore::DatastoreUrl::parse(&datastore)
         .map_err(|err| CniError::config("datastore", err.to_string()))?;
     let nodename = match optional_string(&raw, "nodename")? {
@@ -314,6 +317,56 @@ fn prefixed(mut err: CniError, prefix: &str) -> CniError {
 
 fn required_string(object: &Value, key: &str) -> Result<String, CniError> {
     optional_string(object, key)?.ok_or_else(|| CniError::config(key, "required"))
+}
+
+/// Calico's etcd keys, `etcd_endpoints` (`http[s]://HOST:PORT,…`) with `etcd_ca_cert_file`,
+/// `etcd_cert_file` and `etcd_key_file`, as the datastore URL they name (`etcd://` or
+/// `etcds://…?ca=…&cert=…&key=…`).
+fn calico_etcd(raw: &Value) -> Result<Option<String>, CniError> {
+    let files = [
+        ("etcd_ca_cert_file", "ca"),
+        ("etcd_cert_file", "cert"),
+        ("etcd_key_file", "key"),
+    ];
+    let mut query = Vec::new();
+    for (key, parameter) in files {
+        if let Some(path) = optional_string(raw, key)? {
+            if path.contains(['&', '?', ',']) {
+                return Err(CniError::config(
+                    key,
+                    "a path with &, ? or , cannot be used",
+                ));
+            }
+            query.push(format!("{parameter}={path}"));
+        }
+    }
+    let Some(endpoints) = optional_string(raw, "etcd_endpoints")? else {
+        if let Some((key, _)) = files.iter().find(|(key, _)| raw.get(*key).is_some()) {
+            return Err(CniError::config(key, "only with etcd_endpoints"));
+        }
+        return Ok(None);
+    };
+    let mut hosts = Vec::new();
+    let mut secure = !query.is_empty();
+    for endpoint in endpoints.split(',').map(str::trim) {
+        let host = if let Some(host) = endpoint.strip_prefix("https://") {
+            secure = true;
+            host
+        } else if let Some(host) = endpoint.strip_prefix("http://") {
+            host
+        } else {
+            return Err(CniError::config(
+                "etcd_endpoints",
+                format!("{endpoint:?} is not http://HOST:PORT or https://HOST:PORT"),
+            ));
+        };
+        hosts.push(host.trim_end_matches('/'));
+    }
+    Ok(Some(if secure {
+        format!("etcds://{}?{}", hosts.join(","), query.join("&"))
+    } else {
+        format!("etcd://{}", hosts.join(","))
+    }))
 }
 
 fn optional_string(object: &Value, key: &str) -> Result<Option<String>, CniError> {
@@ -534,6 +587,56 @@ mod tests {
             std::time::Duration::from_secs(10)
         );
         assert_eq!(conf.valid_attachments, None);
+    }
+
+    #[test]
+    fn calicos_etcd_keys_name_an_etcd_datastore_with_its_tls_files() {
+        let conf = |keys: &str| {
+            let text = CONF.replace(r#""something_new": 1"#, keys);
+            parse_netconf(text.as_bytes(), &Fallbacks::default())
+        };
+        assert_eq!(
+            conf(r#""etcd_endpoints": "http://198.18.0.1:2379,http://198.18.0.2:2379""#)
+                .unwrap()
+                .datastore,
+            "etcd://198.18.0.1:2379,198.18.0.2:2379"
+        );
+        assert_eq!(
+            conf(
+                r#""etcd_endpoints": "https://198.18.0.1:2379", "etcd_ca_cert_file": "/e/ca.pem",
+                   "etcd_cert_file": "/e/cert.pem", "etcd_key_file": "/e/key.pem""#
+            )
+            .unwrap()
+            .datastore,
+            "etcds://198.18.0.1:2379?ca=/e/ca.pem&cert=/e/cert.pem&key=/e/key.pem"
+        );
+        for (keys, key, reason) in [
+            (
+                r#""etcd_ca_cert_file": "/e/ca.pem""#,
+                "etcd_ca_cert_file",
+                "only with etcd_endpoints",
+            ),
+            (
+                r#""etcd_endpoints": "198.18.0.1:2379""#,
+                "etcd_endpoints",
+                "is not http://HOST:PORT",
+            ),
+            (
+                r#""etcd_endpoints": "https://198.18.0.1:2379""#,
+                "datastore",
+                "needs ca=PATH",
+            ),
+            (
+                r#""etcd_endpoints": "https://h:1", "etcd_ca_cert_file": "/a", "etcd_cert_file": "/c""#,
+                "datastore",
+                "needs key=PATH",
+            ),
+        ] {
+            let err = conf(keys).unwrap_err();
+            assert_eq!(err.code, 7, "{keys}: {err}");
+            assert!(err.msg.ends_with(key), "{keys}: {err}");
+            assert!(err.details.contains(reason), "{keys}: {err}");
+        }
     }
 
     #[test]

@@ -293,7 +293,7 @@ impl Lab {
     /// the node's namespace and connects to it here. The machine's network is not changed.
     fn start_relays(&self, state: &mut State) -> anyhow::Result<()> {
         use std::os::unix::process::CommandExt;
-        let twill_shared::datastore::DatastoreUrl::Etcd { endpoints } =
+        let twill_shared::datastore::DatastoreUrl::Etcd { endpoints, .. } =
             twill_shared::datastore::DatastoreUrl::parse(&state.datastore)?
         else {
             return Ok(());
@@ -301,6 +301,7 @@ impl Lab {
         for endpoint in endpoints {
             let host_port = endpoint
                 .trim_start_matches("http://")
+                .trim_start_matches("https://")
                 .replace("localhost", "127.0.0.1");
             let Ok(address) = host_port.parse::<std::net::SocketAddr>() else {
                 continue;

@@ -154,10 +154,8 @@ fn signed(dir: &Path, name: &str, subject: &str, extensions: &str) -> anyhow::Re
     Ok(())
 }
 
-/// A cluster's certificates in `dir`: a CA, the API server's (for `server_ips`, the Service
-/// address and the `kubernetes` Service names), an admin client (group system:masters) and
-/// the service-account key pair.
-pub fn make_certificates(dir: &Path, server_ips: &[&str]) -> anyhow::Result<()> {
+/// A certificate authority in `dir`: `ca.key` and the self-signed `ca.crt`.
+fn make_ca(dir: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir)?;
     openssl(
         dir,
@@ -186,7 +184,31 @@ pub fn make_certificates(dir: &Path, server_ips: &[&str]) -> anyhow::Result<()> 
             "-out",
             "ca.crt",
         ],
+    )
+}
+
+/// etcd's certificates in `dir`: a CA, etcd's server certificate `etcd.crt` for `server_ips`
+/// and a client certificate `etcd-client.crt` for Twill.
+pub fn etcd_certificates(dir: &Path, server_ips: &[&str]) -> anyhow::Result<()> {
+    make_ca(dir)?;
+    let names: Vec<String> = server_ips.iter().map(|ip| format!("IP:{ip}")).collect();
+    signed(
+        dir,
+        "etcd",
+        "/CN=etcd",
+        &format!(
+            "subjectAltName={}\nextendedKeyUsage=serverAuth\n",
+            names.join(",")
+        ),
     )?;
+    client_certificate(dir, "etcd-client", "twill", &[])
+}
+
+/// A cluster's certificates in `dir`: a CA, the API server's (for `server_ips`, the Service
+/// address and the `kubernetes` Service names), an admin client (group system:masters) and
+/// the service-account key pair.
+pub fn make_certificates(dir: &Path, server_ips: &[&str]) -> anyhow::Result<()> {
+    make_ca(dir)?;
     let mut names: Vec<String> = server_ips.iter().map(|ip| format!("IP:{ip}")).collect();
     names.push(format!("IP:{SERVICE_ADDRESS}"));
     for dns in [
@@ -338,6 +360,21 @@ pub fn etcd_args(data: &Path, client: &str, peer: &str) -> Vec<String> {
     .iter()
     .map(|s| s.to_string())
     .collect()
+}
+
+/// etcd's arguments for clients over TLS that must show a certificate signed by the CA of
+/// `dir` (see [`etcd_certificates`]); the client URL given to [`etcd_args`] is then `https://`.
+pub fn etcd_tls_args(dir: &Path) -> Vec<String> {
+    let file = |name: &str| dir.join(name).display().to_string();
+    vec![
+        "--cert-file".into(),
+        file("etcd.crt"),
+        "--key-file".into(),
+        file("etcd.key"),
+        "--client-cert-auth".into(),
+        "--trusted-ca-file".into(),
+        file("ca.crt"),
+    ]
 }
 
 /// kube-apiserver's arguments: on `etcd` (`http://IP:PORT`), listening on `address:port`,

@@ -5,17 +5,19 @@
 //! JSON. Revisions are etcd's: the store revision, and each key's `mod_revision`. Create is
 //! `version == 0`, CAS is `mod_revision == expected`, a transaction is one etcd `Txn`.
 //! Every call is bounded by [`CALL_TIMEOUT`], so an unreachable etcd is an error, not a hang.
+//! `etcds://` URLs connect over TLS (rustls), with a client certificate when given one.
 
 use std::time::Duration;
 
 use etcd_client::{
-    Client, CompactionOptions, Compare, CompareOp, ConnectOptions, EventType as EtcdEventType,
-    GetOptions, Txn, TxnOp as EtcdTxnOp, WatchOptions,
+    Certificate, Client, CompactionOptions, Compare, CompareOp, ConnectOptions,
+    EventType as EtcdEventType, GetOptions, Identity, TlsOptions, Txn, TxnOp as EtcdTxnOp,
+    WatchOptions,
 };
 
 use super::{
-    check_txn, kind_from_plural, DatastoreError, Event, EventType, Listing, Revision, Stored,
-    TxnOp, Watch,
+    check_txn, kind_from_plural, DatastoreError, EtcdTls, Event, EventType, Listing, Revision,
+    Stored, TxnOp, Watch,
 };
 use crate::resource::{Key, Kind};
 
@@ -63,11 +65,18 @@ fn prefix_of(kind: Option<Kind>, namespace: Option<&str>) -> String {
 
 impl EtcdStore {
     /// Connects and checks that etcd answers, within [`CALL_TIMEOUT`].
-    pub async fn connect(url: &str, endpoints: Vec<String>) -> Result<EtcdStore, DatastoreError> {
-        let options = ConnectOptions::new()
+    pub async fn connect(
+        url: &str,
+        endpoints: Vec<String>,
+        tls: Option<&EtcdTls>,
+    ) -> Result<EtcdStore, DatastoreError> {
+        let mut options = ConnectOptions::new()
             .with_connect_timeout(CALL_TIMEOUT)
             .with_timeout(CALL_TIMEOUT)
             .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5));
+        if let Some(tls) = tls {
+            options = options.with_tls(tls_options(url, tls)?);
+        }
         let unavailable = |reason: String| DatastoreError::Unavailable {
             url: url.to_string(),
             reason,
@@ -210,6 +219,21 @@ impl EtcdStore {
 }
 
 /// The most useful line of an etcd client error (tonic nests the cause).
+/// The TLS settings of `tls`, its files read now: a file that cannot be read is named.
+fn tls_options(url: &str, tls: &EtcdTls) -> Result<TlsOptions, DatastoreError> {
+    let read = |parameter: &str, path: &std::path::Path| {
+        std::fs::read(path).map_err(|err| DatastoreError::BadUrl {
+            url: url.to_string(),
+            reason: format!("{parameter}={}: {err}", path.display()),
+        })
+    };
+    let mut options = TlsOptions::new().ca_certificate(Certificate::from_pem(read("ca", &tls.ca)?));
+    if let Some((cert, key)) = &tls.identity {
+        options = options.identity(Identity::from_pem(read("cert", cert)?, read("key", key)?));
+    }
+    Ok(options)
+}
+
 fn describe(err: &etcd_client::Error) -> String {
     let mut text = err.to_string();
     let mut source = std::error::Error::source(err);

@@ -20,6 +20,7 @@ pub mod kubernetes;
 pub mod sqlite;
 
 use crate::resource::{Key, Kind};
+use std::collections::BTreeMap;
 
 /// A datastore revision. Revisions only grow; 0 is "before any write".
 pub type Revision = i64;
@@ -205,10 +206,13 @@ pub enum DatastoreUrl {
         /// The database file.
         path: std::path::PathBuf,
     },
-    /// `etcd://HOST:PORT[,HOST:PORT…]`: etcd v3.
+    /// `etcd://HOST:PORT[,HOST:PORT…]`: etcd v3; `etcds://HOST:PORT[,…]?ca=PATH[&cert=PATH&key=PATH]`:
+    /// etcd v3 over TLS, with a client certificate when etcd demands one.
     Etcd {
-        /// `http://HOST:PORT` endpoints.
+        /// `http://HOST:PORT` or `https://HOST:PORT` endpoints.
         endpoints: Vec<String>,
+        /// The TLS files (`etcds://`).
+        tls: Option<EtcdTls>,
     },
     /// `kubernetes` (KUBECONFIG, `~/.kube/config` or the pod's service account) or
     /// `kubernetes:PATH` (that kubeconfig): the Kubernetes API.
@@ -216,6 +220,17 @@ pub enum DatastoreUrl {
         /// The kubeconfig named in the URL.
         kubeconfig: Option<std::path::PathBuf>,
     },
+}
+
+/// The files of a TLS connection to etcd: Calico's `etcdCACertFile`, `etcdCertFile` and
+/// `etcdKeyFile`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdTls {
+    /// The CA that signed etcd's server certificate (PEM).
+    pub ca: std::path::PathBuf,
+    /// The client certificate and its key (PEM), for an etcd started with
+    /// `--client-cert-auth`.
+    pub identity: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
 /// The default datastore of a machine.
@@ -237,7 +252,22 @@ impl DatastoreUrl {
             }
             return Ok(DatastoreUrl::Sqlite { path: path.into() });
         }
-        if let Some(hosts) = url.strip_prefix("etcd://") {
+        let etcd = url
+            .strip_prefix("etcd://")
+            .map(|rest| (rest, false))
+            .or_else(|| url.strip_prefix("etcds://").map(|rest| (rest, true)));
+        if let Some((rest, secure)) = etcd {
+            let (hosts, query) = rest.split_once('?').unwrap_or((rest, ""));
+            let tls = if secure {
+                Some(parse_etcd_tls(query).map_err(|reason| bad(&reason))?)
+            } else if !query.is_empty() {
+                return Err(bad(
+                    "etcd:// takes no parameters; TLS files go with etcds://HOST:PORT?ca=PATH&cert=PATH&key=PATH",
+                ));
+            } else {
+                None
+            };
+            let scheme = if secure { "https" } else { "http" };
             let mut endpoints = Vec::new();
             for host in hosts.trim_end_matches('/').split(',') {
                 let valid = host
@@ -246,9 +276,9 @@ impl DatastoreUrl {
                 if !valid {
                     return Err(bad(&format!("{host:?} is not HOST:PORT")));
                 }
-                endpoints.push(format!("http://{host}"));
+                endpoints.push(format!("{scheme}://{host}"));
             }
-            return Ok(DatastoreUrl::Etcd { endpoints });
+            return Ok(DatastoreUrl::Etcd { endpoints, tls });
         }
         if url == "kubernetes" {
             return Ok(DatastoreUrl::Kubernetes { kubeconfig: None });
@@ -264,9 +294,41 @@ impl DatastoreUrl {
             });
         }
         Err(bad(
-            "expected sqlite:PATH, etcd://HOST:PORT[,HOST:PORT...], kubernetes or kubernetes:KUBECONFIG",
+            "expected sqlite:PATH, etcd://HOST:PORT[,HOST:PORT...], etcds://HOST:PORT[,...]?ca=PATH&cert=PATH&key=PATH, kubernetes or kubernetes:KUBECONFIG",
         ))
     }
+}
+
+/// The parameters of an `etcds://` URL: `ca=PATH` (required), `cert=PATH` and `key=PATH`
+/// (together or not at all).
+fn parse_etcd_tls(query: &str) -> Result<EtcdTls, String> {
+    let mut files: BTreeMap<&str, std::path::PathBuf> = BTreeMap::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let Some((name, value)) = pair.split_once('=') else {
+            return Err(format!("parameter {pair:?} is not NAME=PATH"));
+        };
+        if !matches!(name, "ca" | "cert" | "key") {
+            return Err(format!(
+                "unknown parameter {name:?}; etcds:// takes ca, cert and key"
+            ));
+        }
+        if value.is_empty() {
+            return Err(format!("{name} needs a file path"));
+        }
+        if files.insert(name, value.into()).is_some() {
+            return Err(format!("{name} is given twice"));
+        }
+    }
+    let ca = files
+        .remove("ca")
+        .ok_or("etcds:// needs ca=PATH, the CA that signed etcd's certificate")?;
+    let identity = match (files.remove("cert"), files.remove("key")) {
+        (Some(cert), Some(key)) => Some((cert, key)),
+        (None, None) => None,
+        (Some(_), None) => return Err("cert=PATH needs key=PATH, its private key".into()),
+        (None, Some(_)) => return Err("key=PATH needs cert=PATH, its certificate".into()),
+    };
+    Ok(EtcdTls { ca, identity })
 }
 
 /// Checks that a transaction touches each key at most once.
@@ -291,3 +353,59 @@ pub fn kind_from_plural(plural: &str) -> Option<Kind> {
 mod runtime;
 #[cfg(feature = "runtime")]
 pub use self::runtime::{connect, Datastore, Watch};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn etcd_urls_name_their_scheme_and_tls_files() {
+        assert_eq!(
+            DatastoreUrl::parse("etcd://198.18.0.1:2379,198.18.0.2:2379").unwrap(),
+            DatastoreUrl::Etcd {
+                endpoints: vec![
+                    "http://198.18.0.1:2379".into(),
+                    "http://198.18.0.2:2379".into()
+                ],
+                tls: None
+            }
+        );
+        assert_eq!(
+            DatastoreUrl::parse("etcds://198.18.0.1:2379?ca=/a/ca.crt&cert=/a/c.crt&key=/a/c.key")
+                .unwrap(),
+            DatastoreUrl::Etcd {
+                endpoints: vec!["https://198.18.0.1:2379".into()],
+                tls: Some(EtcdTls {
+                    ca: "/a/ca.crt".into(),
+                    identity: Some(("/a/c.crt".into(), "/a/c.key".into())),
+                })
+            }
+        );
+        assert_eq!(
+            DatastoreUrl::parse("etcds://h:1?ca=/ca").unwrap(),
+            DatastoreUrl::Etcd {
+                endpoints: vec!["https://h:1".into()],
+                tls: Some(EtcdTls {
+                    ca: "/ca".into(),
+                    identity: None
+                })
+            }
+        );
+    }
+
+    #[test]
+    fn a_bad_etcds_url_says_what_is_missing() {
+        let reason = |url: &str| match DatastoreUrl::parse(url) {
+            Err(DatastoreError::BadUrl { reason, .. }) => reason,
+            other => panic!("{url}: {other:?}"),
+        };
+        assert!(reason("etcds://h:1").contains("needs ca=PATH"));
+        assert!(reason("etcds://h:1?ca=/c&cert=/x").contains("needs key=PATH"));
+        assert!(reason("etcds://h:1?ca=/c&key=/x").contains("needs cert=PATH"));
+        assert!(reason("etcds://h:1?ca=/c&password=x").contains("unknown parameter \"password\""));
+        assert!(reason("etcds://h:1?ca=").contains("ca needs a file path"));
+        assert!(reason("etcds://h:1?ca=/a&ca=/b").contains("given twice"));
+        assert!(reason("etcd://h:1?ca=/a").contains("etcd:// takes no parameters"));
+        assert!(reason("etcds://h?ca=/a").contains("\"h\" is not HOST:PORT"));
+    }
+}

@@ -172,9 +172,9 @@ pub trait Datastore: Send + Sync + std::fmt::Debug {
 pub async fn connect(url: &str) -> Result<Arc<dyn Datastore>, DatastoreError> {
     match DatastoreUrl::parse(url)? {
         DatastoreUrl::Sqlite { path } => Ok(Arc::new(sqlite::SqliteStore::open(url, &path).await?)),
-        DatastoreUrl::Etcd { endpoints } => {
-            Ok(Arc::new(etcd::EtcdStore::connect(url, endpoints).await?))
-        }
+        DatastoreUrl::Etcd { endpoints, tls } => Ok(Arc::new(
+            etcd::EtcdStore::connect(url, endpoints, tls.as_ref()).await?,
+        )),
         DatastoreUrl::Kubernetes { kubeconfig } => Ok(Arc::new(
             kubernetes::KubeStore::connect(url, kubeconfig).await?,
         )),
