@@ -21,7 +21,11 @@
 //! - export: only routes inside a pool whose BGP export is not disabled (a disabled pool
 //!   still is: `disabled` only stops allocation); import:
 //!   everything, except that routes to encapsulated pools are not written to the kernel (the
-//!   encapsulation writes those, through its device).
+//!   encapsulation writes those, through its device);
+//! - Services: the `serviceClusterIPs`, `serviceExternalIPs` and `serviceLoadBalancerIPs`
+//!   ranges from every node, and single service addresses as Calico's route generator
+//!   chooses them from Services and EndpointSlices (`externalTrafficPolicy: Local`: from the
+//!   nodes with a ready endpoint).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -34,6 +38,7 @@ use twill_shared::resource::bgp::{
 use twill_shared::resource::config::NodeSpec;
 use twill_shared::resource::fields::EncapMode;
 use twill_shared::resource::ipam::{BlockAffinitySpec, IpPoolSpec};
+use twill_shared::resource::kube::{EndpointSliceSpec, ServiceSpec, SERVICE_NAME_LABEL};
 use twill_shared::resource::{Object, Resource};
 
 /// Calico's default AS number.
@@ -57,6 +62,10 @@ pub struct Cluster {
     /// Workload endpoints (by `namespace/name`) with addresses: the node each is on, and
     /// the addresses (for [`Cluster::borrowed_addresses`]).
     workloads: BTreeMap<String, (String, Vec<IpNet>)>,
+    /// Kubernetes Services, by `namespace/name`.
+    services: BTreeMap<String, Object<ServiceSpec>>,
+    /// Kubernetes EndpointSlices, by `namespace/name`.
+    slices: BTreeMap<String, Object<EndpointSliceSpec>>,
 }
 
 /// What [`Cluster::render`] gives for one node.
@@ -116,8 +125,8 @@ struct Session {
 }
 
 impl Cluster {
-    /// Takes a changed resource (`Some`) or a deleted one (`None`, by kind and name);
-    /// returns whether it is one BGP depends on.
+    /// Takes a changed resource (`Some`) or a deleted one (`None`, by kind and name:
+    /// `namespace/name` for namespaced kinds); returns whether it is one BGP depends on.
     pub fn update(
         &mut self,
         kind: twill_shared::resource::Kind,
@@ -150,6 +159,12 @@ impl Cluster {
                 put(&mut self.filters, name, Some(o))
             }
             (Kind::BgpFilter, None) => put(&mut self.filters, name, None),
+            (Kind::Service, Some(Resource::Service(o))) => put(&mut self.services, name, Some(o)),
+            (Kind::Service, None) => put(&mut self.services, name, None),
+            (Kind::EndpointSlice, Some(Resource::EndpointSlice(o))) => {
+                put(&mut self.slices, name, Some(o));
+            }
+            (Kind::EndpointSlice, None) => put(&mut self.slices, name, None),
             _ => return false,
         }
         true
@@ -166,6 +181,8 @@ impl Cluster {
                 | Kind::BgpFilter
                 | Kind::IpPool
                 | Kind::BlockAffinity
+                | Kind::Service
+                | Kind::EndpointSlice
         )
     }
 
@@ -276,6 +293,124 @@ impl Cluster {
             .filter(|a| matches!(a.spec.state.as_deref(), None | Some("") | Some("confirmed")))
             .filter_map(|a| a.spec.cidr.as_ref().map(|c| c.0.trunc()))
             .collect()
+    }
+
+    /// The single service addresses (/32, /128) `node` advertises, as Calico's route
+    /// generator chooses them: a Service of type ClusterIP, NodePort or LoadBalancer with a
+    /// cluster address; its cluster addresses when `serviceClusterIPs` names any range, its
+    /// external addresses inside `serviceExternalIPs`, its load balancer's addresses inside
+    /// `serviceLoadBalancerIPs`. With `externalTrafficPolicy: Local`, from the nodes with a
+    /// ready endpoint of the address's family (traffic arrives only where it is served). With
+    /// `Cluster`, only when an external or load-balancer address is a single-address entry of
+    /// those lists (the range covers the rest), and then from every node, while the Service
+    /// has a ready endpoint anywhere (Calico: while its Endpoints object exists).
+    fn service_routes(&self, node: &str, global: &BgpConfigurationSpec) -> BTreeSet<IpNet> {
+        let cidrs = |list: &Option<Vec<twill_shared::resource::bgp::ServiceCidr>>| -> Vec<IpNet> {
+            list.iter()
+                .flatten()
+                .filter_map(|s| s.cidr.as_ref().map(|c| c.0.trunc()))
+                .collect()
+        };
+        let cluster_ranges = cidrs(&global.service_cluster_ips);
+        let external_ranges = cidrs(&global.service_external_ips);
+        let balancer_ranges = cidrs(&global.service_load_balancer_ips);
+        let within =
+            |ranges: &[IpNet], address: &IpAddr| ranges.iter().any(|r| r.contains(address));
+        let single = |ranges: &[IpNet], address: &IpAddr| {
+            ranges
+                .iter()
+                .any(|r| r.prefix_len() == r.max_prefix_len() && r.contains(address))
+        };
+        let parse = |text: &str| text.trim().parse::<IpAddr>().ok();
+        let mut routes = BTreeSet::new();
+        for (id, service) in &self.services {
+            let spec = &service.spec;
+            if !matches!(
+                spec.type_.as_deref().unwrap_or("ClusterIP"),
+                "ClusterIP" | "NodePort" | "LoadBalancer"
+            ) {
+                continue;
+            }
+            let cluster_ips: Vec<IpAddr> = match &spec.cluster_ips {
+                Some(list) if !list.is_empty() => list.iter().filter_map(|a| parse(a)).collect(),
+                _ => spec
+                    .cluster_ip
+                    .as_deref()
+                    .and_then(parse)
+                    .into_iter()
+                    .collect(),
+            };
+            if cluster_ips.is_empty() {
+                continue; // headless (None) or not yet given an address
+            }
+            let external: Vec<IpAddr> = spec
+                .external_ips
+                .iter()
+                .flatten()
+                .filter_map(|a| parse(a))
+                .collect();
+            let ingress: Vec<IpAddr> = spec
+                .status
+                .as_ref()
+                .and_then(|s| s.load_balancer.as_ref())
+                .and_then(|l| l.ingress.as_ref())
+                .into_iter()
+                .flatten()
+                .filter_map(|i| i.ip.as_deref().and_then(parse))
+                .collect();
+            let mut candidates: Vec<IpAddr> = Vec::new();
+            if !cluster_ranges.is_empty() {
+                candidates.extend(&cluster_ips);
+            }
+            candidates.extend(external.iter().filter(|a| within(&external_ranges, a)));
+            candidates.extend(ingress.iter().filter(|a| within(&balancer_ranges, a)));
+            // Ready endpoints of this Service: (node, is IPv6).
+            let (namespace, name) = id.split_once('/').unwrap_or(("", id));
+            let endpoints: Vec<(Option<&str>, bool)> = self
+                .slices
+                .values()
+                .filter(|slice| {
+                    slice.metadata.namespace.as_deref() == Some(namespace)
+                        && slice
+                            .metadata
+                            .labels
+                            .as_ref()
+                            .and_then(|l| l.get(SERVICE_NAME_LABEL))
+                            .map(String::as_str)
+                            == Some(name)
+                })
+                .flat_map(|slice| slice.spec.endpoints.iter().flatten())
+                .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) != Some(false))
+                .flat_map(|e| {
+                    e.addresses
+                        .iter()
+                        .filter_map(|a| parse(a))
+                        .map(move |a| (e.node_name.as_deref(), a.is_ipv6()))
+                })
+                .collect();
+            let local = spec.external_traffic_policy.as_deref() == Some("Local");
+            if local {
+                for address in candidates {
+                    if endpoints.contains(&(Some(node), address.is_ipv6())) {
+                        routes.insert(IpNet::from(address));
+                    }
+                }
+            } else {
+                let balancer_single = spec.type_.as_deref() == Some("LoadBalancer")
+                    && spec
+                        .load_balancer_ip
+                        .as_deref()
+                        .and_then(parse)
+                        .iter()
+                        .chain(&ingress)
+                        .any(|a| single(&balancer_ranges, a));
+                let external_single = external.iter().any(|a| single(&external_ranges, a));
+                if (balancer_single || external_single) && !endpoints.is_empty() {
+                    routes.extend(candidates.into_iter().map(IpNet::from));
+                }
+            }
+        }
+        routes
     }
 
     fn configuration(&self, name: &str) -> Option<&BgpConfigurationSpec> {
@@ -616,8 +751,9 @@ impl Cluster {
         // Service ranges (Calico's static routes): advertised from every node, and routes
         // learned inside them never written to the kernel. A node labelled
         // exclude-from-external-load-balancers keeps the exclusion but advertises no
-        // external or load-balancer range. Single service addresses (/32, /128) are
-        // advertised per Service, which needs the Kubernetes backend's Services.
+        // external or load-balancer range, and no single service address: those (/32,
+        // /128) go per Service, from the nodes its endpoints and traffic policy choose
+        // (`service_routes`).
         let excluded_from_lb =
             labels.contains_key("node.kubernetes.io/exclude-from-external-load-balancers");
         let mut service_ranges: BTreeSet<IpNet> = BTreeSet::new();
@@ -634,6 +770,9 @@ impl Cluster {
                     service_advertised.insert(net);
                 }
             }
+        }
+        if !excluded_from_lb {
+            service_advertised.extend(self.service_routes(node_name, &global));
         }
         let mut originate = Vec::new();
         let blocks = own_blocks;
@@ -1097,7 +1236,11 @@ mod tests {
     fn cluster(yaml: &str, blocks: &[(&str, &str)]) -> Cluster {
         let mut cluster = Cluster::default();
         for resource in parse_documents(yaml).expect("the test's documents are valid") {
-            let name = resource.meta().name.clone().unwrap();
+            let meta = resource.meta();
+            let name = match &meta.namespace {
+                Some(namespace) => format!("{namespace}/{}", meta.name.clone().unwrap()),
+                None => meta.name.clone().unwrap(),
+            };
             assert!(cluster.update(resource.kind(), &name, Some(resource)));
         }
         for (index, (node, cidr)) in blocks.iter().enumerate() {
@@ -1616,6 +1759,135 @@ mod tests {
         assert!(
             n["198.18.0.2"].get("shared_subnet").is_none(),
             "iBGP keeps next hops anyway"
+        );
+    }
+
+    fn service(name: &str, spec: &str, status: &str) -> String {
+        format!(
+            "---\napiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: shop\nspec:\n{spec}{status}"
+        )
+    }
+
+    /// An EndpointSlice of Service `service`: (address, node, ready) per endpoint.
+    fn slice(service: &str, family: &str, endpoints: &[(&str, &str, bool)]) -> String {
+        let endpoints: String = endpoints
+            .iter()
+            .map(|(address, node, ready)| {
+                format!("- addresses: [\"{address}\"]\n  nodeName: {node}\n  conditions:\n    ready: {ready}\n")
+            })
+            .collect();
+        format!(
+            "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {service}-{}\n  namespace: shop\n  \
+             labels:\n    kubernetes.io/service-name: {service}\naddressType: {family}\nendpoints:\n{endpoints}",
+            family.to_lowercase()
+        )
+    }
+
+    /// Calico's route generator, case by case (its routes.go, read for the rules, and
+    /// Kubernetes' Service semantics): what each node originates beside the ranges.
+    #[test]
+    fn single_service_addresses_go_from_the_nodes_their_traffic_policy_chooses() {
+        let bgp_config = "---\napiVersion: projectcalico.org/v3\nkind: BGPConfiguration\nmetadata:\n  name: default\nspec:\n  \
+            serviceClusterIPs:\n  - cidr: 10.96.0.0/12\n  - cidr: fd00:96::/108\n  serviceExternalIPs:\n  - cidr: 198.19.10.0/24\n  - cidr: 198.19.11.7/32\n  \
+            serviceLoadBalancerIPs:\n  - cidr: 198.19.20.0/24\n  - cidr: 198.19.21.9/32\n";
+        let yaml = [
+            node("a", "10.0.0.1", ""),
+            node("b", "10.0.0.2", ""),
+            node(
+                "c",
+                "10.0.0.3",
+                "  labels:\n    node.kubernetes.io/exclude-from-external-load-balancers: \"\"\n",
+            ),
+            bgp_config.into(),
+            // Local, dual-stack: the IPv4 endpoint on a (ready), the IPv6 one on b, a
+            // not-ready IPv4 one on b; an external address outside the allowed ranges.
+            service(
+                "local",
+                "  type: NodePort\n  clusterIP: 10.96.0.10\n  clusterIPs: [10.96.0.10, \"fd00:96::a\"]\n  \
+                 externalIPs: [198.19.10.5, 203.0.113.7]\n  externalTrafficPolicy: Local\n  ports:\n  - port: 80\n",
+                "",
+            ),
+            slice("local", "IPv4", &[("10.90.0.5", "a", true), ("10.90.1.5", "b", false)]),
+            slice("local", "IPv6", &[("fd00:90::5", "b", true)]),
+            // Cluster, with a load balancer address that is a single-address entry and an
+            // endpoint on c: every node but the excluded one.
+            service(
+                "balanced",
+                "  type: LoadBalancer\n  clusterIP: 10.96.0.20\n  externalTrafficPolicy: Cluster\n  ports:\n  - port: 443\n",
+                "status:\n  loadBalancer:\n    ingress:\n    - ip: 198.19.21.9\n",
+            ),
+            slice("balanced", "IPv4", &[("10.90.2.5", "c", true)]),
+            // Cluster, with a load balancer address inside a range only: the range does.
+            service(
+                "ranged",
+                "  type: LoadBalancer\n  clusterIP: 10.96.0.30\n  externalTrafficPolicy: Cluster\n  ports:\n  - port: 443\n",
+                "status:\n  loadBalancer:\n    ingress:\n    - ip: 198.19.20.30\n",
+            ),
+            slice("ranged", "IPv4", &[("10.90.0.6", "a", true)]),
+            // Cluster, a single-address external IP, but no ready endpoint anywhere.
+            service(
+                "idle",
+                "  clusterIP: 10.96.0.40\n  externalIPs: [198.19.11.7]\n  ports:\n  - port: 80\n",
+                "",
+            ),
+            slice("idle", "IPv4", &[("10.90.0.7", "a", false)]),
+            // Headless and ExternalName Services have no address to advertise.
+            service(
+                "headless",
+                "  clusterIP: None\n  externalTrafficPolicy: Local\n  ports:\n  - port: 80\n",
+                "",
+            ),
+            slice("headless", "IPv4", &[("10.90.0.8", "a", true)]),
+            service(
+                "elsewhere",
+                "  type: ExternalName\n  externalName: db.example.com\n",
+                "",
+            ),
+        ]
+        .concat();
+        let cluster = cluster(&yaml, &[]);
+        let singles = |node: &str| -> Vec<String> {
+            let config = crate::config::DaemonConfig::parse(
+                &cluster.render(node, &[], &BTreeMap::new()).config.unwrap(),
+            )
+            .unwrap();
+            config
+                .originate
+                .keys()
+                .filter(|p| p.prefix_len() == p.max_prefix_len())
+                .map(ToString::to_string)
+                .collect()
+        };
+        assert_eq!(
+            singles("a"),
+            [
+                "10.96.0.10/32",
+                "10.96.0.20/32",
+                "198.19.10.5/32",
+                "198.19.21.9/32"
+            ]
+        );
+        assert_eq!(
+            singles("b"),
+            ["10.96.0.20/32", "198.19.21.9/32", "fd00:96::a/128"]
+        );
+        assert_eq!(singles("c"), Vec::<String>::new());
+        // Each one is exported: the export filter accepts it exactly.
+        let (table, _) = render(&cluster, "a");
+        let exported: Vec<String> = table["filter"].as_array().unwrap()[0]["rule"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|r| r["prefix"].as_array().unwrap().clone())
+            .map(|p| p.as_str().unwrap().to_string())
+            .collect();
+        assert!(
+            exported.contains(&"10.96.0.10/32".to_string()),
+            "{exported:?}"
+        );
+        assert!(
+            exported.contains(&"198.19.21.9/32".to_string()),
+            "{exported:?}"
         );
     }
 

@@ -1129,3 +1129,144 @@ fn dual_stack_vxlan_carries_each_family_through_its_own_device() {
         "no plain BGP routes for encapsulated pools"
     );
 }
+
+/// kubectl against a Kubernetes lab (its kubeconfig from `lab status -o json`).
+fn kubectl(lab: &LabGuard, args: &[&str], stdin: &str) -> String {
+    let status = lab.status();
+    let kubeconfig = status["kubeconfig"]
+        .as_str()
+        .expect("a lab on the kubernetes datastore names its kubeconfig");
+    let mut child = Command::new(twill_lab::kube::binaries().join("kubectl"))
+        .args(["--kubeconfig", kubeconfig])
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("kubectl runs (make builds it)");
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), stdin.as_bytes()).unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "kubectl {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// The next hops gobgpd's RIB holds for `prefix` (`gobgp global rib`: one line per path,
+/// the prefix, then the next hop).
+fn rack_next_hops(lab: &LabGuard, prefix: &str) -> BTreeSet<String> {
+    let rib = lab.ok(&["tor", "routes"]);
+    let mut hops = BTreeSet::new();
+    let mut current = String::new();
+    for line in rib.lines() {
+        let tokens: Vec<&str> = line
+            .split_whitespace()
+            .skip_while(|t| t.starts_with('*') || *t == ">")
+            .collect();
+        let Some(first) = tokens.first() else {
+            continue;
+        };
+        let hop = if first.parse::<ipnet::IpNet>().is_ok() {
+            current = first.to_string();
+            tokens.get(1)
+        } else if first.parse::<std::net::IpAddr>().is_ok() {
+            Some(first) // a further path of the same prefix
+        } else {
+            continue;
+        };
+        if current == prefix {
+            hops.extend(hop.map(|h| h.to_string()));
+        }
+    }
+    hops
+}
+
+/// Calico's service advertisement on the Kubernetes datastore, as a network engineer sees it
+/// on the rack: the cluster range from every node, and a Service with
+/// `externalTrafficPolicy: Local` as a /32 from exactly the nodes that have a ready endpoint,
+/// following the endpoint when it moves and withdrawn when it goes. The lab runs no
+/// kube-controller-manager (no kubelet would make its pods ready), so the test writes the
+/// EndpointSlice with kubectl as the EndpointSlice controller would.
+#[test]
+fn a_local_service_is_advertised_from_the_nodes_with_its_endpoints_endpoint_slices_written_as_the_controller_would(
+) {
+    let lab = LabGuard::up_with(
+        PAIR,
+        &[
+            "--nodes",
+            "2",
+            "--tor",
+            "gobgp",
+            "--datastore",
+            "kubernetes",
+        ],
+    );
+    kubectl(
+        &lab,
+        &["apply", "-f", "-"],
+        "apiVersion: projectcalico.org/v3\nkind: BGPConfiguration\nmetadata:\n  name: default\nspec:\n  \
+         serviceClusterIPs:\n  - cidr: 10.96.0.0/16\n",
+    );
+    kubectl(
+        &lab,
+        &["apply", "-f", "-"],
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\n  namespace: x\nspec:\n  type: NodePort\n  \
+         externalTrafficPolicy: Local\n  selector:\n    pod: a\n  ports:\n  - port: 80\n    targetPort: 80\n",
+    );
+    let cluster_ip = kubectl(
+        &lab,
+        &[
+            "get",
+            "service",
+            "-n",
+            "x",
+            "web",
+            "-o",
+            "jsonpath={.spec.clusterIP}",
+        ],
+        "",
+    );
+    assert!(cluster_ip.starts_with("10.96."), "{cluster_ip:?}");
+    let host = format!("{cluster_ip}/32");
+    let slice = |address: &str, node: &str| {
+        format!(
+            "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: web-1\n  namespace: x\n  \
+             labels:\n    kubernetes.io/service-name: web\naddressType: IPv4\nendpoints:\n- addresses: [\"{address}\"]\n  \
+             nodeName: {node}\n  conditions:\n    ready: true\nports:\n- port: 80\n  protocol: TCP\n"
+        )
+    };
+    let wait_for = |prefix: &str, hops: &[&str]| {
+        let wanted: BTreeSet<String> = hops.iter().map(|h| h.to_string()).collect();
+        wait_until(
+            Duration::from_secs(30),
+            &format!("the rack's paths to {prefix} are {wanted:?}"),
+            || {
+                let seen = rack_next_hops(&lab, prefix);
+                (seen != wanted).then(|| format!("{seen:?}\n{}", lab.ok(&["tor", "routes"])))
+            },
+        );
+    };
+    // The range from both nodes; no endpoint yet: no host route.
+    wait_for("10.96.0.0/16", &["198.18.0.11", "198.18.0.12"]);
+    wait_for(&host, &[]);
+    // The endpoint (pod x/a) on node-1: only node-1 advertises the service.
+    kubectl(
+        &lab,
+        &["apply", "-f", "-"],
+        &slice(&lab.ip("x/a"), "node-1"),
+    );
+    wait_for(&host, &["198.18.0.11"]);
+    // It moves to node-2 (pod x/b): node-1 withdraws, node-2 advertises.
+    kubectl(
+        &lab,
+        &["apply", "-f", "-"],
+        &slice(&lab.ip("x/b"), "node-2"),
+    );
+    wait_for(&host, &["198.18.0.12"]);
+    // No endpoint left: withdrawn everywhere; the range stays.
+    kubectl(&lab, &["delete", "endpointslice", "-n", "x", "web-1"], "");
+    wait_for(&host, &[]);
+    wait_for("10.96.0.0/16", &["198.18.0.11", "198.18.0.12"]);
+}

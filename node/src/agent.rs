@@ -268,7 +268,7 @@ impl Agent {
                     }
                     if for_bgp {
                         if let Some(bgp) = self.bgp.as_mut() {
-                            bgp.update(key.kind, &key.name, None);
+                            bgp.update(key.kind, &bgp_name(&key), None);
                         }
                     }
                     if key.kind == twill_shared::resource::Kind::WorkloadEndpoint {
@@ -294,7 +294,7 @@ impl Agent {
                 }
                 if for_bgp {
                     if let Some(bgp) = self.bgp.as_mut() {
-                        bgp.update(key.kind, &key.name, resource.clone());
+                        bgp.update(key.kind, &bgp_name(&key), resource.clone());
                         if key.kind == twill_shared::resource::Kind::IpPool {
                             let pools = bgp
                                 .cluster()
@@ -731,6 +731,14 @@ fn not_ready(readiness: &Readiness<'_>) -> String {
 
 /// A stored object as felix and BGP take it: decoded and validated as `twillctl apply` would
 /// (an object another tool wrote may be neither), or the reason it is invalid.
+/// The name BGP's model knows an object by: `namespace/name` for namespaced kinds.
+fn bgp_name(key: &twill_shared::resource::Key) -> String {
+    match &key.namespace {
+        Some(namespace) => format!("{namespace}/{}", key.name),
+        None => key.name.clone(),
+    }
+}
+
 fn admit(
     key: &twill_shared::resource::Key,
     value: Option<serde_json::Value>,

@@ -92,6 +92,14 @@ pub fn served(kind: Kind) -> Served {
         Kind::Namespace => native("", "v1", "Namespace", "namespaces", false),
         Kind::Pod => native("", "v1", "Pod", "pods", true),
         Kind::ServiceAccount => native("", "v1", "ServiceAccount", "serviceaccounts", true),
+        Kind::Service => native("", "v1", "Service", "services", true),
+        Kind::EndpointSlice => native(
+            "discovery.k8s.io",
+            "v1",
+            "EndpointSlice",
+            "endpointslices",
+            true,
+        ),
         _ => Served::Crd(calico(kind)),
     }
 }

@@ -133,16 +133,26 @@ pub fn from_api(kind: Kind, object: &Value) -> Value {
                 value.insert("spec".into(), Value::Object(spec));
             }
         }
-        // A ServiceAccount has no spec: its fields sit beside the metadata.
+        Kind::Service => {
+            value.insert("spec".into(), service_spec(object));
+        }
+        Kind::EndpointSlice => {
+            value.insert("spec".into(), endpoint_slice_spec(object));
+        }
+        // A ServiceAccount has no spec: its fields sit beside the metadata, and the model
+        // keeps them under `spec` (as the document parser does).
         Kind::ServiceAccount => {
-            value.extend(only(
+            let spec = only(
                 object,
                 &[
                     "automountServiceAccountToken",
                     "secrets",
                     "imagePullSecrets",
                 ],
-            ));
+            );
+            if !spec.is_empty() {
+                value.insert("spec".into(), Value::Object(spec));
+            }
         }
         _ => {
             if let Some(spec) = object.get("spec").filter(|s| !s.is_null()) {
@@ -176,7 +186,102 @@ pub fn to_api(kind: Kind, value: &Value, resource_version: Option<i64>) -> Value
             object.insert(field.clone(), field_value.clone());
         }
     }
+    // What the model keeps under `spec` goes back where Kubernetes has it.
+    match kind {
+        Kind::ServiceAccount | Kind::EndpointSlice => {
+            if let Some(Value::Object(spec)) = object.remove("spec") {
+                object.extend(spec);
+            }
+        }
+        Kind::Service => {
+            if let Some(status) = object
+                .get_mut("spec")
+                .and_then(Value::as_object_mut)
+                .and_then(|spec| spec.remove("status"))
+            {
+                object.insert("status".into(), status);
+            }
+        }
+        _ => {}
+    }
     Value::Object(object)
+}
+
+/// The spec fields of a Service the model holds.
+const SERVICE_FIELDS: &[&str] = &[
+    "type",
+    "clusterIP",
+    "clusterIPs",
+    "externalIPs",
+    "externalTrafficPolicy",
+    "internalTrafficPolicy",
+    "loadBalancerIP",
+    "selector",
+    "ports",
+    "ipFamilies",
+    "ipFamilyPolicy",
+    "sessionAffinity",
+    "sessionAffinityConfig",
+    "externalName",
+    "publishNotReadyAddresses",
+    "healthCheckNodePort",
+    "allocateLoadBalancerNodePorts",
+    "loadBalancerClass",
+    "loadBalancerSourceRanges",
+    "trafficDistribution",
+];
+
+/// A Service as the model holds it: its spec, with its status's load balancer under
+/// `spec.status`.
+fn service_spec(object: &Value) -> Value {
+    let mut spec = only(&object["spec"], SERVICE_FIELDS);
+    if let Some(ports) = spec.get_mut("ports").and_then(Value::as_array_mut) {
+        for port in ports {
+            *port = Value::Object(only(
+                port,
+                &[
+                    "name",
+                    "protocol",
+                    "port",
+                    "targetPort",
+                    "nodePort",
+                    "appProtocol",
+                ],
+            ));
+        }
+    }
+    let status = only(&object["status"], &["loadBalancer"]);
+    if !status.is_empty() {
+        spec.insert("status".into(), Value::Object(status));
+    }
+    Value::Object(spec)
+}
+
+/// An EndpointSlice as the model holds it: its fields under `spec`, each endpoint's fields
+/// that the model knows.
+fn endpoint_slice_spec(object: &Value) -> Value {
+    let mut spec = only(object, &["addressType", "ports"]);
+    if let Some(endpoints) = object["endpoints"].as_array() {
+        let endpoints: Vec<Value> = endpoints
+            .iter()
+            .map(|e| {
+                Value::Object(only(
+                    e,
+                    &[
+                        "addresses",
+                        "conditions",
+                        "nodeName",
+                        "hostname",
+                        "targetRef",
+                        "zone",
+                        "hints",
+                    ],
+                ))
+            })
+            .collect();
+        spec.insert("endpoints".into(), Value::Array(endpoints));
+    }
+    Value::Object(spec)
 }
 
 /// The addresses of a pod as CIDRs (`/32`, `/128`): the CNI plugin's annotations (podIPs,
@@ -590,5 +695,84 @@ mod tests {
             annotations["projectcalico.org/IPv4Address"],
             "198.18.0.11/24"
         );
+    }
+
+    /// Services, EndpointSlices and ServiceAccounts as the API server writes them (fields
+    /// the model does not hold included) decode into the model, and go back as Kubernetes
+    /// has them.
+    #[test]
+    fn services_slices_and_accounts_from_the_api_decode_and_go_back() {
+        use crate::resource::Resource;
+        let service = json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "web", "namespace": "shop", "resourceVersion": "7"},
+            "spec": {"type": "LoadBalancer", "clusterIP": "10.96.0.10", "clusterIPs": ["10.96.0.10"],
+                     "externalTrafficPolicy": "Local", "healthCheckNodePort": 31000,
+                     "ports": [{"port": 80, "targetPort": "http", "nodePort": 30080, "protocol": "TCP"}],
+                     "internalTrafficPolicy": "Cluster", "sessionAffinity": "None",
+                     "someFutureField": true},
+            "status": {"loadBalancer": {"ingress": [{"ip": "198.19.20.5", "ipMode": "VIP"}]},
+                       "conditions": []}
+        });
+        let stored = from_api(Kind::Service, &service);
+        let Ok(Resource::Service(decoded)) = Resource::decode(Kind::Service, stored.clone()) else {
+            panic!("{stored}")
+        };
+        assert_eq!(
+            decoded.spec.external_traffic_policy.as_deref(),
+            Some("Local")
+        );
+        let ingress = decoded
+            .spec
+            .status
+            .unwrap()
+            .load_balancer
+            .unwrap()
+            .ingress
+            .unwrap();
+        assert_eq!(ingress[0].ip.as_deref(), Some("198.19.20.5"));
+        let back = to_api(Kind::Service, &stored, Some(7));
+        assert_eq!(
+            back["status"]["loadBalancer"]["ingress"][0]["ip"],
+            "198.19.20.5"
+        );
+        assert!(back["spec"].get("status").is_none(), "{back}");
+
+        let slice = json!({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": "web-abcde", "namespace": "shop",
+                         "labels": {"kubernetes.io/service-name": "web"}},
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": ["10.90.0.5"], "conditions": {"ready": true},
+                           "nodeName": "node-1", "deprecatedTopology": {"a": "b"},
+                           "targetRef": {"kind": "Pod", "name": "web-1"}}],
+            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]
+        });
+        let stored = from_api(Kind::EndpointSlice, &slice);
+        let Ok(Resource::EndpointSlice(decoded)) =
+            Resource::decode(Kind::EndpointSlice, stored.clone())
+        else {
+            panic!("{stored}")
+        };
+        let endpoints = decoded.spec.endpoints.unwrap();
+        assert_eq!(endpoints[0].node_name.as_deref(), Some("node-1"));
+        let back = to_api(Kind::EndpointSlice, &stored, None);
+        assert_eq!(back["endpoints"][0]["addresses"][0], "10.90.0.5");
+        assert_eq!(back["addressType"], "IPv4");
+        assert!(back.get("spec").is_none(), "{back}");
+
+        let account = json!({
+            "apiVersion": "v1", "kind": "ServiceAccount",
+            "metadata": {"name": "builder", "namespace": "ci"},
+            "secrets": [{"name": "builder-token"}], "automountServiceAccountToken": false
+        });
+        let stored = from_api(Kind::ServiceAccount, &account);
+        assert!(
+            Resource::decode(Kind::ServiceAccount, stored.clone()).is_ok(),
+            "{stored}"
+        );
+        let back = to_api(Kind::ServiceAccount, &stored, None);
+        assert_eq!(back["secrets"][0]["name"], "builder-token");
+        assert!(back.get("spec").is_none(), "{back}");
     }
 }

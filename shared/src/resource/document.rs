@@ -198,10 +198,18 @@ fn parse_one(
     let Some(kind) = Kind::from_type(&api_version, &kind_name) else {
         return Err(vec![fail(None, unknown_type(&api_version, &kind_name))]);
     };
-    let value = if kind == Kind::ServiceAccount {
-        service_account_fields_as_spec(value)
-    } else {
-        value
+    let value = match kind {
+        Kind::ServiceAccount => fields_as_spec(
+            value,
+            &[
+                "automountServiceAccountToken",
+                "secrets",
+                "imagePullSecrets",
+            ],
+        ),
+        Kind::EndpointSlice => fields_as_spec(value, &["addressType", "endpoints", "ports"]),
+        Kind::Service => status_into_spec(value),
+        _ => value,
     };
     let mut resource = Resource::decode(kind, value).map_err(|err| {
         let path = err.path().to_string();
@@ -227,23 +235,37 @@ fn parse_one(
     }
 }
 
-/// A ServiceAccount's fields beside `metadata`, moved under `spec` where the model keeps them.
-fn service_account_fields_as_spec(mut value: serde_yaml::Value) -> serde_yaml::Value {
+/// Fields of a kind without a spec (ServiceAccount, EndpointSlice) that sit beside
+/// `metadata`, moved under `spec` where the model keeps them.
+fn fields_as_spec(mut value: serde_yaml::Value, fields: &[&str]) -> serde_yaml::Value {
     let Some(map) = value.as_mapping_mut() else {
         return value;
     };
     let mut spec = serde_yaml::Mapping::new();
-    for field in [
-        "automountServiceAccountToken",
-        "secrets",
-        "imagePullSecrets",
-    ] {
-        if let Some(v) = map.remove(field) {
-            spec.insert(field.into(), v);
+    for field in fields {
+        if let Some(v) = map.remove(*field) {
+            spec.insert((*field).into(), v);
         }
     }
     if !spec.is_empty() && !map.contains_key("spec") {
         map.insert("spec".into(), serde_yaml::Value::Mapping(spec));
+    }
+    value
+}
+
+/// A Service's `status`, moved to `spec.status` where the model keeps it.
+fn status_into_spec(mut value: serde_yaml::Value) -> serde_yaml::Value {
+    let Some(map) = value.as_mapping_mut() else {
+        return value;
+    };
+    let Some(status) = map.remove("status") else {
+        return value;
+    };
+    let spec = map
+        .entry("spec".into())
+        .or_insert_with(|| serde_yaml::Value::Mapping(Default::default()));
+    if let Some(spec) = spec.as_mapping_mut() {
+        spec.insert("status".into(), status);
     }
     value
 }

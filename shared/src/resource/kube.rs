@@ -194,3 +194,180 @@ pub struct PodSpec {
     /// Use the node's network namespace.
     pub host_network: Option<bool>,
 }
+
+/// A port of a Service.
+#[skip_serializing_none]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ServicePort {
+    /// The port's name.
+    pub name: Option<String>,
+    /// TCP (default), UDP or SCTP.
+    pub protocol: Option<String>,
+    /// The Service's port.
+    pub port: u16,
+    /// The pods' port, a number or a container port's name.
+    pub target_port: Option<KubePort>,
+    /// The node port (NodePort and LoadBalancer Services).
+    pub node_port: Option<u16>,
+    /// The application protocol.
+    pub app_protocol: Option<String>,
+}
+
+/// One ingress point of a load balancer.
+#[skip_serializing_none]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct LoadBalancerIngress {
+    /// Its address.
+    pub ip: Option<String>,
+    /// Its host name.
+    pub hostname: Option<String>,
+    /// `VIP` or `Proxy`.
+    pub ip_mode: Option<String>,
+    /// Port statuses, kept as given.
+    pub ports: Option<Vec<serde_json::Value>>,
+}
+
+/// A load balancer's status.
+#[skip_serializing_none]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LoadBalancerStatus {
+    /// Its ingress points.
+    pub ingress: Option<Vec<LoadBalancerIngress>>,
+}
+
+/// A Service's status: the addresses a load-balancer controller gave it.
+#[skip_serializing_none]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ServiceStatus {
+    /// The load balancer.
+    pub load_balancer: Option<LoadBalancerStatus>,
+    /// Conditions, kept as given.
+    pub conditions: Option<Vec<serde_json::Value>>,
+}
+
+/// `v1` Service: its spec, and its `status` (which Kubernetes writes beside the spec; the
+/// parser moves it here). Twill reads the addresses (BGP service advertisement).
+#[skip_serializing_none]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ServiceSpec {
+    /// ClusterIP (default), NodePort, LoadBalancer or ExternalName.
+    #[serde(rename = "type")]
+    pub type_: Option<String>,
+    /// The cluster address (`None` for a headless Service).
+    #[serde(rename = "clusterIP")]
+    pub cluster_ip: Option<String>,
+    /// The cluster addresses, one per family.
+    #[serde(rename = "clusterIPs")]
+    pub cluster_ips: Option<Vec<String>>,
+    /// Addresses outside the cluster routed to the Service.
+    #[serde(rename = "externalIPs")]
+    pub external_ips: Option<Vec<String>>,
+    /// `Cluster` (default) or `Local`: whether external traffic may go to other nodes'
+    /// endpoints.
+    pub external_traffic_policy: Option<String>,
+    /// `Cluster` (default) or `Local`, for traffic from inside the cluster.
+    pub internal_traffic_policy: Option<String>,
+    /// The requested load-balancer address (deprecated in Kubernetes, still read).
+    #[serde(rename = "loadBalancerIP")]
+    pub load_balancer_ip: Option<String>,
+    /// The pods it sends to.
+    pub selector: Option<BTreeMap<String, String>>,
+    /// Its ports.
+    pub ports: Option<Vec<ServicePort>>,
+    /// IPv4 and/or IPv6.
+    pub ip_families: Option<Vec<String>>,
+    /// SingleStack, PreferDualStack or RequireDualStack.
+    pub ip_family_policy: Option<String>,
+    /// None or ClientIP.
+    pub session_affinity: Option<String>,
+    /// Its settings, kept as given.
+    pub session_affinity_config: Option<serde_json::Value>,
+    /// The name an ExternalName Service stands for.
+    pub external_name: Option<String>,
+    /// Whether endpoints are published before they are ready.
+    pub publish_not_ready_addresses: Option<bool>,
+    /// The node port of the health check (`externalTrafficPolicy: Local`).
+    pub health_check_node_port: Option<u16>,
+    /// Whether a LoadBalancer Service gets node ports.
+    pub allocate_load_balancer_node_ports: Option<bool>,
+    /// The load-balancer implementation.
+    pub load_balancer_class: Option<String>,
+    /// Client ranges a load balancer admits.
+    pub load_balancer_source_ranges: Option<Vec<String>>,
+    /// Traffic distribution preference.
+    pub traffic_distribution: Option<String>,
+    /// The Service's status (`status` in Kubernetes' documents).
+    pub status: Option<ServiceStatus>,
+}
+
+/// The state of an endpoint.
+#[skip_serializing_none]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointConditions {
+    /// Ready for traffic (absent: ready).
+    pub ready: Option<bool>,
+    /// Serving (may be terminating).
+    pub serving: Option<bool>,
+    /// Terminating.
+    pub terminating: Option<bool>,
+}
+
+/// One endpoint of an EndpointSlice.
+#[skip_serializing_none]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct SliceEndpoint {
+    /// Its addresses (one family, the slice's).
+    pub addresses: Vec<String>,
+    /// Its state.
+    pub conditions: Option<EndpointConditions>,
+    /// The node it is on.
+    pub node_name: Option<String>,
+    /// Its host name.
+    pub hostname: Option<String>,
+    /// The object it is (a Pod), kept as given.
+    pub target_ref: Option<serde_json::Value>,
+    /// Its zone.
+    pub zone: Option<String>,
+    /// Topology hints, kept as given.
+    pub hints: Option<serde_json::Value>,
+}
+
+/// A port of an EndpointSlice.
+#[skip_serializing_none]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct SlicePort {
+    /// The Service port's name.
+    pub name: Option<String>,
+    /// TCP, UDP or SCTP.
+    pub protocol: Option<String>,
+    /// The endpoints' port.
+    pub port: Option<u16>,
+    /// The application protocol.
+    pub app_protocol: Option<String>,
+}
+
+/// `discovery.k8s.io/v1` EndpointSlice. Kubernetes writes these fields beside `metadata`; the
+/// parser reads them into this struct. The Service it belongs to is its
+/// `kubernetes.io/service-name` label.
+#[skip_serializing_none]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct EndpointSliceSpec {
+    /// IPv4, IPv6 or FQDN.
+    pub address_type: Option<String>,
+    /// The endpoints.
+    pub endpoints: Option<Vec<SliceEndpoint>>,
+    /// The ports.
+    pub ports: Option<Vec<SlicePort>>,
+}
+
+/// The label naming an EndpointSlice's Service.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";

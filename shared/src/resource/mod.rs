@@ -27,7 +27,10 @@ use self::ipam::{
     BlockAffinitySpec, IpPoolSpec, IpReservationSpec, IpamBlockSpec, IpamConfigurationSpec,
     IpamHandleSpec,
 };
-use self::kube::{KubeNetworkPolicySpec, NamespaceSpec, PodSpec, ServiceAccountSpec};
+use self::kube::{
+    EndpointSliceSpec, KubeNetworkPolicySpec, NamespaceSpec, PodSpec, ServiceAccountSpec,
+    ServiceSpec,
+};
 use self::policy::{
     GlobalNetworkPolicySpec, NetworkPolicySpec, NetworkSetSpec, ProfileSpec, TierSpec,
 };
@@ -251,6 +254,11 @@ kinds! {
     /// Kubernetes ServiceAccount (its labels feed serviceAccountSelector).
     ServiceAccount(ServiceAccountSpec) = "v1", "ServiceAccount", "serviceaccounts", Namespaced,
         ["serviceaccount", "sa"];
+    /// Kubernetes Service (its addresses are advertised by BGP as Calico does).
+    Service(ServiceSpec) = "v1", "Service", "services", Namespaced, ["service", "svc"];
+    /// Kubernetes EndpointSlice (which nodes have a Service's endpoints).
+    EndpointSlice(EndpointSliceSpec) = "discovery.k8s.io/v1", "EndpointSlice", "endpointslices",
+        Namespaced, ["endpointslice"];
 }
 
 impl Kind {
