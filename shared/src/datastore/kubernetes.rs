@@ -36,6 +36,52 @@ use crate::resource::{Key, Kind};
 /// How long connecting (and each call) may take before the API server counts as unreachable.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// kube's client stack (the server's base URI, authentication, extra headers, rustls with
+/// kube's TLS settings, connect/read/write timeouts), with two changes client-go has too:
+/// - TCP_NODELAY: with Nagle's algorithm on, a small write that follows an unacknowledged one
+///   waits for the peer's delayed acknowledgement (~40 ms);
+/// - HTTP/2 offered (ALPN) beside HTTP/1.1: requests made at once share one connection
+///   instead of opening one each (a short-lived process such as the CNI plugin otherwise pays
+///   a TLS handshake with its client certificate per parallel request, inside IPAM's host
+///   lock).
+fn client_of(config: kube::Config) -> Result<kube::Client, kube::Error> {
+    use kube::client::ConfigExt;
+    let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    let tls = config.rustls_client_config()?;
+    let builder = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http();
+    let builder = match config.tls_server_name.as_ref() {
+        Some(name) => {
+            let name = rustls_server_name(name)?;
+            builder.with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(name))
+        }
+        None => builder,
+    };
+    let https = builder.enable_http1().enable_http2().wrap_connector(http);
+    let mut connector = hyper_timeout::TimeoutConnector::new(https);
+    connector.set_connect_timeout(config.connect_timeout);
+    connector.set_read_timeout(config.read_timeout);
+    connector.set_write_timeout(config.write_timeout);
+    let hyper = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build(connector);
+    let service = tower::ServiceBuilder::new()
+        .layer(config.base_uri_layer())
+        .option_layer(config.auth_layer()?)
+        .layer(config.extra_headers_layer()?)
+        .map_err(tower::BoxError::from)
+        .service(hyper);
+    Ok(kube::Client::new(service, config.default_namespace))
+}
+
+/// A kubeconfig's `tls-server-name` as rustls takes it.
+fn rustls_server_name(name: &str) -> Result<rustls_pki_types::ServerName<'static>, kube::Error> {
+    rustls_pki_types::ServerName::try_from(name.to_string())
+        .map_err(|err| kube::Error::Service(format!("tls-server-name {name:?}: {err}").into()))
+}
+
 /// Objects per page of a list.
 const PAGE: u32 = 500;
 
@@ -201,8 +247,7 @@ impl KubeStore {
         let mut config = config;
         config.connect_timeout = Some(CALL_TIMEOUT);
         let server = config.cluster_url.to_string();
-        let client = kube::Client::try_from(config)
-            .map_err(|err| unavailable(format!("{server}: {err}")))?;
+        let client = client_of(config).map_err(|err| unavailable(format!("{server}: {err}")))?;
         match tokio::time::timeout(CALL_TIMEOUT, client.apiserver_version()).await {
             Ok(Ok(_)) => Ok(KubeStore {
                 url: url.to_string(),
@@ -355,11 +400,22 @@ impl KubeStore {
                 _ => return Ok(None),
             },
             (Kind::WorkloadEndpoint, _) => {
-                // Its name is derived from the pod's node and name: find the pod.
-                let (pods, _) = self.list_source(&PODS, namespace).await?;
-                return Ok(pods
-                    .into_iter()
-                    .find(|pod| endpoint_key_of_pod(pod).as_ref() == Some(key)));
+                // Its name is the pod's node and name, escaped: the pod, if it is that one.
+                let Some([_, orchestrator, pod, _]) =
+                    crate::kubernetes::workload_endpoint_parts(&key.name)
+                else {
+                    return Ok(None);
+                };
+                if orchestrator != "k8s" {
+                    return Ok(None);
+                }
+                let api = self.api(&PODS, namespace);
+                let pod = self
+                    .call(Some(key), api.get_opt(&pod))
+                    .await?
+                    .map(|o| serde_json::to_value(o).map_err(|e| self.corrupt(e)))
+                    .transpose()?;
+                return Ok(pod.filter(|pod| endpoint_key_of_pod(pod).as_ref() == Some(key)));
             }
             (other, _) => unreachable!("{other:?} is served"),
         };
@@ -410,19 +466,44 @@ impl KubeStore {
             TxnOp::Update {
                 value, expected, ..
             } => {
-                let current = self.current_revision(&api, &key).await?;
-                let precondition = match expected {
-                    Some(expected) if expected != current => {
+                // A Pod's stored form is a projection: the update goes onto the whole object.
+                let object = if key.kind == Kind::Pod {
+                    let current = self
+                        .call(Some(&key), api.get_opt(&key.name))
+                        .await?
+                        .ok_or_else(|| DatastoreError::NotFound { key: key.clone() })?;
+                    let current = serde_json::to_value(current).map_err(|e| self.corrupt(e))?;
+                    let actual = revision_of(&current).unwrap_or(0);
+                    if let Some(expected) = expected.filter(|e| *e != actual) {
                         return Err(DatastoreError::Conflict {
                             key,
                             expected,
-                            actual: current,
-                        })
+                            actual,
+                        });
                     }
-                    Some(expected) => expected,
-                    None => current,
+                    let merged = objects::pod_update(&current, &value).map_err(|reason| {
+                        DatastoreError::NotWritable {
+                            key: key.clone(),
+                            reason,
+                        }
+                    })?;
+                    self.dynamic(&key, merged)?
+                } else {
+                    // The API server checks the precondition itself (409); only an
+                    // unconditional write needs the current version (a custom resource's
+                    // update must name one).
+                    let precondition = match expected {
+                        Some(expected) => expected,
+                        None => self.current_revision(&api, &key).await?,
+                    };
+                    self.dynamic(&key, to_api(key.kind, &value, Some(precondition)))?
                 };
-                let object = self.dynamic(&key, to_api(key.kind, &value, Some(precondition)))?;
+                let precondition = object
+                    .metadata
+                    .resource_version
+                    .as_deref()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
                 match api
                     .replace(&key.name, &PostParams::default(), &object)
                     .await
@@ -435,6 +516,9 @@ impl KubeStore {
                             expected: precondition,
                             actual,
                         });
+                    }
+                    Err(kube::Error::Api(status)) if status.code == 404 => {
+                        return Err(DatastoreError::NotFound { key });
                     }
                     Err(err) => return Err(self.error(Some(&key), err)),
                 }

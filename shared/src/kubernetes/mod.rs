@@ -177,4 +177,49 @@ pub fn workload_endpoint_name(parts: [&str; 4]) -> String {
         .join("-")
 }
 
+/// The parts of a workload endpoint's name (the inverse of [`workload_endpoint_name`]): a
+/// single `-` separates, `--` is a dash inside a part. None unless there are four parts.
+pub fn workload_endpoint_parts(name: &str) -> Option<[String; 4]> {
+    let mut parts = vec![String::new()];
+    let mut chars = name.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c != '-' {
+            parts.last_mut()?.push(c);
+        } else if chars.peek() == Some(&'-') {
+            chars.next();
+            parts.last_mut()?.push('-');
+        } else {
+            parts.push(String::new());
+        }
+    }
+    parts.try_into().ok()
+}
+
+#[cfg(test)]
+mod name_tests {
+    use super::*;
+
+    #[test]
+    fn endpoint_names_split_back_into_their_parts() {
+        for parts in [
+            ["node-1", "k8s", "web-7f9c-x2", "eth0"],
+            ["n", "k8s", "a--b", "eth0"],
+            ["ip-10-0-0-1.ec2.internal", "k8s", "p", "net1"],
+        ] {
+            let name = workload_endpoint_name(parts);
+            assert_eq!(
+                workload_endpoint_parts(&name),
+                Some(parts.map(String::from)),
+                "{name}"
+            );
+        }
+        // Five single dashes: six parts, not an endpoint name.
+        assert_eq!(workload_endpoint_parts("node-1-k8s-web-eth0"), None);
+        assert_eq!(
+            workload_endpoint_parts("node--1-k8s-web-eth0").unwrap()[0],
+            "node-1"
+        );
+    }
+}
+
 pub mod objects;

@@ -207,6 +207,44 @@ pub fn to_api(kind: Kind, value: &Value, resource_version: Option<i64>) -> Value
     Value::Object(object)
 }
 
+/// A Pod `current` (as the API server has it) with the labels and annotations of `value`
+/// (Twill's stored form): what an update of a Pod writes. The rest of a Pod is the
+/// kubelet's and the scheduler's; a change of the projected spec is refused with the reason.
+pub fn pod_update(current: &Value, value: &Value) -> Result<Value, String> {
+    // What the API server defaulted (the account, pull policies, protocols) is not a change.
+    fn within(wanted: &Value, actual: &Value) -> bool {
+        match (wanted, actual) {
+            (Value::Object(w), Value::Object(a)) => w
+                .iter()
+                .all(|(k, v)| v.is_null() || a.get(k).is_some_and(|av| within(v, av))),
+            (Value::Array(w), Value::Array(a)) => {
+                w.len() == a.len() && w.iter().zip(a).all(|(w, a)| within(w, a))
+            }
+            _ => wanted == actual,
+        }
+    }
+    if !value["spec"].is_null() && !within(&value["spec"], &pod_spec(&current["spec"])) {
+        return Err(
+            "only a Pod's labels and annotations can change here; its spec is the API server's"
+                .into(),
+        );
+    }
+    let mut merged = current.clone();
+    for field in ["labels", "annotations"] {
+        let new = value["metadata"][field].clone();
+        match merged["metadata"].as_object_mut() {
+            Some(metadata) if new.is_null() => {
+                metadata.remove(field);
+            }
+            Some(metadata) => {
+                metadata.insert(field.into(), new);
+            }
+            None => {}
+        }
+    }
+    Ok(merged)
+}
+
 /// The spec fields of a Service the model holds.
 const SERVICE_FIELDS: &[&str] = &[
     "type",
@@ -774,5 +812,39 @@ mod tests {
         let back = to_api(Kind::ServiceAccount, &stored, None);
         assert_eq!(back["secrets"][0]["name"], "builder-token");
         assert!(back.get("spec").is_none(), "{back}");
+    }
+
+    /// An update of a Pod changes its labels and annotations on the whole object; a spec
+    /// as the user wrote it (the server's defaults absent) is no change; another spec is
+    /// refused.
+    #[test]
+    fn a_pod_update_takes_labels_and_annotations_onto_the_whole_pod() {
+        let current = json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "web-1", "namespace": "shop", "resourceVersion": "9",
+                         "labels": {"app": "web"}, "annotations": {"a": "1"}},
+            "spec": {"nodeName": "node-1", "serviceAccountName": "default",
+                     "containers": [{"name": "c", "image": "x", "imagePullPolicy": "Always",
+                                     "ports": [{"containerPort": 80, "protocol": "TCP"}],
+                                     "resources": {}}],
+                     "restartPolicy": "Always"},
+            "status": {"phase": "Running"}
+        });
+        let value = json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "web-1", "namespace": "shop", "labels": {"app": "api"}},
+            "spec": {"nodeName": "node-1", "containers": [{"name": "c", "image": "x",
+                     "ports": [{"containerPort": 80}]}]}
+        });
+        let merged = pod_update(&current, &value).unwrap();
+        assert_eq!(merged["metadata"]["labels"], json!({"app": "api"}));
+        assert!(merged["metadata"].get("annotations").is_none());
+        assert_eq!(merged["spec"]["restartPolicy"], "Always");
+        assert_eq!(merged["metadata"]["resourceVersion"], "9");
+        let mut moved = value.clone();
+        moved["spec"]["nodeName"] = json!("node-2");
+        assert!(pod_update(&current, &moved)
+            .unwrap_err()
+            .contains("labels and annotations"));
     }
 }
