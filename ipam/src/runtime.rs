@@ -127,7 +127,9 @@ pub struct Ipam {
     node: String,
     lock_path: Option<PathBuf>,
     /// The block the last allocation used: tried first next time (it is re-read, so a stale
-    /// hint costs one read).
+    /// hint costs one read). With a lock file it is also kept beside it (`LOCK.hint`), so the
+    /// next process on the node (a CNI plugin lives for one call) starts from it too, without
+    /// listing every block affinity.
     hint: Arc<std::sync::Mutex<Option<IpNet>>>,
 }
 
@@ -163,6 +165,33 @@ impl Ipam {
             node: node.to_string(),
             lock_path,
             hint: Arc::default(),
+        }
+    }
+
+    /// The hint file beside the lock file.
+    fn hint_path(&self) -> Option<PathBuf> {
+        self.lock_path.as_ref().map(|lock| {
+            let mut name = lock.file_name().unwrap_or_default().to_os_string();
+            name.push(".hint");
+            lock.with_file_name(name)
+        })
+    }
+
+    /// The block to try first: this client's last, else the node's last (read under the lock).
+    fn hint(&self) -> Option<IpNet> {
+        let mine = *self.hint.lock().expect("the hint lock is never poisoned");
+        mine.or_else(|| {
+            let text = std::fs::read_to_string(self.hint_path()?).ok()?;
+            text.trim().parse().ok()
+        })
+    }
+
+    /// Remembers the block an allocation used (the file is best effort: a hint is only ever
+    /// a first guess, checked against the block itself).
+    fn set_hint(&self, cidr: IpNet) {
+        *self.hint.lock().expect("the hint lock is never poisoned") = Some(cidr);
+        if let Some(path) = self.hint_path() {
+            let _ = std::fs::write(path, format!("{cidr}\n"));
         }
     }
 
@@ -207,8 +236,11 @@ impl Ipam {
     /// Allocates what `args` asks for; all or nothing (a dual-stack request that gets its
     /// IPv4 address but no IPv6 one gives the IPv4 one back).
     pub async fn assign(&self, args: &AssignArgs) -> Result<Assigned, IpamError> {
-        let _lock = self.lock().await?;
+        // The configuration read does not depend on the lock: read before taking it, so the
+        // lock is held for the block and handle writes alone (on Kubernetes every read is a
+        // round trip to the API server, and every other ADD on the node waits for the lock).
         let snapshot = self.snapshot().await?;
+        let _lock = self.lock().await?;
         let mut addresses = Vec::new();
         let result = self.assign_locked(args, &snapshot, &mut addresses).await;
         match result {
@@ -328,18 +360,33 @@ impl Ipam {
         snapshot: &Snapshot,
         optimistic: bool,
     ) -> Result<Option<IpAddr>, IpamError> {
-        let hint = *self.hint.lock().expect("the hint lock is never poisoned");
+        let hint = self.hint();
         let mine = format!("host:{}", self.node);
         if let Some(cidr) = hint.filter(|c| pools.iter().any(|p| p.cidr.contains(c))) {
-            if let Some(read) = self.read_block(cidr).await? {
-                if read.spec.affinity.as_deref() == Some(mine.as_str()) {
-                    if let Some(ip) = self
-                        .assign_in(read, args, snapshot, false, optimistic)
-                        .await?
-                    {
-                        return Ok(Some(ip));
-                    }
-                }
+            // A new handle is created while the block is read (either way it names the block
+            // before the block holds its address); if the block cannot take the address,
+            // the handle's count for it goes back.
+            let (read, handle_written) = if optimistic {
+                let create = async {
+                    let op = self.handle_op(&args.handle, &[(cidr, 1)], true).await?;
+                    self.write(op).await.map_err(IpamError::from)
+                };
+                let (read, created) = tokio::join!(self.read_block(cidr), create);
+                created?;
+                (read?, true)
+            } else {
+                (self.read_block(cidr).await?, false)
+            };
+            let mut assigned = None;
+            if let Some(read) = read.filter(|r| r.spec.affinity.as_deref() == Some(mine.as_str())) {
+                assigned = self
+                    .assign_in_with(read, args, snapshot, false, optimistic, handle_written)
+                    .await?;
+            } else if handle_written {
+                self.undo_handle(&args.handle, cidr).await;
+            }
+            if let Some(ip) = assigned {
+                return Ok(Some(ip));
             }
         }
         let affine = self.affine_blocks(pools).await?;
@@ -394,6 +441,21 @@ impl Ipam {
         borrowed: bool,
         optimistic: bool,
     ) -> Result<Option<IpAddr>, IpamError> {
+        self.assign_in_with(read, args, snapshot, borrowed, optimistic, false)
+            .await
+    }
+
+    /// [`Ipam::assign_in`], the handle's count for the block already raised when
+    /// `handle_written` (given back if the block has no room).
+    async fn assign_in_with(
+        &self,
+        read: ReadBlock,
+        args: &AssignArgs,
+        snapshot: &Snapshot,
+        borrowed: bool,
+        optimistic: bool,
+        handle_written: bool,
+    ) -> Result<Option<IpAddr>, IpamError> {
         let request = Request {
             count: 1,
             handle: &args.handle,
@@ -402,16 +464,21 @@ impl Ipam {
         };
         let (next, got) =
             block::assign(&read.spec, &request).map_err(|err| self.corrupt_block(&read, err))?;
+        let cidr = block::cidr_of(&next).map_err(|err| self.corrupt_block(&read, err))?;
         let Some(&ip) = got.first() else {
+            if handle_written {
+                self.undo_handle(&args.handle, cidr).await;
+            }
             return Ok(None);
         };
-        let cidr = block::cidr_of(&next).map_err(|err| self.corrupt_block(&read, err))?;
         // The handle first (it must name the block before the block holds its address).
-        self.write(
-            self.handle_op(&args.handle, &[(cidr, 1)], optimistic)
-                .await?,
-        )
-        .await?;
+        if !handle_written {
+            self.write(
+                self.handle_op(&args.handle, &[(cidr, 1)], optimistic)
+                    .await?,
+            )
+            .await?;
+        }
         let block_write = TxnOp::Update {
             key: block_key(cidr),
             value: block_value(cidr, next),
@@ -422,7 +489,7 @@ impl Ipam {
             return Err(err.into());
         }
         if !borrowed {
-            *self.hint.lock().expect("the hint lock is never poisoned") = Some(cidr);
+            self.set_hint(cidr);
         }
         if borrowed {
             tracing::info!(%ip, block = %cidr, node = %self.node, "borrowed an address from another node's block");
@@ -501,7 +568,7 @@ impl Ipam {
                     // The block is ours; the next allocation confirms the affinity.
                     tracing::warn!(block = %cidr, error = %err, "cannot confirm the block's affinity yet");
                 }
-                *self.hint.lock().expect("the hint lock is never poisoned") = Some(cidr);
+                self.set_hint(cidr);
                 tracing::info!(block = %cidr, node = %self.node, "claimed a block");
                 return Ok(Some(ip));
             }
