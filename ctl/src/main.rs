@@ -240,7 +240,27 @@ struct ResolvedCli {
     command: Command,
 }
 
+/// A reader that stops early (`twillctl get … | head`) closes the pipe: Rust ignores SIGPIPE,
+/// so the next print panics. Exit quietly as a command killed by SIGPIPE does (128 + 13),
+/// and leave every other panic to the default hook.
+fn quiet_on_broken_pipe() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or_default();
+        if message.contains("Broken pipe") {
+            std::process::exit(141);
+        }
+        default(info);
+    }));
+}
+
 fn main() -> ExitCode {
+    quiet_on_broken_pipe();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(

@@ -458,3 +458,35 @@ fn orders_come_back_as_applied() {
     let json = ok(url, &["get", "globalnetworkpolicy", "g", "-o", "json"]);
     assert!(json.contains("\"order\": 100.5,"), "{json}");
 }
+
+/// `twillctl get … | head -1`: the reader closes the pipe early; twillctl ends as a command
+/// killed by SIGPIPE does (141), with no panic message.
+#[test]
+fn a_reader_that_stops_early_ends_twillctl_quietly() {
+    let store = sqlite();
+    let sets: String = (0..1500)
+        .map(|n| {
+            format!(
+                "---\napiVersion: projectcalico.org/v3\nkind: GlobalNetworkSet\nmetadata:\n  name: set-{n}\nspec:\n  nets: [198.18.{}.0/24]\n",
+                n % 256
+            )
+        })
+        .collect();
+    let run = twillctl(&store.url, &["apply", "-f", "-"], Some(&sets));
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_twillctl"))
+        .env("TWILL_DATASTORE", &store.url)
+        .args(["get", "globalnetworksets", "-o", "yaml"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut first = [0u8; 16];
+    std::io::Read::read_exact(&mut stdout, &mut first).unwrap();
+    drop(stdout);
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(output.status.code(), Some(141), "{stderr}");
+}
