@@ -748,3 +748,65 @@ async fn the_cni_plugin_annotates_pods_on_the_kubernetes_datastore() {
     assert!(!String::from_utf8_lossy(&links.stdout).contains("eth0"));
     relay.abort();
 }
+
+/// A Pod relabelled through Twill (`twillctl lab apply` on a Kubernetes lab does this): the
+/// labels and annotations go onto the whole Pod, what the API server and the kubelet own
+/// stays, the derived endpoint follows; a spec change and a stale revision are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_relabelled_through_twill_keeps_what_the_api_server_owns() {
+    let server = ApiServer::start(&crds()).await;
+    let store = store_of(&server).await;
+    server.kubectl(
+        &["apply", "-f", "-"],
+        Some(
+            "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: shop\n---\napiVersion: v1\nkind: ServiceAccount\n\
+             metadata:\n  name: default\n  namespace: shop\n---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: web\n  \
+             namespace: shop\n  labels:\n    app: web\n  annotations:\n    cni.projectcalico.org/podIP: 10.90.0.5/32\n\
+             spec:\n  nodeName: node-1\n  containers:\n  - name: c\n    image: nginx\n    ports:\n    - containerPort: 80\n      name: http\n",
+        ),
+    );
+    let key = Key::namespaced(Kind::Pod, "shop", "web");
+    let stored = store.get(&key).await.unwrap().expect("the pod");
+    let mut relabelled = stored.value.clone();
+    relabelled["metadata"]["labels"] = json!({"app": "web", "tier": "front"});
+    let revision = store
+        .update(&key, relabelled.clone(), stored.revision)
+        .await
+        .unwrap();
+    assert!(revision > stored.revision);
+    let labels = server.kubectl(
+        &["get", "pod", "-n", "shop", "web", "-o", "jsonpath={.metadata.labels.tier} {.spec.restartPolicy} {.spec.serviceAccountName} {.metadata.annotations}"],
+        None,
+    );
+    assert!(
+        labels.starts_with("front Always default ") && labels.contains("10.90.0.5/32"),
+        "{labels}"
+    );
+    let endpoint = store
+        .get(&Key::namespaced(
+            Kind::WorkloadEndpoint,
+            "shop",
+            "node--1-k8s-web-eth0",
+        ))
+        .await
+        .unwrap()
+        .expect("the derived endpoint, got by its name");
+    assert_eq!(endpoint.value["metadata"]["labels"]["tier"], "front");
+    // A stale revision: the server's 409, with the actual revision.
+    match store
+        .update(&key, relabelled.clone(), stored.revision)
+        .await
+    {
+        Err(DatastoreError::Conflict { actual, .. }) => assert_eq!(actual, revision),
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    // Moving the pod is not a relabel.
+    let mut moved = relabelled;
+    moved["spec"]["nodeName"] = json!("node-2");
+    match store.update(&key, moved, revision).await {
+        Err(DatastoreError::NotWritable { reason, .. }) => {
+            assert!(reason.contains("labels and annotations"), "{reason}")
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
