@@ -54,6 +54,11 @@ impl ApiServer {
         format!("https://127.0.0.1:{}", self.port)
     }
 
+    /// The API server's process ID, while it runs.
+    pub fn pid(&self) -> Option<i32> {
+        self.child.as_ref().map(|c| c.id() as i32)
+    }
+
     /// The admin kubeconfig.
     pub fn kubeconfig(&self) -> PathBuf {
         self.dir.path().join("admin.kubeconfig")

@@ -43,6 +43,8 @@ pub fn run(output: Option<&str>) -> anyhow::Result<()> {
     writeln!(report, "{}", runtime.block_on(datastore_bench())?)?;
     println!("CNI pod ADD/DEL, IPAM allocations, lab (needs root for network namespaces) ...");
     writeln!(report, "{}", crate::cni::run())?;
+    println!("Kubernetes datastore against etcd (needs root for network namespaces) ...");
+    writeln!(report, "{}", crate::kube_bench::run())?;
     println!("policy: start of day, one change, scaling (needs root for network namespaces) ...");
     writeln!(report, "{}", crate::policy::run())?;
     println!("cluster: pod on A reachable from B, agents at rest, restart (needs root) ...");
@@ -163,13 +165,13 @@ fn selector_bench() -> String {
     )
 }
 
-struct Figures {
-    creates_1: f64,
-    creates_8: f64,
-    cas_1: f64,
-    cas_8: f64,
-    watch_p50_ms: f64,
-    watch_p99_ms: f64,
+pub(crate) struct Figures {
+    pub(crate) creates_1: f64,
+    pub(crate) creates_8: f64,
+    pub(crate) cas_1: f64,
+    pub(crate) cas_8: f64,
+    pub(crate) watch_p50_ms: f64,
+    pub(crate) watch_p99_ms: f64,
 }
 
 fn object(name: &str, n: u64) -> serde_json::Value {
@@ -234,14 +236,16 @@ async fn throughput(
 async fn watch_latency(url: &str, writes: u64) -> anyhow::Result<Vec<f64>> {
     let writer = connect(url).await?;
     let watcher = connect(url).await?;
-    let key = Key::cluster(Kind::Profile, "latency");
-    let start_rev = writer.create(&key, json!({"n": 0})).await?;
-    let mut watch = watcher.watch(Some(Kind::Profile), start_rev).await?;
+    let key = Key::cluster(Kind::GlobalNetworkSet, "latency");
+    let start_rev = writer.create(&key, object("latency", 0)).await?;
+    let mut watch = watcher
+        .watch(Some(Kind::GlobalNetworkSet), start_rev)
+        .await?;
     let mut revision = start_rev;
     let mut samples = Vec::new();
     for n in 1..=writes {
         let start = Instant::now();
-        revision = writer.update(&key, json!({"n": n}), revision).await?;
+        revision = writer.update(&key, object("latency", n), revision).await?;
         loop {
             let batch = tokio::time::timeout(Duration::from_secs(5), watch.next())
                 .await
@@ -258,7 +262,7 @@ async fn watch_latency(url: &str, writes: u64) -> anyhow::Result<Vec<f64>> {
     Ok(samples)
 }
 
-async fn backend_figures(url: &str) -> anyhow::Result<Figures> {
+pub(crate) async fn backend_figures(url: &str) -> anyhow::Result<Figures> {
     let mut creates_1 = Vec::new();
     let mut creates_8 = Vec::new();
     let mut cas_1 = Vec::new();
@@ -280,7 +284,7 @@ async fn backend_figures(url: &str) -> anyhow::Result<Figures> {
         p99.push(percentile(&samples, 0.99));
         let store: Arc<dyn Datastore> = connect(url).await?;
         store
-            .delete(&Key::cluster(Kind::Profile, "latency"), None)
+            .delete(&Key::cluster(Kind::GlobalNetworkSet, "latency"), None)
             .await?;
     }
     Ok(Figures {

@@ -253,7 +253,7 @@ fn rss_mib(pid: i32) -> f64 {
 }
 
 /// utime + stime, in clock ticks.
-fn cpu_ticks(pid: i32) -> u64 {
+pub(crate) fn cpu_ticks(pid: i32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
         .and_then(|s| {

@@ -146,13 +146,24 @@ impl Plugin {
         cni_path: String,
         config: &Value,
     ) -> Plugin {
+        Plugin::with(label, tag, tag.starts_with("tw"), program, cni_path, config)
+    }
+
+    fn with(
+        label: &'static str,
+        tag: &str,
+        is_twill: bool,
+        program: PathBuf,
+        cni_path: String,
+        config: &Value,
+    ) -> Plugin {
         let node = node_namespace(&format!("cn{tag}"));
         let pods = (0..BURST_PODS)
             .map(|_| Netns::new(&format!("cp{tag}")))
             .collect();
         Plugin {
             label,
-            is_twill: tag == "tw",
+            is_twill,
             tag: format!("{tag}{}", std::process::id()),
             program,
             cni_path,
@@ -508,8 +519,192 @@ fn plugins_bench(runtime: &tokio::runtime::Runtime) -> anyhow::Result<String> {
     Ok(out)
 }
 
+/// Bursts of one plugin: ADD seconds, DEL seconds, fewest distinct addresses in a burst,
+/// most left allocated after one.
+pub(crate) type BurstFigures = (Vec<f64>, Vec<f64>, usize, usize);
+
+/// The same burst as [`plugins_bench`]'s (100 pods, 16 ADDs at a time, then the DELs), by the
+/// `twill` plugin on the kubernetes datastore (`kubeconfig`: the API server's admin, reached
+/// from the node namespace through a relay on the same loopback address) and on SQLite, the
+/// two alternating; each pod exists as a Pod in the API server first, as the kubelet's
+/// runtime call presumes. Returns (SQLite, Kubernetes) figures: ADD seconds, DEL seconds,
+/// fewest distinct addresses, most left allocated.
+pub(crate) fn kube_burst(
+    runtime: &tokio::runtime::Runtime,
+    kubeconfig: &Path,
+    server: std::net::SocketAddr,
+) -> anyhow::Result<[BurstFigures; 2]> {
+    let dir = tempfile::Builder::new()
+        .prefix("twill-bench-kcni-")
+        .tempdir()?;
+
+    let twill = workspace_binary("twill");
+    let sqlite_url = format!("sqlite:{}", dir.path().join("twill.db").display());
+    let kube_url = format!("kubernetes:{}", kubeconfig.display());
+    runtime.block_on(async {
+        store_pool(&sqlite_url, "bench-pool", "10.90.0.0/16").await?;
+        store_pool(&kube_url, "bench-pool", "10.90.0.0/16").await?;
+        let store = connect(&kube_url).await?;
+        let namespace = json!({"apiVersion": "v1", "kind": "Namespace",
+                               "metadata": {"name": POD_NAMESPACE}});
+        store
+            .create(
+                &twill_shared::resource::Key::cluster(
+                    twill_shared::resource::Kind::Namespace,
+                    POD_NAMESPACE,
+                ),
+                namespace,
+            )
+            .await?;
+        // The account the controller-manager would make (a Pod is admitted only with it).
+        let account = json!({"apiVersion": "v1", "kind": "ServiceAccount",
+                             "metadata": {"name": "default", "namespace": POD_NAMESPACE}});
+        store
+            .create(
+                &twill_shared::resource::Key::namespaced(
+                    twill_shared::resource::Kind::ServiceAccount,
+                    POD_NAMESPACE,
+                    "default",
+                ),
+                account,
+            )
+            .await?;
+        for index in 0..BURST_PODS {
+            let name = format!("b{index}");
+            let pod = json!({"apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": name, "namespace": POD_NAMESPACE, "labels": {"app": "burst"}},
+                "spec": {"nodeName": "node-1", "containers": [{"name": "c", "image": "bench",
+                         "ports": [{"name": "http", "containerPort": 8080}]}]}});
+            store
+                .create(
+                    &twill_shared::resource::Key::namespaced(
+                        twill_shared::resource::Kind::Pod,
+                        POD_NAMESPACE,
+                        &name,
+                    ),
+                    pod,
+                )
+                .await?;
+        }
+        Ok::<_, anyhow::Error>(())
+    })?;
+    let config = |datastore: Value, kubeconfig: Option<&Path>| {
+        let mut config = json!({
+            "cniVersion": "1.0.0", "name": "k8s-pod-network", "type": "twill",
+            "datastore": datastore, "nodename": "node-1", "mtu": 1500, "log_level": "warn",
+            "log_file_path": dir.path().join("cni.log"),
+            "ipam_lock_file": dir.path().join("ipam.lock"),
+            "ipam": {"type": "twill-ipam", "assign_ipv4": "true"},
+            "node_health_address": "none",
+        });
+        if let Some(kubeconfig) = kubeconfig {
+            config["kubeconfig"] = json!(kubeconfig);
+        }
+        config
+    };
+    let target_dir = twill
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
+        .display()
+        .to_string();
+    let plugins = [
+        Plugin::with(
+            "Twill on SQLite",
+            "ts",
+            true,
+            twill.clone(),
+            target_dir.clone(),
+            &config(json!(sqlite_url), None),
+        ),
+        Plugin::with(
+            "Twill on Kubernetes",
+            "tk",
+            true,
+            twill,
+            target_dir,
+            &config(json!("kubernetes"), Some(kubeconfig)),
+        ),
+    ];
+    // The API server listens on the machine's loopback; the node namespace has its own. A
+    // relay inside it on the same address carries the plugin's connections out.
+    let mut relay = Command::new(workspace_binary("twillctl"))
+        .args([
+            "lab",
+            "relay",
+            "--netns",
+            &format!("/run/netns/{}", plugins[1].node.name()),
+            "--listen",
+            &server.to_string(),
+            "--connect",
+            &server.to_string(),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("cannot start the relay (cargo build --release -p twillctl)")?;
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(relay.stdout.take().context("relay output")?),
+        &mut line,
+    )?;
+    let _relay = Kill(relay);
+    if line.trim() != "listening" {
+        bail!("the relay into {} did not start", plugins[1].node.name());
+    }
+    let urls = [sqlite_url.as_str(), kube_url.as_str()];
+    for plugin in &plugins {
+        plugin.call("ADD", 0, "b0")?;
+        plugin.call("DEL", 0, "b0")?;
+    }
+    let mut figures: [BurstFigures; 2] = Default::default();
+    for f in &mut figures {
+        f.2 = BURST_PODS;
+    }
+    for round in 0..BURST_RUNS {
+        for offset in 0..plugins.len() {
+            let p = (round + offset) % plugins.len();
+            let plugin = &plugins[p];
+            let (add, calls) = parallel(BURST_PODS, BURST_PARALLEL, |index| {
+                plugin.call("ADD", index, &format!("b{index}"))
+            })?;
+            let all: Vec<IpAddr> = calls.iter().flat_map(|c| addresses(&c.result)).collect();
+            if all.len() != BURST_PODS {
+                bail!(
+                    "{}: {} addresses for {BURST_PODS} ADDs",
+                    plugin.label,
+                    all.len()
+                );
+            }
+            let distinct: HashSet<IpAddr> = all.iter().copied().collect();
+            let (del, _) = parallel(BURST_PODS, BURST_PARALLEL, |index| {
+                plugin.call("DEL", index, &format!("b{index}"))
+            })?;
+            let left = leftovers(plugin, dir.path(), urls[p], runtime)?;
+            println!(
+                "    {} burst {round}: ADD {add:.3} s, DEL {del:.3} s, {} distinct, {left} left allocated",
+                plugin.label,
+                distinct.len()
+            );
+            figures[p].0.push(add);
+            figures[p].1.push(del);
+            figures[p].2 = figures[p].2.min(distinct.len());
+            figures[p].3 = figures[p].3.max(left);
+        }
+    }
+    Ok(figures)
+}
+
 /// Stores an IPv4 pool with /26 blocks.
-async fn store_pool(url: &str, name: &str, cidr: &str) -> anyhow::Result<()> {
+pub(crate) async fn store_pool(url: &str, name: &str, cidr: &str) -> anyhow::Result<()> {
     let store = connect(url).await?;
     let pool = json!({"apiVersion": "projectcalico.org/v3", "kind": "IPPool",
         "metadata": {"name": name},
@@ -586,7 +781,7 @@ async fn ipam_rate(url: &str, lock: Option<&Path>) -> anyhow::Result<IpamRun> {
 
 /// Medians of both cases on one backend, each run on a fresh datastore (`fresh` gives its
 /// URL and a guard to keep while it is used); fails on a duplicate address.
-async fn ipam_figures<G, F, Fut>(
+pub(crate) async fn ipam_figures<G, F, Fut>(
     name: &str,
     lock_dir: &Path,
     fresh: F,

@@ -11,6 +11,7 @@ mod crds;
 mod ingest;
 mod k8s;
 mod kernel_routes;
+mod kube_bench;
 mod policy;
 
 fn main() -> anyhow::Result<()> {
@@ -55,6 +56,10 @@ fn main() -> anyhow::Result<()> {
             print!("{}", cluster::run());
             Ok(())
         }
+        Some("bench-kube") => {
+            print!("{}", kube_bench::run_parts(&args[1..]));
+            Ok(())
+        }
         Some("bench-cni") => {
             print!("{}", cni::run());
             Ok(())
@@ -85,7 +90,7 @@ fn main() -> anyhow::Result<()> {
         }
         _ => {
             eprintln!(
-                "usage: cargo xtask bench [OUTPUT.md] | bench-bgp [PREFIXES...] [realistic PREFIXES...] | bench-sqlite-sync | bench-policy | bench-cni | k8s-build | bench-ingest [realistic] [PREFIXES...]"
+                "usage: cargo xtask bench [OUTPUT.md] | bench-bgp [PREFIXES...] [realistic PREFIXES...] | bench-sqlite-sync | bench-policy | bench-cni | bench-kube | k8s-build | bench-ingest [realistic] [PREFIXES...]"
             );
             std::process::exit(2);
         }
