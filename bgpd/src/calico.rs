@@ -303,7 +303,8 @@ impl Cluster {
     /// ready endpoint of the address's family (traffic arrives only where it is served). With
     /// `Cluster`, only when an external or load-balancer address is a single-address entry of
     /// those lists (the range covers the rest), and then from every node, while the Service
-    /// has a ready endpoint anywhere (Calico: while its Endpoints object exists).
+    /// has a ready endpoint anywhere (Calico: while its Endpoints object exists). An unset
+    /// policy (a ClusterIP Service's) is neither: the ranges alone cover it, as in Calico.
     fn service_routes(&self, node: &str, global: &BgpConfigurationSpec) -> BTreeSet<IpNet> {
         let cidrs = |list: &Option<Vec<twill_shared::resource::bgp::ServiceCidr>>| -> Vec<IpNet> {
             list.iter()
@@ -388,14 +389,16 @@ impl Cluster {
                         .map(move |a| (e.node_name.as_deref(), a.is_ipv6()))
                 })
                 .collect();
-            let local = spec.external_traffic_policy.as_deref() == Some("Local");
-            if local {
+            // Calico's rules name the policy: an unset one (a ClusterIP Service's) is
+            // neither, and only the ranges cover such a Service.
+            let policy = spec.external_traffic_policy.as_deref();
+            if policy == Some("Local") {
                 for address in candidates {
                     if endpoints.contains(&(Some(node), address.is_ipv6())) {
                         routes.insert(IpNet::from(address));
                     }
                 }
-            } else {
+            } else if policy == Some("Cluster") {
                 let balancer_single = spec.type_.as_deref() == Some("LoadBalancer")
                     && spec
                         .load_balancer_ip
@@ -1824,10 +1827,18 @@ mod tests {
                 "status:\n  loadBalancer:\n    ingress:\n    - ip: 198.19.20.30\n",
             ),
             slice("ranged", "IPv4", &[("10.90.0.6", "a", true)]),
+            // No policy (a ClusterIP Service): a single-address external IP and a ready
+            // endpoint, yet only the ranges cover it, as in Calico.
+            service(
+                "plain",
+                "  clusterIP: 10.96.0.50\n  externalIPs: [198.19.11.7]\n  ports:\n  - port: 80\n",
+                "",
+            ),
+            slice("plain", "IPv4", &[("10.90.0.9", "a", true)]),
             // Cluster, a single-address external IP, but no ready endpoint anywhere.
             service(
                 "idle",
-                "  clusterIP: 10.96.0.40\n  externalIPs: [198.19.11.7]\n  ports:\n  - port: 80\n",
+                "  type: NodePort\n  clusterIP: 10.96.0.40\n  externalTrafficPolicy: Cluster\n  externalIPs: [198.19.11.7]\n  ports:\n  - port: 80\n",
                 "",
             ),
             slice("idle", "IPv4", &[("10.90.0.7", "a", false)]),

@@ -329,8 +329,12 @@ fn calico_etcd(raw: &Value) -> Result<Option<String>, CniError> {
         ("etcd_key_file", "key"),
     ];
     let mut query = Vec::new();
+    // Calico's etcd manifest writes the file keys empty when etcd has no TLS: empty is unset.
+    let set = |key: &str| -> Result<Option<String>, CniError> {
+        Ok(optional_string(raw, key)?.filter(|v| !v.trim().is_empty()))
+    };
     for (key, parameter) in files {
-        if let Some(path) = optional_string(raw, key)? {
+        if let Some(path) = set(key)? {
             if path.contains(['&', '?', ',']) {
                 return Err(CniError::config(
                     key,
@@ -340,8 +344,11 @@ fn calico_etcd(raw: &Value) -> Result<Option<String>, CniError> {
             query.push(format!("{parameter}={path}"));
         }
     }
-    let Some(endpoints) = optional_string(raw, "etcd_endpoints")? else {
-        if let Some((key, _)) = files.iter().find(|(key, _)| raw.get(*key).is_some()) {
+    let Some(endpoints) = set("etcd_endpoints")? else {
+        if let Some((key, _)) = files
+            .iter()
+            .find(|(key, _)| !query.is_empty() && raw.get(*key).is_some())
+        {
             return Err(CniError::config(key, "only with etcd_endpoints"));
         }
         return Ok(None);
@@ -600,6 +607,16 @@ mod tests {
                 .unwrap()
                 .datastore,
             "etcd://198.18.0.1:2379,198.18.0.2:2379"
+        );
+        // Calico's etcd manifest leaves the file keys empty without TLS.
+        assert_eq!(
+            conf(
+                r#""etcd_endpoints": "http://198.18.0.1:2379", "etcd_ca_cert_file": "",
+                   "etcd_cert_file": "", "etcd_key_file": """#
+            )
+            .unwrap()
+            .datastore,
+            "etcd://198.18.0.1:2379"
         );
         assert_eq!(
             conf(

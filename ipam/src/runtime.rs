@@ -195,6 +195,14 @@ impl Ipam {
         }
     }
 
+    /// Forgets the hint (in memory and beside the lock file).
+    fn clear_hint(&self) {
+        *self.hint.lock().expect("the hint lock is never poisoned") = None;
+        if let Some(path) = self.hint_path() {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+
     /// One write of one object.
     async fn write(&self, op: TxnOp) -> Result<Revision, DatastoreError> {
         self.store.txn(vec![op]).await
@@ -373,21 +381,34 @@ impl Ipam {
                 };
                 let (read, created) = tokio::join!(self.read_block(cidr), create);
                 created?;
-                (read?, true)
+                match read {
+                    Ok(read) => (read, true),
+                    Err(err) => {
+                        self.undo_handle(&args.handle, cidr).await;
+                        return Err(err);
+                    }
+                }
             } else {
                 (self.read_block(cidr).await?, false)
             };
             let mut assigned = None;
             if let Some(read) = read.filter(|r| r.spec.affinity.as_deref() == Some(mine.as_str())) {
-                assigned = self
+                let result = self
                     .assign_in_with(read, args, snapshot, false, optimistic, handle_written)
-                    .await?;
+                    .await;
+                if handle_written && matches!(result, Err(IpamError::Corrupt { .. })) {
+                    self.undo_handle(&args.handle, cidr).await;
+                }
+                assigned = result?;
             } else if handle_written {
                 self.undo_handle(&args.handle, cidr).await;
             }
             if let Some(ip) = assigned {
                 return Ok(Some(ip));
             }
+            // The hinted block is full or no longer this node's: the next allocation does not
+            // start from it.
+            self.clear_hint();
         }
         let affine = self.affine_blocks(pools).await?;
         for cidr in affine.iter().filter(|c| Some(**c) != hint) {

@@ -36,8 +36,9 @@ use crate::resource::{Key, Kind};
 /// How long connecting (and each call) may take before the API server counts as unreachable.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// kube's client stack (the server's base URI, authentication, extra headers, rustls with
-/// kube's TLS settings, connect/read/write timeouts), with two changes client-go has too:
+/// kube's client stack (the server's base URI, retries of 429/503/504 as kube does them,
+/// authentication, extra headers, rustls with kube's TLS settings, connect/read/write
+/// timeouts), with changes client-go has too:
 /// - TCP_NODELAY: with Nagle's algorithm on, a small write that follows an unacknowledged one
 ///   waits for the peer's delayed acknowledgement (~40 ms);
 /// - HTTP/2 offered (ALPN) beside HTTP/1.1: requests made at once share one connection
@@ -46,9 +47,16 @@ pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 ///   lock).
 fn client_of(config: kube::Config) -> Result<kube::Client, kube::Error> {
     use kube::client::ConfigExt;
+    if let Some(proxy) = &config.proxy_url {
+        // kube's proxy support is not built in; going direct would ignore what was asked.
+        return Err(kube::Error::Service(
+            format!("the kubeconfig names a proxy ({proxy}), which Twill does not support").into(),
+        ));
+    }
     let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
+    http.set_keepalive(Some(Duration::from_secs(30)));
     let tls = config.rustls_client_config()?;
     let builder = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
@@ -65,10 +73,21 @@ fn client_of(config: kube::Config) -> Result<kube::Client, kube::Error> {
     connector.set_connect_timeout(config.connect_timeout);
     connector.set_read_timeout(config.read_timeout);
     connector.set_write_timeout(config.write_timeout);
+    // One HTTP/2 connection carries every call and watch: a connection that dies silently
+    // (a failover, a lost conntrack entry) is found by pings, as client-go finds it, instead
+    // of stalling every watch until the kernel gives up.
     let hyper = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .timer(hyper_util::rt::TokioTimer::new())
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .http2_keep_alive_timeout(Duration::from_secs(15))
+        .http2_keep_alive_while_idle(true)
         .build(connector);
+    let retry = config
+        .default_retry
+        .then(|| tower::retry::RetryLayer::new(kube::client::retry::RetryPolicy::server_retry()));
     let service = tower::ServiceBuilder::new()
         .layer(config.base_uri_layer())
+        .option_layer(retry)
         .option_layer(config.auth_layer()?)
         .layer(config.extra_headers_layer()?)
         .map_err(tower::BoxError::from)
