@@ -346,6 +346,20 @@ impl KubeStore {
         }
     }
 
+    /// `work` within the bound [`KubeStore::call`] gives a call, its API errors left to the
+    /// caller (a 409 or 404 that means something there).
+    async fn bounded<T>(
+        &self,
+        work: impl std::future::Future<Output = Result<T, kube::Error>>,
+    ) -> Result<Result<T, kube::Error>, DatastoreError> {
+        tokio::time::timeout(CALL_TIMEOUT * 2, work)
+            .await
+            .map_err(|_| DatastoreError::Unavailable {
+                url: self.url.clone(),
+                reason: format!("no answer within {}s", (CALL_TIMEOUT * 2).as_secs()),
+            })
+    }
+
     /// Every object of a source (all pages); the list's revision.
     async fn list_source(
         &self,
@@ -464,6 +478,22 @@ impl KubeStore {
 
     /// One write: its revision.
     async fn write(&self, op: TxnOp) -> Result<Revision, DatastoreError> {
+        // An unconditional update of a Pod is merged onto the Pod as it is: when the kubelet
+        // wrote it in between (its status), merge again rather than report a conflict nobody
+        // asked for.
+        if matches!(&op, TxnOp::Update { key, expected: None, .. } if key.kind == Kind::Pod) {
+            for _ in 0..4 {
+                match self.write_once(op.clone()).await {
+                    Err(DatastoreError::Conflict { .. }) => continue,
+                    other => return other,
+                }
+            }
+        }
+        self.write_once(op).await
+    }
+
+    /// One write, once.
+    async fn write_once(&self, op: TxnOp) -> Result<Revision, DatastoreError> {
         let key = op.key().clone();
         let resource = match (key.kind, served(key.kind)) {
             (_, Served::Crd(resource) | Served::Native(resource)) => resource,
@@ -523,9 +553,9 @@ impl KubeStore {
                     .as_deref()
                     .and_then(|v| v.parse().ok())
                     .unwrap_or(0);
-                match api
-                    .replace(&key.name, &PostParams::default(), &object)
-                    .await
+                match self
+                    .bounded(api.replace(&key.name, &PostParams::default(), &object))
+                    .await?
                 {
                     Ok(written) => written,
                     Err(kube::Error::Api(status)) if status.code == 409 => {
@@ -556,7 +586,7 @@ impl KubeStore {
                 if key.kind == Kind::Pod {
                     params.grace_period_seconds = Some(0);
                 }
-                return match api.delete(&key.name, &params).await {
+                return match self.bounded(api.delete(&key.name, &params)).await? {
                     Ok(_) => Ok(0),
                     Err(kube::Error::Api(status)) if status.code == 409 => {
                         let actual = self.current_revision(&api, &key).await?;
@@ -650,9 +680,9 @@ impl KubeStore {
                 self.call(Some(&key), api.create(&PostParams::default(), &object))
                     .await?
             }
-            Some(expected) => match api
-                .replace(&key.name, &PostParams::default(), &object)
-                .await
+            Some(expected) => match self
+                .bounded(api.replace(&key.name, &PostParams::default(), &object))
+                .await?
             {
                 Ok(written) => written,
                 Err(kube::Error::Api(status)) if status.code == 409 => {
@@ -762,9 +792,9 @@ impl super::Datastore for KubeStore {
             metadata["resourceVersion"] = expected.to_string().into();
         }
         let patch = kube::api::Patch::Merge(serde_json::json!({"metadata": metadata}));
-        match api
-            .patch(&key.name, &kube::api::PatchParams::default(), &patch)
-            .await
+        match self
+            .bounded(api.patch(&key.name, &kube::api::PatchParams::default(), &patch))
+            .await?
         {
             Ok(written) => {
                 let value = serde_json::to_value(written).map_err(|e| self.corrupt(e))?;
