@@ -11,6 +11,7 @@ use std::io::{BufRead, BufReader};
 use std::net::IpAddr;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde_json::json;
 use twill_interop_tests::etcd::Etcd;
@@ -247,7 +248,10 @@ async fn hammer(url: String) {
     // The GC frees the leaks (grace 0 here) and nothing else.
     let ipam = Ipam::new(store.clone(), "node-a", None);
     let mut gc = Gc::default();
-    let released = gc.run(&ipam, 0, 1).await.unwrap();
+    let released = gc
+        .run(&ipam, Duration::from_secs(0), Duration::from_secs(1))
+        .await
+        .unwrap();
     assert_eq!(released.into_iter().collect::<BTreeSet<_>>(), expected);
     let after = report(store.as_ref()).await.unwrap();
     assert!(after.is_clean(), "{after:?}");

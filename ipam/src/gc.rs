@@ -86,16 +86,18 @@ fn collectable(report: &Report) -> BTreeSet<String> {
 /// The leak collector's memory between runs: when each candidate was first seen leaked.
 #[derive(Debug, Default)]
 pub struct Gc {
-    candidates: BTreeMap<String, u64>,
+    candidates: BTreeMap<String, std::time::Duration>,
 }
 
 impl Gc {
-    /// One pass at `now` (seconds): returns the handles released.
+    /// One pass at `now` (since any fixed epoch, at full precision: whole seconds would let a
+    /// candidate go up to a second before its grace period ends): returns the handles
+    /// released.
     pub async fn run(
         &mut self,
         ipam: &Ipam,
-        grace: u64,
-        now: u64,
+        grace: std::time::Duration,
+        now: std::time::Duration,
     ) -> Result<Vec<String>, IpamError> {
         let leaked = collectable(&report(ipam.store().as_ref()).await?);
         self.candidates.retain(|handle, _| leaked.contains(handle));
@@ -124,7 +126,7 @@ impl Gc {
     }
 
     /// The current candidates and when each was first seen.
-    pub fn candidates(&self) -> &BTreeMap<String, u64> {
+    pub fn candidates(&self) -> &BTreeMap<String, std::time::Duration> {
         &self.candidates
     }
 }

@@ -149,7 +149,15 @@ struct ReadBlock {
     revision: Revision,
 }
 
-/// Seconds since the epoch (the edge reads the clock).
+/// Time since the Unix epoch, at full precision (the edge reads the clock).
+pub fn now_since_epoch() -> std::time::Duration {
+    #[allow(clippy::disallowed_methods)] // The runtime is an edge.
+    let now = std::time::SystemTime::now();
+    now.duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+}
+
+/// Seconds since the Unix epoch.
 pub fn now_seconds() -> u64 {
     #[allow(clippy::disallowed_methods)] // The runtime is an edge.
     let now = std::time::SystemTime::now();

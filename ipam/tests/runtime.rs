@@ -4,6 +4,7 @@
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde_json::json;
 use twill_ipam::gc::{report, Gc};
@@ -339,14 +340,25 @@ async fn the_gc_waits_for_the_grace_period_and_spares_what_an_endpoint_claims() 
         .unwrap();
     let mut gc = Gc::default();
     assert!(
-        gc.run(&ipam, 900, 1000).await.unwrap().is_empty(),
+        gc.run(&ipam, Duration::from_secs(900), Duration::from_secs(1000))
+            .await
+            .unwrap()
+            .is_empty(),
         "first seen: a candidate only"
     );
     assert!(
-        gc.run(&ipam, 900, 1899).await.unwrap().is_empty(),
+        gc.run(&ipam, Duration::from_secs(900), Duration::from_secs(1899))
+            .await
+            .unwrap()
+            .is_empty(),
         "still within the grace period"
     );
-    assert_eq!(gc.run(&ipam, 900, 1900).await.unwrap(), ["net.leaked"]);
+    assert_eq!(
+        gc.run(&ipam, Duration::from_secs(900), Duration::from_secs(1900))
+            .await
+            .unwrap(),
+        ["net.leaked"]
+    );
     assert!(report(s.store.as_ref()).await.unwrap().is_clean());
     assert_eq!(ipam.addresses_of_handle("net.kept").await.unwrap(), [kept]);
 }
@@ -415,7 +427,10 @@ async fn a_claim_cut_short_is_repaired_by_the_next_allocation() {
     let found = report(s.store.as_ref()).await.unwrap();
     assert_eq!(found.empty_handles, ["k8s-pod-network.gone"]);
     let mut gc = Gc::default();
-    let released = gc.run(&ipam, 0, 1).await.unwrap();
+    let released = gc
+        .run(&ipam, Duration::from_secs(0), Duration::from_secs(1))
+        .await
+        .unwrap();
     assert!(
         released.contains(&"k8s-pod-network.gone".to_string()),
         "{released:?}"

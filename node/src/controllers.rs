@@ -496,8 +496,8 @@ async fn pass(
     let released = gc
         .run(
             ipam,
-            settings.leak_grace.as_secs(),
-            twill_ipam::runtime::now_seconds(),
+            settings.leak_grace,
+            twill_ipam::runtime::now_since_epoch(),
         )
         .await?;
     if let Ok(m) = metrics.lock() {
