@@ -1136,22 +1136,7 @@ fn kubectl(lab: &LabGuard, args: &[&str], stdin: &str) -> String {
     let kubeconfig = status["kubeconfig"]
         .as_str()
         .expect("a lab on the kubernetes datastore names its kubeconfig");
-    let mut child = Command::new(twill_lab::kube::binaries().join("kubectl"))
-        .args(["--kubeconfig", kubeconfig])
-        .args(args)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("kubectl runs (make builds it)");
-    std::io::Write::write_all(&mut child.stdin.take().unwrap(), stdin.as_bytes()).unwrap();
-    let output = child.wait_with_output().unwrap();
-    assert!(
-        output.status.success(),
-        "kubectl {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
+    common::kubectl(kubeconfig, args, stdin).unwrap_or_else(|err| panic!("{err}"))
 }
 
 /// The next hops gobgpd's RIB holds for `prefix` (`gobgp global rib`: one line per path,

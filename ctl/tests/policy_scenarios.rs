@@ -174,23 +174,7 @@ impl LabGuard {
     /// kubectl against the lab's API server.
     fn kubectl(&self, args: &[&str], stdin: &str) -> Result<String, String> {
         let kubeconfig = self.kubeconfig.as_deref().expect("a Kubernetes lab");
-        let mut child = Command::new(twill_lab::kube::binaries().join("kubectl"))
-            .args(["--kubeconfig", kubeconfig])
-            .args(args)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("kubectl runs (make builds it)");
-        std::io::Write::write_all(&mut child.stdin.take().unwrap(), stdin.as_bytes()).unwrap();
-        let output = child.wait_with_output().unwrap();
-        if !output.status.success() {
-            return Err(format!(
-                "kubectl {args:?} failed: {}",
-                String::from_utf8_lossy(&output.stderr).trim()
-            ));
-        }
-        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+        common::kubectl(kubeconfig, args, stdin)
     }
 
     /// `lab apply -f -`, then `lab sync`; both must succeed.

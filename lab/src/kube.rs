@@ -106,15 +106,8 @@ fn openssl(dir: &Path, args: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A certificate `NAME.crt` and key `NAME.key` in `dir`, signed by its `ca.crt`.
-fn signed(dir: &Path, name: &str, subject: &str, extensions: &str) -> anyhow::Result<()> {
-    let (key, csr, ext, crt) = (
-        format!("{name}.key"),
-        format!("{name}.csr"),
-        format!("{name}.ext"),
-        format!("{name}.crt"),
-    );
-    std::fs::write(dir.join(&ext), extensions)?;
+/// A new P-256 private key `file` in `dir`.
+fn ec_key(dir: &Path, file: &str) -> anyhow::Result<()> {
     openssl(
         dir,
         &[
@@ -124,9 +117,21 @@ fn signed(dir: &Path, name: &str, subject: &str, extensions: &str) -> anyhow::Re
             "-genkey",
             "-noout",
             "-out",
-            &key,
+            file,
         ],
-    )?;
+    )
+}
+
+/// A certificate `NAME.crt` and key `NAME.key` in `dir`, signed by its `ca.crt`.
+fn signed(dir: &Path, name: &str, subject: &str, extensions: &str) -> anyhow::Result<()> {
+    let (key, csr, ext, crt) = (
+        format!("{name}.key"),
+        format!("{name}.csr"),
+        format!("{name}.ext"),
+        format!("{name}.crt"),
+    );
+    std::fs::write(dir.join(&ext), extensions)?;
+    ec_key(dir, &key)?;
     openssl(
         dir,
         &["req", "-new", "-key", &key, "-subj", subject, "-out", &csr],
@@ -157,18 +162,7 @@ fn signed(dir: &Path, name: &str, subject: &str, extensions: &str) -> anyhow::Re
 /// A certificate authority in `dir`: `ca.key` and the self-signed `ca.crt`.
 fn make_ca(dir: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir)?;
-    openssl(
-        dir,
-        &[
-            "ecparam",
-            "-name",
-            "prime256v1",
-            "-genkey",
-            "-noout",
-            "-out",
-            "ca.key",
-        ],
-    )?;
+    ec_key(dir, "ca.key")?;
     openssl(
         dir,
         &[
@@ -230,18 +224,7 @@ pub fn make_certificates(dir: &Path, server_ips: &[&str]) -> anyhow::Result<()> 
         ),
     )?;
     client_certificate(dir, "admin", "twill-admin", &["system:masters"])?;
-    openssl(
-        dir,
-        &[
-            "ecparam",
-            "-name",
-            "prime256v1",
-            "-genkey",
-            "-noout",
-            "-out",
-            "sa.key",
-        ],
-    )?;
+    ec_key(dir, "sa.key")?;
     openssl(dir, &["ec", "-in", "sa.key", "-pubout", "-out", "sa.pub"])
 }
 

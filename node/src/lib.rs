@@ -23,3 +23,20 @@ pub mod health;
 pub mod interfaces;
 pub mod routes;
 pub mod status;
+
+/// Logs to standard error at `TWILL_LOG` (default info), as JSON or text (coloured on a
+/// terminal): how both binaries of this crate log.
+pub fn init_logging(json: bool) {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_env("TWILL_LOG").unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init();
+    }
+}

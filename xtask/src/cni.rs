@@ -47,7 +47,7 @@ const REFERENCE_DIR: &str = "/usr/lib/cni";
 /// The pod network's Kubernetes namespace in CNI_ARGS.
 const POD_NAMESPACE: &str = "bench";
 
-fn median(mut values: Vec<f64>) -> f64 {
+pub(crate) fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(|a, b| a.total_cmp(b));
     values[values.len() / 2]
 }
@@ -82,7 +82,7 @@ pub fn run() -> String {
 }
 
 /// The part's text, or a line saying it failed (an error or a panic).
-fn guarded(what: &str, part: impl FnOnce() -> anyhow::Result<String>) -> String {
+pub(crate) fn guarded(what: &str, part: impl FnOnce() -> anyhow::Result<String>) -> String {
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(part)) {
         Ok(Ok(text)) => text,
         Ok(Err(err)) => {
@@ -305,6 +305,24 @@ struct PluginFigures {
     left: Vec<usize>,
 }
 
+/// The `twill` plugin's network configuration on `datastore` (with `kubeconfig` on
+/// Kubernetes), its log and lock files in `dir`. The plugin alone, as ptp runs alone: no
+/// twill-node to ask (the cluster benchmark measures pod creation with it).
+fn twill_config(dir: &Path, datastore: &str, kubeconfig: Option<&Path>) -> Value {
+    let mut config = json!({
+        "cniVersion": "1.0.0", "name": "k8s-pod-network", "type": "twill",
+        "datastore": datastore, "nodename": "node-1", "mtu": 1500, "log_level": "warn",
+        "log_file_path": dir.join("cni.log"),
+        "ipam_lock_file": dir.join("ipam.lock"),
+        "ipam": {"type": "twill-ipam", "assign_ipv4": "true"},
+        "node_health_address": "none",
+    });
+    if let Some(kubeconfig) = kubeconfig {
+        config["kubeconfig"] = json!(kubeconfig);
+    }
+    config
+}
+
 fn plugins_bench(runtime: &tokio::runtime::Runtime) -> anyhow::Result<String> {
     let dir = tempfile::Builder::new()
         .prefix("twill-bench-cni-")
@@ -318,16 +336,7 @@ fn plugins_bench(runtime: &tokio::runtime::Runtime) -> anyhow::Result<String> {
     }
     let url = format!("sqlite:{}", dir.path().join("twill.db").display());
     runtime.block_on(store_pool(&url, "bench-pool", "10.90.0.0/16"))?;
-    let twill_config = json!({
-        "cniVersion": "1.0.0", "name": "k8s-pod-network", "type": "twill",
-        "datastore": url, "nodename": "node-1", "mtu": 1500, "log_level": "warn",
-        "log_file_path": dir.path().join("cni.log"),
-        "ipam_lock_file": dir.path().join("ipam.lock"),
-        "ipam": {"type": "twill-ipam", "assign_ipv4": "true"},
-        // The plugin alone, as ptp runs alone: no twill-node to ask (the cluster benchmark
-        // measures pod creation with it).
-        "node_health_address": "none",
-    });
+    let twill_config = twill_config(dir.path(), &url, None);
     let reference_config = json!({
         "cniVersion": "1.0.0", "name": "ref", "type": "ptp",
         "ipam": {"type": "host-local", "subnet": "10.91.0.0/16", "dataDir": dir.path().join("hl")},
@@ -588,20 +597,7 @@ pub(crate) fn kube_burst(
         }
         Ok::<_, anyhow::Error>(())
     })?;
-    let config = |datastore: Value, kubeconfig: Option<&Path>| {
-        let mut config = json!({
-            "cniVersion": "1.0.0", "name": "k8s-pod-network", "type": "twill",
-            "datastore": datastore, "nodename": "node-1", "mtu": 1500, "log_level": "warn",
-            "log_file_path": dir.path().join("cni.log"),
-            "ipam_lock_file": dir.path().join("ipam.lock"),
-            "ipam": {"type": "twill-ipam", "assign_ipv4": "true"},
-            "node_health_address": "none",
-        });
-        if let Some(kubeconfig) = kubeconfig {
-            config["kubeconfig"] = json!(kubeconfig);
-        }
-        config
-    };
+    let config = |datastore: &str, kubeconfig| twill_config(dir.path(), datastore, kubeconfig);
     let target_dir = twill
         .parent()
         .map(Path::to_path_buf)
@@ -615,7 +611,7 @@ pub(crate) fn kube_burst(
             true,
             twill.clone(),
             target_dir.clone(),
-            &config(json!(sqlite_url), None),
+            &config(&sqlite_url, None),
         ),
         Plugin::with(
             "Twill on Kubernetes",
@@ -623,43 +619,12 @@ pub(crate) fn kube_burst(
             true,
             twill,
             target_dir,
-            &config(json!("kubernetes"), Some(kubeconfig)),
+            &config("kubernetes", Some(kubeconfig)),
         ),
     ];
     // The API server listens on the machine's loopback; the node namespace has its own. A
     // relay inside it on the same address carries the plugin's connections out.
-    let mut relay = Command::new(workspace_binary("twillctl"))
-        .args([
-            "lab",
-            "relay",
-            "--netns",
-            &format!("/run/netns/{}", plugins[1].node.name()),
-            "--listen",
-            &server.to_string(),
-            "--connect",
-            &server.to_string(),
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("cannot start the relay (cargo build --release -p twillctl)")?;
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(relay.stdout.take().context("relay output")?),
-        &mut line,
-    )?;
-    let _relay = Kill(relay);
-    if line.trim() != "listening" {
-        bail!("the relay into {} did not start", plugins[1].node.name());
-    }
+    let _relay = crate::kube_bench::relay(&plugins[1].node, server)?;
     let urls = [sqlite_url.as_str(), kube_url.as_str()];
     for plugin in &plugins {
         plugin.call("ADD", 0, "b0")?;

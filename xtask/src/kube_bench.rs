@@ -26,6 +26,8 @@ use twill_interop_tests::workspace_binary;
 use twill_shared::datastore::connect;
 use twill_shared::resource::{Key, Kind};
 
+use crate::cni::{guarded, median};
+
 /// Pods and policies of the twill-node measurement.
 const PODS: usize = 10_000;
 const POLICIES: usize = 1_000;
@@ -40,11 +42,6 @@ const WATCHERS: usize = 20;
 const RELABELS: usize = 100;
 /// Clients writing the data.
 const WRITERS: usize = 8;
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(|a, b| a.total_cmp(b));
-    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
-}
 
 fn crds() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -93,25 +90,6 @@ pub fn run_parts(parts: &[String]) -> String {
         out += &guarded("twill-node", || agents(&runtime));
     }
     out
-}
-
-/// The part's text, or a line saying it failed (an error or a panic).
-fn guarded(what: &str, part: impl FnOnce() -> anyhow::Result<String>) -> String {
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(part)) {
-        Ok(Ok(text)) => text,
-        Ok(Err(err)) => {
-            eprintln!("{what}: {err:#}");
-            format!("**{what}: failed**: {err:#}\n\n")
-        }
-        Err(panic) => {
-            let reason = panic
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_default();
-            format!("**{what}: failed** (panic): {reason}\n\n")
-        }
-    }
 }
 
 fn kube_url(server: &ApiServer) -> String {
@@ -433,7 +411,7 @@ async fn load(url: &str, objects: Vec<(Key, Value)>) -> anyhow::Result<f64> {
 }
 
 /// Kills a child and waits for it when dropped.
-struct Kill(Child);
+pub(crate) struct Kill(Child);
 
 impl Drop for Kill {
     fn drop(&mut self) {
@@ -443,7 +421,7 @@ impl Drop for Kill {
 }
 
 /// A relay inside `netns` on `address`, to `address` on the machine's loopback.
-fn relay(netns: &Netns, address: SocketAddr) -> anyhow::Result<Kill> {
+pub(crate) fn relay(netns: &Netns, address: SocketAddr) -> anyhow::Result<Kill> {
     let mut child = Command::new(workspace_binary("twillctl"))
         .args(["lab", "relay", "--netns"])
         .arg(format!("/run/netns/{}", netns.name()))

@@ -55,18 +55,7 @@ struct Cli {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_env("TWILL_LOG").unwrap_or_else(|_| "info".into());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if cli.log_json {
-        builder.json().init();
-    } else {
-        builder
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .init();
-    }
+    twill_node::init_logging(cli.log_json);
     if cli.renew_deadline >= cli.lease_duration {
         eprintln!(
             "error: --renew-deadline ({}) must be shorter than --lease-duration ({}), or two replicas could act at once",
