@@ -9,7 +9,9 @@
 //! lab made, even after its processes were killed. Nothing touches the root namespace.
 //!
 //! - [`topology`]: the topology file.
-//! - [`cluster`]: up, apply, delete, exec, down.
+//! - [`cluster`]: up, apply, delete, exec, down; split by concern: `underlay` (subnets, nodes'
+//!   namespaces, relays, the rack's RIB), `agents` (twill-node per node), `datastore`, `pods`
+//!   (CNI calls, workloads, apply/delete), `sync` (waiting for nodes and pods).
 //! - [`probe`]: the pod × pod matrix.
 //! - [`agent`]: the responder and the probe agent, run inside pods by `twillctl`.
 //! - [`tor`]: the top-of-rack router (bird2, frr or gobgpd) in the underlay namespace.
