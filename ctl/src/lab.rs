@@ -73,6 +73,11 @@ enum LabCommand {
         /// spread over them (for CrossSubnet encapsulation).
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=8))]
         subnets: u8,
+        /// A Kubernetes cluster: the control plane in the underlay namespace, containerd,
+        /// kubelet and kube-proxy per node, Twill installed from deploy/kubernetes/twill.yaml,
+        /// pods as Kubernetes Pods (`lab status -o json` gives the kubeconfig).
+        #[arg(long, conflicts_with_all = ["policy_only", "dual_stack", "tor"])]
+        kubernetes: bool,
     },
     /// The top-of-rack router.
     Tor {
@@ -162,6 +167,13 @@ enum LabCommand {
         #[arg(long)]
         connect: std::net::SocketAddr,
     },
+    /// (internal) Hold a Kubernetes lab node's mount namespace (run inside `unshare --mount`).
+    #[command(hide = true)]
+    NodeNs {
+        /// The node's disk directory.
+        #[arg(long)]
+        disk: std::path::PathBuf,
+    },
     /// (internal) Probe targets read as JSON from standard input; print outcomes as JSON.
     #[command(hide = true)]
     ProbeAgent {
@@ -187,6 +199,9 @@ pub async fn run(args: LabArgs, datastore_flag: Option<String>) -> Result<(), Fa
         } => {
             return Ok(twill_lab::agent::relay(netns, listen, connect_netns, connect).await?);
         }
+        LabCommand::NodeNs { disk } => {
+            return Ok(twill_lab::cluster::hold_node_namespace(&disk)?);
+        }
         LabCommand::ProbeAgent { timeout_ms } => {
             let mut input = String::new();
             std::io::Read::read_to_string(&mut std::io::stdin(), &mut input)?;
@@ -208,6 +223,7 @@ pub async fn run(args: LabArgs, datastore_flag: Option<String>) -> Result<(), Fa
             tor,
             encap,
             subnets,
+            kubernetes,
         } => {
             let tor = tor
                 .map(|t| t.parse::<twill_lab::tor::TorKind>())
@@ -235,6 +251,7 @@ pub async fn run(args: LabArgs, datastore_flag: Option<String>) -> Result<(), Fa
                 tor,
                 encap: Some(encap),
                 subnets: usize::from(subnets),
+                kubernetes,
             };
             let state = lab.up(options).await?;
             println!(
@@ -298,7 +315,10 @@ pub async fn run(args: LabArgs, datastore_flag: Option<String>) -> Result<(), Fa
                 std::process::exit(code);
             }
         }
-        LabCommand::Responder { .. } | LabCommand::ProbeAgent { .. } | LabCommand::Relay { .. } => {
+        LabCommand::Responder { .. }
+        | LabCommand::ProbeAgent { .. }
+        | LabCommand::Relay { .. }
+        | LabCommand::NodeNs { .. } => {
             unreachable!("handled above")
         }
     }

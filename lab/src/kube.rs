@@ -224,6 +224,13 @@ pub fn make_certificates(dir: &Path, server_ips: &[&str]) -> anyhow::Result<()> 
         ),
     )?;
     client_certificate(dir, "admin", "twill-admin", &["system:masters"])?;
+    // The API server's own identity towards kubelets (logs, exec, port-forward).
+    client_certificate(
+        dir,
+        "apiserver-kubelet-client",
+        "kube-apiserver-kubelet-client",
+        &["system:masters"],
+    )?;
     ec_key(dir, "sa.key")?;
     openssl(dir, &["ec", "-in", "sa.key", "-pubout", "-out", "sa.pub"])
 }
@@ -241,6 +248,16 @@ pub fn client_certificate(
         .chain(std::iter::once(format!("/CN={user}")))
         .collect();
     signed(dir, name, &subject, "extendedKeyUsage=clientAuth\n")
+}
+
+/// A serving certificate `NAME.crt` for `ip` (a kubelet's), signed by the CA in `dir`.
+pub fn serving_certificate(dir: &Path, name: &str, ip: &str) -> anyhow::Result<()> {
+    signed(
+        dir,
+        name,
+        &format!("/CN={name}"),
+        &format!("subjectAltName=IP:{ip}\nextendedKeyUsage=serverAuth\n"),
+    )
 }
 
 /// A client certificate `ACCOUNT.crt` that the API server takes for Twill's ServiceAccount
@@ -381,10 +398,22 @@ pub fn apiserver_args(etcd: &str, address: &str, port: u16, dir: &Path) -> Vec<S
         ("--service-cluster-ip-range", SERVICE_RANGE.to_string()),
         ("--authorization-mode", "Node,RBAC".to_string()),
         ("--storage-media-type", "application/json".to_string()),
+        // Towards kubelets (the Kubernetes lab's): logs, exec, port-forward.
+        (
+            "--kubelet-client-certificate",
+            file("apiserver-kubelet-client.crt"),
+        ),
+        ("--kubelet-client-key", file("apiserver-kubelet-client.key")),
+        ("--kubelet-certificate-authority", file("ca.crt")),
+        (
+            "--kubelet-preferred-address-types",
+            "InternalIP".to_string(),
+        ),
         ("--v", "1".to_string()),
     ]
     .into_iter()
     .flat_map(|(flag, value)| [flag.to_string(), value])
+    .chain(std::iter::once("--allow-privileged=true".to_string()))
     .collect()
 }
 
@@ -571,6 +600,72 @@ pub fn start_in_lab(
 }
 
 impl LabControlPlane {
+    /// Starts kube-controller-manager and kube-scheduler beside the API server (the
+    /// Kubernetes lab, whose kubelets need them), each with its own certificate.
+    pub fn start_controllers(&self) -> anyhow::Result<()> {
+        use std::os::unix::process::CommandExt;
+        let dir = self
+            .kubeconfig
+            .parent()
+            .context("the control plane's directory")?
+            .to_path_buf();
+        let server = format!("https://{}", self.address);
+        client_certificate(
+            &dir,
+            "kube-controller-manager",
+            "system:kube-controller-manager",
+            &[],
+        )?;
+        client_certificate(&dir, "kube-scheduler", "system:kube-scheduler", &[])?;
+        client_certificate(&dir, "kube-proxy", "system:kube-proxy", &[])?;
+        let file = |name: &str| dir.join(name).display().to_string();
+        for (name, port, extra) in [
+            (
+                "kube-controller-manager",
+                10257,
+                vec![
+                    "--use-service-account-credentials".to_string(),
+                    format!("--service-account-private-key-file={}", file("sa.key")),
+                    format!("--root-ca-file={}", file("ca.crt")),
+                    format!("--cluster-signing-cert-file={}", file("ca.crt")),
+                    format!("--cluster-signing-key-file={}", file("ca.key")),
+                    format!("--service-cluster-ip-range={SERVICE_RANGE}"),
+                ],
+            ),
+            ("kube-scheduler", 10259, Vec::new()),
+        ] {
+            let kubeconfig = dir.join(format!("{name}.kubeconfig"));
+            write_kubeconfig(&kubeconfig, &server, &dir, name)?;
+            let binary = binaries().join(name);
+            if !binary.exists() {
+                bail!(
+                    "{} is missing: TWILL_K8S_CMDS=\"{name}\" cargo xtask k8s-build (make k8s builds it)",
+                    binary.display()
+                );
+            }
+            let log = std::fs::File::create(dir.join(format!("{name}.log")))?;
+            let kubeconfig = kubeconfig.display().to_string();
+            crate::netns::named::command(&self.underlay, binary.as_os_str())
+                .args([
+                    format!("--kubeconfig={kubeconfig}"),
+                    format!("--authentication-kubeconfig={kubeconfig}"),
+                    format!("--authorization-kubeconfig={kubeconfig}"),
+                    "--bind-address=127.0.0.1".into(),
+                    format!("--secure-port={port}"),
+                    "--leader-elect=false".into(),
+                    "--v=1".into(),
+                ])
+                .args(extra)
+                .stdin(Stdio::null())
+                .stdout(log.try_clone()?)
+                .stderr(log)
+                .process_group(0)
+                .spawn()
+                .with_context(|| format!("cannot start {name}"))?;
+        }
+        Ok(())
+    }
+
     /// Waits until the API server serves, then installs the CRDs and Twill's accounts and
     /// roles.
     pub async fn ready(&self) -> anyhow::Result<()> {

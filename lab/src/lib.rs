@@ -23,6 +23,7 @@
 
 pub mod agent;
 pub mod cluster;
+pub mod image;
 pub mod kube;
 pub mod netns;
 pub mod probe;

@@ -88,6 +88,10 @@ pub struct State {
     /// through a relay on the machine's loopback), for `twillctl` and `kubectl`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kubeconfig: Option<String>,
+    /// The Kubernetes lab: kubelets, containerd and kube-proxy per node, Twill installed from
+    /// its manifest, pods as Kubernetes Pods.
+    #[serde(default)]
+    pub kubelets: bool,
 }
 
 fn no_encap() -> String {

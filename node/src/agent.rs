@@ -57,6 +57,12 @@ pub struct Options {
     pub mtu_file: PathBuf,
     /// `/livez` fails when the main loop makes no progress for this long.
     pub watchdog: Duration,
+    /// How this node's address is found and written on its Node resource at start.
+    pub ip_autodetection: crate::startup::Autodetect,
+    /// The pool created at start when the cluster has none.
+    pub default_pool: Option<crate::startup::DefaultPool>,
+    /// Kubernetes installs: the CNI plugin's kubeconfig on the host, kept fresh.
+    pub cni_kubeconfig: Option<PathBuf>,
 }
 
 struct Agent {
@@ -122,6 +128,18 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     let store = connect(&options.datastore)
         .await
         .with_context(|| format!("cannot open the datastore {}", options.datastore))?;
+    crate::startup::node_address(&store, &options.node, &options.ip_autodetection).await?;
+    if let Some(pool) = &options.default_pool {
+        crate::startup::default_pool(&store, pool).await?;
+    }
+    if let Some(path) = &options.cni_kubeconfig {
+        let config = kube::Config::infer()
+            .await
+            .context("--cni-kubeconfig needs the pod's service account (in-cluster)")?;
+        let server = config.cluster_url.to_string();
+        let client = kube::Client::try_from(config)?;
+        crate::startup::spawn_cni_credentials(client, server, path.clone());
+    }
     let config = twill_felix::apply::ApplierConfig {
         backend: twill_felix::apply::BackendChoice::from_env()?,
         ..twill_felix::apply::ApplierConfig::default()

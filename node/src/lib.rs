@@ -22,6 +22,7 @@ pub mod encap;
 pub mod health;
 pub mod interfaces;
 pub mod routes;
+pub mod startup;
 pub mod status;
 
 /// Logs to standard error at `TWILL_LOG` (default info), as JSON or text (coloured on a

@@ -8,6 +8,7 @@ mod bgp;
 mod cluster;
 mod cni;
 mod crds;
+mod images;
 mod ingest;
 mod k8s;
 mod kernel_routes;
@@ -48,6 +49,7 @@ fn main() -> anyhow::Result<()> {
             println!("{}", crds::write()?.display());
             Ok(())
         }
+        Some("images") => images::run(&args[1..]),
         Some("k8s-build") => {
             println!("{}", k8s::build()?.display());
             Ok(())
@@ -90,7 +92,7 @@ fn main() -> anyhow::Result<()> {
         }
         _ => {
             eprintln!(
-                "usage: cargo xtask bench [OUTPUT.md] | bench-bgp [PREFIXES...] [realistic PREFIXES...] | bench-sqlite-sync | bench-policy | bench-cni | bench-kube | k8s-build | bench-ingest [realistic] [PREFIXES...]"
+                "usage: cargo xtask bench [OUTPUT.md] | bench-bgp [PREFIXES...] [realistic PREFIXES...] | bench-sqlite-sync | bench-policy | bench-cni | bench-kube | images [debug|release] [DIR] | k8s-build | bench-ingest [realistic] [PREFIXES...]"
             );
             std::process::exit(2);
         }

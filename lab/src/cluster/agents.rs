@@ -106,7 +106,11 @@ impl Lab {
 
     /// The status twill-node of `node` last wrote.
     pub fn node_status(&self, node: &str) -> Option<serde_json::Value> {
-        let text = std::fs::read(self.node_dir(node).join("status.json")).ok()?;
+        // The Kubernetes lab's twill-node writes where its DaemonSet says: /run/twill on the
+        // node, the node's own directory.
+        let text = std::fs::read(self.node_dir(node).join("status.json"))
+            .or_else(|_| std::fs::read(self.node_disk(node).join("run-twill/node-status.json")))
+            .ok()?;
         serde_json::from_slice(&text).ok()
     }
 
@@ -114,7 +118,10 @@ impl Lab {
     /// speaker does not run).
     pub fn bgp_peers(&self, node: &str) -> Vec<serde_json::Value> {
         use std::io::{Read, Write};
-        let socket = self.node_dir(node).join("bgpd.sock");
+        let mut socket = self.node_dir(node).join("bgpd.sock");
+        if !socket.exists() {
+            socket = self.node_disk(node).join("run-twill/bgpd.sock");
+        }
         let Ok(mut stream) = std::os::unix::net::UnixStream::connect(&socket) else {
             return Vec::new();
         };

@@ -23,11 +23,13 @@ use crate::topology::{Port, Topology};
 
 mod agents;
 mod datastore;
+mod kubelets;
 mod pods;
 mod sync;
 mod underlay;
 
 use datastore::namespace_resource;
+pub use kubelets::{build_images, hold_node_namespace, version_tag, KUBE_POD_POOL, MANIFEST};
 use pods::topology_pod;
 use underlay::twill_bgpd_default_as;
 pub use underlay::{gateway, gateway_v6, node_v6, subnet_of};
@@ -78,6 +80,9 @@ pub struct UpOptions {
     /// Underlay subnets (at least 1): `198.18.K.0/24`, joined by the underlay namespace as
     /// their router; nodes are spread over them.
     pub subnets: usize,
+    /// A Kubernetes cluster: kubelets, containerd and kube-proxy per node, Twill installed
+    /// from deploy/kubernetes/twill.yaml (see `kubelets.rs`).
+    pub kubernetes: bool,
 }
 
 /// One lab on this machine.
@@ -142,7 +147,16 @@ impl Lab {
         }
         std::fs::create_dir_all(self.dir())
             .with_context(|| format!("cannot create {}", self.dir().display()))?;
+        if options.kubernetes
+            && (options.policy_only
+                || options.dual_stack
+                || options.tor.is_some()
+                || options.subnets > 1)
+        {
+            bail!("--kubernetes does not take --policy-only, --dual-stack, --tor or --subnets yet");
+        }
         let kubernetes = match options.datastore.as_deref() {
+            _ if options.kubernetes => true,
             Some("kubernetes") => true,
             Some(other) if other.starts_with("kubernetes:") => bail!(
                 "the lab runs its own Kubernetes API server: use --datastore kubernetes \
@@ -181,10 +195,14 @@ impl Lab {
                     .display()
                     .to_string()
             }),
+            kubelets: options.kubernetes,
         };
         let result = self.build(&mut state, &options).await;
         if let Err(err) = result {
-            let _ = self.down().await;
+            // TWILL_LAB_KEEP=1 leaves a failed lab up to look into (`lab down` removes it).
+            if std::env::var_os("TWILL_LAB_KEEP").is_none() {
+                let _ = self.down().await;
+            }
             return Err(err);
         }
         Ok(state)
@@ -217,6 +235,13 @@ impl Lab {
                 options.dual_stack,
             )?);
         }
+        if state.kubelets {
+            let control = control.context("the Kubernetes lab's control plane")?;
+            state::save(state)?;
+            self.build_kubelets(state, &control, options).await?;
+            state::save(state)?;
+            return self.add_topology(state, options).await;
+        }
         self.start_relays(state)?;
         if let Some(control) = &control {
             control.ready().await?;
@@ -237,6 +262,13 @@ impl Lab {
             )?;
         }
         state::save(state)?;
+        self.add_topology(state, options).await
+    }
+
+    /// The topology's namespaces and pods; returns when every pod answers and every node is
+    /// in sync.
+    async fn add_topology(&self, state: &mut State, options: &UpOptions) -> anyhow::Result<()> {
+        let store = self.store(state).await?;
         let namespaces: Vec<Resource> = options
             .topology
             .namespaces
@@ -246,10 +278,20 @@ impl Lab {
         Client::new(store.clone())
             .write_all(&namespaces, WriteMode::Apply)
             .await?;
-        for pod in &options.topology.pods {
-            let resource = topology_pod(pod, &options.topology.ports);
-            self.add_pod(state, &store, resource, pod.node.clone())
-                .await?;
+        if state.kubelets {
+            let pods = options
+                .topology
+                .pods
+                .iter()
+                .map(|pod| (topology_pod(pod, &options.topology.ports), pod.node.clone()))
+                .collect();
+            self.add_kube_pods(state, pods).await?;
+        } else {
+            for pod in &options.topology.pods {
+                let resource = topology_pod(pod, &options.topology.ports);
+                self.add_pod(state, &store, resource, pod.node.clone())
+                    .await?;
+            }
         }
         self.write_hosts(state)?;
         self.wait_until_answering(state, None).await?;
@@ -287,6 +329,7 @@ impl Lab {
         for netns in &namespaces {
             named::kill_all(netns);
         }
+        self.remove_kubelets();
         for netns in namespaces {
             named::delete(&netns).map_err(anyhow::Error::msg)?;
             let _ = std::fs::remove_dir_all(Path::new("/etc/netns").join(&netns));

@@ -17,7 +17,7 @@ struct Cli {
     #[arg(long, env = "TWILL_NODE_NAME")]
     node_name: Option<String>,
     /// full: policy and endpoint routes; policy-only: policy alone (another CNI wires pods).
-    #[arg(long, value_enum, default_value = "full")]
+    #[arg(long, value_enum, env = "TWILL_MODE", default_value = "full")]
     mode: CliMode,
     /// Where /livez, /readyz and /metrics listen.
     #[arg(long, default_value = "127.0.0.1:9099")]
@@ -42,6 +42,30 @@ struct Cli {
     /// refresh intervals, at least 30).
     #[arg(long, env = "TWILL_WATCHDOG_TIMEOUT")]
     watchdog_timeout: Option<f64>,
+    /// How this node's IPv4 address is found and written on its Node resource at start:
+    /// first-found, kubernetes-internal-ip, interface=REGEX, can-reach=DESTINATION, or none
+    /// (leave the Node as it is).
+    #[arg(long, env = "TWILL_IP_AUTODETECTION_METHOD", default_value = "none")]
+    ip_autodetection: String,
+    /// A pool to create at start when the cluster has none (Calico's CALICO_IPV4POOL_CIDR).
+    #[arg(long, env = "TWILL_IPV4POOL_CIDR")]
+    default_ipv4_pool: Option<ipnet::IpNet>,
+    /// The default pool's block size.
+    #[arg(long, env = "TWILL_IPV4POOL_BLOCK_SIZE", default_value_t = 26)]
+    default_ipv4_pool_block_size: u8,
+    /// The default pool's VXLAN mode: Never, Always, CrossSubnet.
+    #[arg(long, env = "TWILL_IPV4POOL_VXLAN", default_value = "Never")]
+    default_ipv4_pool_vxlan: String,
+    /// The default pool's IP-in-IP mode: Never, Always, CrossSubnet.
+    #[arg(long, env = "TWILL_IPV4POOL_IPIP", default_value = "Never")]
+    default_ipv4_pool_ipip: String,
+    /// The default pool masquerades traffic leaving it.
+    #[arg(long, env = "TWILL_IPV4POOL_NAT_OUTGOING", default_value_t = true, action = clap::ArgAction::Set)]
+    default_ipv4_pool_nat_outgoing: bool,
+    /// Kubernetes installs: the CNI plugin's kubeconfig on the host (install-cni writes it
+    /// first), renewed before its token expires.
+    #[arg(long, env = "TWILL_CNI_KUBECONFIG")]
+    cni_kubeconfig: Option<PathBuf>,
     /// Log as JSON.
     #[arg(long)]
     log_json: bool,
@@ -61,7 +85,26 @@ fn main() -> std::process::ExitCode {
             .map(|h| h.trim().to_string())
             .unwrap_or_default()
     });
+    let ip_autodetection = match twill_node::startup::Autodetect::parse(&cli.ip_autodetection) {
+        Ok(method) => method,
+        Err(err) => {
+            eprintln!("error: --ip-autodetection: {err:#}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let default_pool = cli
+        .default_ipv4_pool
+        .map(|cidr| twill_node::startup::DefaultPool {
+            cidr,
+            block_size: cli.default_ipv4_pool_block_size,
+            vxlan_mode: cli.default_ipv4_pool_vxlan.clone(),
+            ipip_mode: cli.default_ipv4_pool_ipip.clone(),
+            nat_outgoing: cli.default_ipv4_pool_nat_outgoing,
+        });
     let options = Options {
+        ip_autodetection,
+        default_pool,
+        cni_kubeconfig: cli.cni_kubeconfig.clone(),
         datastore: cli.datastore,
         node,
         mode: match cli.mode {

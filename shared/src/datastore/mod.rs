@@ -13,6 +13,8 @@
 //!   must list again (the [`crate::syncer`] does).
 
 #[cfg(feature = "runtime")]
+pub mod cni_credentials;
+#[cfg(feature = "runtime")]
 pub mod etcd;
 #[cfg(feature = "runtime")]
 pub mod kubernetes;
