@@ -78,6 +78,10 @@ enum LabCommand {
         /// pods as Kubernetes Pods (`lab status -o json` gives the kubeconfig).
         #[arg(long, conflicts_with_all = ["policy_only", "dual_stack", "tor"])]
         kubernetes: bool,
+        /// With --kubernetes: the cluster without Twill (nodes NotReady, no network) for an
+        /// install by hand: `kubectl apply -f deploy/kubernetes/twill.yaml`.
+        #[arg(long, requires = "kubernetes")]
+        without_twill: bool,
     },
     /// The top-of-rack router.
     Tor {
@@ -224,6 +228,7 @@ pub async fn run(args: LabArgs, datastore_flag: Option<String>) -> Result<(), Fa
             encap,
             subnets,
             kubernetes,
+            without_twill,
         } => {
             let tor = tor
                 .map(|t| t.parse::<twill_lab::tor::TorKind>())
@@ -252,6 +257,7 @@ pub async fn run(args: LabArgs, datastore_flag: Option<String>) -> Result<(), Fa
                 encap: Some(encap),
                 subnets: usize::from(subnets),
                 kubernetes,
+                without_twill,
             };
             let state = lab.up(options).await?;
             println!(

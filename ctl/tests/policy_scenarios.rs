@@ -1676,6 +1676,29 @@ fn the_articles_examples_with_kubectl_on_the_kubernetes_datastore() {
     assert_none(started, &wrong);
 }
 
+/// Twill installed into a real cluster (kubelets, containerd, kube-proxy; twill.yaml applied
+/// by the lab as a user applies it): the second article's three-tier application, its pods
+/// Kubernetes Pods on two nodes, its policies applied with kubectl and checked on the wire.
+#[test]
+fn the_three_tier_example_on_a_kubernetes_cluster_with_kubelets() {
+    let started = Instant::now();
+    let lab = LabGuard::up_with(
+        &example("three-tier/topology.yaml"),
+        &["--kubernetes", "--nodes", "2"],
+    );
+    assert!(lab.kubeconfig.is_some(), "lab status names the kubeconfig");
+    let wrong = three_tier_article(&THREE_TIER_PODS, &lab);
+    assert_none(started, &wrong);
+}
+
+const THREE_TIER_PODS: [&str; 5] = [
+    "ingress-nginx/controller",
+    "frontend/web",
+    "backend/api",
+    "database/postgres",
+    "kube-system/coredns",
+];
+
 /// Both articles, each policy checked on the wire; what went wrong.
 fn articles(lab: &LabGuard) -> Vec<String> {
     let mut wrong = Vec::new();
@@ -1685,13 +1708,7 @@ fn articles(lab: &LabGuard) -> Vec<String> {
     // nothing else; nothing else serves 8000.
     let pods = example("seed-walkthrough/01-pods.yaml");
     lab.apply(&pods);
-    let three_tier_pods = [
-        "ingress-nginx/controller",
-        "frontend/web",
-        "backend/api",
-        "database/postgres",
-        "kube-system/coredns",
-    ];
+    let three_tier_pods = THREE_TIER_PODS;
     let mut seed_pods = three_tier_pods.to_vec();
     seed_pods.extend(["default/frontend", "default/backend"]);
     let mut seed = Expect::all_allowed(&seed_pods, &THREE_TIER_PORTS);
@@ -1726,8 +1743,14 @@ fn articles(lab: &LabGuard) -> Vec<String> {
         example("seed-walkthrough/03-allow-frontend-to-backend.yaml")
     ));
 
-    // The second article's three-tier application (expected table: examples/three-tier).
-    let mut before = Expect::all_allowed(&three_tier_pods, &THREE_TIER_PORTS);
+    wrong.extend(three_tier_article(&three_tier_pods, lab));
+    wrong
+}
+
+/// The second article's three-tier application (expected table: examples/three-tier).
+fn three_tier_article(three_tier_pods: &[&str], lab: &LabGuard) -> Vec<String> {
+    let mut wrong = Vec::new();
+    let mut before = Expect::all_allowed(three_tier_pods, &THREE_TIER_PORTS);
     before.unserved("*", "8000/TCP");
     wrong.extend(lab.check("three-tier: no policy", &before));
     lab.apply(&example("calico-policies/frontend-policy.yaml"));

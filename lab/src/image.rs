@@ -357,8 +357,9 @@ impl Image {
         Ok(builder.into_inner()?)
     }
 
-    /// Writes the archive as `dir/<name with '/' as '-'>.tar`.
-    pub fn write(&self, dir: &Path) -> anyhow::Result<Written> {
+    /// Writes the archive as `dir/<name with '/' as '-'>.tar`; with `measure`, also the
+    /// layer's compressed size (a gzip run: seconds for a large image).
+    pub fn write(&self, dir: &Path, measure: bool) -> anyhow::Result<Written> {
         let epoch = std::env::var("SOURCE_DATE_EPOCH")
             .ok()
             .and_then(|v| v.parse().ok())
@@ -440,7 +441,7 @@ impl Image {
             path,
             reference,
             digest: format!("sha256:{manifest_digest}"),
-            compressed: gzip_size(&layer),
+            compressed: if measure { gzip_size(&layer) } else { None },
         })
     }
 }

@@ -24,7 +24,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         twillctl: bin.join("twillctl"),
         twill_node: bin.join("twill-node"),
     };
-    for written in twill_lab::cluster::build_images(&tools, &out)? {
+    for written in twill_lab::cluster::build_images(&tools, &out, true)? {
         let compressed = written
             .compressed
             .map(|c| format!(", {:.1} MiB compressed", c as f64 / 1048576.0))

@@ -202,6 +202,36 @@ pub fn leftovers(name: &str) -> Vec<String> {
     if Path::new("/run/twill/lab").join(name).exists() {
         found.push(format!("/run/twill/lab/{name}"));
     }
+    // The Kubernetes lab's: node disks, node cgroups, processes naming the lab's paths.
+    let disk = Path::new("/var/lib/twill-lab").join(name);
+    if disk.exists() {
+        found.push(disk.display().to_string());
+    }
+    for hierarchy in ["cpu", "memory", "pids", "systemd", "unified"] {
+        let dir = Path::new("/sys/fs/cgroup").join(hierarchy);
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let cgroup = entry.file_name().to_string_lossy().into_owned();
+            if cgroup.starts_with(&format!("twl-{name}-")) {
+                found.push(format!("cgroup {}", entry.path().display()));
+            }
+        }
+    }
+    let markers = [
+        format!("/run/twill/lab/{name}/"),
+        format!("/var/lib/twill-lab/{name}/"),
+    ];
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if markers.iter().any(|m| text.contains(m.as_str())) {
+            found.push(format!(
+                "process {}: {text}",
+                entry.file_name().to_string_lossy()
+            ));
+        }
+    }
     found
 }
 

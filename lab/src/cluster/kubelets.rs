@@ -50,8 +50,8 @@ pub fn version_tag() -> String {
 }
 
 /// Twill's images and the lab's, built from the binaries of `tools` (and Debian's packages)
-/// into `dir`.
-pub fn build_images(tools: &Tools, dir: &Path) -> anyhow::Result<Vec<Written>> {
+/// into `dir`; `measure` also finds each layer's compressed size.
+pub fn build_images(tools: &Tools, dir: &Path, measure: bool) -> anyhow::Result<Vec<Written>> {
     let bin = tools.cni_dir();
     let strip = crate::image::strip_cache();
     let tag = version_tag();
@@ -90,24 +90,24 @@ pub fn build_images(tools: &Tools, dir: &Path) -> anyhow::Result<Vec<Written>> {
         node.symlink(&format!("/usr/sbin/{tool}"), &flavoured);
     }
     node.entrypoint(&["/usr/bin/twill-node"]);
-    written.push(node.write(dir)?);
+    written.push(node.write(dir, measure)?);
     let mut controllers = Image::new("twill/kube-controllers", &tag, &strip);
     controllers.binary(
         &bin.join("twill-kube-controllers"),
         "/usr/bin/twill-kube-controllers",
     )?;
     controllers.entrypoint(&["/usr/bin/twill-kube-controllers"]);
-    written.push(controllers.write(dir)?);
+    written.push(controllers.write(dir, measure)?);
     let (pause_name, pause_tag) = PAUSE_IMAGE.rsplit_once(':').expect("a tag");
     let mut pause = Image::new(pause_name, pause_tag, &strip);
     pause.binary(&bin.join("twill-pause"), "/pause")?;
     pause.entrypoint(&["/pause"]);
-    written.push(pause.write(dir)?);
+    written.push(pause.write(dir, measure)?);
     let (name, tag) = RESPONDER_IMAGE.rsplit_once(':').expect("a tag");
     let mut responder = Image::new(name, tag, &strip);
     responder.binary(&tools.twillctl, "/usr/bin/twillctl")?;
     responder.entrypoint(&["/usr/bin/twillctl", "lab", "responder"]);
-    written.push(responder.write(dir)?);
+    written.push(responder.write(dir, measure)?);
     Ok(written)
 }
 
@@ -549,11 +549,11 @@ impl Lab {
         control: &crate::kube::LabControlPlane,
         options: &UpOptions,
     ) -> anyhow::Result<()> {
-        let images_dir = self.dir().join("images");
+        let images_dir = Path::new(DISK_ROOT).join(&self.name).join("images");
         let tools = self.tools.clone();
         let images = tokio::task::spawn_blocking({
             let dir = images_dir.clone();
-            move || build_images(&tools, &dir)
+            move || build_images(&tools, &dir, false)
         })
         .await??;
         let restrict_oom = !can_lower_oom_score();
@@ -606,6 +606,9 @@ impl Lab {
             "ipv4_pool_vxlan_mode: \"Never\"",
             &format!("ipv4_pool_vxlan_mode: \"{vxlan}\""),
         );
+        if options.without_twill {
+            return self.wait_nodes_registered(&client, state).await;
+        }
         crate::kube::apply_documents(&client, &manifest).await?;
         self.wait_nodes_ready(&client, state).await
     }
@@ -656,10 +659,11 @@ impl Lab {
             container["imagePullPolicy"] = json!("IfNotPresent");
             let text = serde_yaml::to_string(&value)?;
             crate::kube::apply_documents(&client, &text).await?;
-            created.push((namespace, name, node, serves));
+            let labels = pod.metadata.labels.clone().unwrap_or_default();
+            created.push((namespace, name, node, serves, labels));
         }
         let deadline = Instant::now() + Duration::from_secs(120);
-        for (namespace, name, node, serves) in created {
+        for (namespace, name, node, serves, labels) in created {
             let api: kube::Api<Pod> = kube::Api::namespaced(client.clone(), &namespace);
             let (ips, uid) = loop {
                 let pod = api.get(&name).await?;
@@ -700,13 +704,43 @@ impl Lab {
                 netns,
                 container_id: uid,
                 ips,
-                labels: BTreeMap::new(),
+                labels,
                 serves,
                 command: None,
             });
             state::save(state)?;
         }
         Ok(())
+    }
+
+    /// Every node's kubelet has registered its Node (Ready or not).
+    async fn wait_nodes_registered(
+        &self,
+        client: &kube::Client,
+        state: &State,
+    ) -> anyhow::Result<()> {
+        use k8s_openapi::api::core::v1::Node;
+        let nodes: kube::Api<Node> = kube::Api::all(client.clone());
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let names: Vec<String> = nodes
+                .list(&Default::default())
+                .await?
+                .items
+                .into_iter()
+                .filter_map(|n| n.metadata.name)
+                .collect();
+            if state.nodes.iter().all(|n| names.contains(&n.name)) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "the kubelets did not register within 120 s (logs: {})",
+                    self.dir().join("logs").display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
     }
 
     /// Every node is Ready (the kubelet says so once the runtime has a network: after
@@ -782,6 +816,8 @@ impl Lab {
         if disk.exists() {
             let _ = std::fs::remove_dir_all(&disk);
         }
+        // The root itself, once no lab uses it.
+        let _ = std::fs::remove_dir(DISK_ROOT);
         if let Ok(text) = std::fs::read_to_string(self.dir().join("created-dirs")) {
             for dir in text.lines().rev() {
                 let _ = std::fs::remove_dir(dir);

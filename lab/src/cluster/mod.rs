@@ -83,6 +83,9 @@ pub struct UpOptions {
     /// A Kubernetes cluster: kubelets, containerd and kube-proxy per node, Twill installed
     /// from deploy/kubernetes/twill.yaml (see `kubelets.rs`).
     pub kubernetes: bool,
+    /// The Kubernetes lab without Twill: the nodes stay NotReady (no network) until
+    /// `kubectl apply -f deploy/kubernetes/twill.yaml`; no topology pods.
+    pub without_twill: bool,
 }
 
 /// One lab on this machine.
@@ -147,6 +150,9 @@ impl Lab {
         }
         std::fs::create_dir_all(self.dir())
             .with_context(|| format!("cannot create {}", self.dir().display()))?;
+        if options.without_twill && (!options.kubernetes || !options.topology.pods.is_empty()) {
+            bail!("--without-twill is for --kubernetes labs without topology pods (pods need a network)");
+        }
         if options.kubernetes
             && (options.policy_only
                 || options.dual_stack
@@ -240,6 +246,9 @@ impl Lab {
             state::save(state)?;
             self.build_kubelets(state, &control, options).await?;
             state::save(state)?;
+            if options.without_twill {
+                return Ok(());
+            }
             return self.add_topology(state, options).await;
         }
         self.start_relays(state)?;

@@ -342,6 +342,7 @@ impl Lab {
             }
         }
         let mut added = Vec::new();
+        let mut kube_pods = Vec::new();
         for resource in pods {
             let Resource::Pod(pod) = resource else {
                 continue;
@@ -360,12 +361,25 @@ impl Lab {
                 ));
                 continue;
             }
-            self.add_pod(&mut state, &store, pod, None).await?;
             added.push(id.clone());
+            if state.kubelets {
+                kube_pods.push((pod, None));
+                continue;
+            }
+            self.add_pod(&mut state, &store, pod, None).await?;
             lines.push(format!(
                 "pod {id}: created on {}",
                 state.pod(&id).map(|p| p.node.as_str()).unwrap_or("?")
             ));
+        }
+        if !kube_pods.is_empty() {
+            self.add_kube_pods(&mut state, kube_pods).await?;
+            for id in &added {
+                lines.push(format!(
+                    "pod {id}: created on {}",
+                    state.pod(id).map(|p| p.node.as_str()).unwrap_or("?")
+                ));
+            }
         }
         if !added.is_empty() {
             self.write_hosts(&state)?;
@@ -408,6 +422,12 @@ impl Lab {
     }
 
     pub(super) async fn remove_pod(&self, state: &State, pod: &PodState) -> anyhow::Result<()> {
+        if state.kubelets {
+            // The kubelet stops it (and calls CNI DEL) once its Pod is deleted; the lab only
+            // drops the name it gave the pod's namespace.
+            named::delete(&pod.netns).map_err(anyhow::Error::msg)?;
+            return Ok(());
+        }
         named::kill_all(&pod.netns);
         if let Some(node) = state.node(&pod.node) {
             self.call_cni("DEL", node, pod, state.policy_only).await?;
