@@ -6,6 +6,8 @@
 //! the ConfigMap's pool in their node's block, the CNI plugin under its own identity, and
 //! `lab down` leaving nothing.
 
+#![allow(clippy::disallowed_methods)] // Tests run processes and wait.
+
 mod common;
 
 use std::path::Path;
