@@ -9,14 +9,16 @@ CARGO ?= cargo
 # the namespaces tests make.
 # Debian packages the build and the tests need: protoc for etcd-client's build, etcd and the
 # BGP peers (gobgpd, bird2, frr) as real peers, and the kernel tools.
-DEB_PACKAGES := protobuf-compiler etcd-server etcd-client gobgpd bird2 frr iproute2 iptables ipset curl containernetworking-plugins python3 conntrack tcpdump openssl
+# The Kubernetes lab adds containerd and runc (each node's runtime), nftables (its userland goes
+# into the twill/node image) and binutils (strip, for the images).
+DEB_PACKAGES := protobuf-compiler etcd-server etcd-client gobgpd bird2 frr iproute2 iptables ipset curl containernetworking-plugins python3 conntrack tcpdump openssl containerd runc nftables binutils
 # Cargo says where it builds (CARGO_TARGET_DIR, build.target-dir or ./target); asked only when
 # a recipe uses it, so that `make deps` works before cargo is installed.
 # kubectl as `make k8s` builds it.
 KUBECTL ?= $${TWILL_K8S_BIN:-/var/tmp/twill-k8s/bin}/kubectl
 TWILLCTL = $(shell $(CARGO) metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')/debug/twillctl
 
-.PHONY: all deps build test check lint demo bench fuzz clean k8s
+.PHONY: all deps build test check lint demo bench fuzz clean k8s images
 
 all: build
 
@@ -44,11 +46,19 @@ lint: deps
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-# Real Kubernetes binaries (kube-apiserver, kubectl) built from the Go module proxy into
-# /var/tmp/twill-k8s (cached: a second run takes seconds) for the Kubernetes datastore tests.
+# Real Kubernetes binaries (the control plane, kubelet, kube-proxy, kubectl) built from the Go
+# module proxy into /var/tmp/twill-k8s (cached: a second run takes seconds) for the Kubernetes
+# datastore tests and the Kubernetes lab.
 k8s: deps
 	@command -v go >/dev/null || { echo "go is needed to build Kubernetes for the tests" >&2; exit 1; }
 	$(CARGO) run -q -p xtask -- k8s-build
+
+# Twill's images as OCI archives in target/images (`ctr -n k8s.io images import`, `docker
+# load`): twill/node and twill/kube-controllers from release binaries and Debian's packages,
+# reproducible (the same inputs give the same digests), no registry or container engine.
+images: deps
+	$(CARGO) build --release -p twill-node -p twill-cni -p twillctl -p twill-lab
+	$(CARGO) run -q -p xtask -- images release
 
 # Ends with one line that totals every test binary ("summary: N passed, N failed"). The output
 # streams through awk, which totals as it goes: no log file, so nothing assumes where the

@@ -49,6 +49,8 @@ pub fn run(output: Option<&str>) -> anyhow::Result<()> {
     writeln!(report, "{}", crate::policy::run())?;
     println!("cluster: pod on A reachable from B, agents at rest, restart (needs root) ...");
     writeln!(report, "{}", crate::cluster::run())?;
+    println!("Twill on a Kubernetes cluster: install, pod start against bridge + host-local ...");
+    writeln!(report, "{}", crate::kube_install::run())?;
     println!("BGP ingest (twill-bgpd, BIRD 2, GoBGP; needs root for network namespaces) ...");
     writeln!(
         report,

@@ -101,7 +101,11 @@ fn pod_field(state: &Value, pod: &str, field: &str) -> Option<String> {
 }
 
 /// Connects from inside `netns` to `target` until it works; returns when it did.
-fn first_connection(netns: &str, target: SocketAddr, limit: Duration) -> anyhow::Result<Instant> {
+pub(crate) fn first_connection(
+    netns: &str,
+    target: SocketAddr,
+    limit: Duration,
+) -> anyhow::Result<Instant> {
     let path = format!("/run/netns/{netns}");
     std::thread::spawn(move || -> anyhow::Result<Instant> {
         let file = std::fs::File::open(&path)?;
@@ -239,7 +243,7 @@ fn agents(name: &str) -> anyhow::Result<Vec<(String, i32)>> {
     Ok(found)
 }
 
-fn rss_mib(pid: i32) -> f64 {
+pub(crate) fn rss_mib(pid: i32) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {

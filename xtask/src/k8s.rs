@@ -1,5 +1,5 @@
-//! `cargo xtask k8s-build`: real Kubernetes binaries (kube-apiserver and kubectl; more on
-//! request) built from the Go module proxy, for the tests and the lab that run them.
+//! `cargo xtask k8s-build`: real Kubernetes binaries (the control plane, kubelet, kube-proxy
+//! and kubectl) built from the Go module proxy, for the tests and the lab that run them.
 //!
 //! `k8s.io/kubernetes` points its `k8s.io/*` staging modules at `./staging`, which its module
 //! zip does not hold, so `go install k8s.io/kubernetes/cmd/...@v` cannot work. A scratch module
@@ -8,7 +8,7 @@
 //! takes seconds; the binaries land in `<cache>/bin`.
 //!
 //! Environment: `TWILL_K8S_VERSION` (default v1.34.4), `TWILL_K8S_CACHE` (default
-//! /var/tmp/twill-k8s), `TWILL_K8S_CMDS` (default `kube-apiserver kubectl`).
+//! /var/tmp/twill-k8s), `TWILL_K8S_CMDS` (default: every command the Kubernetes lab runs).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -31,7 +31,10 @@ fn env_or(name: &str, default: &str) -> String {
 pub fn build() -> anyhow::Result<PathBuf> {
     let version = env_or("TWILL_K8S_VERSION", DEFAULT_VERSION);
     let cache = PathBuf::from(env_or("TWILL_K8S_CACHE", DEFAULT_CACHE));
-    let commands = env_or("TWILL_K8S_CMDS", "kube-apiserver kubectl");
+    let commands = env_or(
+        "TWILL_K8S_CMDS",
+        "kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl",
+    );
     let bin = cache.join("bin");
     let module = cache.join(format!("module-{version}"));
     std::fs::create_dir_all(&module)?;

@@ -13,6 +13,7 @@ mod ingest;
 mod k8s;
 mod kernel_routes;
 mod kube_bench;
+mod kube_install;
 mod policy;
 
 fn main() -> anyhow::Result<()> {
@@ -50,6 +51,10 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Some("images") => images::run(&args[1..]),
+        Some("bench-kube-install") => {
+            print!("{}", kube_install::run());
+            Ok(())
+        }
         Some("k8s-build") => {
             println!("{}", k8s::build()?.display());
             Ok(())
@@ -92,7 +97,7 @@ fn main() -> anyhow::Result<()> {
         }
         _ => {
             eprintln!(
-                "usage: cargo xtask bench [OUTPUT.md] | bench-bgp [PREFIXES...] [realistic PREFIXES...] | bench-sqlite-sync | bench-policy | bench-cni | bench-kube | images [debug|release] [DIR] | k8s-build | bench-ingest [realistic] [PREFIXES...]"
+                "usage: cargo xtask bench [OUTPUT.md] | bench-bgp [PREFIXES...] [realistic PREFIXES...] | bench-sqlite-sync | bench-policy | bench-cni | bench-kube | images [debug|release] [DIR] | bench-kube-install | k8s-build | bench-ingest [realistic] [PREFIXES...]"
             );
             std::process::exit(2);
         }

@@ -458,6 +458,16 @@ impl Lab {
         let record = state
             .pod(pod)
             .with_context(|| format!("no pod {pod:?} in lab {:?} (pods are NS/POD)", self.name))?;
+        if let (true, Some(kubeconfig)) = (state.kubelets, &state.kubeconfig) {
+            // The Kubernetes lab: inside the pod's container, as a user runs it.
+            let status = std::process::Command::new(crate::kube::binaries().join("kubectl"))
+                .args(["--kubeconfig", kubeconfig, "exec", "-i", "-n"])
+                .args([&record.namespace, &record.name, "--"])
+                .args(argv)
+                .status()
+                .context("cannot run kubectl (make k8s builds it)")?;
+            return Ok(status.code().unwrap_or(1));
+        }
         let program = resolve_program(&argv[0]);
         let status = named::command(&record.netns, program.as_os_str())
             .args(&argv[1..])
