@@ -10,8 +10,9 @@ CARGO ?= cargo
 # Debian packages the build and the tests need: protoc for etcd-client's build, etcd and the
 # BGP peers (gobgpd, bird2, frr) as real peers, and the kernel tools.
 # The Kubernetes lab adds containerd and runc (each node's runtime), nftables (its userland goes
-# into the twill/node image) and binutils (strip, for the images).
-DEB_PACKAGES := protobuf-compiler etcd-server etcd-client gobgpd bird2 frr iproute2 iptables ipset curl containernetworking-plugins python3 conntrack tcpdump openssl containerd runc nftables binutils
+# into the twill/node image), binutils (strip, for the images) and nginx (the seed articles' nginx:alpine
+# stand-in image; python3 gives python:3.9-slim's).
+DEB_PACKAGES := protobuf-compiler etcd-server etcd-client gobgpd bird2 frr iproute2 iptables ipset curl containernetworking-plugins python3 conntrack tcpdump openssl containerd runc nftables binutils nginx
 # Cargo says where it builds (CARGO_TARGET_DIR, build.target-dir or ./target); asked only when
 # a recipe uses it, so that `make deps` works before cargo is installed.
 # kubectl as `make k8s` builds it.

@@ -163,6 +163,11 @@ impl Image {
                 self.entries
                     .insert(key, Entry::Symlink(target.to_string_lossy().into_owned()));
                 path = parent.join(target);
+                // A package's dangling link (to a directory another package would fill)
+                // stays dangling, as on the host.
+                if std::fs::metadata(&path).is_err() {
+                    return Ok(self);
+                }
                 continue;
             }
             if meta.is_dir() {
@@ -185,24 +190,39 @@ impl Image {
     /// A program of this machine at `dest`, without its debug information, with the shared
     /// libraries it needs.
     pub fn binary(&mut self, source: &Path, dest: &str) -> anyhow::Result<&mut Image> {
+        use std::os::unix::fs::MetadataExt;
         std::fs::create_dir_all(&self.strip_dir)?;
-        let name = source.file_name().context("a binary has a name")?;
-        let stripped = self.strip_dir.join(name);
-        let fresh = match (std::fs::metadata(source), std::fs::metadata(&stripped)) {
-            (Ok(src), Ok(out)) => out.modified()? >= src.modified()?,
-            _ => false,
-        };
-        if !fresh {
+        let name = source
+            .file_name()
+            .context("a binary has a name")?
+            .to_string_lossy();
+        // One copy per source file and version of it (path, size, mtime, inode), so a debug
+        // and a release binary of one name never stand in for each other.
+        let meta = std::fs::metadata(source)
+            .with_context(|| format!("cannot read {}", source.display()))?;
+        let key = format!(
+            "{}{}{}{}",
+            source.display(),
+            meta.size(),
+            meta.mtime_nsec() + meta.mtime() * 1_000_000_000,
+            meta.ino()
+        );
+        let stripped = self
+            .strip_dir
+            .join(format!("{name}.{}", &sha256(key.as_bytes())[..16]));
+        if !stripped.exists() {
+            let partial = stripped.with_extension(format!("partial{}", std::process::id()));
             let status = Command::new("strip")
                 .arg("--strip-all")
                 .arg("-o")
-                .arg(&stripped)
+                .arg(&partial)
                 .arg(source)
                 .status()
                 .context("cannot run strip (binutils)")?;
             if !status.success() {
                 bail!("strip {} failed", source.display());
             }
+            std::fs::rename(&partial, &stripped)?;
         }
         let dest = dest.trim_start_matches('/').to_string();
         self.parent_dirs(&dest);
@@ -378,7 +398,11 @@ impl Image {
             config["WorkingDir"] = json!(dir);
         }
         let config = serde_json::to_vec(&json!({
-            "architecture": "amd64",
+            "architecture": match std::env::consts::ARCH {
+                "x86_64" => "amd64",
+                "aarch64" => "arm64",
+                other => other,
+            },
             "os": "linux",
             "created": created,
             "config": config,
@@ -509,9 +533,10 @@ fn rfc3339(epoch: u64) -> String {
     )
 }
 
-/// Where the lab and `make images` keep stripped binaries.
-pub fn strip_cache() -> PathBuf {
-    std::env::temp_dir().join("twill-image-strip")
+/// Where stripped copies of the binaries of `dir` (a target profile's directory) are kept:
+/// beside them, owned by whoever builds them.
+pub fn strip_cache(dir: &Path) -> PathBuf {
+    dir.join(".stripped")
 }
 
 #[cfg(test)]

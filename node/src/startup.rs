@@ -14,25 +14,29 @@ use twill_shared::client::{Client, ClientError, WriteMode};
 use twill_shared::datastore::{Datastore, DatastoreError};
 use twill_shared::resource::{Key, Kind, Resource};
 
-/// Interfaces that never carry the node's own address (Calico's first-found exclusions, and
-/// Twill's own devices).
+/// Interfaces that never carry the node's own address: Calico's first-found exclusions (as
+/// patterns matched from the start), with Twill's own devices beside Calico's.
 const EXCLUDED_INTERFACES: &[&str] = &[
-    "lo",
-    "docker",
-    "cbr",
-    "dummy",
-    "virbr",
-    "lxcbr",
-    "veth",
-    "cali",
-    "tunl",
-    "flannel",
-    "kube-ipvs",
-    "cni",
-    "vxlan",
-    "wireguard",
-    "twl",
-    "nodelocaldns",
+    "^lo$",
+    "^docker.*",
+    "^cbr.*",
+    "^dummy.*",
+    "^virbr.*",
+    "^lxcbr.*",
+    "^veth.*",
+    "^cali.*",
+    "^tunl.*",
+    "^flannel.*",
+    "^kube-ipvs.*",
+    "^cni.*",
+    "^vxlan.calico.*",
+    "^vxlan-v6.calico.*",
+    "^wireguard.cali.*",
+    "^wg-v6.cali.*",
+    "^nodelocaldns.*",
+    "^vxlan.twill.*",
+    "^vxlan-v6.twill.*",
+    "^twl.*",
 ];
 
 /// How the node's IPv4 address is found (Calico's `IP_AUTODETECTION_METHOD`).
@@ -42,8 +46,12 @@ pub enum Autodetect {
     FirstFound,
     /// The Kubernetes Node's InternalIP.
     KubernetesInternalIp,
-    /// The first address on an interface whose name matches.
-    Interface(regex::Regex),
+    /// The first address on an interface whose name matches one of the patterns.
+    Interface(Vec<regex::Regex>),
+    /// As first-found, also skipping interfaces whose name matches one of the patterns.
+    SkipInterface(Vec<regex::Regex>),
+    /// The first address inside one of the ranges.
+    Cidr(Vec<IpNet>),
     /// The source address of the route to this destination.
     CanReach(String),
     /// Leave the Node's address as it is.
@@ -52,21 +60,40 @@ pub enum Autodetect {
 
 impl Autodetect {
     /// Parses Calico's spelling: `first-found`, `kubernetes-internal-ip`,
-    /// `interface=REGEX`, `can-reach=DESTINATION`, `none`.
+    /// `interface=REGEX[,REGEX…]`, `skip-interface=REGEX[,…]`, `cidr=CIDR[,CIDR…]`,
+    /// `can-reach=DESTINATION`, `none`. Patterns match anywhere in the name, as Go's
+    /// `regexp.MatchString` (Calico's) does; anchor them with `^…$` for a whole name.
     pub fn parse(text: &str) -> anyhow::Result<Autodetect> {
         let text = text.trim();
+        let patterns = |method: &str, list: &str| -> anyhow::Result<Vec<regex::Regex>> {
+            list.split(',')
+                .map(|p| {
+                    regex::Regex::new(p.trim())
+                        .with_context(|| format!("{method}={p}: not a regular expression"))
+                })
+                .collect()
+        };
         Ok(match text.split_once('=') {
             None if text == "first-found" || text.is_empty() => Autodetect::FirstFound,
             None if text == "kubernetes-internal-ip" => Autodetect::KubernetesInternalIp,
             None if text == "none" => Autodetect::None,
-            Some(("interface", pattern)) => Autodetect::Interface(
-                regex::Regex::new(&format!("^(?:{pattern})$"))
-                    .with_context(|| format!("interface={pattern}: not a regular expression"))?,
+            Some(("interface", list)) => Autodetect::Interface(patterns("interface", list)?),
+            Some(("skip-interface", list)) => {
+                Autodetect::SkipInterface(patterns("skip-interface", list)?)
+            }
+            Some(("cidr", list)) => Autodetect::Cidr(
+                list.split(',')
+                    .map(|c| {
+                        c.trim()
+                            .parse()
+                            .with_context(|| format!("cidr={c}: not a CIDR"))
+                    })
+                    .collect::<anyhow::Result<_>>()?,
             ),
             Some(("can-reach", destination)) => Autodetect::CanReach(destination.to_string()),
             _ => bail!(
                 "ip autodetection method {text:?}: expected first-found, kubernetes-internal-ip, \
-                 interface=REGEX, can-reach=DESTINATION or none"
+                 interface=REGEX, skip-interface=REGEX, cidr=CIDR, can-reach=DESTINATION or none"
             ),
         })
     }
@@ -147,19 +174,28 @@ fn pick(
             .find(|a| a.address.addr() == ip)
             .map(|a| a.address)
     };
+    let excluded = |name: &str| {
+        EXCLUDED_INTERFACES
+            .iter()
+            .any(|p| regex::Regex::new(p).is_ok_and(|r| r.is_match(name)))
+    };
     match method {
         Autodetect::None => None,
         Autodetect::FirstFound => addresses
             .iter()
-            .find(|a| {
-                !EXCLUDED_INTERFACES
-                    .iter()
-                    .any(|prefix| a.interface.starts_with(prefix))
-            })
+            .find(|a| !excluded(&a.interface))
             .map(|a| a.address),
-        Autodetect::Interface(pattern) => addresses
+        Autodetect::SkipInterface(patterns) => addresses
             .iter()
-            .find(|a| pattern.is_match(&a.interface))
+            .find(|a| !excluded(&a.interface) && !patterns.iter().any(|p| p.is_match(&a.interface)))
+            .map(|a| a.address),
+        Autodetect::Cidr(ranges) => addresses
+            .iter()
+            .find(|a| ranges.iter().any(|r| r.contains(&a.address.addr())))
+            .map(|a| a.address),
+        Autodetect::Interface(patterns) => addresses
+            .iter()
+            .find(|a| patterns.iter().any(|p| p.is_match(&a.interface)))
             .map(|a| a.address),
         Autodetect::KubernetesInternalIp => internal_ip.and_then(with_address),
         Autodetect::CanReach(_) => route_source.and_then(with_address),
@@ -168,10 +204,25 @@ fn pick(
 
 /// The source address the kernel picks towards `destination` (`ip -j route get`).
 fn route_source(destination: &str) -> anyhow::Result<std::net::IpAddr> {
+    // A name is looked up first (`ip route get` takes addresses only).
+    let address: std::net::IpAddr = match destination.parse() {
+        Ok(address) => address,
+        Err(_) => std::net::ToSocketAddrs::to_socket_addrs(&(destination, 0))
+            .with_context(|| format!("can-reach={destination}: cannot resolve it"))?
+            .find(|a| a.is_ipv4())
+            .with_context(|| format!("can-reach={destination}: no IPv4 address"))?
+            .ip(),
+    };
     let output = std::process::Command::new("ip")
-        .args(["-j", "route", "get", destination])
+        .args(["-j", "route", "get", &address.to_string()])
         .output()
         .context("cannot run ip (iproute2)")?;
+    if !output.status.success() {
+        bail!(
+            "no route to {destination}: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
     let routes: Vec<serde_json::Value> = serde_json::from_slice(&output.stdout)
         .with_context(|| format!("no route to {destination}"))?;
     routes
@@ -191,6 +242,41 @@ pub async fn node_address(
     if matches!(method, Autodetect::None) {
         return Ok(());
     }
+    // A concurrent change of the Node (the kubelet's status, most likely, as the network
+    // turns ready) is read again and the address written on top of it.
+    let mut attempt = 0;
+    loop {
+        match write_node_address(store, node, method).await {
+            Err(err) if attempt < 10 && is_conflict(&err) => {
+                attempt += 1;
+                tracing::info!(
+                    node,
+                    attempt,
+                    "the Node changed meanwhile: writing its address again"
+                );
+            }
+            outcome => return outcome,
+        }
+    }
+}
+
+fn is_conflict(err: &anyhow::Error) -> bool {
+    err.chain().any(|e| {
+        matches!(
+            e.downcast_ref::<ClientError>(),
+            Some(ClientError::Datastore(DatastoreError::Conflict { .. }))
+        ) || matches!(
+            e.downcast_ref::<DatastoreError>(),
+            Some(DatastoreError::Conflict { .. })
+        )
+    })
+}
+
+async fn write_node_address(
+    store: &Arc<dyn Datastore>,
+    node: &str,
+    method: &Autodetect,
+) -> anyhow::Result<()> {
     let client = Client::new(store.clone());
     let key = Key::cluster(Kind::Node, node);
     let existing = client.get(&key).await?;
@@ -334,7 +420,8 @@ mod tests {
 
     #[test]
     fn interface_and_internal_ip_and_can_reach_pick_their_address_with_its_prefix() {
-        let by_name = Autodetect::parse("interface=ens.*").unwrap();
+        // Calico's spelling: a comma list, matched anywhere in the name.
+        let by_name = Autodetect::parse("interface=wlan.*,ens").unwrap();
         assert_eq!(
             pick(&by_name, &addresses(), None, None),
             Some("198.19.0.11/16".parse().unwrap())
@@ -369,6 +456,28 @@ mod tests {
     }
 
     #[test]
+    fn skip_interface_and_cidr_pick_what_calico_picks() {
+        let skip = Autodetect::parse("skip-interface=eth.*").unwrap();
+        assert_eq!(
+            pick(&skip, &addresses(), None, None),
+            Some("198.19.0.11/16".parse().unwrap())
+        );
+        let cidr = Autodetect::parse("cidr=192.0.2.0/24,198.19.0.0/16").unwrap();
+        assert_eq!(
+            pick(&cidr, &addresses(), None, None),
+            Some("198.19.0.11/16".parse().unwrap())
+        );
+        // first-found skips Calico's and Twill's tunnels by their own names only: an uplink
+        // called vxlan0 is an uplink.
+        let uplink = r#"[{"ifname":"vxlan0","addr_info":[{"local":"198.18.5.2","prefixlen":24,"scope":"global"}]}]"#;
+        let uplink = parse_addresses(uplink.as_bytes()).unwrap();
+        assert_eq!(
+            pick(&Autodetect::FirstFound, &uplink, None, None),
+            Some("198.18.5.2/24".parse().unwrap())
+        );
+    }
+
+    #[test]
     fn methods_parse_as_calico_spells_them() {
         assert!(matches!(
             Autodetect::parse("").unwrap(),
@@ -383,6 +492,7 @@ mod tests {
             Autodetect::KubernetesInternalIp
         ));
         assert!(Autodetect::parse("interface=(").is_err());
-        assert!(Autodetect::parse("skip-interface=eth0").is_err());
+        assert!(Autodetect::parse("bogus=eth0").is_err());
+        assert!(Autodetect::parse("cidr=10.0.0.0/33").is_err());
     }
 }

@@ -8,7 +8,8 @@
 //! takes seconds; the binaries land in `<cache>/bin`.
 //!
 //! Environment: `TWILL_K8S_VERSION` (default v1.34.4), `TWILL_K8S_CACHE` (default
-//! /var/tmp/twill-k8s), `TWILL_K8S_CMDS` (default: every command the Kubernetes lab runs).
+//! /var/tmp/twill-k8s), `TWILL_K8S_CMDS` (default: every command the Kubernetes lab runs),
+//! `TWILL_COREDNS_VERSION` (default v1.12.1: CoreDNS, the lab's cluster DNS).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -108,8 +109,35 @@ pub fn build() -> anyhow::Result<PathBuf> {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     go(&module, &args)?;
     eprintln!("built in {:.0} s", started.elapsed().as_secs_f64());
+    // The cluster DNS of the Kubernetes lab: CoreDNS's own module builds with `go install`
+    // (no staging replacements); once built it is kept.
+    let coredns = env_or("TWILL_COREDNS_VERSION", COREDNS_VERSION);
+    if !bin.join("coredns").exists() {
+        eprintln!("building coredns {coredns} into {}", bin.display());
+        let output = Command::new("go")
+            .current_dir(&module)
+            .args(["install", "-trimpath", "-ldflags=-s -w"])
+            .arg(format!("github.com/coredns/coredns@{coredns}"))
+            .env("GOMODCACHE", cache.join("gomodcache"))
+            .env("GOCACHE", cache.join("gocache"))
+            .env("GOBIN", &bin)
+            .env("GOTOOLCHAIN", "local")
+            .env("CGO_ENABLED", "0")
+            .env_remove("GOFLAGS")
+            .output()
+            .context("cannot run go")?;
+        if !output.status.success() {
+            bail!(
+                "go install coredns@{coredns}: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+    }
     Ok(bin)
 }
+
+/// The CoreDNS release kubeadm installs with Kubernetes 1.34.
+pub const COREDNS_VERSION: &str = "v1.12.1";
 
 /// The scratch module's go.mod: the upstream `go` (and `godebug`) lines, a requirement of
 /// k8s.io/kubernetes, and each `./staging` replacement turned into the published version.

@@ -82,16 +82,24 @@ async fn run() -> anyhow::Result<()> {
     if node.is_empty() {
         bail!("KUBERNETES_NODE_NAME is not set (the manifest sets it from spec.nodeName)");
     }
+    if setting("TWILL_MODE", "full") == "policy-only" {
+        println!(
+            "policy-only: another CNI plugin wires pods; nothing to install (twill-node enforces \
+             policy on its interfaces)"
+        );
+        return Ok(());
+    }
     let mtu: u32 = setting("CNI_MTU", "0")
         .parse()
         .context("CNI_MTU: not a number")?;
     std::fs::create_dir_all(&bin_dir)
         .with_context(|| format!("cannot create {}", bin_dir.display()))?;
     let mut portmap = false;
-    for plugin in ["twill", "twill-ipam", "portmap"] {
+    // loopback: the runtime's own call for every pod's `lo`; portmap: hostPort.
+    for plugin in ["twill", "twill-ipam", "portmap", "loopback"] {
         let from = source.join(plugin);
         if !from.exists() {
-            if plugin == "portmap" {
+            if plugin == "portmap" || plugin == "loopback" {
                 continue;
             }
             bail!("{} is missing from the image", from.display());
@@ -117,6 +125,20 @@ async fn run() -> anyhow::Result<()> {
         portmap,
     );
     let path = net_dir.join(&conf_name);
+    // A runtime uses the first configuration by name: another network's that sorts first
+    // would win over Twill's, silently.
+    for entry in std::fs::read_dir(&net_dir)?.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let config =
+            name.ends_with(".conflist") || name.ends_with(".conf") || name.ends_with(".json");
+        if config && name < conf_name && !name.starts_with('.') {
+            eprintln!(
+                "warning: {} sorts before {conf_name}: the container runtime uses it, not Twill's \
+                 (remove it, or set CNI_CONF_NAME to sort first)",
+                entry.path().display()
+            );
+        }
+    }
     write_private(&path, &serde_json::to_vec_pretty(&list)?)?;
     println!("wrote {}", path.display());
     Ok(())

@@ -207,11 +207,16 @@ pub fn leftovers(name: &str) -> Vec<String> {
     if disk.exists() {
         found.push(disk.display().to_string());
     }
-    for hierarchy in ["cpu", "memory", "pids", "systemd", "unified"] {
-        let dir = Path::new("/sys/fs/cgroup").join(hierarchy);
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let hierarchies = mounts.lines().filter_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        (fields.len() > 2 && (fields[2] == "cgroup" || fields[2] == "cgroup2"))
+            .then(|| std::path::PathBuf::from(fields[1]))
+    });
+    for dir in hierarchies {
         for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
             let cgroup = entry.file_name().to_string_lossy().into_owned();
-            if cgroup.starts_with(&format!("twl-{name}-")) {
+            if cgroup.starts_with(&format!("twl-{name}.")) {
                 found.push(format!("cgroup {}", entry.path().display()));
             }
         }

@@ -31,6 +31,94 @@ pub const KUBE_POD_POOL: &str = "10.244.0.0/16";
 pub const PAUSE_IMAGE: &str = "registry.k8s.io/pause:3.10";
 /// The topology pods' image.
 pub const RESPONDER_IMAGE: &str = "twill/responder:lab";
+/// The cluster DNS image, built locally from CoreDNS's Go module (the version kubeadm
+/// installs with Kubernetes 1.34).
+pub const COREDNS_IMAGE: &str = "registry.k8s.io/coredns/coredns:v1.12.1";
+/// The cluster DNS, as kubeadm installs it (`kube-dns` in `kube-system` on 10.96.0.10), its
+/// Corefile without `forward`: the lab sends nothing beyond its own namespaces.
+const DNS_MANIFEST: &str = r#"
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: coredns, namespace: kube-system}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: "system:coredns"}
+rules:
+  - apiGroups: [""]
+    resources: [endpoints, services, pods, namespaces]
+    verbs: [list, watch]
+  - apiGroups: [discovery.k8s.io]
+    resources: [endpointslices]
+    verbs: [list, watch]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: "system:coredns"}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: "system:coredns"}
+subjects: [{kind: ServiceAccount, name: coredns, namespace: kube-system}]
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: coredns, namespace: kube-system}
+data:
+  Corefile: |
+    .:53 {
+        errors
+        health {
+            lameduck 5s
+        }
+        ready
+        kubernetes cluster.local in-addr.arpa ip6.arpa {
+            pods insecure
+            fallthrough in-addr.arpa ip6.arpa
+            ttl 30
+        }
+        cache 30
+        loop
+        loadbalance
+    }
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: coredns, namespace: kube-system, labels: {k8s-app: kube-dns}}
+spec:
+  replicas: 1
+  selector: {matchLabels: {k8s-app: kube-dns}}
+  template:
+    metadata: {labels: {k8s-app: kube-dns}}
+    spec:
+      serviceAccountName: coredns
+      priorityClassName: system-cluster-critical
+      tolerations: [{key: CriticalAddonsOnly, operator: Exists}]
+      containers:
+        - name: coredns
+          image: registry.k8s.io/coredns/coredns:v1.12.1
+          imagePullPolicy: IfNotPresent
+          args: ["-conf", "/etc/coredns/Corefile"]
+          ports:
+            - {name: dns, containerPort: 53, protocol: UDP}
+            - {name: dns-tcp, containerPort: 53, protocol: TCP}
+            - {name: metrics, containerPort: 9153, protocol: TCP}
+          readinessProbe: {httpGet: {path: /ready, port: 8181}, periodSeconds: 2}
+          livenessProbe: {httpGet: {path: /health, port: 8080}, periodSeconds: 10, failureThreshold: 5}
+          securityContext:
+            allowPrivilegeEscalation: false
+            capabilities: {add: [NET_BIND_SERVICE], drop: [ALL]}
+          volumeMounts: [{name: config, mountPath: /etc/coredns, readOnly: true}]
+      volumes: [{name: config, configMap: {name: coredns}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: kube-dns, namespace: kube-system, labels: {k8s-app: kube-dns}}
+spec:
+  clusterIP: 10.96.0.10
+  selector: {k8s-app: kube-dns}
+  ports:
+    - {name: dns, port: 53, protocol: UDP}
+    - {name: dns-tcp, port: 53, protocol: TCP}
+    - {name: metrics, port: 9153, protocol: TCP}
+"#;
 /// Host paths a CNI install and twill-node's DaemonSet use, each bound to a directory of the
 /// node's own (name under the node's disk).
 const NODE_BINDS: &[(&str, &str)] = &[
@@ -53,7 +141,7 @@ pub fn version_tag() -> String {
 /// into `dir`; `measure` also finds each layer's compressed size.
 pub fn build_images(tools: &Tools, dir: &Path, measure: bool) -> anyhow::Result<Vec<Written>> {
     let bin = tools.cni_dir();
-    let strip = crate::image::strip_cache();
+    let strip = crate::image::strip_cache(&bin);
     let tag = version_tag();
     let mut written = Vec::new();
     let mut node = Image::new("twill/node", &tag, &strip);
@@ -66,11 +154,13 @@ pub fn build_images(tools: &Tools, dir: &Path, measure: bool) -> anyhow::Result<
     ] {
         node.binary(&bin.join(name), &format!("/usr/bin/{name}"))?;
     }
-    if Path::new(REFERENCE_CNI_DIR).join("portmap").exists() {
-        node.binary(
-            &Path::new(REFERENCE_CNI_DIR).join("portmap"),
-            "/usr/bin/portmap",
-        )?;
+    // The reference plugins Calico's install also puts on a node: portmap (hostPort) and
+    // loopback (every runtime's own call for a pod's `lo`).
+    for plugin in ["portmap", "loopback"] {
+        let path = Path::new(REFERENCE_CNI_DIR).join(plugin);
+        if path.exists() {
+            node.binary(&path, &format!("/usr/bin/{plugin}"))?;
+        }
     }
     node.debian_packages(&["iptables", "ipset", "conntrack", "nftables", "iproute2"])?;
     // Debian picks iptables' flavour through alternatives; the image names nft as Debian's
@@ -108,7 +198,87 @@ pub fn build_images(tools: &Tools, dir: &Path, measure: bool) -> anyhow::Result<
     responder.binary(&tools.twillctl, "/usr/bin/twillctl")?;
     responder.entrypoint(&["/usr/bin/twillctl", "lab", "responder"]);
     written.push(responder.write(dir, measure)?);
+    written.extend(stand_ins(dir, &strip, measure)?);
+    let coredns = crate::kube::binaries().join("coredns");
+    if coredns.exists() {
+        let (name, tag) = COREDNS_IMAGE.rsplit_once(':').expect("a tag");
+        let mut image = Image::new(name, tag, &strip);
+        image
+            .binary(&coredns, "/coredns")?
+            .entrypoint(&["/coredns"]);
+        written.push(image.write(dir, measure)?);
+    }
     Ok(written)
+}
+
+/// Local stand-ins, from Debian's packages, for the public images the seed articles name:
+/// `nginx:alpine` (nginx serving a welcome page on port 80, with curl, as the article execs
+/// it) and `python:3.9-slim` (Debian's python3.11 as `python`). Built when the packages are
+/// installed (make installs them); skipped otherwise, and a pod naming them then waits for its
+/// image as it would without a registry.
+pub fn stand_ins(dir: &Path, strip: &Path, measure: bool) -> anyhow::Result<Vec<Written>> {
+    let installed = |package: &str| {
+        Command::new("dpkg")
+            .args(["-s", package])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    let strip = strip.to_path_buf();
+    let mut written = Vec::new();
+    if installed("nginx") && installed("curl") {
+        let mut nginx = Image::new("nginx", "alpine", &strip);
+        nginx.debian_packages(&["nginx", "nginx-common", "curl"])?;
+        base_files(&mut nginx);
+        nginx
+            .bytes("/etc/nginx/nginx.conf", NGINX_CONF.as_bytes(), 0o644)
+            .bytes(
+                "/usr/share/nginx/html/index.html",
+                b"<!DOCTYPE html>\n<html><head><title>Welcome to nginx!</title></head>\n<body><h1>Welcome to nginx!</h1></body></html>\n",
+                0o644,
+            )
+            .dir("var/lib/nginx")
+            .dir("var/log/nginx")
+            .cmd(&["nginx", "-g", "daemon off;"]);
+        written.push(nginx.write(dir, measure)?);
+    }
+    if installed("python3.11-minimal") && installed("libpython3.11-stdlib") {
+        let mut python = Image::new("python", "3.9-slim", &strip);
+        python.debian_packages(&[
+            "python3.11-minimal",
+            "libpython3.11-minimal",
+            "libpython3.11-stdlib",
+        ])?;
+        base_files(&mut python);
+        python
+            .symlink("/usr/bin/python", "python3.11")
+            .symlink("/usr/bin/python3", "python3.11")
+            .cmd(&["python3"]);
+        written.push(python.write(dir, measure)?);
+    }
+    Ok(written)
+}
+
+/// nginx as the official image runs it: in the foreground, logs to the container's streams.
+const NGINX_CONF: &str = "user nobody nogroup;\nworker_processes 1;\npid /run/nginx.pid;\n\
+error_log /dev/stderr notice;\nevents { worker_connections 256; }\nhttp {\n  \
+include /etc/nginx/mime.types;\n  access_log /dev/stdout;\n  server {\n    listen 80;\n    \
+listen [::]:80;\n    root /usr/share/nginx/html;\n    index index.html;\n  }\n}\n";
+
+/// The accounts and name service files a Debian userland expects.
+fn base_files(image: &mut Image) {
+    image
+        .bytes(
+            "/etc/passwd",
+            b"root:x:0:0:root:/root:/bin/sh\nwww-data:x:33:33:www-data:/var/www:/usr/sbin/nologin\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n",
+            0o644,
+        )
+        .bytes(
+            "/etc/group",
+            b"root:x:0:\nwww-data:x:33:\nnogroup:x:65534:\n",
+            0o644,
+        )
+        .bytes("/etc/nsswitch.conf", b"passwd: files\ngroup: files\nhosts: files dns\n", 0o644)
+        .dir("root");
 }
 
 /// Mount options `mount(8)` turns into flags; the rest go to the filesystem.
@@ -206,7 +376,7 @@ impl KubeNode<'_> {
     }
 
     fn cgroup(&self) -> String {
-        format!("twl-{}-{}", self.lab.name, self.node.name)
+        format!("twl-{}.{}", self.lab.name, self.node.name)
     }
 
     fn log(&self, name: &str) -> anyhow::Result<std::fs::File> {
@@ -253,12 +423,6 @@ impl KubeNode<'_> {
                 std::fs::write(record, text)?;
             }
         }
-        // The OS's plugin every runtime calls itself (the loopback device of each pod).
-        std::fs::copy(
-            Path::new(REFERENCE_CNI_DIR).join("loopback"),
-            self.disk.join("opt-cni-bin/loopback"),
-        )
-        .context("the reference loopback plugin (apt-get install containernetworking-plugins)")?;
         let twillctl = self.lab.tools.twillctl.display().to_string();
         let mut holder = Command::new("nsenter")
             .arg(format!("--net=/run/netns/{}", self.node.netns))
@@ -488,26 +652,31 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
     }
 }
 
-/// The responder process answering `id` (`NS/POD`), found by its command line.
-fn pod_process(id: &str) -> Option<i32> {
-    let entries = std::fs::read_dir("/proc").ok()?;
-    for entry in entries.flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-            continue;
-        };
-        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-        if args.iter().any(|a| *a == b"responder")
-            && args
-                .windows(2)
-                .any(|w| w[0] == b"--answer" && w[1] == id.as_bytes())
-        {
-            return Some(pid);
+/// A process of the pod `uid` on `node` (the pause process or a container's: all share the
+/// pod's network namespace), found in the node's cgroups (`.../pod<UID>/...`, the kubelet's
+/// cgroupfs layout).
+fn pod_process(lab: &str, node: &str, uid: &str) -> Option<i32> {
+    fn find(dir: &Path, wanted: &str, inside: bool) -> Option<i32> {
+        let inside = inside || dir.file_name().is_some_and(|n| n == wanted);
+        if inside {
+            let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+            if let Some(pid) = procs.lines().find_map(|l| l.trim().parse().ok()) {
+                return Some(pid);
+            }
         }
+        for entry in std::fs::read_dir(dir).ok()?.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                if let Some(pid) = find(&entry.path(), wanted, inside) {
+                    return Some(pid);
+                }
+            }
+        }
+        None
     }
-    None
+    let wanted = format!("pod{uid}");
+    cgroup_hierarchies()
+        .into_iter()
+        .find_map(|h| find(&h.join(format!("twl-{lab}.{node}")), &wanted, false))
 }
 
 /// Every cgroup hierarchy's mount point (v1 controllers, named, unified).
@@ -610,7 +779,14 @@ impl Lab {
             return self.wait_nodes_registered(&client, state).await;
         }
         crate::kube::apply_documents(&client, &manifest).await?;
-        self.wait_nodes_ready(&client, state).await
+        self.wait_nodes_ready(&client, state).await?;
+        if images.iter().any(|i| i.reference == COREDNS_IMAGE) {
+            crate::kube::apply_documents(&client, DNS_MANIFEST).await?;
+            self.wait_dns(&client).await?;
+        } else {
+            tracing::warn!("no CoreDNS binary (make k8s builds it): the lab has no cluster DNS");
+        }
+        Ok(())
     }
 
     /// Creates Kubernetes Pods (the lab's responder image unless the pod names its own) on
@@ -652,18 +828,39 @@ impl Lab {
             value["spec"]["nodeName"] = json!(node);
             value["spec"]["terminationGracePeriodSeconds"] = json!(1);
             let container = &mut value["spec"]["containers"][0];
-            if container["image"] == "twill/responder" || container["image"].is_null() {
-                container["image"] = json!(RESPONDER_IMAGE);
-                container["args"] = json!(args);
-            }
+            // The topology's pods run the responder; a pod naming its own image runs it, and
+            // the lab looks at what it listens on (`ss` in its namespace) instead.
+            let own_image =
+                if container["image"] == "twill/responder" || container["image"].is_null() {
+                    container["image"] = json!(RESPONDER_IMAGE);
+                    container["args"] = json!(args);
+                    None
+                } else {
+                    container["image"].as_str().map(str::to_string)
+                };
             container["imagePullPolicy"] = json!("IfNotPresent");
-            let text = serde_yaml::to_string(&value)?;
+            // Each pod's name resolves through the cluster DNS, as the lab's pods' names do in
+            // the other labs: a headless Service of the same name (its A record is the pod's
+            // own address, so policy sees pod-to-pod traffic).
+            value["metadata"]["labels"]["twill.lab/pod"] = json!(name);
+            let service = json!({"apiVersion": "v1", "kind": "Service",
+                "metadata": {"name": name, "namespace": namespace},
+                "spec": {"clusterIP": "None", "selector": {"twill.lab/pod": name}}});
+            let text = format!(
+                "{}---\n{}",
+                serde_yaml::to_string(&service)?,
+                serde_yaml::to_string(&value)?
+            );
             crate::kube::apply_documents(&client, &text).await?;
             let labels = pod.metadata.labels.clone().unwrap_or_default();
-            created.push((namespace, name, node, serves, labels));
+            let (serves, command) = match own_image {
+                Some(image) => (Vec::new(), Some(vec![image])),
+                None => (serves, None),
+            };
+            created.push((namespace, name, node, serves, labels, command));
         }
         let deadline = Instant::now() + Duration::from_secs(120);
-        for (namespace, name, node, serves, labels) in created {
+        for (namespace, name, node, serves, labels, command) in created {
             let api: kube::Api<Pod> = kube::Api::namespaced(client.clone(), &namespace);
             let (ips, uid) = loop {
                 let pod = api.get(&name).await?;
@@ -686,8 +883,9 @@ impl Lab {
                 tokio::time::sleep(Duration::from_millis(250)).await;
             };
             let netns = format!("{}p.{namespace}.{name}", self.prefix());
-            let pid = pod_process(&format!("{namespace}/{name}"))
-                .with_context(|| format!("no process of pod {namespace}/{name} on this machine"))?;
+            let pid = pod_process(&self.name, &node, &uid).with_context(|| {
+                format!("no process of pod {namespace}/{name} in its node's cgroups")
+            })?;
             let output = Command::new("ip")
                 .args(["netns", "attach", &netns, &pid.to_string()])
                 .output()?;
@@ -706,11 +904,33 @@ impl Lab {
                 ips,
                 labels,
                 serves,
-                command: None,
+                command,
             });
             state::save(state)?;
         }
         Ok(())
+    }
+
+    /// The cluster DNS answers (its pod is Ready: CoreDNS's /ready, after its first sync).
+    async fn wait_dns(&self, client: &kube::Client) -> anyhow::Result<()> {
+        use k8s_openapi::api::apps::v1::Deployment;
+        let api: kube::Api<Deployment> = kube::Api::namespaced(client.clone(), "kube-system");
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let ready = api
+                .get("coredns")
+                .await?
+                .status
+                .and_then(|s| s.ready_replicas)
+                .unwrap_or(0);
+            if ready > 0 {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("CoreDNS is not ready after 120 s (kubectl -n kube-system describe pods)");
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
     }
 
     /// Every node's kubelet has registered its Node (Ready or not).
@@ -807,7 +1027,7 @@ impl Lab {
             };
             for entry in entries.flatten() {
                 let name = entry.file_name().to_string_lossy().into_owned();
-                if name.starts_with(&format!("twl-{}-", self.name)) {
+                if name.starts_with(&format!("twl-{}.", self.name)) {
                     kill_cgroup(&entry.path());
                 }
             }
@@ -816,8 +1036,12 @@ impl Lab {
         if disk.exists() {
             let _ = std::fs::remove_dir_all(&disk);
         }
-        // The root itself, once no lab uses it.
+        // The root itself and the mount points made for the nodes, once no other Kubernetes
+        // lab uses them (another lab's nodes have them as mount points).
         let _ = std::fs::remove_dir(DISK_ROOT);
+        if Path::new(DISK_ROOT).exists() {
+            return;
+        }
         if let Ok(text) = std::fs::read_to_string(self.dir().join("created-dirs")) {
             for dir in text.lines().rev() {
                 let _ = std::fs::remove_dir(dir);

@@ -127,10 +127,11 @@ pub fn write_private(path: &Path, data: &[u8]) -> Result<(), CredentialsError> {
         .ok_or_else(|| CredentialsError(format!("{} names no file", path.display())))?
         .to_string_lossy();
     let partial = dir.join(format!(".{name}.partial"));
+    // A partial file left behind keeps whatever mode it had: start from none.
+    let _ = std::fs::remove_file(&partial);
     let mut file = std::fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .mode(0o600)
         .open(&partial)
         .map_err(|e| fail("write", &partial, e))?;
