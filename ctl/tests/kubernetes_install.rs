@@ -165,7 +165,7 @@ fn kubectl_apply_of_twill_yaml_brings_the_network_up_on_a_real_cluster() {
     assert!(web["status"]["podIP"].is_null(), "{}", web["status"]);
 
     // The install, as the user runs it.
-    let applied = kubectl(kc, &["apply", "--server-side", "-f", MANIFEST], "").unwrap();
+    let applied = kubectl(kc, &["apply", "-f", MANIFEST], "").unwrap();
     assert!(applied.contains("daemonset.apps/twill-node"), "{applied}");
     eventually("both nodes Ready", Duration::from_secs(180), || {
         let nodes = json(kc, &["get", "nodes"]);

@@ -11,6 +11,7 @@ const CORE_CRATES: &[&str] = &["shared", "bgpd", "felix", "ipam", "ipip"];
 /// Edge files, relative to the workspace.
 const EDGE_FILES: &[&str] = &[
     "shared/src/client.rs",
+    "shared/src/datastore/cni_credentials.rs",
     "shared/src/datastore/etcd.rs",
     "shared/src/datastore/kubernetes.rs",
     "shared/src/datastore/runtime.rs",

@@ -271,12 +271,7 @@ fn measure() -> anyhow::Result<String> {
     let started = Instant::now();
     kubectl(
         &kubeconfig,
-        &[
-            "apply",
-            "--server-side",
-            "-f",
-            manifest.to_str().context("path")?,
-        ],
+        &["apply", "-f", manifest.to_str().context("path")?],
         None,
     )?;
     wait_ready(&kubeconfig, true, Duration::from_secs(300))?;
@@ -314,7 +309,7 @@ fn measure() -> anyhow::Result<String> {
 
     let _ = writeln!(
         out,
-        "`kubectl apply --server-side -f deploy/kubernetes/twill.yaml` on a {NODES}-node cluster \
+        "`kubectl apply -f deploy/kubernetes/twill.yaml` on a {NODES}-node cluster \
          without a network → every node Ready, twill-node ready on each and \
          twill-kube-controllers ready: **{install:.1} s** (one run).\n"
     );
