@@ -96,12 +96,13 @@ fn disk(lab: &str, node: &str) -> PathBuf {
     Path::new("/var/lib/twill-lab").join(lab).join(node)
 }
 
-/// The reference network: bridge + host-local with `10.245.N.0/24` on node N, and a route
+/// The reference network (as a node with the OS's plugins has it: loopback too): bridge +
+/// host-local with `10.245.N.0/24` on node N, and a route
 /// on every node to every other node's /24 (as a flat L2/L3 network would have).
 fn reference_network(lab: &str) -> anyhow::Result<()> {
     for n in 1..=NODES {
         let dir = disk(lab, &format!("node-{n}"));
-        for plugin in ["bridge", "host-local"] {
+        for plugin in ["bridge", "host-local", "loopback"] {
             std::fs::copy(
                 Path::new("/usr/lib/cni").join(plugin),
                 dir.join("opt-cni-bin").join(plugin),
