@@ -669,6 +669,14 @@ impl LabControlPlane {
     /// Waits until the API server serves, then installs the CRDs and Twill's accounts and
     /// roles.
     pub async fn ready(&self) -> anyhow::Result<()> {
+        self.serving().await?;
+        let client = client(&self.kubeconfig).await?;
+        install_crds(&client, Duration::from_secs(60)).await?;
+        apply_documents(&client, RBAC).await
+    }
+
+    /// Waits until the API server serves (nothing of Twill's installed).
+    pub async fn serving(&self) -> anyhow::Result<()> {
         let log = self
             .kubeconfig
             .parent()
@@ -698,10 +706,7 @@ impl LabControlPlane {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        wait_serving(&self.kubeconfig, Duration::from_secs(90), &log).await?;
-        let client = client(&self.kubeconfig).await?;
-        install_crds(&client, Duration::from_secs(60)).await?;
-        apply_documents(&client, RBAC).await
+        wait_serving(&self.kubeconfig, Duration::from_secs(90), &log).await
     }
 }
 

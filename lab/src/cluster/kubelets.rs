@@ -751,7 +751,12 @@ impl Lab {
                 })
             })
             .collect();
-        control.ready().await?;
+        // Without Twill the cluster has nothing of Twill's: the user's apply brings it all.
+        if options.without_twill {
+            control.serving().await?;
+        } else {
+            control.ready().await?;
+        }
         control.start_controllers()?;
         for import in imports {
             import.await??;
