@@ -23,6 +23,9 @@ use crate::kube::API_PORT;
 
 /// Where the Kubernetes lab keeps its nodes' disks (containerd's images and snapshots).
 pub const DISK_ROOT: &str = "/var/lib/twill-lab";
+/// The mount points the Kubernetes labs had to make on this machine, outermost first: shared
+/// by every lab (a lab that comes up second finds them made), removed by the last one down.
+const CREATED_DIRS: &str = "/var/lib/twill-lab.created-dirs";
 /// The manifest users apply.
 pub const MANIFEST: &str = include_str!("../../../deploy/kubernetes/twill.yaml");
 /// The pool the manifest's ConfigMap creates.
@@ -415,8 +418,8 @@ impl KubeNode<'_> {
             missing.reverse();
             if !missing.is_empty() {
                 std::fs::create_dir_all(host)?;
-                let record = self.lab.dir().join("created-dirs");
-                let mut text = std::fs::read_to_string(&record).unwrap_or_default();
+                let record = Path::new(CREATED_DIRS);
+                let mut text = std::fs::read_to_string(record).unwrap_or_default();
                 for dir in missing {
                     text.push_str(&format!("{}\n", dir.display()));
                 }
@@ -1047,10 +1050,11 @@ impl Lab {
         if Path::new(DISK_ROOT).exists() {
             return;
         }
-        if let Ok(text) = std::fs::read_to_string(self.dir().join("created-dirs")) {
+        if let Ok(text) = std::fs::read_to_string(CREATED_DIRS) {
             for dir in text.lines().rev() {
                 let _ = std::fs::remove_dir(dir);
             }
+            let _ = std::fs::remove_file(CREATED_DIRS);
         }
     }
 }
