@@ -386,7 +386,7 @@ impl Image {
             .unwrap_or(EPOCH);
         let layer = self.layer(epoch)?;
         let layer_digest = sha256(&layer);
-        let created = rfc3339(epoch);
+        let created = twill_shared::client::rfc3339(epoch);
         let mut config = json!({"Env": self.env});
         if !self.entrypoint.is_empty() {
             config["Entrypoint"] = json!(self.entrypoint);
@@ -511,28 +511,6 @@ fn is_elf(path: &Path) -> bool {
         && magic == *b"\x7fELF"
 }
 
-/// Seconds since 1970 as RFC 3339 (UTC).
-fn rfc3339(epoch: u64) -> String {
-    let days = epoch / 86_400;
-    let rest = epoch % 86_400;
-    // Civil from days (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rest / 3600,
-        rest % 3600 / 60,
-        rest % 60
-    )
-}
-
 /// Where stripped copies of the binaries of `dir` (a target profile's directory) are kept:
 /// beside them, owned by whoever builds them.
 pub fn strip_cache(dir: &Path) -> PathBuf {
@@ -542,15 +520,6 @@ pub fn strip_cache(dir: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn rfc3339_matches_date() {
-        // `date -u -d @1700000000 +%FT%TZ` prints 2023-11-14T22:13:20Z.
-        assert_eq!(rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
-        // `date -u -d @951782400`: the leap day of 2000.
-        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
-    }
 
     #[test]
     fn references_are_what_containerd_names_them() {

@@ -417,6 +417,31 @@ pub fn apiserver_args(etcd: &str, address: &str, port: u16, dir: &Path) -> Vec<S
     .collect()
 }
 
+/// kubectl (the one [`binaries`] holds) with `kubeconfig`, `stdin` on its input: its output,
+/// or why it failed (its error output).
+pub fn kubectl(kubeconfig: &str, args: &[&str], stdin: Option<&str>) -> anyhow::Result<String> {
+    use std::io::Write;
+    let mut child = Command::new(binaries().join("kubectl"))
+        .args(["--kubeconfig", kubeconfig])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("cannot run kubectl (make k8s builds it)")?;
+    let mut input = child.stdin.take().context("kubectl's input")?;
+    input.write_all(stdin.unwrap_or_default().as_bytes())?;
+    drop(input);
+    let output = child.wait_with_output()?;
+    if !output.status.success() {
+        bail!(
+            "kubectl {args:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
 /// A client from a kubeconfig file.
 pub async fn client(kubeconfig: &Path) -> anyhow::Result<kube::Client> {
     let file = kube::config::Kubeconfig::read_from(kubeconfig)

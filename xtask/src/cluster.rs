@@ -243,7 +243,7 @@ fn agents(name: &str) -> anyhow::Result<Vec<(String, i32)>> {
     Ok(found)
 }
 
-pub(crate) fn rss_mib(pid: i32) -> f64 {
+fn rss_mib(pid: i32) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {

@@ -510,7 +510,7 @@ impl Agent {
 }
 
 /// A field of /proc/PID/status in kB, as MiB.
-fn status_mib(pid: i32, field: &str) -> f64 {
+pub(crate) fn status_mib(pid: i32, field: &str) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()
         .lines()

@@ -9,48 +9,21 @@
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use serde_json::Value;
+use twill_lab::kube::kubectl;
 
 use crate::bench::percentile;
-use crate::cluster::{cpu_ticks, first_connection, rss_mib};
+use crate::cluster::{cpu_ticks, first_connection};
 use crate::cni::{twillctl, LabGuard};
+use crate::kube_bench::status_mib;
 use twill_interop_tests::workspace_binary;
 
 const NODES: usize = 3;
 const PODS: usize = 50;
-
-fn kubectl(kubeconfig: &str, args: &[&str], stdin: Option<&str>) -> anyhow::Result<String> {
-    let mut child = Command::new(twill_lab::kube::binaries().join("kubectl"))
-        .args(["--kubeconfig", kubeconfig])
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("kubectl (make k8s)")?;
-    if let Some(text) = stdin {
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .context("stdin")?
-            .write_all(text.as_bytes())?;
-    }
-    drop(child.stdin.take());
-    let out = child.wait_with_output()?;
-    if !out.status.success() {
-        bail!(
-            "kubectl {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
 
 fn json(kubeconfig: &str, args: &[&str]) -> anyhow::Result<Value> {
     let mut full = args.to_vec();
@@ -237,17 +210,6 @@ fn twill_node_pids(lab: &str) -> Vec<i32> {
         .collect()
 }
 
-fn hwm_mib(pid: i32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        })
-        .map_or(0.0, |kib| kib / 1024.0)
-}
-
 fn row(out: &mut String, what: &str, twill: &[f64], reference: &[f64]) {
     let (t50, t99) = (percentile(twill, 0.5), percentile(twill, 0.99));
     let (r50, r99) = (percentile(reference, 0.5), percentile(reference, 0.99));
@@ -287,7 +249,8 @@ fn measure() -> anyhow::Result<String> {
         / 100.0
         / rest_started.0.elapsed().as_secs_f64()
         / pids.len().max(1) as f64;
-    let rest_rss: f64 = pids.iter().map(|p| rss_mib(*p)).sum::<f64>() / pids.len().max(1) as f64;
+    let rest_rss: f64 =
+        pids.iter().map(|p| status_mib(*p, "VmRSS:")).sum::<f64>() / pids.len().max(1) as f64;
     // Churn: the 50 pods go, 50 others come (100 pod changes).
     let churn_started = (Instant::now(), ticks(&pids));
     kubectl(
@@ -298,7 +261,10 @@ fn measure() -> anyhow::Result<String> {
     pod_start(lab, &kubeconfig, "b")?;
     let churn_seconds = churn_started.0.elapsed().as_secs_f64();
     let churn_cpu = (ticks(&pids) - churn_started.1) as f64 / 100.0 / pids.len().max(1) as f64;
-    let peak: f64 = pids.iter().map(|p| hwm_mib(*p)).fold(0.0, f64::max);
+    let peak: f64 = pids
+        .iter()
+        .map(|p| status_mib(*p, "VmHWM:"))
+        .fold(0.0, f64::max);
     guard.down()?;
     // The reference plugins.
     let lab = "bki-ref";

@@ -243,26 +243,5 @@ pub fn leftovers(name: &str) -> Vec<String> {
 /// kubectl with `kubeconfig` (a Kubernetes lab's), `stdin` on its input: its output, or why
 /// it failed.
 pub fn kubectl(kubeconfig: &str, args: &[&str], stdin: &str) -> Result<String, String> {
-    let mut child = Command::new(twill_lab::kube::binaries().join("kubectl"))
-        .args(["--kubeconfig", kubeconfig])
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("kubectl runs (make builds it)");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    let output = child.wait_with_output().unwrap();
-    if !output.status.success() {
-        return Err(format!(
-            "kubectl {args:?} failed: {}",
-            String::from_utf8_lossy(&output.stderr).trim()
-        ));
-    }
-    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    twill_lab::kube::kubectl(kubeconfig, args, Some(stdin)).map_err(|err| format!("{err:#}"))
 }

@@ -713,6 +713,14 @@ impl Lab {
         Path::new(DISK_ROOT).join(&self.name).join(node)
     }
 
+    fn kube_node<'a>(&'a self, node: &'a NodeState) -> KubeNode<'a> {
+        KubeNode {
+            lab: self,
+            node,
+            disk: self.node_disk(&node.name),
+        }
+    }
+
     /// Builds the Kubernetes lab's nodes once the underlay, the nodes' namespaces and the
     /// control plane's processes exist.
     pub(super) async fn build_kubelets(
@@ -732,11 +740,7 @@ impl Lab {
         let pki = self.kube_dir();
         let mut holders = Vec::new();
         for node in &state.nodes {
-            let kube_node = KubeNode {
-                lab: self,
-                node,
-                disk: self.node_disk(&node.name),
-            };
+            let kube_node = self.kube_node(node);
             holders.push(kube_node.start_runtime(restrict_oom)?);
         }
         let imports: Vec<_> = state
@@ -744,14 +748,7 @@ impl Lab {
             .iter()
             .map(|node| {
                 let (lab, node, images) = (self.clone(), node.clone(), images.clone());
-                tokio::task::spawn_blocking(move || {
-                    KubeNode {
-                        lab: &lab,
-                        node: &node,
-                        disk: lab.node_disk(&node.name),
-                    }
-                    .import_images(&images)
-                })
+                tokio::task::spawn_blocking(move || lab.kube_node(&node).import_images(&images))
             })
             .collect();
         // Without Twill the cluster has nothing of Twill's: the user's apply brings it all.
@@ -765,12 +762,7 @@ impl Lab {
             import.await??;
         }
         for (node, holder) in state.nodes.iter().zip(&holders) {
-            KubeNode {
-                lab: self,
-                node,
-                disk: self.node_disk(&node.name),
-            }
-            .start_kubelet(*holder, &pki)?;
+            self.kube_node(node).start_kubelet(*holder, &pki)?;
         }
         let client = crate::kube::client(&control.kubeconfig).await?;
         // As a user edits the ConfigMap before applying: the pool's encapsulation.
